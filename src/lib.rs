@@ -1,0 +1,8 @@
+//! portd: watches ephemeral-port usage per destination and safely widens
+//! `net.ipv4.ip_local_port_range`. See DESIGN.md in the project docs.
+
+pub mod census;
+pub mod host;
+pub mod kernel;
+pub mod policy;
+pub mod usage;

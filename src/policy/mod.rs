@@ -1,0 +1,92 @@
+//! The policy: validated settings from `/etc/portd.toml`, with complete
+//! built-in defaults so portd runs without a file.
+//!
+//! `file.rs` turns the TOML text into this type (raw serde structs, then
+//! validation with `PATH:LINE:COL` errors); everything past that boundary
+//! works with these domain types only.
+
+pub mod file;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::kernel::{PORT_MAX, PortRange};
+use crate::usage::Ratio;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Alert and say what would be done; never write.
+    Advise,
+    /// Alert and widen the range within the policy's bounds.
+    Auto,
+}
+
+/// Where the low end of the range may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Floor {
+    /// The range's low as portd first found it: growth is upward only.
+    Initial,
+    Port(u16),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Policy {
+    /// How often the daemon looks.
+    pub interval: Duration,
+    /// Longest time the daemon may go without a full census, however idle.
+    pub max_staleness: Duration,
+    pub warning: Ratio,
+    pub critical: Ratio,
+    /// An alert clears when usage falls below this (hysteresis).
+    pub clear: Ratio,
+    /// How long a level must hold before it counts.
+    pub hold: Duration,
+    /// Whether the TCP bind(0) pool counts towards the headline.
+    pub tcp_pool_alerts: bool,
+    pub mode: Mode,
+    pub floor: Floor,
+    pub ceiling: u16,
+    /// Usage to aim for after growing.
+    pub target: Ratio,
+    pub cooldown: Duration,
+    pub max_changes_per_hour: u32,
+    /// Never handed out; reserved when the range grows over them.
+    pub protected: Vec<PortRange>,
+    pub persist: bool,
+    /// File name of the drop-in under `/etc/sysctl.d`.
+    pub dropin_name: String,
+    pub reminder: Duration,
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl Default for Policy {
+    /// Safe on a host nobody has inspected (DESIGN.md, "Default policy").
+    fn default() -> Self {
+        Policy {
+            interval: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(300),
+            // Warn well before the 50% mark where connect() to a destination
+            // becomes ~10x slower; critical at that mark.
+            warning: Ratio(0.40),
+            critical: Ratio(0.50),
+            clear: Ratio(0.30),
+            hold: Duration::from_secs(30),
+            tcp_pool_alerts: false,
+            mode: Mode::Auto,
+            floor: Floor::Initial,
+            ceiling: PORT_MAX,
+            target: Ratio(0.25),
+            cooldown: Duration::from_secs(300),
+            max_changes_per_hour: 4,
+            protected: Vec::new(),
+            persist: true,
+            dropin_name: "60-portd.conf".to_string(),
+            reminder: Duration::from_secs(3600),
+            metrics_file: None,
+        }
+    }
+}

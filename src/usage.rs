@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::census::{CensusError, KernelSettings, Proto, Scope, Socket, SocketSource};
-use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, PortRange, PortSet, TcpState};
+use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, PortSet, TcpState};
 
 /// A fraction of a capacity: 0.0 is empty, 1.0 is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize)]

@@ -209,6 +209,15 @@ impl PortSet {
         out
     }
 
+    /// Ports in both sets.
+    pub fn intersection_of(&self, other: &PortSet) -> PortSet {
+        let mut out = self.clone();
+        for (a, b) in out.bits.iter_mut().zip(other.bits.iter()) {
+            *a &= *b;
+        }
+        out
+    }
+
     /// Number of ports in both sets.
     pub fn intersection_len(&self, other: &PortSet) -> u32 {
         self.bits

@@ -1,10 +1,10 @@
 //! Alert levels and the monitoring-plugin exit-status contract.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::usage::Ratio;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,

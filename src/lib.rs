@@ -7,6 +7,7 @@ pub mod cli;
 pub mod host;
 pub mod kernel;
 pub mod level;
+pub mod planner;
 pub mod policy;
 pub mod status;
 pub mod usage;

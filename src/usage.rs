@@ -176,6 +176,10 @@ pub struct Usage {
     pub reserved_in_range: u32,
     /// Listening TCP ports inside the range (sorted).
     pub listeners_in_range: Vec<u16>,
+    /// Every listening TCP port, in the range or not (the planner reserves
+    /// those the range grows over).
+    #[serde(skip)]
+    pub listening_ports: PortSet,
     /// Ports `connect()` can hand out towards one destination.
     pub capacity: u64,
     /// All destinations, worst first. Bounded by the number of distinct destinations.
@@ -376,6 +380,7 @@ impl Aggregator {
             range_size: range.len(),
             reserved_in_range: self.settings.reserved_ports.count_in(range),
             listeners_in_range,
+            listening_ports: self.listen_ports,
             capacity,
             destinations,
             pools,

@@ -81,14 +81,18 @@ pub fn attribute(
                 let procfs::process::FDTarget::Socket(inode) = fd.target else {
                     continue;
                 };
-                let Some(&i) = inodes.get(&inode) else { continue };
+                let Some(&i) = inodes.get(&inode) else {
+                    continue;
+                };
                 found.insert(inode, ());
-                let share = shares.entry((i, process.pid)).or_insert_with(|| ProcessShare {
-                    pid: process.pid,
-                    command: command_of(&process),
-                    uid: process.uid().unwrap_or(u32::MAX),
-                    sockets: 0,
-                });
+                let share = shares
+                    .entry((i, process.pid))
+                    .or_insert_with(|| ProcessShare {
+                        pid: process.pid,
+                        command: command_of(&process),
+                        uid: process.uid().unwrap_or(u32::MAX),
+                        sockets: 0,
+                    });
                 share.sockets += 1;
             }
         }

@@ -10,19 +10,36 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::actuator;
+use crate::census::KernelSettings;
 use crate::census::procfs::ProcfsSource;
+use crate::daemon;
+use crate::fsutil::WriterLock;
 use crate::host::Host;
 use crate::level::Level;
+use crate::logging;
+use crate::logging::LogTarget;
 use crate::policy::{self, Policy};
+use crate::state::State;
 use crate::status::{self, StatusOptions};
 use crate::usage::Ratio;
 
 #[derive(Parser, Debug)]
-#[command(name = "portd", version, about = "Keeps a host out of ephemeral-port exhaustion")]
+#[command(
+    name = "portd",
+    version,
+    about = "Keeps a host out of ephemeral-port exhaustion"
+)]
 pub struct Cli {
     /// Resolve every path (/proc, /etc, /var/lib/portd) under this directory
     /// instead of / (for tests and fixture trees).
-    #[arg(long, global = true, value_name = "DIR", env = "PORTD_ROOT", default_value = "/")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "PORTD_ROOT",
+        default_value = "/"
+    )]
     pub root: PathBuf,
     /// Policy file (default: /etc/portd.toml under --root; built-in defaults if absent).
     #[arg(long, global = true, value_name = "PATH")]
@@ -33,6 +50,21 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the service: watch, alert, and (mode = "auto") widen the range.
+    Run {
+        /// Decide and log as usual, but write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where log lines and events go.
+        #[arg(long, value_enum, default_value_t = LogTarget::Auto)]
+        log_target: LogTarget,
+    },
+    /// Restore the values portd found before its first change and remove its drop-in.
+    Rollback {
+        /// Roll back even if someone else changed the values since portd wrote them.
+        #[arg(long)]
+        force: bool,
+    },
     /// Report ephemeral-port usage; exit 0 ok, 1 warning, 2 critical, 3 unknown.
     Status {
         /// Machine-readable output (schema: docs/status-json.md).
@@ -85,6 +117,17 @@ fn run(cli: Cli) -> u8 {
     let host = Host::new(&cli.root);
     let config = cli.config.clone().unwrap_or_else(|| host.policy_file());
     match cli.command {
+        Command::Run {
+            dry_run,
+            log_target,
+        } => {
+            if let Err(e) = logging::init(log_target) {
+                eprintln!("portd: {e}");
+                return 2;
+            }
+            daemon::run(host, config, daemon::RunOptions { dry_run })
+        }
+        Command::Rollback { force } => rollback(&host, &config, force),
         Command::Status {
             json,
             top,
@@ -119,9 +162,40 @@ fn run(cli: Cli) -> u8 {
     }
 }
 
+fn rollback(host: &Host, config: &std::path::Path, force: bool) -> u8 {
+    let policy = match load_policy(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let result = (|| -> Result<Vec<String>, String> {
+        let _lock = WriterLock::acquire(&host.state_dir())?;
+        let mut state = State::load(host).map_err(|e| e.to_string())?;
+        let live = KernelSettings::read(host).map_err(|e| e.to_string())?;
+        let done = actuator::rollback(host, &policy.dropin_name, &mut state, &live, force)?;
+        state.save(host).map_err(|e| e.to_string())?;
+        Ok(done)
+    })();
+    match result {
+        Ok(lines) => {
+            for l in lines {
+                println!("portd rollback: {l}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("portd rollback: {e}");
+            2
+        }
+    }
+}
+
 fn load_policy(path: &std::path::Path) -> Result<Policy, String> {
-    let _ = path; // TEMP until policy::file lands
-    Ok(Policy::default())
+    policy::file::load_or_default(path)
+        .map(|(p, _found)| p)
+        .map_err(|e| e.to_string())
 }
 
 fn print(outcome: status::Outcome) -> u8 {

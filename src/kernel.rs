@@ -119,6 +119,18 @@ impl Serialize for PortRange {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            low: u16,
+            high: u16,
+        }
+        let raw = Raw::deserialize(d)?;
+        PortRange::new(raw.low, raw.high).map_err(serde::de::Error::custom)
+    }
+}
+
 fn parse_port(text: &str) -> Result<u16, String> {
     text.parse::<u16>()
         .map_err(|_| format!("{text:?} is not a port number (0-65535)"))
@@ -316,6 +328,13 @@ impl Serialize for PortSet {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for PortSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        PortSet::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// TCP states as `/proc/net/tcp` prints them (include/net/tcp_states.h).
 /// TIME_WAIT minisockets print their substate (06, or 05 for an orphaned
 /// FIN_WAIT2); request sockets print 03.
@@ -356,7 +375,9 @@ impl TcpState {
     ];
 
     pub fn from_code(code: u8) -> Option<TcpState> {
-        TcpState::ALL.get(usize::from(code).checked_sub(1)?).copied()
+        TcpState::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
     }
 
     pub fn index(self) -> usize {

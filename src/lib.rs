@@ -1,13 +1,22 @@
 //! portd: watches ephemeral-port usage per destination and safely widens
 //! `net.ipv4.ip_local_port_range`. See DESIGN.md in the project docs.
 
+pub mod actuator;
 pub mod attribution;
 pub mod census;
 pub mod cli;
+pub mod daemon;
+pub mod events;
+pub mod fsutil;
 pub mod host;
 pub mod kernel;
 pub mod level;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod planner;
 pub mod policy;
+pub mod state;
 pub mod status;
+pub mod sysctld;
 pub mod usage;

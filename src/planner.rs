@@ -99,18 +99,28 @@ pub enum Blocked {
     /// The current range lies outside the policy's floor/ceiling: the admin's
     /// range is left alone.
     OutsideBounds,
-    Cooldown { remaining_secs: u64 },
-    ChangeCap { per_hour: u32 },
+    Cooldown {
+        remaining_secs: u64,
+    },
+    ChangeCap {
+        per_hour: u32,
+    },
     /// Someone else changed the values portd wrote.
-    Yielded { reason: String },
-    PinnedBy { pin: Pin },
+    Yielded {
+        reason: String,
+    },
+    PinnedBy {
+        pin: Pin,
+    },
 }
 
 impl std::fmt::Display for Blocked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Blocked::Advise => f.write_str("advise mode: nothing is written"),
-            Blocked::AtBound => f.write_str("the range already reaches the policy's floor and ceiling"),
+            Blocked::AtBound => {
+                f.write_str("the range already reaches the policy's floor and ceiling")
+            }
             Blocked::OutsideBounds => f.write_str(
                 "the current range lies outside the policy's floor/ceiling; portd leaves it alone",
             ),
@@ -118,7 +128,10 @@ impl std::fmt::Display for Blocked {
                 write!(f, "cooldown: next change allowed in {remaining_secs}s")
             }
             Blocked::ChangeCap { per_hour } => {
-                write!(f, "change cap reached ({per_hour} changes in the last hour)")
+                write!(
+                    f,
+                    "change cap reached ({per_hour} changes in the last hour)"
+                )
             }
             Blocked::Yielded { reason } => write!(f, "yielded to the admin: {reason}"),
             Blocked::PinnedBy { pin } => write!(
@@ -135,10 +148,15 @@ impl std::fmt::Display for Blocked {
 pub enum Action {
     /// Usage is below the level where growing is called for.
     Nothing,
-    Apply { plan: Plan },
+    Apply {
+        plan: Plan,
+    },
     /// Growing is called for but may not happen now; `plan` is what would be
     /// done, when there is one.
-    Hold { plan: Option<Plan>, reason: Blocked },
+    Hold {
+        plan: Option<Plan>,
+        reason: Blocked,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -427,7 +445,18 @@ mod tests {
                 )
             })
             .prop_map(
-                |((low, high), unpriv, res, res_runs, listen, prot, floor, ceiling, pct, (used_seed, exact))| {
+                |(
+                    (low, high),
+                    unpriv,
+                    res,
+                    res_runs,
+                    listen,
+                    prot,
+                    floor,
+                    ceiling,
+                    pct,
+                    (used_seed, exact),
+                )| {
                     let range = PortRange::new(low, high).unwrap();
                     let mut reserved = PortSet::new();
                     for p in res {
@@ -445,7 +474,11 @@ mod tests {
                         .map(|(p, w)| PortRange::new(p, p.saturating_add(w)).unwrap())
                         .collect();
                     let capacity = capacity_of(range, &reserved, &listening);
-                    let used = if capacity == 0 { used_seed % 3 } else { used_seed % (capacity * 2 + 1) };
+                    let used = if capacity == 0 {
+                        used_seed % 3
+                    } else {
+                        used_seed % (capacity * 2 + 1)
+                    };
                     let usage = Ratio::of(used, capacity);
                     // Thresholds as percentages, ordered target < clear < warning <= critical,
                     // sometimes exactly at the observed usage.
@@ -461,7 +494,8 @@ mod tests {
                         _ => {}
                     }
                     let clear = warning * f64::from(c % 100) / 100.0;
-                    let target = (warning * f64::from(tg % 60).max(1.0) / 100.0).min(clear.max(0.001));
+                    let target =
+                        (warning * f64::from(tg % 60).max(1.0) / 100.0).min(clear.max(0.001));
                     let policy = Policy {
                         warning: Ratio(warning),
                         critical: Ratio(critical),
@@ -614,7 +648,14 @@ mod tests {
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let strategy = case();
-        let (mut apply, mut at_bound, mut to_ceiling, mut listener_edge, mut same_parity, mut exact) = (0, 0, 0, 0, 0, 0);
+        let (
+            mut apply,
+            mut at_bound,
+            mut to_ceiling,
+            mut listener_edge,
+            mut same_parity,
+            mut exact,
+        ) = (0, 0, 0, 0, 0, 0);
         for _ in 0..4000 {
             let c = strategy.new_tree(&mut runner).unwrap().current();
             if c.obs.range.has_same_parity() {
@@ -631,17 +672,28 @@ mod tests {
                         to_ceiling += 1;
                     }
                     let (lo, hi) = (plan.to.low(), plan.to.high());
-                    if [lo, hi, c.obs.range.high().saturating_add(1)].iter().any(|p| c.obs.listening.contains(*p)) {
+                    if [lo, hi, c.obs.range.high().saturating_add(1)]
+                        .iter()
+                        .any(|p| c.obs.listening.contains(*p))
+                    {
                         listener_edge += 1;
                     }
                 }
-                Action::Hold { reason: Blocked::AtBound, .. } => at_bound += 1,
+                Action::Hold {
+                    reason: Blocked::AtBound,
+                    ..
+                } => at_bound += 1,
                 _ => {}
             }
         }
-        for (name, n) in [("apply", apply), ("at bound", at_bound), ("to ceiling", to_ceiling),
-                          ("listener at an edge", listener_edge), ("same parity", same_parity),
-                          ("usage exactly at a threshold", exact)] {
+        for (name, n) in [
+            ("apply", apply),
+            ("at bound", at_bound),
+            ("to ceiling", to_ceiling),
+            ("listener at an edge", listener_edge),
+            ("same parity", same_parity),
+            ("usage exactly at a threshold", exact),
+        ] {
             assert!(n >= 20, "only {n} of 4000 generated cases reach {name}");
         }
     }
@@ -654,9 +706,17 @@ mod tests {
                 reserved: PortSet::new(),
                 unprivileged_port_start: 1024,
                 listening: PortSet::new(),
-                headline: Headline { usage: Ratio::of(used, 100), used, capacity: 100, cause: Cause::Idle },
+                headline: Headline {
+                    usage: Ratio::of(used, 100),
+                    used,
+                    capacity: 100,
+                    cause: Cause::Idle,
+                },
             },
-            policy: Policy { hold: Duration::ZERO, ..Policy::default() },
+            policy: Policy {
+                hold: Duration::ZERO,
+                ..Policy::default()
+            },
             history: History::default(),
             now: t(1_000_000),
         }
@@ -667,7 +727,9 @@ mod tests {
         let mut c = simple(45);
         c.obs.listening.insert(40150);
         let d = decide(&c);
-        let Action::Apply { plan: p } = d.action else { panic!("{:?}", d.action) };
+        let Action::Apply { plan: p } = d.action else {
+            panic!("{:?}", d.action)
+        };
         // 45 used / 25% target = 180 usable ports, plus one reserved listener, odd span.
         assert_eq!(p.to.low(), 40000);
         assert_eq!(p.to.high(), 40181);
@@ -699,7 +761,11 @@ mod tests {
     fn alert_clears_only_below_the_clear_level() {
         let mut c = simple(35);
         c.history.alert.level = Level::Warning;
-        assert_eq!(decide(&c).alert.level, Level::Warning, "35% is above clear (30%)");
+        assert_eq!(
+            decide(&c).alert.level,
+            Level::Warning,
+            "35% is above clear (30%)"
+        );
         let mut c = simple(29);
         c.history.alert.level = Level::Warning;
         let d = decide(&c);
@@ -709,8 +775,24 @@ mod tests {
     #[test]
     fn a_pin_holds_the_plan_and_names_the_file() {
         let c = simple(60);
-        let pin = Pin { file: "/etc/sysctl.d/99-local.conf".into(), value: "40000 40099".into() };
-        let d = plan(&Inputs { observation: &c.obs, policy: &c.policy, history: &c.history, pin: Some(&pin), now: c.now, dry_run: false });
-        assert!(matches!(d.action, Action::Hold { reason: Blocked::PinnedBy { .. }, plan: Some(_) }));
+        let pin = Pin {
+            file: "/etc/sysctl.d/99-local.conf".into(),
+            value: "40000 40099".into(),
+        };
+        let d = plan(&Inputs {
+            observation: &c.obs,
+            policy: &c.policy,
+            history: &c.history,
+            pin: Some(&pin),
+            now: c.now,
+            dry_run: false,
+        });
+        assert!(matches!(
+            d.action,
+            Action::Hold {
+                reason: Blocked::PinnedBy { .. },
+                plan: Some(_)
+            }
+        ));
     }
 }

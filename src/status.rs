@@ -111,7 +111,11 @@ pub fn unknown(error: &str, json: bool) -> Outcome {
 
 type Measured = (Usage, Option<Vec<DestAttribution>>);
 
-fn measure(host: &Host, source: &dyn SocketSource, opts: &StatusOptions) -> Result<Measured, String> {
+fn measure(
+    host: &Host,
+    source: &dyn SocketSource,
+    opts: &StatusOptions,
+) -> Result<Measured, String> {
     let settings = KernelSettings::read(host).map_err(|e| e.to_string())?;
     let usage = usage::take_census(
         source,
@@ -135,9 +139,14 @@ fn top(usage: &Usage, n: usize) -> &[DestUsage] {
     &usage.destinations[..n.min(usage.destinations.len())]
 }
 
-const ATTRIBUTION_NOTE: &str = "sockets with inode 0 (TIME_WAIT, orphaned FIN_WAIT2) are counted but belong to no process";
+const ATTRIBUTION_NOTE: &str =
+    "sockets with inode 0 (TIME_WAIT, orphaned FIN_WAIT2) are counted but belong to no process";
 
-pub fn render(usage: &Usage, attribution: Option<&[DestAttribution]>, opts: &StatusOptions) -> Outcome {
+pub fn render(
+    usage: &Usage,
+    attribution: Option<&[DestAttribution]>,
+    opts: &StatusOptions,
+) -> Outcome {
     let level = Level::of(usage.headline.usage, opts.warning, opts.critical);
     let shown = top(usage, opts.top);
     let text = if opts.json {
@@ -254,8 +263,15 @@ fn human(
     let _ = writeln!(
         out,
         "pools      tcp bind(0) {}/{} ({}), udp {}/{} ({}), sctp {}/{} ({})",
-        p.tcp.used, p.tcp.capacity, p.tcp.usage, p.udp.used, p.udp.capacity, p.udp.usage,
-        p.sctp.used, p.sctp.capacity, p.sctp.usage
+        p.tcp.used,
+        p.tcp.capacity,
+        p.tcp.usage,
+        p.udp.used,
+        p.udp.capacity,
+        p.udp.usage,
+        p.sctp.used,
+        p.sctp.capacity,
+        p.sctp.usage
     );
     let _ = writeln!(
         out,
@@ -277,7 +293,11 @@ fn human(
             shown.len(),
             usage.destinations.len()
         );
-        let _ = writeln!(out, "  {:>7} {:>6}  {:<44} STATES", "USAGE", "USED", "LOCAL -> REMOTE");
+        let _ = writeln!(
+            out,
+            "  {:>7} {:>6}  {:<44} STATES",
+            "USAGE", "USED", "LOCAL -> REMOTE"
+        );
         for (i, d) in shown.iter().enumerate() {
             let states: Vec<String> = d.states.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(

@@ -100,7 +100,9 @@ pub struct Pools {
 pub enum Cause {
     /// Nothing uses the range.
     Idle,
-    Destination { destination: DestKey },
+    Destination {
+        destination: DestKey,
+    },
     UdpPool,
     TcpPool,
 }
@@ -310,7 +312,12 @@ impl Aggregator {
         }
     }
 
-    pub fn finish(self, source: &'static str, sees_bound_only: bool, options: UsageOptions) -> Usage {
+    pub fn finish(
+        self,
+        source: &'static str,
+        sees_bound_only: bool,
+        options: UsageOptions,
+    ) -> Usage {
         let range = self.settings.port_range;
         let capacity = u64::from(self.usable.len());
         let pool = |ports: &PortSet| {
@@ -427,9 +434,19 @@ fn headline(
             Cause::Destination { destination: d.key },
         );
     }
-    consider(pools.udp.usage, pools.udp.used, pools.udp.capacity, Cause::UdpPool);
+    consider(
+        pools.udp.usage,
+        pools.udp.used,
+        pools.udp.capacity,
+        Cause::UdpPool,
+    );
     if options.tcp_pool_in_headline {
-        consider(pools.tcp.usage, pools.tcp.used, pools.tcp.capacity, Cause::TcpPool);
+        consider(
+            pools.tcp.usage,
+            pools.tcp.used,
+            pools.tcp.capacity,
+            Cause::TcpPool,
+        );
     }
     if capacity == 0 {
         // Nothing can be handed out at all: full, whatever is in use.

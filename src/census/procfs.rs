@@ -149,9 +149,7 @@ pub fn parse_inet_row(line: &str, proto: Proto) -> Result<Socket, String> {
     next("tr:tm->when")?;
     next("retrnsmt")?;
     let uid = next("uid")?;
-    let uid = uid
-        .parse::<u32>()
-        .map_err(|_| format!("bad uid {uid:?}"))?;
+    let uid = uid.parse::<u32>().map_err(|_| format!("bad uid {uid:?}"))?;
     next("timeout")?;
     let inode = next("inode")?;
     let inode = inode
@@ -181,7 +179,9 @@ fn parse_endpoint(text: &str) -> Result<(IpAddr, u16), String> {
     let port = u16::from_str_radix(port, 16).map_err(|_| bad())?;
     let word = |i: usize| -> Result<[u8; 4], String> {
         let hex = addr.get(i * 8..i * 8 + 8).ok_or_else(bad)?;
-        Ok(u32::from_str_radix(hex, 16).map_err(|_| bad())?.to_ne_bytes())
+        Ok(u32::from_str_radix(hex, 16)
+            .map_err(|_| bad())?
+            .to_ne_bytes())
     };
     let ip = match addr.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -227,7 +227,13 @@ fn scan_sctp(dir: &Path, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusErr
                     f.len()
                 ));
             }
-            visit(&sctp_socket(f[11], f[12], f[9], f[10], TcpState::Established)?);
+            visit(&sctp_socket(
+                f[11],
+                f[12],
+                f[9],
+                f[10],
+                TcpState::Established,
+            )?);
             Ok(true)
         })?;
     }

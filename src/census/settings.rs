@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::host::Host;
-use crate::kernel::{
-    self, DEFAULT_UNPRIVILEGED_PORT_START, PortRange, PortSet, TwReuse,
-};
+use crate::kernel::{self, DEFAULT_UNPRIVILEGED_PORT_START, PortRange, PortSet, TwReuse};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct KernelSettings {
@@ -33,19 +31,17 @@ pub enum SettingsError {
 impl KernelSettings {
     pub fn read(host: &Host) -> Result<Self, SettingsError> {
         let range_path = host.proc_sys(kernel::KEY_PORT_RANGE);
-        let port_range = PortRange::parse(&read(&range_path)?).map_err(|message| {
-            SettingsError::Invalid {
+        let port_range =
+            PortRange::parse(&read(&range_path)?).map_err(|message| SettingsError::Invalid {
                 path: range_path.clone(),
                 message,
-            }
-        })?;
+            })?;
         let reserved_path = host.proc_sys(kernel::KEY_RESERVED_PORTS);
-        let reserved_ports = PortSet::parse(&read(&reserved_path)?).map_err(|message| {
-            SettingsError::Invalid {
+        let reserved_ports =
+            PortSet::parse(&read(&reserved_path)?).map_err(|message| SettingsError::Invalid {
                 path: reserved_path.clone(),
                 message,
-            }
-        })?;
+            })?;
         // Older kernels lack these; their behaviour then is the default's.
         let unprivileged_port_start = read_optional_number(
             &host.proc_sys(kernel::KEY_UNPRIVILEGED_PORT_START),

@@ -69,7 +69,9 @@ fn active_opens(snmp: &str) -> Option<u64> {
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let names = tcp.next()?;
     let values = tcp.next()?;
-    let idx = names.split_ascii_whitespace().position(|n| n == "ActiveOpens")?;
+    let idx = names
+        .split_ascii_whitespace()
+        .position(|n| n == "ActiveOpens")?;
     values.split_ascii_whitespace().nth(idx)?.parse().ok()
 }
 

@@ -1,1 +1,1580 @@
-//! placeholder, being written
+//! Reading `/etc/portd.toml`: TOML text → raw serde structs → validated [`Policy`].
+//!
+//! Every problem becomes one line `PATH:LINE:COLUMN: what is wrong and what is
+//! allowed`, and all independent problems of a file are reported together.
+//! Serde stops at the first error, so [`parse`] deserializes the parsed document
+//! repeatedly: each error is reported, the key it points at is dropped, and the
+//! rest is tried again. Values are checked one by one as they are deserialized
+//! (each leaf type below); the relations between keys are checked afterwards
+//! with the spans kept by [`Spanned`], so those errors point at the key to fix.
+
+use std::fmt;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::{Floor, Mode, Policy};
+use crate::kernel::PortRange;
+use crate::usage::Ratio;
+
+/// Where a diagnostic points in the file, 1-based; the column counts characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One problem with a policy file; displays as exactly one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub path: PathBuf,
+    /// `None` for problems with the file as a whole (unreadable, unsafe owner or mode).
+    pub position: Option<Position>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some(Position { line, column }) => {
+                write!(
+                    f,
+                    "{}:{line}:{column}: {}",
+                    self.path.display(),
+                    self.message
+                )
+            }
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+/// Why a policy file was refused: one diagnostic per problem, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl PolicyError {
+    fn whole_file(path: &Path, message: String) -> Self {
+        PolicyError {
+            diagnostics: vec![Diagnostic {
+                path: path.to_path_buf(),
+                position: None,
+                message: one_line(&message),
+            }],
+        }
+    }
+}
+
+/// Reads, checks (owner and mode, see [`check_file_safety`]) and parses the
+/// policy file. A missing file is an error here; see [`load_or_default`].
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let file = File::open(path).map_err(|e| cannot_read(path, &e))?;
+    read_open_file(path, file)
+}
+
+/// Like [`load`], but a file that does not exist gives the built-in defaults.
+/// The flag tells whether the file was found.
+pub fn load_or_default(path: &Path) -> Result<(Policy, bool), PolicyError> {
+    match File::open(path) {
+        Ok(file) => read_open_file(path, file).map(|policy| (policy, true)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Policy::default(), false)),
+        Err(e) => Err(cannot_read(path, &e)),
+    }
+}
+
+fn read_open_file(path: &Path, mut file: File) -> Result<Policy, PolicyError> {
+    // fstat the open file, so the file checked is the file read.
+    let metadata = file.metadata().map_err(|e| cannot_read(path, &e))?;
+    check_file_safety(path, &metadata, rustix::process::geteuid().as_raw())?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| cannot_read(path, &e))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let bytes = e.into_bytes();
+            let prefix = String::from_utf8_lossy(&bytes[..valid]);
+            return Err(PolicyError {
+                diagnostics: vec![Diagnostic {
+                    path: path.to_path_buf(),
+                    position: Some(position(&prefix, valid)),
+                    message: "the file is not valid UTF-8; TOML files must be UTF-8 text"
+                        .to_string(),
+                }],
+            });
+        }
+    };
+    parse(path, &text)
+}
+
+fn cannot_read(path: &Path, error: &io::Error) -> PolicyError {
+    PolicyError::whole_file(path, format!("cannot read the policy file: {error}"))
+}
+
+/// Refuses a policy file that someone other than root or the invoking user
+/// could have written, as sshd's `StrictModes` does: whoever can write the
+/// policy decides what portd writes into the kernel.
+pub fn check_file_safety(
+    path: &Path,
+    metadata: &Metadata,
+    invoking_uid: u32,
+) -> Result<(), PolicyError> {
+    let shown = shell_quote(path);
+    let mut diagnostics = Vec::new();
+    let mut refuse = |message: String| {
+        diagnostics.push(Diagnostic {
+            path: path.to_path_buf(),
+            position: None,
+            message,
+        })
+    };
+    if !metadata.is_file() {
+        refuse("refusing the policy file: it is not a regular file".to_string());
+    }
+    let owner = metadata.uid();
+    if owner != 0 && owner != invoking_uid {
+        refuse(format!(
+            "refusing the policy file: it is owned by uid {owner}, which is neither root nor \
+             the user running portd (uid {invoking_uid}); fix: chown root: {shown}"
+        ));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        refuse(format!(
+            "refusing the policy file: mode {mode:04o} lets group or others write it; \
+             fix: chmod go-w {shown}"
+        ));
+    }
+    if diagnostics.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError { diagnostics })
+    }
+}
+
+/// Quotes a path for a shell command line when it needs it.
+fn shell_quote(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// Parses and validates policy text. `path` only names the file in messages.
+pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+    let mut report = Report {
+        path,
+        text,
+        found: Vec::new(),
+        dropped: Vec::new(),
+    };
+    let mut document = match DeTable::parse(text) {
+        Ok(document) => document,
+        Err(e) => {
+            report.error(e.span(), format!("TOML syntax error: {}", e.message()));
+            return Err(report.into_error());
+        }
+    };
+    let raw = deserialize_all(&mut document, &mut report);
+    let policy = validate(raw, &mut report);
+    if report.found.is_empty() {
+        Ok(policy)
+    } else {
+        Err(report.into_error())
+    }
+}
+
+/// Collects the diagnostics of one file.
+struct Report<'a> {
+    path: &'a Path,
+    text: &'a str,
+    /// (byte offset, diagnostic), sorted into file order at the end.
+    found: Vec<(usize, Diagnostic)>,
+    /// Dotted keys dropped because their value was invalid: relations that
+    /// involve them are not checked, or they would be reported against a
+    /// default the file never asked for.
+    dropped: Vec<String>,
+}
+
+impl Report<'_> {
+    fn error(&mut self, span: Option<Range<usize>>, message: String) {
+        let offset = span.map_or(0, |s| s.start);
+        self.found.push((
+            offset,
+            Diagnostic {
+                path: self.path.to_path_buf(),
+                position: Some(position(self.text, offset)),
+                message: one_line(&message),
+            },
+        ));
+    }
+
+    fn is_dropped(&self, key: &str) -> bool {
+        self.dropped.iter().any(|k| k == key)
+    }
+
+    fn into_error(mut self) -> PolicyError {
+        self.found.sort_by_key(|(offset, _)| *offset);
+        PolicyError {
+            diagnostics: self.found.into_iter().map(|(_, d)| d).collect(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> Position {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Position {
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+    }
+}
+
+/// A diagnostic must stay one line whatever the file contains.
+fn one_line(message: &str) -> String {
+    message.replace(['\n', '\r'], " ")
+}
+
+/// Deserializes the whole document, reporting every error: after each error
+/// the key it points at is dropped and the rest is deserialized again.
+fn deserialize_all(document: &mut Spanned<DeTable<'_>>, report: &mut Report<'_>) -> RawPolicy {
+    loop {
+        let error = match RawPolicy::deserialize(toml::de::Deserializer::from(document.clone())) {
+            Ok(raw) => return raw,
+            Err(error) => error,
+        };
+        let span = error.span();
+        let key = span
+            .as_ref()
+            .and_then(|span| locate(document.get_ref(), span));
+        report.error(span, describe(error.message(), key.as_deref()));
+        match key {
+            Some(key) if remove(document.get_mut(), &key) => report.dropped.push(key.join(".")),
+            // Cannot tell which key is wrong: report what we have.
+            _ => return RawPolicy::default(),
+        }
+    }
+}
+
+/// The path of keys to the innermost entry whose key or value holds `span`.
+fn locate(table: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<String>> {
+    let holds = |outer: Range<usize>| {
+        outer.start <= span.start && span.start < outer.end.max(outer.start + 1)
+    };
+    for (key, value) in table.iter() {
+        if let DeValue::Table(inner) = value.get_ref()
+            && let Some(mut path) = locate(inner, span)
+        {
+            path.insert(0, key.get_ref().to_string());
+            return Some(path);
+        }
+        if holds(key.span()) || holds(value.span()) {
+            return Some(vec![key.get_ref().to_string()]);
+        }
+    }
+    None
+}
+
+fn remove(table: &mut DeTable<'_>, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => table.remove(last.as_str()).is_some(),
+        [first, rest @ ..] => match table.get_mut(first.as_str()).map(|v| v.get_mut()) {
+            Some(DeValue::Table(inner)) => remove(inner, rest),
+            _ => false,
+        },
+    }
+}
+
+/// Puts the key into serde's message, which never names it.
+fn describe(message: &str, key: Option<&[String]>) -> String {
+    let Some(key) = key else {
+        return message.to_string();
+    };
+    // serde: "unknown field `x`, expected one of `a`, `b`" (deny_unknown_fields).
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((name, allowed)) = rest.split_once("`, ")
+    {
+        let table = match &key[..key.len() - 1] {
+            [] => "at the top level".to_string(),
+            outer => format!("in [{}]", outer.join(".")),
+        };
+        return format!("unknown key `{name}` {table}, {allowed}");
+    }
+    format!("{}: {message}", key.join("."))
+}
+
+// ---------------------------------------------------------------------------
+// The file as written: every section and key optional, unknown keys refused.
+
+type Opt<T> = Option<Spanned<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPolicy {
+    poll: Section<RawPoll>,
+    thresholds: Section<RawThresholds>,
+    widen: Section<RawWiden>,
+    persist: Section<RawPersist>,
+    alerts: Section<RawAlerts>,
+    metrics: Section<RawMetrics>,
+}
+
+/// A section of the file. Only a table will do: the derived struct visitor
+/// would also take an array (`[[widen]]`), element by element as fields.
+#[derive(Debug, Default)]
+struct Section<T>(T);
+
+trait SectionName {
+    const NAME: &'static str;
+}
+
+macro_rules! section_names {
+    ($($ty:ty => $name:literal),*) => {$(
+        impl SectionName for $ty {
+            const NAME: &'static str = $name;
+        }
+    )*};
+}
+
+section_names!(
+    RawPoll => "poll",
+    RawThresholds => "thresholds",
+    RawWiden => "widen",
+    RawPersist => "persist",
+    RawAlerts => "alerts",
+    RawMetrics => "metrics"
+);
+
+impl<'de, T: Deserialize<'de> + SectionName> Deserialize<'de> for Section<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TableOnly<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de> + SectionName> Visitor<'de> for TableOnly<T> {
+            type Value = Section<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a table, written once as [{}]", T::NAME)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Section<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Section)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Section<T>, A::Error> {
+                Err(de::Error::invalid_type(Unexpected::Other("array"), &self))
+            }
+        }
+
+        d.deserialize_map(TableOnly(PhantomData))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPoll {
+    interval: Opt<HumanDuration>,
+    max_staleness: Opt<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawThresholds {
+    warning: Opt<Percent>,
+    critical: Opt<Percent>,
+    clear: Opt<Percent>,
+    hold: Opt<HumanDuration>,
+    tcp_pool: Opt<Flag>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawWiden {
+    mode: Opt<ModeValue>,
+    floor: Opt<FloorValue>,
+    ceiling: Opt<PortNumber>,
+    target: Opt<Percent>,
+    cooldown: Opt<HumanDuration>,
+    max_changes_per_hour: Opt<ChangesPerHour>,
+    protected: Opt<ProtectedList>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPersist {
+    enabled: Opt<Flag>,
+    file: Opt<DropinName>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawAlerts {
+    reminder: Opt<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawMetrics {
+    file: Opt<MetricsPath>,
+}
+
+// ---------------------------------------------------------------------------
+// Leaf values: each checks its own value, with a message that says what is allowed.
+
+/// A TOML scalar, as a leaf sees it.
+enum Scalar<'a> {
+    Int(i128),
+    Float(f64),
+    Str(&'a str),
+    Bool(bool),
+}
+
+/// A value type of the file. `from_scalar` returns `None` for a TOML type it
+/// does not take (serde then says "invalid type: …, expected EXPECTING") and
+/// `Some(Err(message))` for a value of the right type that is not allowed.
+trait Leaf: Sized {
+    const EXPECTING: &'static str;
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>>;
+}
+
+struct LeafVisitor<T>(PhantomData<T>);
+
+impl<T: Leaf> LeafVisitor<T> {
+    fn take<E: de::Error>(&self, value: Scalar<'_>, unexpected: Unexpected<'_>) -> Result<T, E> {
+        match T::from_scalar(value) {
+            None => Err(E::invalid_type(unexpected, self)),
+            Some(result) => result.map_err(E::custom),
+        }
+    }
+}
+
+impl<'de, T: Leaf> Visitor<'de> for LeafVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        self.take(Scalar::Int(v.into()), Unexpected::Signed(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        self.take(Scalar::Int(v.into()), Unexpected::Unsigned(v))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<T, E> {
+        let shown = format!("integer `{v}`");
+        self.take(Scalar::Int(v), Unexpected::Other(&shown))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<T, E> {
+        match i128::try_from(v) {
+            Ok(v) => self.visit_i128(v),
+            Err(_) => Err(E::custom(format!("{v} is far too large"))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        self.take(Scalar::Float(v), Unexpected::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        self.take(Scalar::Str(v), Unexpected::Str(v))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        self.take(Scalar::Bool(v), Unexpected::Bool(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        Err(de::Error::invalid_type(Unexpected::Other("array"), &self))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        Err(de::Error::invalid_type(Unexpected::Other("table"), &self))
+    }
+}
+
+macro_rules! deserialize_as_leaf {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(LeafVisitor::<$ty>(PhantomData))
+            }
+        }
+    )*};
+}
+
+deserialize_as_leaf!(
+    HumanDuration,
+    Percent,
+    Flag,
+    ModeValue,
+    FloorValue,
+    PortNumber,
+    ChangesPerHour,
+    ProtectedEntry,
+    DropinName,
+    MetricsPath
+);
+
+/// Longest duration accepted anywhere: a year. Longer values are typos, and
+/// would overflow timer arithmetic.
+const DURATION_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+#[derive(Debug)]
+struct HumanDuration(Duration);
+
+impl Leaf for HumanDuration {
+    const EXPECTING: &'static str = r#"a duration such as "30s", "5m" or "1h 30m""#;
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        let Scalar::Str(text) = value else {
+            return None;
+        };
+        Some(match humantime::parse_duration(text.trim()) {
+            Ok(d) if d > DURATION_MAX => Err(format!(
+                "duration {text:?} is longer than a year; use at most \"365d\""
+            )),
+            Ok(d) => Ok(HumanDuration(d)),
+            Err(e) => Err(format!(
+                "invalid duration {text:?} ({e}); write it like \"30s\", \"5m\" or \"1h 30m\""
+            )),
+        })
+    }
+}
+
+/// A share of capacity written in percent: above 0, at most 100.
+#[derive(Debug)]
+struct Percent(f64);
+
+impl Leaf for Percent {
+    const EXPECTING: &'static str = "a percentage above 0 and at most 100, such as 40 or 12.5";
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        let percent = match value {
+            Scalar::Int(i) => i as f64,
+            Scalar::Float(f) => f,
+            _ => return None,
+        };
+        Some(if percent > 0.0 && percent <= 100.0 {
+            Ok(Percent(percent))
+        } else {
+            Err(format!(
+                "{percent} is not a usable percentage; use a number above 0 and at most 100"
+            ))
+        })
+    }
+}
+
+impl Percent {
+    fn ratio(&self) -> Ratio {
+        Ratio(self.0 / 100.0)
+    }
+}
+
+#[derive(Debug)]
+struct Flag(bool);
+
+impl Leaf for Flag {
+    const EXPECTING: &'static str = "true or false";
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        match value {
+            Scalar::Bool(b) => Some(Ok(Flag(b))),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ModeValue(Mode);
+
+impl Leaf for ModeValue {
+    const EXPECTING: &'static str = r#""auto" or "advise""#;
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        let Scalar::Str(text) = value else {
+            return None;
+        };
+        Some(match text {
+            "auto" => Ok(ModeValue(Mode::Auto)),
+            "advise" => Ok(ModeValue(Mode::Advise)),
+            other => Err(format!(
+                "unknown mode {other:?}; use \"auto\" (widen the range within the bounds) \
+                 or \"advise\" (alert only, never write)"
+            )),
+        })
+    }
+}
+
+fn port(number: i128) -> Result<u16, String> {
+    u16::try_from(number)
+        .ok()
+        .filter(|&p| p >= 1)
+        .ok_or_else(|| format!("{number} is not a port number; use 1 to 65535"))
+}
+
+#[derive(Debug)]
+struct FloorValue(Floor);
+
+impl Leaf for FloorValue {
+    const EXPECTING: &'static str = r#""initial" or a port number from 1 to 65535"#;
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        match value {
+            Scalar::Int(i) => Some(port(i).map(|p| FloorValue(Floor::Port(p)))),
+            Scalar::Str("initial") => Some(Ok(FloorValue(Floor::Initial))),
+            Scalar::Str(other) => Some(Err(format!(
+                "unknown floor {other:?}; use \"initial\" (the low end portd first found: \
+                 grow upward only) or a port number from 1 to 65535"
+            ))),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PortNumber(u16);
+
+impl Leaf for PortNumber {
+    const EXPECTING: &'static str = "a port number from 1 to 65535";
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        match value {
+            Scalar::Int(i) => Some(port(i).map(PortNumber)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ChangesPerHour(u32);
+
+impl Leaf for ChangesPerHour {
+    const EXPECTING: &'static str = "a whole number of at least 1";
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        let Scalar::Int(i) = value else {
+            return None;
+        };
+        Some(
+            u32::try_from(i)
+                .ok()
+                .filter(|&n| n >= 1)
+                .map(ChangesPerHour)
+                .ok_or_else(|| {
+                    format!(
+                        "{i} is not allowed; use a whole number of at least 1 \
+                         (to never change the range, set mode = \"advise\")"
+                    )
+                }),
+        )
+    }
+}
+
+/// One element of `protected`: `8080`, `"8080"` or `"9000-9100"`.
+#[derive(Debug)]
+struct ProtectedEntry(PortRange);
+
+impl Leaf for ProtectedEntry {
+    const EXPECTING: &'static str = r#"a port such as 8080 or a range such as "9000-9100""#;
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        match value {
+            Scalar::Int(i) => Some(port(i).map(|p| ProtectedEntry(single(p)))),
+            Scalar::Str(text) => Some(protected_range(text).map(ProtectedEntry)),
+            _ => None,
+        }
+    }
+}
+
+fn single(port: u16) -> PortRange {
+    // Proven: `port` >= 1, and low == high.
+    PortRange::new(port, port).unwrap_or_else(|_| unreachable!("a single port >= 1 is a range"))
+}
+
+fn protected_range(text: &str) -> Result<PortRange, String> {
+    let not_a_range = || {
+        format!(
+            "{text:?} is not a port or a port range; write a port like 8080 or a range like \"9000-9100\""
+        )
+    };
+    let number = |part: &str| -> Result<u16, String> {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(not_a_range());
+        }
+        port(part.parse::<i128>().map_err(|_| not_a_range())?)
+    };
+    let Some((low, high)) = text.split_once('-') else {
+        return number(text).map(single);
+    };
+    let (low, high) = (number(low)?, number(high)?);
+    if low > high {
+        return Err(format!(
+            "range {text:?} is written backwards; write it low-high: \"{high}-{low}\""
+        ));
+    }
+    PortRange::new(low, high).map_err(|e| format!("range {text:?}: {e}"))
+}
+
+#[derive(Debug)]
+struct ProtectedList(Vec<PortRange>);
+
+impl<'de> Deserialize<'de> for ProtectedList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = ProtectedList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a list of ports and port ranges, such as [8080, "9000-9100"]"#)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ProtectedList, A::Error> {
+                let mut ranges = Vec::new();
+                while let Some(ProtectedEntry(range)) = seq.next_element()? {
+                    ranges.push(range);
+                }
+                Ok(ProtectedList(ranges))
+            }
+        }
+
+        d.deserialize_seq(ListVisitor)
+    }
+}
+
+/// The drop-in's file name under `/etc/sysctl.d`.
+#[derive(Debug)]
+struct DropinName(String);
+
+impl Leaf for DropinName {
+    const EXPECTING: &'static str = r#"a file name ending in ".conf", such as "60-portd.conf""#;
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        let Scalar::Str(name) = value else {
+            return None;
+        };
+        // systemd-sysctl reads only `*.conf` files and skips hidden ones.
+        let stem = name.strip_suffix(".conf").unwrap_or("");
+        Some(
+            if stem.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\0')
+            {
+                Err(format!(
+                    "{name:?} is not a usable drop-in name; use a bare file name (no '/', not \
+                     hidden) ending in \".conf\", such as \"60-portd.conf\""
+                ))
+            } else {
+                Ok(DropinName(name.to_string()))
+            },
+        )
+    }
+}
+
+/// `""` for no metrics file, or an absolute path.
+#[derive(Debug)]
+struct MetricsPath(Option<PathBuf>);
+
+impl Leaf for MetricsPath {
+    const EXPECTING: &'static str = r#"an absolute path, or "" for no metrics file"#;
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        let Scalar::Str(text) = value else {
+            return None;
+        };
+        Some(if text.is_empty() {
+            Ok(MetricsPath(None))
+        } else if text.starts_with('/') && !text.contains('\0') {
+            Ok(MetricsPath(Some(PathBuf::from(text))))
+        } else {
+            Err(format!(
+                "{text:?} is not an absolute path; write a path starting with '/', \
+                 or \"\" for no metrics file"
+            ))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// From the raw file to the policy: defaults for what is missing, then the
+// relations between keys.
+
+fn value<T, U>(raw: &Opt<T>, convert: impl FnOnce(&T) -> U, default: U) -> U {
+    raw.as_ref().map_or(default, |v| convert(v.get_ref()))
+}
+
+fn validate(raw: RawPolicy, report: &mut Report<'_>) -> Policy {
+    let RawPolicy {
+        poll: Section(poll),
+        thresholds: Section(thresholds),
+        widen: Section(widen),
+        persist: Section(persist),
+        alerts: Section(alerts),
+        metrics: Section(metrics),
+    } = raw;
+    let d = Policy::default();
+    let duration = |v: &HumanDuration| v.0;
+
+    if let Some(interval) = &poll.interval
+        && interval.get_ref().0.is_zero()
+    {
+        report.error(
+            Some(interval.span()),
+            "poll.interval: must be longer than zero, such as \"10s\"".to_string(),
+        );
+    }
+
+    let warning = Level::new("thresholds.warning", &thresholds.warning, d.warning);
+    let critical = Level::new("thresholds.critical", &thresholds.critical, d.critical);
+    let clear = Level::new("thresholds.clear", &thresholds.clear, d.clear);
+    let target = Level::new("widen.target", &widen.target, d.target);
+    check_order(
+        report,
+        &clear,
+        &warning,
+        Order::Below,
+        "an alert clears only when usage falls below clear",
+    );
+    check_order(
+        report,
+        &warning,
+        &critical,
+        Order::AtMost,
+        "a level is warning before it is critical",
+    );
+    check_order(
+        report,
+        &target,
+        &warning,
+        Order::Below,
+        "widening must bring usage below the warning level",
+    );
+
+    let floor = value(&widen.floor, |f| f.0, d.floor);
+    let ceiling = value(&widen.ceiling, |c| c.0, d.ceiling);
+    if let (Some(raw_floor), Floor::Port(low)) = (&widen.floor, floor)
+        && low > ceiling
+        && !report.is_dropped("widen.ceiling")
+    {
+        report.error(
+            Some(raw_floor.span()),
+            format!(
+                "widen.floor: floor {low} is above widen.ceiling ({ceiling}); \
+                 the floor must be at most the ceiling"
+            ),
+        );
+    }
+
+    Policy {
+        interval: value(&poll.interval, duration, d.interval),
+        max_staleness: value(&poll.max_staleness, duration, d.max_staleness),
+        warning: warning.ratio,
+        critical: critical.ratio,
+        clear: clear.ratio,
+        hold: value(&thresholds.hold, duration, d.hold),
+        tcp_pool_alerts: value(&thresholds.tcp_pool, |f| f.0, d.tcp_pool_alerts),
+        mode: value(&widen.mode, |m| m.0, d.mode),
+        floor,
+        ceiling,
+        target: target.ratio,
+        cooldown: value(&widen.cooldown, duration, d.cooldown),
+        max_changes_per_hour: value(&widen.max_changes_per_hour, |n| n.0, d.max_changes_per_hour),
+        protected: value(&widen.protected, |p| p.0.clone(), d.protected),
+        persist: value(&persist.enabled, |f| f.0, d.persist),
+        dropin_name: value(&persist.file, |n| n.0.clone(), d.dropin_name),
+        reminder: value(&alerts.reminder, duration, d.reminder),
+        metrics_file: value(&metrics.file, |m| m.0.clone(), d.metrics_file),
+    }
+}
+
+/// A percentage key with its effective value and, if the file sets it, its span.
+struct Level<'k> {
+    key: &'k str,
+    ratio: Ratio,
+    span: Option<Range<usize>>,
+}
+
+impl<'k> Level<'k> {
+    fn new(key: &'k str, raw: &Opt<Percent>, default: Ratio) -> Self {
+        Level {
+            key,
+            ratio: value(raw, Percent::ratio, default),
+            span: raw.as_ref().map(Spanned::span),
+        }
+    }
+
+    fn shown(&self) -> String {
+        // Round away the binary noise of `percent()`: 0.07 * 100 is 7.000000000000001.
+        format!("{}%", (self.ratio.percent() * 1e9).round() / 1e9)
+    }
+}
+
+enum Order {
+    Below,
+    AtMost,
+}
+
+/// Checks `lower < higher` (or `<=`) and blames the key the file sets:
+/// `lower` if it sets both.
+fn check_order(
+    report: &mut Report<'_>,
+    lower: &Level<'_>,
+    higher: &Level<'_>,
+    order: Order,
+    why: &str,
+) {
+    if report.is_dropped(lower.key) || report.is_dropped(higher.key) {
+        return;
+    }
+    let (holds, relation) = match order {
+        Order::Below => (lower.ratio.0 < higher.ratio.0, "below"),
+        Order::AtMost => (lower.ratio.0 <= higher.ratio.0, "at most"),
+    };
+    if holds {
+        return;
+    }
+    let (blamed, relation, other) = match (&lower.span, &higher.span) {
+        (Some(_), _) => (lower, relation, higher),
+        (None, Some(_)) => (higher, inverse(relation), lower),
+        (None, None) => return, // the defaults themselves satisfy every relation
+    };
+    report.error(
+        blamed.span.clone(),
+        format!(
+            "{}: {} must be {relation} {} ({}); {why}",
+            blamed.key,
+            blamed.shown(),
+            other.key,
+            other.shown()
+        ),
+    );
+}
+
+fn inverse(relation: &str) -> &'static str {
+    if relation == "below" {
+        "above"
+    } else {
+        "at least"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::{self, Permissions};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../config/portd.toml");
+    const THREE_ERRORS: &str = include_str!("../../tests/fixtures/policy/three-errors.toml");
+
+    fn path() -> &'static Path {
+        Path::new("/etc/portd.toml")
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(path(), text) {
+            Ok(policy) => panic!("expected errors, got {policy:?}"),
+            Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The one error of `text`, checked to start with `prefix` and to hold every part.
+    fn one_error(text: &str, prefix: &str, parts: &[&str]) {
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].starts_with(prefix),
+            "{:?} lacks {prefix:?}",
+            errors[0]
+        );
+        for part in parts {
+            assert!(errors[0].contains(part), "{:?} lacks {part:?}", errors[0]);
+        }
+    }
+
+    #[test]
+    fn shipped_file_is_exactly_the_defaults() {
+        assert_eq!(
+            parse(Path::new("config/portd.toml"), SHIPPED),
+            Ok(Policy::default())
+        );
+    }
+
+    #[test]
+    fn shipped_file_sets_every_key() {
+        // Every key of the schema appears uncommented, so the file documents them all.
+        for key in [
+            "[poll]",
+            "interval",
+            "max_staleness",
+            "[thresholds]",
+            "warning",
+            "critical",
+            "clear",
+            "hold",
+            "tcp_pool",
+            "[widen]",
+            "mode",
+            "floor",
+            "ceiling",
+            "target",
+            "cooldown",
+            "max_changes_per_hour",
+            "protected",
+            "[persist]",
+            "enabled",
+            "file",
+            "[alerts]",
+            "reminder",
+            "[metrics]",
+        ] {
+            assert!(
+                SHIPPED.lines().any(|l| l.trim_start().starts_with(key)),
+                "config/portd.toml does not set {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_or_comment_only_file_is_the_defaults() {
+        assert_eq!(parse(path(), ""), Ok(Policy::default()));
+        assert_eq!(
+            parse(path(), "# nothing here\n\n[widen]\n"),
+            Ok(Policy::default())
+        );
+    }
+
+    #[test]
+    fn missing_keys_take_the_defaults() {
+        let policy = parse(path(), "[widen]\nmode = \"advise\"\n").unwrap();
+        assert_eq!(
+            policy,
+            Policy {
+                mode: Mode::Advise,
+                ..Policy::default()
+            }
+        );
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = r#"
+            [poll]
+            interval = "2s"
+            max_staleness = "1h 30m"
+            [thresholds]
+            warning = 60
+            critical = 75.5
+            clear = 45
+            hold = "0s"
+            tcp_pool = true
+            [widen]
+            mode = "advise"
+            floor = 10000
+            ceiling = 60999
+            target = 12.5
+            cooldown = "10m"
+            max_changes_per_hour = 2
+            protected = [8080, "9000-9100", "9200", " 9300 - 9301 "]
+            [persist]
+            enabled = false
+            file = "70-portd.conf"
+            [alerts]
+            reminder = "2h"
+            [metrics]
+            file = "/run/portd/metrics.prom"
+        "#;
+        let range = |l, h| PortRange::new(l, h).unwrap();
+        let expected = Policy {
+            interval: Duration::from_secs(2),
+            max_staleness: Duration::from_secs(5400),
+            warning: Ratio(0.60),
+            critical: Ratio(0.755),
+            clear: Ratio(0.45),
+            hold: Duration::ZERO,
+            tcp_pool_alerts: true,
+            mode: Mode::Advise,
+            floor: Floor::Port(10000),
+            ceiling: 60999,
+            target: Ratio(0.125),
+            cooldown: Duration::from_secs(600),
+            max_changes_per_hour: 2,
+            protected: vec![
+                range(8080, 8080),
+                range(9000, 9100),
+                range(9200, 9200),
+                range(9300, 9301),
+            ],
+            persist: false,
+            dropin_name: "70-portd.conf".to_string(),
+            reminder: Duration::from_secs(7200),
+            metrics_file: Some(PathBuf::from("/run/portd/metrics.prom")),
+        };
+        assert_eq!(parse(path(), text), Ok(expected));
+    }
+
+    #[test]
+    fn dotted_and_inline_keys_are_the_same_keys() {
+        let policy = parse(
+            path(),
+            "widen = { ceiling = 61001 }\nthresholds.hold = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(policy.ceiling, 61001);
+        assert_eq!(policy.hold, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn syntax_error_is_one_line_with_the_parsers_position() {
+        one_error(
+            "[poll]\ninterval = \"10s\"\nwarning = = 3\n",
+            "/etc/portd.toml:3:",
+            &["TOML syntax error"],
+        );
+        one_error("[widen\n", "/etc/portd.toml:1:", &["TOML syntax error"]);
+        one_error(
+            "[poll]\ninterval = \"1s\"\ninterval = \"2s\"\n",
+            "/etc/portd.toml:3:1: ",
+            &["TOML syntax error", "duplicate key"],
+        );
+    }
+
+    #[test]
+    fn unknown_key_lists_the_allowed_keys() {
+        one_error(
+            "[widen]\nmode = \"auto\"\nflor = 2000\n",
+            "/etc/portd.toml:3:1: unknown key `flor` in [widen], expected one of ",
+            &["`floor`", "`ceiling`", "`protected`"],
+        );
+    }
+
+    #[test]
+    fn unknown_section_lists_the_sections() {
+        one_error(
+            "[poll]\n[widn]\nmode = \"auto\"\n",
+            "/etc/portd.toml:2:2: unknown key `widn` at the top level, expected one of ",
+            &["`poll`", "`widen`", "`metrics`"],
+        );
+    }
+
+    #[test]
+    fn section_that_is_not_a_table() {
+        one_error(
+            "[[widen]]\nmode = \"auto\"\n",
+            "/etc/portd.toml:1:1: widen: invalid type: array, ",
+            &["expected a table, written once as [widen]"],
+        );
+        one_error(
+            "poll = 5\n",
+            "/etc/portd.toml:1:8: poll: invalid type: integer `5`, ",
+            &["expected a table, written once as [poll]"],
+        );
+    }
+
+    #[test]
+    fn wrong_type_says_what_is_allowed() {
+        one_error(
+            "[thresholds]\nwarning = \"forty\"\n",
+            "/etc/portd.toml:2:11: thresholds.warning: invalid type: string \"forty\", ",
+            &["expected a percentage above 0 and at most 100"],
+        );
+        one_error(
+            "[thresholds]\ntcp_pool = \"no\"\n",
+            "/etc/portd.toml:2:12: thresholds.tcp_pool: invalid type: string \"no\", ",
+            &["expected true or false"],
+        );
+        one_error(
+            "[widen]\nceiling = \"65535\"\n",
+            "/etc/portd.toml:2:11: widen.ceiling: invalid type: string \"65535\", ",
+            &["expected a port number from 1 to 65535"],
+        );
+        one_error(
+            "[widen]\nprotected = 8080\n",
+            "/etc/portd.toml:2:13: widen.protected: invalid type: integer `8080`, ",
+            &[r#"expected a list of ports and port ranges, such as [8080, "9000-9100"]"#],
+        );
+        one_error(
+            "[widen]\nmode = 1\n",
+            "/etc/portd.toml:2:8: widen.mode: invalid type: integer `1`, ",
+            &[r#"expected "auto" or "advise""#],
+        );
+    }
+
+    #[test]
+    fn bad_enumerated_values_list_the_choices() {
+        one_error(
+            "[widen]\nmode = \"automatic\"\n",
+            "/etc/portd.toml:2:8: widen.mode: unknown mode \"automatic\"; ",
+            &[r#"use "auto""#, r#""advise""#],
+        );
+        one_error(
+            "[widen]\nfloor = \"lowest\"\n",
+            "/etc/portd.toml:2:9: widen.floor: unknown floor \"lowest\"; ",
+            &[r#"use "initial""#, "1 to 65535"],
+        );
+    }
+
+    #[test]
+    fn durations_are_humantime_strings() {
+        one_error(
+            "[thresholds]\nhold = \"thirty\"\n",
+            "/etc/portd.toml:2:8: thresholds.hold: invalid duration \"thirty\"",
+            &[r#"write it like "30s", "5m" or "1h 30m""#],
+        );
+        one_error(
+            "[widen]\ncooldown = 300\n",
+            "/etc/portd.toml:2:12: widen.cooldown: invalid type: integer `300`, ",
+            &[r#"expected a duration such as "30s""#],
+        );
+        one_error(
+            "[alerts]\nreminder = \"2years\"\n",
+            "/etc/portd.toml:2:12: alerts.reminder: ",
+            &["longer than a year"],
+        );
+    }
+
+    #[test]
+    fn zero_interval_is_refused() {
+        one_error(
+            "[poll]\ninterval = \"0s\"\n",
+            "/etc/portd.toml:2:12: poll.interval: must be longer than zero",
+            &[],
+        );
+    }
+
+    #[test]
+    fn percentages_are_above_zero_and_at_most_a_hundred() {
+        one_error(
+            "[thresholds]\ncritical = 150\n",
+            "/etc/portd.toml:2:12: thresholds.critical: 150 is not a usable percentage",
+            &["above 0 and at most 100"],
+        );
+        one_error(
+            "[thresholds]\nclear = 0\n",
+            "/etc/portd.toml:2:9: thresholds.clear: 0 is not a usable percentage",
+            &[],
+        );
+        one_error(
+            "[thresholds]\nclear = nan\n",
+            "/etc/portd.toml:2:9: ",
+            &["NaN"],
+        );
+    }
+
+    #[test]
+    fn floor_above_ceiling_points_at_the_floor() {
+        one_error(
+            "[widen]\nfloor = 40000\nceiling = 30000\n",
+            "/etc/portd.toml:2:9: widen.floor: floor 40000 is above widen.ceiling (30000)",
+            &["at most the ceiling"],
+        );
+    }
+
+    #[test]
+    fn ports_are_between_one_and_65535() {
+        one_error(
+            "[widen]\nceiling = 70000\n",
+            "/etc/portd.toml:2:11: widen.ceiling: 70000 is not a port number; use 1 to 65535",
+            &[],
+        );
+        one_error(
+            "[widen]\nfloor = 0\n",
+            "/etc/portd.toml:2:9: widen.floor: 0 is not a port number",
+            &[],
+        );
+    }
+
+    #[test]
+    fn clear_must_be_below_warning() {
+        one_error(
+            "[thresholds]\nclear = 45\n",
+            "/etc/portd.toml:2:9: thresholds.clear: 45% must be below thresholds.warning (40%)",
+            &["clears"],
+        );
+        // Only warning is set: it is the key to fix.
+        one_error(
+            "[thresholds]\nwarning = 28\n",
+            "/etc/portd.toml:2:11: thresholds.warning: 28% must be above thresholds.clear (30%)",
+            &[],
+        );
+    }
+
+    #[test]
+    fn warning_must_not_exceed_critical() {
+        one_error(
+            "[thresholds]\nwarning = 45\ncritical = 42.5\n",
+            "/etc/portd.toml:2:11: thresholds.warning: 45% must be at most \
+             thresholds.critical (42.5%)",
+            &[],
+        );
+        assert!(parse(path(), "[thresholds]\nwarning = 50\ncritical = 50\n").is_ok());
+    }
+
+    #[test]
+    fn target_must_be_below_warning() {
+        one_error(
+            "[widen]\ntarget = 40\n",
+            "/etc/portd.toml:2:10: widen.target: 40% must be below thresholds.warning (40%)",
+            &[],
+        );
+    }
+
+    #[test]
+    fn backwards_protected_range_says_write_it_low_high() {
+        one_error(
+            "[widen]\nprotected = [8080, \"9100-9000\"]\n",
+            "/etc/portd.toml:2:20: widen.protected: range \"9100-9000\" is written backwards; \
+             write it low-high: \"9000-9100\"",
+            &[],
+        );
+        one_error(
+            "[widen]\nprotected = [\"80-x\"]\n",
+            "/etc/portd.toml:2:14: widen.protected: \"80-x\" is not a port or a port range",
+            &[],
+        );
+        one_error(
+            "[widen]\nprotected = [70000]\n",
+            "/etc/portd.toml:2:14: widen.protected: 70000 is not a port number",
+            &[],
+        );
+    }
+
+    #[test]
+    fn change_cap_is_at_least_one() {
+        one_error(
+            "[widen]\nmax_changes_per_hour = 99999999999999999999\n",
+            "/etc/portd.toml:2:24: widen.max_changes_per_hour: 99999999999999999999 is not allowed",
+            &[],
+        );
+        one_error(
+            "[widen]\nmax_changes_per_hour = 0\n",
+            "/etc/portd.toml:2:24: widen.max_changes_per_hour: 0 is not allowed",
+            &[r#"mode = "advise""#],
+        );
+    }
+
+    #[test]
+    fn dropin_name_is_a_bare_conf_file_name() {
+        for bad in [
+            "../60-portd.conf",
+            "60-portd",
+            ".conf",
+            ".60-portd.conf",
+            "/etc/x.conf",
+        ] {
+            let text = format!("[persist]\nfile = {bad:?}\n");
+            one_error(
+                &text,
+                "/etc/portd.toml:2:8: persist.file: ",
+                &["60-portd.conf"],
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_file_is_absolute_or_empty() {
+        one_error(
+            "[metrics]\nfile = \"metrics.prom\"\n",
+            "/etc/portd.toml:2:8: metrics.file: \"metrics.prom\" is not an absolute path",
+            &[],
+        );
+    }
+
+    #[test]
+    fn typo_wrong_type_and_floor_above_ceiling_give_three_lines() {
+        let errors = errors(THREE_ERRORS);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("/etc/portd.toml:12:1: unknown key `tcp_pol` in [thresholds]")
+        );
+        assert!(errors[1].starts_with("/etc/portd.toml:15:8: widen.mode: invalid type: boolean"));
+        assert!(errors[2].starts_with("/etc/portd.toml:16:9: widen.floor: floor 61000 is above"));
+    }
+
+    #[test]
+    fn independent_errors_are_all_reported_in_file_order() {
+        let text = "\
+[widen]
+protected = [\"9100-9000\"]
+cooldown = \"5 minutes please\"
+[poll]
+interval = \"0s\"
+colour = \"blue\"
+[metrics]
+file = \"x\"
+[persist]
+file = \"a/b.conf\"
+";
+        let lines: Vec<usize> = parse(path(), text)
+            .unwrap_err()
+            .diagnostics
+            .iter()
+            .map(|d| d.position.unwrap().line)
+            .collect();
+        assert_eq!(lines, [2, 3, 5, 6, 8, 10]);
+    }
+
+    #[test]
+    fn an_invalid_value_is_not_also_blamed_in_a_relation() {
+        // warning is dropped as invalid; clear = 45 must not be compared with
+        // the default warning (40%) the file never asked for.
+        one_error(
+            "[thresholds]\nwarning = \"high\"\nclear = 45\n",
+            "/etc/portd.toml:2:11: thresholds.warning: invalid type",
+            &[],
+        );
+    }
+
+    #[test]
+    fn error_display_is_one_line_per_diagnostic() {
+        let error = parse(path(), THREE_ERRORS).unwrap_err();
+        assert_eq!(error.to_string().lines().count(), 3);
+        let error = parse(path(), "[widen]\nprotected = [\"1\\n2\"]\n").unwrap_err();
+        assert_eq!(error.to_string().lines().count(), 1);
+    }
+
+    // --- reading files: existence, ownership and mode
+
+    fn policy_file(text: &str, mode: u32) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        fs::set_permissions(file.path(), Permissions::from_mode(mode)).unwrap();
+        file
+    }
+
+    #[test]
+    fn load_reads_a_safe_file() {
+        let file = policy_file("[widen]\nmode = \"advise\"\n", 0o644);
+        assert_eq!(load(file.path()).unwrap().mode, Mode::Advise);
+        assert!(load_or_default(file.path()).unwrap().1);
+    }
+
+    #[test]
+    fn missing_file_gives_the_defaults_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("portd.toml");
+        assert_eq!(load_or_default(&missing), Ok((Policy::default(), false)));
+        let error = load(&missing).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{}: cannot read", missing.display())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn load_reports_errors_with_the_real_path() {
+        let file = policy_file("[widen]\nfloor = 0\n", 0o600);
+        let error = load(file.path()).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{}:2:9: ", file.path().display())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn world_or_group_writable_file_is_refused_with_the_fix() {
+        for mode in [0o666, 0o646, 0o664] {
+            let file = policy_file("", mode);
+            let error = load(file.path()).unwrap_err();
+            assert_eq!(error.diagnostics.len(), 1);
+            let line = error.to_string();
+            assert!(line.contains(&format!("mode {mode:04o}")), "{line}");
+            assert!(
+                line.ends_with(&format!("fix: chmod go-w {}", file.path().display())),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_of_another_user_is_refused_with_the_fix() {
+        let file = policy_file("", 0o644);
+        let mut owner = file.as_file().metadata().unwrap().uid();
+        if owner == 0 {
+            // Root owns everything it creates; hand the file to nobody.
+            std::os::unix::fs::chown(file.path(), Some(65534), None).unwrap();
+            owner = 65534;
+        }
+        let metadata = fs::metadata(file.path()).unwrap();
+        let error = check_file_safety(file.path(), &metadata, owner + 1).unwrap_err();
+        assert_eq!(error.diagnostics.len(), 1);
+        let line = error.to_string();
+        assert!(line.contains(&format!("owned by uid {owner}")), "{line}");
+        assert!(
+            line.ends_with(&format!("fix: chown root: {}", file.path().display())),
+            "{line}"
+        );
+        // The same file is fine for its owner.
+        assert!(check_file_safety(file.path(), &metadata, owner).is_ok());
+    }
+
+    #[test]
+    fn root_owned_file_is_fine_for_any_user() {
+        let file = policy_file("", 0o644);
+        let metadata = fs::metadata(file.path()).unwrap();
+        if metadata.uid() == 0 {
+            assert!(check_file_safety(file.path(), &metadata, 1000).is_ok());
+        }
+    }
+
+    #[test]
+    fn fix_commands_quote_odd_paths() {
+        assert_eq!(shell_quote(Path::new("/etc/portd.toml")), "/etc/portd.toml");
+        assert_eq!(
+            shell_quote(Path::new("/tmp/my file's")),
+            r"'/tmp/my file'\''s'"
+        );
+    }
+
+    #[test]
+    fn non_utf8_file_points_at_the_bad_byte() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"[poll]\ninterval = \"1\xffs\"\n").unwrap();
+        fs::set_permissions(file.path(), Permissions::from_mode(0o644)).unwrap();
+        let error = load(file.path()).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{}:2:14: ", file.path().display())),
+            "{error}"
+        );
+        assert!(error.contains("UTF-8"), "{error}");
+    }
+}

@@ -1,0 +1,161 @@
+//! Atomic file replacement and the one-writer lock.
+//!
+//! A file is replaced by writing a temp file in the same directory, fsync,
+//! rename over the target, fsync the directory; everything is opened
+//! relative to the directory and never follows a symlink, so a crash leaves
+//! either the complete old or the complete new file (kernel.md §7.3).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
+
+/// Temp files start with '.' and do not end in ".conf", so systemd-sysctl
+/// never reads a half-written one.
+fn temp_name(name: &str) -> String {
+    format!(".{name}.portd-tmp-{}", std::process::id())
+}
+
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Replaces `dir/name` with `contents` atomically, with permissions `mode`.
+pub fn atomic_write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dirfd = open_dir(dir)?;
+    let tmp = temp_name(name);
+    // A temp file left by a killed earlier run of this pid is stale.
+    let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
+    let fd = rustix::fs::openat(
+        &dirfd,
+        tmp.as_str(),
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )?;
+    let result = (|| -> io::Result<()> {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?; // not subject to umask
+        let mut file = File::from(fd);
+        file.write_all(contents)?;
+        file.sync_all()?;
+        rustix::fs::renameat(&dirfd, tmp.as_str(), &dirfd, name)?;
+        rustix::fs::fsync(&dirfd)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
+    }
+    result
+}
+
+/// Removes `dir/name` (not following symlinks) and makes the removal durable.
+/// Returns false when there was nothing to remove.
+pub fn remove_in(dir: &Path, name: &str) -> io::Result<bool> {
+    let dirfd = match open_dir(dir) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match rustix::fs::unlinkat(&dirfd, name, AtFlags::empty()) {
+        Ok(()) => {
+            rustix::fs::fsync(&dirfd)?;
+            Ok(true)
+        }
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes temp files of earlier, killed runs (any pid) for `name`.
+pub fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.portd-tmp-");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// An exclusive `flock` held for the life of the value: `portd run` and
+/// `portd rollback` take it so that there is one writer.
+pub struct WriterLock {
+    _fd: OwnedFd,
+    pub path: PathBuf,
+}
+
+impl WriterLock {
+    pub fn acquire(dir: &Path) -> Result<WriterLock, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join("lock");
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(WriterLock { _fd: fd, path }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(format!(
+                "another portd (run or rollback) holds {}; only one may change the port range at a time",
+                path.display()
+            )),
+            Err(e) => Err(format!("cannot lock {}: {e}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_sets_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        atomic_write(dir.path(), "a.conf", b"one\n", 0o644).unwrap();
+        atomic_write(dir.path(), "a.conf", b"two\n", 0o644).unwrap();
+        let p = dir.path().join("a.conf");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two\n");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_a_symlink_instead_of_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("a.conf")).unwrap();
+        atomic_write(dir.path(), "a.conf", b"new\n", 0o644).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(
+            !std::fs::symlink_metadata(dir.path().join("a.conf"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = WriterLock::acquire(dir.path()).unwrap();
+        let second = WriterLock::acquire(dir.path());
+        assert!(second.is_err_and(|e| e.contains("another portd")));
+    }
+}

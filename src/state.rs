@@ -1,0 +1,193 @@
+//! portd's memory across restarts: `/var/lib/portd/state.json`, written
+//! atomically. It records the values found before portd's first change (for
+//! rollback), what portd last wrote, a short history, the yield to the admin
+//! and the alert state.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::host::Host;
+use crate::kernel::{PortRange, PortSet};
+use crate::planner::{AlertState, History};
+
+/// Bumped when the meaning of a field changes; a newer file is refused
+/// rather than misread.
+pub const FORMAT_VERSION: u32 = 1;
+const FILE_NAME: &str = "state.json";
+const HISTORY_LEN: usize = 50;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Values {
+    pub range: PortRange,
+    pub reserved: PortSet,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Written {
+    #[serde(flatten)]
+    pub values: Values,
+    pub at: SystemTime,
+    /// False while the drop-in could not be written (retried each poll).
+    pub persisted: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub at: SystemTime,
+    pub from: PortRange,
+    pub to: PortRange,
+    pub reserved_added: PortSet,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Yield {
+    pub at: SystemTime,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    /// The range portd first found (the default floor).
+    pub initial_range: Option<PortRange>,
+    /// The values before portd's first change; `None` until it changes something.
+    pub original: Option<Values>,
+    /// What portd last wrote to /proc/sys.
+    pub last_written: Option<Written>,
+    /// Reserved ports portd added (rollback removes only these).
+    pub added_reserved: PortSet,
+    pub changes: Vec<Change>,
+    pub yielded: Option<Yield>,
+    pub alert: AlertState,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            format_version: FORMAT_VERSION,
+            initial_range: None,
+            original: None,
+            last_written: None,
+            added_reserved: PortSet::new(),
+            changes: Vec::new(),
+            yielded: None,
+            alert: AlertState::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl State {
+    pub fn path(host: &Host) -> PathBuf {
+        host.state_dir().join(FILE_NAME)
+    }
+
+    /// Loads the state; a missing file is a fresh state.
+    pub fn load(host: &Host) -> Result<State, StateError> {
+        let path = State::path(host);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        parse(&path, &text)
+    }
+
+    pub fn save(&self, host: &Host) -> Result<(), StateError> {
+        let dir = host.state_dir();
+        let io = |source| StateError::Io {
+            path: dir.join(FILE_NAME),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| StateError::Invalid {
+            path: dir.join(FILE_NAME),
+            message: e.to_string(),
+        })?;
+        text.push('\n');
+        fsutil::atomic_write(&dir, FILE_NAME, text.as_bytes(), 0o644).map_err(io)
+    }
+
+    pub fn record_change(&mut self, change: Change) {
+        self.changes.push(change);
+        if self.changes.len() > HISTORY_LEN {
+            let excess = self.changes.len() - HISTORY_LEN;
+            self.changes.drain(..excess);
+        }
+    }
+
+    /// The planner's view.
+    pub fn history(&self) -> History {
+        History {
+            initial_range: self.initial_range,
+            changes: self.changes.iter().map(|c| c.at).collect(),
+            yielded: self.yielded.as_ref().map(|y| y.reason.clone()),
+            alert: self.alert.clone(),
+        }
+    }
+}
+
+fn parse(path: &Path, text: &str) -> Result<State, StateError> {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let invalid = |message: String| StateError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let v: Version = serde_json::from_str(text).map_err(|e| {
+        invalid(format!(
+            "not a portd state file ({e}); move it aside to start afresh"
+        ))
+    })?;
+    if v.format_version != FORMAT_VERSION {
+        return Err(invalid(format!(
+            "format_version {} is not {FORMAT_VERSION}, the one this portd understands; use the portd that wrote it",
+            v.format_version
+        )));
+    }
+    serde_json::from_str(text).map_err(|e| invalid(format!("{e}; move it aside to start afresh")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_refuses_other_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        let s = State {
+            initial_range: Some(PortRange::new(40000, 40099).unwrap()),
+            added_reserved: PortSet::parse("40150,40200-40201").unwrap(),
+            ..State::default()
+        };
+        s.save(&host).unwrap();
+        assert_eq!(State::load(&host).unwrap(), s);
+        let text = std::fs::read_to_string(State::path(&host))
+            .unwrap()
+            .replace("\"format_version\": 1", "\"format_version\": 9");
+        std::fs::write(State::path(&host), text).unwrap();
+        let err = State::load(&host).unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("format_version 9"),
+            "{err}"
+        );
+    }
+}

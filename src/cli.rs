@@ -59,6 +59,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = LogTarget::Auto)]
         log_target: LogTarget,
     },
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Restore the values portd found before its first change and remove its drop-in.
     Rollback {
         /// Roll back even if someone else changed the values since portd wrote them.
@@ -128,6 +134,11 @@ fn run(cli: Cli) -> u8 {
             daemon::run(host, config, daemon::RunOptions { dry_run })
         }
         Command::Rollback { force } => rollback(&host, &config, force),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "portd", &mut std::io::stdout());
+            0
+        }
         Command::Status {
             json,
             top,

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::actuator;
 use crate::census::KernelSettings;
 use crate::census::procfs::ProcfsSource;
+use crate::check;
 use crate::daemon;
 use crate::fsutil::WriterLock;
 use crate::host::Host;
@@ -58,6 +59,15 @@ pub enum Command {
         /// Where log lines and events go.
         #[arg(long, value_enum, default_value_t = LogTarget::Auto)]
         log_target: LogTarget,
+    },
+    /// Validate the policy and inspect the host; exit 0 fine, 1 warnings, 2 errors.
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also show what the daemon would do now.
+        #[arg(long)]
+        plan: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
     #[command(hide = true)]
@@ -134,6 +144,26 @@ fn run(cli: Cli) -> u8 {
             daemon::run(host, config, daemon::RunOptions { dry_run })
         }
         Command::Rollback { force } => rollback(&host, &config, force),
+        Command::Check { json, plan } => {
+            let policy = policy::file::load_or_default(&config).map_err(|e| e.to_string());
+            let source = ProcfsSource::new(&host);
+            let report = check::run(
+                &host,
+                &config,
+                policy,
+                &source,
+                &check::CheckOptions { plan },
+            );
+            let text = if json {
+                serde_json::to_string_pretty(&report)
+                    .map_or_else(|e| format!("{{\"error\": \"{e}\"}}"), |s| s + "\n")
+            } else {
+                check::render_human(&report)
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            report.exit_code()
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "portd", &mut std::io::stdout());

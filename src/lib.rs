@@ -4,6 +4,7 @@
 pub mod actuator;
 pub mod attribution;
 pub mod census;
+pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod events;

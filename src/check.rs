@@ -1,0 +1,424 @@
+//! `portd check`: validates the policy and inspects the host: which
+//! sysctl.d file sets each key at boot and whether portd's drop-in would be
+//! overridden, parity, listening services inside the range or the span the
+//! policy may open, and (`--plan`) what the daemon would do now.
+//!
+//! Exit status: 0 fine, 1 warnings, 2 errors.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::census::{KernelSettings, SocketSource};
+use crate::host::Host;
+use crate::kernel::{self, PortRange};
+use crate::planner::{self, Action, Inputs, Observation};
+use crate::policy::{Floor, Policy};
+use crate::state::State;
+use crate::sysctld;
+use crate::usage::{self, UsageOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BootKey {
+    pub key: &'static str,
+    /// Every assignment in application order: `file:line: value`.
+    pub assignments: Vec<String>,
+    /// The one that wins at boot, if any.
+    pub winner: Option<String>,
+    /// Assignments after portd's drop-in: they would override it.
+    pub overrides_dropin: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub policy_file: String,
+    pub policy_found: bool,
+    /// `PATH:LINE:COLUMN: message` lines of a rejected policy file.
+    pub policy_errors: Vec<String>,
+    pub range: Option<PortRange>,
+    pub reserved_ports: Option<String>,
+    pub unprivileged_port_start: Option<u16>,
+    pub boot: Vec<BootKey>,
+    /// Span the policy may open: (low, high) pairs outside the current range.
+    pub may_open: Vec<PortRange>,
+    pub listeners_in_range: Vec<u16>,
+    pub listeners_in_span: Vec<u16>,
+    pub findings: Vec<Finding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<planner::Decision>,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        if !self.policy_errors.is_empty() {
+            return 2;
+        }
+        match self.findings.iter().map(|f| f.severity).max() {
+            Some(Severity::Error) => 2,
+            Some(Severity::Warning) => 1,
+            _ => 0,
+        }
+    }
+
+    fn add(&mut self, severity: Severity, message: impl Into<String>) {
+        self.findings.push(Finding {
+            severity,
+            message: message.into(),
+        });
+    }
+}
+
+pub struct CheckOptions {
+    pub plan: bool,
+}
+
+/// `policy` is the loaded policy, or the error text that refused it (then
+/// the host is inspected against the defaults and the result is an error).
+pub fn run(
+    host: &Host,
+    policy_file: &Path,
+    policy: Result<(Policy, bool), String>,
+    source: &dyn SocketSource,
+    opts: &CheckOptions,
+) -> Report {
+    let mut report = Report {
+        policy_file: policy_file.display().to_string(),
+        policy_found: false,
+        policy_errors: Vec::new(),
+        range: None,
+        reserved_ports: None,
+        unprivileged_port_start: None,
+        boot: Vec::new(),
+        may_open: Vec::new(),
+        listeners_in_range: Vec::new(),
+        listeners_in_span: Vec::new(),
+        findings: Vec::new(),
+        plan: None,
+    };
+    let policy = match policy {
+        Ok((p, found)) => {
+            report.policy_found = found;
+            if !found {
+                report.add(
+                    Severity::Info,
+                    format!(
+                        "{} does not exist: the built-in defaults apply",
+                        policy_file.display()
+                    ),
+                );
+            }
+            p
+        }
+        Err(e) => {
+            report.policy_errors = e.lines().map(str::to_string).collect();
+            Policy::default()
+        }
+    };
+    boot_config(host, &policy, &mut report);
+    let settings = match KernelSettings::read(host) {
+        Ok(s) => s,
+        Err(e) => {
+            report.add(Severity::Error, e.to_string());
+            return report;
+        }
+    };
+    report.range = Some(settings.port_range);
+    report.reserved_ports = Some(settings.reserved_ports.to_sysctl_list());
+    report.unprivileged_port_start = Some(settings.unprivileged_port_start);
+    let range = settings.port_range;
+    if range.has_same_parity() {
+        report.add(
+            Severity::Warning,
+            format!(
+                "range {range} has ends of the same parity: connect() may never reach one port per destination; portd fixes this when it widens"
+            ),
+        );
+    }
+    let state = match State::load(host) {
+        Ok(s) => s,
+        Err(e) => {
+            report.add(
+                Severity::Error,
+                format!("{e} (portd run would only advise until this is fixed)"),
+            );
+            State::default()
+        }
+    };
+    if let Some(y) = &state.yielded {
+        report.add(
+            Severity::Warning,
+            format!(
+                "portd yielded to the admin ({}); it only advises until `systemctl reload portd`",
+                y.reason
+            ),
+        );
+    }
+    let floor = match policy.floor {
+        Floor::Port(p) => p,
+        Floor::Initial => state.initial_range.map_or(range.low(), PortRange::low),
+    }
+    .max(settings.unprivileged_port_start)
+    .max(1);
+    if let Floor::Port(p) = policy.floor
+        && p < settings.unprivileged_port_start
+    {
+        report.add(
+            Severity::Warning,
+            format!(
+                "widen.floor {p} is below ip_unprivileged_port_start {}: the kernel refuses such a range, so portd stops at {}",
+                settings.unprivileged_port_start, settings.unprivileged_port_start
+            ),
+        );
+    }
+    if range.low() < floor || range.high() > policy.ceiling {
+        report.add(
+            Severity::Warning,
+            format!(
+                "the range {range} lies outside the policy's bounds {floor}-{}: portd will not change it",
+                policy.ceiling
+            ),
+        );
+    } else {
+        if floor < range.low() {
+            report
+                .may_open
+                .extend(PortRange::new(floor, range.low() - 1).ok());
+        }
+        if policy.ceiling > range.high() {
+            report
+                .may_open
+                .extend(PortRange::new(range.high() + 1, policy.ceiling).ok());
+        }
+    }
+
+    let census = usage::take_census(
+        source,
+        settings.clone(),
+        UsageOptions {
+            tcp_pool_in_headline: policy.tcp_pool_alerts,
+        },
+    );
+    let usage = match census {
+        Ok(u) => u,
+        Err(e) => {
+            report.add(Severity::Error, format!("census failed: {e}"));
+            return report;
+        }
+    };
+    report.listeners_in_range = usage.listeners_in_range.clone();
+    report.listeners_in_span = usage
+        .listening_ports
+        .iter()
+        .filter(|p| report.may_open.iter().any(|r| r.contains(*p)))
+        .collect();
+    if !report.listeners_in_range.is_empty() {
+        let unreserved: Vec<String> = report
+            .listeners_in_range
+            .iter()
+            .filter(|p| !settings.reserved_ports.contains(**p))
+            .map(u16::to_string)
+            .collect();
+        if !unreserved.is_empty() {
+            report.add(
+                Severity::Warning,
+                format!(
+                    "services listen inside the range on unreserved port(s) {}: a restart can find the port taken by an outgoing connection; add them to ip_local_reserved_ports",
+                    unreserved.join(", ")
+                ),
+            );
+        }
+    }
+    if !report.listeners_in_span.is_empty() {
+        report.add(
+            Severity::Info,
+            format!(
+                "services listen on {} port(s) inside the span the policy may open ({}); portd reserves them before the range grows over them",
+                report.listeners_in_span.len(),
+                abbreviate(&report.listeners_in_span)
+            ),
+        );
+    }
+    if opts.plan {
+        let pin = crate::actuator::pin(host, &policy.dropin_name)
+            .ok()
+            .flatten();
+        let mut history = state.history();
+        // What the daemon would do on a poll now, with the level already held.
+        history.alert.level =
+            crate::level::Level::of(usage.headline.usage, policy.warning, policy.critical);
+        report.plan = Some(planner::plan(&Inputs {
+            observation: &Observation::from_usage(&usage),
+            policy: &policy,
+            history: &history,
+            pin: pin.as_ref(),
+            now: SystemTime::now(),
+            dry_run: false,
+        }));
+    }
+    report
+}
+
+fn abbreviate(ports: &[u16]) -> String {
+    let mut s: Vec<String> = ports.iter().take(10).map(u16::to_string).collect();
+    if ports.len() > 10 {
+        s.push(format!("and {} more", ports.len() - 10));
+    }
+    s.join(", ")
+}
+
+fn boot_config(host: &Host, policy: &Policy, report: &mut Report) {
+    let scan = match sysctld::scan(host) {
+        Ok(s) => s,
+        Err(e) => {
+            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
+            return;
+        }
+    };
+    for w in &scan.warnings {
+        report.add(Severity::Info, format!("systemd-sysctl will warn: {w}"));
+    }
+    for key in [kernel::KEY_RESERVED_PORTS, kernel::KEY_PORT_RANGE] {
+        let overrides: Vec<String> = scan
+            .later_overrides(&policy.dropin_name, key)
+            .iter()
+            .map(|a| format!("{}:{}: {}", a.file.display(), a.line, a.value))
+            .collect();
+        if !overrides.is_empty() {
+            report.add(
+                Severity::Warning,
+                format!(
+                    "{key} is set after portd's drop-in {} by {}: a change portd makes would not survive a reboot, so portd will only advise",
+                    policy.dropin_name,
+                    overrides.join("; ")
+                ),
+            );
+        }
+        report.boot.push(BootKey {
+            key,
+            assignments: scan
+                .assignments_for(key)
+                .iter()
+                .map(|a| format!("{}:{}: {}", a.file.display(), a.line, a.value))
+                .collect(),
+            winner: scan
+                .winning(key)
+                .map(|a| format!("{}:{}: {}", a.file.display(), a.line, a.value)),
+            overrides_dropin: overrides,
+        });
+    }
+}
+
+pub fn render_human(r: &Report) -> String {
+    let mut out = String::new();
+    for e in &r.policy_errors {
+        let _ = writeln!(out, "{e}");
+    }
+    let _ = writeln!(
+        out,
+        "policy     {}{}",
+        r.policy_file,
+        if !r.policy_errors.is_empty() {
+            " (rejected: the host is checked against the built-in defaults)"
+        } else if r.policy_found {
+            ""
+        } else {
+            " (absent: built-in defaults)"
+        }
+    );
+    if let Some(range) = r.range {
+        let _ = writeln!(
+            out,
+            "range      {range} ({} ports), reserved {:?}, ip_unprivileged_port_start {}",
+            range.len(),
+            r.reserved_ports.as_deref().unwrap_or(""),
+            r.unprivileged_port_start.unwrap_or(0)
+        );
+    }
+    for b in &r.boot {
+        let _ = writeln!(
+            out,
+            "at boot    {}: {}",
+            b.key,
+            b.winner
+                .as_deref()
+                .unwrap_or("not set by any sysctl.d file (kernel default)")
+        );
+        for a in b
+            .assignments
+            .iter()
+            .filter(|a| Some(*a) != b.winner.as_ref())
+        {
+            let _ = writeln!(out, "             overridden: {a}");
+        }
+    }
+    if !r.may_open.is_empty() {
+        let spans: Vec<String> = r.may_open.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "may open   {}", spans.join(", "));
+    }
+    if let Some(d) = &r.plan {
+        let _ = writeln!(
+            out,
+            "plan       level {:?}: {}",
+            d.raw_level,
+            describe(&d.action)
+        );
+    }
+    for f in &r.findings {
+        let label = match f.severity {
+            Severity::Info => "note",
+            Severity::Warning => "WARNING",
+            Severity::Error => "ERROR",
+        };
+        let _ = writeln!(out, "{label}: {}", f.message);
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        match r.exit_code() {
+            0 => "check: OK",
+            1 => "check: warnings",
+            _ => "check: errors",
+        }
+    );
+    out
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Nothing => "nothing to do (usage below the warning level)".into(),
+        Action::Apply { plan } => format!(
+            "widen {} -> {}{} (expected usage {})",
+            plan.from,
+            plan.to,
+            if plan.newly_reserved.is_empty() {
+                String::new()
+            } else {
+                format!(", reserving {} first", plan.newly_reserved)
+            },
+            plan.expected_usage
+        ),
+        Action::Hold {
+            plan: Some(plan),
+            reason,
+        } => {
+            format!("would widen {} -> {}, but {reason}", plan.from, plan.to)
+        }
+        Action::Hold { plan: None, reason } => format!("cannot widen: {reason}"),
+    }
+}

@@ -61,7 +61,15 @@ pub fn attribute(
             remote: s.remote,
             remote_port: s.remote_port,
         };
-        if let Some(&i) = index.get(&key) {
+        let reusable = s.state == TcpState::TimeWait
+            && usage.settings.tcp_tw_reuse.reusable(
+                usage.settings.tcp_timestamps,
+                s.local,
+                s.remote,
+            );
+        if let Some(&i) = index.get(&key)
+            && !reusable
+        {
             if s.inode == 0 {
                 result[i].without_inode += 1;
             } else {

@@ -131,7 +131,8 @@ pub struct Headline {
 pub enum Hazard {
     /// Low and high have the same parity: one port per destination can be unreachable.
     SameParity { low: u16, high: u16 },
-    /// Services listen inside the range: those ports are lost to connect().
+    /// Services listen inside the range on unreserved ports: a restarting
+    /// service can find its port taken by an outgoing connection.
     ListenersInRange { ports: Vec<u16> },
     /// A destination is at or past half of capacity: connect() to it is about 10x slower.
     SlowdownMark { destination: DestKey, usage: Ratio },
@@ -146,7 +147,7 @@ impl std::fmt::Display for Hazard {
             ),
             Hazard::ListenersInRange { ports } => write!(
                 f,
-                "{} listening port(s) inside the range ({}): they are lost to connect(), and a service restarting there can find its port taken; reserve them in ip_local_reserved_ports",
+                "{} unreserved listening port(s) inside the range ({}): a service restarting there can find its port taken by an outgoing connection; reserve them in ip_local_reserved_ports",
                 ports.len(),
                 abbreviate(ports)
             ),
@@ -367,10 +368,14 @@ impl Aggregator {
                 high: range.high(),
             });
         }
-        if !listeners_in_range.is_empty() {
-            hazards.push(Hazard::ListenersInRange {
-                ports: listeners_in_range.clone(),
-            });
+        // A reserved listener is safe: no outgoing connection can take its port.
+        let unreserved: Vec<u16> = listeners_in_range
+            .iter()
+            .copied()
+            .filter(|p| !self.settings.reserved_ports.contains(*p))
+            .collect();
+        if !unreserved.is_empty() {
+            hazards.push(Hazard::ListenersInRange { ports: unreserved });
         }
         hazards.extend(
             destinations

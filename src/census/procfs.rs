@@ -37,13 +37,13 @@ impl SocketSource for ProcfsSource {
     }
 
     fn scan(&self, scope: Scope, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
-        for (file, proto) in [("tcp", Proto::Tcp), ("tcp6", Proto::Tcp)] {
-            scan_inet_table(&self.net.join(file), proto, scope, true, visit)?;
+        // A kernel built or booted without IPv6 has no tcp6/udp6; tcp/udp always exist.
+        for (file, required) in [("tcp", true), ("tcp6", false)] {
+            scan_inet_table(&self.net.join(file), Proto::Tcp, scope, required, visit)?;
         }
         if scope == Scope::Listeners {
             return Ok(());
         }
-        // A kernel built without IPv6 has no tcp6/udp6; tcp/udp always exist.
         for (file, proto, required) in [("udp", Proto::Udp, true), ("udp6", Proto::Udp, false)] {
             scan_inet_table(&self.net.join(file), proto, scope, required, visit)?;
         }
@@ -200,7 +200,7 @@ fn parse_endpoint(text: &str) -> Result<(IpAddr, u16), String> {
 /// `/proc/net/sctp/eps` and `assocs` (format: `sctp_eps_seq_show()` and
 /// `sctp_assocs_seq_show()` in net/sctp/proc.c). SCTP has its own port space
 /// drawn from the same range; only the local port matters for its pool.
-fn scan_sctp(dir: &Path, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
+pub(super) fn scan_sctp(dir: &Path, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
     // eps: ENDPT SOCK STY SST HBKT LPORT UID INODE LADDRS...
     let eps = dir.join("eps");
     if let Some(reader) = open(&eps, false)? {

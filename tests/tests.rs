@@ -1,0 +1,15 @@
+//! portd's integration tests: one binary (STYLE.md), one module per area.
+//!
+//! The modules live in `tests/suite/` because Cargo builds every `tests/*.rs`
+//! file as a test binary of its own.
+
+mod suite {
+    pub mod ss;
+    pub mod util;
+
+    mod attribution_netns;
+    mod check_cli;
+    mod status_errors;
+    mod status_golden;
+    mod status_netns;
+}

@@ -287,6 +287,9 @@ pub fn persist(
     let reserved = boot_reserved.union(&state.added_reserved);
     let dir = host.path("/etc/sysctl.d");
     let text = dropin_text(written.values.range, &reserved, now);
+    // Temp files of writers killed mid-write (they are never read, but
+    // would pile up); portd is the only writer (it holds the lock).
+    fsutil::remove_stale_temps(&dir, dropin_name);
     fsutil::atomic_write(&dir, dropin_name, text.as_bytes(), 0o644).map_err(|source| {
         PersistError::Io {
             path: dir.join(dropin_name),
@@ -337,7 +340,15 @@ pub fn rollback(
             "portd has not changed this host's port range; nothing to roll back".into(),
         ]);
     };
-    if let Some(reason) = external_change(host, state, live)
+    // After a yield the daemon takes the admin's values as its baseline, so
+    // `external_change` no longer sees them; the yield itself says the live
+    // values are not portd's.
+    let changed = state
+        .yielded
+        .as_ref()
+        .map(|y| y.reason.clone())
+        .or_else(|| external_change(host, state, live));
+    if let Some(reason) = changed
         && !force
     {
         return Err(format!(

@@ -120,6 +120,7 @@ impl State {
             message: e.to_string(),
         })?;
         text.push('\n');
+        fsutil::remove_stale_temps(&dir, FILE_NAME);
         fsutil::atomic_write(&dir, FILE_NAME, text.as_bytes(), 0o644).map_err(io)
     }
 

@@ -7,6 +7,13 @@ mod suite {
     pub mod ss;
     pub mod util;
 
+    mod actuation_crash;
+    mod actuation_dropin;
+    mod actuation_faults;
+    mod actuation_rollback;
+    mod actuation_util;
+    mod actuation_widen;
+    mod actuation_yield;
     mod attribution_netns;
     mod check_cli;
     mod status_errors;

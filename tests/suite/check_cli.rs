@@ -14,21 +14,28 @@ fn host(root: &Path, range: &str) {
             ("proc/sys/net/ipv4/ip_local_port_range", range),
             ("proc/sys/net/ipv4/ip_local_reserved_ports", "\n"),
             ("proc/sys/net/ipv4/ip_unprivileged_port_start", "1024\n"),
-            ("proc/net/tcp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"),
-            ("proc/net/tcp6", "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"),
-            ("proc/net/udp", "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n"),
-            ("proc/net/udp6", "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n"),
+            (
+                "proc/net/tcp",
+                "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+            ),
+            (
+                "proc/net/tcp6",
+                "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+            ),
+            (
+                "proc/net/udp",
+                "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n",
+            ),
+            (
+                "proc/net/udp6",
+                "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n",
+            ),
         ],
     );
 }
 
 fn run(root: &Path, args: &[&str]) -> std::process::Output {
-    portd()
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
+    portd().arg("--root").arg(root).args(args).output().unwrap()
 }
 
 #[test]
@@ -37,7 +44,11 @@ fn check_prints_one_path_line_col_line_per_policy_error_and_exits_2() {
     host(dir.path(), "32768\t60999\n");
     let policy = dir.path().join("etc/portd.toml");
     std::fs::create_dir_all(policy.parent().unwrap()).unwrap();
-    std::fs::copy(tests_dir().join("fixtures/policy/three-errors.toml"), &policy).unwrap();
+    std::fs::copy(
+        tests_dir().join("fixtures/policy/three-errors.toml"),
+        &policy,
+    )
+    .unwrap();
     std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let out = run(dir.path(), &["check"]);
@@ -46,11 +57,18 @@ fn check_prints_one_path_line_col_line_per_policy_error_and_exits_2() {
     let prefix = format!("{}:", policy.display());
     let located: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
     assert_eq!(located.len(), 3, "{text}");
-    for (line, what) in located.iter().zip(["unknown key `tcp_pol`", "widen.mode", "floor 61000 is above"]) {
+    for (line, what) in located.iter().zip([
+        "unknown key `tcp_pol`",
+        "widen.mode",
+        "floor 61000 is above",
+    ]) {
         let rest = &line[prefix.len()..];
         let mut parts = rest.splitn(3, ':');
         let (l, c) = (parts.next().unwrap(), parts.next().unwrap());
-        assert!(l.parse::<u32>().is_ok() && c.parse::<u32>().is_ok(), "not PATH:LINE:COL: {line}");
+        assert!(
+            l.parse::<u32>().is_ok() && c.parse::<u32>().is_ok(),
+            "not PATH:LINE:COL: {line}"
+        );
         assert!(line.contains(what), "{line} should mention {what}");
     }
 }
@@ -67,7 +85,10 @@ fn check_refuses_a_world_writable_policy_and_says_how_to_fix_it() {
     let out = run(dir.path(), &["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains(&format!("chmod go-w {}", policy.display())), "{text}");
+    assert!(
+        text.contains(&format!("chmod go-w {}", policy.display())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -77,12 +98,23 @@ fn check_reports_the_boot_winner_and_warns_when_a_later_file_pins_the_range() {
     write_tree(
         dir.path(),
         &[
-            ("usr/lib/sysctl.d/50-vendor.conf", "net.ipv4.ip_local_port_range = 20000 40000\n"),
-            ("etc/sysctl.d/99-local.conf", "# admin\nnet/ipv4/ip_local_port_range = 32768 60999\n"),
+            (
+                "usr/lib/sysctl.d/50-vendor.conf",
+                "net.ipv4.ip_local_port_range = 20000 40000\n",
+            ),
+            (
+                "etc/sysctl.d/99-local.conf",
+                "# admin\nnet/ipv4/ip_local_port_range = 32768 60999\n",
+            ),
         ],
     );
     let out = run(dir.path(), &["check", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v = stdout_json(&out);
     let range = v["boot"]
         .as_array()
@@ -90,14 +122,15 @@ fn check_reports_the_boot_winner_and_warns_when_a_later_file_pins_the_range() {
         .iter()
         .find(|b| b["key"] == "net.ipv4.ip_local_port_range")
         .unwrap();
-    assert_eq!(range["winner"], "/etc/sysctl.d/99-local.conf:2: 32768 60999");
+    assert_eq!(
+        range["winner"],
+        "/etc/sysctl.d/99-local.conf:2: 32768 60999"
+    );
     assert_eq!(range["assignments"].as_array().unwrap().len(), 2);
     assert_eq!(range["overrides_dropin"].as_array().unwrap().len(), 1);
-    let warned = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f["severity"] == "warning" && f["message"].as_str().unwrap().contains("99-local.conf"));
+    let warned = v["findings"].as_array().unwrap().iter().any(|f| {
+        f["severity"] == "warning" && f["message"].as_str().unwrap().contains("99-local.conf")
+    });
     assert!(warned, "{v:#}");
 }
 

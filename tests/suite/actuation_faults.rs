@@ -1,0 +1,184 @@
+//! Faults while actuating: a read-only or full /etc/sysctl.d, and /proc/sys
+//! writes refused. portd reports each (file and errno), leaves the runtime
+//! values and its state consistent, and keeps running.
+
+use std::time::Duration;
+
+use super::actuation_util::{
+    DROPIN, Daemon, Ns, POLICY, RANGE_KEY, STATE, default_mounts, state_range, wait_for,
+};
+use super::util::have_root;
+
+/// Polls that must pass with the daemon still running (200 ms each).
+const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
+
+fn mounts_with(path: &'static str, options: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut mounts = default_mounts();
+    for m in &mut mounts {
+        if m.0 == path {
+            m.1 = options;
+        }
+    }
+    mounts
+}
+
+/// Runtime widened, drop-in not written: state.json says what is live and
+/// that it is not persisted; the daemon still runs after several polls.
+fn assert_widened_but_not_persisted(ns: &mut Ns, daemon: &mut Daemon) {
+    std::thread::sleep(SEVERAL_POLLS);
+    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    let state = ns.state();
+    let written = &state["last_written"];
+    assert_eq!(state_range(&written["range"]), ns.range(), "{state}");
+    assert_eq!(written["reserved"], ns.reserved(), "{state}");
+    assert_eq!(written["persisted"], false, "{state}");
+    assert_eq!(ns.read_file(DROPIN), None);
+}
+
+/// Once the fault is gone, the drop-in is written at a later poll.
+fn assert_persisted_later(ns: &mut Ns) {
+    wait_for("the drop-in to be written", Duration::from_secs(10), || {
+        ns.try_state()
+            .filter(|s| s["last_written"]["persisted"] == true)
+    });
+    let text = ns.read_file(DROPIN).expect("no drop-in");
+    let range = ns.range();
+    assert!(
+        text.contains(&format!("net.ipv4.ip_local_port_range = {range}\n")),
+        "{text}"
+    );
+}
+
+#[test]
+fn read_only_sysctl_d_is_reported_and_retried() {
+    if !have_root("read_only_sysctl_d_is_reported_and_retried") {
+        return;
+    }
+    let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "ro"), "40000 40099", "");
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40099 ->"],
+        Duration::from_secs(10),
+    );
+    daemon.wait_line(
+        &[DROPIN, "Read-only file system (os error 30)"],
+        Duration::from_secs(10),
+    );
+    assert_widened_but_not_persisted(&mut ns, &mut daemon);
+
+    ns.sh("mount -o remount,rw /etc/sysctl.d");
+    assert_persisted_later(&mut ns);
+    assert!(daemon.running());
+}
+
+#[test]
+fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
+    if !have_root("full_sysctl_d_is_reported_and_leaves_no_partial_file") {
+        return;
+    }
+    let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "size=4k"), "40000 40099", "");
+    // One page, all of it taken: creating the temp file works, writing fails.
+    ns.sh("head -c 4096 /dev/zero > /etc/sysctl.d/filler");
+    assert_eq!(ns.sh("stat -c %s /etc/sysctl.d/filler"), "4096\n");
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40099 ->"],
+        Duration::from_secs(10),
+    );
+    daemon.wait_line(
+        &[DROPIN, "No space left on device (os error 28)"],
+        Duration::from_secs(10),
+    );
+    assert_widened_but_not_persisted(&mut ns, &mut daemon);
+    assert_eq!(
+        ns.sh("ls -A /etc/sysctl.d"),
+        "filler\n",
+        "a temp file was left behind"
+    );
+
+    ns.sh("rm /etc/sysctl.d/filler");
+    assert_persisted_later(&mut ns);
+    assert!(daemon.running());
+}
+
+/// Nothing was changed: the live values are the original ones and the
+/// state records no change.
+fn assert_nothing_changed(ns: &mut Ns, range: &str, reserved: &str) {
+    assert_eq!(ns.range(), range);
+    assert_eq!(ns.reserved(), reserved);
+    let state = ns.state();
+    assert_eq!(state["last_written"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["original"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["changes"], serde_json::json!([]), "{state}");
+    assert_eq!(ns.read_file(DROPIN), None);
+}
+
+#[test]
+fn proc_sys_write_refused_eacces_changes_nothing() {
+    if !have_root("proc_sys_write_refused_eacces_changes_nothing") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    // portd as nobody: its state directory is writable, /proc/sys is not.
+    ns.sh("mkdir -p /var/lib/portd && chown 65534:65534 /var/lib/portd");
+    ns.listen(40120);
+    ns.connect(45);
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(env!("CARGO_BIN_EXE_portd"))
+    .args(["--config", POLICY, "run", "--log-target", "stderr"]);
+    let mut daemon = Daemon::spawn(cmd);
+    let line = daemon.wait_line(
+        &[
+            "could not widen 40000-40099 ->",
+            "/proc/sys/net/ipv4/ip_local_reserved_ports",
+            "Permission denied (os error 13)",
+        ],
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(SEVERAL_POLLS);
+    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    assert!(ns.read_file(STATE).is_some(), "{line}");
+    assert_nothing_changed(&mut ns, "40000 40099", "");
+}
+
+#[test]
+fn proc_sys_range_read_only_erofs_restores_the_reserved_ports() {
+    if !have_root("proc_sys_range_read_only_erofs_restores_the_reserved_ports") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
+    // Only the range is read-only: the reserved ports are written first and
+    // must be put back when the range write fails.
+    let range_file = format!("/proc/sys/{}", RANGE_KEY.replace('.', "/"));
+    ns.sh(&format!(
+        "mount --bind {range_file} {range_file} && mount -o remount,bind,ro {range_file}"
+    ));
+    ns.listen(40120);
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    let line = daemon.wait_line(
+        &[
+            "could not widen 40000-40099 ->",
+            &range_file,
+            "Read-only file system (os error 30)",
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(
+        line.contains("the reserved ports were restored to \"40500\""),
+        "{line}"
+    );
+    std::thread::sleep(SEVERAL_POLLS);
+    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    assert_nothing_changed(&mut ns, "40000 40099", "40500");
+}

@@ -1,0 +1,162 @@
+//! `portd rollback` and the one-writer lock, against real sysctls in a
+//! private namespace.
+
+use std::process::Output;
+use std::time::Duration;
+
+use super::actuation_util::{DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, wait_for};
+use super::util::have_root;
+
+const ADMIN_FILE: &str = "/etc/sysctl.d/50-admin.conf";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn rollback(ns: &Ns, args: &[&str]) -> Output {
+    let mut all = vec!["rollback"];
+    all.extend_from_slice(args);
+    ns.portd(&all).output().unwrap()
+}
+
+/// A namespace where portd widened 40000-40099 (reserving its listener
+/// 40120 next to the admin's 40500) and persisted it, then stopped.
+fn widened_by_portd() -> Ns {
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
+    ns.write_file(ADMIN_FILE, "net.ipv4.ip_local_reserved_ports = 40500\n");
+    ns.listen(40120);
+    ns.connect(45);
+
+    let nothing = rollback(&ns, &[]);
+    assert_eq!(nothing.status.code(), Some(0), "{}", text(&nothing.stderr));
+    assert!(
+        text(&nothing.stdout)
+            .contains("has not changed this host's port range; nothing to roll back"),
+        "{}",
+        text(&nothing.stdout)
+    );
+
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40099 ->"],
+        Duration::from_secs(10),
+    );
+    wait_for(
+        "the drop-in to be persisted",
+        Duration::from_secs(10),
+        || {
+            ns.try_state()
+                .filter(|s| s["last_written"]["persisted"] == true)
+        },
+    );
+
+    // One writer: while this portd runs, neither a rollback nor a second
+    // run may act.
+    for args in [&["rollback"][..], &["run", "--log-target", "stderr"][..]] {
+        let out = ns.portd(args).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "portd {args:?} beside a running portd: {err}"
+        );
+        assert!(
+            err.contains("another portd (run or rollback) holds /var/lib/portd/lock"),
+            "{err}"
+        );
+    }
+    assert_eq!(ns.range(), "40000 40181");
+    assert!(ns.read_file(DROPIN).is_some());
+
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(ns.reserved(), "40120,40500");
+    ns
+}
+
+#[test]
+fn rollback_restores_the_original_values_and_keeps_the_admins_reservations() {
+    if !have_root("rollback_restores_the_original_values_and_keeps_the_admins_reservations") {
+        return;
+    }
+    let mut ns = widened_by_portd();
+    // The admin reserves one more port after portd's change.
+    ns.set_sysctl(RESERVED_KEY, "40120,40130,40500\n");
+
+    let out = rollback(&ns, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for said in [
+        "restored ip_local_port_range 40000-40181 -> 40000-40099",
+        "removed portd's reserved ports 40120",
+        &format!("removed {DROPIN}"),
+    ] {
+        assert!(
+            stdout.contains(said),
+            "rollback must say {said:?}:\n{stdout}"
+        );
+    }
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(
+        ns.reserved(),
+        "40130,40500",
+        "only portd's reservation goes"
+    );
+    assert_eq!(ns.read_file(DROPIN), None);
+    assert!(
+        ns.read_file(ADMIN_FILE).is_some(),
+        "the admin's file must stay"
+    );
+    let state = ns.state();
+    assert_eq!(state["original"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["last_written"], serde_json::Value::Null, "{state}");
+
+    // Nothing left to roll back: a clear no-op.
+    let again = rollback(&ns, &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("nothing to roll back"),
+        "{}",
+        text(&again.stdout)
+    );
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.reserved(), "40130,40500");
+}
+
+#[test]
+fn rollback_refuses_when_the_live_values_changed_unless_forced() {
+    if !have_root("rollback_refuses_when_the_live_values_changed_unless_forced") {
+        return;
+    }
+    let mut ns = widened_by_portd();
+    ns.set_sysctl(RANGE_KEY, "40000 40299");
+    let state_before = ns.state();
+
+    let out = rollback(&ns, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("refusing to roll back: ip_local_port_range changed from 40000-40181 (written by portd) to 40000-40299"),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        ns.range(),
+        "40000 40299",
+        "a refused rollback changed the range"
+    );
+    assert_eq!(ns.reserved(), "40120,40500");
+    assert!(ns.read_file(DROPIN).is_some());
+    assert_eq!(ns.state(), state_before);
+
+    let forced = rollback(&ns, &["--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    assert!(
+        text(&forced.stdout).contains("restored ip_local_port_range 40000-40299 -> 40000-40099"),
+        "{}",
+        text(&forced.stdout)
+    );
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.reserved(), "40500");
+    assert_eq!(ns.read_file(DROPIN), None);
+}

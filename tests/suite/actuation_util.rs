@@ -1,0 +1,393 @@
+//! Harness of the actuation tests: a private network AND mount namespace
+//! held by `tests/helpers/actuation_ns.py`, with tmpfs over every directory
+//! portd writes to, and `portd run` daemons started inside it.
+//!
+//! Nothing here writes a path or a sysctl of the machine: files and sysctls
+//! are written by the helper, which refuses unless its namespaces are
+//! private, and every other program runs under `nsenter -t HELPER -n -m`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::util::tests_dir;
+
+pub const RANGE_KEY: &str = "net.ipv4.ip_local_port_range";
+pub const RESERVED_KEY: &str = "net.ipv4.ip_local_reserved_ports";
+pub const DROPIN: &str = "/etc/sysctl.d/60-portd.conf";
+pub const STATE: &str = "/var/lib/portd/state.json";
+/// Where the tests keep their policy file (a tmpfs, owned by root, 0644).
+pub const POLICY: &str = "/var/lib/portd-test/policy.toml";
+/// The listener the test connections go to: outside every range used here.
+pub const TARGET_PORT: u16 = 8080;
+
+/// Fast polls, no hold, no cooldown: a widening happens within a poll or two.
+/// A full census at least every second, because the daemon retries a failed
+/// persist only after a census, and the fault tests wait for that retry.
+pub const FAST_POLICY: &str = r#"
+[poll]
+interval = "200ms"
+max_staleness = "1s"
+
+[thresholds]
+hold = "0s"
+
+[widen]
+cooldown = "0s"
+max_changes_per_hour = 100
+"#;
+
+/// Directories covered by a fresh tmpfs in every test namespace: all that
+/// portd writes (the drop-in, its state and lock) and all sysctl.d
+/// directories it reads, so the machine's own files play no part.
+pub fn default_mounts() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("/etc/sysctl.d", ""),
+        ("/var/lib", ""),
+        ("/run", ""),
+        ("/usr/lib/sysctl.d", ""),
+    ]
+}
+
+/// A private network + mount namespace, held open by the helper until drop.
+pub struct Ns {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Ns {
+    /// Mounts `mounts` (path, tmpfs options), brings `lo` up, sets the range
+    /// and the reserved ports, writes [`FAST_POLICY`] and listens on
+    /// [`TARGET_PORT`].
+    pub fn start(mounts: &[(&str, &str)], range: &str, reserved: &str) -> Ns {
+        let ns_link = |kind: &str| {
+            std::fs::read_link(format!("/proc/self/ns/{kind}"))
+                .unwrap()
+                .into_os_string()
+        };
+        let setup = json!({
+            "mounts": mounts,
+            "sysctls": { RANGE_KEY: range, RESERVED_KEY: format!("{reserved}\n") },
+        });
+        let mut child = Command::new("unshare")
+            .arg("-nm")
+            .arg("python3")
+            .arg("-u")
+            .arg(tests_dir().join("helpers/actuation_ns.py"))
+            .arg(ns_link("net"))
+            .arg(ns_link("mnt"))
+            .arg(setup.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run unshare -nm python3: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut ns = Ns {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = ns.read_reply();
+        assert_eq!(ready["ready"], true, "helper: {ready}");
+        ns.write_file(POLICY, FAST_POLICY);
+        ns.listen(TARGET_PORT);
+        ns
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn read_reply(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(
+            !line.is_empty(),
+            "the namespace helper exited without a reply"
+        );
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad helper line {line:?}: {e}"));
+        if let Some(e) = v.get("error") {
+            panic!(
+                "namespace helper failed: {}",
+                e.as_str().unwrap_or_default()
+            );
+        }
+        v
+    }
+
+    pub fn request(&mut self, request: Value) -> Value {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{request}").unwrap();
+        stdin.flush().unwrap();
+        self.read_reply()
+    }
+
+    pub fn sysctl(&mut self, key: &str) -> String {
+        let v = self.request(json!({"op": "sysctl", "key": key}));
+        v["value"].as_str().unwrap().trim_end().to_string()
+    }
+
+    /// The range as the kernel prints it, with a space: "40000 40099".
+    pub fn range(&mut self) -> String {
+        self.sysctl(RANGE_KEY).replace('\t', " ")
+    }
+
+    pub fn reserved(&mut self) -> String {
+        self.sysctl(RESERVED_KEY)
+    }
+
+    /// Writes a sysctl of the namespace as an administrator would.
+    pub fn set_sysctl(&mut self, key: &str, value: &str) {
+        let v = self.request(json!({"op": "sysctl", "key": key, "value": value}));
+        assert_eq!(v["ok"], true, "writing {key} = {value:?}: {v}");
+    }
+
+    pub fn listen(&mut self, port: u16) {
+        let v = self.request(json!({"op": "listen", "port": port}));
+        assert_eq!(v["ok"], true, "listen on {port}: {v}");
+    }
+
+    /// Binds and listens on `port`; the errno name when the kernel refuses.
+    pub fn try_listen(&mut self, port: u16) -> Result<(), String> {
+        let v = self.request(json!({"op": "listen", "port": port}));
+        match v["ok"].as_bool() {
+            Some(true) => Ok(()),
+            _ => Err(v["errno"].as_str().unwrap_or("?").to_string()),
+        }
+    }
+
+    pub fn unlisten(&mut self, port: u16) {
+        self.request(json!({"op": "unlisten", "port": port}));
+    }
+
+    /// Opens up to `count` connections to [`TARGET_PORT`], stopping at the
+    /// first failure: (local ports of those opened, errno name of the failure).
+    pub fn connect(&mut self, count: usize) -> (Vec<u16>, Option<String>) {
+        let v = self.request(json!({"op": "connect", "to": TARGET_PORT, "count": count}));
+        let ports = v["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap() as u16)
+            .collect();
+        (ports, v["errno"].as_str().map(str::to_string))
+    }
+
+    /// Writes a file under one of the helper's tmpfs mounts (mode 0644).
+    pub fn write_file(&mut self, path: &str, text: &str) {
+        self.request(json!({"op": "write_file", "path": path, "text": text}));
+    }
+
+    /// Runs `cmd` with `sh -c` in the namespaces; panics unless it succeeds.
+    pub fn sh(&mut self, cmd: &str) -> String {
+        let v = self.request(json!({"op": "sh", "cmd": cmd}));
+        assert_eq!(v["rc"], 0, "`{cmd}` failed: {v}");
+        v["stdout"].as_str().unwrap().to_string()
+    }
+
+    /// A file as the namespace sees it (read through /proc/PID/root).
+    pub fn read_file(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.host_path(path)).ok()
+    }
+
+    fn host_path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.pid()))
+    }
+
+    pub fn state(&self) -> Value {
+        self.try_state()
+            .unwrap_or_else(|| panic!("{STATE} is missing"))
+    }
+
+    /// state.json, or None while portd has not written one yet.
+    pub fn try_state(&self) -> Option<Value> {
+        let text = self.read_file(STATE)?;
+        Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{STATE}: {e}\n{text}")))
+    }
+
+    /// `program` run inside both namespaces.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.pid().to_string())
+            .arg("-n")
+            .arg("-m")
+            .arg("--")
+            .arg(program)
+            .env_remove("PORTD_ROOT")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC");
+        cmd
+    }
+
+    /// `portd --config POLICY ARGS` inside the namespaces.
+    pub fn portd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command(env!("CARGO_BIN_EXE_portd"));
+        cmd.arg("--config").arg(POLICY).args(args);
+        cmd
+    }
+
+    /// `portd run` in the background, logging to stderr.
+    pub fn start_daemon(&self) -> Daemon {
+        Daemon::spawn(self.portd(&["run", "--log-target", "stderr"]))
+    }
+}
+
+impl Drop for Ns {
+    /// Closing stdin ends the helper; the namespaces go with their last
+    /// process. Killed by pid if it lingers.
+    fn drop(&mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `portd run` started by a test; its stderr is collected as it comes.
+/// Dropping it kills it (by pid) if it still runs.
+pub struct Daemon {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub fn spawn(mut cmd: Command) -> Daemon {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Daemon {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr has a line containing every one of `parts`;
+    /// returns that line. Panics with the whole stderr after `timeout`.
+    pub fn wait_line(&mut self, parts: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.stderr();
+            if let Some(line) = text.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return line.to_string();
+            }
+            if Instant::now() >= deadline || !self.running() {
+                panic!(
+                    "no line with {parts:?} within {timeout:?} (daemon running: {}); stderr:\n{text}",
+                    self.running()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// SIGTERM, then waits; returns the exit code and the whole stderr.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        self.signal(rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portd did not stop within 5 s of SIGTERM; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status.code(), self.stderr())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The (low, high) of a range in state.json's form (`{"low": L, "high": H}`).
+pub fn state_range(v: &Value) -> String {
+    format!("{} {}", v["low"], v["high"])
+}
+
+/// The `key = value` assignments of a sysctl.d file, in order; panics on
+/// any line that is neither a comment, blank, nor an assignment.
+pub fn parse_dropin(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not an assignment: {l:?} in\n{text}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
+}

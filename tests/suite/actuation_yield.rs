@@ -1,0 +1,117 @@
+//! The admin always wins: a range written by someone else between two polls
+//! is detected and reported, and portd stops changing it, even under
+//! pressure and across a restart, until a policy reload (SIGHUP).
+
+use std::time::Duration;
+
+use rustix::process::Signal;
+
+use super::actuation_util::{Ns, RANGE_KEY, default_mounts, wait_for};
+use super::util::have_root;
+
+const ADMIN_RANGE: &str = "40000 40119";
+/// Polls that must pass without portd touching the admin's range (200 ms each).
+const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
+
+#[test]
+fn an_admin_write_is_detected_and_portd_yields_until_reload() {
+    if !have_root("an_admin_write_is_detected_and_portd_yields_until_reload") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    let widened = daemon.wait_line(
+        &["widened ip_local_port_range 40000-40099 ->"],
+        Duration::from_secs(10),
+    );
+    let portd_range = ns.range();
+    assert!(
+        widened.contains(&portd_range.replace(' ', "-")),
+        "{widened}"
+    );
+
+    // The admin sets a range of their own between two polls.
+    ns.set_sysctl(RANGE_KEY, ADMIN_RANGE);
+    let line = daemon.wait_line(
+        &["ip_local_port_range changed from", "by someone else"],
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.contains(&format!(
+            "from {} (written by portd) to 40000-40119",
+            portd_range.replace(' ', "-")
+        )),
+        "the line must name the old and the new value: {line}"
+    );
+    // The event is logged just before the state is saved.
+    let reason = wait_for("the yield in state.json", Duration::from_secs(5), || {
+        ns.try_state()?["yielded"]["reason"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(reason.contains("40000-40119"), "{reason}");
+
+    // Pressure: 75 of 120 ports, far above the warning level. portd advises only.
+    let (more, err) = ns.connect(30);
+    assert_eq!((more.len(), err), (30, None));
+    daemon.wait_line(
+        &["would widen ip_local_port_range 40000-40119 ->"],
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(SEVERAL_POLLS);
+    assert_eq!(ns.range(), ADMIN_RANGE, "portd changed the admin's range");
+    assert!(daemon.running());
+
+    // A restart (a watchdog restart too) keeps the yield: it is in the state.
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(
+        &["starting: mode advise (yielded to the admin)"],
+        Duration::from_secs(5),
+    );
+    daemon.wait_line(
+        &["would widen ip_local_port_range 40000-40119 ->"],
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(SEVERAL_POLLS);
+    assert_eq!(
+        ns.range(),
+        ADMIN_RANGE,
+        "portd changed the admin's range after a restart"
+    );
+    assert!(!daemon.stderr().contains("widened"), "{}", daemon.stderr());
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Rollback would undo the admin's range too: it refuses unless forced.
+    let out = ns.portd(&["rollback"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "rollback after a yield: {err}");
+    assert!(
+        err.contains("refusing to roll back") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(ns.range(), ADMIN_RANGE);
+
+    // A policy reload clears the yield: portd widens again, from the admin's range.
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(
+        &["would widen ip_local_port_range 40000-40119 ->"],
+        Duration::from_secs(5),
+    );
+    daemon.signal(Signal::HUP);
+    daemon.wait_line(
+        &["the yield to the admin is cleared"],
+        Duration::from_secs(5),
+    );
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40119 ->"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(ns.state()["yielded"], serde_json::Value::Null);
+    assert_ne!(ns.range(), ADMIN_RANGE);
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}

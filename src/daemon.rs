@@ -6,21 +6,23 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::actuator;
+use crate::attribution;
 use crate::census::procfs::ProcfsSource;
 use crate::census::{KernelSettings, sockstat};
 use crate::events::{self, Fields, Kind};
 use crate::fsutil::WriterLock;
 use crate::host::Host;
+use crate::kernel::PortRange;
 use crate::level::Level;
 use crate::metrics;
 use crate::notify;
 use crate::planner::{self, Action, Blocked, Decision, Inputs, Observation};
 use crate::policy::{self, Mode, Policy};
 use crate::state::{State, Yield};
-use crate::usage::{self, Usage, UsageOptions};
+use crate::usage::{self, Cause, Ratio, Usage, UsageOptions};
 
 pub struct RunOptions {
     /// Decide as usual, log what would be done, write nothing.
@@ -65,13 +67,75 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> u8 {
     code
 }
 
-type CensusResult = Result<(Usage, Duration), String>;
+/// Used where a timer must exist but never fire.
+const FAR: Duration = Duration::from_secs(3600);
 
-/// What the last full census saw, for the O(1) bounds between censuses.
+/// What one census task hands back to the event loop.
+struct CensusOutput {
+    usage: Usage,
+    took: Duration,
+    /// Who holds the sockets of the headline destination; looked up only
+    /// when this census may start or renew an alert.
+    processes: Option<String>,
+}
+
+type CensusResult = Result<CensusOutput, String>;
+
+/// A census running on the blocking pool.
+struct InFlight {
+    handle: JoinHandle<CensusResult>,
+    started: Instant,
+    /// `Tcp: ActiveOpens` read before the census began, so that the bound
+    /// between censuses also covers the connections opened while it ran.
+    active_opens: Option<u64>,
+}
+
+/// Waits for the census in `slot`; forever when there is none (a `select!` arm).
+async fn join(slot: &mut Option<InFlight>) -> Result<CensusResult, JoinError> {
+    match slot {
+        Some(census) => (&mut census.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the last full census saw, for the O(1) bounds between censuses and
+/// for the STATUS line and metrics of the polls that skip the census.
 struct LastCensus {
     usage: Usage,
-    at: Instant,
+    started: Instant,
     active_opens: Option<u64>,
+    at: SystemTime,
+    took: Duration,
+    level: Level,
+    /// Why the range was not widened although usage called for it.
+    blocked: Option<&'static str>,
+}
+
+/// Since start, for the metrics file.
+#[derive(Default)]
+struct Counters {
+    censuses: u64,
+    skipped: u64,
+    failed: u64,
+    abandoned: u64,
+    changes: u64,
+}
+
+/// Whether a census should also name the processes behind the headline:
+/// only when its result may start or renew an alert, never on every poll.
+#[derive(Clone, Copy)]
+struct ProcessLookup {
+    warning: Ratio,
+    critical: Ratio,
+    confirmed: Level,
+    reminder_due: bool,
+}
+
+impl ProcessLookup {
+    fn wanted(self, usage: &Usage) -> bool {
+        let level = Level::of(usage.headline.usage, self.warning, self.critical);
+        level >= Level::Warning && (level != self.confirmed || self.reminder_due)
+    }
 }
 
 struct Daemon {
@@ -84,6 +148,10 @@ struct Daemon {
     state_unreadable: Option<String>,
     last: Option<LastCensus>,
     ready: bool,
+    /// Set after a change of the range: census again at once, so STATUS and
+    /// the metrics show the usage of the new range.
+    recensus: bool,
+    counters: Counters,
     /// Last reported blocked reason / persist error, to report each once.
     last_blocked: Option<String>,
     last_persist_error: Option<String>,
@@ -105,6 +173,8 @@ impl Daemon {
             state_unreadable,
             last: None,
             ready: false,
+            recensus: false,
+            counters: Counters::default(),
             last_blocked: None,
             last_persist_error: None,
             last_census_error: None,
@@ -138,21 +208,21 @@ impl Daemon {
             }
         );
         let watchdog = notify::watchdog_interval();
-        // Fed from this loop at half the interval, whatever the poll interval.
+        // Fed from this loop at half the interval, whatever the poll interval:
+        // a stuck loop stops feeding it.
         let mut watchdog_tick =
-            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| {
-                (w / 2).max(Duration::from_millis(10))
-            }));
-        let census_limit =
-            watchdog.unwrap_or((self.policy.interval * 3).max(Duration::from_secs(30)));
-        let mut poll_tick = tokio::time::interval(self.policy.interval);
-        poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut census: Option<(JoinHandle<CensusResult>, Instant)> = None;
+            tokio::time::interval(watchdog.map_or(FAR, |w| (w / 2).max(Duration::from_millis(10))));
+        let mut poll_tick = self.poll_timer();
+        let mut census: Option<InFlight> = None;
         // A census abandoned after the limit keeps its thread until it ends;
-        // no new one starts meanwhile.
-        let mut abandoned: Option<JoinHandle<CensusResult>> = None;
+        // no new one starts meanwhile, so stuck reads cannot pile up.
+        let mut abandoned: Option<InFlight> = None;
 
         loop {
+            let limit = self.census_limit(watchdog);
+            let deadline = census
+                .as_ref()
+                .map_or_else(|| Instant::now() + FAR, |c| c.started + limit);
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -160,42 +230,62 @@ impl Daemon {
                     self.reload();
                     poll_tick.reset_immediately();
                 }
-                _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                    notify::watchdog();
-                    if let Some((_, started)) = &census
-                        && started.elapsed() >= census_limit
-                    {
-                        tracing::error!(
-                            "census abandoned after {:.1}s (limit {:.1}s); it will be retried",
-                            started.elapsed().as_secs_f64(),
-                            census_limit.as_secs_f64()
+                _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
+                _ = tokio::time::sleep_until(deadline.into()), if census.is_some() => {
+                    if let Some(c) = census.take() {
+                        self.census_abandoned(c.started.elapsed(), limit);
+                        abandoned = Some(c);
+                    }
+                }
+                result = join(&mut census) => {
+                    if let Some(c) = census.take() {
+                        match result {
+                            Ok(r) => self.after_census(r, c.started, c.active_opens),
+                            Err(e) => self.census_failed(format!("census task failed: {e}")),
+                        }
+                    }
+                }
+                _ = join(&mut abandoned) => {
+                    if let Some(c) = abandoned.take() {
+                        tracing::info!(
+                            "the abandoned census ended after {:.1}s; its result is discarded",
+                            c.started.elapsed().as_secs_f64()
                         );
-                        abandoned = census.take().map(|(h, _)| h);
                     }
                 }
-                result = async { census.as_mut().map(|(h, _)| h) .expect("guarded by if").await }, if census.is_some() => {
-                    census = None;
-                    match result {
-                        Ok(r) => self.after_census(r),
-                        Err(e) => self.census_failed(format!("census task failed: {e}")),
-                    }
-                }
-                _ = poll_tick.tick(), if census.is_none() && abandoned.as_ref().is_none_or(|h| h.is_finished()) => {
-                    abandoned = None;
-                    if let Some(handle) = self.tick() {
-                        census = Some((handle, Instant::now()));
-                    }
-                }
+                _ = poll_tick.tick(), if census.is_none() => match &abandoned {
+                    Some(stuck) => notify::status(&format!(
+                        "census stuck: the census abandoned after {:.1}s is still running ({:.0}s); no new census until it ends",
+                        limit.as_secs_f64(),
+                        stuck.started.elapsed().as_secs_f64()
+                    )),
+                    None => census = self.tick(),
+                },
+            }
+            if std::mem::take(&mut self.recensus) {
+                poll_tick.reset_immediately();
             }
             // A policy reload may change the interval.
             if poll_tick.period() != self.policy.interval {
-                poll_tick = tokio::time::interval(self.policy.interval);
-                poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                poll_tick = self.poll_timer();
             }
         }
         notify::stopping();
         tracing::info!("portd stopping");
         0
+    }
+
+    fn poll_timer(&self) -> tokio::time::Interval {
+        let mut t = tokio::time::interval(self.policy.interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+
+    /// A census running longer than this is abandoned: the watchdog
+    /// interval (DESIGN.md), or without a watchdog three polls and at least
+    /// 30 s.
+    fn census_limit(&self, watchdog: Option<Duration>) -> Duration {
+        watchdog.unwrap_or_else(|| (self.policy.interval * 3).max(Duration::from_secs(30)))
     }
 
     fn mode_name(&self) -> &'static str {
@@ -215,7 +305,7 @@ impl Daemon {
 
     /// One poll: cheap checks, then a census unless the bounds prove no
     /// destination can have reached the warning level.
-    fn tick(&mut self) -> Option<JoinHandle<CensusResult>> {
+    fn tick(&mut self) -> Option<InFlight> {
         let settings = match KernelSettings::read(&self.host) {
             Ok(s) => s,
             Err(e) => {
@@ -224,68 +314,133 @@ impl Daemon {
             }
         };
         self.check_external_change(&settings);
+        // A drop-in that could not be written is retried every poll, not
+        // only after a full census (which the fast path may skip for long).
+        self.retry_persist(SystemTime::now());
         if let Some(reason) = self.census_not_needed(&settings) {
+            self.counters.skipped += 1;
             if let Some(last) = &self.last {
-                notify::status(&format!("{} ({reason})", self.status_line(&last.usage)));
+                notify::status(&format!(
+                    "{} ({reason})",
+                    self.status_line(&last.usage, None)
+                ));
             }
+            self.write_metrics();
             return None;
         }
+        let active_opens = sockstat::read_active_opens(&self.host).ok();
         let host = self.host.clone();
         let options = UsageOptions {
             tcp_pool_in_headline: self.policy.tcp_pool_alerts,
         };
-        Some(tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let source = ProcfsSource::new(&host);
-            usage::take_census(&source, settings, options)
-                .map(|u| (u, started.elapsed()))
-                .map_err(|e| e.to_string())
-        }))
+        let alert = &self.state.alert;
+        let lookup = ProcessLookup {
+            warning: self.policy.warning,
+            critical: self.policy.critical,
+            confirmed: alert.level,
+            reminder_due: alert.announced.is_some_and(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .is_ok_and(|d| d >= self.policy.reminder)
+            }),
+        };
+        Some(InFlight {
+            handle: tokio::task::spawn_blocking(move || {
+                census_task(&host, settings, options, lookup)
+            }),
+            started: Instant::now(),
+            active_opens,
+        })
     }
 
     /// DESIGN.md: no destination can hold more than `TCP inuse + TCP6 inuse +
     /// tw` ports, nor more than its count at the last census plus the
     /// `connect()`s since (`ActiveOpens`); the UDP pool no more than the UDP
-    /// sockets. While those stay below the warning level, skip the census.
+    /// sockets, the TCP pool no more than the TCP sockets. While those stay
+    /// below the warning level, the census is skipped, up to the policy's
+    /// maximum staleness. Raised or pending alerts always take a census.
     fn census_not_needed(&self, settings: &KernelSettings) -> Option<String> {
         let last = self.last.as_ref()?;
         if &last.usage.settings != settings
             || self.state.alert.level != Level::Ok
             || self.state.alert.pending.is_some()
-            || last.at.elapsed() >= self.policy.max_staleness
+            || last.started.elapsed() >= self.policy.max_staleness
         {
             return None;
         }
         let totals = sockstat::read_totals(&self.host).ok()?;
         let worst_then = last.usage.destinations.first().map_or(0, |d| d.used);
-        let opens_bound = match (
+        let opened_since = match (
             last.active_opens,
             sockstat::read_active_opens(&self.host).ok(),
         ) {
-            (Some(then), Some(now)) => worst_then + now.saturating_sub(then),
-            _ => u64::MAX,
+            (Some(then), Some(now)) => now.checked_sub(then),
+            _ => None,
         };
-        let tcp_bound = totals.tcp_bound().min(opens_bound);
-        let bound = tcp_bound.max(totals.udp_inuse);
-        let warning_at = (self.policy.warning.0 * last.usage.capacity as f64).ceil() as u64;
-        (bound < warning_at)
-            .then(|| format!("census skipped: at most {bound} of {warning_at} ports"))
+        let destination = opened_since.map_or(totals.tcp_bound(), |n| {
+            totals.tcp_bound().min(worst_then.saturating_add(n))
+        });
+        let usage = &last.usage;
+        let mut bounds = vec![
+            (destination, usage.capacity),
+            (totals.udp_inuse, usage.pools.udp.capacity),
+        ];
+        if self.policy.tcp_pool_alerts {
+            // bind(0) takes ports without connect(): only sockstat bounds it.
+            bounds.push((totals.tcp_bound(), usage.pools.tcp.capacity));
+        }
+        let below = |&(used, capacity): &(u64, u64)| {
+            Level::of(
+                Ratio::of(used, capacity),
+                self.policy.warning,
+                self.policy.critical,
+            ) == Level::Ok
+        };
+        if !bounds.iter().all(below) {
+            return None;
+        }
+        let (bound, capacity) = bounds[0];
+        Some(format!(
+            "census skipped: at most {bound} of {capacity} ports towards any destination"
+        ))
     }
 
     fn census_failed(&mut self, error: String) {
+        self.counters.failed += 1;
         if self.last_census_error.as_ref() != Some(&error) {
             tracing::error!("census failed, will retry: {error}");
             self.last_census_error = Some(error.clone());
         }
-        notify::status(&format!("census failed: {error}"));
+        notify::status(&format!("census failed, will retry: {error}"));
+        self.write_metrics();
     }
 
-    fn after_census(&mut self, result: CensusResult) {
-        let (usage, took) = match result {
+    fn census_abandoned(&mut self, took: Duration, limit: Duration) {
+        self.counters.abandoned += 1;
+        let text = format!(
+            "census abandoned after {:.1}s (limit {:.1}s, the watchdog interval if set); \
+             the next one starts when it ends",
+            took.as_secs_f64(),
+            limit.as_secs_f64()
+        );
+        tracing::error!("{text}");
+        notify::status(&text);
+        self.write_metrics();
+    }
+
+    fn after_census(&mut self, result: CensusResult, started: Instant, active_opens: Option<u64>) {
+        let CensusOutput {
+            usage,
+            took,
+            processes,
+        } = match result {
             Ok(r) => r,
             Err(e) => return self.census_failed(e),
         };
-        self.last_census_error = None;
+        self.counters.censuses += 1;
+        if self.last_census_error.take().is_some() {
+            tracing::info!("census works again");
+        }
         let now = SystemTime::now();
         if self.state.initial_range.is_none() {
             self.state.initial_range = Some(usage.settings.port_range);
@@ -310,36 +465,48 @@ impl Daemon {
             now,
             dry_run: self.dry_run,
         });
-        self.report_level(&usage, &decision);
+        self.report_level(&usage, &decision, processes.as_deref());
         let alert_changed = self.state.alert != decision.alert;
         self.state.alert = decision.alert.clone();
-        let mut usage = usage;
-        match &decision.action {
-            Action::Nothing => self.last_blocked = None,
+        let mut widened = None;
+        let blocked = match &decision.action {
+            Action::Nothing => {
+                // While an alert is raised, usage dipping below the warning
+                // level and back must not repeat the same "blocked" entry.
+                if decision.alert.level == Level::Ok {
+                    self.last_blocked = None;
+                }
+                None
+            }
             Action::Apply { plan } => {
-                if let Some(after) = self.apply(&usage, plan, now) {
-                    usage = after;
+                if self.apply(&usage, plan, now) {
+                    widened = Some(plan.to);
+                    None
+                } else {
+                    Some("write-failed")
                 }
             }
-            Action::Hold { plan, reason } => self.report_blocked(&usage, plan.as_ref(), reason),
-        }
+            Action::Hold { plan, reason } => {
+                self.report_blocked(&usage, plan.as_ref(), reason);
+                Some(blocked_kind(reason))
+            }
+        };
         self.retry_persist(now);
         if alert_changed && !self.dry_run {
             self.save_state();
         }
-        if let Some(path) = &self.policy.metrics_file {
-            let snapshot = metrics::Snapshot {
-                usage: &usage,
-                level: decision.alert.level,
-                changes_total: self.state.changes.len() as u64,
-                census_duration: took,
-                census_at: now,
-            };
-            if let Err(e) = metrics::write(path, &snapshot) {
-                tracing::warn!("cannot write metrics to {}: {e}", path.display());
-            }
-        }
-        let line = self.status_line(&usage);
+        let line = self.status_line(&usage, widened);
+        self.last = Some(LastCensus {
+            usage,
+            started,
+            active_opens,
+            at: now,
+            took,
+            level: decision.alert.level,
+            blocked,
+        });
+        // Metrics first: whoever reacts to READY or STATUS finds them.
+        self.write_metrics();
         if self.ready {
             notify::status(&line);
         } else {
@@ -347,23 +514,52 @@ impl Daemon {
             self.ready = true;
             tracing::info!("ready: {line}");
         }
-        self.last = Some(LastCensus {
-            usage,
-            at: Instant::now(),
-            active_opens: sockstat::read_active_opens(&self.host).ok(),
-        });
     }
 
-    fn status_line(&self, usage: &Usage) -> String {
+    /// One line: headline usage, range, mode (sd_notify STATUS).
+    fn status_line(&self, usage: &Usage, widened: Option<PortRange>) -> String {
         format!(
-            "usage {} ({}/{}) {}; range {}; mode {}",
+            "usage {} ({}/{}) {}; range {}{}; mode {}",
             usage.headline.usage,
             usage.headline.used,
             usage.headline.capacity,
             usage.headline.cause,
             usage.settings.port_range,
+            widened.map_or_else(String::new, |to| format!(" widened to {to}")),
             self.mode_name()
         )
+    }
+
+    fn write_metrics(&self) {
+        let (Some(path), Some(last)) = (&self.policy.metrics_file, &self.last) else {
+            return;
+        };
+        let snapshot = metrics::Snapshot {
+            usage: &last.usage,
+            level: last.level,
+            changes_total: self.counters.changes,
+            census_duration: last.took,
+            census_at: last.at,
+            polled_at: SystemTime::now(),
+            censuses_total: self.counters.censuses,
+            census_skipped_total: self.counters.skipped,
+            census_failed_total: self.counters.failed,
+            census_abandoned_total: self.counters.abandoned,
+            last_change_at: self.state.changes.last().map(|c| c.at),
+            widening_blocked: last.blocked,
+            yielded: self.state.yielded.is_some(),
+            mode: if self.dry_run {
+                "dry-run"
+            } else {
+                match self.policy.mode {
+                    Mode::Auto => "auto",
+                    Mode::Advise => "advise",
+                }
+            },
+        };
+        if let Err(e) = metrics::write(path, &snapshot) {
+            tracing::warn!("cannot write metrics to {}: {e}", path.display());
+        }
     }
 
     fn usage_fields(usage: &Usage) -> Fields {
@@ -385,46 +581,53 @@ impl Daemon {
     }
 
     /// One entry per transition of the confirmed level, and a reminder at
-    /// the policy's interval while it stays raised.
-    fn report_level(&self, usage: &Usage, d: &Decision) {
-        let level = d.alert.level;
-        let what = |prefix: &str| {
-            format!(
-                "{prefix}: {} of ephemeral ports in use ({}/{}), worst: {}",
-                usage.headline.usage,
-                usage.headline.used,
-                usage.headline.capacity,
-                usage.headline.cause
-            )
-        };
-        let fields = Self::usage_fields(usage);
-        match (d.transition, level) {
-            (Some(_), Level::Critical) => events::emit(
-                Kind::UsageCritical,
-                &what("ephemeral ports critical"),
-                &fields,
-            ),
-            (Some(_), Level::Warning) => events::emit(
+    /// the policy's interval while it stays raised; never one per poll.
+    fn report_level(&self, usage: &Usage, d: &Decision, processes: Option<&str>) {
+        let (kind, what, reminder) = match (d.transition, d.alert.level) {
+            (Some(_), Level::Critical) => (Kind::UsageCritical, "ephemeral ports critical", false),
+            (Some((Level::Critical, _)), Level::Warning) => (
                 Kind::UsageWarning,
-                &what("ephemeral ports warning"),
-                &fields,
+                "ephemeral ports down from critical to warning",
+                false,
             ),
-            (Some((from, _)), Level::Ok) if from > Level::Ok => events::emit(
-                Kind::UsageRecovered,
-                &what("ephemeral ports recovered"),
-                &fields,
-            ),
+            (Some(_), Level::Warning) => (Kind::UsageWarning, "ephemeral ports warning", false),
+            (Some((from, _)), Level::Ok) if from > Level::Ok => {
+                (Kind::UsageRecovered, "ephemeral ports recovered", false)
+            }
             (None, Level::Critical) if d.remind => {
-                events::emit(Kind::UsageCritical, &what("still critical"), &fields)
+                (Kind::UsageCritical, "ephemeral ports still critical", true)
             }
             (None, Level::Warning) if d.remind => {
-                events::emit(Kind::UsageWarning, &what("still warning"), &fields)
+                (Kind::UsageWarning, "ephemeral ports still warning", true)
             }
-            _ => {}
-        }
+            _ => return,
+        };
+        let held_by = processes
+            .filter(|_| kind != Kind::UsageRecovered)
+            .map(|p| format!("; held by {p}"))
+            .unwrap_or_default();
+        let message = format!(
+            "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}",
+            usage.headline.usage,
+            usage.headline.used,
+            usage.headline.capacity,
+            usage.headline.cause
+        );
+        events::emit(
+            kind,
+            &message,
+            &Fields {
+                process: processes
+                    .filter(|_| kind != Kind::UsageRecovered)
+                    .map(str::to_string),
+                reminder,
+                ..Self::usage_fields(usage)
+            },
+        );
     }
 
-    fn apply(&mut self, usage: &Usage, plan: &planner::Plan, now: SystemTime) -> Option<Usage> {
+    /// Applies a plan; true when the range was changed.
+    fn apply(&mut self, usage: &Usage, plan: &planner::Plan, now: SystemTime) -> bool {
         let reason = format!(
             "{} at {} ({}/{})",
             usage.headline.cause,
@@ -442,6 +645,8 @@ impl Daemon {
         ) {
             Ok(()) => {
                 self.last_blocked = None;
+                self.counters.changes += 1;
+                self.recensus = true;
                 let reserved = if plan.newly_reserved.is_empty() {
                     String::new()
                 } else {
@@ -461,32 +666,31 @@ impl Daemon {
                     },
                 );
                 self.save_state();
-                // Re-read so metrics and STATUS show the new range.
-                KernelSettings::read(&self.host).ok().map(|settings| {
-                    let mut u = usage.clone();
-                    u.settings = settings;
-                    u
-                })
+                true
             }
             Err(e) => {
-                events::emit(
-                    Kind::WideningBlocked,
-                    &format!("could not widen {} -> {}: {e}", plan.from, plan.to),
-                    &Fields {
-                        range_before: Some(plan.from),
-                        range_after: Some(plan.to),
-                        reason: Some(e.to_string()),
-                        ..Fields::default()
-                    },
-                );
-                None
+                // Reported once per distinct error, not on every poll.
+                let text = format!("write failed: {e}");
+                if self.last_blocked.as_ref() != Some(&text) {
+                    self.last_blocked = Some(text);
+                    events::emit(
+                        Kind::WideningBlocked,
+                        &format!("could not widen {} -> {}: {e}", plan.from, plan.to),
+                        &Fields {
+                            range_before: Some(plan.from),
+                            range_after: Some(plan.to),
+                            reason: Some(e.to_string()),
+                            ..Self::usage_fields(usage)
+                        },
+                    );
+                }
+                false
             }
         }
     }
 
     fn report_blocked(&mut self, usage: &Usage, plan: Option<&planner::Plan>, reason: &Blocked) {
-        let key = std::mem::discriminant(reason);
-        let text = format!("{key:?}");
+        let text = blocked_kind(reason).to_string();
         if self.last_blocked.as_ref() == Some(&text) {
             return;
         }
@@ -588,8 +792,11 @@ impl Daemon {
         self.save_state();
     }
 
+    /// SIGHUP: `RELOADING=1`, the new policy or (if invalid) the old one
+    /// with the file's `PATH:LINE:COL` errors in the journal, then `READY=1`.
     fn reload(&mut self) {
         notify::reloading();
+        let policy_path = Some(self.config.display().to_string());
         match policy::file::load_or_default(&self.config) {
             Ok((policy, _)) => {
                 self.policy = policy;
@@ -610,24 +817,28 @@ impl Daemon {
                             ""
                         }
                     ),
-                    &Fields::default(),
+                    &Fields {
+                        policy: policy_path,
+                        ..Fields::default()
+                    },
                 );
             }
             Err(e) => {
                 events::emit(
                     Kind::PolicyRejected,
-                    &format!("policy rejected, the previous one stays in force: {e}"),
+                    &format!("policy rejected, the previous one stays in force:\n{e}"),
                     &Fields {
+                        policy: policy_path,
                         reason: Some(e.to_string()),
                         ..Fields::default()
                     },
                 );
             }
         }
-        let line = self
-            .last
-            .as_ref()
-            .map_or_else(|| "reloaded".to_string(), |l| self.status_line(&l.usage));
+        let line = self.last.as_ref().map_or_else(
+            || "reloaded".to_string(),
+            |l| self.status_line(&l.usage, None),
+        );
         if self.ready {
             notify::ready(&line);
         }
@@ -640,5 +851,61 @@ impl Daemon {
         if let Err(e) = self.state.save(&self.host) {
             tracing::error!("cannot save state: {e}");
         }
+    }
+}
+
+/// The census itself, on a blocking thread.
+fn census_task(
+    host: &Host,
+    settings: KernelSettings,
+    options: UsageOptions,
+    lookup: ProcessLookup,
+) -> CensusResult {
+    let started = Instant::now();
+    let source = ProcfsSource::new(host);
+    let usage = usage::take_census(&source, settings, options).map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let processes = if lookup.wanted(&usage) {
+        holders(host, &source, &usage)
+    } else {
+        None
+    };
+    Ok(CensusOutput {
+        usage,
+        took,
+        processes,
+    })
+}
+
+/// "nginx[812] 40 sockets, curl[77] 5 sockets": the processes holding the
+/// sockets of the headline destination, largest first.
+fn holders(host: &Host, source: &ProcfsSource, usage: &Usage) -> Option<String> {
+    let Cause::Destination { destination } = &usage.headline.cause else {
+        return None;
+    };
+    let found = attribution::attribute(host, source, usage, &[*destination]).ok()?;
+    let processes = &found.first()?.processes;
+    const SHOWN: usize = 3;
+    let mut parts: Vec<String> = processes
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("{}[{}] {} sockets", p.command, p.pid, p.sockets))
+        .collect();
+    if processes.len() > SHOWN {
+        parts.push(format!("{} more processes", processes.len() - SHOWN));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// A stable short name for why widening is held (metrics label, dedup key).
+fn blocked_kind(reason: &Blocked) -> &'static str {
+    match reason {
+        Blocked::Advise => "advise",
+        Blocked::AtBound => "at-bound",
+        Blocked::OutsideBounds => "outside-bounds",
+        Blocked::Cooldown { .. } => "cooldown",
+        Blocked::ChangeCap { .. } => "change-cap",
+        Blocked::Yielded { .. } => "yielded",
+        Blocked::PinnedBy { .. } => "pinned",
     }
 }

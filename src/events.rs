@@ -100,9 +100,14 @@ pub struct Fields {
     pub range_before: Option<PortRange>,
     pub range_after: Option<PortRange>,
     pub reason: Option<String>,
+    /// The policy file (reloads).
+    pub policy: Option<String>,
+    /// A repeat of an alert whose level has not changed (`PORTD_REMINDER=1`).
+    pub reminder: bool,
 }
 
-/// Emits one event. `message` is the one-line human text. `None` fields
+/// Emits one event. `message` is the human text: one line, except the list
+/// of errors of a rejected policy (one `PATH:LINE:COL` a line). `None` fields
 /// are left out of the entry (tracing records nothing for them).
 pub fn emit(kind: Kind, message: &str, f: &Fields) {
     let before = f.range_before.map(|r| r.to_string());
@@ -120,6 +125,8 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
                 portd_range_before = before.as_deref(),
                 portd_range_after = after.as_deref(),
                 portd_reason = f.reason.as_deref(),
+                portd_policy = f.policy.as_deref(),
+                portd_reminder = f.reminder.then_some(1u8),
                 "{message}"
             )
         };
@@ -128,5 +135,31 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
         Severity::Error => ev!(error),
         Severity::Warning => ev!(warn),
         Severity::Notice => ev!(info),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_distinct_128_bit_ids() {
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in Kind::ALL {
+            let id = kind.message_id();
+            assert_eq!(id.len(), 32, "{kind:?}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{kind:?}: {id} is not lower-case hex"
+            );
+            assert!(seen.insert(id), "{kind:?} shares its MESSAGE_ID");
+        }
+    }
+
+    #[test]
+    fn every_kind_is_listed_once() {
+        let names: std::collections::BTreeSet<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), Kind::ALL.len());
     }
 }

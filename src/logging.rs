@@ -59,6 +59,11 @@ pub fn init(target: LogTarget) -> Result<&'static str, String> {
                     .with(layer)
                     .try_init()
                     .map_err(|e| e.to_string())?;
+                if target == LogTarget::Journal && !stderr_is_journal() {
+                    // Asked for explicitly from a terminal or a pipe: say
+                    // where the lines go rather than print nothing at all.
+                    eprintln!("portd: logging to the journal (journalctl -t portd)");
+                }
                 return Ok("journal");
             }
             Err(e) if target == LogTarget::Journal => {
@@ -89,7 +94,7 @@ struct StderrLines {
 #[derive(Default)]
 struct Collect {
     message: String,
-    fields: String,
+    fields: Vec<(String, String)>,
 }
 
 impl Visit for Collect {
@@ -106,17 +111,29 @@ impl Collect {
     fn add(&mut self, field: &Field, value: &str) {
         match field.name() {
             "message" => self.message = value.to_string(),
-            "message_id" | "portd_event" => {}
+            "message_id" | "portd_event" | "portd_reminder" => {}
             name => {
-                if value.is_empty() {
-                    return;
+                if !value.is_empty() {
+                    let name = name.strip_prefix("portd_").unwrap_or(name);
+                    self.fields.push((name.to_string(), value.to_string()));
                 }
-                let name = name.strip_prefix("portd_").unwrap_or(name);
-                if !self.fields.is_empty() {
-                    self.fields.push_str(", ");
-                }
-                let _ = write!(self.fields, "{name}={value}");
             }
+        }
+    }
+
+    /// `message (key=value, ...)`, leaving out the values the message
+    /// already says, so a line reads once.
+    fn line(&self) -> String {
+        let extra: Vec<String> = self
+            .fields
+            .iter()
+            .filter(|(_, v)| !self.message.contains(v.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if extra.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{} ({})", self.message, extra.join(", "))
         }
     }
 }
@@ -140,11 +157,29 @@ impl<S: Subscriber> Layer<S> for StderrLines {
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             );
         }
-        let _ = write!(line, "portd: {level}: {}", c.message);
-        if !c.fields.is_empty() {
-            let _ = write!(line, " ({})", c.fields);
-        }
+        let _ = write!(line, "portd: {level}: {}", c.line());
         line.push('\n');
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Collect;
+
+    #[test]
+    fn stderr_line_leaves_out_what_the_message_already_says() {
+        let c = Collect {
+            message: "widened ip_local_port_range 40000-40099 -> 40000-40179".to_string(),
+            fields: vec![
+                ("range_before".into(), "40000-40099".into()),
+                ("range_after".into(), "40000-40179".into()),
+                ("process".into(), "nginx[7] 40 sockets".into()),
+            ],
+        };
+        assert_eq!(
+            c.line(),
+            "widened ip_local_port_range 40000-40099 -> 40000-40179 (process=nginx[7] 40 sockets)"
+        );
     }
 }

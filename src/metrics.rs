@@ -1,5 +1,6 @@
 //! Prometheus text format for node_exporter's textfile collector, written
 //! atomically after each poll when the policy names a metrics file.
+//! Example alerting rules: `packaging/prometheus/portd-alerts.yml`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,18 +8,36 @@ use std::time::{Duration, SystemTime};
 
 use crate::fsutil;
 use crate::level::Level;
-use crate::usage::Usage;
+use crate::usage::{DestUsage, Usage};
 
 /// Destinations exported with labels: bounded, so a host with 100k
 /// destinations does not explode the series count.
 pub const TOP_DESTINATIONS: usize = 10;
 
+/// What one poll knows. Between full censuses (the fast path) the census
+/// fields stay those of the last census, and `polled_at` moves on.
 pub struct Snapshot<'a> {
     pub usage: &'a Usage,
+    /// The confirmed alert level.
     pub level: Level,
+    /// Range changes made since portd started (a counter).
     pub changes_total: u64,
     pub census_duration: Duration,
     pub census_at: SystemTime,
+    pub polled_at: SystemTime,
+    pub censuses_total: u64,
+    pub census_skipped_total: u64,
+    pub census_failed_total: u64,
+    pub census_abandoned_total: u64,
+    /// portd's most recent change of the range (from its state).
+    pub last_change_at: Option<SystemTime>,
+    /// Why the range was not widened although usage called for it
+    /// ("advise", "cooldown", "at-bound", ...).
+    pub widening_blocked: Option<&'a str>,
+    /// portd yields to an admin who changed the range.
+    pub yielded: bool,
+    /// The policy's mode: "auto", "advise" or "dry-run".
+    pub mode: &'a str,
 }
 
 fn label(value: &str) -> String {
@@ -28,70 +47,114 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Writes families of samples: `# HELP`, `# TYPE`, then `name{labels} value`.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(self.0, "{name}{labels} {v}");
+        }
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: f64) {
+        self.family(name, "gauge", help, &[(String::new(), v)]);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.family(name, "counter", help, &[(String::new(), v as f64)]);
+    }
+}
+
+fn dest_labels(d: &DestUsage) -> String {
+    format!(
+        "{{local=\"{}\",remote=\"{}\",remote_port=\"{}\"}}",
+        label(&d.key.local.to_string()),
+        label(&d.key.remote.to_string()),
+        d.key.remote_port
+    )
+}
+
 pub fn render(s: &Snapshot<'_>) -> String {
     let u = s.usage;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    let one = |v: f64| vec![(String::new(), v)];
+    let mut out = Out(String::new());
+    out.family(
+        "portd_info",
+        "gauge",
+        "portd's version and the policy's mode (auto, advise, dry-run).",
+        &[(
+            format!(
+                "{{version=\"{}\",mode=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                label(s.mode)
+            ),
+            1.0,
+        )],
+    );
     let range = u.settings.port_range;
-    gauge(
+    out.gauge(
         "portd_range_low",
         "Low end of net.ipv4.ip_local_port_range.",
-        &one(f64::from(range.low())),
+        f64::from(range.low()),
     );
-    gauge(
+    out.gauge(
         "portd_range_high",
         "High end of net.ipv4.ip_local_port_range.",
-        &one(f64::from(range.high())),
+        f64::from(range.high()),
     );
-    gauge(
+    out.gauge(
         "portd_range_ports",
         "Ports in the range.",
-        &one(f64::from(u.range_size)),
+        f64::from(u.range_size),
     );
-    gauge(
+    out.gauge(
+        "portd_reserved_ports_in_range",
+        "Ports of the range in net.ipv4.ip_local_reserved_ports.",
+        f64::from(u.reserved_in_range),
+    );
+    out.gauge(
         "portd_capacity_ports",
         "Ports connect() can hand out towards one destination (range minus reserved and listening ports).",
-        &one(u.capacity as f64),
+        u.capacity as f64,
     );
-    gauge(
+    out.gauge(
         "portd_headline_usage_ratio",
         "Worst per-destination or UDP pool usage (0-1).",
-        &one(u.headline.usage.0),
+        u.headline.usage.0,
     );
-    gauge(
+    out.gauge(
+        "portd_headline_used_ports",
+        "Ports in use by the worst destination or pool.",
+        u.headline.used as f64,
+    );
+    out.gauge(
         "portd_alert_level",
-        "Headline level: 0 ok, 1 warning, 2 critical.",
-        &one(f64::from(s.level.exit_code())),
+        "Confirmed headline level (hold and hysteresis applied): 0 ok, 1 warning, 2 critical.",
+        f64::from(s.level.exit_code()),
     );
-    gauge(
+    out.gauge(
         "portd_destinations",
         "Distinct (local address, remote address, remote port) destinations using the range.",
-        &one(u.destinations.len() as f64),
+        u.destinations.len() as f64,
     );
-    let top: Vec<_> = u.destinations.iter().take(TOP_DESTINATIONS).collect();
-    let dest_labels = |d: &crate::usage::DestUsage| {
-        format!(
-            "{{local=\"{}\",remote=\"{}\",remote_port=\"{}\"}}",
-            label(&d.key.local.to_string()),
-            label(&d.key.remote.to_string()),
-            d.key.remote_port
-        )
-    };
-    gauge(
+    let top = &u.destinations[..u.destinations.len().min(TOP_DESTINATIONS)];
+    out.family(
         "portd_destination_used_ports",
-        "Ports in use towards one of the top destinations.",
+        "gauge",
+        "Ports in use towards one of the top destinations (at most 10 are listed).",
         &top.iter()
             .map(|d| (dest_labels(d), d.used as f64))
             .collect::<Vec<_>>(),
     );
-    gauge(
+    out.family(
         "portd_destination_usage_ratio",
+        "gauge",
         "Usage of one of the top destinations (0-1).",
         &top.iter()
             .map(|d| (dest_labels(d), d.usage.0))
@@ -102,46 +165,107 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("udp", &u.pools.udp),
         ("sctp", &u.pools.sctp),
     ];
-    gauge(
+    let per_pool = |f: &dyn Fn(&crate::usage::Pool) -> f64| {
+        pools
+            .iter()
+            .map(|(p, pool)| (format!("{{proto=\"{p}\"}}"), f(pool)))
+            .collect::<Vec<_>>()
+    };
+    out.family(
         "portd_pool_used_ports",
+        "gauge",
         "Distinct local ports of the range in use, per protocol.",
-        &pools
-            .iter()
-            .map(|(p, pool)| (format!("{{proto=\"{p}\"}}"), pool.used as f64))
-            .collect::<Vec<_>>(),
+        &per_pool(&|p| p.used as f64),
     );
-    gauge(
+    out.family(
+        "portd_pool_capacity_ports",
+        "gauge",
+        "Ports of the range a pool can use, per protocol.",
+        &per_pool(&|p| p.capacity as f64),
+    );
+    out.family(
         "portd_pool_usage_ratio",
+        "gauge",
         "Pool usage per protocol (0-1).",
-        &pools
-            .iter()
-            .map(|(p, pool)| (format!("{{proto=\"{p}\"}}"), pool.usage.0))
-            .collect::<Vec<_>>(),
+        &per_pool(&|p| p.usage.0),
     );
-    gauge(
+    out.gauge(
         "portd_time_wait_sockets",
-        "TCP sockets in TIME_WAIT.",
-        &one(u.time_wait_total as f64),
+        "TCP sockets in TIME_WAIT (all local ports).",
+        u.time_wait_total as f64,
     );
-    gauge(
+    out.gauge(
+        "portd_reusable_time_wait_sockets",
+        "TIME_WAIT sockets in the range that tcp_tw_reuse lets connect() reuse (not counted as used).",
+        u.reusable_time_wait as f64,
+    );
+    out.gauge(
         "portd_census_duration_seconds",
-        "Time the last census took.",
-        &one(s.census_duration.as_secs_f64()),
+        "Time the last full census took.",
+        s.census_duration.as_secs_f64(),
     );
-    gauge(
+    out.gauge(
         "portd_census_timestamp_seconds",
-        "When the last census was taken (Unix time).",
-        &one(s
-            .census_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())),
+        "When the last full census was taken (Unix time).",
+        unix_seconds(s.census_at),
     );
-    let _ = writeln!(
-        out,
-        "# HELP portd_range_changes_total Range changes portd made (kept in its state).\n# TYPE portd_range_changes_total counter\nportd_range_changes_total {}",
-        s.changes_total
+    out.gauge(
+        "portd_poll_timestamp_seconds",
+        "When portd last polled, with or without a census (Unix time).",
+        unix_seconds(s.polled_at),
     );
-    out
+    out.counter(
+        "portd_censuses_total",
+        "Full censuses taken since portd started.",
+        s.censuses_total,
+    );
+    out.counter(
+        "portd_census_skipped_total",
+        "Polls that skipped the census because the O(1) bounds stayed below the warning level.",
+        s.census_skipped_total,
+    );
+    out.family(
+        "portd_census_failures_total",
+        "counter",
+        "Censuses that failed (error) or outlived the watchdog interval (abandoned).",
+        &[
+            (
+                "{reason=\"error\"}".to_string(),
+                s.census_failed_total as f64,
+            ),
+            (
+                "{reason=\"abandoned\"}".to_string(),
+                s.census_abandoned_total as f64,
+            ),
+        ],
+    );
+    out.counter(
+        "portd_range_changes_total",
+        "Range changes portd made since it started.",
+        s.changes_total,
+    );
+    if let Some(at) = s.last_change_at {
+        out.gauge(
+            "portd_last_change_timestamp_seconds",
+            "When portd last changed the range (Unix time).",
+            unix_seconds(at),
+        );
+    }
+    out.family(
+        "portd_widening_blocked",
+        "gauge",
+        "1 while usage calls for a wider range that portd may not or cannot write; reason says why.",
+        &[match s.widening_blocked {
+            Some(reason) => (format!("{{reason=\"{}\"}}", label(reason)), 1.0),
+            None => ("{reason=\"\"}".to_string(), 0.0),
+        }],
+    );
+    out.gauge(
+        "portd_yielded",
+        "1 while portd yields to an admin who changed the range (advise only until a reload).",
+        f64::from(u8::from(s.yielded)),
+    );
+    out.0
 }
 
 pub fn write(path: &Path, s: &Snapshot<'_>) -> std::io::Result<()> {

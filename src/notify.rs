@@ -1,23 +1,66 @@
 //! The service manager protocol (sd_notify), wrapped so the rest of portd
 //! never formats notify strings. Every call is a no-op without
 //! `NOTIFY_SOCKET`; a failed send is logged at debug level and ignored.
+//!
+//! The sd-notify crate formats the states and reads the watchdog settings;
+//! the datagram itself is sent here without blocking. `sd_notify::notify`
+//! sends on a blocking socket, and a unix datagram send blocks while the
+//! receiver's queue is full (`net.unix.max_dgram_qlen`, 10 by default): a
+//! service manager slow to read would stall the event loop, the watchdog
+//! included. A message that does not fit now is dropped instead.
 
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
 fn send(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!("sd_notify failed: {e}");
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let mut message = String::new();
+    for state in states {
+        let _ = writeln!(message, "{state}");
+    }
+    if let Err(e) = send_now(&path, message.as_bytes()) {
+        tracing::debug!("sd_notify {:?} failed: {e}", message.trim_end());
+    }
+}
+
+/// One datagram to `path` (or the abstract socket `@name`), never waiting.
+fn send_now(path: &OsStr, message: &[u8]) -> io::Result<()> {
+    let address = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)?
+        }
+        None => SocketAddr::from_pathname(path)?,
+    };
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    let sent = socket.send_to_addr(message, &address)?;
+    if sent == message.len() {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::WriteZero, "incomplete write"))
     }
 }
 
 pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
 }
 
 pub fn status(status: &str) {
-    send(&[NotifyState::Status(status)]);
+    send(&[NotifyState::Status(&one_line(status))]);
+}
+
+/// STATUS= is one line of the datagram: a newline would end it early.
+fn one_line(text: &str) -> String {
+    text.trim_end().replace('\n', "; ")
 }
 
 pub fn watchdog() {
@@ -41,7 +84,45 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// The watchdog interval systemd expects (`WATCHDOG_USEC` for this pid).
+/// The watchdog interval systemd expects: `WATCHDOG_USEC`, when
+/// `WATCHDOG_PID` is unset or names this process (sd_watchdog_enabled(3)).
+/// Zero means no watchdog, as for sd_watchdog_enabled().
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled()
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+
+    #[test]
+    fn a_full_receive_queue_drops_the_message_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let started = Instant::now();
+        let mut errors = 0;
+        for _ in 0..2000 {
+            if super::send_now(path.as_os_str(), b"WATCHDOG=1\n").is_err() {
+                errors += 1;
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            errors > 0,
+            "2000 unread datagrams should overflow the queue"
+        );
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+    }
+
+    #[test]
+    fn status_text_stays_on_one_line() {
+        assert_eq!(
+            super::one_line("policy rejected:\na:1:2: x\nb:3:4: y\n"),
+            "policy rejected:; a:1:2: x; b:3:4: y"
+        );
+    }
 }

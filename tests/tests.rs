@@ -16,6 +16,12 @@ mod suite {
     mod actuation_yield;
     mod attribution_netns;
     mod check_cli;
+    mod daemon_catalog;
+    mod daemon_fastpath;
+    mod daemon_journal;
+    mod daemon_metrics;
+    mod daemon_notify;
+    mod daemon_util;
     mod status_errors;
     mod status_golden;
     mod status_netns;

@@ -1,0 +1,410 @@
+use super::*;
+use crate::usage::Cause;
+use proptest::prelude::*;
+
+/// 10 000 cases by default (the bar); `PROPTEST_CASES` overrides.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// Ports clustered where bugs live: the range's edges, 1024, 65535.
+fn port_near(anchors: Vec<u16>) -> impl Strategy<Value = u16> {
+    let anchors2 = anchors.clone();
+    prop_oneof![
+        3 => (0..anchors.len(), -3i32..=3).prop_map(move |(i, d)| (i32::from(anchors[i]) + d).clamp(1, 65535) as u16),
+        1 => (0..anchors2.len(), 0u16..200).prop_map(move |(i, d)| anchors2[i].saturating_add(d)),
+        1 => 1u16..=65535,
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    obs: Observation,
+    policy: Policy,
+    history: History,
+    now: SystemTime,
+}
+
+fn capacity_of(range: PortRange, reserved: &PortSet, listening: &PortSet) -> u64 {
+    (range.low()..=range.high())
+        .filter(|p| !reserved.contains(*p) && !listening.contains(*p))
+        .count() as u64
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let bounds = prop_oneof![
+        Just((32768u16, 60999u16)),
+        Just((1024, 65535)),
+        Just((1024, 1025)),
+        Just((65534, 65535)),
+        Just((40000, 40099)),
+        Just((40000, 40000)),
+        (1u16..=65535, 0u16..3000).prop_map(|(l, w)| (l, l.saturating_add(w))),
+    ];
+    bounds
+        .prop_flat_map(|(low, high)| {
+            let anchors = vec![low, high, 1024, 65535];
+            (
+                Just((low, high)),
+                prop_oneof![Just(0u16), Just(1024u16), 0..=low].prop_map(move |u| u.min(low)),
+                proptest::collection::vec(port_near(anchors.clone()), 0..12),
+                proptest::collection::vec((port_near(anchors.clone()), 0u16..4), 0..4),
+                proptest::collection::vec(port_near(anchors.clone()), 0..8),
+                proptest::collection::vec((port_near(anchors.clone()), 0u16..6), 0..3),
+                prop_oneof![Just(None), port_near(anchors.clone()).prop_map(Some)],
+                prop_oneof![Just(65535u16), Just(high), port_near(anchors)],
+                (1u32..=60, 1u32..=100, 0u32..=100, 0u32..=100),
+                (0u64..4000, 0u8..4),
+            )
+        })
+        .prop_map(
+            |(
+                (low, high),
+                unpriv,
+                res,
+                res_runs,
+                listen,
+                prot,
+                floor,
+                ceiling,
+                pct,
+                (used_seed, exact),
+            )| {
+                let range = PortRange::new(low, high).unwrap();
+                let mut reserved = PortSet::new();
+                for p in res {
+                    reserved.insert(p);
+                }
+                for (p, w) in res_runs {
+                    reserved.insert_range(PortRange::new(p, p.saturating_add(w)).unwrap());
+                }
+                let mut listening = PortSet::new();
+                for p in listen {
+                    listening.insert(p);
+                }
+                let protected: Vec<PortRange> = prot
+                    .into_iter()
+                    .map(|(p, w)| PortRange::new(p, p.saturating_add(w)).unwrap())
+                    .collect();
+                let capacity = capacity_of(range, &reserved, &listening);
+                let used = if capacity == 0 {
+                    used_seed % 3
+                } else {
+                    used_seed % (capacity * 2 + 1)
+                };
+                let usage = Ratio::of(used, capacity);
+                // Thresholds as percentages, ordered target < clear < warning <= critical,
+                // sometimes exactly at the observed usage.
+                let (tg, c, w, k) = pct;
+                let mut warning = 0.05 + f64::from(w % 90) / 100.0;
+                let mut critical = (warning + f64::from(k % 10) / 100.0).min(1.0);
+                match exact {
+                    1 if usage.0 > 0.02 && usage.0 <= 1.0 => warning = usage.0,
+                    2 if usage.0 > 0.02 && usage.0 <= 1.0 => {
+                        critical = usage.0;
+                        warning = warning.min(critical);
+                    }
+                    _ => {}
+                }
+                let clear = warning * f64::from(c % 100) / 100.0;
+                let target = (warning * f64::from(tg % 60).max(1.0) / 100.0).min(clear.max(0.001));
+                let policy = Policy {
+                    warning: Ratio(warning),
+                    critical: Ratio(critical),
+                    clear: Ratio(clear),
+                    target: Ratio(target.max(0.001)),
+                    hold: Duration::ZERO,
+                    floor: floor.map_or(Floor::Initial, Floor::Port),
+                    ceiling,
+                    protected,
+                    ..Policy::default()
+                };
+                let obs = Observation {
+                    range,
+                    reserved,
+                    unprivileged_port_start: unpriv,
+                    listening,
+                    headline: Headline {
+                        usage,
+                        used,
+                        capacity,
+                        cause: Cause::Idle,
+                    },
+                };
+                Case {
+                    obs,
+                    policy,
+                    history: History::default(),
+                    now: t(1_000_000),
+                }
+            },
+        )
+}
+
+fn decide(c: &Case) -> Decision {
+    plan(&Inputs {
+        observation: &c.obs,
+        policy: &c.policy,
+        history: &c.history,
+        pin: None,
+        now: c.now,
+        dry_run: false,
+    })
+}
+
+fn emitted(d: &Decision) -> Option<&Plan> {
+    match &d.action {
+        Action::Apply { plan } => Some(plan),
+        Action::Hold { plan, .. } => plan.as_ref(),
+        Action::Nothing => None,
+    }
+}
+
+fn kernel_accepts(range: PortRange, unprivileged_port_start: u16) -> bool {
+    // ipv4_local_port_range(): 1..=65535 each, low <= high, low >= ip_unprivileged_port_start.
+    range.low() >= 1 && range.low() <= range.high() && range.low() >= unprivileged_port_start
+}
+
+/// What the host looks like after the plan is applied.
+fn applied(c: &Case, p: &Plan) -> Case {
+    let mut next = c.clone();
+    next.obs.range = p.to;
+    next.obs.reserved = p.reserved.clone();
+    let capacity = capacity_of(p.to, &p.reserved, &c.obs.listening);
+    next.obs.headline.capacity = capacity;
+    next.obs.headline.usage = Ratio::of(c.obs.headline.used, capacity);
+    next.history.initial_range = Some(c.obs.range);
+    next
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn emitted_range_is_accepted_by_the_kernel_with_different_parity(c in case()) {
+        if let Some(p) = emitted(&decide(&c)) {
+            prop_assert!(kernel_accepts(p.to, c.obs.unprivileged_port_start), "{:?}", p.to);
+            prop_assert!(!p.to.has_same_parity(), "{:?}", p.to);
+        }
+    }
+
+    #[test]
+    fn emitted_range_stays_within_floor_and_ceiling(c in case()) {
+        if let Some(p) = emitted(&decide(&c)) {
+            let floor = match c.policy.floor { Floor::Port(f) => f, Floor::Initial => c.obs.range.low() };
+            prop_assert!(p.to.low() >= floor, "{:?} below floor {floor}", p.to);
+            prop_assert!(p.to.low() >= c.obs.unprivileged_port_start);
+            prop_assert!(p.to.high() <= c.policy.ceiling, "{:?} above ceiling {}", p.to, c.policy.ceiling);
+        }
+    }
+
+    #[test]
+    fn widening_never_leaves_a_listening_or_protected_port_unreserved(c in case()) {
+        if let Some(p) = emitted(&decide(&c)) {
+            for port in p.to.low()..=p.to.high() {
+                let protected = c.policy.protected.iter().any(|r| r.contains(port));
+                if c.obs.listening.contains(port) || protected {
+                    prop_assert!(p.reserved.contains(port), "port {port} left unreserved in {:?}", p.to);
+                }
+            }
+            prop_assert!(c.obs.reserved.is_subset(&p.reserved), "an existing reservation was dropped");
+        }
+    }
+
+    #[test]
+    fn widening_never_shrinks_the_range(c in case()) {
+        if let Some(p) = emitted(&decide(&c)) {
+            prop_assert!(p.to.contains_range(c.obs.range), "{:?} does not contain {:?}", p.to, c.obs.range);
+            prop_assert!(p.to != c.obs.range);
+        }
+    }
+
+    #[test]
+    fn planning_again_after_applying_changes_nothing(c in case()) {
+        if let Action::Apply { plan: p } = decide(&c).action {
+            let after = applied(&c, &p);
+            let again = decide(&after);
+            prop_assert!(!matches!(again.action, Action::Apply { .. }), "second plan: {:?}", again.action);
+        }
+    }
+
+    #[test]
+    fn cooldown_and_change_cap_are_honoured(c in case(), ago in 0u64..7200, n in 0usize..8) {
+        let mut c = c;
+        c.policy.max_changes_per_hour = 3;
+        c.history.changes = (0..n).map(|i| t(1_000_000 - ago - i as u64)).collect();
+        let d = decide(&c);
+        if let Action::Apply { .. } = d.action {
+            prop_assert!(n == 0 || Duration::from_secs(ago) >= c.policy.cooldown, "applied {ago}s after a change");
+            let recent = c.history.changes.iter().filter(|x| elapsed(**x, c.now) < Duration::from_secs(3600)).count();
+            prop_assert!(recent < 3, "applied with {recent} changes in the last hour");
+        }
+    }
+
+    #[test]
+    fn advise_mode_and_yield_never_apply(c in case(), yielded in proptest::bool::ANY) {
+        let mut c = c;
+        if yielded {
+            c.history.yielded = Some("admin wrote 40000 40199".into());
+        } else {
+            c.policy.mode = Mode::Advise;
+        }
+        prop_assert!(!matches!(decide(&c).action, Action::Apply { .. }), "applied although advising or yielded");
+    }
+}
+
+/// The generator must reach the cases the properties are about; this
+/// fails if a change to it stops producing them.
+#[test]
+fn generators_reach_the_hard_cases() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = case();
+    let (mut apply, mut at_bound, mut to_ceiling, mut listener_edge, mut same_parity, mut exact) =
+        (0, 0, 0, 0, 0, 0);
+    for _ in 0..4000 {
+        let c = strategy.new_tree(&mut runner).unwrap().current();
+        if c.obs.range.has_same_parity() {
+            same_parity += 1;
+        }
+        let u = c.obs.headline.usage;
+        if u == c.policy.warning || u == c.policy.critical {
+            exact += 1;
+        }
+        match decide(&c).action {
+            Action::Apply { plan } => {
+                apply += 1;
+                if plan.to.high() == c.policy.ceiling {
+                    to_ceiling += 1;
+                }
+                let (lo, hi) = (plan.to.low(), plan.to.high());
+                if [lo, hi, c.obs.range.high().saturating_add(1)]
+                    .iter()
+                    .any(|p| c.obs.listening.contains(*p))
+                {
+                    listener_edge += 1;
+                }
+            }
+            Action::Hold {
+                reason: Blocked::AtBound,
+                ..
+            } => at_bound += 1,
+            _ => {}
+        }
+    }
+    for (name, n) in [
+        ("apply", apply),
+        ("at bound", at_bound),
+        ("to ceiling", to_ceiling),
+        ("listener at an edge", listener_edge),
+        ("same parity", same_parity),
+        ("usage exactly at a threshold", exact),
+    ] {
+        assert!(n >= 20, "only {n} of 4000 generated cases reach {name}");
+    }
+}
+
+fn simple(used: u64) -> Case {
+    let range = PortRange::new(40000, 40099).unwrap();
+    Case {
+        obs: Observation {
+            range,
+            reserved: PortSet::new(),
+            unprivileged_port_start: 1024,
+            listening: PortSet::new(),
+            headline: Headline {
+                usage: Ratio::of(used, 100),
+                used,
+                capacity: 100,
+                cause: Cause::Idle,
+            },
+        },
+        policy: Policy {
+            hold: Duration::ZERO,
+            ..Policy::default()
+        },
+        history: History::default(),
+        now: t(1_000_000),
+    }
+}
+
+#[test]
+fn grows_upward_to_the_target_and_reserves_listeners_in_the_new_span() {
+    let mut c = simple(45);
+    c.obs.listening.insert(40150);
+    let d = decide(&c);
+    let Action::Apply { plan: p } = d.action else {
+        panic!("{:?}", d.action)
+    };
+    // 45 used / 25% target = 180 usable ports, plus one reserved listener, odd span.
+    assert_eq!(p.to.low(), 40000);
+    assert_eq!(p.to.high(), 40181);
+    assert!(p.reserved.contains(40150));
+    assert_eq!(p.newly_reserved.to_string(), "40150");
+    assert!(p.reaches_target);
+}
+
+#[test]
+fn below_warning_does_nothing() {
+    assert_eq!(decide(&simple(39)).action, Action::Nothing);
+}
+
+#[test]
+fn hold_delays_the_alert_and_the_change() {
+    let mut c = simple(60);
+    c.policy.hold = Duration::from_secs(30);
+    let first = decide(&c);
+    assert_eq!(first.alert.level, Level::Ok);
+    assert_eq!(first.action, Action::Nothing);
+    c.history.alert = first.alert;
+    c.now = t(1_000_030);
+    let second = decide(&c);
+    assert_eq!(second.transition, Some((Level::Ok, Level::Critical)));
+    assert!(matches!(second.action, Action::Apply { .. }));
+}
+
+#[test]
+fn alert_clears_only_below_the_clear_level() {
+    let mut c = simple(35);
+    c.history.alert.level = Level::Warning;
+    assert_eq!(
+        decide(&c).alert.level,
+        Level::Warning,
+        "35% is above clear (30%)"
+    );
+    let mut c = simple(29);
+    c.history.alert.level = Level::Warning;
+    let d = decide(&c);
+    assert_eq!(d.transition, Some((Level::Warning, Level::Ok)));
+}
+
+#[test]
+fn a_pin_holds_the_plan_and_names_the_file() {
+    let c = simple(60);
+    let pin = Pin {
+        file: "/etc/sysctl.d/99-local.conf".into(),
+        value: "40000 40099".into(),
+    };
+    let d = plan(&Inputs {
+        observation: &c.obs,
+        policy: &c.policy,
+        history: &c.history,
+        pin: Some(&pin),
+        now: c.now,
+        dry_run: false,
+    });
+    assert!(matches!(
+        d.action,
+        Action::Hold {
+            reason: Blocked::PinnedBy { .. },
+            plan: Some(_)
+        }
+    ));
+}

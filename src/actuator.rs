@@ -327,6 +327,9 @@ pub fn external_change(host: &Host, state: &State, live: &KernelSettings) -> Opt
     None
 }
 
+pub const NOTHING_TO_ROLL_BACK: &str =
+    "portd has not changed this host's port range; nothing to roll back";
+
 /// What `portd rollback` did or would refuse.
 pub fn rollback(
     host: &Host,
@@ -336,9 +339,7 @@ pub fn rollback(
     force: bool,
 ) -> Result<Vec<String>, String> {
     let Some(original) = state.original.clone() else {
-        return Ok(vec![
-            "portd has not changed this host's port range; nothing to roll back".into(),
-        ]);
+        return Ok(vec![NOTHING_TO_ROLL_BACK.into()]);
     };
     // After a yield the daemon takes the admin's values as its baseline, so
     // `external_change` no longer sees them; the yield itself says the live

@@ -212,7 +212,18 @@ fn rollback(host: &Host, config: &std::path::Path, force: bool) -> u8 {
         }
     };
     let result = (|| -> Result<Vec<String>, String> {
+        // Nothing to undo: say so without creating the state directory or
+        // its lock, and without reading /proc (a package removal of a portd
+        // that never ran must leave nothing behind).
+        if State::load(host)
+            .map_err(|e| e.to_string())?
+            .original
+            .is_none()
+        {
+            return Ok(vec![actuator::NOTHING_TO_ROLL_BACK.into()]);
+        }
         let _lock = WriterLock::acquire(&host.state_dir())?;
+        // Read again under the lock: another writer may have changed it.
         let mut state = State::load(host).map_err(|e| e.to_string())?;
         let live = KernelSettings::read(host).map_err(|e| e.to_string())?;
         let done = actuator::rollback(host, &policy.dropin_name, &mut state, &live, force)?;

@@ -156,6 +156,7 @@ struct Daemon {
     last_blocked: Option<String>,
     last_persist_error: Option<String>,
     last_census_error: Option<String>,
+    last_metrics_error: Option<String>,
 }
 
 impl Daemon {
@@ -178,6 +179,7 @@ impl Daemon {
             last_blocked: None,
             last_persist_error: None,
             last_census_error: None,
+            last_metrics_error: None,
         }
     }
 
@@ -530,7 +532,7 @@ impl Daemon {
         )
     }
 
-    fn write_metrics(&self) {
+    fn write_metrics(&mut self) {
         let (Some(path), Some(last)) = (&self.policy.metrics_file, &self.last) else {
             return;
         };
@@ -557,8 +559,20 @@ impl Daemon {
                 }
             },
         };
-        if let Err(e) = metrics::write(path, &snapshot) {
-            tracing::warn!("cannot write metrics to {}: {e}", path.display());
+        match metrics::write(path, &snapshot) {
+            Ok(()) => {
+                if self.last_metrics_error.take().is_some() {
+                    tracing::info!("metrics are written to {} again", path.display());
+                }
+            }
+            Err(e) => {
+                // Once per distinct error, not once per poll.
+                let text = format!("cannot write metrics to {}: {e}", path.display());
+                if self.last_metrics_error.as_ref() != Some(&text) {
+                    tracing::warn!("{text}");
+                    self.last_metrics_error = Some(text);
+                }
+            }
         }
     }
 

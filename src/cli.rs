@@ -11,8 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::actuator;
-use crate::census::KernelSettings;
-use crate::census::procfs::ProcfsSource;
+use crate::census::{self, KernelSettings, SourceChoice};
 use crate::check;
 use crate::daemon;
 use crate::fsutil::WriterLock;
@@ -45,6 +44,9 @@ pub struct Cli {
     /// Policy file (default: /etc/portd.toml under --root; built-in defaults if absent).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Socket source of `status` and `check` (benchmarks and source-comparison tests).
+    #[arg(long, global = true, value_enum, default_value_t = SourceChoice::Auto, hide = true)]
+    pub source: SourceChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -146,12 +148,18 @@ fn run(cli: Cli) -> u8 {
         Command::Rollback { force } => rollback(&host, &config, force),
         Command::Check { json, plan } => {
             let policy = policy::file::load_or_default(&config).map_err(|e| e.to_string());
-            let source = ProcfsSource::new(&host);
+            let source = match census::open_source(&host, cli.source) {
+                Ok(source) => source,
+                Err(e) => {
+                    eprintln!("portd check: {e}");
+                    return 2;
+                }
+            };
             let report = check::run(
                 &host,
                 &config,
                 policy,
-                &source,
+                source.as_ref(),
                 &check::CheckOptions { plan },
             );
             let text = if json {
@@ -197,8 +205,11 @@ fn run(cli: Cli) -> u8 {
                     json,
                 ));
             }
-            let source = ProcfsSource::new(&host);
-            print(status::run(&host, &source, &opts))
+            let source = match census::open_source(&host, cli.source) {
+                Ok(source) => source,
+                Err(e) => return print(status::unknown(&e.to_string(), json)),
+            };
+            print(status::run(&host, source.as_ref(), &opts))
         }
     }
 }

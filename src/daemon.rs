@@ -10,8 +10,8 @@ use tokio::task::{JoinError, JoinHandle};
 
 use crate::actuator;
 use crate::attribution;
-use crate::census::procfs::ProcfsSource;
-use crate::census::{KernelSettings, sockstat};
+use crate::census::netlink::NetlinkOptions;
+use crate::census::{self, KernelSettings, SocketSource, sockstat};
 use crate::events::{self, Fields, Kind};
 use crate::fsutil::WriterLock;
 use crate::host::Host;
@@ -876,11 +876,22 @@ fn census_task(
     lookup: ProcessLookup,
 ) -> CensusResult {
     let started = Instant::now();
-    let source = ProcfsSource::new(host);
-    let usage = usage::take_census(&source, settings, options).map_err(|e| e.to_string())?;
+    // netlink sock_diag where the kernel has it: on a busy host a procfs
+    // read restarts its walk and can take seconds (docs/benchmarks.md).
+    // Bound-only sockets only matter to the bind(0) pool, and asking for
+    // them costs every census, so only when the policy alerts on that pool.
+    let source = census::best_source_with(
+        host,
+        NetlinkOptions {
+            bound_inactive: options.tcp_pool_in_headline,
+            ..NetlinkOptions::default()
+        },
+    );
+    let usage =
+        usage::take_census(source.as_ref(), settings, options).map_err(|e| e.to_string())?;
     let took = started.elapsed();
     let processes = if lookup.wanted(&usage) {
-        holders(host, &source, &usage)
+        holders(host, source.as_ref(), &usage)
     } else {
         None
     };
@@ -893,7 +904,7 @@ fn census_task(
 
 /// "nginx[812] 40 sockets, curl[77] 5 sockets": the processes holding the
 /// sockets of the headline destination, largest first.
-fn holders(host: &Host, source: &ProcfsSource, usage: &Usage) -> Option<String> {
+fn holders(host: &Host, source: &dyn SocketSource, usage: &Usage) -> Option<String> {
     let Cause::Destination { destination } = &usage.headline.cause else {
         return None;
     };

@@ -15,6 +15,7 @@ mod suite {
     mod actuation_widen;
     mod actuation_yield;
     mod attribution_netns;
+    mod census_sources;
     mod check_cli;
     mod daemon_catalog;
     mod daemon_fastpath;

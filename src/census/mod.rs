@@ -1,13 +1,15 @@
 //! The census: one pass over the sockets of the network namespace, streamed
 //! from a [`SocketSource`] into the usage aggregator, plus the kernel settings.
 
+pub mod netlink;
 pub mod procfs;
 pub mod settings;
 pub mod sockstat;
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::host::Host;
 use crate::kernel::TcpState;
 
 pub use settings::KernelSettings;
@@ -73,6 +75,63 @@ pub trait SocketSource {
     fn scan(&self, scope: Scope, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError>;
 }
 
+/// Which source a census uses (`portd --source`, hidden: for benchmarks and
+/// the tests that compare the sources).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceChoice {
+    /// [`best_source`].
+    #[default]
+    Auto,
+    Procfs,
+    Netlink,
+}
+
+/// netlink sock_diag when the kernel answers it and the host root is `/`,
+/// procfs otherwise: a fixture root (`--root`) has only files, and netlink
+/// always reads the live network namespace of the process.
+pub fn best_source(host: &Host) -> Box<dyn SocketSource> {
+    best_source_with(host, netlink::NetlinkOptions::default())
+}
+
+/// [`best_source`] with netlink options: `bound_inactive` is worth its
+/// cost (docs/benchmarks.md) where the TCP `bind(0)` pool counts towards
+/// alerts, since bound-only sockets change nothing else in the census.
+pub fn best_source_with(host: &Host, options: netlink::NetlinkOptions) -> Box<dyn SocketSource> {
+    if host.root() == Path::new("/") {
+        match netlink::NetlinkSource::open(host, options) {
+            Ok(source) => return Box::new(source),
+            Err(e) => tracing::debug!("sock_diag unavailable, reading procfs: {e}"),
+        }
+    }
+    Box::new(procfs::ProcfsSource::new(host))
+}
+
+/// The source `choice` names. An explicit `netlink` fails where sock_diag
+/// does not answer, or with a fixture root it could not honour.
+pub fn open_source(
+    host: &Host,
+    choice: SourceChoice,
+) -> Result<Box<dyn SocketSource>, CensusError> {
+    match choice {
+        SourceChoice::Auto => Ok(best_source(host)),
+        SourceChoice::Procfs => Ok(Box::new(procfs::ProcfsSource::new(host))),
+        SourceChoice::Netlink if host.root() != Path::new("/") => Err(CensusError::Netlink {
+            request: "the netlink source",
+            source: std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!(
+                    "it reads the live network namespace, not the root {}",
+                    host.root().display()
+                ),
+            ),
+        }),
+        SourceChoice::Netlink => Ok(Box::new(netlink::NetlinkSource::open(
+            host,
+            netlink::NetlinkOptions::default(),
+        )?)),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CensusError {
     #[error("{}: {source}", path.display())]
@@ -85,6 +144,17 @@ pub enum CensusError {
     Malformed {
         path: PathBuf,
         line: usize,
+        message: String,
+    },
+    #[error("netlink sock_diag, {request}: {source}")]
+    Netlink {
+        request: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("netlink sock_diag, {request}: malformed reply: {message}")]
+    NetlinkMalformed {
+        request: &'static str,
         message: String,
     },
 }

@@ -5,9 +5,17 @@
 //! returns a `Vec` of entries and allocates a `String` per line (about 490 ns
 //! a line, 86 MiB at 1M sockets; crates.md §1), while this one reuses one
 //! line buffer and hands each socket to the visitor as it is parsed.
+//!
+//! The kernel walks the whole established hash to produce any of the TCP
+//! tables, also to find that `tcp6` has no row left when the host has
+//! IPv4 sockets only, and once more for the `read()` that returns end of file
+//! (`tcp_seq_start()` cannot resume past the end; measured: docs/benchmarks.md).
+//! So a listeners scan that reaches the end of a small table keeps its bytes
+//! for the next full scan instead of making the kernel walk it twice again.
 
+use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind};
+use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
@@ -17,12 +25,20 @@ use crate::kernel::TcpState;
 
 pub struct ProcfsSource {
     net: PathBuf,
+    /// `tcp` and `tcp6` as a listeners scan read them to the end, taken by
+    /// the next full scan.
+    read_whole: [RefCell<Option<Vec<u8>>>; 2],
 }
+
+/// A table up to this size (about 400 rows) is read to its end by a
+/// listeners scan and kept for the full scan that follows.
+const WHOLE_TABLE_LIMIT: usize = 64 * 1024;
 
 impl ProcfsSource {
     pub fn new(host: &Host) -> Self {
         ProcfsSource {
             net: host.proc("net"),
+            read_whole: Default::default(),
         }
     }
 }
@@ -38,14 +54,24 @@ impl SocketSource for ProcfsSource {
 
     fn scan(&self, scope: Scope, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
         // A kernel built or booted without IPv6 has no tcp6/udp6; tcp/udp always exist.
-        for (file, required) in [("tcp", true), ("tcp6", false)] {
-            scan_inet_table(&self.net.join(file), Proto::Tcp, scope, required, visit)?;
+        for ((file, required), whole) in [("tcp", true), ("tcp6", false)]
+            .into_iter()
+            .zip(&self.read_whole)
+        {
+            let path = self.net.join(file);
+            match scope {
+                Scope::Listeners => scan_listeners(&path, required, whole, visit)?,
+                Scope::All => match whole.take() {
+                    Some(bytes) => scan_inet_rows(&path, &bytes[..], Proto::Tcp, visit)?,
+                    None => scan_inet_table(&path, Proto::Tcp, required, visit)?,
+                },
+            }
         }
         if scope == Scope::Listeners {
             return Ok(());
         }
         for (file, proto, required) in [("udp", Proto::Udp, true), ("udp6", Proto::Udp, false)] {
-            scan_inet_table(&self.net.join(file), proto, scope, required, visit)?;
+            scan_inet_table(&self.net.join(file), proto, required, visit)?;
         }
         scan_sctp(&self.net.join("sctp"), visit)
     }
@@ -62,25 +88,29 @@ fn open(path: &Path, required: bool) -> Result<Option<BufReader<File>>, CensusEr
     }
 }
 
+/// How [`for_each_row`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    EndOfFile,
+    Stopped,
+}
+
 /// Reads lines into one reusable buffer, numbering them from 1, and calls
 /// `each` for every line after the header. `each` returns false to stop.
 fn for_each_row(
     path: &Path,
-    mut reader: BufReader<File>,
+    mut reader: impl BufRead,
     mut each: impl FnMut(&str, usize) -> Result<bool, String>,
-) -> Result<(), CensusError> {
+) -> Result<Ended, CensusError> {
     let mut buf = Vec::with_capacity(256);
     let mut line_no = 0usize;
     loop {
         buf.clear();
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|source| CensusError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| read_error(path, source))?;
         if n == 0 {
-            return Ok(());
+            return Ok(Ended::EndOfFile);
         }
         line_no += 1;
         if line_no == 1 {
@@ -97,9 +127,16 @@ fn for_each_row(
         }
         match each(line, line_no) {
             Ok(true) => {}
-            Ok(false) => return Ok(()),
+            Ok(false) => return Ok(Ended::Stopped),
             Err(message) => return Err(malformed(message)),
         }
+    }
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> CensusError {
+    CensusError::Read {
+        path: path.to_owned(),
+        source,
     }
 }
 
@@ -108,23 +145,93 @@ fn for_each_row(
 fn scan_inet_table(
     path: &Path,
     proto: Proto,
-    scope: Scope,
     required: bool,
     visit: &mut dyn FnMut(&Socket),
 ) -> Result<(), CensusError> {
-    let Some(reader) = open(path, required)? else {
-        return Ok(());
-    };
+    match open(path, required)? {
+        Some(reader) => scan_inet_rows(path, reader, proto, visit),
+        None => Ok(()),
+    }
+}
+
+fn scan_inet_rows(
+    path: &Path,
+    reader: impl BufRead,
+    proto: Proto,
+    visit: &mut dyn FnMut(&Socket),
+) -> Result<(), CensusError> {
     for_each_row(path, reader, |line, _| {
-        let socket = parse_inet_row(line, proto)?;
-        if scope == Scope::Listeners && socket.state != TcpState::Listen {
-            // The kernel lists the listening hash first, then the established
-            // hash, so the first non-listener ends the listeners.
+        visit(&parse_inet_row(line, proto)?);
+        Ok(true)
+    })
+    .map(|_| ())
+}
+
+/// The listeners of a TCP table: the kernel lists the listening hash first,
+/// then the established hash, so the first other row ends them. A table
+/// that turns out small is read on to its end and kept in `whole`.
+fn scan_listeners(
+    path: &Path,
+    required: bool,
+    whole: &RefCell<Option<Vec<u8>>>,
+    visit: &mut dyn FnMut(&Socket),
+) -> Result<(), CensusError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound && !required => return Ok(()),
+        Err(source) => return Err(read_error(path, source)),
+    };
+    let mut reader = BufReader::with_capacity(
+        WHOLE_TABLE_LIMIT,
+        Recorder {
+            inner: file,
+            kept: Some(Vec::new()),
+        },
+    );
+    let ended = for_each_row(path, &mut reader, |line, _| {
+        let socket = parse_inet_row(line, Proto::Tcp)?;
+        if socket.state != TcpState::Listen {
             return Ok(false);
         }
         visit(&socket);
         Ok(true)
-    })
+    })?;
+    if ended == Ended::Stopped {
+        // Read on while the table stays small.
+        loop {
+            let n = reader
+                .fill_buf()
+                .map_err(|source| read_error(path, source))?
+                .len();
+            if n == 0 || reader.get_ref().kept.is_none() {
+                break;
+            }
+            reader.consume(n);
+        }
+    }
+    *whole.borrow_mut() = reader.into_inner().kept;
+    Ok(())
+}
+
+/// Keeps a copy of what it reads until end of file, or gives up (`kept`
+/// becomes `None`) past [`WHOLE_TABLE_LIMIT`].
+struct Recorder {
+    inner: File,
+    kept: Option<Vec<u8>>,
+}
+
+impl Read for Recorder {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(kept) = &mut self.kept {
+            if kept.len() + n > WHOLE_TABLE_LIMIT {
+                self.kept = None;
+            } else {
+                kept.extend_from_slice(&buf[..n]);
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// One row: `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`.
@@ -317,6 +424,63 @@ mod tests {
         ] {
             assert!(parse_inet_row(row, Proto::Tcp).is_err(), "{row:?}");
         }
+    }
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    fn row(sl: usize, lport: u16, rport: u16, state: u8) -> String {
+        format!(
+            "{sl:4}: 0100007F:{lport:04X} 0100007F:{rport:04X} {state:02X} 00000000:00000000 00:00000000 00000000     0        0 {} 1 0000000000000000 20 4 30 10 -1\n",
+            1000 + sl
+        )
+    }
+
+    fn fixture(tcp6_rows: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("proc/net");
+        std::fs::create_dir_all(&net).unwrap();
+        let mut tcp = format!("{HEADER}{}", row(0, 5001, 0, 0x0A));
+        for i in 1..1000 {
+            tcp.push_str(&row(i, 40000 + i as u16, 5001, 0x01));
+        }
+        std::fs::write(net.join("tcp"), tcp).unwrap();
+        std::fs::write(net.join("tcp6"), format!("{HEADER}{tcp6_rows}")).unwrap();
+        std::fs::write(net.join("udp"), HEADER).unwrap();
+        dir
+    }
+
+    fn ports(source: &ProcfsSource, scope: Scope) -> Vec<u16> {
+        let mut ports = Vec::new();
+        source
+            .scan(scope, &mut |s| ports.push(s.local_port))
+            .unwrap();
+        ports
+    }
+
+    #[test]
+    fn a_small_table_read_whole_by_the_listeners_scan_is_not_read_again() {
+        let small = format!("{}{}", row(0, 8080, 0, 0x0A), row(1, 40500, 8080, 0x01));
+        let dir = fixture(&small);
+        let source = ProcfsSource::new(&Host::new(dir.path()));
+        assert_eq!(ports(&source, Scope::Listeners), [5001, 8080]);
+        // The full scan that follows parses what the listeners scan read.
+        let tcp6 = dir.path().join("proc/net/tcp6");
+        std::fs::write(&tcp6, HEADER).unwrap();
+        let all = ports(&source, Scope::All);
+        assert_eq!(all.len(), 1002);
+        assert_eq!(&all[1000..], [8080, 40500]);
+        // Taken once: the next full scan reads the file.
+        assert_eq!(ports(&source, Scope::All).len(), 1000);
+    }
+
+    #[test]
+    fn a_large_table_is_read_again_by_the_full_scan() {
+        let dir = fixture("");
+        let source = ProcfsSource::new(&Host::new(dir.path()));
+        assert_eq!(ports(&source, Scope::Listeners), [5001]);
+        let tcp = dir.path().join("proc/net/tcp");
+        std::fs::write(&tcp, format!("{HEADER}{}", row(0, 6000, 0, 0x0A))).unwrap();
+        assert_eq!(ports(&source, Scope::All), [6000]);
     }
 
     proptest::proptest! {

@@ -245,16 +245,7 @@ impl Drop for Ns {
     /// Closing stdin ends the helper; the namespaces go with their last
     /// process. Killed by pid if it lingers.
     fn drop(&mut self) {
-        self.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::util::end_helper(&mut self.stdin, &mut self.child, Duration::from_secs(5));
     }
 }
 

@@ -642,16 +642,7 @@ impl Drop for Sandbox {
     /// its sockets; the namespaces go with their last process. Killed by
     /// pid if it lingers.
     fn drop(&mut self) {
-        self.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(8);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::util::end_helper(&mut self.stdin, &mut self.child, Duration::from_secs(8));
     }
 }
 

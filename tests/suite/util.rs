@@ -172,19 +172,26 @@ impl Netns {
     }
 }
 
+/// Ends a helper process the test started: closing its stdin tells it to
+/// stop (and release its sockets and namespaces); killed by pid if it
+/// lingers past `grace`.
+pub fn end_helper(stdin: &mut Option<ChildStdin>, child: &mut Child, grace: Duration) {
+    stdin.take();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Netns {
     /// Closing stdin ends the helper, which closes its sockets; the
     /// namespace goes with its last process. Killed by pid if it lingers.
     fn drop(&mut self) {
-        self.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end_helper(&mut self.stdin, &mut self.child, Duration::from_secs(5));
     }
 }

@@ -402,23 +402,13 @@ pub fn render_human(r: &Report) -> String {
 fn describe(a: &Action) -> String {
     match a {
         Action::Nothing => "nothing to do (usage below the warning level)".into(),
-        Action::Apply { plan } => format!(
-            "widen {} -> {}{} (expected usage {})",
-            plan.from,
-            plan.to,
-            if plan.newly_reserved.is_empty() {
-                String::new()
-            } else {
-                format!(", reserving {} first", plan.newly_reserved)
-            },
-            plan.expected_usage
-        ),
+        Action::Apply { plan } => {
+            format!("widen {plan}; expected usage {}", plan.expected_usage)
+        }
         Action::Hold {
             plan: Some(plan),
             reason,
-        } => {
-            format!("would widen {} -> {}, but {reason}", plan.from, plan.to)
-        }
+        } => format!("would widen {plan}, but {reason}"),
         Action::Hold { plan: None, reason } => format!("cannot widen: {reason}"),
     }
 }

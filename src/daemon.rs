@@ -710,16 +710,7 @@ impl Daemon {
         }
         self.last_blocked = Some(text);
         let message = match plan {
-            Some(p) => format!(
-                "would widen ip_local_port_range {} -> {}{}, but {reason}",
-                p.from,
-                p.to,
-                if p.newly_reserved.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (reserving {})", p.newly_reserved)
-                }
-            ),
+            Some(p) => format!("would widen ip_local_port_range {p}, but {reason}"),
             None => format!(
                 "cannot widen ip_local_port_range {}: {reason}",
                 usage.settings.port_range

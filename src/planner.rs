@@ -89,6 +89,17 @@ pub struct Plan {
     pub reaches_target: bool,
 }
 
+impl std::fmt::Display for Plan {
+    /// `40000-40099 -> 40000-40181 (reserving 40150 first)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.from, self.to)?;
+        if !self.newly_reserved.is_empty() {
+            write!(f, " (reserving {} first)", self.newly_reserved)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Blocked {

@@ -11,6 +11,7 @@ use tokio::task::{JoinError, JoinHandle};
 use crate::actuator;
 use crate::attribution;
 use crate::census::netlink::NetlinkOptions;
+use crate::census::reader::{Fresh, KeptOpen, ProcRead};
 use crate::census::{self, KernelSettings, SocketSource, sockstat};
 use crate::events::{self, Fields, Kind};
 use crate::fsutil::WriterLock;
@@ -157,10 +158,19 @@ struct Daemon {
     last_persist_error: Option<String>,
     last_census_error: Option<String>,
     last_metrics_error: Option<String>,
+    /// Reads the /proc files of every poll: kept open on the live host
+    /// (census/reader.rs); opened anew under a fixture root, whose files a
+    /// test may replace.
+    proc: Box<dyn ProcRead>,
 }
 
 impl Daemon {
     fn new(host: Host, config: PathBuf, policy: Policy, dry_run: bool) -> Self {
+        let proc: Box<dyn ProcRead> = if host.root() == std::path::Path::new("/") {
+            Box::new(KeptOpen::default())
+        } else {
+            Box::new(Fresh)
+        };
         let (state, state_unreadable) = match State::load(&host) {
             Ok(s) => (s, None),
             Err(e) => (State::default(), Some(e.to_string())),
@@ -180,6 +190,7 @@ impl Daemon {
             last_persist_error: None,
             last_census_error: None,
             last_metrics_error: None,
+            proc,
         }
     }
 
@@ -308,7 +319,7 @@ impl Daemon {
     /// One poll: cheap checks, then a census unless the bounds prove no
     /// destination can have reached the warning level.
     fn tick(&mut self) -> Option<InFlight> {
-        let settings = match KernelSettings::read(&self.host) {
+        let settings = match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
             Ok(s) => s,
             Err(e) => {
                 self.census_failed(e.to_string());
@@ -330,7 +341,7 @@ impl Daemon {
             self.write_metrics();
             return None;
         }
-        let active_opens = sockstat::read_active_opens(&self.host).ok();
+        let active_opens = sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok();
         let host = self.host.clone();
         let options = UsageOptions {
             tcp_pool_in_headline: self.policy.tcp_pool_alerts,
@@ -361,7 +372,7 @@ impl Daemon {
     /// sockets, the TCP pool no more than the TCP sockets. While those stay
     /// below the warning level, the census is skipped, up to the policy's
     /// maximum staleness. Raised or pending alerts always take a census.
-    fn census_not_needed(&self, settings: &KernelSettings) -> Option<String> {
+    fn census_not_needed(&mut self, settings: &KernelSettings) -> Option<String> {
         let last = self.last.as_ref()?;
         if &last.usage.settings != settings
             || self.state.alert.level != Level::Ok
@@ -370,11 +381,11 @@ impl Daemon {
         {
             return None;
         }
-        let totals = sockstat::read_totals(&self.host).ok()?;
+        let totals = sockstat::read_totals(&self.host, self.proc.as_mut()).ok()?;
         let worst_then = last.usage.destinations.first().map_or(0, |d| d.used);
         let opened_since = match (
             last.active_opens,
-            sockstat::read_active_opens(&self.host).ok(),
+            sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok(),
         ) {
             (Some(then), Some(now)) => now.checked_sub(then),
             _ => None,

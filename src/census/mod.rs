@@ -3,6 +3,7 @@
 
 pub mod netlink;
 pub mod procfs;
+pub mod reader;
 pub mod settings;
 pub mod sockstat;
 

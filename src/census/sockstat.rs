@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::reader::ProcRead;
 use crate::host::Host;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -22,13 +23,13 @@ impl Totals {
     }
 }
 
-pub fn read_totals(host: &Host) -> std::io::Result<Totals> {
+pub fn read_totals(host: &Host, reader: &mut dyn ProcRead) -> std::io::Result<Totals> {
     let mut t = Totals::default();
-    let v4 = std::fs::read_to_string(host.proc("net/sockstat"))?;
+    let v4 = reader.read_text(&host.proc("net/sockstat"))?;
     t.tcp_inuse += field(&v4, "TCP:", "inuse");
     t.tcp_tw += field(&v4, "TCP:", "tw");
     t.udp_inuse += field(&v4, "UDP:", "inuse");
-    if let Ok(v6) = std::fs::read_to_string(host.proc("net/sockstat6")) {
+    if let Ok(v6) = reader.read_text(&host.proc("net/sockstat6")) {
         t.tcp_inuse += field(&v6, "TCP6:", "inuse");
         t.udp_inuse += field(&v6, "UDP6:", "inuse");
     }
@@ -36,9 +37,9 @@ pub fn read_totals(host: &Host) -> std::io::Result<Totals> {
 }
 
 /// `Tcp: ActiveOpens` (connect() calls that reached SYN_SENT, IPv4 and IPv6).
-pub fn read_active_opens(host: &Host) -> std::io::Result<u64> {
+pub fn read_active_opens(host: &Host, reader: &mut dyn ProcRead) -> std::io::Result<u64> {
     let path = host.proc("net/snmp");
-    let text = std::fs::read_to_string(&path)?;
+    let text = reader.read_text(&path)?;
     active_opens(&text).ok_or_else(|| bad_data(&path))
 }
 

@@ -6,15 +6,15 @@
 //! are written by the helper, which refuses unless its namespaces are
 //! private, and every other program runs under `nsenter -t HELPER -n -m`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::util::tests_dir;
+use super::util::{LineHelper, tests_dir};
 
 pub const RANGE_KEY: &str = "net.ipv4.ip_local_port_range";
 pub const RESERVED_KEY: &str = "net.ipv4.ip_local_reserved_ports";
@@ -55,9 +55,7 @@ pub fn default_mounts() -> Vec<(&'static str, &'static str)> {
 
 /// A private network + mount namespace, held open by the helper until drop.
 pub struct Ns {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    helper: LineHelper,
 }
 
 impl Ns {
@@ -74,59 +72,27 @@ impl Ns {
             "mounts": mounts,
             "sysctls": { RANGE_KEY: range, RESERVED_KEY: format!("{reserved}\n") },
         });
-        let mut child = Command::new("unshare")
-            .arg("-nm")
+        let mut cmd = Command::new("unshare");
+        cmd.arg("-nm")
             .arg("python3")
             .arg("-u")
             .arg(tests_dir().join("helpers/actuation_ns.py"))
             .arg(ns_link("net"))
             .arg(ns_link("mnt"))
-            .arg(setup.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run unshare -nm python3: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut ns = Ns {
-            child,
-            stdin,
-            stdout,
-        };
-        let ready = ns.read_reply();
-        assert_eq!(ready["ready"], true, "helper: {ready}");
+            .arg(setup.to_string());
+        let (helper, _) = LineHelper::spawn("namespace helper", cmd, Duration::from_secs(5));
+        let mut ns = Ns { helper };
         ns.write_file(POLICY, FAST_POLICY);
         ns.listen(TARGET_PORT);
         ns
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn read_reply(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(
-            !line.is_empty(),
-            "the namespace helper exited without a reply"
-        );
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad helper line {line:?}: {e}"));
-        if let Some(e) = v.get("error") {
-            panic!(
-                "namespace helper failed: {}",
-                e.as_str().unwrap_or_default()
-            );
-        }
-        v
+        self.helper.pid()
     }
 
     pub fn request(&mut self, request: Value) -> Value {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{request}").unwrap();
-        stdin.flush().unwrap();
-        self.read_reply()
+        self.helper.request(request)
     }
 
     pub fn sysctl(&mut self, key: &str) -> String {
@@ -238,14 +204,6 @@ impl Ns {
     /// `portd run` in the background, logging to stderr.
     pub fn start_daemon(&self) -> Daemon {
         Daemon::spawn(self.portd(&["run", "--log-target", "stderr"]))
-    }
-}
-
-impl Drop for Ns {
-    /// Closing stdin ends the helper; the namespaces go with their last
-    /// process. Killed by pid if it lingers.
-    fn drop(&mut self) {
-        super::util::end_helper(&mut self.stdin, &mut self.child, Duration::from_secs(5));
     }
 }
 

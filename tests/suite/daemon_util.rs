@@ -7,13 +7,14 @@
 //! tmpfs over every directory portd writes or reads policy from, and every
 //! program that must see the sandbox runs under `nsenter -t PID -n -m`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use super::util::LineHelper;
 
 /// A unix datagram socket standing in for systemd's notify socket.
 pub struct Notify {
@@ -477,10 +478,7 @@ pub struct SandboxOptions<'a> {
 
 /// A private network + mount namespace held open by the sandbox script.
 pub struct Sandbox {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    pub ready: Value,
+    helper: LineHelper,
 }
 
 impl Sandbox {
@@ -492,50 +490,21 @@ impl Sandbox {
             "journald": opts.journald,
             "catalog": opts.catalog,
         });
-        let mut child = Command::new("unshare")
-            .args(["-n", "-m", "python3", "-u", "-c", SANDBOX])
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-n", "-m", "python3", "-u", "-c", SANDBOX])
             .arg(ns("net"))
             .arg(ns("mnt"))
-            .arg(setup.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run unshare -n -m python3: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut sandbox = Sandbox {
-            child,
-            stdin,
-            stdout,
-            ready: Value::Null,
-        };
-        sandbox.ready = sandbox.read_reply();
-        assert_eq!(sandbox.ready["ready"], true, "sandbox: {}", sandbox.ready);
-        sandbox
+            .arg(setup.to_string());
+        let (helper, _) = LineHelper::spawn("sandbox script", cmd, Duration::from_secs(8));
+        Sandbox { helper }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn read_reply(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(
-            !line.is_empty(),
-            "the sandbox script exited without a reply"
-        );
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("bad sandbox line {line:?}: {e}"));
-        assert!(v.get("error").is_none(), "sandbox failed: {}", v["error"]);
-        v
+        self.helper.pid()
     }
 
     pub fn request(&mut self, request: Value) -> Value {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{request}").unwrap();
-        stdin.flush().unwrap();
-        self.read_reply()
+        self.helper.request(request)
     }
 
     /// Starts opening connections to the listener (127.0.0.1:5001) at `rate` per second until
@@ -634,15 +603,6 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Sandbox {
-    /// Closing stdin ends the script, which stops its journald and closes
-    /// its sockets; the namespaces go with their last process. Killed by
-    /// pid if it lingers.
-    fn drop(&mut self) {
-        super::util::end_helper(&mut self.stdin, &mut self.child, Duration::from_secs(8));
     }
 }
 

@@ -72,9 +72,7 @@ pub fn stdout_json(out: &Output) -> Value {
 /// `tests/helpers/netns_sockets.py`, which sets its sysctls, opens the
 /// sockets of a scenario and holds them until this value is dropped.
 pub struct Netns {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    helper: LineHelper,
     /// The helper's report once its sockets are open.
     pub ready: Value,
 }
@@ -85,56 +83,26 @@ impl Netns {
         // namespace, i.e. if `unshare -n` did not give it a new one.
         let outer = std::fs::read_link("/proc/self/ns/net").unwrap();
         let script = tests_dir().join("helpers/netns_sockets.py");
-        let mut child = Command::new("unshare")
-            .arg("-n")
+        let mut cmd = Command::new("unshare");
+        cmd.arg("-n")
             .arg("python3")
             .arg("-u")
             .arg(&script)
             .arg(scenario)
             .arg(&outer)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run unshare -n python3: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut ns = Netns {
-            child,
-            stdin,
-            stdout,
-            ready: Value::Null,
-        };
-        ns.ready = ns.read_reply();
-        assert_eq!(ns.ready["ready"], true, "helper: {}", ns.ready);
-        ns
+            .args(args);
+        let (helper, ready) = LineHelper::spawn("socket helper", cmd, Duration::from_secs(5));
+        Netns { helper, ready }
     }
 
     /// The helper's pid: a process inside the namespace.
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn read_reply(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "the socket helper exited without a reply");
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad helper line {line:?}: {e}"));
-        assert!(
-            v.get("error").is_none(),
-            "socket helper failed: {}",
-            v["error"]
-        );
-        v
+        self.helper.pid()
     }
 
     /// Sends one request line to the helper and returns its answer.
     pub fn request(&mut self, request: &str) -> Value {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{request}").unwrap();
-        stdin.flush().unwrap();
-        self.read_reply()
+        self.helper.request(request)
     }
 
     /// `program` run inside the namespace (`nsenter -t PID -n`).
@@ -172,26 +140,81 @@ impl Netns {
     }
 }
 
-/// Ends a helper process the test started: closing its stdin tells it to
-/// stop (and release its sockets and namespaces); killed by pid if it
-/// lingers past `grace`.
-pub fn end_helper(stdin: &mut Option<ChildStdin>, child: &mut Child, grace: Duration) {
-    stdin.take();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+/// A helper process the test talks to in JSON lines over its stdin and
+/// stdout: its first line reports `"ready": true`, every request gets one
+/// reply, and an `"error"` reply fails the test. Dropping it closes its
+/// stdin, which tells it to stop (and release its sockets and namespaces);
+/// it is killed by pid if it lingers past its grace period.
+pub struct LineHelper {
+    name: &'static str,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    grace: Duration,
 }
 
-impl Drop for Netns {
-    /// Closing stdin ends the helper, which closes its sockets; the
-    /// namespace goes with its last process. Killed by pid if it lingers.
+impl LineHelper {
+    /// Starts `cmd` with piped stdio; returns it and its ready line.
+    pub fn spawn(name: &'static str, mut cmd: Command, grace: Duration) -> (LineHelper, Value) {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the {name} ({cmd:?}): {e}"));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut helper = LineHelper {
+            name,
+            child,
+            stdin,
+            stdout,
+            grace,
+        };
+        let ready = helper.read_reply();
+        assert_eq!(ready["ready"], true, "{name}: {ready}");
+        (helper, ready)
+    }
+
+    /// The helper's pid (a process inside its namespaces).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn request(&mut self, request: impl std::fmt::Display) -> Value {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{request}").unwrap();
+        stdin.flush().unwrap();
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> Value {
+        let name = self.name;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the {name} exited without a reply");
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad {name} line {line:?}: {e}"));
+        if let Some(e) = v.get("error") {
+            panic!(
+                "{name} failed: {}",
+                e.as_str().map_or_else(|| e.to_string(), str::to_string)
+            );
+        }
+        v
+    }
+}
+
+impl Drop for LineHelper {
     fn drop(&mut self) {
-        end_helper(&mut self.stdin, &mut self.child, Duration::from_secs(5));
+        self.stdin.take();
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

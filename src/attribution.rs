@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::census::{CensusError, Proto, Scope, SocketSource};
+use crate::census::{CensusError, Scope, SocketSource};
 use crate::host::Host;
-use crate::kernel::{PortSet, TcpState};
-use crate::usage::{DestKey, Usage};
+use crate::usage::{Counting, DestKey, Usage, counting};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProcessShare {
@@ -40,36 +39,14 @@ pub fn attribute(
     top: &[DestKey],
 ) -> Result<Vec<DestAttribution>, CensusError> {
     let index: HashMap<DestKey, usize> = top.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    let mut usable = PortSet::new();
-    usable.insert_range(usage.settings.port_range);
-    let mut listeners = PortSet::new();
-    for p in &usage.listeners_in_range {
-        listeners.insert(*p);
-    }
-    let usable = usable
-        .difference(&usage.settings.reserved_ports)
-        .difference(&listeners);
-
     let mut result = vec![DestAttribution::default(); top.len()];
     let mut inodes: HashMap<u64, usize> = HashMap::new();
     source.scan(Scope::All, &mut |s| {
-        if s.proto != Proto::Tcp || s.state == TcpState::Listen || !usable.contains(s.local_port) {
+        // Reusable TIME_WAIT sockets are not in `used`, so not attributed either.
+        let Counting::Holds(key) = counting(&usage.usable, &usage.settings, s) else {
             return;
-        }
-        let key = DestKey {
-            local: s.local,
-            remote: s.remote,
-            remote_port: s.remote_port,
         };
-        let reusable = s.state == TcpState::TimeWait
-            && usage.settings.tcp_tw_reuse.reusable(
-                usage.settings.tcp_timestamps,
-                s.local,
-                s.remote,
-            );
-        if let Some(&i) = index.get(&key)
-            && !reusable
-        {
+        if let Some(&i) = index.get(&key) {
             if s.inode == 0 {
                 result[i].without_inode += 1;
             } else {

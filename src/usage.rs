@@ -185,6 +185,9 @@ pub struct Usage {
     pub listening_ports: PortSet,
     /// Ports `connect()` can hand out towards one destination.
     pub capacity: u64,
+    /// Which ports those are: the range minus reserved and listening ports.
+    #[serde(skip)]
+    pub usable: PortSet,
     /// All destinations, worst first. Bounded by the number of distinct destinations.
     pub destinations: Vec<DestUsage>,
     pub pools: Pools,
@@ -203,6 +206,43 @@ pub struct Usage {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageOptions {
     pub tcp_pool_in_headline: bool,
+}
+
+/// How one TCP socket counts towards the destination it talks to: the one
+/// rule the aggregator and process attribution share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counting {
+    /// A listener, a bound-only socket, or a local port `connect()` does not
+    /// hand out (outside the range, reserved, or a listener's: accepted).
+    NotEphemeral,
+    /// Holds a port towards its destination.
+    Holds(DestKey),
+    /// A TIME_WAIT the kernel may reuse under `tcp_tw_reuse`: reported apart.
+    Reusable(DestKey),
+}
+
+/// `usable` is the set of ports `connect()` can hand out ([`Usage::usable`]).
+pub fn counting(usable: &PortSet, settings: &KernelSettings, s: &Socket) -> Counting {
+    if s.proto != Proto::Tcp
+        || matches!(s.state, TcpState::Listen | TcpState::BoundInactive)
+        || !usable.contains(s.local_port)
+    {
+        return Counting::NotEphemeral;
+    }
+    let key = DestKey {
+        local: s.local,
+        remote: s.remote,
+        remote_port: s.remote_port,
+    };
+    if s.state == TcpState::TimeWait
+        && settings
+            .tcp_tw_reuse
+            .reusable(settings.tcp_timestamps, s.local, s.remote)
+    {
+        Counting::Reusable(key)
+    } else {
+        Counting::Holds(key)
+    }
 }
 
 /// Streams the source twice (listeners, then everything) and derives [`Usage`].
@@ -281,35 +321,23 @@ impl Aggregator {
         if s.state == TcpState::TimeWait {
             self.time_wait_total += 1;
         }
-        if matches!(s.state, TcpState::Listen | TcpState::BoundInactive) {
-            return;
-        }
-        if !self.usable.contains(s.local_port) {
-            // Accepted by a listener in the range (its port is the listener's),
-            // or outside the range, or on a reserved port: not handed out by connect().
-            if self.listen_ports.contains(s.local_port)
-                && self.settings.port_range.contains(s.local_port)
-            {
-                self.accepted_excluded += 1;
+        match counting(&self.usable, &self.settings, s) {
+            Counting::Holds(key) => {
+                self.dests.entry(key).or_default().by_state[s.state.index()] += 1
             }
-            return;
-        }
-        let key = DestKey {
-            local: s.local,
-            remote: s.remote,
-            remote_port: s.remote_port,
-        };
-        let counts = self.dests.entry(key).or_default();
-        if s.state == TcpState::TimeWait
-            && self
-                .settings
-                .tcp_tw_reuse
-                .reusable(self.settings.tcp_timestamps, s.local, s.remote)
-        {
-            counts.reusable_time_wait += 1;
-            self.reusable_time_wait += 1;
-        } else {
-            counts.by_state[s.state.index()] += 1;
+            Counting::Reusable(key) => {
+                self.dests.entry(key).or_default().reusable_time_wait += 1;
+                self.reusable_time_wait += 1;
+            }
+            Counting::NotEphemeral => {
+                // Accepted by a listener in the range: its port is the listener's.
+                if !matches!(s.state, TcpState::Listen | TcpState::BoundInactive)
+                    && self.listen_ports.contains(s.local_port)
+                    && self.settings.port_range.contains(s.local_port)
+                {
+                    self.accepted_excluded += 1;
+                }
+            }
         }
     }
 
@@ -394,6 +422,7 @@ impl Aggregator {
             listeners_in_range,
             listening_ports: self.listen_ports,
             capacity,
+            usable: self.usable,
             destinations,
             pools,
             headline,

@@ -169,12 +169,12 @@ pub fn run(
             ),
         );
     }
-    let floor = match policy.floor {
-        Floor::Port(p) => p,
-        Floor::Initial => state.initial_range.map_or(range.low(), PortRange::low),
-    }
-    .max(settings.unprivileged_port_start)
-    .max(1);
+    let floor = planner::effective_floor(
+        &policy,
+        state.initial_range,
+        range,
+        settings.unprivileged_port_start,
+    );
     if let Floor::Port(p) = policy.floor
         && p < settings.unprivileged_port_start
     {

@@ -263,7 +263,12 @@ fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
 fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
     let obs = inputs.observation;
     let policy = inputs.policy;
-    let floor = effective_floor(inputs);
+    let floor = effective_floor(
+        policy,
+        inputs.history.initial_range,
+        obs.range,
+        obs.unprivileged_port_start,
+    );
     if obs.range.low() < floor || obs.range.high() > policy.ceiling {
         return Action::Hold {
             plan: None,
@@ -317,16 +322,17 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
 /// The lowest port the range may start at: the policy floor (or the range
 /// as first found), never below `ip_unprivileged_port_start` (the kernel
 /// rejects that: kernel.md §1.3) and never below 1.
-fn effective_floor(inputs: &Inputs<'_>) -> u16 {
-    let obs = inputs.observation;
-    let floor = match inputs.policy.floor {
+pub fn effective_floor(
+    policy: &Policy,
+    initial_range: Option<PortRange>,
+    range: PortRange,
+    unprivileged_port_start: u16,
+) -> u16 {
+    let floor = match policy.floor {
         Floor::Port(p) => p,
-        Floor::Initial => inputs
-            .history
-            .initial_range
-            .map_or(obs.range.low(), PortRange::low),
+        Floor::Initial => initial_range.map_or(range.low(), PortRange::low),
     };
-    floor.max(obs.unprivileged_port_start).max(1)
+    floor.max(unprivileged_port_start).max(1)
 }
 
 /// Finds the smallest widening (upward first, then downward to the floor)

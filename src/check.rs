@@ -250,7 +250,7 @@ pub fn run(
             format!(
                 "services listen on {} port(s) inside the span the policy may open ({}); portd reserves them before the range grows over them",
                 report.listeners_in_span.len(),
-                abbreviate(&report.listeners_in_span)
+                usage::abbreviate(&report.listeners_in_span, 10)
             ),
         );
     }
@@ -272,14 +272,6 @@ pub fn run(
         }));
     }
     report
-}
-
-fn abbreviate(ports: &[u16]) -> String {
-    let mut s: Vec<String> = ports.iter().take(10).map(u16::to_string).collect();
-    if ports.len() > 10 {
-        s.push(format!("and {} more", ports.len() - 10));
-    }
-    s.join(", ")
 }
 
 fn boot_config(host: &Host, policy: &Policy, report: &mut Report) {

@@ -149,7 +149,7 @@ impl std::fmt::Display for Hazard {
                 f,
                 "{} unreserved listening port(s) inside the range ({}): a service restarting there can find its port taken by an outgoing connection; reserve them in ip_local_reserved_ports",
                 ports.len(),
-                abbreviate(ports)
+                abbreviate(ports, 8)
             ),
             Hazard::SlowdownMark { destination, usage } => write!(
                 f,
@@ -159,11 +159,11 @@ impl std::fmt::Display for Hazard {
     }
 }
 
-fn abbreviate(ports: &[u16]) -> String {
-    const SHOWN: usize = 8;
-    let mut s: Vec<String> = ports.iter().take(SHOWN).map(u16::to_string).collect();
-    if ports.len() > SHOWN {
-        s.push(format!("and {} more", ports.len() - SHOWN));
+/// "40050, 40051, and 3 more": the first `shown` ports of a list for a message.
+pub fn abbreviate(ports: &[u16], shown: usize) -> String {
+    let mut s: Vec<String> = ports.iter().take(shown).map(u16::to_string).collect();
+    if ports.len() > shown {
+        s.push(format!("and {} more", ports.len() - shown));
     }
     s.join(", ")
 }

@@ -33,7 +33,8 @@ use portd::census::netlink::{NetlinkOptions, NetlinkSource};
 use portd::census::procfs::ProcfsSource;
 use portd::census::{KernelSettings, Scope, SocketSource};
 use portd::host::Host;
-use portd::usage::{UsageOptions, take_census};
+use portd::kernel::PortSet;
+use portd::usage::{UsageOptions, census_ports, take_census};
 
 /// Connections per worker: two fds each, under the 20,000 open-file limit.
 const PAIRS_PER_WORKER: usize = 9_500;
@@ -752,6 +753,21 @@ fn self_cpu() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// What an in-process variant times.
+enum Mode {
+    /// A whole census (`take_census`).
+    Census,
+    /// One scan of the ports a census reads, sockets counted.
+    ScanCensusPorts,
+    /// One scan of every port, sockets counted (what a census cost before
+    /// it asked only for its ports).
+    ScanEverything,
+}
+
 fn in_process(runs: usize) -> Res<Vec<InProc>> {
     let host = Host::default();
     let netlink = |bound_inactive, single_walk| {
@@ -764,60 +780,79 @@ fn in_process(runs: usize) -> Res<Vec<InProc>> {
         )
         .map_err(|e| e.to_string())
     };
-    let sources: Vec<(&'static str, Box<dyn SocketSource>, bool)> = vec![
+    let default = netlink(false, true)?;
+    println!(
+        "sock_diag: single walk {}, port filter in the kernel {}",
+        yes_no(default.single_walk()),
+        yes_no(default.filters())
+    );
+    let sources: Vec<(&'static str, Box<dyn SocketSource>, Mode)> = vec![
         (
             "netlink census (single walk; default)",
             Box::new(netlink(false, true)?),
-            true,
+            Mode::Census,
         ),
         (
             "netlink census, two per-family dumps",
             Box::new(netlink(false, false)?),
-            true,
+            Mode::Census,
         ),
         (
             "netlink census, single walk + bound-inactive",
             Box::new(netlink(true, true)?),
-            true,
+            Mode::Census,
         ),
         (
             "netlink census, two dumps + bound-inactive",
             Box::new(netlink(true, false)?),
-            true,
+            Mode::Census,
         ),
         (
             "netlink scan only (no aggregation)",
             Box::new(netlink(false, true)?),
-            false,
+            Mode::ScanCensusPorts,
+        ),
+        (
+            "netlink scan only, every port (no kernel filter)",
+            Box::new(netlink(false, true)?),
+            Mode::ScanEverything,
         ),
         (
             "procfs census (streaming parser)",
             Box::new(ProcfsSource::new(&host)),
-            true,
+            Mode::Census,
         ),
         (
             "procfs scan only (no aggregation)",
             Box::new(ProcfsSource::new(&host)),
-            false,
+            Mode::ScanCensusPorts,
         ),
     ];
     let mut out = Vec::new();
-    for (name, source, census) in &sources {
+    for (name, source, mode) in &sources {
         let (mut walls, mut cpus, mut sockets) = (Vec::new(), Vec::new(), 0);
         for _ in 0..runs.max(1) {
             let settings = ctx(KernelSettings::read(&host), "kernel settings")?;
             let (c0, t0) = (self_cpu(), Instant::now());
-            if *census {
-                let usage = ctx(
-                    take_census(source.as_ref(), settings, UsageOptions::default()),
-                    name,
-                )?;
-                sockets = usage.sockets_seen;
-            } else {
-                let mut n = 0u64;
-                ctx(source.scan(Scope::All, &mut |_| n += 1), name)?;
-                sockets = n;
+            let mut n = 0u64;
+            match mode {
+                Mode::Census => {
+                    let usage = ctx(
+                        take_census(source.as_ref(), settings, UsageOptions::default()),
+                        name,
+                    )?;
+                    n = usage.sockets_in_range;
+                }
+                Mode::ScanCensusPorts => {
+                    let ports = census_ports(&settings);
+                    ctx(source.scan(Scope::Ports(&ports), &mut |_| n += 1), name)?;
+                }
+                Mode::ScanEverything => {
+                    let ports = PortSet::all();
+                    ctx(source.scan(Scope::Ports(&ports), &mut |_| n += 1), name)?;
+                }
             }
+            sockets = n;
             walls.push(t0.elapsed().as_secs_f64() * 1e3);
             cpus.push((self_cpu() - c0) * 1e3);
         }
@@ -1200,7 +1235,7 @@ fn run(args: &RunArgs) -> Res<()> {
             let v: serde_json::Value = ctx(serde_json::from_slice(&out.stdout), "status JSON")?;
             seen.push(format!(
                 "{source}: {} sockets seen, {} destinations, headline {}",
-                v["sockets_seen"], v["destination_count"], v["headline"]["usage"]
+                v["sockets_in_range"], v["destination_count"], v["headline"]["usage"]
             ));
         }
         println!("{}", seen.join("; "));

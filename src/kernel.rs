@@ -162,6 +162,13 @@ impl PortSet {
         Self::default()
     }
 
+    /// Every port, 0 to 65535.
+    pub fn all() -> Self {
+        PortSet {
+            bits: Box::new([u64::MAX; 1024]),
+        }
+    }
+
     /// Returns true if the port was not in the set before.
     pub fn insert(&mut self, port: u16) -> bool {
         let (word, bit) = (usize::from(port) / 64, port % 64);

@@ -190,9 +190,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &per_pool(&|p| p.usage.0),
     );
     out.gauge(
-        "portd_time_wait_sockets",
-        "TCP sockets in TIME_WAIT (all local ports).",
-        u.time_wait_total as f64,
+        "portd_time_wait_in_range_sockets",
+        "TCP sockets in TIME_WAIT on unreserved ports of the range (the only ones the census reads).",
+        u.time_wait_in_range as f64,
     );
     out.gauge(
         "portd_reusable_time_wait_sockets",

@@ -64,8 +64,8 @@ struct ReportUsage<'a> {
     hazards: &'a [usage::Hazard],
     accepted_excluded: u64,
     reusable_time_wait: u64,
-    time_wait_total: u64,
-    sockets_seen: u64,
+    time_wait_in_range: u64,
+    sockets_in_range: u64,
 }
 
 #[derive(Serialize)]
@@ -174,8 +174,8 @@ pub fn render(
                 hazards: &usage.hazards,
                 accepted_excluded: usage.accepted_excluded,
                 reusable_time_wait: usage.reusable_time_wait,
-                time_wait_total: usage.time_wait_total,
-                sockets_seen: usage.sockets_seen,
+                time_wait_in_range: usage.time_wait_in_range,
+                sockets_in_range: usage.sockets_in_range,
             },
             destination_count: usage.destinations.len(),
             destinations: shown
@@ -215,7 +215,7 @@ pub fn plugin_line(usage: &Usage, level: Level, opts: &StatusOptions) -> String 
         h.capacity,
         usage.pools.tcp.usage.percent(),
         usage.pools.udp.usage.percent(),
-        usage.time_wait_total,
+        usage.time_wait_in_range,
     )
 }
 
@@ -275,7 +275,7 @@ fn human(
     );
     let _ = writeln!(
         out,
-        "excluded   {} accepted by listeners in the range, {} TIME_WAIT reusable under tcp_tw_reuse={}",
+        "excluded   {} accepted by unreserved listeners in the range, {} TIME_WAIT reusable under tcp_tw_reuse={}",
         usage.accepted_excluded,
         usage.reusable_time_wait,
         match s.tcp_tw_reuse {

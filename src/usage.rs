@@ -193,13 +193,16 @@ pub struct Usage {
     pub pools: Pools,
     pub headline: Headline,
     pub hazards: Vec<Hazard>,
-    /// Sockets accepted by a listener whose port is in the range (not ephemeral usage).
+    /// Sockets accepted by an unreserved listener inside the range: on a
+    /// port of the range, but not ephemeral usage.
     pub accepted_excluded: u64,
     /// TIME_WAIT sockets `tcp_tw_reuse` lets the kernel reuse (not counted).
     pub reusable_time_wait: u64,
-    /// Total TIME_WAIT sockets seen (all ports).
-    pub time_wait_total: u64,
-    pub sockets_seen: u64,
+    /// TIME_WAIT sockets on unreserved ports of the range.
+    pub time_wait_in_range: u64,
+    /// Sockets of any protocol and state on unreserved ports of the range:
+    /// all the census reads besides the listeners ([`census_ports`]).
+    pub sockets_in_range: u64,
 }
 
 /// Whether the TCP `bind(0)` pool counts towards the headline (policy).
@@ -245,7 +248,18 @@ pub fn counting(usable: &PortSet, settings: &KernelSettings, s: &Socket) -> Coun
     }
 }
 
-/// Streams the source twice (listeners, then everything) and derives [`Usage`].
+/// The ports a census reads sockets on: the range minus the reserved ports,
+/// all that `connect()` and `bind(0)` draw from. A socket on any other port
+/// holds nothing a pool or a destination can run out of, so the census
+/// leaves it out (and netlink has the kernel skip it: docs/benchmarks.md).
+pub fn census_ports(settings: &KernelSettings) -> PortSet {
+    let mut range = PortSet::new();
+    range.insert_range(settings.port_range);
+    range.difference(&settings.reserved_ports)
+}
+
+/// Streams the source twice (listeners on any port, then every socket on
+/// the [`census_ports`]) and derives [`Usage`].
 pub fn take_census(
     source: &dyn SocketSource,
     settings: KernelSettings,
@@ -258,7 +272,8 @@ pub fn take_census(
         }
     })?;
     let mut agg = Aggregator::new(settings, listen_ports);
-    source.scan(Scope::All, &mut |s| agg.visit(s))?;
+    let ports = agg.poolable.clone();
+    source.scan(Scope::Ports(&ports), &mut |s| agg.visit(s))?;
     Ok(agg.finish(source.name(), source.sees_bound_only(), options))
 }
 
@@ -277,15 +292,13 @@ pub struct Aggregator {
     sctp_ports: PortSet,
     accepted_excluded: u64,
     reusable_time_wait: u64,
-    time_wait_total: u64,
-    sockets_seen: u64,
+    time_wait_in_range: u64,
+    sockets_in_range: u64,
 }
 
 impl Aggregator {
     pub fn new(settings: KernelSettings, listen_ports: PortSet) -> Self {
-        let mut range = PortSet::new();
-        range.insert_range(settings.port_range);
-        let poolable = range.difference(&settings.reserved_ports);
+        let poolable = census_ports(&settings);
         let usable = poolable.difference(&listen_ports);
         Aggregator {
             settings,
@@ -298,13 +311,18 @@ impl Aggregator {
             sctp_ports: PortSet::new(),
             accepted_excluded: 0,
             reusable_time_wait: 0,
-            time_wait_total: 0,
-            sockets_seen: 0,
+            time_wait_in_range: 0,
+            sockets_in_range: 0,
         }
     }
 
+    /// One socket of the census. Sockets off the [`census_ports`] are
+    /// ignored (a source may hand them over).
     pub fn visit(&mut self, s: &Socket) {
-        self.sockets_seen += 1;
+        if !self.poolable.contains(s.local_port) {
+            return;
+        }
+        self.sockets_in_range += 1;
         match s.proto {
             Proto::Udp => {
                 self.udp_ports.insert(s.local_port);
@@ -319,7 +337,7 @@ impl Aggregator {
     fn visit_tcp(&mut self, s: &Socket) {
         self.tcp_ports.insert(s.local_port);
         if s.state == TcpState::TimeWait {
-            self.time_wait_total += 1;
+            self.time_wait_in_range += 1;
         }
         match counting(&self.usable, &self.settings, s) {
             Counting::Holds(key) => {
@@ -333,7 +351,6 @@ impl Aggregator {
                 // Accepted by a listener in the range: its port is the listener's.
                 if !matches!(s.state, TcpState::Listen | TcpState::BoundInactive)
                     && self.listen_ports.contains(s.local_port)
-                    && self.settings.port_range.contains(s.local_port)
                 {
                     self.accepted_excluded += 1;
                 }
@@ -429,8 +446,8 @@ impl Aggregator {
             hazards,
             accepted_excluded: self.accepted_excluded,
             reusable_time_wait: self.reusable_time_wait,
-            time_wait_total: self.time_wait_total,
-            sockets_seen: self.sockets_seen,
+            time_wait_in_range: self.time_wait_in_range,
+            sockets_in_range: self.sockets_in_range,
             settings: self.settings,
         }
     }

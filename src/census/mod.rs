@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use crate::host::Host;
-use crate::kernel::TcpState;
+use crate::kernel::{PortSet, TcpState};
 
 pub use settings::KernelSettings;
 
@@ -57,13 +57,18 @@ pub fn normalise(addr: IpAddr) -> IpAddr {
 pub const UNSPECIFIED_V6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// What a scan should report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// TCP listeners only (a cheap first pass: they decide which sockets
-    /// are accepted connections rather than ephemeral usage).
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// TCP listeners on any port (a cheap first pass: they decide which
+    /// sockets are accepted connections rather than ephemeral usage, and
+    /// which ports a wider range would grow over).
     Listeners,
-    /// Every socket.
-    All,
+    /// Every socket, of every protocol and state, whose local port is in
+    /// the set: a census asks for the ports `connect()` and `bind(0)` can
+    /// hand out, since no other socket can hold one. netlink has the
+    /// kernel leave the others out (most of the cost of a dump is filling
+    /// the message of each reported socket); procfs reads and drops them.
+    Ports(&'a PortSet),
 }
 
 /// A source of sockets. It calls `visit` once per socket and keeps no list.
@@ -73,7 +78,7 @@ pub trait SocketSource {
     /// Whether it can see sockets that are bound but neither listening nor
     /// connected (procfs cannot).
     fn sees_bound_only(&self) -> bool;
-    fn scan(&self, scope: Scope, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError>;
+    fn scan(&self, scope: Scope<'_>, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError>;
 }
 
 /// Which source a census uses (`portd --source`, hidden: for benchmarks and

@@ -4,6 +4,13 @@
 //! or parsed, and the kernel hands over about 250 sockets per `recv()`
 //! instead of the 27 of a `/proc/net/tcp` read (docs/benchmarks.md).
 //!
+//! A census asks only for the sockets on ports the range can hand out
+//! ([`Scope::Ports`]); a small filter program of `inet_diag_bc_op`s
+//! (`INET_DIAG_REQ_BYTECODE`) has the kernel leave the others out before it
+//! fills their messages, which is most of the cost of a dump. Sockets the
+//! program lets through beyond the set are dropped here, so the census is
+//! exactly that of procfs either way.
+//!
 //! SCTP stays with procfs (`/proc/net/sctp`): it is rare, small, and
 //! `sctp_diag` reports associations with address lists rather than one
 //! 4-tuple per socket.
@@ -29,7 +36,7 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 use super::{CensusError, Proto, Scope, Socket, SocketSource, normalise};
 use crate::host::Host;
-use crate::kernel::TcpState;
+use crate::kernel::{PortRange, PortSet, TcpState};
 
 // include/uapi/linux/netlink.h
 const NLMSG_HDRLEN: usize = 16;
@@ -54,6 +61,17 @@ const REQ_V2_LEN: usize = 56;
 const REQ_LEGACY_LEN: usize = 60;
 /// `struct inet_diag_msg`.
 const MSG_LEN: usize = 72;
+/// The request attribute holding a filter program (`enum` after
+/// `INET_DIAG_REQ_NONE` in inet_diag.h), and the two program ops used:
+/// "jump" (always takes its `no` branch) and "local port >= n", n in host
+/// order in the `no` field of the op that follows.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_GE: u8 = 2;
+/// A filter tests at most this many runs of ports; a set in more pieces
+/// (many reserved ports inside the range) is let through in this many
+/// runs, its smallest gaps filled, and the rest dropped here.
+const FILTER_RUNS: usize = 32;
 
 /// `1 << state` for ESTABLISHED (1) to CLOSING (11) and NEW_SYN_RECV (12):
 /// every state of a socket in the listening or established hash, as
@@ -104,33 +122,46 @@ pub struct NetlinkSource {
     single_walk: Cell<bool>,
     /// Whether the kernel walks bound-only sockets when asked (>= 6.8).
     bound_inactive_supported: bool,
+    /// Whether the kernel takes a filter program (false where its audit
+    /// refuses ours: the census then reads every socket and drops here).
+    filters: bool,
     sctp: PathBuf,
 }
 
 impl NetlinkSource {
     /// Checks that sock_diag answers for TCP and UDP (the `tcp_diag` and
     /// `udp_diag` handlers can be missing) with empty dumps that walk
-    /// nothing of size, and whether it takes the legacy request.
+    /// nothing of size, whether it takes the legacy request, and whether it
+    /// takes a filter program of the shape a census sends.
     pub fn open(host: &Host, options: NetlinkOptions) -> Result<Self, CensusError> {
-        let source = NetlinkSource {
-            options,
-            single_walk: Cell::new(options.single_walk),
-            bound_inactive_supported: kernel_at_least(host, (6, 8)),
-            sctp: host.proc("net/sctp"),
-        };
         let mut conn = Conn::new()?;
         let mut nothing = |_: &Socket| {};
-        // A state mask of 0 makes tcp_diag skip every hash table.
-        if source.single_walk.get()
+        // A state mask of 0 makes tcp_diag skip every hash table; the
+        // kernel audits the program before it starts the dump.
+        let single_walk = options.single_walk
             && conn
-                .dump(Request::Legacy { states: 0 }, &mut nothing)
-                .is_err()
-        {
-            source.single_walk.set(false);
-        }
-        conn.dump(Request::v2(AF_INET, IPPROTO_TCP, 0), &mut nothing)?;
-        conn.dump(Request::v2(AF_INET, IPPROTO_UDP, 0), &mut nothing)?;
-        Ok(source)
+                .dump(Request::Legacy { states: 0 }, &[], &mut nothing)
+                .is_ok();
+        conn.dump(Request::v2(AF_INET, IPPROTO_TCP, 0), &[], &mut nothing)?;
+        conn.dump(Request::v2(AF_INET, IPPROTO_UDP, 0), &[], &mut nothing)?;
+        let mut sample = PortSet::new();
+        sample.insert_range(PortRange::new(32768, 40000).expect("a valid range"));
+        sample.insert_range(PortRange::new(40002, 60999).expect("a valid range"));
+        let filters = match port_filter(&sample) {
+            Filter::Program(program) => conn
+                .dump(Request::v2(AF_INET, IPPROTO_TCP, 0), &program, &mut nothing)
+                .inspect_err(|e| tracing::debug!("sock_diag refuses port filters: {e}"))
+                .is_ok(),
+            _ => unreachable!("two runs make a program"),
+        };
+        tracing::debug!(single_walk, filters, "sock_diag answers");
+        Ok(NetlinkSource {
+            options,
+            single_walk: Cell::new(single_walk),
+            bound_inactive_supported: kernel_at_least(host, (6, 8)),
+            filters,
+            sctp: host.proc("net/sctp"),
+        })
     }
 
     /// Whether the TCP dumps are the single-walk legacy request.
@@ -138,15 +169,22 @@ impl NetlinkSource {
         self.single_walk.get()
     }
 
+    /// Whether the kernel takes the port filter (it skips sockets off the
+    /// census ports before filling their messages).
+    pub fn filters(&self) -> bool {
+        self.filters
+    }
+
     fn scan_tcp(
         &self,
         conn: &mut Conn,
         states: u32,
+        filter: &[u8],
         visit: &mut dyn FnMut(&Socket),
     ) -> Result<(), CensusError> {
         if self.single_walk.get() {
             let mut seen = 0u64;
-            let result = conn.dump(Request::Legacy { states }, &mut |s: &Socket| {
+            let result = conn.dump(Request::Legacy { states }, filter, &mut |s: &Socket| {
                 seen += 1;
                 visit(s)
             });
@@ -157,8 +195,8 @@ impl NetlinkSource {
                 Err(e) => return Err(e),
             }
         }
-        conn.dump(Request::v2(AF_INET, IPPROTO_TCP, states), visit)?;
-        optional_v6(conn.dump(Request::v2(AF_INET6, IPPROTO_TCP, states), visit))
+        conn.dump(Request::v2(AF_INET, IPPROTO_TCP, states), filter, visit)?;
+        optional_v6(conn.dump(Request::v2(AF_INET6, IPPROTO_TCP, states), filter, visit))
     }
 }
 
@@ -171,21 +209,120 @@ impl SocketSource for NetlinkSource {
         self.options.bound_inactive && self.bound_inactive_supported
     }
 
-    fn scan(&self, scope: Scope, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
+    fn scan(&self, scope: Scope<'_>, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
         let mut conn = Conn::new()?;
-        if scope == Scope::Listeners {
+        let ports = match scope {
             // Only the listening hash is walked for this mask.
-            return self.scan_tcp(&mut conn, TCPF_LISTEN, visit);
-        }
+            Scope::Listeners => return self.scan_tcp(&mut conn, TCPF_LISTEN, &[], visit),
+            Scope::Ports(ports) => ports,
+        };
+        let filter = match port_filter(ports) {
+            Filter::Nothing => return Ok(()),
+            Filter::Program(program) if self.filters => program,
+            _ => Vec::new(),
+        };
+        let mut visit = |s: &Socket| {
+            if ports.contains(s.local_port) {
+                visit(s)
+            }
+        };
         let mut states = TCP_STATES;
         if self.sees_bound_only() {
             states |= TCPF_BOUND_INACTIVE;
         }
-        self.scan_tcp(&mut conn, states, visit)?;
-        conn.dump(Request::v2(AF_INET, IPPROTO_UDP, UDP_STATES), visit)?;
-        optional_v6(conn.dump(Request::v2(AF_INET6, IPPROTO_UDP, UDP_STATES), visit))?;
-        super::procfs::scan_sctp(&self.sctp, visit)
+        self.scan_tcp(&mut conn, states, &filter, &mut visit)?;
+        let udp = |family| Request::v2(family, IPPROTO_UDP, UDP_STATES);
+        conn.dump(udp(AF_INET), &filter, &mut visit)?;
+        optional_v6(conn.dump(udp(AF_INET6), &filter, &mut visit))?;
+        super::procfs::scan_sctp(&self.sctp, &mut visit)
     }
+}
+
+/// What the kernel is asked to leave out of a dump.
+#[derive(Debug, PartialEq, Eq)]
+enum Filter {
+    /// The set is every port: no program.
+    Everything,
+    /// The set is empty: no dump at all.
+    Nothing,
+    /// `inet_diag_bc_op`s that accept a socket whose local port is in one
+    /// of at most [`FILTER_RUNS`] runs covering the set.
+    Program(Vec<u8>),
+}
+
+/// The filter program for `ports`: for each run `a-b`, ascending,
+/// `sport >= a` or reject (no later run holds a smaller port), then
+/// `sport >= b + 1` or accept; after the last run, reject. Every op falls
+/// through on success (`yes` is its own size) and branches on failure
+/// (`no`), as the kernel's audit walks the `yes` chain to the end; a jump
+/// to the end accepts, 4 bytes past it rejects (`inet_diag_bc_run` and
+/// `inet_diag_bc_audit`, net/ipv4/inet_diag.c).
+fn port_filter(ports: &PortSet) -> Filter {
+    let runs = filter_runs(&ports.runs(), FILTER_RUNS);
+    match runs.as_slice() {
+        [] => return Filter::Nothing,
+        [(0, u16::MAX)] => return Filter::Everything,
+        _ => {}
+    }
+    // Two 8-byte comparisons a run; the last run either ends at 65535
+    // (no upper test) or is followed by a 4-byte reject.
+    let open_ended = runs.last().is_some_and(|&(_, high)| high == u16::MAX);
+    let len = if open_ended {
+        runs.len() * 16 - 8
+    } else {
+        runs.len() * 16 + 4
+    };
+    let mut program = Vec::with_capacity(len);
+    // One op: `no` is a jump from the op's start; `len - at + 4` rejects.
+    let mut op = |code: u8, no_to: usize, port: Option<u16>| {
+        let at = program.len();
+        let size = if port.is_some() { 8 } else { 4 };
+        let no = u16::try_from(no_to - at).expect("a program under 64 KiB");
+        program.extend_from_slice(&[code, size]);
+        program.extend_from_slice(&no.to_ne_bytes());
+        if let Some(port) = port {
+            // The operand: an op whose `no` holds the port.
+            program.extend_from_slice(&[0, 0]);
+            program.extend_from_slice(&port.to_ne_bytes());
+        }
+    };
+    let (accept, reject) = (len, len + 4);
+    for &(low, high) in &runs {
+        op(INET_DIAG_BC_S_GE, reject, Some(low));
+        if let Some(above) = high.checked_add(1) {
+            op(INET_DIAG_BC_S_GE, accept, Some(above));
+        }
+    }
+    if !open_ended {
+        op(INET_DIAG_BC_JMP, reject, None);
+    }
+    debug_assert_eq!(program.len(), len);
+    Filter::Program(program)
+}
+
+/// `runs` (ascending, disjoint) as at most `max` (low, high) runs: the
+/// smallest gaps between them are filled, so the result covers every port
+/// of `runs`.
+fn filter_runs(runs: &[PortRange], max: usize) -> Vec<(u16, u16)> {
+    if runs.len() <= max {
+        return runs.iter().map(|r| (r.low(), r.high())).collect();
+    }
+    // Keep the max - 1 widest gaps; gap i lies between runs i and i + 1.
+    let mut gaps: Vec<(u16, usize)> = runs
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (w[1].low() - w[0].high(), i))
+        .collect();
+    gaps.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut kept: Vec<usize> = gaps.iter().take(max - 1).map(|(_, i)| *i).collect();
+    kept.sort_unstable();
+    let mut merged = Vec::with_capacity(max);
+    let mut start = 0;
+    for i in kept.into_iter().chain([runs.len() - 1]) {
+        merged.push((runs[start].low(), runs[i].high()));
+        start = i + 1;
+    }
+    merged
 }
 
 /// A kernel without IPv6 has no AF_INET6 handler: ENOENT, as procfs has no
@@ -265,10 +402,12 @@ impl Request {
         }
     }
 
-    /// The request datagram: `nlmsghdr` then the request struct, all zero
-    /// but the family, protocol and state mask (no socket id, no bytecode).
-    fn encode(self, seq: u32, out: &mut [u8; NLMSG_HDRLEN + REQ_LEGACY_LEN]) -> usize {
-        out.fill(0);
+    /// The request datagram: `nlmsghdr`, the request struct, all zero but
+    /// the family, protocol and state mask (no socket id), then the filter
+    /// program as an `INET_DIAG_REQ_BYTECODE` attribute unless it is empty.
+    fn encode(self, seq: u32, filter: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(NLMSG_HDRLEN + REQ_LEGACY_LEN, 0);
         let (kind, body_len) = match self {
             Request::Legacy { states } => {
                 // idiag_family, src_len, dst_len, ext, id (48 bytes), states, dbs
@@ -287,12 +426,18 @@ impl Request {
                 (SOCK_DIAG_BY_FAMILY, REQ_V2_LEN)
             }
         };
-        let len = NLMSG_HDRLEN + body_len;
-        out[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        out.truncate(NLMSG_HDRLEN + body_len);
+        if !filter.is_empty() {
+            let attr_len = u16::try_from(4 + filter.len()).expect("a program under 64 KiB");
+            out.extend_from_slice(&attr_len.to_ne_bytes());
+            out.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+            out.extend_from_slice(filter);
+        }
+        let len = out.len() as u32;
+        out[0..4].copy_from_slice(&len.to_ne_bytes());
         out[4..6].copy_from_slice(&kind.to_ne_bytes());
         out[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         out[8..12].copy_from_slice(&seq.to_ne_bytes());
-        len
     }
 }
 
@@ -323,15 +468,16 @@ impl Conn {
     fn dump(
         &mut self,
         request: Request,
+        filter: &[u8],
         visit: &mut dyn FnMut(&Socket),
     ) -> Result<(), CensusError> {
         let what = request.describe();
         self.seq += 1;
-        let mut msg = [0u8; NLMSG_HDRLEN + REQ_LEGACY_LEN];
-        let len = request.encode(self.seq, &mut msg);
+        let mut msg = Vec::with_capacity(NLMSG_HDRLEN + REQ_LEGACY_LEN + 4 + filter.len());
+        request.encode(self.seq, filter, &mut msg);
         rustix::net::sendto(
             &self.fd,
-            &msg[..len],
+            &msg,
             SendFlags::empty(),
             &SocketAddrNetlink::new(0, 0),
         )
@@ -633,19 +779,189 @@ mod tests {
 
     #[test]
     fn requests_have_the_uapi_layout() {
-        let mut out = [0u8; NLMSG_HDRLEN + REQ_LEGACY_LEN];
-        let n = Request::v2(AF_INET6, IPPROTO_UDP, 0x1ffe).encode(9, &mut out);
-        assert_eq!(n, 72);
+        let mut out = Vec::new();
+        Request::v2(AF_INET6, IPPROTO_UDP, 0x1ffe).encode(9, &[], &mut out);
+        assert_eq!(out.len(), 72);
         assert_eq!(u32_at(&out, 0), 72);
         assert_eq!(u16::from_ne_bytes([out[4], out[5]]), SOCK_DIAG_BY_FAMILY);
         assert_eq!(u16::from_ne_bytes([out[6], out[7]]), 0x301);
         assert_eq!(u32_at(&out, 8), 9);
         assert_eq!((out[16], out[17]), (AF_INET6, IPPROTO_UDP));
         assert_eq!(u32_at(&out, 20), 0x1ffe);
-        let n = Request::Legacy { states: 0x400 }.encode(1, &mut out);
-        assert_eq!(n, 76);
+        Request::Legacy { states: 0x400 }.encode(1, &[], &mut out);
+        assert_eq!(out.len(), 76);
         assert_eq!(u16::from_ne_bytes([out[4], out[5]]), TCPDIAG_GETSOCK);
         assert_eq!(out[16], 0, "AF_UNSPEC: one walk for both families");
         assert_eq!(u32_at(&out, 16 + 52), 0x400);
+        // A program follows the request as an nlattr; nlmsg_len covers it.
+        let program = [INET_DIAG_BC_JMP, 4, 8, 0];
+        Request::Legacy { states: 0x400 }.encode(1, &program, &mut out);
+        assert_eq!((out.len(), u32_at(&out, 0)), (84, 84));
+        assert_eq!(u16::from_ne_bytes([out[76], out[77]]), 8, "nla_len");
+        assert_eq!(
+            u16::from_ne_bytes([out[78], out[79]]),
+            INET_DIAG_REQ_BYTECODE
+        );
+        assert_eq!(&out[80..], program);
+    }
+
+    // The kernel's side of a filter program, as net/ipv4/inet_diag.c has it
+    // (`inet_diag_bc_audit` with `valid_cc`, and `inet_diag_bc_run`), for
+    // the ops this module sends: the tests check our programs against it.
+
+    fn op_at(bc: &[u8], off: usize) -> (u8, i32, i32) {
+        (
+            bc[off],
+            i32::from(bc[off + 1]),
+            i32::from(u16::from_ne_bytes([bc[off + 2], bc[off + 3]])),
+        )
+    }
+
+    fn kernel_valid_cc(bc: &[u8], mut len: i32, cc: i32) -> bool {
+        let mut off = 0usize;
+        while len >= 0 {
+            if cc > len {
+                return false;
+            }
+            if cc == len {
+                return true;
+            }
+            let yes = i32::from(bc[off + 1]);
+            if yes < 4 || yes & 3 != 0 {
+                return false;
+            }
+            len -= yes;
+            off += yes as usize;
+        }
+        false
+    }
+
+    fn kernel_audit(bc: &[u8]) -> bool {
+        let bc_len = bc.len() as i32;
+        let (mut off, mut len) = (0usize, bc_len);
+        while len > 0 {
+            if len < 4 {
+                return false;
+            }
+            let (code, yes, no) = op_at(bc, off);
+            let mut min_len = 4;
+            match code {
+                INET_DIAG_BC_S_GE | 3 => {
+                    min_len += 4;
+                    if len < min_len {
+                        return false;
+                    }
+                }
+                INET_DIAG_BC_JMP | 0 => {}
+                _ => return false,
+            }
+            if code != 0 {
+                if no < min_len || no > len + 4 || no & 3 != 0 {
+                    return false;
+                }
+                if no < len && !kernel_valid_cc(bc, bc_len, len - no) {
+                    return false;
+                }
+            }
+            if yes < min_len || yes > len + 4 || yes & 3 != 0 {
+                return false;
+            }
+            off += yes as usize;
+            len -= yes;
+        }
+        len == 0
+    }
+
+    fn kernel_run(bc: &[u8], sport: u16) -> bool {
+        let (mut off, mut len) = (0usize, bc.len() as i32);
+        while len > 0 {
+            let (code, yes, no) = op_at(bc, off);
+            let operand = || u16::from_ne_bytes([bc[off + 6], bc[off + 7]]);
+            let taken = match code {
+                0 => true,
+                INET_DIAG_BC_JMP => false,
+                INET_DIAG_BC_S_GE => sport >= operand(),
+                3 => sport <= operand(),
+                other => panic!("op {other} is not one this module sends"),
+            };
+            let step = if taken { yes } else { no };
+            len -= step;
+            off = off.wrapping_add(step as usize);
+        }
+        len == 0
+    }
+
+    fn set_of(runs: &[(u16, u16)]) -> PortSet {
+        let mut set = PortSet::new();
+        for &(a, b) in runs {
+            for port in a.min(b)..=a.max(b) {
+                set.insert(port);
+            }
+        }
+        set
+    }
+
+    #[test]
+    fn port_filters_pass_the_kernels_audit_and_accept_exactly_their_runs() {
+        for runs in [
+            vec![(32768, 60999)],
+            vec![(1024, 9999), (11000, 19999), (21000, 65535)],
+            vec![(0, 100), (65535, 65535)],
+            vec![(0, 0), (2, 2), (4, 4)],
+            vec![(40000, 40099), (40101, 40101)],
+        ] {
+            let set = set_of(&runs);
+            let Filter::Program(program) = port_filter(&set) else {
+                panic!("{runs:?} needs a program");
+            };
+            assert!(kernel_audit(&program), "{runs:?}: refused by the audit");
+            for port in 0..=u16::MAX {
+                assert_eq!(
+                    kernel_run(&program, port),
+                    set.contains(port),
+                    "{runs:?}: port {port}"
+                );
+            }
+        }
+        assert_eq!(port_filter(&PortSet::new()), Filter::Nothing);
+        assert_eq!(port_filter(&PortSet::all()), Filter::Everything);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_port_set_gets_an_audited_program_covering_it(
+            runs in proptest::collection::vec((proptest::prelude::any::<u16>(), 0u16..40), 1..100),
+            probes in proptest::collection::vec(proptest::prelude::any::<u16>(), 64),
+        ) {
+            // Narrow runs, so that sets of more than FILTER_RUNS pieces are common.
+            let runs: Vec<(u16, u16)> = runs.iter().map(|&(a, w)| (a, a.saturating_add(w))).collect();
+            let set = set_of(&runs);
+            let covering = filter_runs(&set.runs(), FILTER_RUNS);
+            proptest::prop_assert!(covering.len() <= FILTER_RUNS);
+            let Filter::Program(program) = port_filter(&set) else {
+                return Ok(()); // one run of every port
+            };
+            proptest::prop_assert!(kernel_audit(&program));
+            let in_covering = |p: u16| covering.iter().any(|&(a, b)| (a..=b).contains(&p));
+            let edges = set.runs().iter().flat_map(|r| {
+                [r.low(), r.high(), r.low().wrapping_sub(1), r.high().wrapping_add(1)]
+            }).collect::<Vec<_>>();
+            for port in probes.into_iter().chain(edges) {
+                proptest::prop_assert_eq!(kernel_run(&program, port), in_covering(port), "port {}", port);
+                if set.contains(port) {
+                    proptest::prop_assert!(in_covering(port), "port {} of the set is filtered out", port);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn many_runs_are_merged_over_their_smallest_gaps() {
+        // Runs of one port every 3 ports, and one wide gap in the middle.
+        let mut runs: Vec<PortRange> = (0..50u16)
+            .map(|i| PortRange::new(1000 + i * 3, 1000 + i * 3).unwrap())
+            .collect();
+        runs.push(PortRange::new(5000, 5001).unwrap());
+        assert_eq!(filter_runs(&runs, 2), [(1000, 1147), (5000, 5001)]);
     }
 }

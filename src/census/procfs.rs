@@ -52,28 +52,37 @@ impl SocketSource for ProcfsSource {
         false
     }
 
-    fn scan(&self, scope: Scope, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
+    fn scan(&self, scope: Scope<'_>, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
         // A kernel built or booted without IPv6 has no tcp6/udp6; tcp/udp always exist.
-        for ((file, required), whole) in [("tcp", true), ("tcp6", false)]
+        let tcp = [("tcp", true), ("tcp6", false)]
             .into_iter()
-            .zip(&self.read_whole)
-        {
+            .zip(&self.read_whole);
+        let ports = match scope {
+            Scope::Listeners => {
+                for ((file, required), whole) in tcp {
+                    scan_listeners(&self.net.join(file), required, whole, visit)?;
+                }
+                return Ok(());
+            }
+            Scope::Ports(ports) => ports,
+        };
+        // Every row is parsed, so a malformed one is reported wherever it is.
+        let mut visit = |s: &Socket| {
+            if ports.contains(s.local_port) {
+                visit(s)
+            }
+        };
+        for ((file, required), whole) in tcp {
             let path = self.net.join(file);
-            match scope {
-                Scope::Listeners => scan_listeners(&path, required, whole, visit)?,
-                Scope::All => match whole.take() {
-                    Some(bytes) => scan_inet_rows(&path, &bytes[..], Proto::Tcp, visit)?,
-                    None => scan_inet_table(&path, Proto::Tcp, required, visit)?,
-                },
+            match whole.take() {
+                Some(bytes) => scan_inet_rows(&path, &bytes[..], Proto::Tcp, &mut visit)?,
+                None => scan_inet_table(&path, Proto::Tcp, required, &mut visit)?,
             }
         }
-        if scope == Scope::Listeners {
-            return Ok(());
-        }
         for (file, proto, required) in [("udp", Proto::Udp, true), ("udp6", Proto::Udp, false)] {
-            scan_inet_table(&self.net.join(file), proto, required, visit)?;
+            scan_inet_table(&self.net.join(file), proto, required, &mut visit)?;
         }
-        scan_sctp(&self.net.join("sctp"), visit)
+        scan_sctp(&self.net.join("sctp"), &mut visit)
     }
 }
 
@@ -373,6 +382,7 @@ fn sctp_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::{PortRange, PortSet};
 
     #[test]
     fn parses_a_kernel_tcp_row() {
@@ -449,7 +459,7 @@ mod tests {
         dir
     }
 
-    fn ports(source: &ProcfsSource, scope: Scope) -> Vec<u16> {
+    fn ports(source: &ProcfsSource, scope: Scope<'_>) -> Vec<u16> {
         let mut ports = Vec::new();
         source
             .scan(scope, &mut |s| ports.push(s.local_port))
@@ -466,11 +476,25 @@ mod tests {
         // The full scan that follows parses what the listeners scan read.
         let tcp6 = dir.path().join("proc/net/tcp6");
         std::fs::write(&tcp6, HEADER).unwrap();
-        let all = ports(&source, Scope::All);
+        let all = ports(&source, Scope::Ports(&PortSet::all()));
         assert_eq!(all.len(), 1002);
         assert_eq!(&all[1000..], [8080, 40500]);
         // Taken once: the next full scan reads the file.
-        assert_eq!(ports(&source, Scope::All).len(), 1000);
+        assert_eq!(ports(&source, Scope::Ports(&PortSet::all())).len(), 1000);
+    }
+
+    #[test]
+    fn a_port_scope_reports_only_its_ports() {
+        let dir = fixture(&row(0, 50000, 8080, 0x06));
+        let source = ProcfsSource::new(&Host::new(dir.path()));
+        let mut some = PortSet::new();
+        some.insert_range(PortRange::new(40100, 40102).unwrap());
+        some.insert(50000);
+        assert_eq!(
+            ports(&source, Scope::Ports(&some)),
+            [40100, 40101, 40102, 50000]
+        );
+        assert!(ports(&source, Scope::Ports(&PortSet::new())).is_empty());
     }
 
     #[test]
@@ -480,7 +504,7 @@ mod tests {
         assert_eq!(ports(&source, Scope::Listeners), [5001]);
         let tcp = dir.path().join("proc/net/tcp");
         std::fs::write(&tcp, format!("{HEADER}{}", row(0, 6000, 0, 0x0A))).unwrap();
-        assert_eq!(ports(&source, Scope::All), [6000]);
+        assert_eq!(ports(&source, Scope::Ports(&PortSet::all())), [6000]);
     }
 
     proptest::proptest! {

@@ -211,7 +211,7 @@ fn metrics_file_is_valid_prometheus_text_with_the_census_and_bounded_labels() {
     assert!((one(&samples, "portd_headline_usage_ratio") - 0.15).abs() < 1e-9);
     assert_eq!(one(&samples, "portd_alert_level"), 0.0);
     assert_eq!(one(&samples, "portd_destinations"), 12.0);
-    assert_eq!(one(&samples, "portd_time_wait_sockets"), 3.0);
+    assert_eq!(one(&samples, "portd_time_wait_in_range_sockets"), 3.0);
 
     let top = labelled(&samples, "portd_destination_used_ports");
     assert_eq!(

@@ -108,7 +108,7 @@ pub struct Model {
     pub tcp_pool: u64,
     pub udp_pool: u64,
     pub accepted_excluded: u64,
-    pub time_wait_total: u64,
+    pub time_wait_in_range: u64,
     pub sockets: u64,
 }
 
@@ -146,7 +146,7 @@ pub fn model(
     let mut accepted_excluded = 0;
     for s in tcp().filter(|s| s.state != "LISTEN") {
         let port = s.local_port;
-        if in_range(port) && listening.contains(&port) {
+        if poolable(port) && listening.contains(&port) {
             accepted_excluded += 1;
         }
         if !poolable(port) || listening.contains(&port) {
@@ -181,7 +181,9 @@ pub fn model(
         udp_pool: pool("udp"),
         dests,
         accepted_excluded,
-        time_wait_total: tcp().filter(|s| s.state == "TIME-WAIT").count() as u64,
-        sockets: sockets.len() as u64,
+        time_wait_in_range: tcp()
+            .filter(|s| s.state == "TIME-WAIT" && poolable(s.local_port))
+            .count() as u64,
+        sockets: sockets.iter().filter(|s| poolable(s.local_port)).count() as u64,
     }
 }

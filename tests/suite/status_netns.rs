@@ -168,10 +168,10 @@ fn status_agrees_with_ss(test: &str, tw_reuse: u8) {
     );
     assert_eq!(report["reusable_time_wait"], reusable, "reusable_time_wait");
     assert_eq!(
-        report["time_wait_total"], m.time_wait_total,
-        "time_wait_total"
+        report["time_wait_in_range"], m.time_wait_in_range,
+        "time_wait_in_range"
     );
-    assert_eq!(report["sockets_seen"], m.sockets, "sockets_seen");
+    assert_eq!(report["sockets_in_range"], m.sockets, "sockets_in_range");
     let hazard_ports = report["hazards"]
         .as_array()
         .unwrap()

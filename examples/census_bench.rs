@@ -98,6 +98,14 @@ struct RunArgs {
     /// Share of the connections made over IPv6 (::1), in percent.
     #[arg(long, default_value_t = 0)]
     v6_percent: usize,
+    /// Leave the workers' listener ports unreserved (they lie inside the
+    /// range 1024-65535): then the accepted ends of the connections are on
+    /// ports a census reads too, and the kernel's port filter skips
+    /// nothing (the worst case for the netlink census; by default half the
+    /// entries, the accepted ends, are on reserved ports, as the inbound
+    /// half of a proxy's sockets are on its service ports).
+    #[arg(long)]
+    listeners_in_range: bool,
     /// Established-hash buckets of a nested namespace of its own, so that
     /// other namespaces' sockets stay out of the walks (0: share the host's).
     #[arg(long, default_value_t = 262_144)]
@@ -244,16 +252,18 @@ fn setup_namespace(args: &RunArgs) -> Res<()> {
         return Err(format!("ip link set lo up: {ip}"));
     }
     sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
-    sysctl(
-        "net.ipv4.ip_local_reserved_ports",
-        &format!(
-            "{}-{},{}-{}",
-            V4_PORT_BASE,
-            V4_PORT_BASE + 999,
-            V6_PORT_BASE,
-            V6_PORT_BASE + 999
-        ),
-    )?;
+    if !args.listeners_in_range {
+        sysctl(
+            "net.ipv4.ip_local_reserved_ports",
+            &format!(
+                "{}-{},{}-{}",
+                V4_PORT_BASE,
+                V4_PORT_BASE + 999,
+                V6_PORT_BASE,
+                V6_PORT_BASE + 999
+            ),
+        )?;
+    }
     sysctl("net.core.somaxconn", "65535")?;
     // TIME_WAIT of the churn phase holds its 4-tuple and is counted.
     sysctl("net.ipv4.tcp_tw_reuse", "0")

@@ -330,7 +330,20 @@ pub fn external_change(host: &Host, state: &State, live: &KernelSettings) -> Opt
 pub const NOTHING_TO_ROLL_BACK: &str =
     "portd has not changed this host's port range; nothing to roll back";
 
-/// What `portd rollback` did or would refuse.
+/// A rollback error after some steps were done says which, and that a
+/// second rollback finishes the job.
+fn part_way(error: String, done: &[String]) -> String {
+    if done.is_empty() {
+        return error;
+    }
+    format!(
+        "{error} (done before it: {}); run `portd rollback` again once that is fixed",
+        done.join("; ")
+    )
+}
+
+/// What `portd rollback` did or would refuse. On an error part-way, `state`
+/// records what was undone already, and the caller saves it either way.
 pub fn rollback(
     host: &Host,
     dropin_name: &str,
@@ -364,25 +377,35 @@ pub fn rollback(
     // range and unreserved that was not before.
     if live.port_range != original.range {
         write_range(host, original.range).map_err(|e| e.to_string())?;
+        // Recorded at once: if a later step fails, the state the caller
+        // saves says the live range is portd's, so neither the daemon nor
+        // a second rollback takes it for someone else's change.
+        if let Some(written) = state.last_written.as_mut() {
+            written.values.range = original.range;
+        }
         done.push(format!(
             "restored ip_local_port_range {} -> {}",
             live.port_range, original.range
         ));
     }
     if reserved != live.reserved_ports {
-        write_reserved(host, &reserved).map_err(|e| e.to_string())?;
+        write_reserved(host, &reserved).map_err(|e| part_way(e.to_string(), &done))?;
         done.push(format!(
             "removed portd's reserved ports {} (ip_local_reserved_ports now {:?})",
             state.added_reserved,
             reserved.to_sysctl_list()
         ));
+        if let Some(written) = state.last_written.as_mut() {
+            written.values.reserved = reserved.clone();
+        }
+        state.added_reserved = PortSet::new();
     }
     let dir = host.path("/etc/sysctl.d");
     let path = dir.join(dropin_name);
     match std::fs::read_to_string(&path) {
         Ok(text) if text.starts_with(DROPIN_HEADER) => {
             fsutil::remove_in(&dir, dropin_name)
-                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+                .map_err(|e| part_way(format!("cannot remove {}: {e}", path.display()), &done))?;
             done.push(format!("removed {}", path.display()));
         }
         Ok(_) => done.push(format!(

@@ -237,9 +237,10 @@ fn rollback(host: &Host, config: &std::path::Path, force: bool) -> u8 {
         // Read again under the lock: another writer may have changed it.
         let mut state = State::load(host).map_err(|e| e.to_string())?;
         let live = KernelSettings::read(host).map_err(|e| e.to_string())?;
-        let done = actuator::rollback(host, &policy.dropin_name, &mut state, &live, force)?;
+        let done = actuator::rollback(host, &policy.dropin_name, &mut state, &live, force);
+        // Saved even when a step failed: it records the steps that were done.
         state.save(host).map_err(|e| e.to_string())?;
-        Ok(done)
+        done
     })();
     match result {
         Ok(lines) => {

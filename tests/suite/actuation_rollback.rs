@@ -4,7 +4,9 @@
 use std::process::Output;
 use std::time::Duration;
 
-use super::actuation_util::{DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, wait_for};
+use super::actuation_util::{
+    DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, state_range, wait_for,
+};
 use super::util::have_root;
 
 const ADMIN_FILE: &str = "/etc/sysctl.d/50-admin.conf";
@@ -159,4 +161,53 @@ fn rollback_refuses_when_the_live_values_changed_unless_forced() {
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     assert_eq!(ns.read_file(DROPIN), None);
+}
+
+#[test]
+fn a_rollback_stopped_part_way_says_so_and_a_second_one_finishes() {
+    if !have_root("a_rollback_stopped_part_way_says_so_and_a_second_one_finishes") {
+        return;
+    }
+    let mut ns = widened_by_portd();
+    // The range can be written, the reserved ports cannot.
+    let reserved_file = format!("/proc/sys/{}", RESERVED_KEY.replace('.', "/"));
+    ns.sh(&format!(
+        "mount --bind {reserved_file} {reserved_file} && mount -o remount,bind,ro {reserved_file}"
+    ));
+
+    let out = rollback(&ns, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for said in [
+        reserved_file.as_str(),
+        "Read-only file system",
+        "done before it: restored ip_local_port_range 40000-40181 -> 40000-40099",
+        "run `portd rollback` again",
+    ] {
+        assert!(err.contains(said), "rollback must say {said:?}:\n{err}");
+    }
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.reserved(), "40120,40500");
+    // The state records the restored range as portd's own value.
+    let state = ns.state();
+    assert_eq!(
+        state_range(&state["last_written"]["range"]),
+        "40000 40099",
+        "{state}"
+    );
+    assert!(ns.read_file(DROPIN).is_some());
+
+    // Once the file is writable, a plain rollback (no --force) finishes.
+    ns.sh(&format!("umount {reserved_file}"));
+    let out = rollback(&ns, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("removed portd's reserved ports 40120"),
+        "{stdout}"
+    );
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.reserved(), "40500");
+    assert_eq!(ns.read_file(DROPIN), None);
+    assert_eq!(ns.state()["original"], serde_json::Value::Null);
 }

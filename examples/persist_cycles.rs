@@ -64,6 +64,7 @@ fn run() -> Result<(), String> {
             PortRange::new(low, high)?,
             &PortSet::parse(reserved)?,
             written_at(),
+            None,
         )
     };
     let mut next = usize::from(on_disk.as_deref() == Some(first_text.as_str()));

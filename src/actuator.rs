@@ -243,9 +243,17 @@ pub fn pin(host: &Host, dropin_name: &str) -> Result<Option<Pin>, String> {
 
 /// The drop-in's text: reserved ports first (they must be in place before
 /// the range grows over them), then the range.
-pub fn dropin_text(range: PortRange, reserved: &PortSet, now: SystemTime) -> String {
+pub fn dropin_text(
+    range: PortRange,
+    reserved: &PortSet,
+    now: SystemTime,
+    why: Option<&str>,
+) -> String {
+    let why = why
+        .map(|w| format!("# Why: {}\n", w.replace(['\n', '\r'], " ")))
+        .unwrap_or_default();
     format!(
-        "{DROPIN_HEADER}\n# Written {} by portd {}.\n{} = {}\n{} = {}\n",
+        "{DROPIN_HEADER}\n# Written {} by portd {}.\n{why}{} = {}\n{} = {}\n",
         humantime::format_rfc3339_seconds(now),
         env!("CARGO_PKG_VERSION"),
         kernel::KEY_RESERVED_PORTS,
@@ -286,7 +294,13 @@ pub fn persist(
             .unwrap_or_default();
     let reserved = boot_reserved.union(&state.added_reserved);
     let dir = host.path("/etc/sysctl.d");
-    let text = dropin_text(written.values.range, &reserved, now);
+    // The change that made the values: what an admin reading the file asks.
+    let why = state
+        .changes
+        .last()
+        .filter(|c| c.to == written.values.range)
+        .map(|c| format!("widened {} -> {}: {}", c.from, c.to, c.reason));
+    let text = dropin_text(written.values.range, &reserved, now, why.as_deref());
     // Temp files of writers killed mid-write (they are never read, but
     // would pile up); portd is the only writer (it holds the lock).
     fsutil::remove_stale_temps(&dir, dropin_name);

@@ -28,6 +28,7 @@ fn versions() -> [String; 2] {
             PortRange::new(low, high).unwrap(),
             &PortSet::parse(reserved).unwrap(),
             at,
+            None,
         )
     };
     [

@@ -91,6 +91,10 @@ fn dropin_applied_at_boot_gives_exactly_the_runtime_values() {
 
     let text = ns.read_file(DROPIN).expect("portd wrote no drop-in");
     assert!(text.starts_with("# Managed by portd."), "{text}");
+    // It says why, in the words of the change that made it.
+    let why =
+        format!("# Why: widened 40000-40099 -> {low}-{high}: destination 127.0.0.1 -> 127.0.0.1:");
+    assert!(text.contains(&why), "no {why:?} in:\n{text}");
     assert_eq!(
         parse_dropin(&text),
         [

@@ -158,6 +158,9 @@ struct Daemon {
     last_persist_error: Option<String>,
     last_census_error: Option<String>,
     last_metrics_error: Option<String>,
+    /// The configuration hazards (same parity, listeners inside the range)
+    /// of the last census, each reported once when it appears.
+    hazards: Vec<String>,
     /// Reads the /proc files of every poll: kept open on the live host
     /// (census/reader.rs); opened anew under a fixture root, whose files a
     /// test may replace.
@@ -190,6 +193,7 @@ impl Daemon {
             last_persist_error: None,
             last_census_error: None,
             last_metrics_error: None,
+            hazards: Vec::new(),
             proc,
         }
     }
@@ -418,6 +422,30 @@ impl Daemon {
         ))
     }
 
+    /// Reports each configuration hazard once, when a census first finds
+    /// it: ends of the same parity, or services listening inside the range
+    /// on unreserved ports (usage past the 50 % mark is the usage alerts').
+    fn report_hazards(&mut self, usage: &Usage) {
+        let now: Vec<String> = usage
+            .hazards
+            .iter()
+            .filter(|h| !matches!(h, usage::Hazard::SlowdownMark { .. }))
+            .map(ToString::to_string)
+            .collect();
+        for hazard in now.iter().filter(|h| !self.hazards.contains(h)) {
+            events::emit(
+                Kind::ConfigurationHazard,
+                &format!("configuration hazard: {hazard}"),
+                &Fields {
+                    range_before: Some(usage.settings.port_range),
+                    reason: Some(hazard.clone()),
+                    ..Fields::default()
+                },
+            );
+        }
+        self.hazards = now;
+    }
+
     fn census_failed(&mut self, error: String) {
         self.counters.failed += 1;
         if self.last_census_error.as_ref() != Some(&error) {
@@ -479,6 +507,7 @@ impl Daemon {
             dry_run: self.dry_run,
         });
         self.report_level(&usage, &decision, processes.as_deref());
+        self.report_hazards(&usage);
         let alert_changed = self.state.alert != decision.alert;
         self.state.alert = decision.alert.clone();
         let mut widened = None;

@@ -16,10 +16,11 @@ pub enum Kind {
     PersistFailed,
     PolicyReloaded,
     PolicyRejected,
+    ConfigurationHazard,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::UsageWarning,
         Kind::UsageCritical,
         Kind::UsageRecovered,
@@ -29,6 +30,7 @@ impl Kind {
         Kind::PersistFailed,
         Kind::PolicyReloaded,
         Kind::PolicyRejected,
+        Kind::ConfigurationHazard,
     ];
 
     /// Stable ids: never change one once released (catalog and alert rules use them).
@@ -43,6 +45,7 @@ impl Kind {
             Kind::PersistFailed => "545b32eee1154c59bcba6ce445f1d6ed",
             Kind::PolicyReloaded => "2bf45d51d74f46d0b751b4421bac85c7",
             Kind::PolicyRejected => "de422eefe5c9430bbc2e3f86a3eb0a61",
+            Kind::ConfigurationHazard => "907f11ee18bd4dd49cb23d5c48049dda",
         }
     }
 
@@ -57,6 +60,7 @@ impl Kind {
             Kind::PersistFailed => "persist-failed",
             Kind::PolicyReloaded => "policy-reloaded",
             Kind::PolicyRejected => "policy-rejected",
+            Kind::ConfigurationHazard => "configuration-hazard",
         }
     }
 
@@ -65,7 +69,10 @@ impl Kind {
     pub fn severity(self) -> Severity {
         match self {
             Kind::UsageCritical | Kind::PersistFailed | Kind::PolicyRejected => Severity::Error,
-            Kind::UsageWarning | Kind::WideningBlocked | Kind::ExternalChange => Severity::Warning,
+            Kind::UsageWarning
+            | Kind::WideningBlocked
+            | Kind::ExternalChange
+            | Kind::ConfigurationHazard => Severity::Warning,
             Kind::UsageRecovered | Kind::RangeWidened | Kind::PolicyReloaded => Severity::Notice,
         }
     }

@@ -82,6 +82,7 @@ fn always_set(kind: Kind) -> &'static [&'static str] {
         }
         Kind::PolicyReloaded => &["PORTD_EVENT", "PORTD_POLICY"],
         Kind::PolicyRejected => &["PORTD_EVENT", "PORTD_POLICY", "PORTD_REASON"],
+        Kind::ConfigurationHazard => &["PORTD_EVENT", "PORTD_RANGE_BEFORE", "PORTD_REASON"],
     }
 }
 

@@ -468,3 +468,57 @@ fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_configuration_hazard_is_logged_once_when_it_appears() {
+    if !have_root("a_configuration_hazard_is_logged_once_when_it_appears") {
+        return;
+    }
+    // Both ends even: the same-parity hazard from the first census on.
+    let mut sandbox = Sandbox::start(&SandboxOptions {
+        range: "40000 40200",
+        tw_reuse: 0,
+        journald: true,
+        catalog: Some(&catalog_path()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    write_policy(&policy, ADVISE);
+    let (mut portd, mut notify) = start(&sandbox, dir.path(), &policy);
+    sandbox_wait(&sandbox, "configuration-hazard", 1);
+    // Censuses go on (max_staleness 1 s); the hazard is not logged again.
+    std::thread::sleep(2500 * Duration::from_millis(1));
+    assert_eq!(
+        sandbox.portd_alerts().len(),
+        1,
+        "{}",
+        summary(&sandbox.portd_alerts())
+    );
+
+    // Gone with an odd-sized range, logged again when it comes back.
+    sandbox.set_sysctl("net.ipv4.ip_local_port_range", "40000 40199");
+    notify.wait_for("a census of 40000-40199", 5 * SECOND, |m| {
+        status_of(m).is_some_and(|s| s.contains("range 40000-40199"))
+    });
+    sandbox.set_sysctl("net.ipv4.ip_local_port_range", "40000 40198");
+    let alerts = sandbox_wait(&sandbox, "configuration-hazard", 2);
+    assert!(portd.stop().0.success());
+    assert_eq!(portd.stderr(), "");
+
+    check_ids_and_priorities(&alerts);
+    assert_eq!(
+        events(&alerts),
+        ["configuration-hazard", "configuration-hazard"],
+        "{}",
+        summary(&alerts)
+    );
+    for (e, range) in alerts.iter().zip(["40000-40200", "40000-40198"]) {
+        assert_eq!(field(e, "PORTD_RANGE_BEFORE"), range, "{e:#}");
+        let reason = format!("range {range} has ends of the same parity");
+        assert!(field(e, "PORTD_REASON").starts_with(&reason), "{e:#}");
+        assert_eq!(
+            field(e, "MESSAGE"),
+            format!("configuration hazard: {}", field(e, "PORTD_REASON"))
+        );
+    }
+}

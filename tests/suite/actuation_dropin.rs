@@ -2,9 +2,7 @@
 //! runtime: applied by the real `sysctl -p` and by the real systemd-sysctl
 //! in a fresh network namespace (whose values are the kernel's defaults).
 
-use std::time::Duration;
-
-use super::actuation_util::{DROPIN, Ns, default_mounts, parse_dropin, state_range, wait_for};
+use super::actuation_util::{DROPIN, Ns, default_mounts, parse_dropin, state_range};
 use super::util::have_root;
 
 /// A new network namespace starts with these (kernel.md §1.1, §2.1).
@@ -62,19 +60,7 @@ fn dropin_applied_at_boot_gives_exactly_the_runtime_values() {
     let (ports, err) = ns.connect(45);
     assert_eq!((ports.len(), err), (45, None));
 
-    let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    wait_for(
-        "the drop-in to be persisted",
-        Duration::from_secs(10),
-        || {
-            ns.try_state()
-                .filter(|s| s["last_written"]["persisted"] == true)
-        },
-    );
+    let daemon = ns.start_daemon_until_persisted("40000-40099");
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
 

@@ -2,11 +2,8 @@
 //! private namespace.
 
 use std::process::Output;
-use std::time::Duration;
 
-use super::actuation_util::{
-    DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, state_range, wait_for,
-};
+use super::actuation_util::{DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, state_range};
 use super::util::have_root;
 
 const ADMIN_FILE: &str = "/etc/sysctl.d/50-admin.conf";
@@ -38,19 +35,7 @@ fn widened_by_portd() -> Ns {
         text(&nothing.stdout)
     );
 
-    let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    wait_for(
-        "the drop-in to be persisted",
-        Duration::from_secs(10),
-        || {
-            ns.try_state()
-                .filter(|s| s["last_written"]["persisted"] == true)
-        },
-    );
+    let daemon = ns.start_daemon_until_persisted("40000-40099");
 
     // One writer: while this portd runs, neither a rollback nor a second
     // run may act.

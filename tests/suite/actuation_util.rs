@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::util::{LineHelper, tests_dir};
+use super::util::{LineHelper, nsenter, tests_dir};
 
 pub const RANGE_KEY: &str = "net.ipv4.ip_local_port_range";
 pub const RESERVED_KEY: &str = "net.ipv4.ip_local_reserved_ports";
@@ -180,18 +180,7 @@ impl Ns {
 
     /// `program` run inside both namespaces.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.pid().to_string())
-            .arg("-n")
-            .arg("-m")
-            .arg("--")
-            .arg(program)
-            .env_remove("PORTD_ROOT")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC");
-        cmd
+        nsenter(self.pid(), true, program)
     }
 
     /// `portd --config POLICY ARGS` inside the namespaces.
@@ -204,6 +193,25 @@ impl Ns {
     /// `portd run` in the background, logging to stderr.
     pub fn start_daemon(&self) -> Daemon {
         Daemon::spawn(self.portd(&["run", "--log-target", "stderr"]))
+    }
+
+    /// [`Ns::start_daemon`], then waits until it has widened `from` and
+    /// persisted the drop-in.
+    pub fn start_daemon_until_persisted(&self, from: &str) -> Daemon {
+        let mut daemon = self.start_daemon();
+        daemon.wait_line(
+            &[&format!("widened ip_local_port_range {from} ->")],
+            Duration::from_secs(10),
+        );
+        wait_for(
+            "the drop-in to be persisted",
+            Duration::from_secs(10),
+            || {
+                self.try_state()
+                    .filter(|s| s["last_written"]["persisted"] == true)
+            },
+        );
+        daemon
     }
 }
 

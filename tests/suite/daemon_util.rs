@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::util::LineHelper;
+use super::util::{LineHelper, nsenter};
 
 /// A unix datagram socket standing in for systemd's notify socket.
 pub struct Notify {
@@ -541,19 +541,7 @@ impl Sandbox {
 
     /// `program` inside the sandbox's network and mount namespaces.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.pid().to_string())
-            .arg("-n")
-            .arg("-m")
-            .arg("--")
-            .arg(program)
-            .env_remove("PORTD_ROOT")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM");
-        cmd
+        nsenter(self.pid(), true, program)
     }
 
     /// `portd ARGS` inside the sandbox (nsenter execs it: same pid).

@@ -8,6 +8,29 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `program` run by `nsenter` in the namespaces of process `pid`: its
+/// network namespace, and its mount namespace too with `mount`. Without the
+/// variables through which portd would take the caller's root, journal or
+/// service manager for its own.
+pub fn nsenter(pid: u32, mount: bool, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg("-t").arg(pid.to_string()).arg("-n");
+    if mount {
+        cmd.arg("-m");
+    }
+    cmd.arg("--").arg(program);
+    for var in [
+        "PORTD_ROOT",
+        "JOURNAL_STREAM",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// The `portd` binary built for this test run, with a clean environment
 /// for the options it reads from it.
 pub fn portd() -> Command {
@@ -107,14 +130,7 @@ impl Netns {
 
     /// `program` run inside the namespace (`nsenter -t PID -n`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.pid().to_string())
-            .arg("-n")
-            .arg("--")
-            .arg(program)
-            .env_remove("PORTD_ROOT");
-        cmd
+        nsenter(self.pid(), false, program)
     }
 
     /// `portd ARGS` inside the namespace.

@@ -6,7 +6,7 @@
 //! either the complete old or the complete new file (kernel.md §7.3).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -83,6 +83,64 @@ pub fn remove_stale_temps(dir: &Path, name: &str) {
     }
 }
 
+/// Reads a whole regular file of at most `limit` bytes.
+///
+/// A FIFO, device or socket at the path would block or never end (a FIFO
+/// with no writer, `/dev/zero`): the open never blocks (`O_NONBLOCK`), and
+/// anything but a regular file is refused, as systemd-sysctl skips it.
+/// Symlinks are followed (admins link sysctl.d entries and policies); the
+/// type checked is the target's, on the opened descriptor.
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&fd)?;
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+    if kind != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "not a regular file (a {}); expected a regular file",
+                file_type_name(kind)
+            ),
+        ));
+    }
+    let mut contents = Vec::new();
+    // One byte more than allowed tells "too long" from "exactly the limit".
+    File::from(fd)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut contents)?;
+    if contents.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("longer than {limit} bytes, the most portd reads from this file"),
+        ));
+    }
+    Ok(contents)
+}
+
+/// As [`read_regular`], as UTF-8 text.
+pub fn read_regular_text(path: &Path, limit: u64) -> io::Result<String> {
+    String::from_utf8(read_regular(path, limit)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+fn file_type_name(kind: rustix::fs::FileType) -> &'static str {
+    use rustix::fs::FileType;
+    match kind {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symbolic link",
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Unknown => "file of unknown type",
+    }
+}
+
 /// An exclusive `flock` held for the life of the value: `portd run` and
 /// `portd rollback` take it so that there is one writer.
 pub struct WriterLock {
@@ -148,6 +206,43 @@ mod tests {
                 .unwrap()
                 .file_type()
                 .is_symlink()
+        );
+    }
+
+    #[test]
+    fn read_regular_refuses_fifos_devices_and_directories_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // No writer: a blocking open would hang here.
+        let err = read_regular(&fifo, 1024).unwrap_err().to_string();
+        assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+        let err = read_regular(Path::new("/dev/zero"), 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("character device"), "{err}");
+        let err = read_regular(dir.path(), 1024).unwrap_err().to_string();
+        assert!(err.contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn read_regular_reads_up_to_the_limit_and_refuses_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"12345").unwrap();
+        assert_eq!(read_regular(&p, 5).unwrap(), b"12345");
+        let err = read_regular(&p, 4).unwrap_err().to_string();
+        assert!(err.contains("longer than 4 bytes"), "{err}");
+        assert!(
+            read_regular(&dir.path().join("missing"), 4)
+                .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
         );
     }
 

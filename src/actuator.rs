@@ -17,7 +17,7 @@ use crate::fsutil;
 use crate::host::Host;
 use crate::kernel::{self, PortRange, PortSet};
 use crate::planner::{Pin, Plan};
-use crate::state::{Change, State, Values, Written};
+use crate::state::{Change, Pending, State, Values, Written};
 use crate::sysctld;
 
 /// First line of the drop-in; rollback removes only a file that starts with it.
@@ -57,6 +57,10 @@ pub enum ActuateError {
         restored: String,
         second: Box<ActuateError>,
     },
+    #[error(
+        "cannot record the original and planned values before writing ({0}); nothing was written"
+    )]
+    Record(crate::state::StateError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -172,7 +176,11 @@ pub fn write_pair(
     Ok(())
 }
 
-/// Applies a plan at runtime and records it in `state` (not saved here).
+/// Applies a plan at runtime, recording it first: the state with the
+/// original and the planned values is saved (and fsynced) before the first
+/// kernel write, so that no crash or full disk can lose the originals. If it
+/// cannot be saved, nothing is written. On success `state` holds the new
+/// values, saved by the caller; on a failed write, `state` is as before.
 pub fn apply_plan(
     host: &Host,
     state: &mut State,
@@ -181,21 +189,22 @@ pub fn apply_plan(
     now: SystemTime,
     reason: &str,
 ) -> Result<(), ActuateError> {
-    write_pair(host, current, plan.to, &plan.reserved)?;
+    let before = state.clone();
     if state.original.is_none() {
         state.original = Some(Values {
             range: current.port_range,
             reserved: current.reserved_ports.clone(),
         });
     }
+    let planned = Values {
+        range: plan.to,
+        reserved: plan.reserved.clone(),
+    };
     state.added_reserved = state.added_reserved.union(&plan.newly_reserved);
-    state.last_written = Some(Written {
-        values: Values {
-            range: plan.to,
-            reserved: plan.reserved.clone(),
-        },
+    state.pending = Some(Pending {
+        values: planned.clone(),
+        newly_reserved: plan.newly_reserved.clone(),
         at: now,
-        persisted: false,
     });
     state.record_change(Change {
         at: now,
@@ -204,7 +213,91 @@ pub fn apply_plan(
         reserved_added: plan.newly_reserved.clone(),
         reason: reason.to_string(),
     });
+    if let Err(e) = state.save(host) {
+        *state = before;
+        return Err(ActuateError::Record(e));
+    }
+    if let Err(e) = write_pair(host, current, plan.to, &plan.reserved) {
+        // Nothing changed (write_pair restores what it wrote): the record
+        // is withdrawn. Should this save fail, the pending record left on
+        // disk still settles to "not written" against the live values.
+        *state = before;
+        let _ = state.save(host);
+        return Err(e);
+    }
+    state.pending = None;
+    state.last_written = Some(Written {
+        values: planned,
+        at: now,
+        persisted: false,
+    });
     Ok(())
+}
+
+/// Resolves a write that was recorded but never confirmed (portd was killed
+/// between the record and the end of the write): the live values say
+/// whether it happened. Returns what was concluded, for the log.
+pub fn settle_pending(state: &mut State, live: &KernelSettings) -> Option<String> {
+    let pending = state.pending.take()?;
+    let planned = pending.values.range;
+    // The range is written last: if it is the planned one, the write happened.
+    if live.port_range == planned {
+        state.last_written = Some(Written {
+            values: pending.values,
+            at: pending.at,
+            persisted: false,
+        });
+        return Some(format!(
+            "the write of {planned} recorded before portd stopped was completed"
+        ));
+    }
+    let before = state
+        .last_written
+        .as_ref()
+        .map(|w| w.values.range)
+        .or(state.original.as_ref().map(|o| o.range));
+    if before != Some(live.port_range) {
+        // Neither portd's old nor its planned range: someone else's value,
+        // which `external_change` compares with the planned one.
+        state.last_written = Some(Written {
+            values: pending.values,
+            at: pending.at,
+            persisted: false,
+        });
+        return Some(format!(
+            "a write of {planned} was recorded before portd stopped, and the live range is {}",
+            live.port_range
+        ));
+    }
+    // The range was not written. Reserved ports are written first: those
+    // already live are portd's; the others were never added.
+    let kept = pending.newly_reserved.intersection_of(&live.reserved_ports);
+    let never = pending.newly_reserved.difference(&kept);
+    state.added_reserved = state.added_reserved.difference(&never);
+    if state
+        .changes
+        .last()
+        .is_some_and(|c| c.to == pending.values.range)
+    {
+        state.changes.pop();
+    }
+    if !kept.is_empty() {
+        state.last_written = Some(Written {
+            values: Values {
+                range: live.port_range,
+                reserved: live.reserved_ports.clone(),
+            },
+            at: pending.at,
+            persisted: false,
+        });
+    } else if state.last_written.is_none() {
+        // portd has changed nothing after all.
+        state.original = None;
+    }
+    Some(format!(
+        "the write of {planned} recorded before portd stopped did not happen; the range is still {}",
+        live.port_range
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +309,8 @@ pub enum PersistError {
         key: &'static str,
         value: String,
     },
+    #[error("refusing to overwrite {}: {why}; portd writes only its own drop-in (set persist.file to another name, or move the file aside)", path.display())]
+    Foreign { path: PathBuf, why: String },
     #[error("cannot write {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -242,7 +337,8 @@ pub fn pin(host: &Host, dropin_name: &str) -> Result<Option<Pin>, String> {
 }
 
 /// The drop-in's text: reserved ports first (they must be in place before
-/// the range grows over them), then the range.
+/// the range grows over them), then the range. An empty `reserved` writes
+/// no reserved-ports line.
 pub fn dropin_text(
     range: PortRange,
     reserved: &PortSet,
@@ -252,33 +348,124 @@ pub fn dropin_text(
     let why = why
         .map(|w| format!("# Why: {}\n", w.replace(['\n', '\r'], " ")))
         .unwrap_or_default();
+    // No reserved ports, no line: an empty assignment would clear what
+    // other software reserved at runtime.
+    let reserved = if reserved.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{} = {}\n",
+            kernel::KEY_RESERVED_PORTS,
+            reserved.to_sysctl_list()
+        )
+    };
     format!(
-        "{DROPIN_HEADER}\n# Written {} by portd {}.\n{why}{} = {}\n{} = {}\n",
+        "{DROPIN_HEADER}\n# Written {} by portd {}.\n{why}{reserved}{} = {}\n",
         humantime::format_rfc3339_seconds(now),
         env!("CARGO_PKG_VERSION"),
-        kernel::KEY_RESERVED_PORTS,
-        reserved.to_sysctl_list(),
         kernel::KEY_PORT_RANGE,
         range.to_sysctl_value().trim_end(),
     )
 }
 
-/// Writes portd's drop-in for what it last wrote. The reserved ports are
-/// the union of what the other sysctl.d files set at boot and portd's own
-/// additions, so the admin's reservations are never dropped at boot.
+/// What is at `/etc/sysctl.d/<name>`: portd writes and removes only a
+/// drop-in it wrote itself, a regular file that starts with its header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DropinFile {
+    Absent,
+    /// portd's own, with its text.
+    Portd(String),
+    /// Someone else's: why it is not portd's.
+    Foreign(String),
+}
+
+/// The largest drop-in portd reads back; its own are a few hundred bytes.
+const DROPIN_READ_LIMIT: u64 = 64 * 1024;
+
+pub fn dropin_file(host: &Host, name: &str) -> DropinFile {
+    let path = host.path(sysctld::DROPIN_DIR).join(name);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DropinFile::Absent,
+        Err(e) => return DropinFile::Foreign(format!("it cannot be inspected ({e})")),
+    };
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(&path)
+            .map(|t| format!(" to {}", t.display()))
+            .unwrap_or_default();
+        return DropinFile::Foreign(format!(
+            "it is a symbolic link{target}, which portd never writes"
+        ));
+    }
+    if !meta.is_file() {
+        return DropinFile::Foreign("it is not a regular file".into());
+    }
+    match fsutil::read_regular_text(&path, DROPIN_READ_LIMIT) {
+        Ok(text) if text.starts_with(DROPIN_HEADER) => DropinFile::Portd(text),
+        Ok(_) => DropinFile::Foreign(format!(
+            "it does not start with portd's header {DROPIN_HEADER:?}"
+        )),
+        Err(e) => DropinFile::Foreign(format!("it cannot be read ({e})")),
+    }
+}
+
+/// The assignment lines of a drop-in, without its comments (which carry the
+/// time it was written).
+fn assignments_of(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(['#', ';']))
+        .collect()
+}
+
+/// The reserved ports portd's drop-in sets: none when portd reserved none
+/// (an empty assignment would clear, at every `sysctl --system`, the ports
+/// other software reserved at runtime); otherwise the union of what the
+/// other sysctl.d files set at boot and portd's additions, so the admin's
+/// reservations are never dropped at boot.
+pub fn dropin_reserved(
+    host: &Host,
+    dropin_name: &str,
+    added: &PortSet,
+) -> Result<PortSet, sysctld::SysctldError> {
+    if added.is_empty() {
+        return Ok(PortSet::new());
+    }
+    let boot = sysctld::boot_value_excluding(host, kernel::KEY_RESERVED_PORTS, dropin_name)?
+        .and_then(|a| PortSet::parse(&a.value).ok())
+        .unwrap_or_default();
+    Ok(boot.union(added))
+}
+
+/// What [`persist`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persisted {
+    /// The drop-in already says what it should (or portd has written no
+    /// value yet, or an admin removed the drop-in portd had written).
+    Unchanged,
+    Written {
+        /// The drop-in of an earlier `persist.file`, removed once the new one
+        /// was in place.
+        removed: Option<PathBuf>,
+    },
+}
+
+/// Writes portd's drop-in for what it last wrote, when it differs from what
+/// is there; called on every poll, so that the reserved ports stay the union
+/// with the other files as they change. Refuses to overwrite a file portd
+/// did not write. After `persist.file` changed, removes the old drop-in
+/// (the name recorded in `state`) once the new one is written.
 pub fn persist(
     host: &Host,
     dropin_name: &str,
     state: &State,
     now: SystemTime,
-) -> Result<(), PersistError> {
+) -> Result<Persisted, PersistError> {
     let Some(written) = &state.last_written else {
-        return Ok(());
+        return Ok(Persisted::Unchanged);
     };
+    let scan = sysctld::scan(host).map_err(|e| PersistError::Scan(e.to_string()))?;
     for key in [kernel::KEY_PORT_RANGE, kernel::KEY_RESERVED_PORTS] {
-        let later = sysctld::later_overrides(host, dropin_name, key)
-            .map_err(|e| PersistError::Scan(e.to_string()))?;
-        if let Some(a) = later.last() {
+        if let Some(a) = scan.later_overrides(dropin_name, key).last() {
             return Err(PersistError::Overridden {
                 file: a.file.clone(),
                 line: a.line,
@@ -287,13 +474,9 @@ pub fn persist(
             });
         }
     }
-    let boot_reserved =
-        sysctld::boot_value_excluding(host, kernel::KEY_RESERVED_PORTS, dropin_name)
-            .map_err(|e| PersistError::Scan(e.to_string()))?
-            .and_then(|a| PortSet::parse(&a.value).ok())
-            .unwrap_or_default();
-    let reserved = boot_reserved.union(&state.added_reserved);
-    let dir = host.path("/etc/sysctl.d");
+    let reserved = dropin_reserved(host, dropin_name, &state.added_reserved)
+        .map_err(|e| PersistError::Scan(e.to_string()))?;
+    let dir = host.path(sysctld::DROPIN_DIR);
     // The change that made the values: what an admin reading the file asks.
     let why = state
         .changes
@@ -301,6 +484,24 @@ pub fn persist(
         .filter(|c| c.to == written.values.range)
         .map(|c| format!("widened {} -> {}: {}", c.from, c.to, c.reason));
     let text = dropin_text(written.values.range, &reserved, now, why.as_deref());
+    let recorded = state.dropin.as_deref() == Some(dropin_name);
+    match dropin_file(host, dropin_name) {
+        DropinFile::Foreign(why) => {
+            return Err(PersistError::Foreign {
+                path: dir.join(dropin_name),
+                why,
+            });
+        }
+        DropinFile::Portd(old) if assignments_of(&old) == assignments_of(&text) => {
+            return Ok(Persisted::Unchanged);
+        }
+        // Written once and since removed by someone else: not re-created
+        // behind the admin's back.
+        DropinFile::Absent if written.persisted && (recorded || state.dropin.is_none()) => {
+            return Ok(Persisted::Unchanged);
+        }
+        DropinFile::Portd(_) | DropinFile::Absent => {}
+    }
     // Temp files of writers killed mid-write (they are never read, but
     // would pile up); portd is the only writer (it holds the lock).
     fsutil::remove_stale_temps(&dir, dropin_name);
@@ -309,7 +510,18 @@ pub fn persist(
             path: dir.join(dropin_name),
             source,
         }
-    })
+    })?;
+    let mut removed = None;
+    if let Some(old) = state.dropin.as_deref().filter(|old| *old != dropin_name)
+        && matches!(dropin_file(host, old), DropinFile::Portd(_))
+    {
+        fsutil::remove_in(&dir, old).map_err(|source| PersistError::Io {
+            path: dir.join(old),
+            source,
+        })?;
+        removed = Some(dir.join(old));
+    }
+    Ok(Persisted::Written { removed })
 }
 
 /// Compares the live values with what portd last wrote. Returns a reason
@@ -365,6 +577,9 @@ pub fn rollback(
     live: &KernelSettings,
     force: bool,
 ) -> Result<Vec<String>, String> {
+    // A write recorded before a crash: the live values say whether it
+    // happened, so that its values count as portd's and not someone else's.
+    let settled = settle_pending(state, live);
     let Some(original) = state.original.clone() else {
         return Ok(vec![NOTHING_TO_ROLL_BACK.into()]);
     };
@@ -384,7 +599,7 @@ pub fn rollback(
             original.range
         ));
     }
-    let mut done = Vec::new();
+    let mut done: Vec<String> = settled.into_iter().collect();
     // Keep reservations made by anyone else; remove only portd's additions.
     let reserved = live.reserved_ports.difference(&state.added_reserved);
     // Narrow the range before un-reserving, so no port is ever inside the
@@ -415,6 +630,13 @@ pub fn rollback(
         state.added_reserved = PortSet::new();
     }
     let dir = host.path("/etc/sysctl.d");
+    // The drop-in portd recorded writing; a version 1 state did not record
+    // one, and the policy's name stands in.
+    let dropin_name = state
+        .dropin
+        .clone()
+        .unwrap_or_else(|| dropin_name.to_string());
+    let dropin_name = dropin_name.as_str();
     let path = dir.join(dropin_name);
     match std::fs::read_to_string(&path) {
         Ok(text) if text.starts_with(DROPIN_HEADER) => {
@@ -430,6 +652,7 @@ pub fn rollback(
     }
     state.original = None;
     state.last_written = None;
+    state.dropin = None;
     state.added_reserved = PortSet::new();
     state.yielded = None;
     if done.is_empty() {

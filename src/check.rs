@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::actuator::{self, DropinFile};
 use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::kernel::{self, PortRange};
@@ -160,6 +161,7 @@ pub fn run(
             State::default()
         }
     };
+    dropin(host, &policy, &state, &mut report);
     if let Some(y) = &state.yielded {
         report.add(
             Severity::Warning,
@@ -272,6 +274,94 @@ pub fn run(
         }));
     }
     report
+}
+
+/// portd's drop-in: whether portd may write it (it never overwrites a file
+/// it did not write), an old one left by an earlier `persist.file`, and
+/// the reserved ports it sets.
+fn dropin(host: &Host, policy: &Policy, state: &State, report: &mut Report) {
+    if !policy.persist {
+        return;
+    }
+    let dir = host.path(sysctld::DROPIN_DIR);
+    let path = dir.join(&policy.dropin_name);
+    let current = match actuator::dropin_file(host, &policy.dropin_name) {
+        DropinFile::Foreign(why) => {
+            report.add(
+                Severity::Error,
+                format!(
+                    "persist.file names {}, which portd did not write: {why}; portd refuses to overwrite it, so a change it makes would not survive a reboot (set persist.file to another name, or move the file aside)",
+                    path.display()
+                ),
+            );
+            return;
+        }
+        DropinFile::Portd(text) => Some(text),
+        DropinFile::Absent => None,
+    };
+    if let Some(old) = state.dropin.as_deref().filter(|o| *o != policy.dropin_name)
+        && matches!(actuator::dropin_file(host, old), DropinFile::Portd(_))
+    {
+        report.add(
+            Severity::Info,
+            format!(
+                "{} is portd's drop-in of an earlier persist.file: portd removes it when it next writes {}",
+                dir.join(old).display(),
+                path.display()
+            ),
+        );
+    }
+    if state.last_written.is_none() {
+        return;
+    }
+    let key = kernel::KEY_RESERVED_PORTS;
+    let reserved = match actuator::dropin_reserved(host, &policy.dropin_name, &state.added_reserved)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
+            return;
+        }
+    };
+    let wanted = if reserved.is_empty() {
+        report.add(
+            Severity::Info,
+            format!(
+                "portd's drop-in {} does not set {key}: portd reserved no ports, so the other sysctl.d files and runtime reservations stand",
+                path.display()
+            ),
+        );
+        None
+    } else {
+        report.add(
+            Severity::Info,
+            format!(
+                "portd's drop-in {} sets {key} = {} (the other sysctl.d files' reservations and portd's {})",
+                path.display(),
+                reserved.to_sysctl_list(),
+                state.added_reserved
+            ),
+        );
+        Some(reserved.to_sysctl_list())
+    };
+    let on_disk = current.as_deref().map(|text| {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| sysctld::normalize_key(k) == key)
+            .map(|(_, v)| v.trim().to_string())
+    });
+    if let Some(on_disk) = on_disk
+        && on_disk != wanted
+    {
+        report.add(
+            Severity::Info,
+            format!(
+                "{} sets {key} = {:?}, no longer what it should: the running portd rewrites it at its next poll",
+                path.display(),
+                on_disk.unwrap_or_default()
+            ),
+        );
+    }
 }
 
 fn boot_config(host: &Host, policy: &Policy, report: &mut Report) {

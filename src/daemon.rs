@@ -23,6 +23,7 @@ use crate::notify;
 use crate::planner::{self, Action, Blocked, Decision, Inputs, Observation};
 use crate::policy::{self, Mode, Policy};
 use crate::state::{State, Yield};
+use crate::sysctld;
 use crate::usage::{self, Cause, Ratio, Usage, UsageOptions};
 
 pub struct RunOptions {
@@ -330,9 +331,11 @@ impl Daemon {
                 return None;
             }
         };
+        self.settle_pending(&settings);
         self.check_external_change(&settings);
-        // A drop-in that could not be written is retried every poll, not
-        // only after a full census (which the fast path may skip for long).
+        // The drop-in is brought up to date every poll, not only after a
+        // full census (which the fast path may skip for long): a failed
+        // write is retried, and the reserved ports follow the other files.
         self.retry_persist(SystemTime::now());
         if let Some(reason) = self.census_not_needed(&settings) {
             self.counters.skipped += 1;
@@ -494,11 +497,8 @@ impl Daemon {
                 None
             }
         };
-        let mut history = self.state.history();
-        if let Some(reason) = &self.state_unreadable {
-            history.yielded = Some(reason.clone());
-        }
-        let decision = planner::plan(&Inputs {
+        let history = self.state.history();
+        let mut decision = planner::plan(&Inputs {
             observation: &Observation::from_usage(&usage),
             policy: &self.policy,
             history: &history,
@@ -506,6 +506,16 @@ impl Daemon {
             now,
             dry_run: self.dry_run,
         });
+        // Without a readable state the originals could not be recorded:
+        // portd only advises, and says why.
+        if let (Some(reason), Action::Apply { plan }) = (&self.state_unreadable, &decision.action) {
+            decision.action = Action::Hold {
+                plan: Some(plan.clone()),
+                reason: Blocked::StateUnreadable {
+                    reason: reason.clone(),
+                },
+            };
+        }
         self.report_level(&usage, &decision, processes.as_deref());
         self.report_hazards(&usage);
         let alert_changed = self.state.alert != decision.alert;
@@ -775,34 +785,72 @@ impl Daemon {
         let Some(written) = &self.state.last_written else {
             return;
         };
-        if written.persisted {
-            return;
-        }
+        let range = written.values.range;
         match actuator::persist(&self.host, &self.policy.dropin_name, &self.state, now) {
-            Ok(()) => {
-                if let Some(w) = &mut self.state.last_written {
-                    w.persisted = true;
+            Ok(outcome) => {
+                let dropin = self
+                    .host
+                    .path(sysctld::DROPIN_DIR)
+                    .join(&self.policy.dropin_name);
+                if self.last_persist_error.take().is_some() {
+                    tracing::info!(
+                        "the drop-in {} is written again: the range {range} survives a reboot",
+                        dropin.display()
+                    );
                 }
-                self.last_persist_error = None;
-                self.save_state();
+                if let actuator::Persisted::Written { removed: Some(old) } = &outcome {
+                    tracing::info!(
+                        "removed portd's previous drop-in {} now that persist.file names {}",
+                        old.display(),
+                        dropin.display()
+                    );
+                }
+                let recorded = self.state.dropin.as_deref() == Some(&self.policy.dropin_name);
+                let persisted = self
+                    .state
+                    .last_written
+                    .as_ref()
+                    .is_some_and(|w| w.persisted);
+                if outcome != actuator::Persisted::Unchanged || !recorded || !persisted {
+                    if let Some(w) = &mut self.state.last_written {
+                        w.persisted = true;
+                    }
+                    self.state.dropin = Some(self.policy.dropin_name.clone());
+                    self.save_state();
+                }
             }
             Err(e) => {
                 let text = e.to_string();
                 if self.last_persist_error.as_ref() != Some(&text) {
+                    let what = if written.persisted {
+                        "the drop-in cannot be brought up to date"
+                    } else {
+                        "the runtime change is in place but will not survive a reboot"
+                    };
                     events::emit(
                         Kind::PersistFailed,
-                        &format!(
-                            "the runtime change is in place but will not survive a reboot: {text}"
-                        ),
+                        &format!("{what}: {text}"),
                         &Fields {
                             reason: Some(text.clone()),
-                            range_after: Some(written.values.range),
+                            range_after: Some(range),
                             ..Fields::default()
                         },
                     );
                     self.last_persist_error = Some(text);
                 }
             }
+        }
+    }
+
+    /// A write recorded before portd was killed: settled against the live
+    /// values before anything compares them with what portd wrote.
+    fn settle_pending(&mut self, live: &KernelSettings) {
+        if self.state_unreadable.is_some() || self.state.pending.is_none() {
+            return;
+        }
+        if let Some(what) = actuator::settle_pending(&mut self.state, live) {
+            tracing::warn!("{what}");
+            self.save_state();
         }
     }
 
@@ -963,5 +1011,6 @@ fn blocked_kind(reason: &Blocked) -> &'static str {
         Blocked::ChangeCap { .. } => "change-cap",
         Blocked::Yielded { .. } => "yielded",
         Blocked::PinnedBy { .. } => "pinned",
+        Blocked::StateUnreadable { .. } => "state-unreadable",
     }
 }

@@ -67,8 +67,9 @@ pub struct History {
     pub alert: AlertState,
 }
 
-/// A sysctl.d file that sets the range after portd's drop-in, so a change
-/// would not survive a reboot.
+/// A sysctl.d file that sets the range or the reserved ports after portd's
+/// drop-in, so a change would not survive a reboot. `value` names the key:
+/// `net.ipv4.ip_local_reserved_ports = 40010`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Pin {
     pub file: String,
@@ -123,6 +124,11 @@ pub enum Blocked {
     PinnedBy {
         pin: Pin,
     },
+    /// The state file cannot be read, so the original values could not be
+    /// recorded before a write (the daemon sets this, not the planner).
+    StateUnreadable {
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Blocked {
@@ -147,8 +153,12 @@ impl std::fmt::Display for Blocked {
             Blocked::Yielded { reason } => write!(f, "yielded to the admin: {reason}"),
             Blocked::PinnedBy { pin } => write!(
                 f,
-                "{} sets the range to {:?} after portd's drop-in; a change would not survive a reboot",
+                "{} sets {} after portd's drop-in; a change would not survive a reboot",
                 pin.file, pin.value
+            ),
+            Blocked::StateUnreadable { reason } => write!(
+                f,
+                "the state file cannot be read ({reason}), so the original values cannot be recorded: portd only advises until it is fixed or moved aside"
             ),
         }
     }

@@ -14,8 +14,11 @@ use crate::kernel::{PortRange, PortSet};
 use crate::planner::{AlertState, History};
 
 /// Bumped when the meaning of a field changes; a newer file is refused
-/// rather than misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// rather than misread. Version 2 added `pending` and `dropin`.
+pub const FORMAT_VERSION: u32 = 2;
+/// The previous format, still read: it is version 2 without `pending` and
+/// `dropin` (tests/fixtures/state/v1.json).
+const PREVIOUS_FORMAT_VERSION: u32 = 1;
 const FILE_NAME: &str = "state.json";
 const HISTORY_LEN: usize = 50;
 
@@ -43,6 +46,17 @@ pub struct Change {
     pub reason: String,
 }
 
+/// Values portd is about to write: recorded (and fsynced) before the first
+/// kernel write, so that a crash in between leaves the originals on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    #[serde(flatten)]
+    pub values: Values,
+    /// The reserved ports this write adds (already in `added_reserved`).
+    pub newly_reserved: PortSet,
+    pub at: SystemTime,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Yield {
     pub at: SystemTime,
@@ -58,6 +72,14 @@ pub struct State {
     pub original: Option<Values>,
     /// What portd last wrote to /proc/sys.
     pub last_written: Option<Written>,
+    /// A write recorded but not yet confirmed: set while portd writes, and
+    /// left behind only by a crash; `actuator::settle_pending` resolves it.
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// The file name of the drop-in portd last wrote in /etc/sysctl.d: the
+    /// one it may rewrite or remove (version 1 states did not record it).
+    #[serde(default)]
+    pub dropin: Option<String>,
     /// Reserved ports portd added (rollback removes only these).
     pub added_reserved: PortSet,
     pub changes: Vec<Change>,
@@ -72,6 +94,8 @@ impl Default for State {
             initial_range: None,
             original: None,
             last_written: None,
+            pending: None,
+            dropin: None,
             added_reserved: PortSet::new(),
             changes: Vec::new(),
             yielded: None,
@@ -157,13 +181,17 @@ fn parse(path: &Path, text: &str) -> Result<State, StateError> {
             "not a portd state file ({e}); move it aside to start afresh"
         ))
     })?;
-    if v.format_version != FORMAT_VERSION {
+    if v.format_version != FORMAT_VERSION && v.format_version != PREVIOUS_FORMAT_VERSION {
         return Err(invalid(format!(
-            "format_version {} is not {FORMAT_VERSION}, the one this portd understands; use the portd that wrote it",
+            "format_version {} is not {PREVIOUS_FORMAT_VERSION} or {FORMAT_VERSION}, the ones this portd understands; use the portd that wrote it",
             v.format_version
         )));
     }
-    serde_json::from_str(text).map_err(|e| invalid(format!("{e}; move it aside to start afresh")))
+    let mut state: State = serde_json::from_str(text)
+        .map_err(|e| invalid(format!("{e}; move it aside to start afresh")))?;
+    // Saved in the current format from now on.
+    state.format_version = FORMAT_VERSION;
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -183,7 +211,7 @@ mod tests {
         assert_eq!(State::load(&host).unwrap(), s);
         let text = std::fs::read_to_string(State::path(&host))
             .unwrap()
-            .replace("\"format_version\": 1", "\"format_version\": 9");
+            .replace("\"format_version\": 2", "\"format_version\": 9");
         std::fs::write(State::path(&host), text).unwrap();
         let err = State::load(&host).unwrap_err().to_string();
         assert!(

@@ -660,3 +660,7 @@ pub fn rollback(
     }
     Ok(done)
 }
+
+#[cfg(test)]
+#[path = "actuator_tests.rs"]
+mod tests;

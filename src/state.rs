@@ -219,4 +219,28 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn version_1_state_loads_and_is_saved_as_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let v1 = include_str!("../tests/fixtures/state/v1.json");
+        std::fs::write(State::path(&host), v1).unwrap();
+        let s = State::load(&host).unwrap();
+        assert_eq!(s.format_version, FORMAT_VERSION);
+        let original = s.original.as_ref().unwrap();
+        assert_eq!(original.range, PortRange::new(40000, 40099).unwrap());
+        assert_eq!(original.reserved, PortSet::parse("40500").unwrap());
+        let written = s.last_written.as_ref().unwrap();
+        assert_eq!(written.values.range, PortRange::new(40000, 40181).unwrap());
+        assert!(written.persisted);
+        assert_eq!(s.added_reserved, PortSet::parse("40120").unwrap());
+        assert_eq!((s.pending.as_ref(), s.dropin.as_ref()), (None, None));
+        assert_eq!(s.changes.len(), 1);
+        s.save(&host).unwrap();
+        let text = std::fs::read_to_string(State::path(&host)).unwrap();
+        assert!(text.contains("\"format_version\": 2"), "{text}");
+        assert_eq!(State::load(&host).unwrap(), s);
+    }
 }

@@ -10,6 +10,8 @@ mod suite {
     mod actuation_crash;
     mod actuation_dropin;
     mod actuation_faults;
+    mod actuation_foreign;
+    mod actuation_record;
     mod actuation_rollback;
     mod actuation_util;
     mod actuation_widen;

@@ -69,6 +69,11 @@ fn read_only_sysctl_d_is_reported_and_retried() {
 
     ns.sh("mount -o remount,rw /etc/sysctl.d");
     assert_persisted_later(&mut ns);
+    // The recovery is logged, as the failure was.
+    daemon.wait_line(
+        &["the drop-in", DROPIN, "is written again"],
+        Duration::from_secs(5),
+    );
     assert!(daemon.running());
 }
 

@@ -1,0 +1,258 @@
+//! Record before writing: the state with the original and the planned
+//! values is saved before the first kernel write. A state that cannot be
+//! saved means nothing is written; a kill between the record and the write
+//! leaves a state that rollback and a restarted daemon read correctly; a
+//! version 1 state (today's released format) still rolls back.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::actuation_util::{DROPIN, Ns, STATE, default_mounts, parse_dropin, wait_for};
+use super::util::{have_root, tests_dir};
+
+/// Polls that must pass with the daemon still running (200 ms each).
+const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn rollback(ns: &Ns) -> Output {
+    ns.portd(&["rollback"]).output().unwrap()
+}
+
+fn range_json(low: u16, high: u16) -> serde_json::Value {
+    json!({"low": low, "high": high})
+}
+
+fn time_json() -> serde_json::Value {
+    json!({"secs_since_epoch": 1_767_225_600u64, "nanos_since_epoch": 0})
+}
+
+/// The state a portd killed after recording a widening of 40000-40099 to
+/// 40000-40181 (reserving its listener 40120 next to the admin's 40500),
+/// before confirming it, leaves behind.
+fn recorded_not_confirmed() -> String {
+    json!({
+        "format_version": 2,
+        "initial_range": range_json(40000, 40099),
+        "original": {"range": range_json(40000, 40099), "reserved": "40500"},
+        "last_written": null,
+        "pending": {
+            "range": range_json(40000, 40181),
+            "reserved": "40120,40500",
+            "newly_reserved": "40120",
+            "at": time_json(),
+        },
+        "dropin": null,
+        "added_reserved": "40120",
+        "changes": [{
+            "at": time_json(),
+            "from": range_json(40000, 40099),
+            "to": range_json(40000, 40181),
+            "reserved_added": "40120",
+            "reason": "destination 127.0.0.1 -> 127.0.0.1:8080 at 45.5% (45/99)",
+        }],
+        "yielded": null,
+        "alert": {"level": "warning", "pending": null, "announced": time_json()},
+    })
+    .to_string()
+}
+
+#[test]
+fn a_state_that_cannot_be_saved_means_nothing_is_written() {
+    if !have_root("a_state_that_cannot_be_saved_means_nothing_is_written") {
+        return;
+    }
+    let mut mounts = default_mounts();
+    for m in &mut mounts {
+        if m.0 == "/var/lib" {
+            m.1 = "size=12k";
+        }
+    }
+    let mut ns = Ns::start(&mounts, "40000 40099", "");
+    // The policy file takes one page; a filler takes the rest, so the
+    // state's temp file is created but cannot be written. (Three pages: once
+    // the filler is gone, the state and its next temp file need one each.)
+    ns.sh("mkdir -p /var/lib/portd; dd if=/dev/zero of=/var/lib/filler bs=4096 count=4 2>/dev/null; true");
+    ns.listen(40120);
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    let line = daemon.wait_line(
+        &[
+            "could not widen 40000-40099 ->",
+            "cannot record the original and planned values before writing",
+        ],
+        Duration::from_secs(10),
+    );
+    for said in [
+        "/var/lib/portd/state.json",
+        "No space left on device",
+        "nothing was written",
+    ] {
+        assert!(line.contains(said), "must say {said:?}: {line}");
+    }
+    std::thread::sleep(SEVERAL_POLLS);
+    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    assert_eq!(ns.range(), "40000 40099", "written without a record");
+    assert_eq!(ns.reserved(), "");
+    assert_eq!(ns.read_file(DROPIN), None);
+    assert_eq!(ns.read_file(STATE), None);
+    let stderr = daemon.stderr();
+    assert_eq!(
+        stderr.matches("cannot record the original").count(),
+        1,
+        "reported once, not every poll:\n{stderr}"
+    );
+
+    // Space again: the record is saved, then the range widened.
+    ns.sh("rm /var/lib/filler");
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40099 ->"],
+        Duration::from_secs(10),
+    );
+    // Confirmed (saved just after the event is logged).
+    let state = wait_for("the write to be confirmed", Duration::from_secs(5), || {
+        ns.try_state()
+            .filter(|s| s["pending"].is_null() && !s["last_written"].is_null())
+    });
+    assert_eq!(
+        state["original"],
+        json!({"range": range_json(40000, 40099), "reserved": ""}),
+        "{state}"
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation() {
+    if !have_root("rollback_restores_the_originals_after_a_kill_between_record_and_confirmation") {
+        return;
+    }
+    // The kernel has the planned values; the state only the record.
+    let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
+    ns.write_file(STATE, &recorded_not_confirmed());
+    let out = rollback(&ns);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for said in [
+        "restored ip_local_port_range 40000-40181 -> 40000-40099",
+        "removed portd's reserved ports 40120",
+    ] {
+        assert!(
+            stdout.contains(said),
+            "rollback must say {said:?}:\n{stdout}"
+        );
+    }
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.reserved(), "40500");
+    let state = ns.state();
+    assert_eq!(state["original"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["pending"], serde_json::Value::Null, "{state}");
+}
+
+#[test]
+fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
+    if !have_root("a_restart_after_a_kill_between_record_and_confirmation_does_not_yield") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
+    ns.write_file(STATE, &recorded_not_confirmed());
+    ns.listen(40120);
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(
+        &["the write of 40000-40181 recorded before portd stopped was completed"],
+        Duration::from_secs(10),
+    );
+    let state = wait_for(
+        "the drop-in to be persisted",
+        Duration::from_secs(10),
+        || {
+            ns.try_state()
+                .filter(|s| s["last_written"]["persisted"] == true)
+        },
+    );
+    assert_eq!(state["yielded"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["dropin"], "60-portd.conf", "{state}");
+    let dropin = ns.read_file(DROPIN).expect("no drop-in");
+    assert!(
+        parse_dropin(&dropin).contains(&(
+            "net.ipv4.ip_local_port_range".to_string(),
+            "40000 40181".to_string()
+        )),
+        "{dropin}"
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("by someone else"), "{stderr}");
+
+    let out = rollback(&ns);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.reserved(), "40500");
+    assert_eq!(ns.read_file(DROPIN), None);
+}
+
+#[test]
+fn a_version_1_state_still_rolls_back_to_its_originals() {
+    if !have_root("a_version_1_state_still_rolls_back_to_its_originals") {
+        return;
+    }
+    let v1 = std::fs::read_to_string(tests_dir().join("fixtures/state/v1.json")).unwrap();
+    assert!(v1.contains("\"format_version\": 1"));
+    let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
+    ns.write_file(STATE, &v1);
+    // The drop-in a version 1 portd wrote (its state did not record the name).
+    ns.write_file(
+        DROPIN,
+        "# Managed by portd. Do not edit: portd rewrites this file and `portd rollback` removes it.\n\
+         net.ipv4.ip_local_reserved_ports = 40120,40500\n\
+         net.ipv4.ip_local_port_range = 40000 40181\n",
+    );
+    let out = rollback(&ns);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for said in [
+        "restored ip_local_port_range 40000-40181 -> 40000-40099",
+        "removed portd's reserved ports 40120",
+        &format!("removed {DROPIN}"),
+    ] {
+        assert!(
+            stdout.contains(said),
+            "rollback must say {said:?}:\n{stdout}"
+        );
+    }
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.reserved(), "40500");
+    assert_eq!(ns.read_file(DROPIN), None);
+    assert_eq!(ns.state()["format_version"], 2);
+}
+
+#[test]
+fn an_unreadable_state_is_reported_as_such_not_as_a_yield() {
+    if !have_root("an_unreadable_state_is_reported_as_such_not_as_a_yield") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    ns.write_file(STATE, "not json\n");
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    let line = daemon.wait_line(
+        &["would widen ip_local_port_range 40000-40099 ->"],
+        Duration::from_secs(10),
+    );
+    assert!(
+        line.contains("the state file cannot be read")
+            && line.contains("/var/lib/portd/state.json")
+            && !line.contains("yielded to the admin"),
+        "{line}"
+    );
+    assert_eq!(ns.range(), "40000 40099");
+    assert_eq!(ns.read_file(STATE).as_deref(), Some("not json\n"));
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -485,6 +485,11 @@ pub fn persist(
         .map(|c| format!("widened {} -> {}: {}", c.from, c.to, c.reason));
     let text = dropin_text(written.values.range, &reserved, now, why.as_deref());
     let recorded = state.dropin.as_deref() == Some(dropin_name);
+    let range_line = format!(
+        "{} = {}",
+        kernel::KEY_PORT_RANGE,
+        written.values.range.to_sysctl_value().trim_end()
+    );
     match dropin_file(host, dropin_name) {
         DropinFile::Foreign(why) => {
             return Err(PersistError::Foreign {
@@ -493,6 +498,14 @@ pub fn persist(
             });
         }
         DropinFile::Portd(old) if assignments_of(&old) == assignments_of(&text) => {
+            return Ok(Persisted::Unchanged);
+        }
+        // Persisted, but the live range is no longer the one in the file:
+        // an admin's value (a yield made it the baseline), which is theirs to
+        // persist. Only portd's own range is kept current.
+        DropinFile::Portd(old)
+            if written.persisted && !assignments_of(&old).contains(&range_line.as_str()) =>
+        {
             return Ok(Persisted::Unchanged);
         }
         // Written once and since removed by someone else: not re-created

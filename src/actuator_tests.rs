@@ -129,22 +129,21 @@ fn a_failed_write_withdraws_its_record() {
 
 #[test]
 fn a_write_recorded_before_a_crash_settles_against_the_live_values() {
-    let recorded = || {
-        let mut s = State::default();
-        s.original = Some(Values {
+    let recorded = || State {
+        original: Some(Values {
             range: range(40000, 40099),
             reserved: ports("40500"),
-        });
-        s.added_reserved = ports("40120");
-        s.pending = Some(Pending {
+        }),
+        added_reserved: ports("40120"),
+        pending: Some(Pending {
             values: Values {
                 range: range(40000, 40181),
                 reserved: ports("40120,40500"),
             },
             newly_reserved: ports("40120"),
             at: at(),
-        });
-        s
+        }),
+        ..State::default()
     };
     // Killed after the write: the planned values are portd's.
     let mut s = recorded();
@@ -305,4 +304,24 @@ fn a_later_file_pinning_the_reserved_ports_is_named_by_its_key() {
         "{text}"
     );
     assert!(!text.contains("the range"), "{text}");
+}
+
+#[test]
+fn an_admins_range_taken_as_baseline_is_not_written_into_portds_dropin() {
+    let (_dir, host) = fixture("40000\t40181", "");
+    let mut state = widened("");
+    persist(&host, DROPIN, &state, at()).unwrap();
+    let before = std::fs::read_to_string(sysctl_d(&host, DROPIN)).unwrap();
+    // A yield (cleared since by a reload) made the admin's range the baseline.
+    let written = state.last_written.as_mut().unwrap();
+    written.persisted = true;
+    written.values.range = range(40000, 40119);
+    assert_eq!(
+        persist(&host, DROPIN, &state, at()).unwrap(),
+        Persisted::Unchanged
+    );
+    assert_eq!(
+        std::fs::read_to_string(sysctl_d(&host, DROPIN)).unwrap(),
+        before
+    );
 }

@@ -779,7 +779,9 @@ impl Daemon {
     }
 
     fn retry_persist(&mut self, now: SystemTime) {
-        if self.dry_run || !self.policy.persist {
+        // After a yield the admin's values are the baseline: the drop-in is
+        // left as it is, not rewritten with them.
+        if self.dry_run || !self.policy.persist || self.state.yielded.is_some() {
             return;
         }
         let Some(written) = &self.state.last_written else {

@@ -88,7 +88,7 @@ fn write_once(path: &std::path::Path, value: &str) -> Result<(), ActuateError> {
 }
 
 fn read(path: &std::path::Path) -> Result<String, ActuateError> {
-    std::fs::read_to_string(path).map_err(|source| ActuateError::Write {
+    crate::census::reader::read_proc_value(path).map_err(|source| ActuateError::Write {
         path: path.to_owned(),
         value: "(read back)".into(),
         source,
@@ -651,7 +651,7 @@ pub fn rollback(
         .unwrap_or_else(|| dropin_name.to_string());
     let dropin_name = dropin_name.as_str();
     let path = dir.join(dropin_name);
-    match std::fs::read_to_string(&path) {
+    match fsutil::read_regular_text(&path, sysctld::FILE_MAX_BYTES) {
         Ok(text) if text.starts_with(DROPIN_HEADER) => {
             fsutil::remove_in(&dir, dropin_name)
                 .map_err(|e| part_way(format!("cannot remove {}: {e}", path.display()), &done))?;

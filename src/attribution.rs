@@ -74,7 +74,7 @@ pub fn attribute(
                     .entry((i, process.pid))
                     .or_insert_with(|| ProcessShare {
                         pid: process.pid,
-                        command: command_of(&process),
+                        command: command_of(host, &process),
                         uid: process.uid().unwrap_or(u32::MAX),
                         sockets: 0,
                     });
@@ -97,7 +97,13 @@ pub fn attribute(
     Ok(result)
 }
 
-fn command_of(process: &procfs::process::Process) -> String {
+fn command_of(host: &Host, process: &procfs::process::Process) -> String {
+    // The procfs crate opens `stat` blocking: a FIFO there (a hostile
+    // `--root`) would hang. Real ones are regular files.
+    let stat = host.proc(&format!("{}/stat", process.pid));
+    if !std::fs::metadata(stat).is_ok_and(|m| m.is_file()) {
+        return "?".to_string();
+    }
     process
         .stat()
         .map(|s| s.comm)

@@ -375,6 +375,9 @@ fn boot_config(host: &Host, policy: &Policy, report: &mut Report) {
     for w in &scan.warnings {
         report.add(Severity::Info, format!("systemd-sysctl will warn: {w}"));
     }
+    for s in &scan.skipped {
+        report.add(Severity::Warning, format!("sysctl.d entry {s}"));
+    }
     for key in [kernel::KEY_RESERVED_PORTS, kernel::KEY_PORT_RANGE] {
         let overrides: Vec<String> = scan
             .later_overrides(&policy.dropin_name, key)

@@ -91,6 +91,12 @@ pub fn remove_stale_temps(dir: &Path, name: &str) {
 /// Symlinks are followed (admins link sysctl.d entries and policies); the
 /// type checked is the target's, on the opened descriptor.
 pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_to_limit(open_regular(path)?, limit)
+}
+
+/// Opens a regular file for reading as [`read_regular`] does, for a caller
+/// that inspects the open file (`fstat`) or streams it.
+pub fn open_regular(path: &Path) -> io::Result<File> {
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
@@ -107,10 +113,14 @@ pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
             ),
         ));
     }
+    Ok(File::from(fd))
+}
+
+/// Reads `file` to its end, refusing more than `limit` bytes.
+pub fn read_to_limit(file: File, limit: u64) -> io::Result<Vec<u8>> {
     let mut contents = Vec::new();
     // One byte more than allowed tells "too long" from "exactly the limit".
-    File::from(fd)
-        .take(limit.saturating_add(1))
+    file.take(limit.saturating_add(1))
         .read_to_end(&mut contents)?;
     if contents.len() as u64 > limit {
         return Err(io::Error::new(

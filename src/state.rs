@@ -116,15 +116,20 @@ pub enum StateError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// The longest state file portd reads: a real one (50 changes of history)
+/// is a few KiB; `/dev/zero` linked there must not be read until memory runs out.
+const STATE_MAX_BYTES: u64 = 1024 * 1024;
+
 impl State {
     pub fn path(host: &Host) -> PathBuf {
         host.state_dir().join(FILE_NAME)
     }
 
-    /// Loads the state; a missing file is a fresh state.
+    /// Loads the state; a missing file is a fresh state. A FIFO, device or
+    /// oversized file there is refused, never read (fsutil::read_regular).
     pub fn load(host: &Host) -> Result<State, StateError> {
         let path = State::path(host);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match fsutil::read_regular_text(&path, STATE_MAX_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
             Err(source) => return Err(StateError::Io { path, source }),

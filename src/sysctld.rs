@@ -53,6 +53,10 @@ pub const DROPIN_DIR: &str = "/etc/sysctl.d";
 /// `/etc/sysctl.d/99-sysctl.conf -> ../sysctl.conf`.
 pub const SYSCTL_CONF: &str = "/etc/sysctl.conf";
 
+/// The longest sysctl.d file portd reads. systemd reads any length, but an
+/// admin's file, even one reserving every other port, is far shorter.
+pub const FILE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Linux gives up with ELOOP after this many symlinks (MAXSYMLINKS).
 const MAX_SYMLINKS: usize = 40;
 
@@ -119,6 +123,10 @@ pub enum FileState {
     /// A symlink to nothing. systemd-sysctl skips it silently (and
     /// `--cat-config` stops there with an error); it still hides lower files.
     Dangling,
+    /// Not a file systemd-sysctl can read: a directory, a symlink loop, a
+    /// FIFO or socket. It sets nothing, still hides lower files, and is
+    /// listed in [`Scan::skipped`] with the reason.
+    Skipped,
 }
 
 /// A file systemd-sysctl reads at boot.
@@ -130,6 +138,26 @@ pub struct ConfFile {
     /// plain file.
     pub target: PathBuf,
     pub state: FileState,
+}
+
+/// An entry that is skipped rather than read (systemd 252: "Failed to read
+/// file '…', ignoring" for a directory, "Failed to open file" for a
+/// symlink loop; a FIFO would stall it at boot, so portd never opens one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}; skipped as systemd-sysctl skips it: it sets nothing and still hides same-named files in lower directories",
+            self.path.display(),
+            self.reason
+        )
+    }
 }
 
 /// A file that a same-named file in a higher-priority directory hides.
@@ -193,6 +221,8 @@ pub struct Scan {
     pub assignments: Vec<Assignment>,
     /// Lines systemd-sysctl skips with a warning.
     pub warnings: Vec<Warning>,
+    /// Entries that are not read: directories, symlink loops, FIFOs.
+    pub skipped: Vec<Skipped>,
     pub sysctl_conf: SysctlConf,
 }
 
@@ -355,19 +385,21 @@ fn scan_inner(host: &Host, without: Option<&str>) -> Result<Scan, SysctldError> 
     let mut files = Vec::with_capacity(paths.len());
     let mut assignments = Vec::new();
     let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
     for path in paths {
-        let (file, text) = load(host, &path)?;
+        let (file, text) = load(host, &path, &mut skipped)?;
         if let Some(text) = text {
             parse(&file.path, &text, &mut assignments, &mut warnings);
         }
         files.push(file);
     }
-    let sysctl_conf = sysctl_conf(host, &files, &mut warnings)?;
+    let sysctl_conf = sysctl_conf(host, &files, &mut warnings, &mut skipped)?;
     Ok(Scan {
         files,
         shadowed,
         assignments,
         warnings,
+        skipped,
         sysctl_conf,
     })
 }
@@ -445,9 +477,29 @@ fn is_conf_name(name: &OsStr) -> bool {
     !name.starts_with(b".") && name.ends_with(b".conf")
 }
 
-/// Resolves an effective file and reads it unless it is masked or dangling.
-fn load(host: &Host, path: &Path) -> Result<(ConfFile, Option<Vec<u8>>), SysctldError> {
-    let target = chase(host, path)?;
+/// Resolves an effective file and reads it unless it is masked, dangling or
+/// skipped (then recorded in `skipped`).
+fn load(
+    host: &Host,
+    path: &Path,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(ConfFile, Option<Vec<u8>>), SysctldError> {
+    let target = match chase(host, path) {
+        Ok(target) => target,
+        Err(SysctldError::SymlinkLoop { .. }) => {
+            skipped.push(Skipped {
+                path: path.to_path_buf(),
+                reason: "too many levels of symbolic links".into(),
+            });
+            let file = ConfFile {
+                path: path.to_path_buf(),
+                target: path.to_path_buf(),
+                state: FileState::Skipped,
+            };
+            return Ok((file, None));
+        }
+        Err(e) => return Err(e),
+    };
     let file = |state| ConfFile {
         path: path.to_path_buf(),
         target: target.clone(),
@@ -457,48 +509,101 @@ fn load(host: &Host, path: &Path) -> Result<(ConfFile, Option<Vec<u8>>), Sysctld
     if target == Path::new("/dev/null") {
         return Ok((file(FileState::Masked), None));
     }
-    let real = on_disk(host, &target);
-    match fs::metadata(&real) {
+    match read_target(host, path, &target)? {
         // sysctl.c's parse_file() ignores ENOENT.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok((file(FileState::Dangling), None));
+        Found::Missing => Ok((file(FileState::Dangling), None)),
+        Found::Device => Ok((file(FileState::Masked), None)),
+        Found::Skip(reason) => {
+            skipped.push(Skipped {
+                path: path.to_path_buf(),
+                reason,
+            });
+            Ok((file(FileState::Skipped), None))
         }
-        Ok(meta) if meta.file_type().is_char_device() => {
-            return Ok((file(FileState::Masked), None));
-        }
-        _ => {}
+        Found::Text(text) => Ok((file(FileState::Parsed), Some(text))),
     }
-    match fs::read(&real) {
-        Ok(text) => Ok((file(FileState::Parsed), Some(text))),
-        Err(source) => Err(SysctldError::ReadFile {
-            file: path.to_path_buf(),
-            target: (target != path).then(|| target.clone()),
-            source,
-        }),
+}
+
+/// What a resolved sysctl.d entry is on disk.
+enum Found {
+    Text(Vec<u8>),
+    Missing,
+    /// A character device: `/dev/null` masks, and none is read.
+    Device,
+    /// Neither a regular file nor a character device; why it is skipped.
+    Skip(String),
+}
+
+/// Reads the regular file at `target` (the resolved `path`), never opening
+/// anything else: a FIFO would block the open, a directory fails the read.
+fn read_target(host: &Host, path: &Path, target: &Path) -> Result<Found, SysctldError> {
+    let real = on_disk(host, target);
+    let error = |source| SysctldError::ReadFile {
+        file: path.to_path_buf(),
+        target: (target != path).then(|| target.to_path_buf()),
+        source,
+    };
+    let kind = match fs::metadata(&real) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) => return Err(error(e)),
+        Ok(meta) => meta.file_type(),
+    };
+    if kind.is_char_device() {
+        return Ok(Found::Device);
     }
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else {
+            "of an unknown type"
+        };
+        return Ok(Found::Skip(format!("{what}, not a regular file")));
+    }
+    crate::fsutil::read_regular(&real, FILE_MAX_BYTES)
+        .map(Found::Text)
+        .map_err(error)
 }
 
 fn sysctl_conf(
     host: &Host,
     files: &[ConfFile],
     warnings: &mut Vec<Warning>,
+    skipped: &mut Vec<Skipped>,
 ) -> Result<SysctlConf, SysctldError> {
     let path = Path::new(SYSCTL_CONF);
-    let target = chase(host, path)?;
+    let target = match chase(host, path) {
+        Ok(target) => target,
+        Err(SysctldError::SymlinkLoop { .. }) => {
+            skipped.push(Skipped {
+                path: path.to_path_buf(),
+                reason: "too many levels of symbolic links".into(),
+            });
+            return Ok(SysctlConf::Absent);
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(link) = files.iter().find(|f| f.target == target) {
         return Ok(SysctlConf::Linked {
             via: link.path.clone(),
         });
     }
-    let text = match fs::read(on_disk(host, &target)) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SysctlConf::Absent),
-        Err(source) => {
-            return Err(SysctldError::ReadFile {
-                file: path.to_path_buf(),
-                target: (target != path).then_some(target),
-                source,
+    let text = match read_target(host, path, &target)? {
+        Found::Text(text) => text,
+        Found::Missing => return Ok(SysctlConf::Absent),
+        // procps reads `/dev/null` as an empty file.
+        Found::Device => Vec::new(),
+        Found::Skip(reason) => {
+            skipped.push(Skipped {
+                path: path.to_path_buf(),
+                reason,
             });
+            return Ok(SysctlConf::Absent);
         }
     };
     let mut assignments = Vec::new();

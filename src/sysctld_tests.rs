@@ -273,13 +273,40 @@ fn absolute_symlinks_resolve_inside_the_host_root() {
     assert_eq!(scan.files[1].target, Path::new("/srv/conf/admin.conf"));
 }
 
+/// systemd 252 on a symlink loop: "Failed to open file '…', ignoring: Too
+/// many levels of symbolic links"; the lower same-named file stays hidden.
 #[test]
-fn a_symlink_loop_is_an_error_naming_the_file() {
+fn a_symlink_loop_is_skipped_and_still_hides_lower_files() {
     let tree = Tree::new();
     tree.link("/etc/sysctl.d/10-a.conf", "10-b.conf")
-        .link("/etc/sysctl.d/10-b.conf", "10-a.conf");
-    let err = scan(&tree.host()).unwrap_err();
-    assert!(err.to_string().contains("/etc/sysctl.d/10-a.conf"), "{err}");
+        .link("/etc/sysctl.d/10-b.conf", "10-a.conf")
+        .file(
+            "/usr/lib/sysctl.d/10-a.conf",
+            "net.ipv4.ip_local_port_range = 10000 10001\n",
+        )
+        .file(
+            "/etc/sysctl.d/40-ok.conf",
+            "net.ipv4.ip_local_reserved_ports = 4000\n",
+        );
+    let scan = tree.scan();
+    assert_eq!(
+        paths(&scan.boot_files()),
+        [
+            "/etc/sysctl.d/10-a.conf",
+            "/etc/sysctl.d/10-b.conf",
+            "/etc/sysctl.d/40-ok.conf"
+        ]
+    );
+    assert_eq!(scan.files[0].state, FileState::Skipped);
+    assert_eq!(scan.winning(RANGE), None);
+    assert_eq!(value(scan.winning(RESERVED)).as_deref(), Some("4000"));
+    let skipped: Vec<String> = scan.skipped.iter().map(|s| s.to_string()).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped[0]
+            .starts_with("/etc/sysctl.d/10-a.conf: too many levels of symbolic links; skipped"),
+        "{skipped:?}"
+    );
 }
 
 #[test]
@@ -537,26 +564,92 @@ fn glob_wildcards_stop_at_separators() {
     assert!(key_matches_glob("a.[]x]", "a.]"));
 }
 
+/// systemd 252 on a directory named `*.conf`: "Failed to read file '…',
+/// ignoring: Is a directory"; it still hides the same-named lower file. A
+/// FIFO would stall systemd-sysctl 252 at boot; portd never opens one.
 #[test]
-fn an_unreadable_file_is_an_error_naming_it() {
+fn directories_fifos_and_sockets_named_conf_are_skipped_and_still_hide() {
     let tree = Tree::new();
-    // A directory named like a file: reading it fails for root too.
-    fs::create_dir_all(tree.real("/etc/sysctl.d/50-dir.conf")).unwrap();
+    fs::create_dir_all(tree.real("/etc/sysctl.d/10-dir.conf")).unwrap();
+    tree.file(
+        "/usr/lib/sysctl.d/10-dir.conf",
+        "net.ipv4.ip_local_port_range = 10000 10001\n",
+    )
+    .file(
+        "/usr/lib/sysctl.d/30-fifo.conf",
+        "net.ipv4.ip_local_port_range = 30000 30001\n",
+    )
+    .file("/srv/target", "")
+    .file(
+        "/etc/sysctl.d/50-ok.conf",
+        "net.ipv4.ip_local_reserved_ports = 4000\n",
+    );
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        tree.real("/etc/sysctl.d/30-fifo.conf"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    fs::create_dir_all(tree.real("/run/sysctl.d")).unwrap();
+    let _socket =
+        std::os::unix::net::UnixListener::bind(tree.real("/run/sysctl.d/40-sock.conf")).unwrap();
+    fs::create_dir_all(tree.real("/srv/dir.conf")).unwrap();
+    tree.link("/etc/sysctl.d/45-link.conf", "/srv/dir.conf");
+
+    let scan = tree.scan();
+    assert_eq!(value(scan.winning(RANGE)), None);
+    assert_eq!(value(scan.winning(RESERVED)).as_deref(), Some("4000"));
+    let skipped: Vec<String> = scan.skipped.iter().map(|s| s.to_string()).collect();
+    let expected = [
+        "/etc/sysctl.d/10-dir.conf: a directory, not a regular file",
+        "/etc/sysctl.d/30-fifo.conf: a FIFO, not a regular file",
+        "/run/sysctl.d/40-sock.conf: a socket, not a regular file",
+        "/etc/sysctl.d/45-link.conf: a directory, not a regular file",
+    ];
+    assert_eq!(skipped.len(), expected.len(), "{skipped:?}");
+    for (got, want) in skipped.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got} should start with {want}");
+    }
+    let states: Vec<FileState> = scan.files.iter().map(|f| f.state).collect();
+    assert_eq!(
+        states,
+        [
+            FileState::Skipped,
+            FileState::Skipped,
+            FileState::Skipped,
+            FileState::Skipped,
+            FileState::Parsed
+        ]
+    );
+}
+
+#[test]
+fn a_file_longer_than_the_cap_is_an_error_naming_it() {
+    let tree = Tree::new();
+    let long = "# padding\n".repeat(FILE_MAX_BYTES as usize / 10 + 1);
+    tree.file("/srv/big.conf", &long)
+        .link("/etc/sysctl.d/60-link.conf", "/srv/big.conf");
     let err = scan(&tree.host()).unwrap_err();
     assert!(matches!(err, SysctldError::ReadFile { .. }));
     assert_eq!(
-        err.to_string().split(':').next(),
-        Some("cannot read /etc/sysctl.d/50-dir.conf")
+        err.to_string(),
+        format!(
+            "cannot read /etc/sysctl.d/60-link.conf (-> /srv/big.conf): longer than {FILE_MAX_BYTES} bytes, the most portd reads from this file"
+        )
     );
+}
 
-    let linked = Tree::new();
-    fs::create_dir_all(linked.real("/srv/dir.conf")).unwrap();
-    linked.link("/etc/sysctl.d/60-link.conf", "/srv/dir.conf");
-    let err = scan(&linked.host()).unwrap_err();
-    assert_eq!(
-        err.to_string().split(':').next(),
-        Some("cannot read /etc/sysctl.d/60-link.conf (-> /srv/dir.conf)")
-    );
+/// `/etc/sysctl.conf` read by procps `sysctl --system` is skipped the same way.
+#[test]
+fn a_sysctl_conf_that_is_not_a_regular_file_is_skipped() {
+    let tree = Tree::new();
+    fs::create_dir_all(tree.real("/etc/sysctl.conf")).unwrap();
+    let scan = tree.scan();
+    assert_eq!(scan.sysctl_conf, SysctlConf::Absent);
+    assert_eq!(scan.skipped.len(), 1);
+    assert_eq!(scan.skipped[0].path, Path::new("/etc/sysctl.conf"));
 }
 
 #[test]

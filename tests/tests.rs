@@ -25,6 +25,7 @@ mod suite {
     mod daemon_metrics;
     mod daemon_notify;
     mod daemon_util;
+    mod hostile_reads;
     mod status_errors;
     mod status_golden;
     mod status_netns;

@@ -340,7 +340,7 @@ fn optional_v6(result: Result<(), CensusError>) -> Result<(), CensusError> {
 
 /// `/proc/sys/kernel/osrelease` ("6.18.44-...") is at least `want`.
 fn kernel_at_least(host: &Host, want: (u32, u32)) -> bool {
-    std::fs::read_to_string(host.proc("sys/kernel/osrelease"))
+    super::reader::read_proc_value(&host.proc("sys/kernel/osrelease"))
         .ok()
         .and_then(|release| {
             let mut parts = release

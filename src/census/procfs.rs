@@ -20,6 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use super::{CensusError, Proto, Scope, Socket, SocketSource, UNSPECIFIED_V6, normalise};
+use crate::fsutil;
 use crate::host::Host;
 use crate::kernel::TcpState;
 
@@ -86,8 +87,10 @@ impl SocketSource for ProcfsSource {
     }
 }
 
+/// Opens a table; a FIFO or device in its place (a hostile `--root`) is
+/// refused without blocking, as real procfs tables are regular files.
 fn open(path: &Path, required: bool) -> Result<Option<BufReader<File>>, CensusError> {
-    match File::open(path) {
+    match fsutil::open_regular(path) {
         Ok(f) => Ok(Some(BufReader::with_capacity(64 * 1024, f))),
         Err(e) if e.kind() == ErrorKind::NotFound && !required => Ok(None),
         Err(source) => Err(CensusError::Read {
@@ -185,7 +188,7 @@ fn scan_listeners(
     whole: &RefCell<Option<Vec<u8>>>,
     visit: &mut dyn FnMut(&Socket),
 ) -> Result<(), CensusError> {
-    let file = match File::open(path) {
+    let file = match fsutil::open_regular(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound && !required => return Ok(()),
         Err(source) => return Err(read_error(path, source)),
@@ -383,6 +386,7 @@ fn sctp_socket(
 mod tests {
     use super::*;
     use crate::kernel::{PortRange, PortSet};
+    use proptest::prelude::Strategy as _;
 
     #[test]
     fn parses_a_kernel_tcp_row() {
@@ -508,9 +512,48 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
         #[test]
         fn arbitrary_rows_never_panic(row in "\\PC{0,160}") {
             let _ = parse_inet_row(&row, Proto::Tcp);
+        }
+
+        /// Arbitrary bytes after the header of any table: sockets or an
+        /// error naming the file and the line.
+        #[test]
+        fn arbitrary_tables_give_an_error_naming_file_and_line(
+            rows in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+                    proptest::string::string_regex(
+                        "[ 0-9]{0,4}:? ?[0-9A-F]{0,9}:?[0-9A-F]{0,5} [0-9A-F]{8}:[0-9A-F]{4} [0-9A-F]{0,3}( [0-9:xA-F]{1,8}){0,8}",
+                    )
+                    .unwrap()
+                    .prop_map(String::into_bytes),
+                ],
+                0..5,
+            ),
+            table in 0..4usize,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let net = dir.path().join("proc/net");
+            std::fs::create_dir_all(net.join("sctp")).unwrap();
+            for required in ["tcp", "udp"] {
+                std::fs::write(net.join(required), HEADER).unwrap();
+            }
+            let file = ["tcp", "udp", "sctp/eps", "sctp/assocs"][table];
+            let mut bytes = HEADER.as_bytes().to_vec();
+            bytes.extend(rows.join(&b'\n'));
+            std::fs::write(net.join(file), &bytes).unwrap();
+            let source = ProcfsSource::new(&Host::new(dir.path()));
+            if let Err(e) = source.scan(Scope::Ports(&PortSet::all()), &mut |_| {}) {
+                let e = e.to_string();
+                let at = format!("{}:", net.join(file).display());
+                proptest::prop_assert!(e.starts_with(&at), "{}", e);
+                let line: usize = e[at.len()..].split(':').next().unwrap().parse().unwrap();
+                proptest::prop_assert!((2..=rows.len() + 1).contains(&line), "{}", e);
+            }
         }
 
         #[test]

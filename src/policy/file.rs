@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::fs::{File, Metadata};
-use std::io::{self, Read};
+use std::io;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
@@ -23,6 +23,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{Floor, Mode, Policy};
+use crate::fsutil;
 use crate::kernel::PortRange;
 use crate::usage::Ratio;
 
@@ -93,27 +94,28 @@ impl PolicyError {
 /// Reads, checks (owner and mode, see [`check_file_safety`]) and parses the
 /// policy file. A missing file is an error here; see [`load_or_default`].
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let file = File::open(path).map_err(|e| cannot_read(path, &e))?;
+    let file = fsutil::open_regular(path).map_err(|e| cannot_read(path, &e))?;
     read_open_file(path, file)
 }
 
 /// Like [`load`], but a file that does not exist gives the built-in defaults.
 /// The flag tells whether the file was found.
 pub fn load_or_default(path: &Path) -> Result<(Policy, bool), PolicyError> {
-    match File::open(path) {
+    match fsutil::open_regular(path) {
         Ok(file) => read_open_file(path, file).map(|policy| (policy, true)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Policy::default(), false)),
         Err(e) => Err(cannot_read(path, &e)),
     }
 }
 
-fn read_open_file(path: &Path, mut file: File) -> Result<Policy, PolicyError> {
+/// The longest policy file portd reads; real ones are a few KiB.
+const POLICY_MAX_BYTES: u64 = 1024 * 1024;
+
+fn read_open_file(path: &Path, file: File) -> Result<Policy, PolicyError> {
     // fstat the open file, so the file checked is the file read.
     let metadata = file.metadata().map_err(|e| cannot_read(path, &e))?;
     check_file_safety(path, &metadata, rustix::process::geteuid().as_raw())?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| cannot_read(path, &e))?;
+    let bytes = fsutil::read_to_limit(file, POLICY_MAX_BYTES).map_err(|e| cannot_read(path, &e))?;
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {

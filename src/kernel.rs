@@ -513,6 +513,26 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a /proc file or a fixture holds: an error or a value, no
+        /// panic; an error quotes what it refused (the caller names the file).
+        #[test]
+        fn arbitrary_text_never_panics_the_sysctl_parsers(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            listish in "[0-9,\\- \n]{0,40}",
+        ) {
+            for text in [String::from_utf8_lossy(&bytes).into_owned(), listish] {
+                if let Err(e) = PortRange::parse(&text) {
+                    proptest::prop_assert!(!e.is_empty());
+                }
+                match PortSet::parse(&text) {
+                    Ok(set) => proptest::prop_assert_eq!(PortSet::parse(&set.to_string()).unwrap(), set),
+                    Err(e) => proptest::prop_assert!(e.contains('"'), "{}", e),
+                }
+            }
+        }
+
         #[test]
         fn port_set_display_parses_back(ports in proptest::collection::vec(0u16..=PORT_MAX, 0..200)) {
             let mut s = PortSet::new();

@@ -111,3 +111,56 @@ fn read_optional_number(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(range: &[u8], reserved: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let ipv4 = dir.path().join("proc/sys/net/ipv4");
+        std::fs::create_dir_all(&ipv4).unwrap();
+        std::fs::write(ipv4.join("ip_local_port_range"), range).unwrap();
+        std::fs::write(ipv4.join("ip_local_reserved_ports"), reserved).unwrap();
+        dir
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_value() {
+        let dir = fixture(b"40000 40099\n", b"40010,4x\n");
+        let err = KernelSettings::read(&Host::new(dir.path()))
+            .unwrap_err()
+            .to_string();
+        let path = dir.path().join("proc/sys/net/ipv4/ip_local_reserved_ports");
+        assert_eq!(
+            err,
+            format!("{}: \"4x\" is not a port number (0-65535)", path.display())
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes in the files: a value or an error naming the file.
+        #[test]
+        fn arbitrary_bytes_give_an_error_naming_the_file(
+            range in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            reserved in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            which in 0..2usize,
+        ) {
+            let good: [&[u8]; 2] = [b"40000 40099\n", b"\n"];
+            let (range, reserved) = if which == 0 {
+                (&range[..], good[1])
+            } else {
+                (good[0], &reserved[..])
+            };
+            let dir = fixture(range, reserved);
+            if let Err(e) = KernelSettings::read(&Host::new(dir.path())) {
+                let file = ["ip_local_port_range", "ip_local_reserved_ports"][which];
+                let path = dir.path().join("proc/sys/net/ipv4").join(file);
+                let e = e.to_string();
+                proptest::prop_assert!(e.starts_with(&format!("{}: ", path.display())), "{}", e);
+            }
+        }
+    }
+}

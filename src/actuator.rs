@@ -651,7 +651,7 @@ pub fn rollback(
         .unwrap_or_else(|| dropin_name.to_string());
     let dropin_name = dropin_name.as_str();
     let path = dir.join(dropin_name);
-    match fsutil::read_regular_text(&path, sysctld::FILE_MAX_BYTES) {
+    match fsutil::read_regular_text(&path, DROPIN_READ_LIMIT) {
         Ok(text) if text.starts_with(DROPIN_HEADER) => {
             fsutil::remove_in(&dir, dropin_name)
                 .map_err(|e| part_way(format!("cannot remove {}: {e}", path.display()), &done))?;

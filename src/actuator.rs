@@ -651,17 +651,16 @@ pub fn rollback(
         .unwrap_or_else(|| dropin_name.to_string());
     let dropin_name = dropin_name.as_str();
     let path = dir.join(dropin_name);
-    match fsutil::read_regular_text(&path, DROPIN_READ_LIMIT) {
-        Ok(text) if text.starts_with(DROPIN_HEADER) => {
+    // The same judgement as persist's: a symlink (even to a file with
+    // portd's header), a directory or an admin's file is never removed.
+    match dropin_file(host, dropin_name) {
+        DropinFile::Portd(_) => {
             fsutil::remove_in(&dir, dropin_name)
                 .map_err(|e| part_way(format!("cannot remove {}: {e}", path.display()), &done))?;
             done.push(format!("removed {}", path.display()));
         }
-        Ok(_) => done.push(format!(
-            "left {} alone: it was not written by portd",
-            path.display()
-        )),
-        Err(_) => {}
+        DropinFile::Foreign(why) => done.push(format!("left {} alone: {why}", path.display())),
+        DropinFile::Absent => {}
     }
     state.original = None;
     state.last_written = None;

@@ -325,3 +325,25 @@ fn an_admins_range_taken_as_baseline_is_not_written_into_portds_dropin() {
         before
     );
 }
+
+#[test]
+fn rollback_never_removes_a_symlink_at_the_dropin_name_even_to_portds_text() {
+    let (dir, host) = fixture("40000\t40181", "");
+    // A file with portd's header elsewhere in the fixture, linked in.
+    let elsewhere = dir.path().join("copy-of-portds-dropin.conf");
+    std::fs::write(&elsewhere, format!("{DROPIN_HEADER}\n")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, sysctl_d(&host, DROPIN)).unwrap();
+    let mut state = widened("");
+    let live = settings(range(40000, 40181), "");
+    let done = rollback(&host, DROPIN, &mut state, &live, false).unwrap();
+    assert!(
+        std::fs::symlink_metadata(sysctl_d(&host, DROPIN)).is_ok(),
+        "the link was removed: {done:?}"
+    );
+    assert!(elsewhere.exists());
+    assert!(
+        done.iter()
+            .any(|d| d.contains("left") && d.contains("symbolic link")),
+        "{done:?}"
+    );
+}

@@ -69,6 +69,29 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> u8 {
     code
 }
 
+/// The daemon's time: the wall clock read once at start, advanced by the
+/// monotonic clock. A step of the wall clock during a run (NTP, an admin,
+/// a VM resumed from a snapshot) then neither stretches nor cuts a hold, a
+/// cooldown or the hourly cap; times stored by an earlier run that lie
+/// ahead of it are clamped when the state is loaded (State::clamp_future).
+struct Clock {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Clock {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.wall + self.mono.elapsed()
+    }
+}
+
 /// Used where a timer must exist but never fire.
 const FAR: Duration = Duration::from_secs(3600);
 
@@ -141,6 +164,7 @@ impl ProcessLookup {
 }
 
 struct Daemon {
+    clock: Clock,
     host: Host,
     config: PathBuf,
     policy: Policy,
@@ -175,11 +199,20 @@ impl Daemon {
         } else {
             Box::new(Fresh)
         };
-        let (state, state_unreadable) = match State::load(&host) {
+        let clock = Clock::start();
+        let (mut state, state_unreadable) = match State::load(&host) {
             Ok(s) => (s, None),
             Err(e) => (State::default(), Some(e.to_string())),
         };
+        if let Some(ahead) = state.clamp_future(clock.now()) {
+            tracing::warn!(
+                "{}: times up to {} ahead of the clock (it was ahead when they were written, or was set back since); they count as now",
+                State::path(&host).display(),
+                humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+            );
+        }
         Daemon {
+            clock,
             host,
             config,
             policy,
@@ -336,7 +369,7 @@ impl Daemon {
         // The drop-in is brought up to date every poll, not only after a
         // full census (which the fast path may skip for long): a failed
         // write is retried, and the reserved ports follow the other files.
-        self.retry_persist(SystemTime::now());
+        self.retry_persist(self.clock.now());
         if let Some(reason) = self.census_not_needed(&settings) {
             self.counters.skipped += 1;
             if let Some(last) = &self.last {
@@ -359,7 +392,8 @@ impl Daemon {
             critical: self.policy.critical,
             confirmed: alert.level,
             reminder_due: alert.announced.is_some_and(|t| {
-                SystemTime::now()
+                self.clock
+                    .now()
                     .duration_since(t)
                     .is_ok_and(|d| d >= self.policy.reminder)
             }),
@@ -485,7 +519,7 @@ impl Daemon {
         if self.last_census_error.take().is_some() {
             tracing::info!("census works again");
         }
-        let now = SystemTime::now();
+        let now = self.clock.now();
         if self.state.initial_range.is_none() {
             self.state.initial_range = Some(usage.settings.port_range);
             self.save_state();
@@ -552,7 +586,8 @@ impl Daemon {
             usage,
             started,
             active_opens,
-            at: now,
+            // Wall clock, like `polled_at`: a scraper compares it with its own.
+            at: SystemTime::now(),
             took,
             level: decision.alert.level,
             blocked,
@@ -876,7 +911,7 @@ impl Daemon {
             },
         );
         self.state.yielded = Some(Yield {
-            at: SystemTime::now(),
+            at: self.clock.now(),
             reason,
         });
         // The admin's values are the new baseline portd compares against.

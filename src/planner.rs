@@ -44,6 +44,26 @@ pub struct AlertState {
     pub announced: Option<SystemTime>,
 }
 
+impl AlertState {
+    /// The same state with no time after `now` (see [`not_after`]).
+    pub fn not_after(&self, now: SystemTime) -> AlertState {
+        AlertState {
+            level: self.level,
+            pending: self
+                .pending
+                .map(|(level, since)| (level, not_after(since, now))),
+            announced: self.announced.map(|t| not_after(t, now)),
+        }
+    }
+}
+
+/// A stored time later than `now` counts as `now`. Such a time comes from a
+/// clock that was ahead (a bad RTC, a VM restored from a snapshot); kept as
+/// it is, it would hold alerts and changes until the clock caught up.
+pub fn not_after(t: SystemTime, now: SystemTime) -> SystemTime {
+    t.min(now)
+}
+
 impl Default for AlertState {
     fn default() -> Self {
         AlertState {
@@ -231,6 +251,7 @@ fn next_alert(
     policy: &Policy,
     now: SystemTime,
 ) -> (AlertState, Option<(Level, Level)>, bool) {
+    let prev = &prev.not_after(now);
     let raw = Level::of(usage, policy.warning, policy.critical);
     let observed = if prev.level >= Level::Warning && raw == Level::Ok && usage >= policy.clear {
         Level::Warning

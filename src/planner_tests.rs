@@ -248,6 +248,82 @@ proptest! {
         }
     }
 
+    /// A state written while the clock was ahead (a bad RTC, a VM restored
+    /// from a snapshot) holds an alert no longer than the policy's hold, and
+    /// a reminder no longer than the reminder interval.
+    #[test]
+    fn an_alert_from_the_future_waits_no_longer_than_hold_and_reminder(
+        c in case(),
+        ahead in 1u64..10_000_000,
+        hold in 0u64..600,
+    ) {
+        let mut c = c;
+        c.policy.hold = Duration::from_secs(hold);
+        let raw = Level::of(c.obs.headline.usage, c.policy.warning, c.policy.critical);
+        if raw == Level::Ok {
+            return Ok(());
+        }
+        let future = c.now + Duration::from_secs(ahead);
+        c.history.alert = AlertState { level: Level::Ok, pending: Some((raw, future)), announced: Some(future) };
+        let first = decide(&c);
+        c.history.alert = first.alert.clone();
+        c.now += c.policy.hold;
+        let held = decide(&c);
+        prop_assert_eq!(held.alert.level, raw, "not confirmed {}s after a pending level from {}s ahead", hold, ahead);
+        prop_assert!(held.alert.announced.is_some_and(|t| t <= c.now));
+
+        c.history.alert = AlertState { level: raw, pending: None, announced: Some(future) };
+        let quiet = decide(&c);
+        c.history.alert = quiet.alert.clone();
+        c.now += c.policy.reminder;
+        prop_assert!(decide(&c).remind, "no reminder {:?} after an announcement from {}s ahead", c.policy.reminder, ahead);
+    }
+
+    /// Changes stamped in the future, clamped as the daemon loads the state,
+    /// block a widening for no longer than the cooldown (the hourly cap's
+    /// own hour when they reach it).
+    #[test]
+    fn changes_from_the_future_block_no_longer_than_cooldown_or_the_cap(
+        c in case(),
+        ahead in 1u64..10_000_000,
+        n in 1usize..6,
+    ) {
+        use crate::state::{Change, State};
+        let mut c = c;
+        c.policy.max_changes_per_hour = 3;
+        c.history.alert.level = Level::of(c.obs.headline.usage, c.policy.warning, c.policy.critical);
+        let mut state = State {
+            changes: (0..n as u64)
+                .map(|i| Change {
+                    at: c.now + Duration::from_secs(ahead + i),
+                    from: c.obs.range,
+                    to: c.obs.range,
+                    reserved_added: PortSet::new(),
+                    reason: "written while the clock was ahead".into(),
+                })
+                .collect(),
+            ..State::default()
+        };
+        state.clamp_future(c.now);
+        c.history.changes = state.history().changes;
+        let at = |secs: Duration| {
+            let mut later = c.clone();
+            later.now = c.now + secs;
+            later
+        };
+        let mut fresh = at(c.policy.cooldown);
+        fresh.history.changes.clear();
+        if !matches!(decide(&fresh).action, Action::Apply { .. }) {
+            return Ok(());
+        }
+        let after_cooldown = decide(&at(c.policy.cooldown)).action;
+        if n < 3 {
+            prop_assert!(matches!(after_cooldown, Action::Apply { .. }), "{} changes from {}s ahead still block after the cooldown: {:?}", n, ahead, after_cooldown);
+        }
+        let after_hour = decide(&at(c.policy.cooldown.max(Duration::from_secs(3600)))).action;
+        prop_assert!(matches!(after_hour, Action::Apply { .. }), "{} changes from {}s ahead still block after an hour: {:?}", n, ahead, after_hour);
+    }
+
     #[test]
     fn advise_mode_and_yield_never_apply(c in case(), yielded in proptest::bool::ANY) {
         let mut c = c;

@@ -4,14 +4,14 @@
 //! and the alert state.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::host::Host;
 use crate::kernel::{PortRange, PortSet};
-use crate::planner::{AlertState, History};
+use crate::planner::{self, AlertState, History};
 
 /// Bumped when the meaning of a field changes; a newer file is refused
 /// rather than misread. Version 2 added `pending` and `dropin`.
@@ -161,6 +161,37 @@ impl State {
         }
     }
 
+    /// Treats every stored time later than `now` as `now` (planner::not_after),
+    /// so a state written by a clock that was ahead holds alerts and changes
+    /// for no longer than the policy's own hold, cooldown and hourly cap.
+    /// Returns how far ahead the latest of them was, if any was.
+    pub fn clamp_future(&mut self, now: SystemTime) -> Option<Duration> {
+        let mut ahead = Duration::ZERO;
+        let mut clamp = |t: &mut SystemTime| {
+            if let Ok(d) = t.duration_since(now) {
+                ahead = ahead.max(d);
+            }
+            *t = planner::not_after(*t, now);
+        };
+        self.changes.iter_mut().for_each(|c| clamp(&mut c.at));
+        if let Some(w) = &mut self.last_written {
+            clamp(&mut w.at);
+        }
+        if let Some(p) = &mut self.pending {
+            clamp(&mut p.at);
+        }
+        if let Some(y) = &mut self.yielded {
+            clamp(&mut y.at);
+        }
+        if let Some((_, since)) = &mut self.alert.pending {
+            clamp(since);
+        }
+        if let Some(t) = &mut self.alert.announced {
+            clamp(t);
+        }
+        (ahead > Duration::ZERO).then_some(ahead)
+    }
+
     /// The planner's view.
     pub fn history(&self) -> History {
         History {
@@ -223,6 +254,49 @@ mod tests {
             err.contains("state.json") && err.contains("format_version 9"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn times_from_the_future_are_clamped_to_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86_400);
+        let past = now - Duration::from_secs(60);
+        let change = |at| Change {
+            at,
+            from: PortRange::new(40000, 40099).unwrap(),
+            to: PortRange::new(40000, 40199).unwrap(),
+            reserved_added: PortSet::new(),
+            reason: "test".into(),
+        };
+        let mut s = State {
+            changes: vec![change(past), change(now + day)],
+            yielded: Some(Yield {
+                at: now + Duration::from_secs(5),
+                reason: "admin".into(),
+            }),
+            pending: Some(Pending {
+                values: Values {
+                    range: PortRange::new(40000, 40199).unwrap(),
+                    reserved: PortSet::new(),
+                },
+                newly_reserved: PortSet::new(),
+                at: now + day,
+            }),
+            alert: AlertState {
+                level: crate::level::Level::Ok,
+                pending: Some((crate::level::Level::Warning, now + day)),
+                announced: Some(now + day / 2),
+            },
+            ..State::default()
+        };
+        assert_eq!(s.clamp_future(now), Some(day));
+        assert_eq!(s.changes[0].at, past, "a past time is kept");
+        assert_eq!(s.changes[1].at, now);
+        assert_eq!(s.yielded.as_ref().unwrap().at, now);
+        assert_eq!(s.pending.as_ref().unwrap().at, now);
+        assert_eq!(s.alert.pending, Some((crate::level::Level::Warning, now)));
+        assert_eq!(s.alert.announced, Some(now));
+        assert_eq!(s.clamp_future(now), None, "nothing is ahead any more");
     }
 
     #[test]

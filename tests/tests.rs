@@ -7,6 +7,7 @@ mod suite {
     pub mod ss;
     pub mod util;
 
+    mod actuation_clock;
     mod actuation_crash;
     mod actuation_dropin;
     mod actuation_faults;

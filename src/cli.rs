@@ -3,6 +3,8 @@
 //! Exit status (all commands): 0 ok, 1 warning, 2 critical or error,
 //! 3 unknown (could not read, or a usage error) — the monitoring-plugin
 //! convention, so `portd status` works as a Nagios/Icinga/Sensu check.
+//! Output that cannot be written (`> /dev/full`) is an error: 2, or 3 for
+//! `status`, with the reason on stderr.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -124,7 +126,12 @@ pub fn main() -> ExitCode {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
                 _ => Level::Unknown.exit_code(),
             };
-            let _ = e.print();
+            // --help and --version print to stdout; errors go to stderr.
+            if let Err(io) = e.print()
+                && code == 0
+            {
+                return ExitCode::from(written(Err(io), code, 2));
+            }
             return ExitCode::from(code);
         }
     };
@@ -168,14 +175,14 @@ fn run(cli: Cli) -> u8 {
             } else {
                 check::render_human(&report)
             };
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
-            report.exit_code()
+            output(text.as_bytes(), report.exit_code(), 2)
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "portd", &mut std::io::stdout());
-            0
+            // Into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "portd", &mut script);
+            output(&script, 0, 2)
         }
         Command::Status {
             json,
@@ -244,10 +251,11 @@ fn rollback(host: &Host, config: &std::path::Path, force: bool) -> u8 {
     })();
     match result {
         Ok(lines) => {
-            for l in lines {
-                println!("portd rollback: {l}");
-            }
-            0
+            let text: String = lines
+                .iter()
+                .map(|l| format!("portd rollback: {l}\n"))
+                .collect();
+            output(text.as_bytes(), 0, 2)
         }
         Err(e) => {
             eprintln!("portd rollback: {e}");
@@ -263,9 +271,31 @@ fn load_policy(path: &std::path::Path) -> Result<Policy, String> {
 }
 
 fn print(outcome: status::Outcome) -> u8 {
+    // Output lost: the check's result is unknown to whoever runs it.
+    output(
+        outcome.text.as_bytes(),
+        outcome.level.exit_code(),
+        Level::Unknown.exit_code(),
+    )
+}
+
+/// Writes a command's output to stdout and flushes it: exit status `code`
+/// when that worked, `failed` when it did not (see [`written`]).
+fn output(text: &[u8], code: u8, failed: u8) -> u8 {
     let mut out = std::io::stdout().lock();
-    // A closed pipe (`portd status | head -1`) is not an error worth a panic.
-    let _ = out.write_all(outcome.text.as_bytes());
-    let _ = out.flush();
-    outcome.level.exit_code()
+    written(out.write_all(text).and_then(|()| out.flush()), code, failed)
+}
+
+/// The exit status after writing the output: `code`, or `failed` with the
+/// reason on stderr (`> /dev/full`: the output is lost). A reader that
+/// closed the pipe (`portd status | head -1`) chose to stop: not an error.
+fn written(result: std::io::Result<()>, code: u8, failed: u8) -> u8 {
+    match result {
+        Ok(()) => code,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
+        Err(e) => {
+            eprintln!("portd: cannot write output: {e}");
+            failed
+        }
+    }
 }

@@ -27,6 +27,7 @@ mod suite {
     mod daemon_notify;
     mod daemon_util;
     mod hostile_reads;
+    mod output_errors;
     mod status_errors;
     mod status_golden;
     mod status_netns;

@@ -17,6 +17,7 @@ use crate::fsutil;
 use crate::host::Host;
 use crate::kernel::{self, PortRange, PortSet};
 use crate::planner::{Pin, Plan};
+use crate::shutdown;
 use crate::state::{Change, Pending, State, Values, Written};
 use crate::sysctld;
 
@@ -61,6 +62,10 @@ pub enum ActuateError {
         "cannot record the original and planned values before writing ({0}); nothing was written"
     )]
     Record(crate::state::StateError),
+    /// SIGTERM arrived between two writes (shutdown.rs): the rest is not
+    /// written, and the recorded values are settled at the next start.
+    #[error("portd is stopping; the writes still to do are left to the next start")]
+    Stopped,
     #[error("{0}")]
     Invalid(String),
 }
@@ -153,6 +158,10 @@ pub fn write_pair(
     let reserved_changed = reserved != &current.reserved_ports;
     if reserved_changed {
         write_reserved(host, reserved)?;
+        // The reserved ports alone are harmless, and recorded as pending.
+        if shutdown::requested() {
+            return Err(ActuateError::Stopped);
+        }
     }
     if range != current.port_range
         && let Err(first) = write_range(host, range)
@@ -217,7 +226,14 @@ pub fn apply_plan(
         *state = before;
         return Err(ActuateError::Record(e));
     }
+    // Like a crash at this point: the record stays, settle_pending reads it.
+    if shutdown::requested() {
+        return Err(ActuateError::Stopped);
+    }
     if let Err(e) = write_pair(host, current, plan.to, &plan.reserved) {
+        if matches!(e, ActuateError::Stopped) {
+            return Err(e);
+        }
         // Nothing changed (write_pair restores what it wrote): the record
         // is withdrawn. Should this save fail, the pending record left on
         // disk still settles to "not written" against the live values.

@@ -22,6 +22,7 @@ use crate::metrics;
 use crate::notify;
 use crate::planner::{self, Action, Blocked, Decision, Inputs, Observation};
 use crate::policy::{self, Mode, Policy};
+use crate::shutdown;
 use crate::state::{State, Yield};
 use crate::sysctld;
 use crate::usage::{self, Cause, Ratio, Usage, UsageOptions};
@@ -241,6 +242,10 @@ impl Daemon {
             eprintln!("portd: cannot install signal handlers");
             return 2;
         };
+        if let Err(e) = shutdown::watch() {
+            eprintln!("portd: cannot install signal handlers: {e}");
+            return 2;
+        }
         if let Some(reason) = &self.state_unreadable {
             tracing::error!(
                 "{reason}; portd will only advise (write nothing) until the state file is fixed or moved aside"
@@ -727,6 +732,9 @@ impl Daemon {
 
     /// Applies a plan; true when the range was changed.
     fn apply(&mut self, usage: &Usage, plan: &planner::Plan, now: SystemTime) -> bool {
+        if shutdown::requested() {
+            return false;
+        }
         let reason = format!(
             "{} at {} ({}/{})",
             usage.headline.cause,
@@ -766,6 +774,12 @@ impl Daemon {
                 );
                 self.save_state();
                 true
+            }
+            Err(actuator::ActuateError::Stopped) => {
+                tracing::info!(
+                    "stopping: the widening {plan} was interrupted between two writes; the next start settles it"
+                );
+                false
             }
             Err(e) => {
                 // Reported once per distinct error, not on every poll.
@@ -816,7 +830,11 @@ impl Daemon {
     fn retry_persist(&mut self, now: SystemTime) {
         // After a yield the admin's values are the baseline: the drop-in is
         // left as it is, not rewritten with them.
-        if self.dry_run || !self.policy.persist || self.state.yielded.is_some() {
+        if self.dry_run
+            || !self.policy.persist
+            || self.state.yielded.is_some()
+            || shutdown::requested()
+        {
             return;
         }
         let Some(written) = &self.state.last_written else {
@@ -974,8 +992,10 @@ impl Daemon {
         }
     }
 
+    /// After SIGTERM no save starts: what it would record is either in the
+    /// saved record of the write (settled at the next start) or found again.
     fn save_state(&mut self) {
-        if self.dry_run || self.state_unreadable.is_some() {
+        if self.dry_run || self.state_unreadable.is_some() || shutdown::requested() {
             return;
         }
         if let Err(e) = self.state.save(&self.host) {

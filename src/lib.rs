@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod planner;
 pub mod policy;
+pub mod shutdown;
 pub mod state;
 pub mod status;
 pub mod sysctld;

@@ -14,6 +14,7 @@ mod suite {
     mod actuation_foreign;
     mod actuation_record;
     mod actuation_rollback;
+    mod actuation_stop;
     mod actuation_util;
     mod actuation_widen;
     mod actuation_yield;

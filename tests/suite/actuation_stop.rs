@@ -1,0 +1,97 @@
+//! SIGTERM while portd writes: it finishes the write in progress and starts
+//! no other. The writes are made slow with strace's syscall delay injection,
+//! on the two /proc/sys files only.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::actuation_util::{FAST_POLICY, Ns, POLICY, RESERVED_KEY, default_mounts, wait_for};
+use super::util::have_root;
+
+/// How long each write to the range or the reserved ports takes.
+const SLOW: Duration = Duration::from_secs(3);
+
+fn have_strace(test: &str) -> bool {
+    if Command::new("strace").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs strace, and CI is set: refusing to skip it"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP (needs strace): {test}");
+    false
+}
+
+#[test]
+fn sigterm_during_a_slow_write_starts_no_further_write() {
+    const TEST: &str = "sigterm_during_a_slow_write_starts_no_further_write";
+    const LISTENER: u16 = 40010;
+    if !have_root(TEST) || !have_strace(TEST) {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
+    // A service in the span the range will grow over: its port is reserved
+    // first, so a widening is two kernel writes.
+    ns.listen(LISTENER);
+    // The hold leaves time to attach strace before the widening.
+    ns.write_file(
+        POLICY,
+        &FAST_POLICY.replace("hold = \"0s\"", "hold = \"2s\""),
+    );
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(&["ready:"], Duration::from_secs(5));
+    let mut strace = ns
+        .command("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "trace=write"])
+        .arg(format!("-einject=write:delay_enter={}s", SLOW.as_secs()))
+        .args(["-P", "/proc/sys/net/ipv4/ip_local_port_range"])
+        .args(["-P", "/proc/sys/net/ipv4/ip_local_reserved_ports"])
+        .arg("-p")
+        .arg(daemon.pid().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says "Process N attached" once it traces portd.
+    let mut attached = std::io::BufReader::new(strace.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut attached, &mut line).unwrap();
+    assert!(line.contains("attached"), "strace: {line}");
+
+    let (ports, _) = ns.connect(10);
+    assert_eq!(ports.len(), 10);
+    // portd records the planned values, then writes the reserved ports.
+    wait_for(
+        "the planned write in state.json",
+        Duration::from_secs(10),
+        || ns.try_state().filter(|s| !s["pending"].is_null()),
+    );
+    let sent = Instant::now();
+    daemon.signal(rustix::process::Signal::TERM);
+    let exited = wait_for("portd to exit", Duration::from_secs(15), || {
+        (!daemon.running()).then(Instant::now)
+    });
+    let took = exited - sent;
+    let _ = strace.wait();
+    let stderr = daemon.stderr();
+    assert!(
+        took < SLOW + Duration::from_millis(1500),
+        "portd took {took:?} to stop after SIGTERM, more than the write in progress ({SLOW:?}); stderr:\n{stderr}"
+    );
+    assert_eq!(ns.range(), "40000 40009", "the range write was started");
+    assert!(!stderr.contains("widened"), "{stderr}");
+
+    // The next start settles what was recorded, then widens as usual.
+    let mut again = ns.start_daemon();
+    again.wait_line(
+        &["widened ip_local_port_range 40000-40009 ->"],
+        Duration::from_secs(10),
+    );
+    let (code, stderr) = again.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(ns.sysctl(RESERVED_KEY).contains(&LISTENER.to_string()));
+    assert!(ns.state()["pending"].is_null(), "{}", ns.state());
+}

@@ -62,8 +62,15 @@ impl fmt::Display for Diagnostic {
 /// Why a policy file was refused: one diagnostic per problem, in file order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyError {
+    /// The first [`DIAGNOSTICS_KEPT`] problems.
     pub diagnostics: Vec<Diagnostic>,
+    /// How many more problems the file has after those.
+    pub omitted: usize,
 }
+
+/// Problems kept and shown per file: a file with thousands of errors is
+/// not a policy with a few typos, and an endless list helps nobody.
+pub const DIAGNOSTICS_KEPT: usize = 20;
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,6 +79,14 @@ impl fmt::Display for PolicyError {
                 writeln!(f)?;
             }
             write!(f, "{diagnostic}")?;
+        }
+        if self.omitted > 0 {
+            let path = self.diagnostics.first().map(|d| d.path.display());
+            write!(f, "\nand {} more problems", self.omitted)?;
+            if let Some(path) = path {
+                write!(f, " in {path}")?;
+            }
+            write!(f, " (fix the ones above and check again)")?;
         }
         Ok(())
     }
@@ -87,6 +102,7 @@ impl PolicyError {
                 position: None,
                 message: one_line(&message),
             }],
+            omitted: 0,
         }
     }
 }
@@ -116,23 +132,28 @@ fn read_open_file(path: &Path, file: File) -> Result<Policy, PolicyError> {
     let metadata = file.metadata().map_err(|e| cannot_read(path, &e))?;
     check_file_safety(path, &metadata, rustix::process::geteuid().as_raw())?;
     let bytes = fsutil::read_to_limit(file, POLICY_MAX_BYTES).map_err(|e| cannot_read(path, &e))?;
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
+    parse_bytes(path, bytes)
+}
+
+/// Parses the bytes of a policy file: UTF-8 text, then [`parse`].
+pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Policy, PolicyError> {
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(path, &text),
         Err(e) => {
             let valid = e.utf8_error().valid_up_to();
             let bytes = e.into_bytes();
             let prefix = String::from_utf8_lossy(&bytes[..valid]);
-            return Err(PolicyError {
+            Err(PolicyError {
                 diagnostics: vec![Diagnostic {
                     path: path.to_path_buf(),
                     position: Some(position(&prefix, valid)),
                     message: "the file is not valid UTF-8; TOML files must be UTF-8 text"
                         .to_string(),
                 }],
-            });
+                omitted: 0,
+            })
         }
-    };
-    parse(path, &text)
+    }
 }
 
 fn cannot_read(path: &Path, error: &io::Error) -> PolicyError {
@@ -176,7 +197,10 @@ pub fn check_file_safety(
     if diagnostics.is_empty() {
         Ok(())
     } else {
-        Err(PolicyError { diagnostics })
+        Err(PolicyError {
+            diagnostics,
+            omitted: 0,
+        })
     }
 }
 
@@ -192,6 +216,12 @@ fn shell_quote(path: &Path) -> String {
 }
 
 /// Parses and validates policy text. `path` only names the file in messages.
+///
+/// Linear in the size of the file, however many errors it has: unknown keys
+/// (the one error a file can hold without bound) are all found in one pass
+/// before serde sees the document, so the deserialize-and-drop loop below
+/// runs at most once per known key; positions are computed in one pass
+/// over the text at the end.
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     let mut report = Report {
         path,
@@ -206,6 +236,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             return Err(report.into_error());
         }
     };
+    drop_unknown_keys(document.get_mut(), &mut report);
     let raw = deserialize_all(&mut document, &mut report);
     let policy = validate(raw, &mut report);
     if report.found.is_empty() {
@@ -219,25 +250,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
 struct Report<'a> {
     path: &'a Path,
     text: &'a str,
-    /// (byte offset, diagnostic), sorted into file order at the end.
-    found: Vec<(usize, Diagnostic)>,
+    /// (byte offset, message), sorted into file order at the end.
+    found: Vec<(usize, String)>,
     /// Dotted keys dropped because their value was invalid: relations that
     /// involve them are not checked, or they would be reported against a
     /// default the file never asked for.
     dropped: Vec<String>,
 }
 
+/// Longest message kept whole; a longer one (a value echoed by a parser
+/// message) is cut, so that one diagnostic stays one readable line.
+const MESSAGE_MAX: usize = 1000;
+
 impl Report<'_> {
     fn error(&mut self, span: Option<Range<usize>>, message: String) {
         let offset = span.map_or(0, |s| s.start);
-        self.found.push((
-            offset,
-            Diagnostic {
-                path: self.path.to_path_buf(),
-                position: Some(position(self.text, offset)),
-                message: one_line(&message),
-            },
-        ));
+        let mut message = one_line(&message);
+        if message.len() > MESSAGE_MAX {
+            let cut = floor_char_boundary(&message, MESSAGE_MAX);
+            message.truncate(cut);
+            message.push_str("…");
+        }
+        self.found.push((offset, message));
     }
 
     fn is_dropped(&self, key: &str) -> bool {
@@ -245,30 +279,195 @@ impl Report<'_> {
     }
 
     fn into_error(mut self) -> PolicyError {
+        // Stable: problems at one offset stay in the order they were found.
         self.found.sort_by_key(|(offset, _)| *offset);
+        let omitted = self.found.len().saturating_sub(DIAGNOSTICS_KEPT);
+        self.found.truncate(DIAGNOSTICS_KEPT);
+        let mut cursor = Cursor::default();
+        let diagnostics = self
+            .found
+            .into_iter()
+            .map(|(offset, message)| Diagnostic {
+                path: self.path.to_path_buf(),
+                position: Some(cursor.advance(self.text, offset)),
+                message,
+            })
+            .collect();
         PolicyError {
-            diagnostics: self.found.into_iter().map(|(_, d)| d).collect(),
+            diagnostics,
+            omitted,
         }
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn position(text: &str, offset: usize) -> Position {
+/// Walks the text forward once, so that the positions of all diagnostics
+/// (offsets in ascending order) cost one pass, not one pass each.
+#[derive(Default)]
+struct Cursor {
+    offset: usize,
+    line: usize,
+    /// Characters since the last newline.
+    column: usize,
+}
+
+impl Cursor {
+    fn advance(&mut self, text: &str, offset: usize) -> Position {
+        let offset = floor_char_boundary(text, offset).max(self.offset);
+        for c in text[self.offset..offset].chars() {
+            if c == '\n' {
+                self.line += 1;
+                self.column = 0;
+            } else {
+                self.column += 1;
+            }
+        }
+        self.offset = offset;
+        Position {
+            line: self.line + 1,
+            column: self.column + 1,
+        }
+    }
+}
+
+fn floor_char_boundary(text: &str, offset: usize) -> usize {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
     }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    Position {
-        line: before.matches('\n').count() + 1,
-        column: before[line_start..].chars().count() + 1,
+    offset
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> Position {
+    Cursor::default().advance(text, offset)
+}
+
+/// A value as diagnostics show it: quoted, and cut after [`SHOWN_CHARS`]
+/// characters with its size, so a 5 MB value does not become a 5 MB line.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
     }
 }
+
+const SHOWN_CHARS: usize = 60;
 
 /// A diagnostic must stay one line whatever the file contains.
 fn one_line(message: &str) -> String {
     message.replace(['\n', '\r'], " ")
+}
+
+/// Reports every key the schema does not have and removes it, in one pass
+/// over the document: serde would stop at the first, and deserializing again
+/// after each one is quadratic in their number.
+fn drop_unknown_keys(document: &mut DeTable<'_>, report: &mut Report<'_>) {
+    let top = fields_of::<RawPolicy>();
+    report_unknown(document, &[], top, report);
+    keep_only(document, top);
+    for (key, value) in document.iter_mut() {
+        if let DeValue::Table(inner) = value.get_mut()
+            && let Some(fields) = section_fields(key.get_ref())
+        {
+            let section = [key.get_ref().to_string()];
+            report_unknown(inner, &section, fields, report);
+            keep_only(inner, fields);
+        }
+    }
+}
+
+/// Rebuilt rather than removed from one by one: removing from the
+/// order-preserving map shifts every later entry.
+fn keep_only(table: &mut DeTable<'_>, fields: &[&str]) {
+    if table
+        .iter()
+        .all(|(key, _)| fields.contains(&&**key.get_ref()))
+    {
+        return;
+    }
+    *table = std::mem::take(table)
+        .into_iter()
+        .filter(|(key, _)| fields.contains(&&**key.get_ref()))
+        .collect();
+}
+
+fn report_unknown(
+    table: &DeTable<'_>,
+    outer: &[String],
+    fields: &'static [&'static str],
+    report: &mut Report<'_>,
+) {
+    for (key, _) in table.iter() {
+        let name: &str = key.get_ref();
+        if fields.contains(&name) {
+            continue;
+        }
+        // serde's own wording, so these read like every other unknown key.
+        let message = <de::value::Error as de::Error>::unknown_field(&bare(name), fields);
+        let mut path = outer.to_vec();
+        path.push(name.to_string());
+        report.error(
+            Some(key.span()),
+            describe(&message.to_string(), Some(&path)),
+        );
+    }
+}
+
+/// A key name as diagnostics show it inside backticks: cut like [`shown`].
+fn bare(name: &str) -> String {
+    match name.char_indices().nth(SHOWN_CHARS) {
+        None => name.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
+    }
+}
+
+/// The keys of each section, as the raw structs below accept them.
+fn section_fields(name: &str) -> Option<&'static [&'static str]> {
+    [
+        (RawPoll::NAME, fields_of::<RawPoll>()),
+        (RawThresholds::NAME, fields_of::<RawThresholds>()),
+        (RawWiden::NAME, fields_of::<RawWiden>()),
+        (RawPersist::NAME, fields_of::<RawPersist>()),
+        (RawAlerts::NAME, fields_of::<RawAlerts>()),
+        (RawMetrics::NAME, fields_of::<RawMetrics>()),
+    ]
+    .into_iter()
+    .find_map(|(section, fields)| (section == name).then_some(fields))
+}
+
+/// The field names a derived `Deserialize` struct accepts: derive passes
+/// them to `deserialize_struct`, where this deserializer notes them. One
+/// list, so the check of unknown keys cannot drift from the structs.
+fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    struct FieldNames<'a>(&'a std::cell::Cell<&'static [&'static str]>);
+
+    impl<'de> Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(de::Error::custom("field names noted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            enum identifier ignored_any
+        }
+    }
+
+    let fields = std::cell::Cell::new(&[][..]);
+    let _ = T::deserialize(FieldNames(&fields));
+    fields.get()
 }
 
 /// Deserializes the whole document, reporting every error: after each error
@@ -516,7 +715,8 @@ impl<'de, T: Leaf> Visitor<'de> for LeafVisitor<T> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        self.take(Scalar::Str(v), Unexpected::Str(v))
+        let quoted = format!("string {}", shown(v));
+        self.take(Scalar::Str(v), Unexpected::Other(&quoted))
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
@@ -571,11 +771,14 @@ impl Leaf for HumanDuration {
         };
         Some(match humantime::parse_duration(text.trim()) {
             Ok(d) if d > DURATION_MAX => Err(format!(
-                "duration {text:?} is longer than a year; use at most \"365d\""
+                "duration {} is longer than a year; use at most \"365d\"",
+                shown(text)
             )),
             Ok(d) => Ok(HumanDuration(d)),
             Err(e) => Err(format!(
-                "invalid duration {text:?} ({e}); write it like \"30s\", \"5m\" or \"1h 30m\""
+                "invalid duration {} ({}); write it like \"30s\", \"5m\" or \"1h 30m\"",
+                shown(text),
+                bare(&e.to_string())
             )),
         })
     }
@@ -638,8 +841,9 @@ impl Leaf for ModeValue {
             "auto" => Ok(ModeValue(Mode::Auto)),
             "advise" => Ok(ModeValue(Mode::Advise)),
             other => Err(format!(
-                "unknown mode {other:?}; use \"auto\" (widen the range within the bounds) \
-                 or \"advise\" (alert only, never write)"
+                "unknown mode {}; use \"auto\" (widen the range within the bounds) \
+                 or \"advise\" (alert only, never write)",
+                shown(other)
             )),
         })
     }
@@ -663,8 +867,9 @@ impl Leaf for FloorValue {
             Scalar::Int(i) => Some(port(i).map(|p| FloorValue(Floor::Port(p)))),
             Scalar::Str("initial") => Some(Ok(FloorValue(Floor::Initial))),
             Scalar::Str(other) => Some(Err(format!(
-                "unknown floor {other:?}; use \"initial\" (the low end portd first found: \
-                 grow upward only) or a port number from 1 to 65535"
+                "unknown floor {}; use \"initial\" (the low end portd first found: \
+                 grow upward only) or a port number from 1 to 65535",
+                shown(other)
             ))),
             _ => None,
         }
@@ -734,7 +939,8 @@ fn single(port: u16) -> PortRange {
 fn protected_range(text: &str) -> Result<PortRange, String> {
     let not_a_range = || {
         format!(
-            "{text:?} is not a port or a port range; write a port like 8080 or a range like \"9000-9100\""
+            "{} is not a port or a port range; write a port like 8080 or a range like \"9000-9100\"",
+            shown(text)
         )
     };
     let number = |part: &str| -> Result<u16, String> {
@@ -750,14 +956,17 @@ fn protected_range(text: &str) -> Result<PortRange, String> {
     let (low, high) = (number(low)?, number(high)?);
     if low > high {
         return Err(format!(
-            "range {text:?} is written backwards; write it low-high: \"{high}-{low}\""
+            "range {} is written backwards; write it low-high: \"{high}-{low}\"",
+            shown(text)
         ));
     }
-    PortRange::new(low, high).map_err(|e| format!("range {text:?}: {e}"))
+    PortRange::new(low, high).map_err(|e| format!("range {}: {e}", shown(text)))
 }
 
+/// `widen.protected`: every entry is checked on its own and kept with its
+/// place, so that all bad entries are reported, not only the first.
 #[derive(Debug)]
-struct ProtectedList(Vec<PortRange>);
+struct ProtectedList(Vec<Spanned<Checked<ProtectedEntry>>>);
 
 impl<'de> Deserialize<'de> for ProtectedList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -771,15 +980,95 @@ impl<'de> Deserialize<'de> for ProtectedList {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ProtectedList, A::Error> {
-                let mut ranges = Vec::new();
-                while let Some(ProtectedEntry(range)) = seq.next_element()? {
-                    ranges.push(range);
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element()? {
+                    entries.push(entry);
                 }
-                Ok(ProtectedList(ranges))
+                Ok(ProtectedList(entries))
             }
         }
 
         d.deserialize_seq(ListVisitor)
+    }
+}
+
+/// A leaf value, or the message saying what is wrong with it: a list goes
+/// on after a bad element instead of stopping there.
+#[derive(Debug)]
+struct Checked<T>(Result<T, String>);
+
+impl<'de, T: Leaf> Deserialize<'de> for Checked<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor::<T>(PhantomData))
+    }
+}
+
+struct CheckedVisitor<T>(PhantomData<T>);
+
+impl<T: Leaf> CheckedVisitor<T> {
+    fn leaf() -> LeafVisitor<T> {
+        LeafVisitor(PhantomData)
+    }
+}
+
+fn checked<T>(result: Result<T, de::value::Error>) -> Checked<T> {
+    Checked(result.map_err(|e| e.to_string()))
+}
+
+impl<'de, T: Leaf> Visitor<'de> for CheckedVisitor<T> {
+    type Value = Checked<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Checked<T>, E> {
+        Ok(checked(Self::leaf().visit_i64(v)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Checked<T>, E> {
+        Ok(checked(Self::leaf().visit_u64(v)))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Checked<T>, E> {
+        Ok(checked(Self::leaf().visit_i128(v)))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Checked<T>, E> {
+        Ok(checked(Self::leaf().visit_u128(v)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Checked<T>, E> {
+        Ok(checked(Self::leaf().visit_f64(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Checked<T>, E> {
+        Ok(checked(Self::leaf().visit_str(v)))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Checked<T>, E> {
+        Ok(checked(Self::leaf().visit_bool(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked<T>, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(Checked(Err(<de::value::Error as de::Error>::invalid_type(
+            Unexpected::Other("array"),
+            &self,
+        )
+        .to_string())))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Checked<T>, A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Checked(Err(<de::value::Error as de::Error>::invalid_type(
+            Unexpected::Other("table"),
+            &self,
+        )
+        .to_string())))
     }
 }
 
@@ -795,13 +1084,17 @@ impl Leaf for DropinName {
             return None;
         };
         // systemd-sysctl reads only `*.conf` files and skips hidden ones.
+        // The name also goes into log lines and shell commands: plain
+        // characters only (no newline, space or quote).
         let stem = name.strip_suffix(".conf").unwrap_or("");
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-_.+@".contains(c);
         Some(
-            if stem.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\0')
-            {
+            if stem.is_empty() || name.starts_with('.') || !name.chars().all(plain) {
                 Err(format!(
-                    "{name:?} is not a usable drop-in name; use a bare file name (no '/', not \
-                     hidden) ending in \".conf\", such as \"60-portd.conf\""
+                    "{} is not a usable drop-in name; use a bare file name of letters, digits \
+                     and - _ . + @ (no '/', not hidden) ending in \".conf\", such as \
+                     \"60-portd.conf\"",
+                    shown(name)
                 ))
             } else {
                 Ok(DropinName(name.to_string()))
@@ -821,15 +1114,28 @@ impl Leaf for MetricsPath {
         let Scalar::Str(text) = value else {
             return None;
         };
+        let path = Path::new(text);
         Some(if text.is_empty() {
             Ok(MetricsPath(None))
-        } else if text.starts_with('/') && !text.contains('\0') {
-            Ok(MetricsPath(Some(PathBuf::from(text))))
-        } else {
+        } else if !text.starts_with('/') || text.contains('\0') {
             Err(format!(
-                "{text:?} is not an absolute path; write a path starting with '/', \
-                 or \"\" for no metrics file"
+                "{} is not an absolute path; write a path starting with '/', \
+                 or \"\" for no metrics file",
+                shown(text)
             ))
+        } else if text.chars().any(char::is_control)
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            Err(format!(
+                "{} is not a plain path; write it without \"..\" and without control \
+                 characters, such as \"/run/portd/metrics.prom\"",
+                shown(text)
+            ))
+        } else {
+            // Normalized (no "//" or "/./"), so that portd's own files are recognized.
+            Ok(MetricsPath(Some(path.components().collect())))
         })
     }
 }
@@ -854,12 +1160,22 @@ fn validate(raw: RawPolicy, report: &mut Report<'_>) -> Policy {
     let d = Policy::default();
     let duration = |v: &HumanDuration| v.0;
 
-    if let Some(interval) = &poll.interval
-        && interval.get_ref().0.is_zero()
+    check_durations(report, &poll, &alerts);
+    let protected = match &widen.protected {
+        Some(list) => protected_ranges(report, list.get_ref()),
+        None => d.protected.clone(),
+    };
+    if let Some(metrics_file) = &metrics.file
+        && let Some(path) = &metrics_file.get_ref().0
+        && let Some(owner) = portd_file(path, report.path)
     {
         report.error(
-            Some(interval.span()),
-            "poll.interval: must be longer than zero, such as \"10s\"".to_string(),
+            Some(metrics_file.span()),
+            format!(
+                "metrics.file: {} is {owner}; portd would overwrite it with metrics. \
+                 Use a file of its own, such as \"/run/portd/metrics.prom\"",
+                shown(&path.display().to_string())
+            ),
         );
     }
 
@@ -918,12 +1234,135 @@ fn validate(raw: RawPolicy, report: &mut Report<'_>) -> Policy {
         target: target.ratio,
         cooldown: value(&widen.cooldown, duration, d.cooldown),
         max_changes_per_hour: value(&widen.max_changes_per_hour, |n| n.0, d.max_changes_per_hour),
-        protected: value(&widen.protected, |p| p.0.clone(), d.protected),
+        protected,
         persist: value(&persist.enabled, |f| f.0, d.persist),
         dropin_name: value(&persist.file, |n| n.0.clone(), d.dropin_name),
         reminder: value(&alerts.reminder, duration, d.reminder),
         metrics_file: value(&metrics.file, |m| m.0.clone(), d.metrics_file),
     }
+}
+
+/// Shortest poll interval: shorter only burns CPU (each poll reads /proc).
+pub const INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// Shortest reminder: a shorter one repeats the alert on every census.
+pub const REMINDER_MIN: Duration = Duration::from_secs(1);
+
+/// The floors of the durations, and their relations: a full census at
+/// least every `max_staleness` is only possible at a poll, so it is at
+/// least `poll.interval`; a reminder more often than the polls that
+/// could send it means every poll.
+fn check_durations(report: &mut Report<'_>, poll: &RawPoll, alerts: &RawAlerts) {
+    let d = Policy::default();
+    let interval = value(&poll.interval, |v| v.0, d.interval);
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if let Some(raw) = &poll.interval
+        && raw.get_ref().0 < INTERVAL_MIN
+    {
+        report.error(
+            Some(raw.span()),
+            format!(
+                "poll.interval: {} is below the minimum, {}; a shorter interval only burns CPU \
+                 (the shipped policy uses \"10s\")",
+                show(raw.get_ref().0),
+                show(INTERVAL_MIN)
+            ),
+        );
+        report.dropped.push("poll.interval".to_string());
+    }
+    let interval_ok = !report.is_dropped("poll.interval");
+    if let Some(raw) = &poll.max_staleness
+        && interval_ok
+        && raw.get_ref().0 < interval
+    {
+        report.error(
+            Some(raw.span()),
+            format!(
+                "poll.max_staleness: {} is below poll.interval ({}); a census can only happen \
+                 at a poll, so the minimum is the interval",
+                show(raw.get_ref().0),
+                show(interval)
+            ),
+        );
+    }
+    if let Some(raw) = &alerts.reminder {
+        let reminder = raw.get_ref().0;
+        let minimum = if interval_ok {
+            REMINDER_MIN.max(interval)
+        } else {
+            REMINDER_MIN
+        };
+        if reminder < minimum {
+            report.error(
+                Some(raw.span()),
+                format!(
+                    "alerts.reminder: {} is below the minimum, {} (at least 1s and at least \
+                     poll.interval); a shorter one repeats the alert on every census \
+                     (the shipped policy uses \"1h\")",
+                    show(reminder),
+                    show(minimum)
+                ),
+            );
+        }
+    }
+}
+
+/// The entries of `widen.protected`, reporting every bad one.
+fn protected_ranges(report: &mut Report<'_>, list: &ProtectedList) -> Vec<PortRange> {
+    let mut ranges = Vec::with_capacity(list.0.len());
+    for entry in &list.0 {
+        match &entry.get_ref().0 {
+            Ok(ProtectedEntry(range)) => ranges.push(*range),
+            Err(message) => report.error(Some(entry.span()), format!("widen.protected: {message}")),
+        }
+    }
+    ranges
+}
+
+/// What portd itself keeps at `path`, if anything: its state directory
+/// (state, lock), the sysctl.d directories (its drop-in, and files
+/// systemd-sysctl would apply), the policy, and the kernel's files.
+fn portd_file(path: &Path, policy: &Path) -> Option<&'static str> {
+    const OWN: &[(&str, &str)] = &[
+        (
+            "/var/lib/portd",
+            "inside portd's state directory (state.json, the lock)",
+        ),
+        (
+            "/etc/sysctl.d",
+            "inside a sysctl.d directory (portd's drop-in, boot settings)",
+        ),
+        (
+            "/run/sysctl.d",
+            "inside a sysctl.d directory (boot settings)",
+        ),
+        (
+            "/usr/lib/sysctl.d",
+            "inside a sysctl.d directory (boot settings)",
+        ),
+        (
+            "/usr/local/lib/sysctl.d",
+            "inside a sysctl.d directory (boot settings)",
+        ),
+        (
+            "/lib/sysctl.d",
+            "inside a sysctl.d directory (boot settings)",
+        ),
+        (
+            "/etc/sysctl.conf",
+            "the boot settings file /etc/sysctl.conf",
+        ),
+        ("/etc/portd.toml", "portd's policy file"),
+        ("/proc", "a kernel file under /proc"),
+        ("/sys", "a kernel file under /sys"),
+        ("/dev", "a device under /dev"),
+    ];
+    let policy: PathBuf = policy.components().collect();
+    if path == policy {
+        return Some("this policy file");
+    }
+    OWN.iter()
+        .find(|(own, _)| path.starts_with(own))
+        .map(|(_, what)| *what)
 }
 
 /// A percentage key with its effective value and, if the file sets it, its span.

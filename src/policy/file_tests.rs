@@ -277,7 +277,45 @@ fn durations_are_humantime_strings() {
 fn zero_interval_is_refused() {
     one_error(
         "[poll]\ninterval = \"0s\"\n",
-        "/etc/portd.toml:2:12: poll.interval: must be longer than zero",
+        "/etc/portd.toml:2:12: poll.interval: 0s is below the minimum, 100ms",
+        &[],
+    );
+}
+
+#[test]
+fn durations_below_their_minimum_are_refused_and_name_it() {
+    one_error(
+        "[poll]\ninterval = \"1ns\"\n",
+        "/etc/portd.toml:2:12: poll.interval: 1ns is below the minimum, 100ms",
+        &["burns CPU"],
+    );
+    one_error(
+        "[alerts]\nreminder = \"0s\"\n",
+        "/etc/portd.toml:2:12: alerts.reminder: 0s is below the minimum, 10s",
+        &["at least poll.interval", "every census"],
+    );
+    one_error(
+        "[poll]\ninterval = \"100ms\"\n[alerts]\nreminder = \"500ms\"\n",
+        "/etc/portd.toml:4:12: alerts.reminder: 500ms is below the minimum, 1s",
+        &[],
+    );
+    one_error(
+        "[poll]\nmax_staleness = \"0s\"\n",
+        "/etc/portd.toml:2:17: poll.max_staleness: 0s is below poll.interval (10s)",
+        &["minimum is the interval"],
+    );
+    // At the minimums: accepted (the test suite's daemons poll this fast).
+    let policy = parse(
+        path(),
+        "[poll]\ninterval = \"100ms\"\nmax_staleness = \"100ms\"\n[alerts]\nreminder = \"1s\"\n",
+    )
+    .unwrap();
+    assert_eq!(policy.interval, INTERVAL_MIN);
+    assert_eq!(policy.reminder, REMINDER_MIN);
+    // A bad interval is not also blamed in the relations.
+    one_error(
+        "[poll]\ninterval = \"1ns\"\nmax_staleness = \"50ms\"\n",
+        "/etc/portd.toml:2:12: poll.interval: ",
         &[],
     );
 }
@@ -360,6 +398,28 @@ fn target_must_be_below_warning() {
 }
 
 #[test]
+fn every_bad_protected_entry_is_reported() {
+    let errors =
+        errors("[widen]\nprotected = [\"9100-9000\", 8080, \"x\", 70000, true, [1], \"1-2-3\"]\n");
+    let columns: Vec<&str> = errors
+        .iter()
+        .map(|e| e.split(':').nth(2).unwrap())
+        .collect();
+    assert_eq!(columns, ["14", "33", "38", "45", "51", "56"], "{errors:#?}");
+    for (error, part) in errors.iter().zip([
+        "written backwards",
+        "\"x\" is not a port",
+        "70000 is not a port number",
+        "invalid type: boolean `true`",
+        "invalid type: array",
+        "\"1-2-3\" is not a port",
+    ]) {
+        assert!(error.contains("widen.protected: "), "{error}");
+        assert!(error.contains(part), "{error} lacks {part}");
+    }
+}
+
+#[test]
 fn backwards_protected_range_says_write_it_low_high() {
     one_error(
         "[widen]\nprotected = [8080, \"9100-9000\"]\n",
@@ -409,6 +469,117 @@ fn dropin_name_is_a_bare_conf_file_name() {
             &["60-portd.conf"],
         );
     }
+}
+
+#[test]
+fn dropin_name_with_a_newline_or_space_is_refused_naming_what_is_accepted() {
+    for bad in [
+        "60-portd\n.conf",
+        "60 portd.conf",
+        "60-portd.conf\n",
+        "6\"0.conf",
+    ] {
+        let text = format!("[persist]\nfile = {bad:?}\n");
+        one_error(
+            &text,
+            "/etc/portd.toml:2:8: persist.file: ",
+            &["letters, digits and - _ . + @", "\".conf\""],
+        );
+    }
+    let policy = parse(path(), "[persist]\nfile = \"61-portd_x+y@z.conf\"\n").unwrap();
+    assert_eq!(policy.dropin_name, "61-portd_x+y@z.conf");
+}
+
+#[test]
+fn metrics_file_refuses_portds_own_files() {
+    for (own, what) in [
+        ("/var/lib/portd/state.json", "state directory"),
+        ("/var/lib/portd/lock", "state directory"),
+        ("//var/lib/portd/./state.json", "state directory"),
+        ("/etc/sysctl.d/60-portd.conf", "sysctl.d"),
+        ("/usr/lib/sysctl.d/99-x.conf", "sysctl.d"),
+        ("/etc/portd.toml", "policy"),
+        ("/srv/policy.toml", "this policy file"),
+        ("/proc/sys/net/ipv4/ip_local_port_range", "/proc"),
+    ] {
+        let text = format!("[metrics]\nfile = {own:?}\n");
+        let errors = match parse(Path::new("/srv/policy.toml"), &text) {
+            Ok(p) => panic!("{own} accepted: {p:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            errors.starts_with("/srv/policy.toml:2:8: metrics.file: ")
+                && errors.contains(what)
+                && errors.contains("/run/portd/metrics.prom"),
+            "{errors}"
+        );
+    }
+    one_error(
+        "[metrics]\nfile = \"/run/portd/../../var/lib/portd/state.json\"\n",
+        "/etc/portd.toml:2:8: metrics.file: ",
+        &["without \"..\""],
+    );
+    let policy = parse(path(), "[metrics]\nfile = \"/run/portd//metrics.prom\"\n").unwrap();
+    assert_eq!(
+        policy.metrics_file,
+        Some(PathBuf::from("/run/portd/metrics.prom"))
+    );
+}
+
+#[test]
+fn a_huge_value_is_shortened_in_the_error_line() {
+    let huge = "a".repeat(5_000_000);
+    for text in [
+        format!("[widen]\nmode = \"{huge}\"\n"),
+        format!("[widen]\nceiling = \"{huge}\"\n"),
+        format!("[widen]\nprotected = [\"{huge}\"]\n"),
+        format!("[poll]\ninterval = \"{huge}\"\n"),
+        format!("[metrics]\nfile = \"{huge}\"\n"),
+        format!("{huge} = 1\n"),
+    ] {
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 1, "{}", &errors[0][..300]);
+        assert!(errors[0].len() < 400, "{}", &errors[0][..400]);
+        assert!(errors[0].contains("… (5000000 bytes)"), "{}", errors[0]);
+    }
+}
+
+#[test]
+fn thousands_of_unknown_keys_are_all_counted_and_the_list_is_capped() {
+    let text: String = (0..20_000).map(|i| format!("key_{i} = 1\n")).collect();
+    let error = parse(path(), &text).unwrap_err();
+    assert_eq!(error.diagnostics.len(), DIAGNOSTICS_KEPT);
+    assert_eq!(error.omitted, 20_000 - DIAGNOSTICS_KEPT);
+    // The first ones in file order, each at its own line.
+    for (i, d) in error.diagnostics.iter().enumerate() {
+        assert_eq!(
+            d.position,
+            Some(Position {
+                line: i + 1,
+                column: 1
+            })
+        );
+        assert!(d.message.contains(&format!("`key_{i}`")), "{d}");
+    }
+    let shown = error.to_string();
+    assert_eq!(shown.lines().count(), DIAGNOSTICS_KEPT + 1);
+    assert!(
+        shown.ends_with(
+            "and 19980 more problems in /etc/portd.toml (fix the ones above and check again)"
+        ),
+        "{shown}"
+    );
+    // Unknown keys inside sections too, with the known keys still read.
+    let mut text = String::from("[widen]\nmode = \"bogus\"\n");
+    text.extend((0..5_000).map(|i| format!("k{i} = 1\n")));
+    let error = parse(path(), &text).unwrap_err();
+    assert_eq!(error.diagnostics.len() + error.omitted, 5_001);
+    assert!(error.diagnostics[0].message.contains("unknown mode"));
+    assert!(
+        error.diagnostics[1]
+            .message
+            .starts_with("unknown key `k0` in [widen]")
+    );
 }
 
 #[test]
@@ -575,4 +746,111 @@ fn non_utf8_file_points_at_the_bad_byte() {
         "{error}"
     );
     assert!(error.contains("UTF-8"), "{error}");
+}
+
+// --- arbitrary input: never a panic, always an error with its place
+
+mod arbitrary {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Fragments of policy files, so that generated text reaches the
+    /// sections, keys and values and not only the TOML syntax errors.
+    fn fragment() -> impl Strategy<Value = String> {
+        let sections = prop_oneof![
+            Just("[poll]"),
+            Just("[thresholds]"),
+            Just("[widen]"),
+            Just("[persist]"),
+            Just("[alerts]"),
+            Just("[metrics]"),
+            Just("[[widen]]"),
+            Just("[poll.x]"),
+        ];
+        let keys = prop_oneof![
+            Just("interval".to_string()),
+            Just("max_staleness".to_string()),
+            Just("warning".to_string()),
+            Just("critical".to_string()),
+            Just("clear".to_string()),
+            Just("hold".to_string()),
+            Just("tcp_pool".to_string()),
+            Just("mode".to_string()),
+            Just("floor".to_string()),
+            Just("ceiling".to_string()),
+            Just("target".to_string()),
+            Just("cooldown".to_string()),
+            Just("max_changes_per_hour".to_string()),
+            Just("protected".to_string()),
+            Just("enabled".to_string()),
+            Just("file".to_string()),
+            Just("reminder".to_string()),
+            Just("poll.interval".to_string()),
+            "[a-z_]{1,8}",
+        ];
+        let values = prop_oneof![
+            Just("\"10s\"".to_string()),
+            Just("\"1ns\"".to_string()),
+            Just("\"auto\"".to_string()),
+            Just("[8080, \"9000-9100\", \"x\"]".to_string()),
+            Just("{ a = 1 }".to_string()),
+            Just("\"/var/lib/portd/state.json\"".to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<String>().prop_map(|s| format!("{s:?}")),
+            ".{0,12}",
+        ];
+        prop_oneof![
+            sections.prop_map(str::to_string),
+            (keys, values).prop_map(|(k, v)| format!("{k} = {v}")),
+            ".{0,20}",
+        ]
+    }
+
+    fn check(text_len: usize, lines: usize, result: Result<Policy, PolicyError>) {
+        let Err(error) = result else { return };
+        assert!(!error.diagnostics.is_empty());
+        for d in &error.diagnostics {
+            let place = d.position.expect("every diagnostic names its place");
+            assert!(place.line >= 1 && place.line <= lines + 1, "{d}");
+            assert!(place.column >= 1 && place.column <= text_len + 1, "{d}");
+            assert!(d.to_string().starts_with(&format!(
+                "/etc/portd.toml:{}:{}: ",
+                place.line, place.column
+            )));
+        }
+        let shown = error.to_string();
+        assert_eq!(
+            shown.lines().count(),
+            error.diagnostics.len() + usize::from(error.omitted > 0),
+            "{shown}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_errors_name_the_place(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512)
+        ) {
+            let lines = bytes.iter().filter(|b| **b == b'\n').count();
+            let len = bytes.len();
+            check(len, lines, parse_bytes(path(), bytes));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_and_errors_name_the_place(text in any::<String>()) {
+            check(text.chars().count(), text.matches('\n').count(), parse(path(), &text));
+        }
+
+        #[test]
+        fn policy_like_text_never_panics_and_errors_name_the_place(
+            fragments in proptest::collection::vec(fragment(), 0..24)
+        ) {
+            let text = fragments.join("\n");
+            check(text.chars().count(), text.matches('\n').count(), parse(path(), &text));
+        }
+    }
 }

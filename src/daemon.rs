@@ -1069,5 +1069,6 @@ fn blocked_kind(reason: &Blocked) -> &'static str {
         Blocked::Yielded { .. } => "yielded",
         Blocked::PinnedBy { .. } => "pinned",
         Blocked::StateUnreadable { .. } => "state-unreadable",
+        Blocked::FewerUsablePorts { .. } => "fewer-usable-ports",
     }
 }

@@ -149,6 +149,13 @@ pub enum Blocked {
     StateUnreadable {
         reason: String,
     },
+    /// The plan would leave fewer ports that `connect()` can use (range
+    /// minus reserved) than there are now: reserving what the policy
+    /// protects, or what listens, costs more than the growth brings.
+    FewerUsablePorts {
+        before: u32,
+        after: u32,
+    },
 }
 
 impl std::fmt::Display for Blocked {
@@ -179,6 +186,12 @@ impl std::fmt::Display for Blocked {
             Blocked::StateUnreadable { reason } => write!(
                 f,
                 "the state file cannot be read ({reason}), so the original values cannot be recorded: portd only advises until it is fixed or moved aside"
+            ),
+            Blocked::FewerUsablePorts { before, after } => write!(
+                f,
+                "it would leave {after} usable ephemeral port(s) (range minus reserved), fewer than \
+                 the {before} now: the ports it must reserve (widen.protected, listening services) \
+                 cover the span; narrow widen.protected (`portd check` shows it)"
             ),
         }
     }
@@ -316,6 +329,13 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
         plan: Some(plan.clone()),
         reason,
     };
+    // A wider range that hands out fewer ports causes the exhaustion it is
+    // meant to prevent (every port reserved: every connect() fails).
+    let before = usable_ports(obs.range, &obs.reserved);
+    let after = usable_ports(plan.to, &plan.reserved);
+    if after < before {
+        return hold(Blocked::FewerUsablePorts { before, after });
+    }
     if let Some(reason) = &inputs.history.yielded {
         return hold(Blocked::Yielded {
             reason: reason.clone(),
@@ -348,6 +368,12 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
         });
     }
     Action::Apply { plan }
+}
+
+/// Ports of `range` that `connect()` can be handed: the range minus the
+/// reserved ports (kernel.md §2).
+pub fn usable_ports(range: PortRange, reserved: &PortSet) -> u32 {
+    range.len() - reserved.count_in(range)
 }
 
 /// The lowest port the range may start at: the policy floor (or the range

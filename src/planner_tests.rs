@@ -325,6 +325,24 @@ proptest! {
     }
 
     #[test]
+    fn no_applied_plan_leaves_fewer_usable_ports(
+        c in case(),
+        wide in proptest::option::of((1u16..=65535, any::<u16>())),
+    ) {
+        // Besides the generator's narrow entries, sometimes one that covers
+        // much or all of the range and the span (["40000-65535"], ["1-65535"]).
+        let mut c = c;
+        if let Some((low, width)) = wide {
+            c.policy.protected.push(PortRange::new(low, low.saturating_add(width)).unwrap());
+        }
+        if let Action::Apply { plan: p } = decide(&c).action {
+            let before = usable_ports(c.obs.range, &c.obs.reserved);
+            let after = usable_ports(p.to, &p.reserved);
+            prop_assert!(after >= before, "{p}: {after} usable ports after, {before} before");
+        }
+    }
+
+    #[test]
     fn advise_mode_and_yield_never_apply(c in case(), yielded in proptest::bool::ANY) {
         let mut c = c;
         if yielded {
@@ -483,4 +501,37 @@ fn a_pin_holds_the_plan_and_names_the_file() {
             plan: Some(_)
         }
     ));
+}
+
+#[test]
+fn a_protected_list_covering_the_range_is_held_with_the_reason() {
+    for protected in ["40000-65535", "1-65535"] {
+        let (low, high) = protected.split_once('-').unwrap();
+        let mut c = simple(60);
+        c.policy.protected =
+            vec![PortRange::new(low.parse().unwrap(), high.parse().unwrap()).unwrap()];
+        let d = decide(&c);
+        let Action::Hold {
+            plan: Some(p),
+            reason,
+        } = &d.action
+        else {
+            panic!("{protected}: {:?}", d.action)
+        };
+        assert_eq!(
+            *reason,
+            Blocked::FewerUsablePorts {
+                before: 100,
+                after: 0
+            },
+            "{protected}: {p}"
+        );
+        let text = reason.to_string();
+        assert!(
+            text.contains("leave 0 usable ephemeral port(s)")
+                && text.contains("fewer than the 100 now")
+                && text.contains("widen.protected"),
+            "{text}"
+        );
+    }
 }

@@ -256,6 +256,25 @@ pub fn run(
             ),
         );
     }
+    if let usage::Cause::NoUsablePorts { .. } = &usage.headline.cause {
+        report.add(
+            Severity::Error,
+            format!(
+                "{}: every connect() fails with EADDRNOTAVAIL; remove ports of the range from \
+                 ip_local_reserved_ports or widen the range",
+                usage.headline.cause
+            ),
+        );
+    }
+    if !report.may_open.is_empty() {
+        reservations_in_span(
+            &policy,
+            &settings,
+            &usage.listening_ports,
+            floor,
+            &mut report,
+        );
+    }
     if opts.plan {
         let pin = crate::actuator::pin(host, &policy.dropin_name)
             .ok()
@@ -362,6 +381,56 @@ fn dropin(host: &Host, policy: &Policy, state: &State, report: &mut Report) {
             ),
         );
     }
+}
+
+/// What the planner refuses (a plan that leaves fewer usable ports than
+/// now, [`planner::Blocked::FewerUsablePorts`]), found before it happens: the
+/// ports a plan must reserve (protected, listening) measured over the widest
+/// range the policy allows.
+fn reservations_in_span(
+    policy: &Policy,
+    settings: &KernelSettings,
+    listening: &kernel::PortSet,
+    floor: u16,
+    report: &mut Report,
+) {
+    let range = settings.port_range;
+    let Ok(widest) = PortRange::new(floor.min(range.low()), policy.ceiling.max(range.high()))
+    else {
+        return;
+    };
+    let mut span = kernel::PortSet::new();
+    span.insert_range(widest);
+    let keep_out = planner::keep_out(listening, &policy.protected);
+    let reserved = settings
+        .reserved_ports
+        .union(&keep_out.intersection_of(&span));
+    let now = planner::usable_ports(range, &settings.reserved_ports);
+    let widest_usable = planner::usable_ports(widest, &reserved);
+    if widest_usable >= now {
+        return;
+    }
+    let what = if policy.protected.is_empty() {
+        "the listening services inside it".to_string()
+    } else {
+        let entries: Vec<String> = policy
+            .protected
+            .iter()
+            .map(|r| match r.len() {
+                1 => r.low().to_string(),
+                _ => r.to_string(),
+            })
+            .collect();
+        format!("widen.protected [{}]", entries.join(", "))
+    };
+    report.add(
+        Severity::Error,
+        format!(
+            "{what} would leave {widest_usable} usable ephemeral ports in {widest}, the widest \
+             range the policy allows, against the {now} now: portd will not widen (reserving \
+             them would make connect() fail); protect only the ports services listen on"
+        ),
+    );
 }
 
 fn boot_config(host: &Host, policy: &Policy, report: &mut Report) {

@@ -392,15 +392,21 @@ pub fn effective_floor(
     floor.max(unprivileged_port_start).max(1)
 }
 
+/// Ports that may never be handed out once inside the range: a plan
+/// reserves those inside its new range.
+pub fn keep_out(listening: &PortSet, protected: &[PortRange]) -> PortSet {
+    let mut keep_out = listening.clone();
+    for r in protected {
+        keep_out.insert_range(*r);
+    }
+    keep_out
+}
+
 /// Finds the smallest widening (upward first, then downward to the floor)
 /// that brings the headline to the policy's target, or as close as the
 /// bounds allow. Returns `None` when the range cannot grow at all.
 fn widen(obs: &Observation, policy: &Policy, floor: u16) -> Option<Plan> {
-    // Ports that may never be handed out once inside the range.
-    let mut keep_out = obs.listening.clone();
-    for r in &policy.protected {
-        keep_out.insert_range(*r);
-    }
+    let keep_out = keep_out(&obs.listening, &policy.protected);
     let blocked = obs.reserved.union(&keep_out);
     let free = |p: u16| u64::from(!blocked.contains(p));
 

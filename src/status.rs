@@ -9,7 +9,7 @@ use crate::attribution::{self, DestAttribution};
 use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::level::Level;
-use crate::usage::{self, DestUsage, Ratio, Usage, UsageOptions};
+use crate::usage::{self, Cause, DestUsage, Ratio, Usage, UsageOptions};
 
 /// Version of the `status --json` schema (docs/status-json.md). Bumped on any
 /// change that removes or re-types a field; new fields may appear.
@@ -201,13 +201,16 @@ pub fn render(
 /// The plugin-style first line: `PORTD WARNING - ... | perfdata`.
 pub fn plugin_line(usage: &Usage, level: Level, opts: &StatusOptions) -> String {
     let h = &usage.headline;
+    let summary = match &h.cause {
+        Cause::NoUsablePorts { .. } => h.cause.to_string(),
+        cause => format!(
+            "{} of ephemeral ports in use ({}/{}), worst: {cause}",
+            h.usage, h.used, h.capacity
+        ),
+    };
     format!(
-        "PORTD {} - {} of ephemeral ports in use ({}/{}), worst: {} | usage={:.2}%;{};{};0;100 used={};;;0;{} tcp_pool={:.2}%;;;0;100 udp_pool={:.2}%;;;0;100 time_wait={};;;0;",
+        "PORTD {} - {summary} | usage={:.2}%;{};{};0;100 used={};;;0;{} tcp_pool={:.2}%;;;0;100 udp_pool={:.2}%;;;0;100 time_wait={};;;0;",
         level.label(),
-        h.usage,
-        h.used,
-        h.capacity,
-        h.cause,
         h.usage.percent(),
         trim(opts.warning.percent()),
         trim(opts.critical.percent()),

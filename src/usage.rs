@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::census::{CensusError, KernelSettings, Proto, Scope, Socket, SocketSource};
-use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, PortSet, TcpState};
+use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, PortRange, PortSet, TcpState};
 
 /// A fraction of a capacity: 0.0 is empty, 1.0 is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize)]
@@ -105,6 +105,15 @@ pub enum Cause {
     },
     UdpPool,
     TcpPool,
+    /// The range has no port `connect()` can hand out: every one is
+    /// reserved or a listener's. Every `connect()` fails, whatever is in use.
+    NoUsablePorts {
+        range: PortRange,
+        /// Of the range's ports, how many are reserved and how many more
+        /// are held by listening services.
+        reserved: u32,
+        listening: u32,
+    },
 }
 
 impl std::fmt::Display for Cause {
@@ -114,6 +123,23 @@ impl std::fmt::Display for Cause {
             Cause::Destination { destination } => write!(f, "destination {destination}"),
             Cause::UdpPool => f.write_str("UDP pool"),
             Cause::TcpPool => f.write_str("TCP bind(0) pool"),
+            Cause::NoUsablePorts {
+                range,
+                reserved,
+                listening,
+            } => {
+                write!(
+                    f,
+                    "no usable ephemeral ports: every port of the range {range} is reserved"
+                )?;
+                if *listening > 0 {
+                    write!(
+                        f,
+                        " ({reserved}) or held by a listening service ({listening})"
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -400,7 +426,13 @@ impl Aggregator {
             .collect();
         destinations.sort_by(|a, b| b.used.cmp(&a.used).then(a.key.cmp(&b.key)));
 
-        let headline = headline(&destinations, &pools, capacity, options);
+        let reserved_in_range = self.settings.reserved_ports.count_in(range);
+        let no_ports = Cause::NoUsablePorts {
+            range,
+            reserved: reserved_in_range,
+            listening: range.len() - reserved_in_range - self.usable.count_in(range),
+        };
+        let headline = headline(&destinations, &pools, capacity, options, no_ports);
         let listeners_in_range: Vec<u16> = self
             .listen_ports
             .iter()
@@ -435,7 +467,7 @@ impl Aggregator {
             source,
             sees_bound_only,
             range_size: range.len(),
-            reserved_in_range: self.settings.reserved_ports.count_in(range),
+            reserved_in_range,
             listeners_in_range,
             listening_ports: self.listen_ports,
             capacity,
@@ -454,12 +486,15 @@ impl Aggregator {
 }
 
 /// The worst of the per-destination usages and the UDP pool (and the TCP
-/// pool where the policy says so), naming its cause.
+/// pool where the policy says so), naming its cause; `no_ports` when the
+/// capacity is zero. The one place that judges an empty capacity: `status`,
+/// `check` and the daemon all show this headline.
 fn headline(
     destinations: &[DestUsage],
     pools: &Pools,
     capacity: u64,
     options: UsageOptions,
+    no_ports: Cause,
 ) -> Headline {
     let mut best = Headline {
         usage: Ratio(0.0),
@@ -501,7 +536,12 @@ fn headline(
     }
     if capacity == 0 {
         // Nothing can be handed out at all: full, whatever is in use.
-        best.usage = Ratio(1.0);
+        return Headline {
+            usage: Ratio(1.0),
+            used: 0,
+            capacity,
+            cause: no_ports,
+        };
     }
     best
 }

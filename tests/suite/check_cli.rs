@@ -145,3 +145,102 @@ fn check_is_clean_on_a_plain_host_and_warns_on_same_parity() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("same parity"));
 }
+
+/// A host whose range is 40000-40099 with `reserved` as ip_local_reserved_ports.
+fn host_reserving(root: &Path, reserved: &str) {
+    host(root, "40000\t40099\n");
+    write_tree(
+        root,
+        &[("proc/sys/net/ipv4/ip_local_reserved_ports", reserved)],
+    );
+}
+
+fn write_policy(root: &Path, text: &str) {
+    let policy = root.join("etc/portd.toml");
+    std::fs::create_dir_all(policy.parent().unwrap()).unwrap();
+    std::fs::write(&policy, text).unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn check_refuses_a_protected_list_that_would_reserve_every_usable_port() {
+    for protected in ["40000-65535", "1-65535"] {
+        let dir = tempfile::tempdir().unwrap();
+        host(dir.path(), "40000\t40099\n");
+        write_policy(
+            dir.path(),
+            &format!("[widen]\nprotected = [\"{protected}\"]\n"),
+        );
+        let out = run(dir.path(), &["check", "--plan"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{protected}:\n{text}");
+        let error = text
+            .lines()
+            .find(|l| l.starts_with("ERROR: widen.protected"))
+            .unwrap_or_else(|| panic!("{protected}: no widen.protected error:\n{text}"));
+        assert!(
+            error.contains(protected)
+                && error.contains("0 usable ephemeral ports")
+                && error.contains("100 now"),
+            "{error}"
+        );
+        assert!(text.contains("check: errors"), "{text}");
+    }
+    // A protected list that leaves the span usable stays fine.
+    let dir = tempfile::tempdir().unwrap();
+    host(dir.path(), "40000\t40099\n");
+    write_policy(dir.path(), "[widen]\nprotected = [\"50000-50100\", 8080]\n");
+    let out = run(dir.path(), &["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn check_reports_zero_capacity_as_an_error_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    host_reserving(dir.path(), "40000-40099\n");
+    let out = run(dir.path(), &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(
+            "ERROR: no usable ephemeral ports: every port of the range 40000-40099 is reserved"
+        ),
+        "{text}"
+    );
+    let out = run(dir.path(), &["check", "--json"]);
+    let v = stdout_json(&out);
+    let found = v["findings"].as_array().unwrap().iter().any(|f| {
+        f["severity"] == "error"
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("no usable ephemeral ports")
+    });
+    assert!(found, "{v:#}");
+}
+
+#[test]
+fn status_is_critical_with_zero_capacity_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    host_reserving(dir.path(), "40000-40099\n");
+    let out = run(dir.path(), &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.starts_with(
+            "PORTD CRITICAL - no usable ephemeral ports: every port of the range 40000-40099 is reserved |"
+        ),
+        "{first}"
+    );
+    assert!(!text.contains("no ephemeral ports in use"), "{text}");
+    let out = run(dir.path(), &["status", "--json"]);
+    let v = stdout_json(&out);
+    assert_eq!(v["status"], "critical", "{v:#}");
+    assert_eq!(v["headline"]["cause"]["kind"], "no_usable_ports", "{v:#}");
+}

@@ -124,6 +124,19 @@ async fn join(slot: &mut Option<InFlight>) -> Result<CensusResult, JoinError> {
     }
 }
 
+/// A policy file read and checked on the blocking pool (a reload).
+type LoadedPolicy = Result<(Policy, bool), policy::file::PolicyError>;
+
+/// Waits for the reload in `slot`; forever when there is none (a `select!` arm).
+async fn join_reload(
+    slot: &mut Option<JoinHandle<LoadedPolicy>>,
+) -> Result<LoadedPolicy, JoinError> {
+    match slot {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the last full census saw, for the O(1) bounds between censuses and
 /// for the STATUS line and metrics of the polls that skip the census.
 struct LastCensus {
@@ -273,6 +286,11 @@ impl Daemon {
         // A census abandoned after the limit keeps its thread until it ends;
         // no new one starts meanwhile, so stuck reads cannot pile up.
         let mut abandoned: Option<InFlight> = None;
+        // The policy is read and checked off this loop (a hostile file can
+        // take long): signals and the watchdog are served meanwhile. A
+        // SIGHUP during a reload reads the file again after it.
+        let mut reloading: Option<JoinHandle<LoadedPolicy>> = None;
+        let mut reload_again = false;
 
         loop {
             let limit = self.census_limit(watchdog);
@@ -283,8 +301,19 @@ impl Daemon {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    self.reload();
+                    if reloading.is_some() {
+                        reload_again = true;
+                    } else {
+                        reloading = Some(self.start_reload());
+                    }
+                }
+                loaded = join_reload(&mut reloading) => {
+                    reloading = None;
+                    self.reload(loaded);
                     poll_tick.reset_immediately();
+                    if std::mem::take(&mut reload_again) {
+                        reloading = Some(self.start_reload());
+                    }
                 }
                 _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
                 _ = tokio::time::sleep_until(deadline.into()), if census.is_some() => {
@@ -940,12 +969,25 @@ impl Daemon {
         self.save_state();
     }
 
-    /// SIGHUP: `RELOADING=1`, the new policy or (if invalid) the old one
-    /// with the file's `PATH:LINE:COL` errors in the journal, then `READY=1`.
-    fn reload(&mut self) {
+    /// SIGHUP: `RELOADING=1`, then the policy file is read and checked on
+    /// the blocking pool; [`Daemon::reload`] takes the result.
+    fn start_reload(&self) -> JoinHandle<LoadedPolicy> {
         notify::reloading();
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || policy::file::load_or_default(&config))
+    }
+
+    /// The new policy or (if invalid) the old one with the file's
+    /// `PATH:LINE:COL` errors in the journal, then `READY=1`.
+    fn reload(&mut self, loaded: Result<LoadedPolicy, JoinError>) {
         let policy_path = Some(self.config.display().to_string());
-        match policy::file::load_or_default(&self.config) {
+        let loaded = loaded.unwrap_or_else(|e| {
+            Err(policy::file::PolicyError::whole_file(
+                &self.config,
+                format!("checking the policy failed: {e}"),
+            ))
+        });
+        match loaded {
             Ok((policy, _)) => {
                 self.policy = policy;
                 let cleared = self.state.yielded.take();

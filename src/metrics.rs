@@ -269,6 +269,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
 }
 
 pub fn write(path: &Path, s: &Snapshot<'_>) -> std::io::Result<()> {
+    check_target(path)?;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         std::io::Error::new(
@@ -277,4 +278,78 @@ pub fn write(path: &Path, s: &Snapshot<'_>) -> std::io::Result<()> {
         )
     })?;
     fsutil::atomic_write(dir, name, render(s).as_bytes(), 0o644)
+}
+
+/// The file is replaced by a rename: only a regular file, or nothing, may be
+/// at the path. A symlink, FIFO, socket, device or directory there is not a
+/// metrics file portd made, so it is left alone and the error says so.
+fn check_target(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(m) => m.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "device"
+    } else {
+        "file of unknown type"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "it is a {what}, not a regular file; portd replaces only a regular file there \
+             (or creates one): point metrics.file at a path of its own"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_or_nothing_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("portd.prom");
+        std::fs::write(&regular, "old\n").unwrap();
+        assert!(check_target(&regular).is_ok());
+        assert!(check_target(&dir.path().join("absent.prom")).is_ok());
+
+        let link = dir.path().join("link.prom");
+        std::os::unix::fs::symlink(&regular, &link).unwrap();
+        let fifo = dir.path().join("fifo.prom");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let subdir = dir.path().join("dir.prom");
+        std::fs::create_dir(&subdir).unwrap();
+        for (path, what) in [
+            (&link, "symbolic link"),
+            (&fifo, "FIFO"),
+            (&subdir, "directory"),
+        ] {
+            let error = check_target(path).unwrap_err().to_string();
+            assert!(
+                error.contains(what) && error.contains("not a regular file"),
+                "{error}"
+            );
+        }
+        assert!(check_target(Path::new("/dev/null")).is_err());
+    }
 }

@@ -95,7 +95,8 @@ impl fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 impl PolicyError {
-    fn whole_file(path: &Path, message: String) -> Self {
+    /// A problem with the file as a whole, without a place in it.
+    pub fn whole_file(path: &Path, message: String) -> Self {
         PolicyError {
             diagnostics: vec![Diagnostic {
                 path: path.to_path_buf(),

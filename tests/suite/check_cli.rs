@@ -244,3 +244,41 @@ fn status_is_critical_with_zero_capacity_and_says_why() {
     assert_eq!(v["status"], "critical", "{v:#}");
     assert_eq!(v["headline"]["cause"]["kind"], "no_usable_ports", "{v:#}");
 }
+
+#[test]
+fn check_of_a_policy_with_tens_of_thousands_of_errors_lists_twenty_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    host(dir.path(), "32768\t60999\n");
+    // 20 000 unknown keys and 50 000 bad protected entries: 70 000 errors,
+    // well under the 1 MiB a policy file may have.
+    let mut text: String = (0..20_000).map(|i| format!("key_{i} = 1\n")).collect();
+    text.push_str("[widen]\nprotected = [");
+    text.push_str(&vec!["\"x\""; 50_000].join(","));
+    text.push_str("]\n");
+    assert!(text.len() < 1 << 20);
+    write_policy(dir.path(), &text);
+    let policy = dir.path().join("etc/portd.toml");
+
+    let out = run(dir.path(), &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        &stdout[..stdout.len().min(3000)]
+    );
+    let prefix = format!("{}:", policy.display());
+    let located: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(located.len(), 20, "{stdout}");
+    assert!(located[0].starts_with(&format!("{prefix}1:1: unknown key `key_0`")));
+    assert!(
+        stdout.contains(&format!(
+            "\nand 69980 more problems in {} (fix the ones above and check again)\n",
+            policy.display()
+        )),
+        "{stdout}"
+    );
+    // The JSON report carries the same capped list.
+    let v = stdout_json(&run(dir.path(), &["check", "--json"]));
+    assert_eq!(v["policy_errors"].as_array().unwrap().len(), 21, "{v:#}");
+}

@@ -340,6 +340,70 @@ fn a_policy_with_errors_on_sighup_is_rejected_and_the_old_one_stays() {
     assert!(portd.stop().0.success());
 }
 
+/// Just under the 1 MiB the policy file may have: about 90 000 unknown keys,
+/// each an error.
+fn huge_bad_policy() -> String {
+    let text: String = (0..90_000).map(|i| format!("k{i} = 1\n")).collect();
+    assert!(text.len() < 1 << 20, "{} bytes", text.len());
+    text
+}
+
+#[test]
+fn sigterm_right_after_sighup_with_a_huge_bad_policy_stops_within_two_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = quiet_root(dir.path());
+    let mut notify = Notify::bind(dir.path());
+    let mut portd = Portd::spawn(
+        portd_cmd(&root, &notify, None, None),
+        &dir.path().join("stderr"),
+    );
+    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
+    write_policy(&root.join("policy.toml"), &huge_bad_policy());
+    portd.signal(Signal::HUP);
+    notify.wait_for("RELOADING", 2 * SECOND, |m| m.starts_with("RELOADING=1"));
+    let (status, took) = portd.stop();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", portd.stderr());
+    assert!(took < 2 * SECOND, "took {took:?}");
+}
+
+#[test]
+fn a_huge_bad_policy_on_sighup_is_rejected_with_a_capped_list_and_polls_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = quiet_root(dir.path());
+    let policy = root.join("policy.toml");
+    let mut notify = Notify::bind(dir.path());
+    let mut portd = Portd::spawn(
+        portd_cmd(&root, &notify, None, None),
+        &dir.path().join("stderr"),
+    );
+    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
+    write_policy(&policy, &huge_bad_policy());
+    portd.signal(Signal::HUP);
+    notify.wait_for("RELOADING", 2 * SECOND, |m| m.starts_with("RELOADING=1"));
+    notify.wait_for("READY after the rejected reload", 20 * SECOND, |m| {
+        m.starts_with("READY=1")
+    });
+    let stderr = portd.stderr();
+    assert!(
+        stderr.contains("policy rejected, the previous one stays in force")
+            && stderr.contains(&format!("and 89980 more problems in {}", policy.display())),
+        "stderr:\n{}",
+        &stderr[..stderr.len().min(4000)]
+    );
+    let listed = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("{}:", policy.display())))
+        .count();
+    assert!(listed <= 21, "{listed} lines name the policy file");
+    // Still polling in the old policy.
+    let after = notify.collect(SECOND);
+    assert!(
+        after.iter().filter_map(|m| status_of(m)).count() >= 3,
+        "{after:?}"
+    );
+    assert!(portd.stop().0.success());
+}
+
 #[test]
 fn an_interactive_run_logs_readable_lines_to_stderr() {
     let dir = tempfile::tempdir().unwrap();

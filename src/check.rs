@@ -407,6 +407,15 @@ fn reservations_in_span(
         .union(&keep_out.intersection_of(&span));
     let now = planner::usable_ports(range, &settings.reserved_ports);
     let widest_usable = planner::usable_ports(widest, &reserved);
+    if widest_usable == now && widest != range {
+        report.add(
+            Severity::Warning,
+            format!(
+                "widening cannot add a usable port: every port of the span the policy may open \
+                 (outside {range}, up to {widest}) is reserved, protected or listened on"
+            ),
+        );
+    }
     if widest_usable >= now {
         return;
     }

@@ -270,7 +270,7 @@ impl Report<'_> {
         if message.len() > MESSAGE_MAX {
             let cut = floor_char_boundary(&message, MESSAGE_MAX);
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         self.found.push((offset, message));
     }

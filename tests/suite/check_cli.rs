@@ -282,3 +282,16 @@ fn check_of_a_policy_with_tens_of_thousands_of_errors_lists_twenty_and_counts_th
     let v = stdout_json(&run(dir.path(), &["check", "--json"]));
     assert_eq!(v["policy_errors"].as_array().unwrap().len(), 21, "{v:#}");
 }
+
+#[test]
+fn check_warns_when_the_span_portd_may_open_is_all_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    host_reserving(dir.path(), "40100-65535\n");
+    let out = run(dir.path(), &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("WARNING: widening cannot add a usable port"),
+        "{text}"
+    );
+}

@@ -289,7 +289,12 @@ pub fn run(
             history: &history,
             pin: pin.as_ref(),
             now: SystemTime::now(),
-            dry_run: false,
+            authority: &crate::authority::Authority::of(
+                policy.mode,
+                false,
+                None,
+                state.yielded.as_ref().map(|y| y.reason.as_str()),
+            ),
         }));
     }
     report

@@ -3,6 +3,7 @@
 
 pub mod actuator;
 pub mod attribution;
+pub mod authority;
 pub mod census;
 pub mod check;
 pub mod cli;

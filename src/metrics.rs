@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::authority::Authority;
 use crate::fsutil;
 use crate::level::Level;
 use crate::usage::{DestUsage, Usage};
@@ -34,10 +35,9 @@ pub struct Snapshot<'a> {
     /// Why the range was not widened although usage called for it
     /// ("advise", "cooldown", "at-bound", ...).
     pub widening_blocked: Option<&'a str>,
-    /// portd yields to an admin who changed the range.
-    pub yielded: bool,
-    /// The policy's mode: "auto", "advise" or "dry-run".
-    pub mode: &'a str,
+    /// Whether portd may write, and if not, why: the `mode` and
+    /// `advise_reason` labels of `portd_info` and `portd_yielded`.
+    pub authority: &'a Authority,
 }
 
 fn label(value: &str) -> String {
@@ -84,19 +84,7 @@ fn dest_labels(d: &DestUsage) -> String {
 pub fn render(s: &Snapshot<'_>) -> String {
     let u = s.usage;
     let mut out = Out(String::new());
-    out.family(
-        "portd_info",
-        "gauge",
-        "portd's version and the policy's mode (auto, advise, dry-run).",
-        &[(
-            format!(
-                "{{version=\"{}\",mode=\"{}\"}}",
-                env!("CARGO_PKG_VERSION"),
-                label(s.mode)
-            ),
-            1.0,
-        )],
-    );
+    info(&mut out, s.authority);
     let range = u.settings.port_range;
     out.gauge(
         "portd_range_low",
@@ -260,12 +248,34 @@ pub fn render(s: &Snapshot<'_>) -> String {
             None => ("{reason=\"\"}".to_string(), 0.0),
         }],
     );
+    yielded(&mut out, s.authority);
+    out.0
+}
+
+/// `portd_info`: what portd may do now, as the STATUS line says it.
+fn info(out: &mut Out, authority: &Authority) {
+    out.family(
+        "portd_info",
+        "gauge",
+        "portd's version and mode (auto, advise, dry-run); advise_reason says why it only advises (policy, dry-run, yielded, state-unreadable).",
+        &[(
+            format!(
+                "{{version=\"{}\",mode=\"{}\",advise_reason=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                authority.mode_label(),
+                authority.reason_label()
+            ),
+            1.0,
+        )],
+    );
+}
+
+fn yielded(out: &mut Out, authority: &Authority) {
     out.gauge(
         "portd_yielded",
         "1 while portd yields to an admin who changed the range (advise only until a reload).",
-        f64::from(u8::from(s.yielded)),
+        f64::from(u8::from(authority.yielded())),
     );
-    out.0
 }
 
 pub fn write(path: &Path, s: &Snapshot<'_>) -> std::io::Result<()> {
@@ -317,6 +327,7 @@ fn check_target(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authority::Why;
 
     #[test]
     fn only_a_regular_file_or_nothing_is_replaced() {
@@ -351,5 +362,49 @@ mod tests {
             );
         }
         assert!(check_target(Path::new("/dev/null")).is_err());
+    }
+
+    fn authority_lines(authority: &Authority) -> String {
+        let mut out = Out(String::new());
+        info(&mut out, authority);
+        yielded(&mut out, authority);
+        out.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.replace(env!("CARGO_PKG_VERSION"), "V"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn an_unreadable_state_shows_as_advise_in_the_metrics_too() {
+        assert_eq!(
+            authority_lines(&Authority::Advise(Why::StateUnreadable("bad json".into()))),
+            "portd_info{version=\"V\",mode=\"advise\",advise_reason=\"state-unreadable\"} 1\nportd_yielded 0"
+        );
+    }
+
+    #[test]
+    fn the_metrics_name_each_authority() {
+        let cases = [
+            (Authority::Write, "auto", "", 0),
+            (Authority::Advise(Why::Policy), "advise", "policy", 0),
+            (Authority::Advise(Why::DryRun), "dry-run", "dry-run", 0),
+            (
+                Authority::Advise(Why::Yielded("admin".into())),
+                "advise",
+                "yielded",
+                1,
+            ),
+        ];
+        for (authority, mode, reason, yielded) in cases {
+            assert_eq!(
+                authority_lines(&authority),
+                format!(
+                    "portd_info{{version=\"V\",mode=\"{mode}\",advise_reason=\"{reason}\"}} 1\nportd_yielded {yielded}"
+                ),
+                "{authority:?}"
+            );
+        }
     }
 }

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::authority::{Authority, Why};
 use crate::kernel::{PortRange, PortSet};
 use crate::level::Level;
-use crate::policy::{Floor, Mode, Policy};
+use crate::policy::{Floor, Policy};
 use crate::usage::{Headline, Ratio, Usage};
 
 /// What the planner needs from a census.
@@ -81,9 +82,6 @@ pub struct History {
     pub initial_range: Option<PortRange>,
     /// When portd changed the range (most recent last).
     pub changes: Vec<SystemTime>,
-    /// Set when the admin changed the values portd wrote: portd only advises
-    /// until a policy reload clears it.
-    pub yielded: Option<String>,
     pub alert: AlertState,
 }
 
@@ -145,7 +143,7 @@ pub enum Blocked {
         pin: Pin,
     },
     /// The state file cannot be read, so the original values could not be
-    /// recorded before a write (the daemon sets this, not the planner).
+    /// recorded before a write.
     StateUnreadable {
         reason: String,
     },
@@ -232,8 +230,8 @@ pub struct Inputs<'a> {
     pub history: &'a History,
     pub pin: Option<&'a Pin>,
     pub now: SystemTime,
-    /// `--dry-run`: decide as in auto mode, apply nothing.
-    pub dry_run: bool,
+    /// Whether portd may write now, and if not, why (authority.rs).
+    pub authority: &'a Authority,
 }
 
 pub fn plan(inputs: &Inputs<'_>) -> Decision {
@@ -336,7 +334,8 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
     if after < before {
         return hold(Blocked::FewerUsablePorts { before, after });
     }
-    if let Some(reason) = &inputs.history.yielded {
+    // A yield is named before a pin, a pin before the other reasons to advise.
+    if let Authority::Advise(Why::Yielded(reason)) = inputs.authority {
         return hold(Blocked::Yielded {
             reason: reason.clone(),
         });
@@ -344,8 +343,14 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
     if let Some(pin) = inputs.pin {
         return hold(Blocked::PinnedBy { pin: pin.clone() });
     }
-    if policy.mode == Mode::Advise || inputs.dry_run {
-        return hold(Blocked::Advise);
+    match inputs.authority {
+        Authority::Advise(Why::Policy | Why::DryRun) => return hold(Blocked::Advise),
+        Authority::Advise(Why::StateUnreadable(reason)) => {
+            return hold(Blocked::StateUnreadable {
+                reason: reason.clone(),
+            });
+        }
+        Authority::Advise(Why::Yielded(_)) | Authority::Write => {}
     }
     if let Some(last) = inputs.history.changes.last() {
         let since = elapsed(*last, inputs.now);

@@ -149,14 +149,27 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn decide(c: &Case) -> Decision {
+    decide_with(c, &Authority::of(c.policy.mode, false, None, None))
+}
+
+fn decide_with(c: &Case, authority: &Authority) -> Decision {
     plan(&Inputs {
         observation: &c.obs,
         policy: &c.policy,
         history: &c.history,
         pin: None,
         now: c.now,
-        dry_run: false,
+        authority,
     })
+}
+
+fn any_reason_to_advise() -> impl Strategy<Value = Why> {
+    prop_oneof![
+        Just(Why::Policy),
+        Just(Why::DryRun),
+        Just(Why::Yielded("admin wrote 40000 40199".into())),
+        Just(Why::StateUnreadable("not a portd state file".into())),
+    ]
 }
 
 fn emitted(d: &Decision) -> Option<&Plan> {
@@ -343,14 +356,9 @@ proptest! {
     }
 
     #[test]
-    fn advise_mode_and_yield_never_apply(c in case(), yielded in proptest::bool::ANY) {
-        let mut c = c;
-        if yielded {
-            c.history.yielded = Some("admin wrote 40000 40199".into());
-        } else {
-            c.policy.mode = Mode::Advise;
-        }
-        prop_assert!(!matches!(decide(&c).action, Action::Apply { .. }), "applied although advising or yielded");
+    fn advise_mode_and_yield_never_apply(c in case(), why in any_reason_to_advise()) {
+        let d = decide_with(&c, &Authority::Advise(why.clone()));
+        prop_assert!(!matches!(d.action, Action::Apply { .. }), "applied although advising ({:?})", why);
     }
 }
 
@@ -492,7 +500,7 @@ fn a_pin_holds_the_plan_and_names_the_file() {
         history: &c.history,
         pin: Some(&pin),
         now: c.now,
-        dry_run: false,
+        authority: &Authority::Write,
     });
     assert!(matches!(
         d.action,

@@ -192,12 +192,29 @@ impl State {
         (ahead > Duration::ZERO).then_some(ahead)
     }
 
+    /// Someone else changed the values portd wrote: portd yields (advises
+    /// only) until a policy reload clears it, and the admin's values
+    /// (`live`) become the baseline it compares against.
+    pub fn yield_to(&mut self, live: Values, reason: String, at: SystemTime) {
+        self.yielded = Some(Yield { at, reason });
+        if let Some(w) = &mut self.last_written {
+            w.values = live;
+        }
+    }
+
+    /// The drop-in `dropin` holds what portd last wrote.
+    pub fn mark_persisted(&mut self, dropin: &str) {
+        if let Some(w) = &mut self.last_written {
+            w.persisted = true;
+        }
+        self.dropin = Some(dropin.to_string());
+    }
+
     /// The planner's view.
     pub fn history(&self) -> History {
         History {
             initial_range: self.initial_range,
             changes: self.changes.iter().map(|c| c.at).collect(),
-            yielded: self.yielded.as_ref().map(|y| y.reason.clone()),
             alert: self.alert.clone(),
         }
     }

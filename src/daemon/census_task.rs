@@ -1,0 +1,159 @@
+//! The census off the event loop: one task on the blocking pool, joined or
+//! abandoned by the loop, and the process lookup it does only when its
+//! result may start or renew an alert.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::{JoinError, JoinHandle};
+
+use crate::attribution;
+use crate::census::netlink::NetlinkOptions;
+use crate::census::{self, KernelSettings, SocketSource};
+use crate::host::Host;
+use crate::level::Level;
+use crate::usage::{self, Cause, Ratio, Usage, UsageOptions};
+
+/// What one census task hands back to the event loop.
+pub(super) struct CensusOutput {
+    pub usage: Usage,
+    pub took: Duration,
+    /// Who holds the sockets of the headline destination; looked up only
+    /// when this census may start or renew an alert.
+    pub processes: Option<String>,
+}
+
+pub(super) type CensusResult = Result<CensusOutput, String>;
+
+/// A census running on the blocking pool.
+pub(super) struct InFlight {
+    pub handle: JoinHandle<CensusResult>,
+    pub started: Instant,
+    /// `Tcp: ActiveOpens` read before the census began, so that the bound
+    /// between censuses also covers the connections opened while it ran.
+    pub active_opens: Option<u64>,
+}
+
+impl InFlight {
+    pub fn spawn(
+        host: Host,
+        settings: KernelSettings,
+        options: UsageOptions,
+        lookup: ProcessLookup,
+        active_opens: Option<u64>,
+    ) -> Self {
+        InFlight {
+            handle: tokio::task::spawn_blocking(move || {
+                census_task(&host, settings, options, lookup)
+            }),
+            started: Instant::now(),
+            active_opens,
+        }
+    }
+}
+
+/// Waits for the census in `slot`; forever when there is none (a `select!` arm).
+pub(super) async fn join(slot: &mut Option<InFlight>) -> Result<CensusResult, JoinError> {
+    match slot {
+        Some(census) => (&mut census.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a census should also name the processes behind the headline:
+/// only when its result may start or renew an alert, never on every poll.
+#[derive(Clone, Copy)]
+pub(super) struct ProcessLookup {
+    pub warning: Ratio,
+    pub critical: Ratio,
+    pub confirmed: Level,
+    pub reminder_due: bool,
+}
+
+impl ProcessLookup {
+    /// `headline`: the headline usage of the census.
+    fn wanted(self, headline: Ratio) -> bool {
+        let level = Level::of(headline, self.warning, self.critical);
+        level >= Level::Warning && (level != self.confirmed || self.reminder_due)
+    }
+}
+
+/// The census itself, on a blocking thread.
+fn census_task(
+    host: &Host,
+    settings: KernelSettings,
+    options: UsageOptions,
+    lookup: ProcessLookup,
+) -> CensusResult {
+    let started = Instant::now();
+    // netlink sock_diag where the kernel has it: on a busy host a procfs
+    // read restarts its walk and can take seconds (docs/benchmarks.md).
+    // Bound-only sockets only matter to the bind(0) pool, and asking for
+    // them costs every census, so only when the policy alerts on that pool.
+    let source = census::best_source_with(
+        host,
+        NetlinkOptions {
+            bound_inactive: options.tcp_pool_in_headline,
+            ..NetlinkOptions::default()
+        },
+    );
+    let usage =
+        usage::take_census(source.as_ref(), settings, options).map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let processes = if lookup.wanted(usage.headline.usage) {
+        holders(host, source.as_ref(), &usage)
+    } else {
+        None
+    };
+    Ok(CensusOutput {
+        usage,
+        took,
+        processes,
+    })
+}
+
+/// "nginx[812] 40 sockets, curl[77] 5 sockets": the processes holding the
+/// sockets of the headline destination, largest first.
+fn holders(host: &Host, source: &dyn SocketSource, usage: &Usage) -> Option<String> {
+    let Cause::Destination { destination } = &usage.headline.cause else {
+        return None;
+    };
+    let found = attribution::attribute(host, source, usage, &[*destination]).ok()?;
+    let processes = &found.first()?.processes;
+    const SHOWN: usize = 3;
+    let mut parts: Vec<String> = processes
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("{}[{}] {} sockets", p.command, p.pid, p.sockets))
+        .collect();
+    if processes.len() > SHOWN {
+        parts.push(format!("{} more processes", processes.len() - SHOWN));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(confirmed: Level, reminder_due: bool) -> ProcessLookup {
+        ProcessLookup {
+            warning: Ratio(0.40),
+            critical: Ratio(0.50),
+            confirmed,
+            reminder_due,
+        }
+    }
+
+    #[test]
+    fn processes_are_looked_up_only_when_an_alert_may_start_or_be_renewed() {
+        // Below the warning level: never, even with a reminder due.
+        assert!(!lookup(Level::Ok, true).wanted(Ratio(0.39)));
+        // A level other than the confirmed one: it may start an alert.
+        assert!(lookup(Level::Ok, false).wanted(Ratio(0.45)));
+        assert!(lookup(Level::Warning, false).wanted(Ratio(0.55)));
+        assert!(lookup(Level::Critical, false).wanted(Ratio(0.45)));
+        // The confirmed level again: only when a reminder is due.
+        assert!(!lookup(Level::Warning, false).wanted(Ratio(0.45)));
+        assert!(lookup(Level::Warning, true).wanted(Ratio(0.45)));
+    }
+}

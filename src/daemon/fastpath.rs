@@ -1,0 +1,158 @@
+//! The fast path (DESIGN.md): between full censuses, O(1) kernel counters
+//! bound what any destination can hold. While those bounds stay below the
+//! warning level the census is skipped, up to the policy's maximum
+//! staleness. A pure function of the last census, the counters and the
+//! policy and alert state, so it is tested without root.
+
+use std::time::Duration;
+
+use crate::census::KernelSettings;
+use crate::census::sockstat::Totals;
+use crate::level::Level;
+use crate::planner::AlertState;
+use crate::policy::Policy;
+use crate::usage::{Ratio, Usage};
+
+/// What the fast path needs from the last full census.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Baseline<'a> {
+    pub settings: &'a KernelSettings,
+    /// Ports held towards the busiest destination.
+    pub worst: u64,
+    /// Ports `connect()` can hand out towards one destination.
+    pub capacity: u64,
+    pub udp_capacity: u64,
+    pub tcp_capacity: u64,
+    /// `Tcp: ActiveOpens` read before that census began.
+    pub active_opens: Option<u64>,
+    /// Time since that census began.
+    pub age: Duration,
+}
+
+impl<'a> Baseline<'a> {
+    pub fn of(usage: &'a Usage, active_opens: Option<u64>, age: Duration) -> Self {
+        Baseline {
+            settings: &usage.settings,
+            worst: usage.destinations.first().map_or(0, |d| d.used),
+            capacity: usage.capacity,
+            udp_capacity: usage.pools.udp.capacity,
+            tcp_capacity: usage.pools.tcp.capacity,
+            active_opens,
+            age,
+        }
+    }
+}
+
+/// What this poll read in O(1): the kernel settings and the counters
+/// (`None` when they could not be read).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Counters<'a> {
+    pub settings: &'a KernelSettings,
+    pub totals: Option<Totals>,
+    pub active_opens: Option<u64>,
+}
+
+/// Why this poll takes a full census.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    /// There is no census yet to bound from.
+    FirstCensus,
+    /// The range, the reserved ports or another setting changed.
+    SettingsChanged,
+    /// A warning or critical is confirmed: its usage is followed exactly.
+    AlertRaised,
+    /// A level change waits for its hold time.
+    AlertPending,
+    /// The last census is older than the policy's `max_staleness`.
+    Stale,
+    /// The socket counters could not be read.
+    NoCounters,
+    /// A bound reaches the warning level: some destination may be there.
+    BoundAtWarning,
+}
+
+/// The census is skipped: at most `bound` of `capacity` ports towards any
+/// destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Skip {
+    pub bound: u64,
+    pub capacity: u64,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "census skipped: at most {} of {} ports towards any destination",
+            self.bound, self.capacity
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    Census(Due),
+    Skip(Skip),
+}
+
+/// DESIGN.md: no destination can hold more than `TCP inuse + TCP6 inuse +
+/// tw` ports, nor more than its count at the last census plus the
+/// `connect()`s since (`ActiveOpens`); the UDP pool no more than the UDP
+/// sockets, the TCP pool no more than the TCP sockets. Raised or pending
+/// alerts always take a census.
+pub(super) fn next(
+    last: Option<&Baseline<'_>>,
+    now: &Counters<'_>,
+    policy: &Policy,
+    alert: &AlertState,
+) -> Next {
+    let Some(last) = last else {
+        return Next::Census(Due::FirstCensus);
+    };
+    let due = if last.settings != now.settings {
+        Some(Due::SettingsChanged)
+    } else if alert.level != Level::Ok {
+        Some(Due::AlertRaised)
+    } else if alert.pending.is_some() {
+        Some(Due::AlertPending)
+    } else if last.age >= policy.max_staleness {
+        Some(Due::Stale)
+    } else {
+        None
+    };
+    if let Some(due) = due {
+        return Next::Census(due);
+    }
+    let Some(totals) = now.totals else {
+        return Next::Census(Due::NoCounters);
+    };
+    let opened_since = match (last.active_opens, now.active_opens) {
+        (Some(then), Some(now)) => now.checked_sub(then),
+        _ => None,
+    };
+    let destination = opened_since.map_or(totals.tcp_bound(), |n| {
+        totals.tcp_bound().min(last.worst.saturating_add(n))
+    });
+    let mut bounds = vec![
+        (destination, last.capacity),
+        (totals.udp_inuse, last.udp_capacity),
+    ];
+    if policy.tcp_pool_alerts {
+        // bind(0) takes ports without connect(): only sockstat bounds it.
+        bounds.push((totals.tcp_bound(), last.tcp_capacity));
+    }
+    let below = |&(used, capacity): &(u64, u64)| {
+        Level::of(Ratio::of(used, capacity), policy.warning, policy.critical) == Level::Ok
+    };
+    if !bounds.iter().all(below) {
+        return Next::Census(Due::BoundAtWarning);
+    }
+    Next::Skip(Skip {
+        bound: destination,
+        capacity: last.capacity,
+    })
+}
+
+#[cfg(test)]
+#[path = "fastpath_tests.rs"]
+mod tests;

@@ -1,0 +1,693 @@
+//! `portd run`: the tokio service. One current-thread event loop feeds the
+//! watchdog, handles signals, and polls; the census runs off that thread so
+//! a slow one can be abandoned and SIGTERM is never kept waiting.
+//!
+//! A poll reads as observe (the kernel settings and O(1) counters, then a
+//! census unless the fast path proves it unneeded) → decide (the planner,
+//! pure, with the poll's [`Authority`]) → write (the actuator) → record (the
+//! state) → report (report.rs: STATUS, journal, metrics).
+
+mod census_task;
+mod fastpath;
+mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::task::{JoinError, JoinHandle};
+
+use self::census_task::{CensusOutput, CensusResult, InFlight, ProcessLookup, join};
+use self::fastpath::{Baseline, Next};
+use self::report::{Poll, Report};
+use crate::actuator;
+use crate::authority::Authority;
+use crate::census::KernelSettings;
+use crate::census::reader::{Fresh, KeptOpen, ProcRead};
+use crate::census::sockstat;
+use crate::fsutil::WriterLock;
+use crate::host::Host;
+use crate::kernel::PortRange;
+use crate::level::Level;
+use crate::notify;
+use crate::planner::{self, Action, Decision, Inputs, Observation};
+use crate::policy::{self, Policy};
+use crate::shutdown;
+use crate::state::{State, Values};
+use crate::sysctld;
+use crate::usage::{Usage, UsageOptions};
+
+pub struct RunOptions {
+    /// Decide as usual, log what would be done, write nothing.
+    pub dry_run: bool,
+}
+
+/// Runs until SIGTERM/SIGINT. Returns the exit status.
+pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> u8 {
+    let policy = match policy::file::load_or_default(&config) {
+        Ok((p, _)) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let lock = if opts.dry_run {
+        None
+    } else {
+        match WriterLock::acquire(&host.state_dir()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("portd: {e}");
+                return 2;
+            }
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portd: cannot start the event loop: {e}");
+            return 2;
+        }
+    };
+    let mut daemon = Daemon::new(host, config, policy, opts.dry_run);
+    let code = runtime.block_on(daemon.serve());
+    // A census still running in a blocking thread must not delay the exit.
+    runtime.shutdown_background();
+    drop(lock);
+    code
+}
+
+/// The daemon's time: the wall clock read once at start, advanced by the
+/// monotonic clock. A step of the wall clock during a run (NTP, an admin,
+/// a VM resumed from a snapshot) then neither stretches nor cuts a hold, a
+/// cooldown or the hourly cap; times stored by an earlier run that lie
+/// ahead of it are clamped when the state is loaded (State::clamp_future).
+struct Clock {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Clock {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.wall + self.mono.elapsed()
+    }
+}
+
+/// Used where a timer must exist but never fire.
+const FAR: Duration = Duration::from_secs(3600);
+
+/// A policy file read and checked on the blocking pool (a reload).
+type LoadedPolicy = Result<(Policy, bool), policy::file::PolicyError>;
+
+/// Waits for the reload in `slot`; forever when there is none (a `select!` arm).
+async fn join_reload(
+    slot: &mut Option<JoinHandle<LoadedPolicy>>,
+) -> Result<LoadedPolicy, JoinError> {
+    match slot {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the last full census saw, for the O(1) bounds between censuses and
+/// for the STATUS line and metrics of the polls that skip the census.
+struct LastCensus {
+    usage: Usage,
+    started: Instant,
+    active_opens: Option<u64>,
+    at: SystemTime,
+    took: Duration,
+    level: Level,
+    /// Why the range was not widened although usage called for it.
+    blocked: Option<&'static str>,
+}
+
+/// The tasks the event loop waits on besides signals and timers.
+#[derive(Default)]
+struct Tasks {
+    census: Option<InFlight>,
+    /// A census abandoned after the limit keeps its thread until it ends;
+    /// no new one starts meanwhile, so stuck reads cannot pile up.
+    abandoned: Option<InFlight>,
+    /// The policy is read and checked off the loop (a hostile file can
+    /// take long): signals and the watchdog are served meanwhile.
+    reloading: Option<JoinHandle<LoadedPolicy>>,
+    /// A SIGHUP during a reload reads the file again after it.
+    reload_again: bool,
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        let (Ok(term), Ok(int), Ok(hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return Err("portd: cannot install signal handlers".into());
+        };
+        shutdown::watch().map_err(|e| format!("portd: cannot install signal handlers: {e}"))?;
+        Ok(Signals { term, int, hup })
+    }
+}
+
+struct Daemon {
+    clock: Clock,
+    host: Host,
+    config: PathBuf,
+    policy: Policy,
+    dry_run: bool,
+    state: State,
+    /// Set when the state file could not be read: portd then never writes.
+    state_unreadable: Option<String>,
+    last: Option<LastCensus>,
+    /// Set after a change of the range: census again at once, so STATUS and
+    /// the metrics show the usage of the new range.
+    recensus: bool,
+    report: Report,
+    /// Reads the /proc files of every poll: kept open on the live host
+    /// (census/reader.rs); opened anew under a fixture root, whose files a
+    /// test may replace.
+    proc: Box<dyn ProcRead>,
+}
+
+impl Daemon {
+    fn new(host: Host, config: PathBuf, policy: Policy, dry_run: bool) -> Self {
+        let proc: Box<dyn ProcRead> = if host.root() == std::path::Path::new("/") {
+            Box::new(KeptOpen::default())
+        } else {
+            Box::new(Fresh)
+        };
+        let clock = Clock::start();
+        let (mut state, state_unreadable) = match State::load(&host) {
+            Ok(s) => (s, None),
+            Err(e) => (State::default(), Some(e.to_string())),
+        };
+        if let Some(ahead) = state.clamp_future(clock.now()) {
+            tracing::warn!(
+                "{}: times up to {} ahead of the clock (it was ahead when they were written, or was set back since); they count as now",
+                State::path(&host).display(),
+                humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+            );
+        }
+        Daemon {
+            clock,
+            host,
+            config,
+            policy,
+            dry_run,
+            state,
+            state_unreadable,
+            last: None,
+            recensus: false,
+            report: Report::default(),
+            proc,
+        }
+    }
+
+    async fn serve(&mut self) -> u8 {
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        };
+        self.announce_start();
+        let watchdog = notify::watchdog_interval();
+        // Fed from this loop at half the interval, whatever the poll interval:
+        // a stuck loop stops feeding it.
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.map_or(FAR, |w| (w / 2).max(Duration::from_millis(10))));
+        let mut poll_tick = self.poll_timer();
+        let mut tasks = Tasks::default();
+        loop {
+            let limit = self.census_limit(watchdog);
+            let deadline = tasks
+                .census
+                .as_ref()
+                .map_or_else(|| Instant::now() + FAR, |c| c.started + limit);
+            tokio::select! {
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = signals.hup.recv() => {
+                    if tasks.reloading.is_some() {
+                        tasks.reload_again = true;
+                    } else {
+                        tasks.reloading = Some(self.start_reload());
+                    }
+                }
+                loaded = join_reload(&mut tasks.reloading) => {
+                    tasks.reloading = None;
+                    self.reload(loaded);
+                    poll_tick.reset_immediately();
+                    if std::mem::take(&mut tasks.reload_again) {
+                        tasks.reloading = Some(self.start_reload());
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
+                _ = tokio::time::sleep_until(deadline.into()), if tasks.census.is_some() => {
+                    self.abandon(&mut tasks, limit);
+                }
+                result = join(&mut tasks.census) => self.census_ended(&mut tasks, result),
+                _ = join(&mut tasks.abandoned) => abandoned_ended(&mut tasks),
+                _ = poll_tick.tick(), if tasks.census.is_none() => self.poll(&mut tasks, limit),
+            }
+            if std::mem::take(&mut self.recensus) {
+                poll_tick.reset_immediately();
+            }
+            // A policy reload may change the interval.
+            if poll_tick.period() != self.policy.interval {
+                poll_tick = self.poll_timer();
+            }
+        }
+        notify::stopping();
+        tracing::info!("portd stopping");
+        0
+    }
+
+    fn announce_start(&self) {
+        if let Some(reason) = &self.state_unreadable {
+            tracing::error!(
+                "{reason}; portd will only advise (write nothing) until the state file is fixed or moved aside"
+            );
+        }
+        tracing::info!(
+            "portd {} starting: mode {}, interval {}, policy {}{}",
+            env!("CARGO_PKG_VERSION"),
+            self.authority().describe(),
+            humantime::format_duration(self.policy.interval),
+            self.config.display(),
+            if self.config.exists() {
+                ""
+            } else {
+                " (absent: built-in defaults)"
+            }
+        );
+    }
+
+    fn poll_timer(&self) -> tokio::time::Interval {
+        let mut t = tokio::time::interval(self.policy.interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+
+    /// A census running longer than this is abandoned: the watchdog
+    /// interval (DESIGN.md), or without a watchdog three polls and at least
+    /// 30 s.
+    fn census_limit(&self, watchdog: Option<Duration>) -> Duration {
+        watchdog.unwrap_or_else(|| (self.policy.interval * 3).max(Duration::from_secs(30)))
+    }
+
+    /// Whether portd may write now, and if not, why: one answer for the
+    /// planner, the STATUS line and the metrics of a poll.
+    fn authority(&self) -> Authority {
+        Authority::of(
+            self.policy.mode,
+            self.dry_run,
+            self.state_unreadable.as_deref(),
+            self.state.yielded.as_ref().map(|y| y.reason.as_str()),
+        )
+    }
+
+    /// Hands the reporter what a poll's metrics need besides its counters.
+    fn report_with(&mut self, authority: &Authority, f: impl FnOnce(&mut Report, &Poll<'_>)) {
+        let poll = Poll {
+            metrics_file: self.policy.metrics_file.as_deref(),
+            last: self.last.as_ref(),
+            last_change_at: self.state.changes.last().map(|c| c.at),
+            authority,
+        };
+        f(&mut self.report, &poll);
+    }
+
+    fn census_failed(&mut self, error: &str) {
+        let authority = self.authority();
+        self.report_with(&authority, |r, p| r.census_failed(error, p));
+    }
+
+    fn abandon(&mut self, tasks: &mut Tasks, limit: Duration) {
+        if let Some(c) = tasks.census.take() {
+            let authority = self.authority();
+            let took = c.started.elapsed();
+            self.report_with(&authority, |r, p| r.census_abandoned(took, limit, p));
+            tasks.abandoned = Some(c);
+        }
+    }
+
+    fn census_ended(&mut self, tasks: &mut Tasks, result: Result<CensusResult, JoinError>) {
+        if let Some(c) = tasks.census.take() {
+            match result {
+                Ok(r) => self.after_census(r, c.started, c.active_opens),
+                Err(e) => self.census_failed(&format!("census task failed: {e}")),
+            }
+        }
+    }
+
+    /// The poll timer fired: a poll, unless an abandoned census still runs.
+    fn poll(&mut self, tasks: &mut Tasks, limit: Duration) {
+        match &tasks.abandoned {
+            Some(stuck) => notify::status(&format!(
+                "census stuck: the census abandoned after {:.1}s is still running ({:.0}s); no new census until it ends",
+                limit.as_secs_f64(),
+                stuck.started.elapsed().as_secs_f64()
+            )),
+            None => tasks.census = self.tick(),
+        }
+    }
+
+    /// One poll: cheap checks, then a census unless the bounds prove no
+    /// destination can have reached the warning level.
+    fn tick(&mut self) -> Option<InFlight> {
+        let settings = match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.census_failed(&e.to_string());
+                return None;
+            }
+        };
+        self.settle_pending(&settings);
+        self.check_external_change(&settings);
+        // The drop-in is brought up to date every poll, not only after a
+        // full census (which the fast path may skip for long): a failed
+        // write is retried, and the reserved ports follow the other files.
+        self.retry_persist(self.clock.now());
+        let counters = fastpath::Counters {
+            settings: &settings,
+            totals: sockstat::read_totals(&self.host, self.proc.as_mut()).ok(),
+            active_opens: sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok(),
+        };
+        let active_opens = counters.active_opens;
+        let baseline = self
+            .last
+            .as_ref()
+            .map(|l| Baseline::of(&l.usage, l.active_opens, l.started.elapsed()));
+        let next = fastpath::next(
+            baseline.as_ref(),
+            &counters,
+            &self.policy,
+            &self.state.alert,
+        );
+        if let Next::Skip(skip) = next {
+            let authority = self.authority();
+            self.report_with(&authority, |r, p| r.census_skipped(&skip.to_string(), p));
+            return None;
+        }
+        let options = UsageOptions {
+            tcp_pool_in_headline: self.policy.tcp_pool_alerts,
+        };
+        let lookup = self.process_lookup();
+        Some(InFlight::spawn(
+            self.host.clone(),
+            settings,
+            options,
+            lookup,
+            active_opens,
+        ))
+    }
+
+    fn process_lookup(&self) -> ProcessLookup {
+        let alert = &self.state.alert;
+        ProcessLookup {
+            warning: self.policy.warning,
+            critical: self.policy.critical,
+            confirmed: alert.level,
+            reminder_due: alert.announced.is_some_and(|t| {
+                self.clock
+                    .now()
+                    .duration_since(t)
+                    .is_ok_and(|d| d >= self.policy.reminder)
+            }),
+        }
+    }
+
+    /// observe (the census's result) → decide → write → record → report.
+    fn after_census(&mut self, result: CensusResult, started: Instant, active_opens: Option<u64>) {
+        let CensusOutput {
+            usage,
+            took,
+            processes,
+        } = match result {
+            Ok(r) => r,
+            Err(e) => return self.census_failed(&e),
+        };
+        self.report.census_ok();
+        let now = self.clock.now();
+        if self.state.initial_range.is_none() {
+            self.state.initial_range = Some(usage.settings.port_range);
+            self.save_state();
+        }
+        let authority = self.authority();
+        let decision = self.decide(&usage, &authority, now);
+        self.report.level(&usage, &decision, processes.as_deref());
+        self.report.hazards(&usage);
+        let alert_changed = self.state.alert != decision.alert;
+        self.state.alert = decision.alert.clone();
+        let (widened, blocked) = self.act(&usage, &decision, now);
+        self.retry_persist(now);
+        if alert_changed && !self.dry_run {
+            self.save_state();
+        }
+        let line = report::status_line(&usage, widened, &authority);
+        self.last = Some(LastCensus {
+            usage,
+            started,
+            active_opens,
+            // Wall clock, like `polled_at`: a scraper compares it with its own.
+            at: SystemTime::now(),
+            took,
+            level: decision.alert.level,
+            blocked,
+        });
+        self.report_with(&authority, |r, p| r.censused(&line, p));
+    }
+
+    /// The planner, pure: the census, the policy, the history, a pin and
+    /// the poll's authority in, a decision out.
+    fn decide(&self, usage: &Usage, authority: &Authority, now: SystemTime) -> Decision {
+        let pin = match actuator::pin(&self.host, &self.policy.dropin_name) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot read sysctl.d files: {e}");
+                None
+            }
+        };
+        planner::plan(&Inputs {
+            observation: &Observation::from_usage(usage),
+            policy: &self.policy,
+            history: &self.state.history(),
+            pin: pin.as_ref(),
+            now,
+            authority,
+        })
+    }
+
+    /// Carries out the decision: the range it widened to, or why widening
+    /// was held although usage called for it.
+    fn act(
+        &mut self,
+        usage: &Usage,
+        decision: &Decision,
+        now: SystemTime,
+    ) -> (Option<PortRange>, Option<&'static str>) {
+        match &decision.action {
+            Action::Nothing => {
+                // While an alert is raised, usage dipping below the warning
+                // level and back must not repeat the same "blocked" entry.
+                if decision.alert.level == Level::Ok {
+                    self.report.blocked.clear();
+                }
+                (None, None)
+            }
+            Action::Apply { plan } => {
+                if self.apply(usage, plan, now) {
+                    (Some(plan.to), None)
+                } else {
+                    (None, Some("write-failed"))
+                }
+            }
+            Action::Hold { plan, reason } => {
+                self.report.held(usage, plan.as_ref(), reason);
+                (None, Some(report::blocked_kind(reason)))
+            }
+        }
+    }
+
+    /// Applies a plan; true when the range was changed.
+    fn apply(&mut self, usage: &Usage, plan: &planner::Plan, now: SystemTime) -> bool {
+        if shutdown::requested() {
+            return false;
+        }
+        let reason = format!(
+            "{} at {} ({}/{})",
+            usage.headline.cause,
+            usage.headline.usage,
+            usage.headline.used,
+            usage.headline.capacity
+        );
+        match actuator::apply_plan(
+            &self.host,
+            &mut self.state,
+            &usage.settings,
+            plan,
+            now,
+            &reason,
+        ) {
+            Ok(()) => {
+                self.recensus = true;
+                self.report.widened(usage, plan, &reason);
+                self.save_state();
+                true
+            }
+            Err(actuator::ActuateError::Stopped) => {
+                tracing::info!(
+                    "stopping: the widening {plan} was interrupted between two writes; the next start settles it"
+                );
+                false
+            }
+            Err(e) => {
+                self.report.write_failed(usage, plan, &e);
+                false
+            }
+        }
+    }
+
+    fn retry_persist(&mut self, now: SystemTime) {
+        // After a yield the admin's values are the baseline: the drop-in is
+        // left as it is, not rewritten with them.
+        if self.dry_run
+            || !self.policy.persist
+            || self.state.yielded.is_some()
+            || shutdown::requested()
+        {
+            return;
+        }
+        let Some(written) = &self.state.last_written else {
+            return;
+        };
+        let (range, was_persisted) = (written.values.range, written.persisted);
+        match actuator::persist(&self.host, &self.policy.dropin_name, &self.state, now) {
+            Ok(outcome) => {
+                let dropin = self
+                    .host
+                    .path(sysctld::DROPIN_DIR)
+                    .join(&self.policy.dropin_name);
+                let removed = match &outcome {
+                    actuator::Persisted::Written { removed } => removed.as_deref(),
+                    actuator::Persisted::Unchanged => None,
+                };
+                self.report.persisted(range, &dropin, removed);
+                let recorded = self.state.dropin.as_deref() == Some(&self.policy.dropin_name);
+                if outcome != actuator::Persisted::Unchanged || !recorded || !was_persisted {
+                    self.state.mark_persisted(&self.policy.dropin_name);
+                    self.save_state();
+                }
+            }
+            Err(e) => self
+                .report
+                .persist_failed(range, was_persisted, &e.to_string()),
+        }
+    }
+
+    /// A write recorded before portd was killed: settled against the live
+    /// values before anything compares them with what portd wrote.
+    fn settle_pending(&mut self, live: &KernelSettings) {
+        if self.state_unreadable.is_some() || self.state.pending.is_none() {
+            return;
+        }
+        if let Some(what) = actuator::settle_pending(&mut self.state, live) {
+            tracing::warn!("{what}");
+            self.save_state();
+        }
+    }
+
+    fn check_external_change(&mut self, live: &KernelSettings) {
+        if self.state.yielded.is_some() {
+            return;
+        }
+        let Some(reason) = actuator::external_change(&self.host, &self.state, live) else {
+            return;
+        };
+        let written = self.state.last_written.as_ref().map(|w| w.values.range);
+        Report::external_change(&reason, written, live);
+        let values = Values {
+            range: live.port_range,
+            reserved: live.reserved_ports.clone(),
+        };
+        self.state.yield_to(values, reason, self.clock.now());
+        self.save_state();
+    }
+
+    /// SIGHUP: `RELOADING=1`, then the policy file is read and checked on
+    /// the blocking pool; [`Daemon::reload`] takes the result.
+    fn start_reload(&self) -> JoinHandle<LoadedPolicy> {
+        notify::reloading();
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || policy::file::load_or_default(&config))
+    }
+
+    /// The new policy or (if invalid) the old one with the file's
+    /// `PATH:LINE:COL` errors in the journal, then `READY=1`.
+    fn reload(&mut self, loaded: Result<LoadedPolicy, JoinError>) {
+        let loaded = loaded.unwrap_or_else(|e| {
+            Err(policy::file::PolicyError::whole_file(
+                &self.config,
+                format!("checking the policy failed: {e}"),
+            ))
+        });
+        match loaded {
+            Ok((policy, _)) => {
+                self.policy = policy;
+                let cleared = self.state.yielded.take().is_some();
+                if cleared {
+                    self.save_state();
+                }
+                self.report.blocked.clear();
+                report::reloaded(&self.config, &self.authority(), cleared);
+            }
+            Err(e) => report::rejected(&self.config, &e),
+        }
+        let line = self.last.as_ref().map_or_else(
+            || "reloaded".to_string(),
+            |l| report::status_line(&l.usage, None, &self.authority()),
+        );
+        if self.report.ready {
+            notify::ready(&line);
+        }
+    }
+
+    /// After SIGTERM no save starts: what it would record is either in the
+    /// saved record of the write (settled at the next start) or found again.
+    fn save_state(&mut self) {
+        if self.dry_run || self.state_unreadable.is_some() || shutdown::requested() {
+            return;
+        }
+        if let Err(e) = self.state.save(&self.host) {
+            tracing::error!("cannot save state: {e}");
+        }
+    }
+}
+
+fn abandoned_ended(tasks: &mut Tasks) {
+    if let Some(c) = tasks.abandoned.take() {
+        tracing::info!(
+            "the abandoned census ended after {:.1}s; its result is discarded",
+            c.started.elapsed().as_secs_f64()
+        );
+    }
+}

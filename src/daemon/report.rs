@@ -1,0 +1,505 @@
+//! What the daemon tells the world, all in one place: the STATUS line
+//! (sd_notify), journal events, the metrics file, and the "report once"
+//! rule that keeps a condition from being logged on every poll.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::LastCensus;
+use crate::actuator::ActuateError;
+use crate::authority::Authority;
+use crate::census::KernelSettings;
+use crate::events::{self, Fields, Kind};
+use crate::kernel::PortRange;
+use crate::level::Level;
+use crate::metrics;
+use crate::notify;
+use crate::planner::{Blocked, Decision, Plan};
+use crate::policy::file::PolicyError;
+use crate::usage::{self, Usage};
+
+/// A condition reported once per distinct text, not once per poll.
+#[derive(Debug, Default)]
+pub(super) struct Once(Option<String>);
+
+impl Once {
+    /// True when `text` differs from what was reported last (then it is
+    /// remembered as reported).
+    pub fn is_new(&mut self, text: &str) -> bool {
+        if self.0.as_deref() == Some(text) {
+            return false;
+        }
+        self.0 = Some(text.to_string());
+        true
+    }
+
+    /// The condition is over; true when one had been reported (so that its
+    /// end can be reported too).
+    pub fn clear(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+/// Since start, for the metrics file.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub censuses: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub abandoned: u64,
+    pub changes: u64,
+}
+
+/// The reporting half of the daemon: counters and what was reported.
+#[derive(Default)]
+pub(super) struct Report {
+    /// READY=1 was sent (after the first census).
+    pub ready: bool,
+    pub counters: Counters,
+    /// Why widening is held, or the last write error.
+    pub blocked: Once,
+    pub persist_error: Once,
+    pub census_error: Once,
+    pub metrics_error: Once,
+    /// The configuration hazards (same parity, listeners inside the range)
+    /// of the last census, each reported once when it appears.
+    hazards: Vec<String>,
+}
+
+/// What the metrics file needs besides the report's own counters.
+pub(super) struct Poll<'a> {
+    pub metrics_file: Option<&'a Path>,
+    pub last: Option<&'a LastCensus>,
+    pub last_change_at: Option<SystemTime>,
+    pub authority: &'a Authority,
+}
+
+/// One line: headline usage, range, mode (sd_notify STATUS).
+pub(super) fn status_line(
+    usage: &Usage,
+    widened: Option<PortRange>,
+    authority: &Authority,
+) -> String {
+    format!(
+        "usage {} ({}/{}) {}; range {}{}; mode {}",
+        usage.headline.usage,
+        usage.headline.used,
+        usage.headline.capacity,
+        usage.headline.cause,
+        usage.settings.port_range,
+        widened.map_or_else(String::new, |to| format!(" widened to {to}")),
+        authority.describe()
+    )
+}
+
+/// A stable short name for why widening is held (metrics label, dedup key).
+pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
+    match reason {
+        Blocked::Advise => "advise",
+        Blocked::AtBound => "at-bound",
+        Blocked::OutsideBounds => "outside-bounds",
+        Blocked::Cooldown { .. } => "cooldown",
+        Blocked::ChangeCap { .. } => "change-cap",
+        Blocked::Yielded { .. } => "yielded",
+        Blocked::PinnedBy { .. } => "pinned",
+        Blocked::StateUnreadable { .. } => "state-unreadable",
+        Blocked::FewerUsablePorts { .. } => "fewer-usable-ports",
+    }
+}
+
+fn usage_fields(usage: &Usage) -> Fields {
+    let worst: Vec<String> = usage
+        .destinations
+        .iter()
+        .take(3)
+        .map(|d| format!("{} ({}, {})", d.key, d.usage, d.used))
+        .collect();
+    Fields {
+        usage: Some(usage.headline.usage.to_string()),
+        used: Some(usage.headline.used),
+        capacity: Some(usage.headline.capacity),
+        destination: (!worst.is_empty()).then(|| worst.join("; ")),
+        range_before: Some(usage.settings.port_range),
+        reason: Some(usage.headline.cause.to_string()),
+        ..Fields::default()
+    }
+}
+
+/// "ephemeral ports warning", with its kind and whether it is a reminder:
+/// one entry per transition of the confirmed level, and a reminder at the
+/// policy's interval while it stays raised; never one per poll.
+fn level_event(d: &Decision) -> Option<(Kind, &'static str, bool)> {
+    Some(match (d.transition, d.alert.level) {
+        (Some(_), Level::Critical) => (Kind::UsageCritical, "ephemeral ports critical", false),
+        (Some((Level::Critical, _)), Level::Warning) => (
+            Kind::UsageWarning,
+            "ephemeral ports down from critical to warning",
+            false,
+        ),
+        (Some(_), Level::Warning) => (Kind::UsageWarning, "ephemeral ports warning", false),
+        (Some((from, _)), Level::Ok) if from > Level::Ok => {
+            (Kind::UsageRecovered, "ephemeral ports recovered", false)
+        }
+        (None, Level::Critical) if d.remind => {
+            (Kind::UsageCritical, "ephemeral ports still critical", true)
+        }
+        (None, Level::Warning) if d.remind => {
+            (Kind::UsageWarning, "ephemeral ports still warning", true)
+        }
+        _ => return None,
+    })
+}
+
+pub(super) fn reloaded(config: &Path, authority: &Authority, yield_cleared: bool) {
+    events::emit(
+        Kind::PolicyReloaded,
+        &format!(
+            "policy reloaded from {}: mode {}{}",
+            config.display(),
+            authority.describe(),
+            if yield_cleared {
+                "; the yield to the admin is cleared"
+            } else {
+                ""
+            }
+        ),
+        &Fields {
+            policy: Some(config.display().to_string()),
+            ..Fields::default()
+        },
+    );
+}
+
+pub(super) fn rejected(config: &Path, error: &PolicyError) {
+    events::emit(
+        Kind::PolicyRejected,
+        &format!("policy rejected, the previous one stays in force:\n{error}"),
+        &Fields {
+            policy: Some(config.display().to_string()),
+            reason: Some(error.to_string()),
+            ..Fields::default()
+        },
+    );
+}
+
+impl Report {
+    /// The journal entry for a change of the confirmed level, if any.
+    pub fn level(&self, usage: &Usage, d: &Decision, processes: Option<&str>) {
+        let Some((kind, what, reminder)) = level_event(d) else {
+            return;
+        };
+        let processes = processes.filter(|_| kind != Kind::UsageRecovered);
+        let held_by = processes
+            .map(|p| format!("; held by {p}"))
+            .unwrap_or_default();
+        let message = format!(
+            "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}",
+            usage.headline.usage,
+            usage.headline.used,
+            usage.headline.capacity,
+            usage.headline.cause
+        );
+        events::emit(
+            kind,
+            &message,
+            &Fields {
+                process: processes.map(str::to_string),
+                reminder,
+                ..usage_fields(usage)
+            },
+        );
+    }
+
+    /// Reports each configuration hazard once, when a census first finds
+    /// it: ends of the same parity, or services listening inside the range
+    /// on unreserved ports (usage past the 50 % mark is the usage alerts').
+    pub fn hazards(&mut self, usage: &Usage) {
+        let now: Vec<String> = usage
+            .hazards
+            .iter()
+            .filter(|h| !matches!(h, usage::Hazard::SlowdownMark { .. }))
+            .map(ToString::to_string)
+            .collect();
+        for hazard in now.iter().filter(|h| !self.hazards.contains(h)) {
+            events::emit(
+                Kind::ConfigurationHazard,
+                &format!("configuration hazard: {hazard}"),
+                &Fields {
+                    range_before: Some(usage.settings.port_range),
+                    reason: Some(hazard.clone()),
+                    ..Fields::default()
+                },
+            );
+        }
+        self.hazards = now;
+    }
+
+    pub fn held(&mut self, usage: &Usage, plan: Option<&Plan>, reason: &Blocked) {
+        if !self.blocked.is_new(blocked_kind(reason)) {
+            return;
+        }
+        let message = match plan {
+            Some(p) => format!("would widen ip_local_port_range {p}, but {reason}"),
+            None => format!(
+                "cannot widen ip_local_port_range {}: {reason}",
+                usage.settings.port_range
+            ),
+        };
+        events::emit(
+            Kind::WideningBlocked,
+            &message,
+            &Fields {
+                range_before: Some(usage.settings.port_range),
+                range_after: plan.map(|p| p.to),
+                reason: Some(reason.to_string()),
+                ..usage_fields(usage)
+            },
+        );
+    }
+
+    pub fn widened(&mut self, usage: &Usage, plan: &Plan, reason: &str) {
+        self.blocked.clear();
+        self.counters.changes += 1;
+        let reserved = if plan.newly_reserved.is_empty() {
+            String::new()
+        } else {
+            format!("; reserved {} first", plan.newly_reserved)
+        };
+        events::emit(
+            Kind::RangeWidened,
+            &format!(
+                "widened ip_local_port_range {} -> {} ({}; expected usage {}){reserved}",
+                plan.from, plan.to, reason, plan.expected_usage
+            ),
+            &Fields {
+                range_before: Some(plan.from),
+                range_after: Some(plan.to),
+                reason: Some(reason.to_string()),
+                ..usage_fields(usage)
+            },
+        );
+    }
+
+    /// Reported once per distinct error, not on every poll.
+    pub fn write_failed(&mut self, usage: &Usage, plan: &Plan, e: &ActuateError) {
+        if !self.blocked.is_new(&format!("write failed: {e}")) {
+            return;
+        }
+        events::emit(
+            Kind::WideningBlocked,
+            &format!("could not widen {} -> {}: {e}", plan.from, plan.to),
+            &Fields {
+                range_before: Some(plan.from),
+                range_after: Some(plan.to),
+                reason: Some(e.to_string()),
+                ..usage_fields(usage)
+            },
+        );
+    }
+
+    /// The drop-in is written (again); `removed`: an old one it replaced.
+    pub fn persisted(&mut self, range: PortRange, dropin: &Path, removed: Option<&Path>) {
+        if self.persist_error.clear() {
+            tracing::info!(
+                "the drop-in {} is written again: the range {range} survives a reboot",
+                dropin.display()
+            );
+        }
+        if let Some(old) = removed {
+            tracing::info!(
+                "removed portd's previous drop-in {} now that persist.file names {}",
+                old.display(),
+                dropin.display()
+            );
+        }
+    }
+
+    /// `was_persisted`: an earlier drop-in holds the range already.
+    pub fn persist_failed(&mut self, range: PortRange, was_persisted: bool, error: &str) {
+        if !self.persist_error.is_new(error) {
+            return;
+        }
+        let what = if was_persisted {
+            "the drop-in cannot be brought up to date"
+        } else {
+            "the runtime change is in place but will not survive a reboot"
+        };
+        events::emit(
+            Kind::PersistFailed,
+            &format!("{what}: {error}"),
+            &Fields {
+                reason: Some(error.to_string()),
+                range_after: Some(range),
+                ..Fields::default()
+            },
+        );
+    }
+
+    pub fn external_change(reason: &str, written: Option<PortRange>, live: &KernelSettings) {
+        events::emit(
+            Kind::ExternalChange,
+            &format!(
+                "{reason}; portd stops changing the range (advise only) until `systemctl reload portd`"
+            ),
+            &Fields {
+                range_before: written,
+                range_after: Some(live.port_range),
+                reason: Some(reason.to_string()),
+                ..Fields::default()
+            },
+        );
+    }
+
+    pub fn census_ok(&mut self) {
+        self.counters.censuses += 1;
+        if self.census_error.clear() {
+            tracing::info!("census works again");
+        }
+    }
+
+    pub fn census_failed(&mut self, error: &str, poll: &Poll<'_>) {
+        self.counters.failed += 1;
+        if self.census_error.is_new(error) {
+            tracing::error!("census failed, will retry: {error}");
+        }
+        notify::status(&format!("census failed, will retry: {error}"));
+        self.metrics(poll);
+    }
+
+    pub fn census_abandoned(&mut self, took: Duration, limit: Duration, poll: &Poll<'_>) {
+        self.counters.abandoned += 1;
+        let text = format!(
+            "census abandoned after {:.1}s (limit {:.1}s, the watchdog interval if set); \
+             the next one starts when it ends",
+            took.as_secs_f64(),
+            limit.as_secs_f64()
+        );
+        tracing::error!("{text}");
+        notify::status(&text);
+        self.metrics(poll);
+    }
+
+    /// A poll that skipped the census: the last census's line, with why.
+    pub fn census_skipped(&mut self, why: &str, poll: &Poll<'_>) {
+        self.counters.skipped += 1;
+        if let Some(last) = poll.last {
+            notify::status(&format!(
+                "{} ({why})",
+                status_line(&last.usage, None, poll.authority)
+            ));
+        }
+        self.metrics(poll);
+    }
+
+    /// The end of a poll with a census: metrics first, so whoever reacts to
+    /// READY or STATUS finds them.
+    pub fn censused(&mut self, line: &str, poll: &Poll<'_>) {
+        self.metrics(poll);
+        if self.ready {
+            notify::status(line);
+        } else {
+            notify::ready(line);
+            self.ready = true;
+            tracing::info!("ready: {line}");
+        }
+    }
+
+    pub fn metrics(&mut self, poll: &Poll<'_>) {
+        let (Some(path), Some(last)) = (poll.metrics_file, poll.last) else {
+            return;
+        };
+        let snapshot = metrics::Snapshot {
+            usage: &last.usage,
+            level: last.level,
+            changes_total: self.counters.changes,
+            census_duration: last.took,
+            census_at: last.at,
+            polled_at: SystemTime::now(),
+            censuses_total: self.counters.censuses,
+            census_skipped_total: self.counters.skipped,
+            census_failed_total: self.counters.failed,
+            census_abandoned_total: self.counters.abandoned,
+            last_change_at: poll.last_change_at,
+            widening_blocked: last.blocked,
+            authority: poll.authority,
+        };
+        match metrics::write(path, &snapshot) {
+            Ok(()) => {
+                if self.metrics_error.clear() {
+                    tracing::info!("metrics are written to {} again", path.display());
+                }
+            }
+            Err(e) => {
+                let text = format!("cannot write metrics to {}: {e}", path.display());
+                if self.metrics_error.is_new(&text) {
+                    tracing::warn!("{text}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::AlertState;
+
+    #[test]
+    fn a_condition_is_reported_once_per_distinct_text() {
+        let mut once = Once::default();
+        assert!(once.is_new("cooldown"));
+        assert!(!once.is_new("cooldown"));
+        assert!(once.is_new("write failed: EPERM"));
+        assert!(once.is_new("cooldown"));
+    }
+
+    #[test]
+    fn clearing_says_whether_something_had_been_reported() {
+        let mut once = Once::default();
+        assert!(!once.clear());
+        once.is_new("cannot write metrics");
+        assert!(once.clear());
+        assert!(!once.clear());
+        assert!(
+            once.is_new("cannot write metrics"),
+            "reported again after it cleared"
+        );
+    }
+
+    fn decision(transition: Option<(Level, Level)>, level: Level, remind: bool) -> Decision {
+        Decision {
+            raw_level: level,
+            alert: AlertState {
+                level,
+                ..AlertState::default()
+            },
+            transition,
+            remind,
+            action: crate::planner::Action::Nothing,
+        }
+    }
+
+    #[test]
+    fn the_journal_hears_of_level_transitions_and_reminders_only() {
+        let what = |d: &Decision| level_event(d).map(|(_, what, reminder)| (what, reminder));
+        use Level::{Critical, Ok, Warning};
+        assert_eq!(
+            what(&decision(Some((Ok, Warning)), Warning, false)),
+            Some(("ephemeral ports warning", false))
+        );
+        assert_eq!(
+            what(&decision(Some((Critical, Warning)), Warning, false)),
+            Some(("ephemeral ports down from critical to warning", false))
+        );
+        assert_eq!(
+            what(&decision(Some((Warning, Ok)), Ok, false)),
+            Some(("ephemeral ports recovered", false))
+        );
+        assert_eq!(
+            what(&decision(None, Critical, true)),
+            Some(("ephemeral ports still critical", true))
+        );
+        assert_eq!(what(&decision(None, Warning, false)), None);
+        assert_eq!(what(&decision(None, Ok, true)), None);
+    }
+}

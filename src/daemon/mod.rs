@@ -7,8 +7,10 @@
 //! pure, with the poll's [`Authority`]) → write (the actuator) → record (the
 //! state) → report (report.rs: STATUS, journal, metrics).
 
+mod act;
 mod census_task;
 mod fastpath;
+mod reload;
 mod report;
 
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use self::census_task::{CensusOutput, CensusResult, InFlight, ProcessLookup, join};
 use self::fastpath::{Baseline, Next};
+use self::reload::{LoadedPolicy, join_reload};
 use self::report::{Poll, Report};
 use crate::actuator;
 use crate::authority::Authority;
@@ -27,14 +30,12 @@ use crate::census::reader::{Fresh, KeptOpen, ProcRead};
 use crate::census::sockstat;
 use crate::fsutil::WriterLock;
 use crate::host::Host;
-use crate::kernel::PortRange;
 use crate::level::Level;
 use crate::notify;
-use crate::planner::{self, Action, Decision, Inputs, Observation};
+use crate::planner::{self, Decision, Inputs, Observation};
 use crate::policy::{self, Policy};
 use crate::shutdown;
-use crate::state::{State, Values};
-use crate::sysctld;
+use crate::state::State;
 use crate::usage::{Usage, UsageOptions};
 
 pub struct RunOptions {
@@ -105,19 +106,6 @@ impl Clock {
 
 /// Used where a timer must exist but never fire.
 const FAR: Duration = Duration::from_secs(3600);
-
-/// A policy file read and checked on the blocking pool (a reload).
-type LoadedPolicy = Result<(Policy, bool), policy::file::PolicyError>;
-
-/// Waits for the reload in `slot`; forever when there is none (a `select!` arm).
-async fn join_reload(
-    slot: &mut Option<JoinHandle<LoadedPolicy>>,
-) -> Result<LoadedPolicy, JoinError> {
-    match slot {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
 
 /// What the last full census saw, for the O(1) bounds between censuses and
 /// for the STATUS line and metrics of the polls that skip the census.
@@ -495,191 +483,6 @@ impl Daemon {
             now,
             authority,
         })
-    }
-
-    /// Carries out the decision: the range it widened to, or why widening
-    /// was held although usage called for it.
-    fn act(
-        &mut self,
-        usage: &Usage,
-        decision: &Decision,
-        now: SystemTime,
-    ) -> (Option<PortRange>, Option<&'static str>) {
-        match &decision.action {
-            Action::Nothing => {
-                // While an alert is raised, usage dipping below the warning
-                // level and back must not repeat the same "blocked" entry.
-                if decision.alert.level == Level::Ok {
-                    self.report.blocked.clear();
-                }
-                (None, None)
-            }
-            Action::Apply { plan } => {
-                if self.apply(usage, plan, now) {
-                    (Some(plan.to), None)
-                } else {
-                    (None, Some("write-failed"))
-                }
-            }
-            Action::Hold { plan, reason } => {
-                self.report.held(usage, plan.as_ref(), reason);
-                (None, Some(report::blocked_kind(reason)))
-            }
-        }
-    }
-
-    /// Applies a plan; true when the range was changed.
-    fn apply(&mut self, usage: &Usage, plan: &planner::Plan, now: SystemTime) -> bool {
-        if shutdown::requested() {
-            return false;
-        }
-        let reason = format!(
-            "{} at {} ({}/{})",
-            usage.headline.cause,
-            usage.headline.usage,
-            usage.headline.used,
-            usage.headline.capacity
-        );
-        match actuator::apply_plan(
-            &self.host,
-            &mut self.state,
-            &usage.settings,
-            plan,
-            now,
-            &reason,
-        ) {
-            Ok(()) => {
-                self.recensus = true;
-                self.report.widened(usage, plan, &reason);
-                self.save_state();
-                true
-            }
-            Err(actuator::ActuateError::Stopped) => {
-                tracing::info!(
-                    "stopping: the widening {plan} was interrupted between two writes; the next start settles it"
-                );
-                false
-            }
-            Err(e) => {
-                self.report.write_failed(usage, plan, &e);
-                false
-            }
-        }
-    }
-
-    fn retry_persist(&mut self, now: SystemTime) {
-        // After a yield the admin's values are the baseline: the drop-in is
-        // left as it is, not rewritten with them.
-        if self.dry_run
-            || !self.policy.persist
-            || self.state.yielded.is_some()
-            || shutdown::requested()
-        {
-            return;
-        }
-        let Some(written) = &self.state.last_written else {
-            return;
-        };
-        let (range, was_persisted) = (written.values.range, written.persisted);
-        match actuator::persist(&self.host, &self.policy.dropin_name, &self.state, now) {
-            Ok(outcome) => {
-                let dropin = self
-                    .host
-                    .path(sysctld::DROPIN_DIR)
-                    .join(&self.policy.dropin_name);
-                let removed = match &outcome {
-                    actuator::Persisted::Written { removed } => removed.as_deref(),
-                    actuator::Persisted::Unchanged => None,
-                };
-                self.report.persisted(range, &dropin, removed);
-                let recorded = self.state.dropin.as_deref() == Some(&self.policy.dropin_name);
-                if outcome != actuator::Persisted::Unchanged || !recorded || !was_persisted {
-                    self.state.mark_persisted(&self.policy.dropin_name);
-                    self.save_state();
-                }
-            }
-            Err(e) => self
-                .report
-                .persist_failed(range, was_persisted, &e.to_string()),
-        }
-    }
-
-    /// A write recorded before portd was killed: settled against the live
-    /// values before anything compares them with what portd wrote.
-    fn settle_pending(&mut self, live: &KernelSettings) {
-        if self.state_unreadable.is_some() || self.state.pending.is_none() {
-            return;
-        }
-        if let Some(what) = actuator::settle_pending(&mut self.state, live) {
-            tracing::warn!("{what}");
-            self.save_state();
-        }
-    }
-
-    fn check_external_change(&mut self, live: &KernelSettings) {
-        if self.state.yielded.is_some() {
-            return;
-        }
-        let Some(reason) = actuator::external_change(&self.host, &self.state, live) else {
-            return;
-        };
-        let written = self.state.last_written.as_ref().map(|w| w.values.range);
-        Report::external_change(&reason, written, live);
-        let values = Values {
-            range: live.port_range,
-            reserved: live.reserved_ports.clone(),
-        };
-        self.state.yield_to(values, reason, self.clock.now());
-        self.save_state();
-    }
-
-    /// SIGHUP: `RELOADING=1`, then the policy file is read and checked on
-    /// the blocking pool; [`Daemon::reload`] takes the result.
-    fn start_reload(&self) -> JoinHandle<LoadedPolicy> {
-        notify::reloading();
-        let config = self.config.clone();
-        tokio::task::spawn_blocking(move || policy::file::load_or_default(&config))
-    }
-
-    /// The new policy or (if invalid) the old one with the file's
-    /// `PATH:LINE:COL` errors in the journal, then `READY=1`.
-    fn reload(&mut self, loaded: Result<LoadedPolicy, JoinError>) {
-        let loaded = loaded.unwrap_or_else(|e| {
-            Err(policy::file::PolicyError::whole_file(
-                &self.config,
-                format!("checking the policy failed: {e}"),
-            ))
-        });
-        match loaded {
-            Ok((policy, _)) => {
-                self.policy = policy;
-                let cleared = self.state.yielded.take().is_some();
-                if cleared {
-                    self.save_state();
-                }
-                self.report.blocked.clear();
-                report::reloaded(&self.config, &self.authority(), cleared);
-            }
-            Err(e) => report::rejected(&self.config, &e),
-        }
-        let line = self.last.as_ref().map_or_else(
-            || "reloaded".to_string(),
-            |l| report::status_line(&l.usage, None, &self.authority()),
-        );
-        if self.report.ready {
-            notify::ready(&line);
-        }
-    }
-
-    /// After SIGTERM no save starts: what it would record is either in the
-    /// saved record of the write (settled at the next start) or found again.
-    fn save_state(&mut self) {
-        if self.dry_run || self.state_unreadable.is_some() || shutdown::requested() {
-            return;
-        }
-        if let Err(e) = self.state.save(&self.host) {
-            tracing::error!("cannot save state: {e}");
-        }
     }
 }
 

@@ -1,0 +1,63 @@
+//! SIGHUP: the policy file is read and checked on the blocking pool (a
+//! hostile file can take long), then the new policy takes effect, or the
+//! old one stays with the file's errors in the journal.
+
+use tokio::task::{JoinError, JoinHandle};
+
+use super::Daemon;
+use super::report;
+use crate::notify;
+use crate::policy::{self, Policy};
+
+/// A policy file read and checked on the blocking pool (a reload).
+pub(super) type LoadedPolicy = Result<(Policy, bool), policy::file::PolicyError>;
+
+/// Waits for the reload in `slot`; forever when there is none (a `select!` arm).
+pub(super) async fn join_reload(
+    slot: &mut Option<JoinHandle<LoadedPolicy>>,
+) -> Result<LoadedPolicy, JoinError> {
+    match slot {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    /// SIGHUP: `RELOADING=1`, then the policy file is read and checked on
+    /// the blocking pool; [`Daemon::reload`] takes the result.
+    pub(super) fn start_reload(&self) -> JoinHandle<LoadedPolicy> {
+        notify::reloading();
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || policy::file::load_or_default(&config))
+    }
+
+    /// The new policy or (if invalid) the old one with the file's
+    /// `PATH:LINE:COL` errors in the journal, then `READY=1`.
+    pub(super) fn reload(&mut self, loaded: Result<LoadedPolicy, JoinError>) {
+        let loaded = loaded.unwrap_or_else(|e| {
+            Err(policy::file::PolicyError::whole_file(
+                &self.config,
+                format!("checking the policy failed: {e}"),
+            ))
+        });
+        match loaded {
+            Ok((policy, _)) => {
+                self.policy = policy;
+                let cleared = self.state.yielded.take().is_some();
+                if cleared {
+                    self.save_state();
+                }
+                self.report.blocked.clear();
+                report::reloaded(&self.config, &self.authority(), cleared);
+            }
+            Err(e) => report::rejected(&self.config, &e),
+        }
+        let line = self.last.as_ref().map_or_else(
+            || "reloaded".to_string(),
+            |l| report::status_line(&l.usage, None, &self.authority()),
+        );
+        if self.report.ready {
+            notify::ready(&line);
+        }
+    }
+}

@@ -18,7 +18,7 @@ use crate::host::Host;
 use crate::kernel::{self, PortRange, PortSet};
 use crate::planner::{Pin, Plan};
 use crate::shutdown;
-use crate::state::{Change, Pending, State, Values, Written};
+use crate::state::{State, Values, Written};
 use crate::sysctld;
 
 /// First line of the drop-in; rollback removes only a file that starts with it.
@@ -199,29 +199,11 @@ pub fn apply_plan(
     reason: &str,
 ) -> Result<(), ActuateError> {
     let before = state.clone();
-    if state.original.is_none() {
-        state.original = Some(Values {
-            range: current.port_range,
-            reserved: current.reserved_ports.clone(),
-        });
-    }
-    let planned = Values {
-        range: plan.to,
-        reserved: plan.reserved.clone(),
+    let found = Values {
+        range: current.port_range,
+        reserved: current.reserved_ports.clone(),
     };
-    state.added_reserved = state.added_reserved.union(&plan.newly_reserved);
-    state.pending = Some(Pending {
-        values: planned.clone(),
-        newly_reserved: plan.newly_reserved.clone(),
-        at: now,
-    });
-    state.record_change(Change {
-        at: now,
-        from: plan.from,
-        to: plan.to,
-        reserved_added: plan.newly_reserved.clone(),
-        reason: reason.to_string(),
-    });
+    state.record_widening(found, plan, now, reason);
     if let Err(e) = state.save(host) {
         *state = before;
         return Err(ActuateError::Record(e));
@@ -241,12 +223,7 @@ pub fn apply_plan(
         let _ = state.save(host);
         return Err(e);
     }
-    state.pending = None;
-    state.last_written = Some(Written {
-        values: planned,
-        at: now,
-        persisted: false,
-    });
+    state.confirm_written();
     Ok(())
 }
 
@@ -638,9 +615,7 @@ pub fn rollback(
         // Recorded at once: if a later step fails, the state the caller
         // saves says the live range is portd's, so neither the daemon nor
         // a second rollback takes it for someone else's change.
-        if let Some(written) = state.last_written.as_mut() {
-            written.values.range = original.range;
-        }
+        state.range_restored(original.range);
         done.push(format!(
             "restored ip_local_port_range {} -> {}",
             live.port_range, original.range
@@ -653,10 +628,7 @@ pub fn rollback(
             state.added_reserved,
             reserved.to_sysctl_list()
         ));
-        if let Some(written) = state.last_written.as_mut() {
-            written.values.reserved = reserved.clone();
-        }
-        state.added_reserved = PortSet::new();
+        state.reserved_restored(reserved);
     }
     let dir = host.path("/etc/sysctl.d");
     // The drop-in portd recorded writing; a version 1 state did not record
@@ -678,11 +650,7 @@ pub fn rollback(
         DropinFile::Foreign(why) => done.push(format!("left {} alone: {why}", path.display())),
         DropinFile::Absent => {}
     }
-    state.original = None;
-    state.last_written = None;
-    state.dropin = None;
-    state.added_reserved = PortSet::new();
-    state.yielded = None;
+    state.rolled_back();
     if done.is_empty() {
         done.push("the live values were already the original ones".into());
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::kernel::TwReuse;
+use crate::state::Pending;
 use crate::usage::Ratio;
 
 const DROPIN: &str = "60-portd.conf";

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil;
 use crate::host::Host;
 use crate::kernel::{PortRange, PortSet};
-use crate::planner::{self, AlertState, History};
+use crate::planner::{self, AlertState, History, Plan};
 
 /// Bumped when the meaning of a field changes; a newer file is refused
 /// rather than misread. Version 2 added `pending` and `dropin`.
@@ -192,6 +192,71 @@ impl State {
         (ahead > Duration::ZERO).then_some(ahead)
     }
 
+    /// A widening portd is about to write: the values before portd's first
+    /// change (kept for rollback), the ports it reserves, the write as
+    /// pending, and the change in the history. The actuator saves this
+    /// before the kernel write, then confirms it ([`State::confirm_written`]).
+    pub fn record_widening(&mut self, current: Values, plan: &Plan, now: SystemTime, reason: &str) {
+        if self.original.is_none() {
+            self.original = Some(current);
+        }
+        self.added_reserved = self.added_reserved.union(&plan.newly_reserved);
+        self.pending = Some(Pending {
+            values: Values {
+                range: plan.to,
+                reserved: plan.reserved.clone(),
+            },
+            newly_reserved: plan.newly_reserved.clone(),
+            at: now,
+        });
+        self.record_change(Change {
+            at: now,
+            from: plan.from,
+            to: plan.to,
+            reserved_added: plan.newly_reserved.clone(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The pending write is in place: it is what portd last wrote, not yet
+    /// in a drop-in.
+    pub fn confirm_written(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.last_written = Some(Written {
+                values: p.values,
+                at: p.at,
+                persisted: false,
+            });
+        }
+    }
+
+    /// Rollback restored the original range: recorded at once, so that if a
+    /// later step fails the state says the live range is portd's, and
+    /// neither the daemon nor a second rollback takes it for someone else's.
+    pub fn range_restored(&mut self, range: PortRange) {
+        if let Some(w) = &mut self.last_written {
+            w.values.range = range;
+        }
+    }
+
+    /// Rollback removed portd's reserved ports; `reserved` is what is left.
+    pub fn reserved_restored(&mut self, reserved: PortSet) {
+        if let Some(w) = &mut self.last_written {
+            w.values.reserved = reserved;
+        }
+        self.added_reserved = PortSet::new();
+    }
+
+    /// Rollback is complete: nothing of portd's is left to undo. The alert
+    /// state, the history and the first range found stay.
+    pub fn rolled_back(&mut self) {
+        self.original = None;
+        self.last_written = None;
+        self.dropin = None;
+        self.added_reserved = PortSet::new();
+        self.yielded = None;
+    }
+
     /// Someone else changed the values portd wrote: portd yields (advises
     /// only) until a policy reload clears it, and the admin's values
     /// (`live`) become the baseline it compares against.
@@ -338,5 +403,161 @@ mod tests {
         let text = std::fs::read_to_string(State::path(&host)).unwrap();
         assert!(text.contains("\"format_version\": 2"), "{text}");
         assert_eq!(State::load(&host).unwrap(), s);
+    }
+
+    fn range(low: u16, high: u16) -> PortRange {
+        PortRange::new(low, high).unwrap()
+    }
+
+    fn ports(text: &str) -> PortSet {
+        PortSet::parse(text).unwrap()
+    }
+
+    fn found() -> Values {
+        Values {
+            range: range(40000, 40099),
+            reserved: ports("40500"),
+        }
+    }
+
+    /// 40000-40099 -> 40000-40181, reserving 40120 (a listener) first.
+    fn widening() -> Plan {
+        Plan {
+            from: range(40000, 40099),
+            to: range(40000, 40181),
+            reserved: ports("40120,40500"),
+            newly_reserved: ports("40120"),
+            expected_usage: crate::usage::Ratio(0.2),
+            reaches_target: true,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_recorded_widening_keeps_the_originals_and_is_pending_until_confirmed() {
+        let mut s = State::default();
+        s.record_widening(found(), &widening(), at(100), "busy");
+        assert_eq!(s.original, Some(found()));
+        assert_eq!(s.added_reserved, ports("40120"));
+        let pending = s.pending.as_ref().unwrap();
+        assert_eq!(pending.values.range, range(40000, 40181));
+        assert_eq!(pending.values.reserved, ports("40120,40500"));
+        assert_eq!(
+            (pending.newly_reserved.clone(), pending.at),
+            (ports("40120"), at(100))
+        );
+        assert_eq!(s.last_written, None, "nothing is written yet");
+        assert_eq!(s.changes.len(), 1);
+        assert_eq!(s.changes[0].reason, "busy");
+
+        s.confirm_written();
+        assert_eq!(s.pending, None);
+        let written = s.last_written.as_ref().unwrap();
+        assert_eq!(written.values.range, range(40000, 40181));
+        assert_eq!((written.at, written.persisted), (at(100), false));
+    }
+
+    #[test]
+    fn a_second_widening_keeps_the_first_originals() {
+        let mut s = State::default();
+        s.record_widening(found(), &widening(), at(100), "busy");
+        s.confirm_written();
+        let later = Values {
+            range: range(40000, 40181),
+            reserved: ports("40120,40500"),
+        };
+        let plan = Plan {
+            from: range(40000, 40181),
+            to: range(40000, 40301),
+            reserved: ports("40120,40250,40500"),
+            newly_reserved: ports("40250"),
+            ..widening()
+        };
+        s.record_widening(later, &plan, at(200), "busier");
+        assert_eq!(s.original, Some(found()));
+        assert_eq!(s.added_reserved, ports("40120,40250"));
+        assert_eq!(s.changes.len(), 2);
+    }
+
+    #[test]
+    fn confirming_without_a_pending_write_changes_nothing() {
+        let mut s = State::default();
+        s.confirm_written();
+        assert_eq!(s, State::default());
+    }
+
+    #[test]
+    fn a_yield_takes_the_admins_values_as_the_baseline() {
+        let mut s = State::default();
+        s.record_widening(found(), &widening(), at(100), "busy");
+        s.confirm_written();
+        let admins = Values {
+            range: range(30000, 60999),
+            reserved: ports("40500"),
+        };
+        s.yield_to(
+            admins.clone(),
+            "the admin wrote 30000 60999".into(),
+            at(300),
+        );
+        let y = s.yielded.as_ref().unwrap();
+        assert_eq!(
+            (y.at, y.reason.as_str()),
+            (at(300), "the admin wrote 30000 60999")
+        );
+        assert_eq!(s.last_written.as_ref().unwrap().values, admins);
+        assert_eq!(
+            s.original,
+            Some(found()),
+            "rollback still knows the originals"
+        );
+    }
+
+    #[test]
+    fn marking_persisted_records_the_dropin_name() {
+        let mut s = State::default();
+        s.record_widening(found(), &widening(), at(100), "busy");
+        s.confirm_written();
+        s.mark_persisted("60-portd.conf");
+        assert!(s.last_written.as_ref().unwrap().persisted);
+        assert_eq!(s.dropin.as_deref(), Some("60-portd.conf"));
+    }
+
+    #[test]
+    fn rollback_steps_record_what_is_undone_and_then_forget_portds_values() {
+        let mut s = State::default();
+        s.record_widening(found(), &widening(), at(100), "busy");
+        s.confirm_written();
+        s.mark_persisted("60-portd.conf");
+        s.range_restored(range(40000, 40099));
+        assert_eq!(
+            s.last_written.as_ref().unwrap().values.range,
+            range(40000, 40099)
+        );
+        assert_eq!(
+            s.added_reserved,
+            ports("40120"),
+            "the reserved ports are not undone yet"
+        );
+        s.reserved_restored(ports("40500"));
+        assert_eq!(
+            s.last_written.as_ref().unwrap().values.reserved,
+            ports("40500")
+        );
+        assert!(s.added_reserved.is_empty());
+        s.rolled_back();
+        assert_eq!(
+            (
+                s.original.as_ref(),
+                s.last_written.as_ref(),
+                s.dropin.as_ref(),
+                s.yielded.as_ref()
+            ),
+            (None, None, None, None)
+        );
+        assert_eq!(s.changes.len(), 1, "the history stays");
     }
 }

@@ -543,3 +543,60 @@ fn a_protected_list_covering_the_range_is_held_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn a_yield_is_named_before_a_pin_and_a_pin_before_advise_mode() {
+    let c = simple(60);
+    let pin = Pin {
+        file: "/etc/sysctl.d/99-local.conf".into(),
+        value: "40000 40099".into(),
+    };
+    let reason = |authority: Authority| match plan(&Inputs {
+        observation: &c.obs,
+        policy: &c.policy,
+        history: &c.history,
+        pin: Some(&pin),
+        now: c.now,
+        authority: &authority,
+    })
+    .action
+    {
+        Action::Hold { reason, .. } => reason,
+        other => panic!("not held: {other:?}"),
+    };
+    assert!(matches!(
+        reason(Authority::Advise(Why::Yielded("admin".into()))),
+        Blocked::Yielded { .. }
+    ));
+    assert!(matches!(
+        reason(Authority::Advise(Why::Policy)),
+        Blocked::PinnedBy { .. }
+    ));
+}
+
+#[test]
+fn an_unreadable_state_holds_the_plan_and_says_why() {
+    let c = simple(60);
+    let d = decide_with(
+        &c,
+        &Authority::Advise(Why::StateUnreadable("not a portd state file".into())),
+    );
+    assert!(
+        matches!(
+            &d.action,
+            Action::Hold {
+                reason: Blocked::StateUnreadable { reason },
+                plan: Some(_)
+            } if reason == "not a portd state file"
+        ),
+        "{:?}",
+        d.action
+    );
+    assert!(matches!(
+        decide_with(&c, &Authority::Advise(Why::DryRun)).action,
+        Action::Hold {
+            reason: Blocked::Advise,
+            plan: Some(_)
+        }
+    ));
+}

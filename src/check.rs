@@ -281,8 +281,11 @@ pub fn run(
             .flatten();
         let mut history = state.history();
         // What the daemon would do on a poll now, with the level already held.
-        history.alert.level =
-            crate::level::Level::of(usage.headline.usage, policy.warning, policy.critical);
+        history.alert.level = crate::level::Level::of(
+            usage.headline.usage,
+            policy.thresholds.warning(),
+            policy.thresholds.critical(),
+        );
         report.plan = Some(planner::plan(&Inputs {
             observation: &Observation::from_usage(&usage),
             policy: &policy,

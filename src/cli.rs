@@ -99,23 +99,20 @@ pub enum Command {
         processes: bool,
         /// Warning threshold in percent (overrides the policy).
         #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
-        warning: Option<f64>,
+        warning: Option<Ratio>,
         /// Critical threshold in percent (overrides the policy).
         #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
-        critical: Option<f64>,
+        critical: Option<Ratio>,
     },
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
+/// A threshold in percent, under the policy file's rule for percentages.
+fn parse_percent(s: &str) -> Result<Ratio, String> {
     let v: f64 = s
         .trim_end_matches('%')
         .parse()
-        .map_err(|_| format!("{s:?} is not a number; give a percentage from 0 to 100"))?;
-    if (0.0..=100.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is outside 0..100"))
-    }
+        .map_err(|_| format!("{s:?} is not a number; give a percentage above 0 and at most 100"))?;
+    policy::thresholds::percent(v).map_err(|e| e.to_string())
 }
 
 pub fn main() -> ExitCode {
@@ -195,23 +192,17 @@ fn run(cli: Cli) -> u8 {
                 Ok(p) => p,
                 Err(e) => return print(status::unknown(&e, json)),
             };
+            let thresholds = match policy.thresholds.with_levels(warning, critical) {
+                Ok(t) => t,
+                Err(e) => return print(status::unknown(&e.to_string(), json)),
+            };
             let opts = StatusOptions {
                 json,
                 top,
                 processes,
-                warning: warning.map_or(policy.warning, |w| Ratio(w / 100.0)),
-                critical: critical.map_or(policy.critical, |c| Ratio(c / 100.0)),
+                thresholds,
                 tcp_pool_in_headline: policy.tcp_pool_alerts,
             };
-            if opts.warning > opts.critical {
-                return print(status::unknown(
-                    &format!(
-                        "warning threshold {} is above critical threshold {}",
-                        opts.warning, opts.critical
-                    ),
-                    json,
-                ));
-            }
             let source = match census::open_source(&host, cli.source) {
                 Ok(source) => source,
                 Err(e) => return print(status::unknown(&e.to_string(), json)),

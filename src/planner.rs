@@ -238,7 +238,11 @@ pub fn plan(inputs: &Inputs<'_>) -> Decision {
     let obs = inputs.observation;
     let policy = inputs.policy;
     let usage = obs.headline.usage;
-    let raw_level = Level::of(usage, policy.warning, policy.critical);
+    let raw_level = Level::of(
+        usage,
+        policy.thresholds.warning(),
+        policy.thresholds.critical(),
+    );
     let (alert, transition, remind) = next_alert(&inputs.history.alert, usage, policy, inputs.now);
     let action = if alert.level >= Level::Warning && raw_level >= Level::Warning {
         widen_or_hold(inputs)
@@ -263,12 +267,17 @@ fn next_alert(
     now: SystemTime,
 ) -> (AlertState, Option<(Level, Level)>, bool) {
     let prev = &prev.not_after(now);
-    let raw = Level::of(usage, policy.warning, policy.critical);
-    let observed = if prev.level >= Level::Warning && raw == Level::Ok && usage >= policy.clear {
-        Level::Warning
-    } else {
-        raw
-    };
+    let raw = Level::of(
+        usage,
+        policy.thresholds.warning(),
+        policy.thresholds.critical(),
+    );
+    let observed =
+        if prev.level >= Level::Warning && raw == Level::Ok && usage >= policy.thresholds.clear() {
+            Level::Warning
+        } else {
+            raw
+        };
     let mut next = prev.clone();
     let mut transition = None;
     if observed == prev.level {

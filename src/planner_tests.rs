@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::Thresholds;
 use crate::usage::Cause;
 use proptest::prelude::*;
 
@@ -106,19 +107,22 @@ fn case() -> impl Strategy<Value = Case> {
                 let mut warning = 0.05 + f64::from(w % 90) / 100.0;
                 let mut critical = (warning + f64::from(k % 10) / 100.0).min(1.0);
                 match exact {
-                    1 if usage.0 > 0.02 && usage.0 <= 1.0 => warning = usage.0,
+                    1 if usage.0 > 0.02 && usage.0 <= 1.0 => {
+                        warning = usage.0;
+                        critical = critical.max(warning);
+                    }
                     2 if usage.0 > 0.02 && usage.0 <= 1.0 => {
                         critical = usage.0;
                         warning = warning.min(critical);
                     }
                     _ => {}
                 }
-                let clear = warning * f64::from(c % 100) / 100.0;
+                // Above 0, as the policy's Thresholds require.
+                let clear = warning * f64::from((c % 100).max(1)) / 100.0;
                 let target = (warning * f64::from(tg % 60).max(1.0) / 100.0).min(clear.max(0.001));
                 let policy = Policy {
-                    warning: Ratio(warning),
-                    critical: Ratio(critical),
-                    clear: Ratio(clear),
+                    thresholds: Thresholds::new(Ratio(warning), Ratio(critical), Ratio(clear))
+                        .unwrap(),
                     target: Ratio(target.max(0.001)),
                     hold: Duration::ZERO,
                     floor: floor.map_or(Floor::Initial, Floor::Port),
@@ -272,7 +276,7 @@ proptest! {
     ) {
         let mut c = c;
         c.policy.hold = Duration::from_secs(hold);
-        let raw = Level::of(c.obs.headline.usage, c.policy.warning, c.policy.critical);
+        let raw = Level::of(c.obs.headline.usage, c.policy.thresholds.warning(), c.policy.thresholds.critical());
         if raw == Level::Ok {
             return Ok(());
         }
@@ -304,7 +308,7 @@ proptest! {
         use crate::state::{Change, State};
         let mut c = c;
         c.policy.max_changes_per_hour = 3;
-        c.history.alert.level = Level::of(c.obs.headline.usage, c.policy.warning, c.policy.critical);
+        c.history.alert.level = Level::of(c.obs.headline.usage, c.policy.thresholds.warning(), c.policy.thresholds.critical());
         let mut state = State {
             changes: (0..n as u64)
                 .map(|i| Change {
@@ -377,7 +381,7 @@ fn generators_reach_the_hard_cases() {
             same_parity += 1;
         }
         let u = c.obs.headline.usage;
-        if u == c.policy.warning || u == c.policy.critical {
+        if u == c.policy.thresholds.warning() || u == c.policy.thresholds.critical() {
             exact += 1;
         }
         match decide(&c).action {

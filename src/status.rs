@@ -9,6 +9,7 @@ use crate::attribution::{self, DestAttribution};
 use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::level::Level;
+use crate::policy;
 use crate::usage::{self, Cause, DestUsage, Ratio, Usage, UsageOptions};
 
 /// Version of the `status --json` schema (docs/status-json.md). Bumped on any
@@ -21,8 +22,8 @@ pub struct StatusOptions {
     /// Destinations to list; 0 means all.
     pub top: usize,
     pub processes: bool,
-    pub warning: Ratio,
-    pub critical: Ratio,
+    /// Warning and critical levels (the policy's, or `--warning/--critical`).
+    pub thresholds: policy::Thresholds,
     pub tcp_pool_in_headline: bool,
 }
 
@@ -147,7 +148,11 @@ pub fn render(
     attribution: Option<&[DestAttribution]>,
     opts: &StatusOptions,
 ) -> Outcome {
-    let level = Level::of(usage.headline.usage, opts.warning, opts.critical);
+    let level = Level::of(
+        usage.headline.usage,
+        opts.thresholds.warning(),
+        opts.thresholds.critical(),
+    );
     let shown = top(usage, opts.top);
     let text = if opts.json {
         let report = Report {
@@ -155,8 +160,8 @@ pub fn render(
             status: level,
             exit_code: level.exit_code(),
             thresholds: Thresholds {
-                warning: opts.warning,
-                critical: opts.critical,
+                warning: opts.thresholds.warning(),
+                critical: opts.thresholds.critical(),
             },
             usage: ReportUsage {
                 source: usage.source,
@@ -212,8 +217,8 @@ pub fn plugin_line(usage: &Usage, level: Level, opts: &StatusOptions) -> String 
         "PORTD {} - {summary} | usage={:.2}%;{};{};0;100 used={};;;0;{} tcp_pool={:.2}%;;;0;100 udp_pool={:.2}%;;;0;100 time_wait={};;;0;",
         level.label(),
         h.usage.percent(),
-        trim(opts.warning.percent()),
-        trim(opts.critical.percent()),
+        trim(opts.thresholds.warning().percent()),
+        trim(opts.thresholds.critical().percent()),
         h.used,
         h.capacity,
         usage.pools.tcp.usage.percent(),

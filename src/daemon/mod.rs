@@ -412,8 +412,8 @@ impl Daemon {
     fn process_lookup(&self) -> ProcessLookup {
         let alert = &self.state.alert;
         ProcessLookup {
-            warning: self.policy.warning,
-            critical: self.policy.critical,
+            warning: self.policy.thresholds.warning(),
+            critical: self.policy.thresholds.critical(),
             confirmed: alert.level,
             reminder_due: alert.announced.is_some_and(|t| {
                 self.clock

@@ -1,8 +1,14 @@
 use std::fs::{self, Permissions};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use super::*;
+use crate::kernel::PortRange;
+use crate::policy::load::shell_quote;
+use crate::policy::{Floor, Mode, Thresholds};
+use crate::usage::Ratio;
 
 const SHIPPED: &str = include_str!("../../config/portd.toml");
 const THREE_ERRORS: &str = include_str!("../../tests/fixtures/policy/three-errors.toml");
@@ -128,9 +134,7 @@ fn every_key_is_read() {
     let expected = Policy {
         interval: Duration::from_secs(2),
         max_staleness: Duration::from_secs(5400),
-        warning: Ratio(0.60),
-        critical: Ratio(0.755),
-        clear: Ratio(0.45),
+        thresholds: Thresholds::new(Ratio(0.60), Ratio(0.755), Ratio(0.45)).unwrap(),
         hold: Duration::ZERO,
         tcp_pool_alerts: true,
         mode: Mode::Advise,

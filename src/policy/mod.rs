@@ -5,7 +5,13 @@
 //! validation with `PATH:LINE:COL` errors); everything past that boundary
 //! works with these domain types only.
 
+mod diagnostics;
 pub mod file;
+mod load;
+mod raw;
+pub mod thresholds;
+mod validate;
+mod values;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +20,8 @@ use serde::Serialize;
 
 use crate::kernel::{PORT_MAX, PortRange};
 use crate::usage::Ratio;
+
+pub use thresholds::{ThresholdError, Thresholds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,10 +47,9 @@ pub struct Policy {
     pub interval: Duration,
     /// Longest time the daemon may go without a full census, however idle.
     pub max_staleness: Duration,
-    pub warning: Ratio,
-    pub critical: Ratio,
-    /// An alert clears when usage falls below this (hysteresis).
-    pub clear: Ratio,
+    /// Warning, critical and clear (hysteresis) levels.
+    #[serde(flatten)]
+    pub thresholds: Thresholds,
     /// How long a level must hold before it counts.
     pub hold: Duration,
     /// Whether the TCP bind(0) pool counts towards the headline.
@@ -69,11 +76,7 @@ impl Default for Policy {
         Policy {
             interval: Duration::from_secs(10),
             max_staleness: Duration::from_secs(300),
-            // Warn well before the 50% mark where connect() to a destination
-            // becomes ~10x slower; critical at that mark.
-            warning: Ratio(0.40),
-            critical: Ratio(0.50),
-            clear: Ratio(0.30),
+            thresholds: Thresholds::default(),
             hold: Duration::from_secs(30),
             tcp_pool_alerts: false,
             mode: Mode::Auto,

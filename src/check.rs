@@ -15,7 +15,8 @@ use crate::actuator::{self, DropinFile};
 use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::kernel::{self, PortRange};
-use crate::planner::{self, Action, Inputs, Observation};
+use crate::level::Level;
+use crate::planner::{self, Action, Bounds, Inputs, Observation};
 use crate::policy::{Floor, Policy};
 use crate::state::State;
 use crate::sysctld;
@@ -98,39 +99,8 @@ pub fn run(
     source: &dyn SocketSource,
     opts: &CheckOptions,
 ) -> Report {
-    let mut report = Report {
-        policy_file: policy_file.display().to_string(),
-        policy_found: false,
-        policy_errors: Vec::new(),
-        range: None,
-        reserved_ports: None,
-        unprivileged_port_start: None,
-        boot: Vec::new(),
-        may_open: Vec::new(),
-        listeners_in_range: Vec::new(),
-        listeners_in_span: Vec::new(),
-        findings: Vec::new(),
-        plan: None,
-    };
-    let policy = match policy {
-        Ok((p, found)) => {
-            report.policy_found = found;
-            if !found {
-                report.add(
-                    Severity::Info,
-                    format!(
-                        "{} does not exist: the built-in defaults apply",
-                        policy_file.display()
-                    ),
-                );
-            }
-            p
-        }
-        Err(e) => {
-            report.policy_errors = e.lines().map(str::to_string).collect();
-            Policy::default()
-        }
-    };
+    let mut report = Report::new(policy_file);
+    let policy = report.policy(policy_file, policy);
     boot_config(host, &policy, &mut report);
     let settings = match KernelSettings::read(host) {
         Ok(s) => s,
@@ -142,15 +112,6 @@ pub fn run(
     report.range = Some(settings.port_range);
     report.reserved_ports = Some(settings.reserved_ports.to_sysctl_list());
     report.unprivileged_port_start = Some(settings.unprivileged_port_start);
-    let range = settings.port_range;
-    if range.has_same_parity() {
-        report.add(
-            Severity::Warning,
-            format!(
-                "range {range} has ends of the same parity: connect() may never reach one port per destination; portd fixes this when it widens"
-            ),
-        );
-    }
     let state = match State::load(host) {
         Ok(s) => s,
         Err(e) => {
@@ -171,79 +132,131 @@ pub fn run(
             ),
         );
     }
-    let floor = planner::effective_floor(
+    let bounds = Bounds::of(
         &policy,
         state.initial_range,
-        range,
+        settings.port_range,
         settings.unprivileged_port_start,
     );
-    if let Floor::Port(p) = policy.floor
-        && p < settings.unprivileged_port_start
-    {
-        report.add(
-            Severity::Warning,
-            format!(
-                "widen.floor {p} is below ip_unprivileged_port_start {}: the kernel refuses such a range, so portd stops at {}",
-                settings.unprivileged_port_start, settings.unprivileged_port_start
-            ),
-        );
-    }
-    if range.low() < floor || range.high() > policy.ceiling {
-        report.add(
-            Severity::Warning,
-            format!(
-                "the range {range} lies outside the policy's bounds {floor}-{}: portd will not change it",
-                policy.ceiling
-            ),
-        );
-    } else {
-        if floor < range.low() {
-            report
-                .may_open
-                .extend(PortRange::new(floor, range.low() - 1).ok());
-        }
-        if policy.ceiling > range.high() {
-            report
-                .may_open
-                .extend(PortRange::new(range.high() + 1, policy.ceiling).ok());
-        }
-    }
+    bounds_findings(&policy, &settings, bounds, &mut report);
 
-    let census = usage::take_census(
-        source,
-        settings.clone(),
-        UsageOptions {
-            tcp_pool_in_headline: policy.tcp_pool_alerts,
-        },
-    );
-    let usage = match census {
+    let options = UsageOptions {
+        tcp_pool_in_headline: policy.tcp_pool_alerts,
+    };
+    let usage = match usage::take_census(source, settings.clone(), options) {
         Ok(u) => u,
         Err(e) => {
             report.add(Severity::Error, format!("census failed: {e}"));
             return report;
         }
     };
+    usage_findings(&usage, &mut report);
+    if !report.may_open.is_empty() {
+        reservations_in_span(
+            &policy,
+            &settings,
+            &usage.listening_ports,
+            bounds,
+            &mut report,
+        );
+    }
+    if opts.plan {
+        report.plan = Some(plan_now(host, &policy, &state, &usage));
+    }
+    report
+}
+
+impl Report {
+    fn new(policy_file: &Path) -> Report {
+        Report {
+            policy_file: policy_file.display().to_string(),
+            policy_found: false,
+            policy_errors: Vec::new(),
+            range: None,
+            reserved_ports: None,
+            unprivileged_port_start: None,
+            boot: Vec::new(),
+            may_open: Vec::new(),
+            listeners_in_range: Vec::new(),
+            listeners_in_span: Vec::new(),
+            findings: Vec::new(),
+            plan: None,
+        }
+    }
+
+    /// The policy to check the host against: the loaded one, or the
+    /// defaults when the file was refused (its errors recorded).
+    fn policy(&mut self, policy_file: &Path, policy: Result<(Policy, bool), String>) -> Policy {
+        match policy {
+            Ok((p, found)) => {
+                self.policy_found = found;
+                if !found {
+                    self.add(
+                        Severity::Info,
+                        format!(
+                            "{} does not exist: the built-in defaults apply",
+                            policy_file.display()
+                        ),
+                    );
+                }
+                p
+            }
+            Err(e) => {
+                self.policy_errors = e.lines().map(str::to_string).collect();
+                Policy::default()
+            }
+        }
+    }
+}
+
+/// The policy's bounds against the range: a floor the kernel refuses, a
+/// range portd leaves alone, and else the span portd may open.
+fn bounds_findings(
+    policy: &Policy,
+    settings: &KernelSettings,
+    bounds: Bounds,
+    report: &mut Report,
+) {
+    let range = settings.port_range;
+    let unprivileged = settings.unprivileged_port_start;
+    if let Floor::Port(p) = policy.floor
+        && p < unprivileged
+    {
+        report.add(
+            Severity::Warning,
+            format!(
+                "widen.floor {p} is below ip_unprivileged_port_start {unprivileged}: the kernel refuses such a range, so portd stops at {unprivileged}"
+            ),
+        );
+    }
+    if bounds.outside(range) {
+        report.add(
+            Severity::Warning,
+            format!(
+                "the range {range} lies outside the policy's bounds {}-{}: portd will not change it",
+                bounds.floor, bounds.ceiling
+            ),
+        );
+    }
+    report.may_open = bounds.may_open(range);
+}
+
+/// What the census judged ([`usage::Hazard`]) about the range's setup,
+/// listeners in the span portd may open, and a range with no usable port.
+fn usage_findings(usage: &usage::Usage, report: &mut Report) {
     report.listeners_in_range = usage.listeners_in_range.clone();
     report.listeners_in_span = usage
         .listening_ports
         .iter()
         .filter(|p| report.may_open.iter().any(|r| r.contains(*p)))
         .collect();
-    if !report.listeners_in_range.is_empty() {
-        let unreserved: Vec<String> = report
-            .listeners_in_range
-            .iter()
-            .filter(|p| !settings.reserved_ports.contains(**p))
-            .map(u16::to_string)
-            .collect();
-        if !unreserved.is_empty() {
-            report.add(
-                Severity::Warning,
-                format!(
-                    "services listen inside the range on unreserved port(s) {}: a restart can find the port taken by an outgoing connection; add them to ip_local_reserved_ports",
-                    unreserved.join(", ")
-                ),
-            );
+    // The range's setup; how busy one destination is now is `status`'s to say.
+    for hazard in &usage.hazards {
+        if matches!(
+            hazard,
+            usage::Hazard::SameParity { .. } | usage::Hazard::ListenersInRange { .. }
+        ) {
+            report.add(Severity::Warning, hazard.to_string());
         }
     }
     if !report.listeners_in_span.is_empty() {
@@ -266,41 +279,35 @@ pub fn run(
             ),
         );
     }
-    if !report.may_open.is_empty() {
-        reservations_in_span(
-            &policy,
-            &settings,
-            &usage.listening_ports,
-            floor,
-            &mut report,
-        );
-    }
-    if opts.plan {
-        let pin = crate::actuator::pin(host, &policy.dropin_name)
-            .ok()
-            .flatten();
-        let mut history = state.history();
-        // What the daemon would do on a poll now, with the level already held.
-        history.alert.level = crate::level::Level::of(
-            usage.headline.usage,
-            policy.thresholds.warning(),
-            policy.thresholds.critical(),
-        );
-        report.plan = Some(planner::plan(&Inputs {
-            observation: &Observation::from_usage(&usage),
-            policy: &policy,
-            history: &history,
-            pin: pin.as_ref(),
-            now: SystemTime::now(),
-            authority: &crate::authority::Authority::of(
-                policy.mode,
-                false,
-                None,
-                state.yielded.as_ref().map(|y| y.reason.as_str()),
-            ),
-        }));
-    }
-    report
+}
+
+/// What the daemon would do on a poll now, with the level already held.
+fn plan_now(
+    host: &Host,
+    policy: &Policy,
+    state: &State,
+    usage: &usage::Usage,
+) -> planner::Decision {
+    let pin = actuator::pin(host, &policy.dropin_name).ok().flatten();
+    let mut history = state.history();
+    history.alert.level = Level::of(
+        usage.headline.usage,
+        policy.thresholds.warning(),
+        policy.thresholds.critical(),
+    );
+    planner::plan(&Inputs {
+        observation: &Observation::from_usage(usage),
+        policy,
+        history: &history,
+        pin: pin.as_ref(),
+        now: SystemTime::now(),
+        authority: &crate::authority::Authority::of(
+            policy.mode,
+            false,
+            None,
+            state.yielded.as_ref().map(|y| y.reason.as_str()),
+        ),
+    })
 }
 
 /// portd's drop-in: whether portd may write it (it never overwrites a file
@@ -371,15 +378,20 @@ fn dropin(host: &Host, policy: &Policy, state: &State, report: &mut Report) {
         );
         Some(reserved.to_sysctl_list())
     };
-    let on_disk = current.as_deref().map(|text| {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| sysctld::normalize_key(k) == key)
-            .map(|(_, v)| v.trim().to_string())
-    });
-    if let Some(on_disk) = on_disk
-        && on_disk != wanted
-    {
+    if let Some(text) = current {
+        stale_dropin(&path, &text, wanted, report);
+    }
+}
+
+/// portd's drop-in on disk no longer sets the reserved ports it should.
+fn stale_dropin(path: &Path, text: &str, wanted: Option<String>, report: &mut Report) {
+    let key = kernel::KEY_RESERVED_PORTS;
+    let on_disk = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| sysctld::normalize_key(k) == key)
+        .map(|(_, v)| v.trim().to_string());
+    if on_disk != wanted {
         report.add(
             Severity::Info,
             format!(
@@ -399,12 +411,11 @@ fn reservations_in_span(
     policy: &Policy,
     settings: &KernelSettings,
     listening: &kernel::PortSet,
-    floor: u16,
+    bounds: Bounds,
     report: &mut Report,
 ) {
     let range = settings.port_range;
-    let Ok(widest) = PortRange::new(floor.min(range.low()), policy.ceiling.max(range.high()))
-    else {
+    let Some(widest) = bounds.widest(range) else {
         return;
     };
     let mut span = kernel::PortSet::new();

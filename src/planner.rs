@@ -314,19 +314,19 @@ fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
 fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
     let obs = inputs.observation;
     let policy = inputs.policy;
-    let floor = effective_floor(
+    let bounds = Bounds::of(
         policy,
         inputs.history.initial_range,
         obs.range,
         obs.unprivileged_port_start,
     );
-    if obs.range.low() < floor || obs.range.high() > policy.ceiling {
+    if bounds.outside(obs.range) {
         return Action::Hold {
             plan: None,
             reason: Blocked::OutsideBounds,
         };
     }
-    let Some(plan) = widen(obs, policy, floor) else {
+    let Some(plan) = widen(obs, policy, bounds) else {
         return Action::Hold {
             plan: None,
             reason: Blocked::AtBound,
@@ -390,20 +390,60 @@ pub fn usable_ports(range: PortRange, reserved: &PortSet) -> u32 {
     range.len() - reserved.count_in(range)
 }
 
-/// The lowest port the range may start at: the policy floor (or the range
-/// as first found), never below `ip_unprivileged_port_start` (the kernel
-/// rejects that: kernel.md §1.3) and never below 1.
-pub fn effective_floor(
-    policy: &Policy,
-    initial_range: Option<PortRange>,
-    range: PortRange,
-    unprivileged_port_start: u16,
-) -> u16 {
-    let floor = match policy.floor {
-        Floor::Port(p) => p,
-        Floor::Initial => initial_range.map_or(range.low(), PortRange::low),
-    };
-    floor.max(unprivileged_port_start).max(1)
+/// Where the policy lets the range go: `floor..=ceiling`. The floor is the
+/// policy's (or the range as first found), never below
+/// `ip_unprivileged_port_start` (the kernel rejects that: kernel.md §1.3)
+/// and never below 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub floor: u16,
+    pub ceiling: u16,
+}
+
+impl Bounds {
+    pub fn of(
+        policy: &Policy,
+        initial_range: Option<PortRange>,
+        range: PortRange,
+        unprivileged_port_start: u16,
+    ) -> Bounds {
+        let floor = match policy.floor {
+            Floor::Port(p) => p,
+            Floor::Initial => initial_range.map_or(range.low(), PortRange::low),
+        };
+        Bounds {
+            floor: floor.max(unprivileged_port_start).max(1),
+            ceiling: policy.ceiling,
+        }
+    }
+
+    /// The range reaches past the bounds: the admin's choice, which portd
+    /// leaves alone ([`Blocked::OutsideBounds`]).
+    pub fn outside(&self, range: PortRange) -> bool {
+        range.low() < self.floor || range.high() > self.ceiling
+    }
+
+    /// The ports portd may add to `range`: below it down to the floor and
+    /// above it up to the ceiling, low first. None when the range is
+    /// [`outside`](Bounds::outside) the bounds.
+    pub fn may_open(&self, range: PortRange) -> Vec<PortRange> {
+        if self.outside(range) {
+            return Vec::new();
+        }
+        let below = (self.floor < range.low())
+            .then(|| PortRange::new(self.floor, range.low() - 1).ok())
+            .flatten();
+        let above = (range.high() < self.ceiling)
+            .then(|| PortRange::new(range.high() + 1, self.ceiling).ok())
+            .flatten();
+        below.into_iter().chain(above).collect()
+    }
+
+    /// The widest range portd could make of `range`: from the floor to the
+    /// ceiling, or the range's own end where it lies beyond.
+    pub fn widest(&self, range: PortRange) -> Option<PortRange> {
+        PortRange::new(self.floor.min(range.low()), self.ceiling.max(range.high())).ok()
+    }
 }
 
 /// Ports that may never be handed out once inside the range: a plan
@@ -419,7 +459,8 @@ pub fn keep_out(listening: &PortSet, protected: &[PortRange]) -> PortSet {
 /// Finds the smallest widening (upward first, then downward to the floor)
 /// that brings the headline to the policy's target, or as close as the
 /// bounds allow. Returns `None` when the range cannot grow at all.
-fn widen(obs: &Observation, policy: &Policy, floor: u16) -> Option<Plan> {
+fn widen(obs: &Observation, policy: &Policy, bounds: Bounds) -> Option<Plan> {
+    let Bounds { floor, ceiling } = bounds;
     let keep_out = keep_out(&obs.listening, &policy.protected);
     let blocked = obs.reserved.union(&keep_out);
     let free = |p: u16| u64::from(!blocked.contains(p));
@@ -428,7 +469,7 @@ fn widen(obs: &Observation, policy: &Policy, floor: u16) -> Option<Plan> {
     let needed = (used as f64 / policy.target.0).ceil() as u64;
     let (mut low, mut high) = (obs.range.low(), obs.range.high());
     let mut capacity: u64 = (low..=high).map(free).sum();
-    while capacity < needed && high < policy.ceiling {
+    while capacity < needed && high < ceiling {
         high += 1;
         capacity += free(high);
     }
@@ -439,7 +480,7 @@ fn widen(obs: &Observation, policy: &Policy, floor: u16) -> Option<Plan> {
     // Ends of different parity (kernel.md §1.5): grow by one more port where
     // the bounds allow, else give one back without undoing the growth.
     if low % 2 == high % 2 {
-        if high < policy.ceiling {
+        if high < ceiling {
             high += 1;
         } else if low > floor {
             low -= 1;

@@ -604,3 +604,77 @@ fn an_unreadable_state_holds_the_plan_and_says_why() {
         }
     ));
 }
+
+fn range(low: u16, high: u16) -> PortRange {
+    PortRange::new(low, high).unwrap()
+}
+
+fn bounds_for(floor: Floor, ceiling: u16, initial: Option<PortRange>) -> Bounds {
+    let policy = Policy {
+        floor,
+        ceiling,
+        ..Policy::default()
+    };
+    Bounds::of(&policy, initial, range(40000, 40099), 1024)
+}
+
+#[test]
+fn bounds_floor_is_the_policys_port_or_the_range_as_first_found() {
+    assert_eq!(bounds_for(Floor::Port(30000), 60999, None).floor, 30000);
+    assert_eq!(bounds_for(Floor::Initial, 60999, None).floor, 40000);
+    let first = Some(range(35000, 45000));
+    assert_eq!(bounds_for(Floor::Initial, 60999, first).floor, 35000);
+}
+
+#[test]
+fn bounds_floor_never_goes_below_the_unprivileged_port_start() {
+    let b = bounds_for(Floor::Port(80), 60999, None);
+    assert_eq!((b.floor, b.ceiling), (1024, 60999));
+}
+
+#[test]
+fn a_range_past_either_bound_is_outside_and_may_open_nothing() {
+    let b = Bounds {
+        floor: 40000,
+        ceiling: 50000,
+    };
+    for r in [
+        range(39999, 45000),
+        range(41000, 50001),
+        range(30000, 60000),
+    ] {
+        assert!(b.outside(r), "{r}");
+        assert!(b.may_open(r).is_empty(), "{r}");
+    }
+    assert!(!b.outside(range(40000, 50000)));
+}
+
+#[test]
+fn bounds_may_open_the_ports_below_and_above_the_range() {
+    let b = Bounds {
+        floor: 30000,
+        ceiling: 60999,
+    };
+    assert_eq!(
+        b.may_open(range(40000, 40099)),
+        [range(30000, 39999), range(40100, 60999)]
+    );
+    // Only upward when the floor is the range's own low end.
+    let up = Bounds {
+        floor: 40000,
+        ceiling: 60999,
+    };
+    assert_eq!(up.may_open(range(40000, 40099)), [range(40100, 60999)]);
+    // Nothing when the range already spans the bounds.
+    assert!(up.may_open(range(40000, 60999)).is_empty());
+}
+
+#[test]
+fn the_widest_range_keeps_a_range_end_that_lies_beyond_the_bounds() {
+    let b = Bounds {
+        floor: 40000,
+        ceiling: 50000,
+    };
+    assert_eq!(b.widest(range(41000, 42000)), Some(range(40000, 50000)));
+    assert_eq!(b.widest(range(30000, 60000)), Some(range(30000, 60000)));
+}

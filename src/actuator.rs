@@ -79,7 +79,14 @@ fn write_once(path: &std::path::Path, value: &str) -> Result<(), ActuateError> {
         value: value.to_string(),
         source,
     };
-    let mut f = OpenOptions::new().write(true).open(path).map_err(err)?;
+    // O_TRUNC changes nothing on /proc/sys (as with `echo >` or `sysctl -w`);
+    // on a fixture tree's regular file it gives the kernel's "replaced
+    // whole" semantic, so a shorter value leaves no tail of the old one.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(err)?;
     let written = f.write(value.as_bytes()).map_err(err)?;
     if written != value.len() {
         return Err(ActuateError::ShortWrite {

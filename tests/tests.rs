@@ -32,4 +32,5 @@ mod suite {
     mod status_errors;
     mod status_golden;
     mod status_netns;
+    mod sysctld_cat_config;
 }

@@ -11,12 +11,13 @@
 //! is touched.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
 use portd::host::Host;
 use portd::sysctld::{self, SysctlConf};
+
+use super::util::have_root;
 
 const SYSTEMD_SYSCTL: &str = "/usr/lib/systemd/systemd-sysctl";
 const RANGE: &str = "net.ipv4.ip_local_port_range";
@@ -196,22 +197,6 @@ elif [ -d /lib/sysctl.d ]; then
 fi
 "#;
 
-/// Root-only; skips visibly otherwise, but fails under CI.
-fn have_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("this test needs root, and CI is set: not skipping");
-    }
-    // Straight to stderr: the test harness would swallow eprintln!.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP: needs root (sysctld_cat_config uses a private mount namespace)"
-    );
-    false
-}
-
 /// Writes the layout script and runs the scenario in its namespace.
 fn run_in_namespace(scenario: &Scenario, out: &Path) {
     let mut layout = String::from("set -eu\n");
@@ -288,7 +273,7 @@ fn cat_config_assignments(
 
 #[test]
 fn scanner_agrees_with_systemd_sysctl_cat_config() {
-    if !have_root() {
+    if !have_root("scanner_agrees_with_systemd_sysctl_cat_config") {
         return;
     }
     assert!(

@@ -33,4 +33,5 @@ mod suite {
     mod status_golden;
     mod status_netns;
     mod sysctld_cat_config;
+    mod writes_golden;
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::util::{copy_tree, portd, tests_dir};
+use super::util::{copy_tree, json_differences, portd, tests_dir};
 
 fn fixtures() -> Vec<std::path::PathBuf> {
     let dir = tests_dir().join("fixtures/status");
@@ -20,32 +20,6 @@ fn fixtures() -> Vec<std::path::PathBuf> {
     found.sort();
     assert!(!found.is_empty(), "no fixtures under {}", dir.display());
     found
-}
-
-/// Where two JSON values differ, one `path: expected X, got Y` a line.
-fn differences(path: &str, expected: &Value, actual: &Value, out: &mut Vec<String>) {
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            for (k, ev) in e {
-                match a.get(k) {
-                    Some(av) => differences(&format!("{path}.{k}"), ev, av, out),
-                    None => out.push(format!("{path}.{k}: expected {ev}, missing")),
-                }
-            }
-            for (k, av) in a {
-                if !e.contains_key(k) {
-                    out.push(format!("{path}.{k}: not expected, got {av}"));
-                }
-            }
-        }
-        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
-            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
-                differences(&format!("{path}[{i}]"), ev, av, out);
-            }
-        }
-        _ if expected != actual => out.push(format!("{path}: expected {expected}, got {actual}")),
-        _ => {}
-    }
 }
 
 fn run(fixture: &Path) -> Result<(), String> {
@@ -84,7 +58,7 @@ fn run(fixture: &Path) -> Result<(), String> {
     if std::env::var_os("PORTD_BLESS").is_some() {
         if let Ok(old) = std::fs::read_to_string(&expected_path) {
             let mut diff = Vec::new();
-            differences(
+            json_differences(
                 "",
                 &serde_json::from_str(&old).unwrap_or_default(),
                 &actual,
@@ -111,7 +85,7 @@ fn run(fixture: &Path) -> Result<(), String> {
         ));
     }
     let mut diff = Vec::new();
-    differences("", &expected, &actual, &mut diff);
+    json_differences("", &expected, &actual, &mut diff);
     if diff.is_empty() {
         Ok(())
     } else {

@@ -267,12 +267,19 @@ impl State {
         }
     }
 
-    /// The drop-in `dropin` holds what portd last wrote.
-    pub fn mark_persisted(&mut self, dropin: &str) {
+    /// The drop-in `dropin` holds what portd last wrote (`rewritten`: it
+    /// was written just now). True when the state changed and must be saved.
+    pub fn mark_persisted(&mut self, dropin: &str, rewritten: bool) -> bool {
+        let recorded = self.dropin.as_deref() == Some(dropin);
+        let persisted = self.last_written.as_ref().is_some_and(|w| w.persisted);
+        if recorded && persisted && !rewritten {
+            return false;
+        }
         if let Some(w) = &mut self.last_written {
             w.persisted = true;
         }
         self.dropin = Some(dropin.to_string());
+        true
     }
 
     /// The planner's view.
@@ -521,9 +528,15 @@ mod tests {
         let mut s = State::default();
         s.record_widening(found(), &widening(), at(100), "busy");
         s.confirm_written();
-        s.mark_persisted("60-portd.conf");
+        assert!(s.mark_persisted("60-portd.conf", true), "first record");
         assert!(s.last_written.as_ref().unwrap().persisted);
         assert_eq!(s.dropin.as_deref(), Some("60-portd.conf"));
+        assert!(
+            !s.mark_persisted("60-portd.conf", false),
+            "an unchanged drop-in already recorded needs no save"
+        );
+        assert!(s.mark_persisted("60-portd.conf", true), "rewritten");
+        assert!(s.mark_persisted("61-portd.conf", false), "another name");
     }
 
     #[test]
@@ -531,7 +544,7 @@ mod tests {
         let mut s = State::default();
         s.record_widening(found(), &widening(), at(100), "busy");
         s.confirm_written();
-        s.mark_persisted("60-portd.conf");
+        s.mark_persisted("60-portd.conf", true);
         s.range_restored(range(40000, 40099));
         assert_eq!(
             s.last_written.as_ref().unwrap().values.range,

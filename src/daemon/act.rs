@@ -112,9 +112,11 @@ impl Daemon {
                     actuator::Persisted::Unchanged => None,
                 };
                 self.report.persisted(range, &dropin, removed);
-                let recorded = self.state.dropin.as_deref() == Some(&self.policy.dropin_name);
-                if outcome != actuator::Persisted::Unchanged || !recorded || !was_persisted {
-                    self.state.mark_persisted(&self.policy.dropin_name);
+                let rewritten = outcome != actuator::Persisted::Unchanged;
+                if self
+                    .state
+                    .mark_persisted(&self.policy.dropin_name, rewritten)
+                {
                     self.save_state();
                 }
             }

@@ -142,7 +142,11 @@ pub(super) fn next(
         bounds.push((totals.tcp_bound(), last.tcp_capacity));
     }
     let below = |&(used, capacity): &(u64, u64)| {
-        Level::of(Ratio::of(used, capacity), policy.thresholds.warning(), policy.thresholds.critical()) == Level::Ok
+        Level::of(
+            Ratio::of(used, capacity),
+            policy.thresholds.warning(),
+            policy.thresholds.critical(),
+        ) == Level::Ok
     };
     if !bounds.iter().all(below) {
         return Next::Census(Due::BoundAtWarning);

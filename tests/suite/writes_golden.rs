@@ -225,13 +225,7 @@ fn tree_differences(
 fn persist_as_the_daemon_does(host: &Host, dropin_name: &str, state: &mut State) -> String {
     match actuator::persist(host, dropin_name, state, golden_now()) {
         Ok(outcome) => {
-            let recorded = state.dropin.as_deref() == Some(dropin_name);
-            let persisted = state.last_written.as_ref().is_some_and(|w| w.persisted);
-            if outcome != Persisted::Unchanged || !recorded || !persisted {
-                if let Some(w) = &mut state.last_written {
-                    w.persisted = true;
-                }
-                state.dropin = Some(dropin_name.to_string());
+            if state.mark_persisted(dropin_name, outcome != Persisted::Unchanged) {
                 state.save(host).unwrap();
             }
             format!("persist: {outcome:?}\n")

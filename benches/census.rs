@@ -12,7 +12,8 @@ use portd::census::netlink;
 use portd::census::procfs::{ProcfsSource, parse_inet_row};
 use portd::census::{KernelSettings, Proto, Scope, Socket, SocketSource};
 use portd::host::Host;
-use portd::kernel::{PortRange, PortSet, TcpState, TwReuse};
+use portd::kernel::{TcpState, TwReuse};
+use portd::ports::{PortRange, PortSet};
 use portd::usage::{Aggregator, UsageOptions};
 
 fn main() {

@@ -33,7 +33,7 @@ use portd::census::netlink::{NetlinkOptions, NetlinkSource};
 use portd::census::procfs::ProcfsSource;
 use portd::census::{KernelSettings, Scope, SocketSource};
 use portd::host::Host;
-use portd::kernel::PortSet;
+use portd::ports::PortSet;
 use portd::usage::{UsageOptions, census_ports, take_census};
 
 /// Connections per worker: two fds each, under the 20,000 open-file limit.

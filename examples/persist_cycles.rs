@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use portd::actuator;
 use portd::host::Host;
-use portd::kernel::{PortRange, PortSet};
+use portd::ports::{PortRange, PortSet};
 use portd::state::{State, Values, Written};
 
 const DROPIN_NAME: &str = "60-portd.conf";
@@ -27,8 +27,8 @@ fn written_at() -> SystemTime {
 
 fn state(version: (u16, u16, &str)) -> Result<State, String> {
     let (low, high, reserved) = version;
-    let range = PortRange::new(low, high)?;
-    let reserved = PortSet::parse(reserved)?;
+    let range = PortRange::new(low, high).map_err(|e| e.to_string())?;
+    let reserved = PortSet::parse(reserved).map_err(|e| e.to_string())?;
     Ok(State {
         last_written: Some(Written {
             values: Values {
@@ -61,8 +61,8 @@ fn run() -> Result<(), String> {
     let first_text = {
         let (low, high, reserved) = VERSIONS[0];
         actuator::dropin_text(
-            PortRange::new(low, high)?,
-            &PortSet::parse(reserved)?,
+            PortRange::new(low, high).map_err(|e| e.to_string())?,
+            &PortSet::parse(reserved).map_err(|e| e.to_string())?,
             written_at(),
             None,
         )

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::kernel::TwReuse;
+use crate::ports::Ratio;
 use crate::state::Pending;
-use crate::usage::Ratio;
 
 const DROPIN: &str = "60-portd.conf";
 

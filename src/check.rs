@@ -14,10 +14,11 @@ use serde::Serialize;
 use crate::actuator::{self, DropinFile};
 use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
-use crate::kernel::{self, PortRange};
+use crate::kernel;
 use crate::level::Level;
 use crate::planner::{self, Action, Bounds, Inputs, Observation};
 use crate::policy::{Floor, Policy};
+use crate::ports::{PortRange, PortSet};
 use crate::state::State;
 use crate::sysctld;
 use crate::usage::{self, UsageOptions};
@@ -410,7 +411,7 @@ fn stale_dropin(path: &Path, text: &str, wanted: Option<String>, report: &mut Re
 fn reservations_in_span(
     policy: &Policy,
     settings: &KernelSettings,
-    listening: &kernel::PortSet,
+    listening: &PortSet,
     bounds: Bounds,
     report: &mut Report,
 ) {
@@ -418,7 +419,7 @@ fn reservations_in_span(
     let Some(widest) = bounds.widest(range) else {
         return;
     };
-    let mut span = kernel::PortSet::new();
+    let mut span = PortSet::new();
     span.insert_range(widest);
     let keep_out = planner::keep_out(listening, &policy.protected);
     let reserved = settings

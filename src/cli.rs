@@ -22,9 +22,9 @@ use crate::level::Level;
 use crate::logging;
 use crate::logging::LogTarget;
 use crate::policy::{self, Policy};
+use crate::ports::Ratio;
 use crate::state::State;
 use crate::status::{self, StatusOptions};
-use crate::usage::Ratio;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -3,7 +3,7 @@
 //! `PORTD_*` fields. Logged through `tracing`; `logging.rs` decides whether
 //! they go to the journal natively or to stderr as readable lines.
 
-use crate::kernel::PortRange;
+use crate::ports::PortRange;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

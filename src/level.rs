@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::usage::Ratio;
+use crate::ports::Ratio;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,10 +52,11 @@ mod tests {
 
     #[test]
     fn thresholds_are_reached_at_equality() {
-        let (w, c) = (Ratio(0.4), Ratio(0.5));
-        assert_eq!(Level::of(Ratio(0.399), w, c), Level::Ok);
-        assert_eq!(Level::of(Ratio(0.4), w, c), Level::Warning);
-        assert_eq!(Level::of(Ratio(0.5), w, c), Level::Critical);
+        let ratio = |f| Ratio::from_fraction(f).unwrap();
+        let (w, c) = (ratio(0.4), ratio(0.5));
+        assert_eq!(Level::of(ratio(0.399), w, c), Level::Ok);
+        assert_eq!(Level::of(ratio(0.4), w, c), Level::Warning);
+        assert_eq!(Level::of(ratio(0.5), w, c), Level::Critical);
         assert_eq!(Level::Unknown.exit_code(), 3);
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod planner;
 pub mod policy;
+pub mod ports;
 pub mod shutdown;
 pub mod state;
 pub mod status;

@@ -114,7 +114,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     out.gauge(
         "portd_headline_usage_ratio",
         "Worst per-destination or UDP pool usage (0-1).",
-        u.headline.usage.0,
+        u.headline.usage.fraction(),
     );
     out.gauge(
         "portd_headline_used_ports",
@@ -145,7 +145,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "gauge",
         "Usage of one of the top destinations (0-1).",
         &top.iter()
-            .map(|d| (dest_labels(d), d.usage.0))
+            .map(|d| (dest_labels(d), d.usage.fraction()))
             .collect::<Vec<_>>(),
     );
     let pools = [
@@ -175,7 +175,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "portd_pool_usage_ratio",
         "gauge",
         "Pool usage per protocol (0-1).",
-        &per_pool(&|p| p.usage.0),
+        &per_pool(&|p| p.usage.fraction()),
     );
     out.gauge(
         "portd_time_wait_in_range_sockets",

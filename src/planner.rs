@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::authority::{Authority, Why};
-use crate::kernel::{PortRange, PortSet};
 use crate::level::Level;
 use crate::policy::{Floor, Policy};
-use crate::usage::{Headline, Ratio, Usage};
+use crate::ports::{PortRange, PortSet, Ratio};
+use crate::usage::{Headline, Usage};
 
 /// What the planner needs from a census.
 #[derive(Clone, Debug, PartialEq)]
@@ -376,9 +376,9 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
         .iter()
         .filter(|t| elapsed(**t, inputs.now) < hour)
         .count();
-    if recent >= policy.max_changes_per_hour as usize {
+    if recent >= policy.max_changes_per_hour.get() as usize {
         return hold(Blocked::ChangeCap {
-            per_hour: policy.max_changes_per_hour,
+            per_hour: policy.max_changes_per_hour.get(),
         });
     }
     Action::Apply { plan }
@@ -413,7 +413,7 @@ impl Bounds {
         };
         Bounds {
             floor: floor.max(unprivileged_port_start).max(1),
-            ceiling: policy.ceiling,
+            ceiling: policy.ceiling.get(),
         }
     }
 
@@ -466,7 +466,7 @@ fn widen(obs: &Observation, policy: &Policy, bounds: Bounds) -> Option<Plan> {
     let free = |p: u16| u64::from(!blocked.contains(p));
 
     let used = obs.headline.used.max(1);
-    let needed = (used as f64 / policy.target.0).ceil() as u64;
+    let needed = (used as f64 / policy.target.fraction()).ceil() as u64;
     let (mut low, mut high) = (obs.range.low(), obs.range.high());
     let mut capacity: u64 = (low..=high).map(free).sum();
     while capacity < needed && high < ceiling {

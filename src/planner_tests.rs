@@ -1,7 +1,9 @@
 use super::*;
 use crate::policy::Thresholds;
+use crate::ports::Port;
 use crate::usage::Cause;
 use proptest::prelude::*;
+use std::num::NonZeroU32;
 
 /// 10 000 cases by default (the bar); `PROPTEST_CASES` overrides.
 fn cases() -> u32 {
@@ -107,12 +109,12 @@ fn case() -> impl Strategy<Value = Case> {
                 let mut warning = 0.05 + f64::from(w % 90) / 100.0;
                 let mut critical = (warning + f64::from(k % 10) / 100.0).min(1.0);
                 match exact {
-                    1 if usage.0 > 0.02 && usage.0 <= 1.0 => {
-                        warning = usage.0;
+                    1 if usage.fraction() > 0.02 && usage.fraction() <= 1.0 => {
+                        warning = usage.fraction();
                         critical = critical.max(warning);
                     }
-                    2 if usage.0 > 0.02 && usage.0 <= 1.0 => {
-                        critical = usage.0;
+                    2 if usage.fraction() > 0.02 && usage.fraction() <= 1.0 => {
+                        critical = usage.fraction();
                         warning = warning.min(critical);
                     }
                     _ => {}
@@ -121,12 +123,16 @@ fn case() -> impl Strategy<Value = Case> {
                 let clear = warning * f64::from((c % 100).max(1)) / 100.0;
                 let target = (warning * f64::from(tg % 60).max(1.0) / 100.0).min(clear.max(0.001));
                 let policy = Policy {
-                    thresholds: Thresholds::new(Ratio(warning), Ratio(critical), Ratio(clear))
-                        .unwrap(),
-                    target: Ratio(target.max(0.001)),
+                    thresholds: Thresholds::new(
+                        Ratio::from_fraction(warning).unwrap(),
+                        Ratio::from_fraction(critical).unwrap(),
+                        Ratio::from_fraction(clear).unwrap(),
+                    )
+                    .unwrap(),
+                    target: Ratio::from_fraction(target.max(0.001)).unwrap(),
                     hold: Duration::ZERO,
                     floor: floor.map_or(Floor::Initial, Floor::Port),
-                    ceiling,
+                    ceiling: Port::new(ceiling).unwrap(),
                     protected,
                     ..Policy::default()
                 };
@@ -218,7 +224,7 @@ proptest! {
             let floor = match c.policy.floor { Floor::Port(f) => f, Floor::Initial => c.obs.range.low() };
             prop_assert!(p.to.low() >= floor, "{:?} below floor {floor}", p.to);
             prop_assert!(p.to.low() >= c.obs.unprivileged_port_start);
-            prop_assert!(p.to.high() <= c.policy.ceiling, "{:?} above ceiling {}", p.to, c.policy.ceiling);
+            prop_assert!(p.to.high() <= c.policy.ceiling.get(), "{:?} above ceiling {}", p.to, c.policy.ceiling);
         }
     }
 
@@ -255,7 +261,7 @@ proptest! {
     #[test]
     fn cooldown_and_change_cap_are_honoured(c in case(), ago in 0u64..7200, n in 0usize..8) {
         let mut c = c;
-        c.policy.max_changes_per_hour = 3;
+        c.policy.max_changes_per_hour = NonZeroU32::new(3).unwrap();
         c.history.changes = (0..n).map(|i| t(1_000_000 - ago - i as u64)).collect();
         let d = decide(&c);
         if let Action::Apply { .. } = d.action {
@@ -307,7 +313,7 @@ proptest! {
     ) {
         use crate::state::{Change, State};
         let mut c = c;
-        c.policy.max_changes_per_hour = 3;
+        c.policy.max_changes_per_hour = NonZeroU32::new(3).unwrap();
         c.history.alert.level = Level::of(c.obs.headline.usage, c.policy.thresholds.warning(), c.policy.thresholds.critical());
         let mut state = State {
             changes: (0..n as u64)
@@ -387,7 +393,7 @@ fn generators_reach_the_hard_cases() {
         match decide(&c).action {
             Action::Apply { plan } => {
                 apply += 1;
-                if plan.to.high() == c.policy.ceiling {
+                if plan.to.high() == c.policy.ceiling.get() {
                     to_ceiling += 1;
                 }
                 let (lo, hi) = (plan.to.low(), plan.to.high());
@@ -612,7 +618,7 @@ fn range(low: u16, high: u16) -> PortRange {
 fn bounds_for(floor: Floor, ceiling: u16, initial: Option<PortRange>) -> Bounds {
     let policy = Policy {
         floor,
-        ceiling,
+        ceiling: Port::new(ceiling).unwrap(),
         ..Policy::default()
     };
     Bounds::of(&policy, initial, range(40000, 40099), 1024)

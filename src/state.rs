@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::host::Host;
-use crate::kernel::{PortRange, PortSet};
 use crate::planner::{self, AlertState, History, Plan};
+use crate::ports::{PortRange, PortSet};
 
 /// Bumped when the meaning of a field changes; a newer file is refused
 /// rather than misread. Version 2 added `pending` and `dropin`.
@@ -434,7 +434,7 @@ mod tests {
             to: range(40000, 40181),
             reserved: ports("40120,40500"),
             newly_reserved: ports("40120"),
-            expected_usage: crate::usage::Ratio(0.2),
+            expected_usage: crate::ports::Ratio::from_percent(20.0).unwrap(),
             reaches_target: true,
         }
     }

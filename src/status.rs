@@ -10,7 +10,8 @@ use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::level::Level;
 use crate::policy;
-use crate::usage::{self, Cause, DestUsage, Ratio, Usage, UsageOptions};
+use crate::ports::Ratio;
+use crate::usage::{self, Cause, DestUsage, Usage, UsageOptions};
 
 /// Version of the `status --json` schema (docs/status-json.md). Bumped on any
 /// change that removes or re-types a field; new fields may appear.
@@ -52,9 +53,9 @@ struct Report<'a> {
 struct ReportUsage<'a> {
     source: &'static str,
     sees_bound_only: bool,
-    range: crate::kernel::PortRange,
+    range: crate::ports::PortRange,
     range_size: u32,
-    reserved_ports: &'a crate::kernel::PortSet,
+    reserved_ports: &'a crate::ports::PortSet,
     reserved_in_range: u32,
     unprivileged_port_start: u16,
     tcp_tw_reuse: crate::kernel::TwReuse,

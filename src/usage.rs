@@ -8,33 +8,12 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::census::{CensusError, KernelSettings, Proto, Scope, Socket, SocketSource};
-use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, PortRange, PortSet, TcpState};
+use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, TcpState};
+use crate::ports::{PortRange, PortSet};
 
-/// A fraction of a capacity: 0.0 is empty, 1.0 is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
-pub struct Ratio(pub f64);
-
-impl Ratio {
-    /// `used / capacity`; a capacity of zero is full (no port can be had).
-    pub fn of(used: u64, capacity: u64) -> Ratio {
-        if capacity == 0 {
-            Ratio(1.0)
-        } else {
-            Ratio(used as f64 / capacity as f64)
-        }
-    }
-
-    pub fn percent(self) -> f64 {
-        self.0 * 100.0
-    }
-}
-
-impl std::fmt::Display for Ratio {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.1}%", self.percent())
-    }
-}
+// For daemon.rs and policy/file.rs, which are being split (issue 12): their
+// new files import from `crate::ports`; drop this when they have landed.
+pub use crate::ports::Ratio;
 
 /// What `connect()` shares a local port across: one destination
 /// (kernel.md §3.1, exhaustion is per (local address, remote address, remote port)).
@@ -457,7 +436,7 @@ impl Aggregator {
         hazards.extend(
             destinations
                 .iter()
-                .filter(|d| d.used > 0 && d.usage.0 >= CONNECT_SLOWDOWN_FRACTION)
+                .filter(|d| d.used > 0 && d.usage.fraction() >= CONNECT_SLOWDOWN_FRACTION)
                 .map(|d| Hazard::SlowdownMark {
                     destination: d.key,
                     usage: d.usage,
@@ -497,7 +476,7 @@ fn headline(
     no_ports: Cause,
 ) -> Headline {
     let mut best = Headline {
-        usage: Ratio(0.0),
+        usage: Ratio::ZERO,
         used: 0,
         capacity,
         cause: Cause::Idle,
@@ -537,7 +516,7 @@ fn headline(
     if capacity == 0 {
         // Nothing can be handed out at all: full, whatever is in use.
         return Headline {
-            usage: Ratio(1.0),
+            usage: Ratio::FULL,
             used: 0,
             capacity,
             cause: no_ports,

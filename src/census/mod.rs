@@ -11,7 +11,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use crate::host::Host;
-use crate::kernel::{PortSet, TcpState};
+use crate::kernel::TcpState;
+use crate::ports::PortSet;
 
 pub use settings::KernelSettings;
 

@@ -28,6 +28,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
@@ -36,7 +37,8 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 use super::{CensusError, Proto, Scope, Socket, SocketSource, normalise};
 use crate::host::Host;
-use crate::kernel::{PortRange, PortSet, TcpState};
+use crate::kernel::TcpState;
+use crate::ports::{PortRange, PortSet};
 
 // include/uapi/linux/netlink.h
 const NLMSG_HDRLEN: usize = 16;
@@ -303,15 +305,15 @@ fn port_filter(ports: &PortSet) -> Filter {
 /// `runs` (ascending, disjoint) as at most `max` (low, high) runs: the
 /// smallest gaps between them are filled, so the result covers every port
 /// of `runs`.
-fn filter_runs(runs: &[PortRange], max: usize) -> Vec<(u16, u16)> {
+fn filter_runs(runs: &[RangeInclusive<u16>], max: usize) -> Vec<(u16, u16)> {
     if runs.len() <= max {
-        return runs.iter().map(|r| (r.low(), r.high())).collect();
+        return runs.iter().map(|r| (*r.start(), *r.end())).collect();
     }
     // Keep the max - 1 widest gaps; gap i lies between runs i and i + 1.
     let mut gaps: Vec<(u16, usize)> = runs
         .windows(2)
         .enumerate()
-        .map(|(i, w)| (w[1].low() - w[0].high(), i))
+        .map(|(i, w)| (w[1].start() - w[0].end(), i))
         .collect();
     gaps.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut kept: Vec<usize> = gaps.iter().take(max - 1).map(|(_, i)| *i).collect();
@@ -319,7 +321,7 @@ fn filter_runs(runs: &[PortRange], max: usize) -> Vec<(u16, u16)> {
     let mut merged = Vec::with_capacity(max);
     let mut start = 0;
     for i in kept.into_iter().chain([runs.len() - 1]) {
-        merged.push((runs[start].low(), runs[i].high()));
+        merged.push((*runs[start].start(), *runs[i].end()));
         start = i + 1;
     }
     merged
@@ -944,7 +946,7 @@ mod tests {
             proptest::prop_assert!(kernel_audit(&program));
             let in_covering = |p: u16| covering.iter().any(|&(a, b)| (a..=b).contains(&p));
             let edges = set.runs().iter().flat_map(|r| {
-                [r.low(), r.high(), r.low().wrapping_sub(1), r.high().wrapping_add(1)]
+                [*r.start(), *r.end(), r.start().wrapping_sub(1), r.end().wrapping_add(1)]
             }).collect::<Vec<_>>();
             for port in probes.into_iter().chain(edges) {
                 proptest::prop_assert_eq!(kernel_run(&program, port), in_covering(port), "port {}", port);
@@ -958,10 +960,9 @@ mod tests {
     #[test]
     fn many_runs_are_merged_over_their_smallest_gaps() {
         // Runs of one port every 3 ports, and one wide gap in the middle.
-        let mut runs: Vec<PortRange> = (0..50u16)
-            .map(|i| PortRange::new(1000 + i * 3, 1000 + i * 3).unwrap())
-            .collect();
-        runs.push(PortRange::new(5000, 5001).unwrap());
+        let mut runs: Vec<RangeInclusive<u16>> =
+            (0..50u16).map(|i| 1000 + i * 3..=1000 + i * 3).collect();
+        runs.push(5000..=5001);
         assert_eq!(filter_runs(&runs, 2), [(1000, 1147), (5000, 5001)]);
     }
 }

@@ -385,7 +385,7 @@ fn sctp_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{PortRange, PortSet};
+    use crate::ports::{PortRange, PortSet};
     use proptest::prelude::Strategy as _;
 
     #[test]

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use super::reader::{Fresh, ProcRead};
 use crate::host::Host;
-use crate::kernel::{self, DEFAULT_UNPRIVILEGED_PORT_START, PortRange, PortSet, TwReuse};
+use crate::kernel::{self, DEFAULT_UNPRIVILEGED_PORT_START, TwReuse};
+use crate::ports::{PortError, PortRange, PortSet};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct KernelSettings {
@@ -27,6 +28,12 @@ pub enum SettingsError {
     },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Ports {
+        path: PathBuf,
+        #[source]
+        source: PortError,
+    },
 }
 
 impl KernelSettings {
@@ -38,17 +45,17 @@ impl KernelSettings {
     /// files open).
     pub fn read_with(host: &Host, reader: &mut dyn ProcRead) -> Result<Self, SettingsError> {
         let range_path = host.proc_sys(kernel::KEY_PORT_RANGE);
-        let port_range = PortRange::parse(&read(reader, &range_path)?).map_err(|message| {
-            SettingsError::Invalid {
+        let port_range = PortRange::parse(&read(reader, &range_path)?).map_err(|source| {
+            SettingsError::Ports {
                 path: range_path.clone(),
-                message,
+                source,
             }
         })?;
         let reserved_path = host.proc_sys(kernel::KEY_RESERVED_PORTS);
-        let reserved_ports = PortSet::parse(&read(reader, &reserved_path)?).map_err(|message| {
-            SettingsError::Invalid {
+        let reserved_ports = PortSet::parse(&read(reader, &reserved_path)?).map_err(|source| {
+            SettingsError::Ports {
                 path: reserved_path.clone(),
-                message,
+                source,
             }
         })?;
         // Older kernels lack these; their behaviour then is the default's.

@@ -11,7 +11,8 @@ use crate::census::netlink::NetlinkOptions;
 use crate::census::{self, KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::level::Level;
-use crate::usage::{self, Cause, Ratio, Usage, UsageOptions};
+use crate::ports::Ratio;
+use crate::usage::{self, Cause, Usage, UsageOptions};
 
 /// What one census task hands back to the event loop.
 pub(super) struct CensusOutput {
@@ -135,10 +136,14 @@ fn holders(host: &Host, source: &dyn SocketSource, usage: &Usage) -> Option<Stri
 mod tests {
     use super::*;
 
+    fn percent(p: f64) -> Ratio {
+        Ratio::from_percent(p).unwrap()
+    }
+
     fn lookup(confirmed: Level, reminder_due: bool) -> ProcessLookup {
         ProcessLookup {
-            warning: Ratio(0.40),
-            critical: Ratio(0.50),
+            warning: percent(40.0),
+            critical: percent(50.0),
             confirmed,
             reminder_due,
         }
@@ -147,13 +152,13 @@ mod tests {
     #[test]
     fn processes_are_looked_up_only_when_an_alert_may_start_or_be_renewed() {
         // Below the warning level: never, even with a reminder due.
-        assert!(!lookup(Level::Ok, true).wanted(Ratio(0.39)));
+        assert!(!lookup(Level::Ok, true).wanted(percent(39.0)));
         // A level other than the confirmed one: it may start an alert.
-        assert!(lookup(Level::Ok, false).wanted(Ratio(0.45)));
-        assert!(lookup(Level::Warning, false).wanted(Ratio(0.55)));
-        assert!(lookup(Level::Critical, false).wanted(Ratio(0.45)));
+        assert!(lookup(Level::Ok, false).wanted(percent(45.0)));
+        assert!(lookup(Level::Warning, false).wanted(percent(55.0)));
+        assert!(lookup(Level::Critical, false).wanted(percent(45.0)));
         // The confirmed level again: only when a reminder is due.
-        assert!(!lookup(Level::Warning, false).wanted(Ratio(0.45)));
-        assert!(lookup(Level::Warning, true).wanted(Ratio(0.45)));
+        assert!(!lookup(Level::Warning, false).wanted(percent(45.0)));
+        assert!(lookup(Level::Warning, true).wanted(percent(45.0)));
     }
 }

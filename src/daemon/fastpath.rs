@@ -11,7 +11,8 @@ use crate::census::sockstat::Totals;
 use crate::level::Level;
 use crate::planner::AlertState;
 use crate::policy::Policy;
-use crate::usage::{Ratio, Usage};
+use crate::ports::Ratio;
+use crate::usage::Usage;
 
 /// What the fast path needs from the last full census.
 #[derive(Clone, Copy, Debug)]

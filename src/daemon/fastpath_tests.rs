@@ -5,7 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::kernel::{PortRange, PortSet, TwReuse};
+use crate::kernel::TwReuse;
+use crate::ports::{PortRange, PortSet};
 
 fn settings(low: u16, high: u16) -> KernelSettings {
     KernelSettings {

@@ -10,12 +10,12 @@ use crate::actuator::ActuateError;
 use crate::authority::Authority;
 use crate::census::KernelSettings;
 use crate::events::{self, Fields, Kind};
-use crate::kernel::PortRange;
 use crate::level::Level;
 use crate::metrics;
 use crate::notify;
 use crate::planner::{Blocked, Decision, Plan};
 use crate::policy::file::PolicyError;
+use crate::ports::PortRange;
 use crate::usage::{self, Usage};
 
 /// A condition reported once per distinct text, not once per poll.

@@ -1,14 +1,14 @@
 use std::fs::{self, Permissions};
 use std::io::Write;
+use std::num::NonZeroU32;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
-use crate::kernel::PortRange;
 use crate::policy::load::shell_quote;
 use crate::policy::{Floor, Mode, Thresholds};
-use crate::usage::Ratio;
+use crate::ports::{Port, PortRange, Ratio};
 
 const SHIPPED: &str = include_str!("../../config/portd.toml");
 const THREE_ERRORS: &str = include_str!("../../tests/fixtures/policy/three-errors.toml");
@@ -134,15 +134,20 @@ fn every_key_is_read() {
     let expected = Policy {
         interval: Duration::from_secs(2),
         max_staleness: Duration::from_secs(5400),
-        thresholds: Thresholds::new(Ratio(0.60), Ratio(0.755), Ratio(0.45)).unwrap(),
+        thresholds: Thresholds::new(
+            Ratio::from_percent(60.0).unwrap(),
+            Ratio::from_percent(75.5).unwrap(),
+            Ratio::from_percent(45.0).unwrap(),
+        )
+        .unwrap(),
         hold: Duration::ZERO,
         tcp_pool_alerts: true,
         mode: Mode::Advise,
         floor: Floor::Port(10000),
-        ceiling: 60999,
-        target: Ratio(0.125),
+        ceiling: Port::new(60999).unwrap(),
+        target: Ratio::from_percent(12.5).unwrap(),
         cooldown: Duration::from_secs(600),
-        max_changes_per_hour: 2,
+        max_changes_per_hour: NonZeroU32::new(2).unwrap(),
         protected: vec![
             range(8080, 8080),
             range(9000, 9100),
@@ -164,7 +169,7 @@ fn dotted_and_inline_keys_are_the_same_keys() {
         "widen = { ceiling = 61001 }\nthresholds.hold = \"1m\"\n",
     )
     .unwrap();
-    assert_eq!(policy.ceiling, 61001);
+    assert_eq!(policy.ceiling.get(), 61001);
     assert_eq!(policy.hold, Duration::from_secs(60));
 }
 

@@ -13,13 +13,13 @@ pub mod thresholds;
 mod validate;
 mod values;
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::kernel::{PORT_MAX, PortRange};
-use crate::usage::Ratio;
+use crate::ports::{Port, PortRange, Ratio};
 
 pub use thresholds::{ThresholdError, Thresholds};
 
@@ -56,11 +56,11 @@ pub struct Policy {
     pub tcp_pool_alerts: bool,
     pub mode: Mode,
     pub floor: Floor,
-    pub ceiling: u16,
+    pub ceiling: Port,
     /// Usage to aim for after growing.
     pub target: Ratio,
     pub cooldown: Duration,
-    pub max_changes_per_hour: u32,
+    pub max_changes_per_hour: NonZeroU32,
     /// Never handed out; reserved when the range grows over them.
     pub protected: Vec<PortRange>,
     pub persist: bool,
@@ -69,6 +69,8 @@ pub struct Policy {
     pub reminder: Duration,
     pub metrics_file: Option<PathBuf>,
 }
+
+const FOUR_A_HOUR: NonZeroU32 = NonZeroU32::new(4).expect("4 is not 0");
 
 impl Default for Policy {
     /// Safe on a host nobody has inspected (DESIGN.md, "Default policy").
@@ -81,10 +83,10 @@ impl Default for Policy {
             tcp_pool_alerts: false,
             mode: Mode::Auto,
             floor: Floor::Initial,
-            ceiling: PORT_MAX,
-            target: Ratio(0.25),
+            ceiling: Port::MAX,
+            target: Ratio::whole_percent(25),
             cooldown: Duration::from_secs(300),
-            max_changes_per_hour: 4,
+            max_changes_per_hour: FOUR_A_HOUR,
             protected: Vec::new(),
             persist: true,
             dropin_name: "60-portd.conf".to_string(),

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::usage::Ratio;
+use crate::ports::Ratio;
 
 /// `0 < clear <= warning <= critical <= 100 %`; [`Thresholds::new`], the
 /// policy's rule, also keeps clear strictly below warning.
@@ -58,15 +58,14 @@ impl std::error::Error for ThresholdError {}
 /// A threshold written in percent, as a share of capacity: above 0 (a
 /// threshold of 0 is always reached) and at most 100.
 pub fn percent(percent: f64) -> Result<Ratio, ThresholdError> {
-    if percent > 0.0 && percent <= 100.0 {
-        Ok(Ratio(percent / 100.0))
-    } else {
-        Err(ThresholdError::NotAPercentage(percent))
+    match Ratio::from_percent(percent) {
+        Ok(ratio) if percent > 0.0 && percent <= 100.0 => Ok(ratio),
+        _ => Err(ThresholdError::NotAPercentage(percent)),
     }
 }
 
 fn share(ratio: Ratio) -> Result<Ratio, ThresholdError> {
-    if ratio.0 > 0.0 && ratio.0 <= 1.0 {
+    if ratio.fraction() > 0.0 && ratio.fraction() <= 1.0 {
         Ok(ratio)
     } else {
         Err(ThresholdError::NotAPercentage(ratio.percent()))
@@ -133,9 +132,9 @@ impl Default for Thresholds {
     /// becomes ~10x slower; critical at that mark.
     fn default() -> Self {
         Thresholds {
-            warning: Ratio(0.40),
-            critical: Ratio(0.50),
-            clear: Ratio(0.30),
+            warning: Ratio::whole_percent(40),
+            critical: Ratio::whole_percent(50),
+            clear: Ratio::whole_percent(30),
         }
     }
 }
@@ -145,7 +144,7 @@ mod tests {
     use super::*;
 
     fn pct(p: f64) -> Ratio {
-        Ratio(p / 100.0)
+        Ratio::from_percent(p).unwrap()
     }
 
     #[test]
@@ -193,16 +192,20 @@ mod tests {
     fn zero_negative_over_100_and_nan_are_not_percentages() {
         for bad in [0.0, -5.0, 100.5, f64::NAN, f64::INFINITY] {
             assert!(percent(bad).is_err(), "{bad}");
-            assert!(
-                matches!(
-                    Thresholds::new(pct(40.0), pct(50.0), pct(bad)),
-                    Err(ThresholdError::NotAPercentage(_))
+            match Ratio::from_percent(bad) {
+                // A Ratio cannot even hold a negative, NaN or infinite share.
+                Err(_) => assert!(bad < 0.0 || !bad.is_finite(), "{bad}"),
+                Ok(ratio) => assert!(
+                    matches!(
+                        Thresholds::new(pct(40.0), pct(50.0), ratio),
+                        Err(ThresholdError::NotAPercentage(_))
+                    ),
+                    "{bad}"
                 ),
-                "{bad}"
-            );
+            }
         }
         assert_eq!(percent(12.5), Ok(pct(12.5)));
-        assert_eq!(percent(100.0), Ok(Ratio(1.0)));
+        assert_eq!(percent(100.0), Ok(Ratio::FULL));
     }
 
     #[test]
@@ -221,7 +224,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            policy.with_levels(None, Some(Ratio(0.0))),
+            policy.with_levels(None, Some(Ratio::ZERO)),
             Err(ThresholdError::NotAPercentage(_))
         ));
     }

@@ -13,8 +13,7 @@ use super::raw::{
 };
 use super::values::{HumanDuration, Percent, ProtectedEntry, ProtectedList};
 use super::{Floor, Policy, Thresholds};
-use crate::kernel::PortRange;
-use crate::usage::Ratio;
+use crate::ports::{Port, PortRange, Ratio};
 
 fn value<T, U>(raw: &Opt<T>, convert: impl FnOnce(&T) -> U, default: U) -> U {
     raw.as_ref().map_or(default, |v| convert(v.get_ref()))
@@ -128,12 +127,12 @@ fn percentages(
 }
 
 /// `widen.floor` and `widen.ceiling`: the floor at most the ceiling.
-fn bounds(report: &mut Report<'_>, widen: &RawWiden) -> (Floor, u16) {
+fn bounds(report: &mut Report<'_>, widen: &RawWiden) -> (Floor, Port) {
     let d = Policy::default();
     let floor = value(&widen.floor, |f| f.0, d.floor);
     let ceiling = value(&widen.ceiling, |c| c.0, d.ceiling);
     if let (Some(raw_floor), Floor::Port(low)) = (&widen.floor, floor)
-        && low > ceiling
+        && low > ceiling.get()
         && !report.is_dropped("widen.ceiling")
     {
         report.error(

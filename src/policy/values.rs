@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,8 +13,7 @@ use toml::Spanned;
 
 use super::diagnostics::{bare, shown};
 use super::{Floor, Mode};
-use crate::kernel::PortRange;
-use crate::usage::Ratio;
+use crate::ports::{Port, PortRange, Ratio};
 
 /// A TOML scalar, as a leaf sees it.
 enum Scalar<'a> {
@@ -207,10 +207,10 @@ impl Leaf for ModeValue {
     }
 }
 
-fn port(number: i128) -> Result<u16, String> {
+fn port(number: i128) -> Result<Port, String> {
     u16::try_from(number)
         .ok()
-        .filter(|&p| p >= 1)
+        .and_then(Port::new)
         .ok_or_else(|| format!("{number} is not a port number; use 1 to 65535"))
 }
 
@@ -222,7 +222,7 @@ impl Leaf for FloorValue {
 
     fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
         match value {
-            Scalar::Int(i) => Some(port(i).map(|p| FloorValue(Floor::Port(p)))),
+            Scalar::Int(i) => Some(port(i).map(|p| FloorValue(Floor::Port(p.get())))),
             Scalar::Str("initial") => Some(Ok(FloorValue(Floor::Initial))),
             Scalar::Str(other) => Some(Err(format!(
                 "unknown floor {}; use \"initial\" (the low end portd first found: \
@@ -235,7 +235,7 @@ impl Leaf for FloorValue {
 }
 
 #[derive(Debug)]
-pub(super) struct PortNumber(pub(super) u16);
+pub(super) struct PortNumber(pub(super) Port);
 
 impl Leaf for PortNumber {
     const EXPECTING: &'static str = "a port number from 1 to 65535";
@@ -249,7 +249,7 @@ impl Leaf for PortNumber {
 }
 
 #[derive(Debug)]
-pub(super) struct ChangesPerHour(pub(super) u32);
+pub(super) struct ChangesPerHour(pub(super) NonZeroU32);
 
 impl Leaf for ChangesPerHour {
     const EXPECTING: &'static str = "a whole number of at least 1";
@@ -261,7 +261,7 @@ impl Leaf for ChangesPerHour {
         Some(
             u32::try_from(i)
                 .ok()
-                .filter(|&n| n >= 1)
+                .and_then(NonZeroU32::new)
                 .map(ChangesPerHour)
                 .ok_or_else(|| {
                     format!(
@@ -282,7 +282,7 @@ impl Leaf for ProtectedEntry {
 
     fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
         match value {
-            Scalar::Int(i) => Some(port(i).map(|p| ProtectedEntry(single(p)))),
+            Scalar::Int(i) => Some(port(i).map(|p| ProtectedEntry(single(p.get())))),
             Scalar::Str(text) => Some(protected_range(text).map(ProtectedEntry)),
             _ => None,
         }
@@ -306,7 +306,7 @@ fn protected_range(text: &str) -> Result<PortRange, String> {
         if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return Err(not_a_range());
         }
-        port(part.parse::<i128>().map_err(|_| not_a_range())?)
+        port(part.parse::<i128>().map_err(|_| not_a_range())?).map(Port::get)
     };
     let Some((low, high)) = text.split_once('-') else {
         return number(text).map(single);

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use portd::actuator::dropin_text;
-use portd::kernel::{PortRange, PortSet};
+use portd::ports::{PortRange, PortSet};
 
 use super::actuation_util::parse_dropin;
 

@@ -12,7 +12,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use portd::census::reader::{Fresh, KeptOpen, ProcRead};
-use portd::kernel::PortSet;
+use portd::ports::PortSet;
 
 use super::actuation_util::{DROPIN, Ns, RESERVED_KEY, default_mounts};
 use super::daemon_util::{Portd, conns_to, fake_proc, write_policy};

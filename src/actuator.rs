@@ -324,9 +324,9 @@ pub enum PersistError {
 
 /// The first sysctl.d assignment that sorts after portd's drop-in and sets
 /// one of its keys: it would win at boot.
-pub fn pin(host: &Host, dropin_name: &str) -> Result<Option<Pin>, String> {
+pub fn pin(host: &Host, dropin_name: &str) -> Result<Option<Pin>, sysctld::SysctldError> {
     for key in [kernel::KEY_PORT_RANGE, kernel::KEY_RESERVED_PORTS] {
-        let later = sysctld::later_overrides(host, dropin_name, key).map_err(|e| e.to_string())?;
+        let later = sysctld::later_overrides(host, dropin_name, key)?;
         if let Some(a) = later.last() {
             return Ok(Some(Pin {
                 file: format!("{}:{}", a.file.display(), a.line),

@@ -15,8 +15,9 @@ use crate::actuator::{self, DropinFile};
 use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::kernel;
-use crate::level::Level;
+use crate::level::{Exit, Level};
 use crate::planner::{self, Action, Bounds, Inputs, Observation};
+use crate::policy::file::PolicyError;
 use crate::policy::{Floor, Policy};
 use crate::ports::{PortRange, PortSet};
 use crate::state::State;
@@ -68,14 +69,15 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn exit_code(&self) -> u8 {
+    /// 0 fine, 1 warnings, 2 errors.
+    pub fn exit(&self) -> Exit {
         if !self.policy_errors.is_empty() {
-            return 2;
+            return Exit::Critical;
         }
         match self.findings.iter().map(|f| f.severity).max() {
-            Some(Severity::Error) => 2,
-            Some(Severity::Warning) => 1,
-            _ => 0,
+            Some(Severity::Error) => Exit::Critical,
+            Some(Severity::Warning) => Exit::Warning,
+            _ => Exit::Ok,
         }
     }
 
@@ -91,12 +93,12 @@ pub struct CheckOptions {
     pub plan: bool,
 }
 
-/// `policy` is the loaded policy, or the error text that refused it (then
-/// the host is inspected against the defaults and the result is an error).
+/// `policy` is the loaded policy, or the error that refused it (then the
+/// host is inspected against the defaults and the result is an error).
 pub fn run(
     host: &Host,
     policy_file: &Path,
-    policy: Result<(Policy, bool), String>,
+    policy: Result<(Policy, bool), PolicyError>,
     source: &dyn SocketSource,
     opts: &CheckOptions,
 ) -> Report {
@@ -187,7 +189,11 @@ impl Report {
 
     /// The policy to check the host against: the loaded one, or the
     /// defaults when the file was refused (its errors recorded).
-    fn policy(&mut self, policy_file: &Path, policy: Result<(Policy, bool), String>) -> Policy {
+    fn policy(
+        &mut self,
+        policy_file: &Path,
+        policy: Result<(Policy, bool), PolicyError>,
+    ) -> Policy {
         match policy {
             Ok((p, found)) => {
                 self.policy_found = found;
@@ -203,7 +209,7 @@ impl Report {
                 p
             }
             Err(e) => {
-                self.policy_errors = e.lines().map(str::to_string).collect();
+                self.policy_errors = e.to_string().lines().map(str::to_string).collect();
                 Policy::default()
             }
         }
@@ -573,10 +579,10 @@ pub fn render_human(r: &Report) -> String {
     let _ = writeln!(
         out,
         "{}",
-        match r.exit_code() {
-            0 => "check: OK",
-            1 => "check: warnings",
-            _ => "check: errors",
+        match r.exit() {
+            Exit::Ok => "check: OK",
+            Exit::Warning => "check: warnings",
+            Exit::Critical | Exit::Unknown => "check: errors",
         }
     );
     out

@@ -18,9 +18,10 @@ use crate::check;
 use crate::daemon;
 use crate::fsutil::WriterLock;
 use crate::host::Host;
-use crate::level::Level;
+use crate::level::Exit;
 use crate::logging;
 use crate::logging::LogTarget;
+use crate::policy::file::PolicyError;
 use crate::policy::{self, Policy};
 use crate::ports::Ratio;
 use crate::state::State;
@@ -119,23 +120,25 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => Level::Unknown.exit_code(),
+            let exit = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    Exit::Ok
+                }
+                _ => Exit::Unknown,
             };
             // --help and --version print to stdout; errors go to stderr.
             if let Err(io) = e.print()
-                && code == 0
+                && exit == Exit::Ok
             {
-                return ExitCode::from(written(Err(io), code, 2));
+                return written(Err(io), exit, Exit::Critical).into();
             }
-            return ExitCode::from(code);
+            return exit.into();
         }
     };
-    ExitCode::from(run(cli))
+    run(cli)
 }
 
-fn run(cli: Cli) -> u8 {
+fn run(cli: Cli) -> ExitCode {
     let host = Host::new(&cli.root);
     let config = cli.config.clone().unwrap_or_else(|| host.policy_file());
     match cli.command {
@@ -145,18 +148,19 @@ fn run(cli: Cli) -> u8 {
         } => {
             if let Err(e) = logging::init(log_target) {
                 eprintln!("portd: {e}");
-                return 2;
+                return Exit::Critical.into();
             }
-            daemon::run(host, config, daemon::RunOptions { dry_run })
+            // A bare status until daemon::run returns an Exit (daemon/ split, issue 12).
+            ExitCode::from(daemon::run(host, config, daemon::RunOptions { dry_run }))
         }
-        Command::Rollback { force } => rollback(&host, &config, force),
+        Command::Rollback { force } => rollback(&host, &config, force).into(),
         Command::Check { json, plan } => {
-            let policy = policy::file::load_or_default(&config).map_err(|e| e.to_string());
+            let policy = policy::file::load_or_default(&config);
             let source = match census::open_source(&host, cli.source) {
                 Ok(source) => source,
                 Err(e) => {
                     eprintln!("portd check: {e}");
-                    return 2;
+                    return Exit::Critical.into();
                 }
             };
             let report = check::run(
@@ -172,14 +176,14 @@ fn run(cli: Cli) -> u8 {
             } else {
                 check::render_human(&report)
             };
-            output(text.as_bytes(), report.exit_code(), 2)
+            output(text.as_bytes(), report.exit(), Exit::Critical).into()
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             // Into memory first: clap_complete panics when its writer fails.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "portd", &mut script);
-            output(&script, 0, 2)
+            output(&script, Exit::Ok, Exit::Critical).into()
         }
         Command::Status {
             json,
@@ -190,11 +194,11 @@ fn run(cli: Cli) -> u8 {
         } => {
             let policy = match load_policy(&config) {
                 Ok(p) => p,
-                Err(e) => return print(status::unknown(&e, json)),
+                Err(e) => return print(status::unknown(&e.to_string(), json)).into(),
             };
             let thresholds = match policy.thresholds.with_levels(warning, critical) {
                 Ok(t) => t,
-                Err(e) => return print(status::unknown(&e.to_string(), json)),
+                Err(e) => return print(status::unknown(&e.to_string(), json)).into(),
             };
             let opts = StatusOptions {
                 json,
@@ -205,19 +209,19 @@ fn run(cli: Cli) -> u8 {
             };
             let source = match census::open_source(&host, cli.source) {
                 Ok(source) => source,
-                Err(e) => return print(status::unknown(&e.to_string(), json)),
+                Err(e) => return print(status::unknown(&e.to_string(), json)).into(),
             };
-            print(status::run(&host, source.as_ref(), &opts))
+            print(status::run(&host, source.as_ref(), &opts)).into()
         }
     }
 }
 
-fn rollback(host: &Host, config: &std::path::Path, force: bool) -> u8 {
+fn rollback(host: &Host, config: &std::path::Path, force: bool) -> Exit {
     let policy = match load_policy(config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
-            return 2;
+            return Exit::Critical;
         }
     };
     let result = (|| -> Result<Vec<String>, String> {
@@ -231,7 +235,7 @@ fn rollback(host: &Host, config: &std::path::Path, force: bool) -> u8 {
         {
             return Ok(vec![actuator::NOTHING_TO_ROLL_BACK.into()]);
         }
-        let _lock = WriterLock::acquire(&host.state_dir())?;
+        let _lock = WriterLock::acquire(&host.state_dir()).map_err(|e| e.to_string())?;
         // Read again under the lock: another writer may have changed it.
         let mut state = State::load(host).map_err(|e| e.to_string())?;
         let live = KernelSettings::read(host).map_err(|e| e.to_string())?;
@@ -246,33 +250,27 @@ fn rollback(host: &Host, config: &std::path::Path, force: bool) -> u8 {
                 .iter()
                 .map(|l| format!("portd rollback: {l}\n"))
                 .collect();
-            output(text.as_bytes(), 0, 2)
+            output(text.as_bytes(), Exit::Ok, Exit::Critical)
         }
         Err(e) => {
             eprintln!("portd rollback: {e}");
-            2
+            Exit::Critical
         }
     }
 }
 
-fn load_policy(path: &std::path::Path) -> Result<Policy, String> {
-    policy::file::load_or_default(path)
-        .map(|(p, _found)| p)
-        .map_err(|e| e.to_string())
+fn load_policy(path: &std::path::Path) -> Result<Policy, PolicyError> {
+    policy::file::load_or_default(path).map(|(p, _found)| p)
 }
 
-fn print(outcome: status::Outcome) -> u8 {
+fn print(outcome: status::Outcome) -> Exit {
     // Output lost: the check's result is unknown to whoever runs it.
-    output(
-        outcome.text.as_bytes(),
-        outcome.level.exit_code(),
-        Level::Unknown.exit_code(),
-    )
+    output(outcome.text.as_bytes(), outcome.level.exit(), Exit::Unknown)
 }
 
 /// Writes a command's output to stdout and flushes it: exit status `code`
 /// when that worked, `failed` when it did not (see [`written`]).
-fn output(text: &[u8], code: u8, failed: u8) -> u8 {
+fn output(text: &[u8], code: Exit, failed: Exit) -> Exit {
     let mut out = std::io::stdout().lock();
     written(out.write_all(text).and_then(|()| out.flush()), code, failed)
 }
@@ -280,7 +278,7 @@ fn output(text: &[u8], code: u8, failed: u8) -> u8 {
 /// The exit status after writing the output: `code`, or `failed` with the
 /// reason on stderr (`> /dev/full`: the output is lost). A reader that
 /// closed the pipe (`portd status | head -1`) chose to stop: not an error.
-fn written(result: std::io::Result<()>, code: u8, failed: u8) -> u8 {
+fn written(result: std::io::Result<()>, code: Exit, failed: Exit) -> Exit {
     match result {
         Ok(()) => code,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,

@@ -158,24 +158,46 @@ pub struct WriterLock {
     pub path: PathBuf,
 }
 
+/// Why the writer lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Creating the state directory, opening or locking the lock file failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "another portd (run or rollback) holds {}; only one may change the port range at a time",
+        path.display()
+    )]
+    Held { path: PathBuf },
+}
+
 impl WriterLock {
-    pub fn acquire(dir: &Path) -> Result<WriterLock, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    pub fn acquire(dir: &Path) -> Result<WriterLock, LockError> {
+        let failed = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LockError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(failed("create", dir))?;
         let path = dir.join("lock");
         let fd = rustix::fs::open(
             &path,
             OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(|e| failed("open", &path)(e.into()))?;
         match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(WriterLock { _fd: fd, path }),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(format!(
-                "another portd (run or rollback) holds {}; only one may change the port range at a time",
-                path.display()
-            )),
-            Err(e) => Err(format!("cannot lock {}: {e}", path.display())),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held { path }),
+            Err(e) => Err(failed("lock", &path)(e.into())),
         }
     }
 }
@@ -261,6 +283,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = WriterLock::acquire(dir.path()).unwrap();
         let second = WriterLock::acquire(dir.path());
-        assert!(second.is_err_and(|e| e.contains("another portd")));
+        let Err(e) = second else {
+            panic!("a second writer got the lock");
+        };
+        assert!(matches!(&e, LockError::Held { path } if path == &dir.path().join("lock")));
+        assert!(e.to_string().contains("another portd"), "{e}");
+    }
+
+    #[test]
+    fn a_lock_that_cannot_be_opened_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // The lock file's name taken by a dangling symlink: O_NOFOLLOW refuses it.
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("lock")).unwrap();
+        let Err(e) = WriterLock::acquire(dir.path()) else {
+            panic!("locked through a symlink");
+        };
+        assert!(
+            matches!(&e, LockError::Io { action: "open", path, .. } if path == &dir.path().join("lock")),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("cannot open "), "{e}");
     }
 }

@@ -1,5 +1,7 @@
 //! Alert levels and the monitoring-plugin exit-status contract.
 
+use std::process::ExitCode;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ports::Ratio;
@@ -27,13 +29,17 @@ impl Level {
     }
 
     /// Nagios/Icinga/Sensu plugin convention.
-    pub fn exit_code(self) -> u8 {
+    pub fn exit(self) -> Exit {
         match self {
-            Level::Ok => 0,
-            Level::Warning => 1,
-            Level::Critical => 2,
-            Level::Unknown => 3,
+            Level::Ok => Exit::Ok,
+            Level::Warning => Exit::Warning,
+            Level::Critical => Exit::Critical,
+            Level::Unknown => Exit::Unknown,
         }
+    }
+
+    pub fn exit_code(self) -> u8 {
+        self.exit().code()
     }
 
     pub fn label(self) -> &'static str {
@@ -43,6 +49,32 @@ impl Level {
             Level::Critical => "CRITICAL",
             Level::Unknown => "UNKNOWN",
         }
+    }
+}
+
+/// The exit status of every command, the monitoring-plugin contract
+/// (cli.rs): `status` uses all four, `check` 0 fine / 1 warnings / 2 errors,
+/// `run` and `rollback` 0 or 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    Warning = 1,
+    /// Critical usage, or a command that failed (an error).
+    Critical = 2,
+    /// Could not measure, or the command line was wrong.
+    Unknown = 3,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit.code())
     }
 }
 
@@ -58,5 +90,14 @@ mod tests {
         assert_eq!(Level::of(ratio(0.4), w, c), Level::Warning);
         assert_eq!(Level::of(ratio(0.5), w, c), Level::Critical);
         assert_eq!(Level::Unknown.exit_code(), 3);
+    }
+
+    #[test]
+    fn exit_statuses_follow_the_monitoring_plugin_contract() {
+        let codes = [Exit::Ok, Exit::Warning, Exit::Critical, Exit::Unknown].map(Exit::code);
+        assert_eq!(codes, [0, 1, 2, 3]);
+        let levels = [Level::Ok, Level::Warning, Level::Critical, Level::Unknown];
+        assert_eq!(levels.map(Level::exit_code), [0, 1, 2, 3]);
+        assert!(Exit::Ok < Exit::Warning && Exit::Warning < Exit::Critical);
     }
 }

@@ -39,8 +39,17 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    AlreadySet(#[from] tracing_subscriber::util::TryInitError),
+    #[error("cannot reach journald at /run/systemd/journal/socket: {0}")]
+    NoJournal(#[source] std::io::Error),
+}
+
 /// Installs the global subscriber. Returns which target is in use.
-pub fn init(target: LogTarget) -> Result<&'static str, String> {
+pub fn init(target: LogTarget) -> Result<&'static str, LogError> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let want_journal = match target {
@@ -57,8 +66,7 @@ pub fn init(target: LogTarget) -> Result<&'static str, String> {
                 tracing_subscriber::registry()
                     .with(filter)
                     .with(layer)
-                    .try_init()
-                    .map_err(|e| e.to_string())?;
+                    .try_init()?;
                 if target == LogTarget::Journal && !stderr_is_journal() {
                     // Asked for explicitly from a terminal or a pipe: say
                     // where the lines go rather than print nothing at all.
@@ -66,11 +74,7 @@ pub fn init(target: LogTarget) -> Result<&'static str, String> {
                 }
                 return Ok("journal");
             }
-            Err(e) if target == LogTarget::Journal => {
-                return Err(format!(
-                    "cannot reach journald at /run/systemd/journal/socket: {e}"
-                ));
-            }
+            Err(e) if target == LogTarget::Journal => return Err(LogError::NoJournal(e)),
             Err(_) => {} // fall back to stderr
         }
     }
@@ -80,8 +84,7 @@ pub fn init(target: LogTarget) -> Result<&'static str, String> {
             // journald stamps lines itself; a terminal reader wants the time.
             timestamps: std::io::stderr().is_terminal(),
         })
-        .try_init()
-        .map_err(|e| e.to_string())?;
+        .try_init()?;
     Ok("stderr")
 }
 

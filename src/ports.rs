@@ -29,7 +29,7 @@ pub enum PortError {
 /// A port that can end a range: 1 to 65535. Port 0 is not a port
 /// `connect()` can hand out (`ipv4_local_port_range()` refuses it), though
 /// `ip_local_reserved_ports` may list it: a [`PortSet`] holds bare `u16`s.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Port(NonZeroU16);
 
 impl Port {
@@ -60,6 +60,13 @@ impl TryFrom<u16> for Port {
 impl From<Port> for u16 {
     fn from(port: Port) -> u16 {
         port.get()
+    }
+}
+
+/// As a plain number, so a `PortRange` debugs as `{ low: 32768, high: 60999 }`.
+impl fmt::Debug for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.get())
     }
 }
 
@@ -492,6 +499,10 @@ mod tests {
     fn ports_serialize_and_print_as_plain_numbers() {
         let port = Port::new(40000).unwrap();
         assert_eq!(port.to_string(), "40000");
+        assert_eq!(
+            format!("{:?}", PortRange::new(32768, 60999).unwrap()),
+            "PortRange { low: 32768, high: 60999 }"
+        );
         assert_eq!(serde_json::to_string(&port).unwrap(), "40000");
     }
 

@@ -150,8 +150,7 @@ fn run(cli: Cli) -> ExitCode {
                 eprintln!("portd: {e}");
                 return Exit::Critical.into();
             }
-            // A bare status until daemon::run returns an Exit (daemon/ split, issue 12).
-            ExitCode::from(daemon::run(host, config, daemon::RunOptions { dry_run }))
+            daemon::run(host, config, daemon::RunOptions { dry_run }).into()
         }
         Command::Rollback { force } => rollback(&host, &config, force).into(),
         Command::Check { json, plan } => {

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-// For daemon.rs and policy/file.rs, which are being split (issue 12): their
-// new files import from `crate::ports`; drop this when they have landed.
+// For policy/file.rs, which is being split (issue 12): its new files
+// import from `crate::ports`; drop this when the split has landed.
 pub use crate::ports::{PortRange, PortSet};
 
 /// Highest port number (`ip_local_port_range_max`, net/ipv4/sysctl_net_ipv4.c).

@@ -11,8 +11,8 @@ use crate::census::{CensusError, KernelSettings, Proto, Scope, Socket, SocketSou
 use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, TcpState};
 use crate::ports::{PortRange, PortSet};
 
-// For daemon.rs and policy/file.rs, which are being split (issue 12): their
-// new files import from `crate::ports`; drop this when they have landed.
+// For policy/file.rs, which is being split (issue 12): its new files
+// import from `crate::ports`; drop this when the split has landed.
 pub use crate::ports::Ratio;
 
 /// What `connect()` shares a local port across: one destination

@@ -30,7 +30,7 @@ use crate::census::reader::{Fresh, KeptOpen, ProcRead};
 use crate::census::sockstat;
 use crate::fsutil::WriterLock;
 use crate::host::Host;
-use crate::level::Level;
+use crate::level::{Exit, Level};
 use crate::notify;
 use crate::planner::{self, Decision, Inputs, Observation};
 use crate::policy::{self, Policy};
@@ -44,12 +44,12 @@ pub struct RunOptions {
 }
 
 /// Runs until SIGTERM/SIGINT. Returns the exit status.
-pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> u8 {
+pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
     let policy = match policy::file::load_or_default(&config) {
         Ok((p, _)) => p,
         Err(e) => {
             eprintln!("{e}");
-            return 2;
+            return Exit::Critical;
         }
     };
     let lock = if opts.dry_run {
@@ -59,7 +59,7 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> u8 {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("portd: {e}");
-                return 2;
+                return Exit::Critical;
             }
         }
     };
@@ -70,7 +70,7 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> u8 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("portd: cannot start the event loop: {e}");
-            return 2;
+            return Exit::Critical;
         }
     };
     let mut daemon = Daemon::new(host, config, policy, opts.dry_run);
@@ -208,12 +208,12 @@ impl Daemon {
         }
     }
 
-    async fn serve(&mut self) -> u8 {
+    async fn serve(&mut self) -> Exit {
         let mut signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
-                return 2;
+                return Exit::Critical;
             }
         };
         self.announce_start();
@@ -266,7 +266,7 @@ impl Daemon {
         }
         notify::stopping();
         tracing::info!("portd stopping");
-        0
+        Exit::Ok
     }
 
     fn announce_start(&self) {

@@ -8,10 +8,6 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-// For policy/file.rs, which is being split (issue 12): its new files
-// import from `crate::ports`; drop this when the split has landed.
-pub use crate::ports::{PortRange, PortSet};
-
 /// Highest port number (`ip_local_port_range_max`, net/ipv4/sysctl_net_ipv4.c).
 pub const PORT_MAX: u16 = crate::ports::Port::MAX.get();
 

@@ -9,11 +9,7 @@ use serde::Serialize;
 
 use crate::census::{CensusError, KernelSettings, Proto, Scope, Socket, SocketSource};
 use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, TcpState};
-use crate::ports::{PortRange, PortSet};
-
-// For policy/file.rs, which is being split (issue 12): its new files
-// import from `crate::ports`; drop this when the split has landed.
-pub use crate::ports::Ratio;
+use crate::ports::{PortRange, PortSet, Ratio};
 
 /// What `connect()` shares a local port across: one destination
 /// (kernel.md §3.1, exhaustion is per (local address, remote address, remote port)).

@@ -33,11 +33,10 @@ use serde_json::Value;
 use portd::actuator::{self, Persisted};
 use portd::census::KernelSettings;
 use portd::host::Host;
-use portd::kernel::{PortRange, PortSet};
 use portd::planner::Plan;
 use portd::policy;
+use portd::ports::{PortRange, PortSet, Ratio};
 use portd::state::State;
-use portd::usage::Ratio;
 
 use super::util::{copy_tree, json_differences, portd, tests_dir};
 

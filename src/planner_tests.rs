@@ -262,7 +262,9 @@ proptest! {
     fn cooldown_and_change_cap_are_honoured(c in case(), ago in 0u64..7200, n in 0usize..8) {
         let mut c = c;
         c.policy.max_changes_per_hour = NonZeroU32::new(3).unwrap();
-        c.history.changes = (0..n).map(|i| t(1_000_000 - ago - i as u64)).collect();
+        // Oldest first, as State::record_change appends: the newest change,
+        // `ago` seconds before now, is the last.
+        c.history.changes = (0..n).rev().map(|i| t(1_000_000 - ago - i as u64)).collect();
         let d = decide(&c);
         if let Action::Apply { .. } = d.action {
             prop_assert!(n == 0 || Duration::from_secs(ago) >= c.policy.cooldown, "applied {ago}s after a change");
@@ -480,6 +482,27 @@ fn hold_delays_the_alert_and_the_change() {
     let second = decide(&c);
     assert_eq!(second.transition, Some((Level::Ok, Level::Critical)));
     assert!(matches!(second.action, Action::Apply { .. }));
+}
+
+#[test]
+fn the_cooldown_counts_from_the_newest_change_the_last_of_the_history() {
+    let mut c = simple(60);
+    // History::changes is oldest first: a change 300 s ago, then one 299 s ago.
+    c.history.changes = vec![t(1_000_000 - 300), t(1_000_000 - 299)];
+    assert_eq!(c.policy.cooldown, Duration::from_secs(300));
+    assert!(
+        matches!(
+            decide(&c).action,
+            Action::Hold {
+                reason: Blocked::Cooldown { remaining_secs: 1 },
+                ..
+            }
+        ),
+        "{:?}",
+        decide(&c).action
+    );
+    c.now = t(1_000_001);
+    assert!(matches!(decide(&c).action, Action::Apply { .. }));
 }
 
 #[test]

@@ -81,6 +81,10 @@ fn dest_labels(d: &DestUsage) -> String {
     )
 }
 
+// A flat list of metric families in the order the file shows them: each
+// block is one family's HELP, TYPE and samples; splitting it would only
+// scatter the file's layout over helpers.
+#[allow(clippy::too_many_lines)]
 pub fn render(s: &Snapshot<'_>) -> String {
     let u = s.usage;
     let mut out = Out(String::new());

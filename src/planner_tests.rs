@@ -41,6 +41,9 @@ fn capacity_of(range: PortRange, reserved: &PortSet, listening: &PortSet) -> u64
         .count() as u64
 }
 
+// Test code: one generator for every field of a planner case, read top to
+// bottom as the space the laws range over.
+#[allow(clippy::too_many_lines)]
 fn case() -> impl Strategy<Value = Case> {
     let bounds = prop_oneof![
         Just((32768u16, 60999u16)),

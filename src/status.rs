@@ -233,6 +233,9 @@ fn trim(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+// A flat list of report lines in the order they print; splitting it would
+// only scatter the report's layout over helpers.
+#[allow(clippy::too_many_lines)]
 fn human(
     usage: &Usage,
     shown: &[DestUsage],

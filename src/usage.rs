@@ -413,31 +413,7 @@ impl Aggregator {
             .iter()
             .filter(|p| range.contains(*p))
             .collect();
-        let mut hazards = Vec::new();
-        if range.has_same_parity() {
-            hazards.push(Hazard::SameParity {
-                low: range.low(),
-                high: range.high(),
-            });
-        }
-        // A reserved listener is safe: no outgoing connection can take its port.
-        let unreserved: Vec<u16> = listeners_in_range
-            .iter()
-            .copied()
-            .filter(|p| !self.settings.reserved_ports.contains(*p))
-            .collect();
-        if !unreserved.is_empty() {
-            hazards.push(Hazard::ListenersInRange { ports: unreserved });
-        }
-        hazards.extend(
-            destinations
-                .iter()
-                .filter(|d| d.used > 0 && d.usage.fraction() >= CONNECT_SLOWDOWN_FRACTION)
-                .map(|d| Hazard::SlowdownMark {
-                    destination: d.key,
-                    usage: d.usage,
-                }),
-        );
+        let hazards = hazards(&self.settings, &listeners_in_range, &destinations);
         Usage {
             source,
             sees_bound_only,
@@ -458,6 +434,43 @@ impl Aggregator {
             settings: self.settings,
         }
     }
+}
+
+/// What the census shows that could hurt: ends of the same parity,
+/// services listening on unreserved ports inside the range, destinations
+/// past the 50 % mark where `connect()` slows down.
+fn hazards(
+    settings: &KernelSettings,
+    listeners_in_range: &[u16],
+    destinations: &[DestUsage],
+) -> Vec<Hazard> {
+    let range = settings.port_range;
+    let mut hazards = Vec::new();
+    if range.has_same_parity() {
+        hazards.push(Hazard::SameParity {
+            low: range.low(),
+            high: range.high(),
+        });
+    }
+    // A reserved listener is safe: no outgoing connection can take its port.
+    let unreserved: Vec<u16> = listeners_in_range
+        .iter()
+        .copied()
+        .filter(|p| !settings.reserved_ports.contains(*p))
+        .collect();
+    if !unreserved.is_empty() {
+        hazards.push(Hazard::ListenersInRange { ports: unreserved });
+    }
+    hazards.extend(
+        destinations
+            .iter()
+            .filter(|d| d.used > 0 && d.usage.fraction() >= CONNECT_SLOWDOWN_FRACTION)
+            .map(|d| Hazard::SlowdownMark {
+                destination: d.key,
+                usage: d.usage,
+            }),
+    );
+    hazards
 }
 
 /// The worst of the per-destination usages and the UDP pool (and the TCP

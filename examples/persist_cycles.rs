@@ -13,6 +13,7 @@ use portd::actuator;
 use portd::host::Host;
 use portd::ports::{PortRange, PortSet};
 use portd::state::{State, Values, Written};
+use portd::sysctld;
 
 const DROPIN_NAME: &str = "60-portd.conf";
 
@@ -69,7 +70,9 @@ fn run() -> Result<(), String> {
     };
     let mut next = usize::from(on_disk.as_deref() == Some(first_text.as_str()));
     for _ in 0..iterations {
-        actuator::persist(&host, DROPIN_NAME, &states[next], written_at())
+        // One scan a cycle, as the daemon takes one a poll.
+        let scan = sysctld::scan(&host).map_err(|e| e.to_string())?;
+        actuator::persist(&host, &scan, DROPIN_NAME, &states[next], written_at())
             .map_err(|e| e.to_string())?;
         next = 1 - next;
     }

@@ -20,7 +20,7 @@ use crate::planner::{Pin, Plan};
 use crate::ports::{PortRange, PortSet};
 use crate::shutdown;
 use crate::state::{State, Values, Written};
-use crate::sysctld;
+use crate::sysctld::{self, Assignment, Scan};
 
 /// First line of the drop-in; rollback removes only a file that starts with it.
 pub const DROPIN_HEADER: &str =
@@ -324,17 +324,23 @@ pub enum PersistError {
 
 /// The first sysctl.d assignment that sorts after portd's drop-in and sets
 /// one of its keys: it would win at boot.
-pub fn pin(host: &Host, dropin_name: &str) -> Result<Option<Pin>, sysctld::SysctldError> {
-    for key in [kernel::KEY_PORT_RANGE, kernel::KEY_RESERVED_PORTS] {
-        let later = sysctld::later_overrides(host, dropin_name, key)?;
-        if let Some(a) = later.last() {
-            return Ok(Some(Pin {
-                file: format!("{}:{}", a.file.display(), a.line),
-                value: format!("{key} = {}", a.value),
-            }));
-        }
-    }
-    Ok(None)
+pub fn pin(scan: &Scan, dropin_name: &str) -> Option<Pin> {
+    overriding(scan, dropin_name).map(|(key, a)| Pin {
+        file: format!("{}:{}", a.file.display(), a.line),
+        value: format!("{key} = {}", a.value),
+    })
+}
+
+/// The key of portd's drop-in that a later file sets, and the last line
+/// that sets it (the range first).
+fn overriding<'a>(scan: &'a Scan, dropin_name: &str) -> Option<(&'static str, &'a Assignment)> {
+    [kernel::KEY_PORT_RANGE, kernel::KEY_RESERVED_PORTS]
+        .into_iter()
+        .find_map(|key| {
+            scan.later_overrides(dropin_name, key)
+                .last()
+                .map(|a| (key, *a))
+        })
 }
 
 /// The drop-in's text: reserved ports first (they must be in place before
@@ -424,14 +430,15 @@ fn assignments_of(text: &str) -> Vec<&str> {
 /// other sysctl.d files set at boot and portd's additions, so the admin's
 /// reservations are never dropped at boot.
 pub fn dropin_reserved(
-    host: &Host,
+    scan: &Scan,
     dropin_name: &str,
     added: &PortSet,
 ) -> Result<PortSet, sysctld::SysctldError> {
     if added.is_empty() {
         return Ok(PortSet::new());
     }
-    let boot = sysctld::boot_value_excluding(host, kernel::KEY_RESERVED_PORTS, dropin_name)?
+    let boot = scan
+        .boot_value_excluding(dropin_name, kernel::KEY_RESERVED_PORTS)?
         .and_then(|a| PortSet::parse(&a.value).ok())
         .unwrap_or_default();
     Ok(boot.union(added))
@@ -454,9 +461,13 @@ pub enum Persisted {
 /// is there; called on every poll, so that the reserved ports stay the union
 /// with the other files as they change. Refuses to overwrite a file portd
 /// did not write. After `persist.file` changed, removes the old drop-in
-/// (the name recorded in `state`) once the new one is written.
+/// (the name recorded in `state`) once the new one is written. `scan` is
+/// the poll's; writing the drop-in does not make it stale, since what is
+/// asked of it (later files, the boot value without the drop-in) leaves the
+/// drop-in out.
 pub fn persist(
     host: &Host,
+    scan: &Scan,
     dropin_name: &str,
     state: &State,
     now: SystemTime,
@@ -464,18 +475,15 @@ pub fn persist(
     let Some(written) = &state.last_written else {
         return Ok(Persisted::Unchanged);
     };
-    let scan = sysctld::scan(host).map_err(|e| PersistError::Scan(e.to_string()))?;
-    for key in [kernel::KEY_PORT_RANGE, kernel::KEY_RESERVED_PORTS] {
-        if let Some(a) = scan.later_overrides(dropin_name, key).last() {
-            return Err(PersistError::Overridden {
-                file: a.file.clone(),
-                line: a.line,
-                key,
-                value: a.value.clone(),
-            });
-        }
+    if let Some((key, a)) = overriding(scan, dropin_name) {
+        return Err(PersistError::Overridden {
+            file: a.file.clone(),
+            line: a.line,
+            key,
+            value: a.value.clone(),
+        });
     }
-    let reserved = dropin_reserved(host, dropin_name, &state.added_reserved)
+    let reserved = dropin_reserved(scan, dropin_name, &state.added_reserved)
         .map_err(|e| PersistError::Scan(e.to_string()))?;
     let dir = host.path(sysctld::DROPIN_DIR);
     // The change that made the values: what an admin reading the file asks.
@@ -540,14 +548,19 @@ pub fn persist(
 
 /// Compares the live values with what portd last wrote. Returns a reason
 /// (old value, new value and, where known, the file) when someone else
-/// changed them.
-pub fn external_change(host: &Host, state: &State, live: &KernelSettings) -> Option<String> {
+/// changed them. `scan` (none when sysctl.d could not be read) names the
+/// file.
+pub fn external_change(
+    scan: Option<&Scan>,
+    state: &State,
+    live: &KernelSettings,
+) -> Option<String> {
     let written = state.last_written.as_ref()?;
     if live.port_range != written.values.range {
-        let source = sysctld::assignments_for(host, kernel::KEY_PORT_RANGE)
-            .ok()
-            .and_then(|all| {
-                all.into_iter()
+        let source = scan
+            .and_then(|scan| {
+                scan.assignments_for(kernel::KEY_PORT_RANGE)
+                    .into_iter()
                     .rev()
                     .find(|a| PortRange::parse(&a.value).ok() == Some(live.port_range))
             })
@@ -604,7 +617,7 @@ pub fn rollback(
         .yielded
         .as_ref()
         .map(|y| y.reason.clone())
-        .or_else(|| external_change(host, state, live));
+        .or_else(|| external_change(sysctld::scan(host).ok().as_ref(), state, live));
     if let Some(reason) = changed
         && !force
     {

@@ -155,7 +155,7 @@ fn a_write_recorded_before_a_crash_settles_against_the_live_values() {
         s.last_written.as_ref().unwrap().values.range,
         range(40000, 40181)
     );
-    assert_eq!(external_change(&Host::new("/nonexistent"), &s, &live), None);
+    assert_eq!(external_change(None, &s, &live), None);
 
     // Killed before any write: portd changed nothing.
     let mut s = recorded();
@@ -191,9 +191,15 @@ fn a_file_portd_did_not_write_is_never_overwritten() {
     let (_dir, host) = fixture("40000\t40181", "");
     let admin = "net.ipv4.ip_local_reserved_ports = 40500\n";
     std::fs::write(sysctl_d(&host, DROPIN), admin).unwrap();
-    let err = persist(&host, DROPIN, &widened(""), at())
-        .unwrap_err()
-        .to_string();
+    let err = persist(
+        &host,
+        &sysctld::scan(&host).unwrap(),
+        DROPIN,
+        &widened(""),
+        at(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("refusing to overwrite") && err.contains("60-portd.conf"),
         "{err}"
@@ -206,9 +212,15 @@ fn a_file_portd_did_not_write_is_never_overwritten() {
     // Debian's 99-sysctl.conf is a symlink: neither it nor its target change.
     std::fs::write(sysctl_d(&host, ".sysctl.conf"), "# admin\n").unwrap();
     std::os::unix::fs::symlink(".sysctl.conf", sysctl_d(&host, "99-sysctl.conf")).unwrap();
-    let err = persist(&host, "99-sysctl.conf", &widened(""), at())
-        .unwrap_err()
-        .to_string();
+    let err = persist(
+        &host,
+        &sysctld::scan(&host).unwrap(),
+        "99-sysctl.conf",
+        &widened(""),
+        at(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("symbolic link to .sysctl.conf"), "{err}");
     let link = std::fs::read_link(sysctl_d(&host, "99-sysctl.conf")).unwrap();
     assert_eq!(link, Path::new(".sysctl.conf"));
@@ -228,7 +240,14 @@ fn the_dropin_sets_reserved_ports_only_when_portd_reserved_some() {
     .unwrap();
     let text = |host: &Host| std::fs::read_to_string(sysctl_d(host, DROPIN)).unwrap();
     assert_eq!(
-        persist(&host, DROPIN, &widened(""), at()).unwrap(),
+        persist(
+            &host,
+            &sysctld::scan(&host).unwrap(),
+            DROPIN,
+            &widened(""),
+            at()
+        )
+        .unwrap(),
         Persisted::Written { removed: None }
     );
     assert!(
@@ -240,10 +259,10 @@ fn the_dropin_sets_reserved_ports_only_when_portd_reserved_some() {
 
     // With a port of portd's: the union with the other files, kept current.
     let state = widened("40120");
-    persist(&host, DROPIN, &state, at()).unwrap();
+    persist(&host, &sysctld::scan(&host).unwrap(), DROPIN, &state, at()).unwrap();
     assert!(text(&host).contains("net.ipv4.ip_local_reserved_ports = 40120,40500\n"));
     assert_eq!(
-        persist(&host, DROPIN, &state, at()).unwrap(),
+        persist(&host, &sysctld::scan(&host).unwrap(), DROPIN, &state, at()).unwrap(),
         Persisted::Unchanged
     );
     std::fs::write(
@@ -252,7 +271,7 @@ fn the_dropin_sets_reserved_ports_only_when_portd_reserved_some() {
     )
     .unwrap();
     assert_eq!(
-        persist(&host, DROPIN, &state, at()).unwrap(),
+        persist(&host, &sysctld::scan(&host).unwrap(), DROPIN, &state, at()).unwrap(),
         Persisted::Written { removed: None }
     );
     assert!(
@@ -266,10 +285,17 @@ fn the_dropin_sets_reserved_ports_only_when_portd_reserved_some() {
 fn a_new_persist_file_replaces_portds_old_dropin_but_no_one_elses() {
     let (_dir, host) = fixture("40000\t40181", "");
     let mut state = widened("");
-    persist(&host, DROPIN, &state, at()).unwrap();
+    persist(&host, &sysctld::scan(&host).unwrap(), DROPIN, &state, at()).unwrap();
     state.dropin = Some(DROPIN.into());
     assert_eq!(
-        persist(&host, "70-portd.conf", &state, at()).unwrap(),
+        persist(
+            &host,
+            &sysctld::scan(&host).unwrap(),
+            "70-portd.conf",
+            &state,
+            at()
+        )
+        .unwrap(),
         Persisted::Written {
             removed: Some(sysctl_d(&host, DROPIN))
         }
@@ -281,7 +307,14 @@ fn a_new_persist_file_replaces_portds_old_dropin_but_no_one_elses() {
     std::fs::write(sysctl_d(&host, DROPIN), "# the admin's now\n").unwrap();
     std::fs::remove_file(sysctl_d(&host, "70-portd.conf")).unwrap();
     assert_eq!(
-        persist(&host, "70-portd.conf", &state, at()).unwrap(),
+        persist(
+            &host,
+            &sysctld::scan(&host).unwrap(),
+            "70-portd.conf",
+            &state,
+            at()
+        )
+        .unwrap(),
         Persisted::Written { removed: None }
     );
     assert_eq!(
@@ -298,7 +331,7 @@ fn a_later_file_pinning_the_reserved_ports_is_named_by_its_key() {
         "net.ipv4.ip_local_reserved_ports = 40010\n",
     )
     .unwrap();
-    let pin = pin(&host, DROPIN).unwrap().unwrap();
+    let pin = pin(&sysctld::scan(&host).unwrap(), DROPIN).unwrap();
     let text = crate::planner::Blocked::PinnedBy { pin }.to_string();
     assert!(
         text.contains("70-later.conf:1 sets net.ipv4.ip_local_reserved_ports = 40010 after"),
@@ -311,14 +344,14 @@ fn a_later_file_pinning_the_reserved_ports_is_named_by_its_key() {
 fn an_admins_range_taken_as_baseline_is_not_written_into_portds_dropin() {
     let (_dir, host) = fixture("40000\t40181", "");
     let mut state = widened("");
-    persist(&host, DROPIN, &state, at()).unwrap();
+    persist(&host, &sysctld::scan(&host).unwrap(), DROPIN, &state, at()).unwrap();
     let before = std::fs::read_to_string(sysctl_d(&host, DROPIN)).unwrap();
     // A yield (cleared since by a reload) made the admin's range the baseline.
     let written = state.last_written.as_mut().unwrap();
     written.persisted = true;
     written.values.range = range(40000, 40119);
     assert_eq!(
-        persist(&host, DROPIN, &state, at()).unwrap(),
+        persist(&host, &sysctld::scan(&host).unwrap(), DROPIN, &state, at()).unwrap(),
         Persisted::Unchanged
     );
     assert_eq!(

@@ -21,7 +21,7 @@ use crate::policy::file::PolicyError;
 use crate::policy::{Floor, Policy};
 use crate::ports::{PortRange, PortSet};
 use crate::state::State;
-use crate::sysctld;
+use crate::sysctld::{self, Scan};
 use crate::usage::{self, UsageOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -104,7 +104,18 @@ pub fn run(
 ) -> Report {
     let mut report = Report::new(policy_file);
     let policy = report.policy(policy_file, policy);
-    boot_config(host, &policy, &mut report);
+    // One scan for every question asked of sysctl.d; an error is reported
+    // once, here.
+    let scan = match sysctld::scan(host) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
+            None
+        }
+    };
+    if let Some(scan) = &scan {
+        boot_config(scan, &policy, &mut report);
+    }
     let settings = match KernelSettings::read(host) {
         Ok(s) => s,
         Err(e) => {
@@ -125,7 +136,7 @@ pub fn run(
             State::default()
         }
     };
-    dropin(host, &policy, &state, &mut report);
+    dropin(host, scan.as_ref(), &policy, &state, &mut report);
     if let Some(y) = &state.yielded {
         report.add(
             Severity::Warning,
@@ -164,7 +175,7 @@ pub fn run(
         );
     }
     if opts.plan {
-        report.plan = Some(plan_now(host, &policy, &state, &usage));
+        report.plan = Some(plan_now(scan.as_ref(), &policy, &state, &usage));
     }
     report
 }
@@ -290,12 +301,12 @@ fn usage_findings(usage: &usage::Usage, report: &mut Report) {
 
 /// What the daemon would do on a poll now, with the level already held.
 fn plan_now(
-    host: &Host,
+    scan: Option<&Scan>,
     policy: &Policy,
     state: &State,
     usage: &usage::Usage,
 ) -> planner::Decision {
-    let pin = actuator::pin(host, &policy.dropin_name).ok().flatten();
+    let pin = scan.and_then(|scan| actuator::pin(scan, &policy.dropin_name));
     let mut history = state.history();
     history.alert.level = Level::of(
         usage.headline.usage,
@@ -319,8 +330,9 @@ fn plan_now(
 
 /// portd's drop-in: whether portd may write it (it never overwrites a file
 /// it did not write), an old one left by an earlier `persist.file`, and
-/// the reserved ports it sets.
-fn dropin(host: &Host, policy: &Policy, state: &State, report: &mut Report) {
+/// the reserved ports it sets (none said when sysctl.d could not be read:
+/// `run` reported that).
+fn dropin(host: &Host, scan: Option<&Scan>, policy: &Policy, state: &State, report: &mut Report) {
     if !policy.persist {
         return;
     }
@@ -352,11 +364,11 @@ fn dropin(host: &Host, policy: &Policy, state: &State, report: &mut Report) {
             ),
         );
     }
-    if state.last_written.is_none() {
+    let (Some(scan), Some(_)) = (scan, &state.last_written) else {
         return;
-    }
+    };
     let key = kernel::KEY_RESERVED_PORTS;
-    let reserved = match actuator::dropin_reserved(host, &policy.dropin_name, &state.added_reserved)
+    let reserved = match actuator::dropin_reserved(scan, &policy.dropin_name, &state.added_reserved)
     {
         Ok(r) => r,
         Err(e) => {
@@ -468,14 +480,7 @@ fn reservations_in_span(
     );
 }
 
-fn boot_config(host: &Host, policy: &Policy, report: &mut Report) {
-    let scan = match sysctld::scan(host) {
-        Ok(s) => s,
-        Err(e) => {
-            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
-            return;
-        }
-    };
+fn boot_config(scan: &Scan, policy: &Policy, report: &mut Report) {
     for w in &scan.warnings {
         report.add(Severity::Info, format!("systemd-sysctl will warn: {w}"));
     }

@@ -202,6 +202,10 @@ pub enum SysctldError {
     },
     #[error("{}: too many levels of symbolic links", path.display())]
     SymlinkLoop { path: PathBuf },
+    /// A file that portd's drop-in hides, read to know what boot would set
+    /// without the drop-in.
+    #[error("cannot read {}, which boot reads in place of portd's drop-in were it removed: {reason}", file.display())]
+    Understudy { file: PathBuf, reason: String },
 }
 
 fn via(target: &Option<PathBuf>) -> String {
@@ -224,63 +228,33 @@ pub struct Scan {
     /// Entries that are not read: directories, symlink loops, FIFOs.
     pub skipped: Vec<Skipped>,
     pub sysctl_conf: SysctlConf,
+    /// `/etc/sysctl.d` as systemd-sysctl names its files (resolved).
+    #[serde(skip)]
+    dropin_dir: PathBuf,
+    /// For each `/etc/sysctl.d` file that hides a same-named file, that
+    /// file: what boot would read in its place were it removed, so that
+    /// [`Scan::boot_value_excluding`] needs no second scan.
+    #[serde(skip)]
+    understudies: Vec<Understudy>,
+}
+
+/// The file that would take the place of an `/etc/sysctl.d` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Understudy {
+    /// The file name they share.
+    name: OsString,
+    path: PathBuf,
+    /// Its assignments, or why it cannot be read. Boot never reads it while
+    /// the `/etc` file exists, so an error is raised only when it is asked.
+    read: Result<Vec<Assignment>, String>,
 }
 
 /// Reads the sysctl.d configuration of `host` as systemd-sysctl would at boot.
+/// The only function here that reads the directories: a daemon poll takes
+/// one [`Scan`] and asks it every question (overrides of portd's drop-in,
+/// the boot value without it, which file sets a key).
 pub fn scan(host: &Host) -> Result<Scan, SysctldError> {
-    scan_inner(host, None)
-}
-
-/// As [`scan`], as if portd's drop-in `/etc/sysctl.d/<dropin_name>` did not
-/// exist: a same-named file in a lower directory then takes its place.
-pub fn scan_without_dropin(host: &Host, dropin_name: &str) -> Result<Scan, SysctldError> {
-    scan_inner(host, Some(dropin_name))
-}
-
-/// The effective sysctl.d files in application order, as the `# PATH` headers
-/// of `systemd-sysctl --cat-config` list them (masked ones included).
-pub fn boot_files(host: &Host) -> Result<Vec<PathBuf>, SysctldError> {
-    Ok(discover(host, None)?.0)
-}
-
-/// Every assignment that names `key` or a glob matching it, in application
-/// order; see [`Scan::assignments_for`].
-pub fn assignments_for(host: &Host, key: &str) -> Result<Vec<Assignment>, SysctldError> {
-    Ok(scan(host)?
-        .assignments_for(key)
-        .into_iter()
-        .cloned()
-        .collect())
-}
-
-/// The assignment that decides `key` at boot; see [`Scan::winning`].
-pub fn winning(host: &Host, key: &str) -> Result<Option<Assignment>, SysctldError> {
-    Ok(scan(host)?.winning(key))
-}
-
-/// Assignments that would override portd's drop-in; see
-/// [`Scan::later_overrides`].
-pub fn later_overrides(
-    host: &Host,
-    dropin_name: &str,
-    key: &str,
-) -> Result<Vec<Assignment>, SysctldError> {
-    Ok(scan(host)?
-        .later_overrides(dropin_name, key)
-        .into_iter()
-        .cloned()
-        .collect())
-}
-
-/// The assignment that would decide `key` at boot if portd's drop-in
-/// `/etc/sysctl.d/<dropin_name>` did not exist: the admin's and the vendors'
-/// value, which portd's reserved ports must be merged with.
-pub fn boot_value_excluding(
-    host: &Host,
-    key: &str,
-    dropin_name: &str,
-) -> Result<Option<Assignment>, SysctldError> {
-    Ok(scan_without_dropin(host, dropin_name)?.winning(key))
+    scan_inner(host)
 }
 
 impl Scan {
@@ -309,19 +283,51 @@ impl Scan {
     /// repeats the same value; the assignment returned is then the last of
     /// those lines, with `ignore_failure` set if any of them had it.
     pub fn winning(&self, key: &str) -> Option<Assignment> {
-        let key = normalize_key(key);
-        let table = self.boot_table();
-        let slot = match table.iter().find(|s| s.latest.key == key) {
-            Some(explicit) if explicit.latest.exclusion => return None,
-            Some(explicit) => explicit,
-            None => table.iter().rev().find(|s| {
-                s.latest.glob && !s.latest.exclusion && key_matches_glob(&s.latest.key, &key)
-            })?,
+        winning_among(self.assignments.iter(), key)
+    }
+
+    /// The assignment that would decide `key` at boot if portd's drop-in
+    /// `/etc/sysctl.d/<dropin_name>` did not exist (a same-named file in a
+    /// lower directory then takes its place): the admin's and the vendors'
+    /// value, which portd's reserved ports must be merged with.
+    pub fn boot_value_excluding(
+        &self,
+        dropin_name: &str,
+        key: &str,
+    ) -> Result<Option<Assignment>, SysctldError> {
+        let stand_in: &[Assignment] = match self
+            .understudies
+            .iter()
+            .find(|u| u.name.as_bytes() == dropin_name.as_bytes())
+        {
+            None => &[],
+            Some(Understudy { read: Ok(a), .. }) => a,
+            Some(Understudy {
+                path,
+                read: Err(reason),
+                ..
+            }) => {
+                return Err(SysctldError::Understudy {
+                    file: path.clone(),
+                    reason: reason.clone(),
+                });
+            }
         };
-        Some(Assignment {
-            ignore_failure: slot.ignore_failure,
-            ..slot.latest.clone()
-        })
+        let dropin = self.dropin_dir.join(dropin_name);
+        fn name<'a>(a: &&'a Assignment) -> Option<&'a [u8]> {
+            a.file.file_name().map(OsStr::as_bytes)
+        }
+        let dropin_name = Some(dropin_name.as_bytes());
+        // Files apply in name order and the stand-in has the drop-in's name.
+        let before = self
+            .assignments
+            .iter()
+            .filter(|a| a.file != dropin && name(a) <= dropin_name);
+        let after = self
+            .assignments
+            .iter()
+            .filter(|a| a.file != dropin && name(a) > dropin_name);
+        Ok(winning_among(before.chain(stand_in).chain(after), key))
     }
 
     /// Assignments of `key` that would override portd's drop-in
@@ -342,36 +348,54 @@ impl Scan {
             })
             .collect()
     }
+}
 
-    /// systemd-sysctl's ordered map of keys: a line with a new value for a key
-    /// moves the key to the end; one that repeats the value leaves it in place.
-    fn boot_table(&self) -> Vec<Slot<'_>> {
-        let mut slots: HashMap<&str, Slot<'_>> = HashMap::new();
-        for (seq, a) in self.assignments.iter().enumerate() {
-            let key = a.key.as_str();
-            match slots.get_mut(key) {
-                Some(slot)
-                    if slot.latest.value == a.value && slot.latest.exclusion == a.exclusion =>
-                {
-                    slot.latest = a;
-                    slot.ignore_failure |= a.ignore_failure;
-                }
-                _ => {
-                    slots.insert(
-                        key,
-                        Slot {
-                            seq,
-                            latest: a,
-                            ignore_failure: a.ignore_failure,
-                        },
-                    );
-                }
+/// [`Scan::winning`] over `assignments` in application order.
+fn winning_among<'a>(
+    assignments: impl Iterator<Item = &'a Assignment>,
+    key: &str,
+) -> Option<Assignment> {
+    let key = normalize_key(key);
+    let table = boot_table(assignments);
+    let slot = match table.iter().find(|s| s.latest.key == key) {
+        Some(explicit) if explicit.latest.exclusion => return None,
+        Some(explicit) => explicit,
+        None => table.iter().rev().find(|s| {
+            s.latest.glob && !s.latest.exclusion && key_matches_glob(&s.latest.key, &key)
+        })?,
+    };
+    Some(Assignment {
+        ignore_failure: slot.ignore_failure,
+        ..slot.latest.clone()
+    })
+}
+
+/// systemd-sysctl's ordered map of keys: a line with a new value for a key
+/// moves the key to the end; one that repeats the value leaves it in place.
+fn boot_table<'a>(assignments: impl Iterator<Item = &'a Assignment>) -> Vec<Slot<'a>> {
+    let mut slots: HashMap<&str, Slot<'_>> = HashMap::new();
+    for (seq, a) in assignments.enumerate() {
+        let key = a.key.as_str();
+        match slots.get_mut(key) {
+            Some(slot) if slot.latest.value == a.value && slot.latest.exclusion == a.exclusion => {
+                slot.latest = a;
+                slot.ignore_failure |= a.ignore_failure;
+            }
+            _ => {
+                slots.insert(
+                    key,
+                    Slot {
+                        seq,
+                        latest: a,
+                        ignore_failure: a.ignore_failure,
+                    },
+                );
             }
         }
-        let mut table: Vec<Slot<'_>> = slots.into_values().collect();
-        table.sort_by_key(|s| s.seq);
-        table
     }
+    let mut table: Vec<Slot<'_>> = slots.into_values().collect();
+    table.sort_by_key(|s| s.seq);
+    table
 }
 
 struct Slot<'a> {
@@ -380,8 +404,13 @@ struct Slot<'a> {
     ignore_failure: bool,
 }
 
-fn scan_inner(host: &Host, without: Option<&str>) -> Result<Scan, SysctldError> {
-    let (paths, shadowed) = discover(host, without)?;
+fn scan_inner(host: &Host) -> Result<Scan, SysctldError> {
+    let Discovered {
+        effective: paths,
+        shadowed,
+        dropin_dir,
+        understudies,
+    } = discover(host)?;
     let mut files = Vec::with_capacity(paths.len());
     let mut assignments = Vec::new();
     let mut warnings = Vec::new();
@@ -394,6 +423,14 @@ fn scan_inner(host: &Host, without: Option<&str>) -> Result<Scan, SysctldError> 
         files.push(file);
     }
     let sysctl_conf = sysctl_conf(host, &files, &mut warnings, &mut skipped)?;
+    let understudies = understudies
+        .into_iter()
+        .map(|(name, path)| Understudy {
+            read: read_understudy(host, &path),
+            name,
+            path,
+        })
+        .collect();
     Ok(Scan {
         files,
         shadowed,
@@ -401,7 +438,32 @@ fn scan_inner(host: &Host, without: Option<&str>) -> Result<Scan, SysctldError> 
         warnings,
         skipped,
         sysctl_conf,
+        dropin_dir,
+        understudies,
     })
+}
+
+/// The assignments of a hidden file, read as if it were effective; its
+/// warnings and skips are not boot's and are dropped.
+fn read_understudy(host: &Host, path: &Path) -> Result<Vec<Assignment>, String> {
+    let mut assignments = Vec::new();
+    let (file, text) = load(host, path, &mut Vec::new()).map_err(|e| e.to_string())?;
+    if let Some(text) = text {
+        parse(&file.path, &text, &mut assignments, &mut Vec::new());
+    }
+    Ok(assignments)
+}
+
+/// What [`discover`] finds.
+struct Discovered {
+    /// The effective files in application order.
+    effective: Vec<PathBuf>,
+    shadowed: Vec<Shadowed>,
+    /// `/etc/sysctl.d`, resolved.
+    dropin_dir: PathBuf,
+    /// For an `/etc/sysctl.d` file that hides others: its name and the
+    /// file that would take its place.
+    understudies: Vec<(OsString, PathBuf)>,
 }
 
 fn sysctl_d_dirs(host: &Host) -> Vec<&'static str> {
@@ -416,14 +478,16 @@ fn sysctl_d_dirs(host: &Host) -> Vec<&'static str> {
 /// The effective files in application order, and the hidden ones.
 /// `conf_files_list_strv()`: the first directory to hold a name wins; the
 /// winners are sorted by name with `strcmp()`, i.e. bytewise.
-fn discover(
-    host: &Host,
-    without: Option<&str>,
-) -> Result<(Vec<PathBuf>, Vec<Shadowed>), SysctldError> {
+fn discover(host: &Host) -> Result<Discovered, SysctldError> {
     let mut by_name: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
+    let mut dropin_dir = PathBuf::from(DROPIN_DIR);
+    let mut in_dropin_dir = Vec::new();
     for dir in sysctl_d_dirs(host) {
         // systemd names files under the directory's resolved path.
         let resolved = chase(host, Path::new(dir))?;
+        if dir == DROPIN_DIR {
+            dropin_dir.clone_from(&resolved);
+        }
         let entries = match fs::read_dir(on_disk(host, &resolved)) {
             Ok(entries) => entries,
             Err(e)
@@ -450,8 +514,8 @@ fn discover(
             if !is_conf_name(&name) {
                 continue;
             }
-            if dir == DROPIN_DIR && without.is_some_and(|w| name.as_bytes() == w.as_bytes()) {
-                continue;
+            if dir == DROPIN_DIR {
+                in_dropin_dir.push(name.clone());
             }
             let path = resolved.join(&name);
             by_name.entry(name).or_default().push(path);
@@ -459,7 +523,11 @@ fn discover(
     }
     let mut effective = Vec::with_capacity(by_name.len());
     let mut shadowed = Vec::new();
-    for (_, mut paths) in by_name {
+    let mut understudies = Vec::new();
+    for (name, mut paths) in by_name {
+        if paths.len() > 1 && in_dropin_dir.contains(&name) {
+            understudies.push((name, paths[1].clone()));
+        }
         let winner = paths.remove(0);
         shadowed.extend(paths.into_iter().map(|path| Shadowed {
             path,
@@ -467,7 +535,12 @@ fn discover(
         }));
         effective.push(winner);
     }
-    Ok((effective, shadowed))
+    Ok(Discovered {
+        effective,
+        shadowed,
+        dropin_dir,
+        understudies,
+    })
 }
 
 /// `*.conf`, skipping hidden files as systemd's `FOREACH_DIRENT` does (its

@@ -75,11 +75,11 @@ fn files_are_applied_in_name_order_whatever_their_directory() {
         ]
     );
     assert_eq!(
-        boot_files(&tree.host()).unwrap(),
+        scan.files
+            .iter()
+            .map(|f| f.path.as_path())
+            .collect::<Vec<_>>(),
         scan.boot_files()
-            .into_iter()
-            .map(Path::to_path_buf)
-            .collect::<Vec<_>>()
     );
 }
 
@@ -117,10 +117,10 @@ fn the_last_assignment_in_the_last_file_wins() {
         "net.ipv4.ip_local_port_range = 40000 50001\n\
          net.ipv4.ip_local_port_range = 40000 50999\n",
     );
-    let host = tree.host();
-    let all = assignments_for(&host, RANGE).unwrap();
+    let scan = tree.scan();
+    let all = scan.assignments_for(RANGE);
     assert_eq!(
-        all.iter().map(at).collect::<Vec<_>>(),
+        all.iter().map(|a| at(a)).collect::<Vec<_>>(),
         [
             "/usr/lib/sysctl.d/50-vendor.conf:1",
             "/etc/sysctl.d/60-portd.conf:1",
@@ -128,7 +128,7 @@ fn the_last_assignment_in_the_last_file_wins() {
             "/run/sysctl.d/70-pin.conf:2",
         ]
     );
-    let win = winning(&host, RANGE).unwrap().unwrap();
+    let win = scan.winning(RANGE).unwrap();
     assert_eq!(at(&win), "/run/sysctl.d/70-pin.conf:2");
     assert_eq!(win.value, "40000 50999");
 }
@@ -360,10 +360,10 @@ fn later_files_that_set_the_key_override_portds_dropin() {
         "/etc/sysctl.d/99-other.conf",
         "net.ipv4.ip_local_reserved_ports = 5\n",
     );
-    let host = tree.host();
-    let overrides = later_overrides(&host, "60-portd.conf", RANGE).unwrap();
+    let scan = tree.scan();
+    let overrides = scan.later_overrides("60-portd.conf", RANGE);
     assert_eq!(
-        overrides.iter().map(at).collect::<Vec<_>>(),
+        overrides.iter().map(|a| at(a)).collect::<Vec<_>>(),
         [
             "/run/sysctl.d/70-pin.conf:1",
             "/etc/sysctl.d/99-exclude.conf:1"
@@ -371,12 +371,8 @@ fn later_files_that_set_the_key_override_portds_dropin() {
     );
     assert!(overrides[1].exclusion);
     // The exclusion wins: sysctl.d leaves the range alone at boot.
-    assert_eq!(winning(&host, RANGE).unwrap(), None);
-    assert!(
-        later_overrides(&host, "99-zz-portd.conf", RANGE)
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(scan.winning(RANGE), None);
+    assert!(scan.later_overrides("99-zz-portd.conf", RANGE).is_empty());
 }
 
 #[test]
@@ -390,18 +386,19 @@ fn boot_value_excluding_the_dropin_is_what_others_set() {
         "/etc/sysctl.d/60-portd.conf",
         "net.ipv4.ip_local_reserved_ports = 8080,9000-9010,41000\n",
     );
-    let host = tree.host();
+    let scan = tree.scan();
     assert_eq!(
-        value(winning(&host, RESERVED).unwrap()).as_deref(),
+        value(scan.winning(RESERVED)).as_deref(),
         Some("8080,9000-9010,41000")
     );
-    let without = boot_value_excluding(&host, RESERVED, "60-portd.conf")
+    let without = scan
+        .boot_value_excluding("60-portd.conf", RESERVED)
         .unwrap()
         .unwrap();
     assert_eq!(at(&without), "/etc/sysctl.d/40-admin.conf:1");
     assert_eq!(without.value, "8080,9000-9010");
     assert_eq!(
-        boot_value_excluding(&host, RANGE, "60-portd.conf").unwrap(),
+        scan.boot_value_excluding("60-portd.conf", RANGE).unwrap(),
         None
     );
 }
@@ -417,8 +414,91 @@ fn without_the_dropin_a_same_named_vendor_file_shows_through() {
         "/etc/sysctl.d/60-portd.conf",
         "net.ipv4.ip_local_reserved_ports = 7,41000\n",
     );
-    let without = boot_value_excluding(&tree.host(), RESERVED, "60-portd.conf").unwrap();
+    let scan = tree.scan();
+    // Boot reads only portd's; the vendor file is hidden, not applied.
+    assert_eq!(value(scan.winning(RESERVED)).as_deref(), Some("7,41000"));
+    let without = scan
+        .boot_value_excluding("60-portd.conf", RESERVED)
+        .unwrap();
     assert_eq!(at(&without.unwrap()), "/usr/lib/sysctl.d/60-portd.conf:1");
+}
+
+#[test]
+fn without_the_dropin_the_stand_in_applies_in_its_place_in_name_order() {
+    let tree = Tree::new();
+    tree.file(
+        "/usr/lib/sysctl.d/60-portd.conf",
+        "net.ipv4.ip_local_reserved_ports = 7
+",
+    )
+    .file(
+        "/run/sysctl.d/60-portd.conf",
+        "net.ipv4.ip_local_reserved_ports = 8
+",
+    )
+    .file(
+        "/etc/sysctl.d/60-portd.conf",
+        "net.ipv4.ip_local_reserved_ports = 8,41000
+",
+    )
+    .file(
+        "/etc/sysctl.d/50-before.conf",
+        "net.ipv4.ip_local_reserved_ports = 5
+",
+    )
+    .file(
+        "/usr/lib/sysctl.d/70-after.conf",
+        "net.ipv4.ip_local_port_range = 30000 40001
+",
+    );
+    let scan = tree.scan();
+    // The next directory's file, not the lowest, stands in; it comes after
+    // 50-before.conf as the drop-in did.
+    let without = scan
+        .boot_value_excluding("60-portd.conf", RESERVED)
+        .unwrap()
+        .unwrap();
+    assert_eq!(at(&without), "/run/sysctl.d/60-portd.conf:1");
+    assert_eq!(
+        value(scan.boot_value_excluding("60-portd.conf", RANGE).unwrap()).as_deref(),
+        Some("30000 40001")
+    );
+    // Another name has no stand-in: its own lines are simply left out.
+    assert_eq!(
+        value(
+            scan.boot_value_excluding("50-before.conf", RESERVED)
+                .unwrap()
+        )
+        .as_deref(),
+        Some("8,41000")
+    );
+}
+
+#[test]
+fn an_unreadable_stand_in_fails_only_the_question_that_needs_it() {
+    let tree = Tree::new();
+    tree.file(
+        "/usr/lib/sysctl.d/60-portd.conf",
+        "net.ipv4.ip_local_reserved_ports = 7
+",
+    )
+    .file(
+        "/etc/sysctl.d/60-portd.conf",
+        "net.ipv4.ip_local_reserved_ports = 7,41000
+",
+    );
+    // Longer than the cap: an error that does not depend on permissions
+    // (tests run as root).
+    let big = "#".repeat(usize::try_from(FILE_MAX_BYTES).unwrap() + 1);
+    tree.file("/usr/lib/sysctl.d/60-portd.conf", &big);
+    let scan = tree.scan();
+    assert_eq!(value(scan.winning(RESERVED)).as_deref(), Some("7,41000"));
+    let err = scan
+        .boot_value_excluding("60-portd.conf", RESERVED)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/usr/lib/sysctl.d/60-portd.conf"), "{err}");
+    assert!(err.contains("in place of portd's drop-in"), "{err}");
 }
 
 #[test]
@@ -440,14 +520,10 @@ fn slashes_and_dots_are_interchangeable_in_keys() {
         "/etc/sysctl.d/10-a.conf",
         "net/ipv4/ip_local_port_range = 30000 40001\n",
     );
-    let win = winning(&tree.host(), "net/ipv4/ip_local_port_range")
-        .unwrap()
-        .unwrap();
+    let scan = tree.scan();
+    let win = scan.winning("net/ipv4/ip_local_port_range").unwrap();
     assert_eq!(win.key, RANGE);
-    assert_eq!(
-        value(winning(&tree.host(), RANGE).unwrap()).as_deref(),
-        Some("30000 40001")
-    );
+    assert_eq!(value(scan.winning(RANGE)).as_deref(), Some("30000 40001"));
 }
 
 #[test]

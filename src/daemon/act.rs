@@ -8,13 +8,29 @@ use super::Daemon;
 use super::report::{self, Report};
 use crate::actuator;
 use crate::census::KernelSettings;
+use crate::host::Host;
 use crate::level::Level;
 use crate::planner::{self, Action, Decision};
 use crate::ports::PortRange;
 use crate::shutdown;
 use crate::state::Values;
-use crate::sysctld;
+use crate::sysctld::{self, Scan};
 use crate::usage::Usage;
+
+/// One sysctl.d scan a poll: read on the poll's first question (a poll
+/// that persists nothing and plans nothing reads no directory) and kept
+/// until the next poll starts.
+#[derive(Default)]
+pub(super) struct PollScan(Option<Result<Scan, String>>);
+
+impl PollScan {
+    pub(super) fn get(&mut self, host: &Host) -> Result<&Scan, &str> {
+        self.0
+            .get_or_insert_with(|| sysctld::scan(host).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
 
 impl Daemon {
     /// Carries out the decision: the range it widened to, or why widening
@@ -101,7 +117,14 @@ impl Daemon {
             return;
         };
         let (range, was_persisted) = (written.values.range, written.persisted);
-        match actuator::persist(&self.host, &self.policy.dropin_name, &self.state, now) {
+        let scan = match self.sysctld.get(&self.host) {
+            Ok(scan) => scan,
+            Err(e) => {
+                let e = e.to_owned();
+                return self.report.persist_failed(range, was_persisted, &e);
+            }
+        };
+        match actuator::persist(&self.host, scan, &self.policy.dropin_name, &self.state, now) {
             Ok(outcome) => {
                 let dropin = self
                     .host
@@ -142,7 +165,16 @@ impl Daemon {
         if self.state.yielded.is_some() {
             return;
         }
-        let Some(reason) = actuator::external_change(&self.host, &self.state, live) else {
+        // Only a changed range is traced to the file that sets it: a poll
+        // reads sysctl.d for it then only.
+        let range_changed =
+            (self.state.last_written.as_ref()).is_some_and(|w| w.values.range != live.port_range);
+        let scan = if range_changed {
+            self.sysctld.get(&self.host).ok()
+        } else {
+            None
+        };
+        let Some(reason) = actuator::external_change(scan, &self.state, live) else {
             return;
         };
         let written = self.state.last_written.as_ref().map(|w| w.values.range);

@@ -168,6 +168,9 @@ struct Daemon {
     /// the metrics show the usage of the new range.
     recensus: bool,
     report: Report,
+    /// The poll's sysctl.d scan, read at most once a poll (on its first
+    /// question) and asked every question of it.
+    sysctld: act::PollScan,
     /// Reads the /proc files of every poll: kept open on the live host
     /// (census/reader.rs); opened anew under a fixture root, whose files a
     /// test may replace.
@@ -204,6 +207,7 @@ impl Daemon {
             last: None,
             recensus: false,
             report: Report::default(),
+            sysctld: act::PollScan::default(),
             proc,
         }
     }
@@ -362,6 +366,7 @@ impl Daemon {
     /// One poll: cheap checks, then a census unless the bounds prove no
     /// destination can have reached the warning level.
     fn tick(&mut self) -> Option<InFlight> {
+        self.sysctld = act::PollScan::default();
         let settings = match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
             Ok(s) => s,
             Err(e) => {
@@ -467,9 +472,9 @@ impl Daemon {
 
     /// The planner, pure: the census, the policy, the history, a pin and
     /// the poll's authority in, a decision out.
-    fn decide(&self, usage: &Usage, authority: &Authority, now: SystemTime) -> Decision {
-        let pin = match actuator::pin(&self.host, &self.policy.dropin_name) {
-            Ok(p) => p,
+    fn decide(&mut self, usage: &Usage, authority: &Authority, now: SystemTime) -> Decision {
+        let pin = match self.sysctld.get(&self.host) {
+            Ok(scan) => actuator::pin(scan, &self.policy.dropin_name),
             Err(e) => {
                 tracing::warn!("cannot read sysctl.d files: {e}");
                 None

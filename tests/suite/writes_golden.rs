@@ -222,7 +222,11 @@ fn tree_differences(
 /// it did and under which name. Mirrored here by hand until `State` owns
 /// that transition (issue 12, item 2); then this calls it.
 fn persist_as_the_daemon_does(host: &Host, dropin_name: &str, state: &mut State) -> String {
-    match actuator::persist(host, dropin_name, state, golden_now()) {
+    let scan = match portd::sysctld::scan(host) {
+        Ok(scan) => scan,
+        Err(e) => return format!("persist refused: {e}\n"),
+    };
+    match actuator::persist(host, &scan, dropin_name, state, golden_now()) {
         Ok(outcome) => {
             if state.mark_persisted(dropin_name, outcome != Persisted::Unchanged) {
                 state.save(host).unwrap();

@@ -16,6 +16,7 @@ use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::kernel;
 use crate::level::{Exit, Level};
+use crate::live;
 use crate::planner::{self, Action, Bounds, Inputs, Observation};
 use crate::policy::file::PolicyError;
 use crate::policy::{Floor, Policy};
@@ -66,6 +67,13 @@ pub struct Report {
     pub findings: Vec<Finding>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<planner::Decision>,
+    /// What the running daemon knows (live.rs), or why nothing.
+    #[serde(serialize_with = "daemon_report")]
+    pub daemon: live::Daemon,
+}
+
+fn daemon_report<S: serde::Serializer>(d: &live::Daemon, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&d.report(), s)
 }
 
 impl Report {
@@ -104,6 +112,7 @@ pub fn run(
 ) -> Report {
     let mut report = Report::new(policy_file);
     let policy = report.policy(policy_file, policy);
+    report.daemon = live::read(host, SystemTime::now());
     // One scan for every question asked of sysctl.d; an error is reported
     // once, here.
     let scan = match sysctld::scan(host) {
@@ -195,6 +204,7 @@ impl Report {
             listeners_in_span: Vec::new(),
             findings: Vec::new(),
             plan: None,
+            daemon: live::Daemon::NotRunning(live::NotRunning::Absent),
         }
     }
 
@@ -573,6 +583,7 @@ pub fn render_human(r: &Report) -> String {
             describe(&d.action)
         );
     }
+    let _ = writeln!(out, "{}", r.daemon.line());
     for f in &r.findings {
         let label = match f.severity {
             Severity::Info => "note",

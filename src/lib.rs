@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod host;
 pub mod kernel;
 pub mod level;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -2,6 +2,7 @@
 //! monitoring-plugin first line, perfdata and exit status.
 
 use std::fmt::Write as _;
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -9,6 +10,7 @@ use crate::attribution::{self, DestAttribution};
 use crate::census::{KernelSettings, SocketSource};
 use crate::host::Host;
 use crate::level::Level;
+use crate::live;
 use crate::policy;
 use crate::ports::Ratio;
 use crate::usage::{self, Cause, DestUsage, Usage, UsageOptions};
@@ -47,6 +49,8 @@ struct Report<'a> {
     /// Present with `--processes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     attribution_note: Option<&'static str>,
+    /// The daemon's live view (live.rs), or why there is none.
+    daemon: live::Report<'a>,
 }
 
 #[derive(Serialize)]
@@ -88,7 +92,10 @@ pub struct Outcome {
 /// UNKNOWN result naming what could not be read.
 pub fn run(host: &Host, source: &dyn SocketSource, opts: &StatusOptions) -> Outcome {
     match measure(host, source, opts) {
-        Ok((usage, attribution)) => render(&usage, attribution.as_deref(), opts),
+        Ok((usage, attribution)) => {
+            let daemon = live::read(host, SystemTime::now());
+            render(&usage, attribution.as_deref(), &daemon, opts)
+        }
         Err(error) => unknown(&error, opts.json),
     }
 }
@@ -147,6 +154,7 @@ const ATTRIBUTION_NOTE: &str =
 pub fn render(
     usage: &Usage,
     attribution: Option<&[DestAttribution]>,
+    daemon: &live::Daemon,
     opts: &StatusOptions,
 ) -> Outcome {
     let level = Level::of(
@@ -193,13 +201,17 @@ pub fn render(
                 })
                 .collect(),
             attribution_note: attribution.map(|_| ATTRIBUTION_NOTE),
+            daemon: daemon.report(),
         };
         match serde_json::to_string_pretty(&report) {
             Ok(s) => s + "\n",
             Err(e) => return unknown(&format!("cannot render JSON: {e}"), true),
         }
     } else {
-        human(usage, shown, attribution, level, opts)
+        let mut text = human(usage, shown, attribution, level, opts);
+        text.push_str(&daemon.line());
+        text.push('\n');
+        text
     };
     Outcome { text, level }
 }

@@ -24,6 +24,7 @@ mod suite {
     mod daemon_catalog;
     mod daemon_fastpath;
     mod daemon_journal;
+    mod daemon_live;
     mod daemon_metrics;
     mod daemon_notify;
     mod daemon_util;

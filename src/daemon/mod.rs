@@ -10,6 +10,7 @@
 mod act;
 mod census_task;
 mod fastpath;
+mod live_view;
 mod reload;
 mod report;
 
@@ -320,9 +321,11 @@ impl Daemon {
     /// Hands the reporter what a poll's metrics need besides its counters.
     fn report_with(&mut self, authority: &Authority, f: impl FnOnce(&mut Report, &Poll<'_>)) {
         let poll = Poll {
+            host: &self.host,
             metrics_file: self.policy.metrics_file.as_deref(),
+            interval: self.policy.interval,
             last: self.last.as_ref(),
-            last_change_at: self.state.changes.last().map(|c| c.at),
+            last_change: self.state.changes.last(),
             authority,
         };
         f(&mut self.report, &poll);
@@ -354,11 +357,16 @@ impl Daemon {
     /// The poll timer fired: a poll, unless an abandoned census still runs.
     fn poll(&mut self, tasks: &mut Tasks, limit: Duration) {
         match &tasks.abandoned {
-            Some(stuck) => notify::status(&format!(
-                "census stuck: the census abandoned after {:.1}s is still running ({:.0}s); no new census until it ends",
-                limit.as_secs_f64(),
-                stuck.started.elapsed().as_secs_f64()
-            )),
+            Some(stuck) => {
+                notify::status(&format!(
+                    "census stuck: the census abandoned after {:.1}s is still running ({:.0}s); no new census until it ends",
+                    limit.as_secs_f64(),
+                    stuck.started.elapsed().as_secs_f64()
+                ));
+                // Still running: the live view stays fresh.
+                let authority = self.authority();
+                self.report_with(&authority, |r, p| r.live(p));
+            }
             None => tasks.census = self.tick(),
         }
     }

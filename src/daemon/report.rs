@@ -6,16 +6,20 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::LastCensus;
+use super::live_view;
 use crate::actuator::ActuateError;
 use crate::authority::Authority;
 use crate::census::KernelSettings;
 use crate::events::{self, Fields, Kind};
+use crate::host::Host;
 use crate::level::Level;
+use crate::live;
 use crate::metrics;
 use crate::notify;
 use crate::planner::{Blocked, Decision, Plan};
 use crate::policy::file::PolicyError;
 use crate::ports::PortRange;
+use crate::state::Change;
 use crate::usage::{self, Usage};
 
 /// A condition reported once per distinct text, not once per poll.
@@ -61,16 +65,20 @@ pub(super) struct Report {
     pub persist_error: Once,
     pub census_error: Once,
     pub metrics_error: Once,
+    pub live_error: Once,
     /// The configuration hazards (same parity, listeners inside the range)
     /// of the last census, each reported once when it appears.
     hazards: Vec<String>,
 }
 
-/// What the metrics file needs besides the report's own counters.
+/// What the metrics file and the live view need besides the report's own
+/// counters.
 pub(super) struct Poll<'a> {
+    pub host: &'a Host,
     pub metrics_file: Option<&'a Path>,
+    pub interval: Duration,
     pub last: Option<&'a LastCensus>,
-    pub last_change_at: Option<SystemTime>,
+    pub last_change: Option<&'a Change>,
     pub authority: &'a Authority,
 }
 
@@ -363,7 +371,7 @@ impl Report {
             tracing::error!("census failed, will retry: {error}");
         }
         notify::status(&format!("census failed, will retry: {error}"));
-        self.metrics(poll);
+        self.publish(poll);
     }
 
     pub fn census_abandoned(&mut self, took: Duration, limit: Duration, poll: &Poll<'_>) {
@@ -376,7 +384,7 @@ impl Report {
         );
         tracing::error!("{text}");
         notify::status(&text);
-        self.metrics(poll);
+        self.publish(poll);
     }
 
     /// A poll that skipped the census: the last census's line, with why.
@@ -388,13 +396,13 @@ impl Report {
                 status_line(&last.usage, None, poll.authority)
             ));
         }
-        self.metrics(poll);
+        self.publish(poll);
     }
 
     /// The end of a poll with a census: metrics first, so whoever reacts to
     /// READY or STATUS finds them.
     pub fn censused(&mut self, line: &str, poll: &Poll<'_>) {
-        self.metrics(poll);
+        self.publish(poll);
         if self.ready {
             notify::status(line);
         } else {
@@ -404,7 +412,34 @@ impl Report {
         }
     }
 
-    pub fn metrics(&mut self, poll: &Poll<'_>) {
+    /// The end of every poll: the metrics file and the live view.
+    pub fn publish(&mut self, poll: &Poll<'_>) {
+        self.metrics(poll);
+        self.live(poll);
+    }
+
+    /// `/run/portd/live.json` (live.rs), for `status` and `check`.
+    pub fn live(&mut self, poll: &Poll<'_>) {
+        let view = live_view::snapshot(&self.counters, poll, SystemTime::now());
+        match live::write(poll.host, &view) {
+            Ok(()) => {
+                if self.live_error.clear() {
+                    tracing::info!("the live view is written again");
+                }
+            }
+            Err(e) => {
+                let text = format!(
+                    "cannot write the live view {}: {e}; status and check will say the daemon is not running",
+                    live::path(poll.host).display()
+                );
+                if self.live_error.is_new(&text) {
+                    tracing::warn!("{text}");
+                }
+            }
+        }
+    }
+
+    fn metrics(&mut self, poll: &Poll<'_>) {
         let (Some(path), Some(last)) = (poll.metrics_file, poll.last) else {
             return;
         };
@@ -419,7 +454,7 @@ impl Report {
             census_skipped_total: self.counters.skipped,
             census_failed_total: self.counters.failed,
             census_abandoned_total: self.counters.abandoned,
-            last_change_at: poll.last_change_at,
+            last_change_at: poll.last_change.map(|c| c.at),
             widening_blocked: last.blocked,
             authority: poll.authority,
         };

@@ -1,0 +1,47 @@
+//! The daemon's live view (live.rs), built from what the reporter knows
+//! at the end of a poll and written with the metrics.
+
+use std::time::SystemTime;
+
+use super::report::{Counters, Poll};
+use crate::live::{self, Live};
+
+/// The live view at the end of a poll.
+pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) -> Live {
+    let a = poll.authority;
+    Live {
+        format_version: live::FORMAT_VERSION,
+        written_at: live::unix_seconds(now),
+        pid: std::process::id(),
+        interval_seconds: poll.interval.as_secs_f64(),
+        authority: live::Authority {
+            mode: a.mode_label().into(),
+            advise_reason: a.reason_label().into(),
+            describe: a.describe().into(),
+        },
+        headline: poll.last.map(|l| {
+            let h = &l.usage.headline;
+            live::Headline {
+                usage: h.usage.fraction(),
+                used: h.used,
+                capacity: h.capacity,
+                cause: h.cause.to_string(),
+                level: Some(l.level),
+            }
+        }),
+        census: live::Census {
+            last_at: poll.last.map(|l| live::unix_seconds(l.at)),
+            last_took_seconds: poll.last.map(|l| l.took.as_secs_f64()),
+            total: counters.censuses,
+            skipped_total: counters.skipped,
+            failed_total: counters.failed,
+            abandoned_total: counters.abandoned,
+        },
+        last_change: poll.last_change.map(|c| live::Change {
+            at: live::unix_seconds(c.at),
+            from: Some(c.from),
+            to: Some(c.to),
+            reason: c.reason.clone(),
+        }),
+    }
+}

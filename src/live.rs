@@ -1,0 +1,275 @@
+//! What only the running daemon knows, published for `portd status` and
+//! `portd check`: the daemon writes its live view atomically at the end of
+//! every poll to `/run/portd/live.json` (the unit's `RuntimeDirectory`),
+//! and the commands merge it while it is fresher than two polls.
+//!
+//! One versioned file for everything the daemon learns over time: rates
+//! and forecasts, witnessed failures and per-namespace headlines go here as
+//! they are added. Every struct reads with `#[serde(default)]`, so a field
+//! added later is simply absent from an older file; `format_version` changes
+//! only when a field is removed or changes meaning or type.
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::host::Host;
+use crate::level::Level;
+use crate::ports::PortRange;
+
+/// The format this portd writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The daemon's runtime directory (`RuntimeDirectory=portd`).
+pub const DIR: &str = "/run/portd";
+
+pub const FILE: &str = "live.json";
+
+/// The longest live view read back; the daemon's are about a kilobyte.
+const READ_LIMIT: u64 = 1024 * 1024;
+
+/// The daemon's live view. Times are Unix times in seconds (fractions
+/// allowed), durations seconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Live {
+    pub format_version: u32,
+    pub written_at: f64,
+    pub pid: u32,
+    /// The policy's poll interval: the view is fresh for two of them.
+    pub interval_seconds: f64,
+    pub authority: Authority,
+    /// The last census's headline; none before the first census.
+    pub headline: Option<Headline>,
+    pub census: Census,
+    /// The last change portd made to the range, from its state.
+    pub last_change: Option<Change>,
+}
+
+/// May the daemon write, and if not, why (authority.rs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Authority {
+    /// `auto`, `advise` or `dry-run`, as the metrics' `mode` label.
+    pub mode: String,
+    /// Why portd only advises (`policy`, `dry-run`, `yielded`,
+    /// `state-unreadable`); empty while it may write.
+    pub advise_reason: String,
+    /// As the STATUS line shows it, e.g. `advise (yielded to the admin)`.
+    pub describe: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Headline {
+    /// A fraction: 0.45 is 45 %.
+    pub usage: f64,
+    pub used: u64,
+    pub capacity: u64,
+    /// The worst destination or pool, as `status` prints it.
+    pub cause: String,
+    /// The level the daemon holds (with its hysteresis), not the one the
+    /// usage alone would give.
+    pub level: Option<Level>,
+}
+
+/// Census counters since the daemon started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Census {
+    pub last_at: Option<f64>,
+    pub last_took_seconds: Option<f64>,
+    pub total: u64,
+    pub skipped_total: u64,
+    pub failed_total: u64,
+    pub abandoned_total: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Change {
+    pub at: f64,
+    pub from: Option<PortRange>,
+    pub to: Option<PortRange>,
+    pub reason: String,
+}
+
+/// Unix time in seconds, to the millisecond.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    (d.as_millis() as f64) / 1000.0
+}
+
+/// Where the live view of `host` is.
+pub fn path(host: &Host) -> PathBuf {
+    host.path(DIR).join(FILE)
+}
+
+/// Writes the live view atomically (mode 0644: `status` runs as any user),
+/// creating the runtime directory (0755) when systemd did not.
+pub fn write(host: &Host, live: &Live) -> io::Result<()> {
+    let dir = host.path(DIR);
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)?;
+    }
+    let mut text = serde_json::to_vec_pretty(live).map_err(io::Error::other)?;
+    text.push(b'\n');
+    fsutil::atomic_write(&dir, FILE, &text, 0o644)
+}
+
+/// What `status` and `check` know of the daemon.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Daemon {
+    /// A live view fresher than two polls.
+    Running { live: Box<Live>, age: Duration },
+    /// No live view, or one at least two polls old.
+    NotRunning(NotRunning),
+    /// A live view that cannot be read or is not portd's format.
+    Unreadable(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NotRunning {
+    Absent,
+    Stale { age: Duration, interval: Duration },
+}
+
+impl fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotRunning::Absent => write!(f, "no live view at {DIR}/{FILE}"),
+            NotRunning::Stale { age, interval } => write!(
+                f,
+                "its live view {DIR}/{FILE} is {}s old, older than two polls of {}",
+                age.as_secs(),
+                humantime::format_duration(*interval)
+            ),
+        }
+    }
+}
+
+/// The freshness rule: a live view counts while
+/// `written_at + 2 × interval ≥ now`. A view written in the future (a clock
+/// set back) counts as written now.
+pub fn fresh(live: &Live, now: SystemTime) -> Result<Duration, NotRunning> {
+    let now = unix_seconds(now);
+    let age = (now - live.written_at).max(0.0);
+    let age_d = Duration::try_from_secs_f64(age).unwrap_or(Duration::MAX);
+    let interval =
+        Duration::try_from_secs_f64(live.interval_seconds.max(0.0)).unwrap_or(Duration::ZERO);
+    if live.written_at + 2.0 * live.interval_seconds >= now {
+        Ok(age_d)
+    } else {
+        Err(NotRunning::Stale {
+            age: age_d,
+            interval,
+        })
+    }
+}
+
+/// Reads the live view of `host` and judges it against `now`.
+pub fn read(host: &Host, now: SystemTime) -> Daemon {
+    let path = path(host);
+    let text = match fsutil::read_regular(&path, READ_LIMIT) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Daemon::NotRunning(NotRunning::Absent);
+        }
+        Err(e) => return Daemon::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
+    };
+    let live: Live = match serde_json::from_slice(&text) {
+        Ok(l) => l,
+        Err(e) => return Daemon::Unreadable(format!("{DIR}/{FILE}: {e}")),
+    };
+    if live.format_version != FORMAT_VERSION {
+        return Daemon::Unreadable(format!(
+            "{DIR}/{FILE} has format_version {}; this portd reads {FORMAT_VERSION}",
+            live.format_version
+        ));
+    }
+    match fresh(&live, now) {
+        Ok(age) => Daemon::Running {
+            live: Box::new(live),
+            age,
+        },
+        Err(why) => Daemon::NotRunning(why),
+    }
+}
+
+/// What `status --json` and `check --json` show as `daemon`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report<'a> {
+    pub running: bool,
+    /// Seconds since the live view was written, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<f64>,
+    /// Why the daemon counts as not running, or why its view is unreadable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<&'a Live>,
+}
+
+impl Daemon {
+    pub fn report(&self) -> Report<'_> {
+        match self {
+            Daemon::Running { live, age } => Report {
+                running: true,
+                age_seconds: Some((age.as_millis() as f64) / 1000.0),
+                reason: None,
+                live: Some(live),
+            },
+            Daemon::NotRunning(why) => Report {
+                running: false,
+                age_seconds: None,
+                reason: Some(why.to_string()),
+                live: None,
+            },
+            Daemon::Unreadable(why) => Report {
+                running: false,
+                age_seconds: None,
+                reason: Some(why.clone()),
+                live: None,
+            },
+        }
+    }
+
+    /// One line for the human outputs of `status` and `check`.
+    pub fn line(&self) -> String {
+        match self {
+            Daemon::Running { live, age } => {
+                let census = match live.census.last_at {
+                    Some(at) => format!(
+                        "last census {}s ago",
+                        (age.as_secs_f64() + live.written_at - at).max(0.0).round()
+                    ),
+                    None => "no census yet".into(),
+                };
+                format!(
+                    "daemon: running (pid {}), mode {}, {census}",
+                    live.pid, live.authority.describe
+                )
+            }
+            Daemon::NotRunning(why) => {
+                format!("daemon: not running ({why}): no rates, no witnessed failures")
+            }
+            Daemon::Unreadable(why) => {
+                format!("daemon: unknown ({why}): no rates, no witnessed failures")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "live_tests.rs"]
+mod tests;

@@ -1,0 +1,109 @@
+use super::*;
+
+fn at(secs: f64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
+}
+
+fn live(written_at: f64, interval: f64) -> Live {
+    Live {
+        format_version: FORMAT_VERSION,
+        written_at,
+        pid: 42,
+        interval_seconds: interval,
+        ..Live::default()
+    }
+}
+
+#[test]
+fn a_view_is_fresh_for_two_polls_and_no_longer() {
+    let l = live(1000.0, 5.0);
+    assert_eq!(fresh(&l, at(1000.0)), Ok(Duration::ZERO));
+    assert_eq!(fresh(&l, at(1004.0)), Ok(Duration::from_secs(4)));
+    // written_at + 2 × interval ≥ now: the boundary still counts.
+    assert_eq!(fresh(&l, at(1010.0)), Ok(Duration::from_secs(10)));
+    assert_eq!(
+        fresh(&l, at(1010.5)),
+        Err(NotRunning::Stale {
+            age: Duration::from_millis(10_500),
+            interval: Duration::from_secs(5),
+        })
+    );
+}
+
+#[test]
+fn a_view_from_the_future_counts_as_written_now() {
+    assert_eq!(fresh(&live(2000.0, 5.0), at(1000.0)), Ok(Duration::ZERO));
+}
+
+#[test]
+fn a_stale_view_says_how_old_it_is() {
+    let why = fresh(&live(1000.0, 30.0), at(1095.0)).unwrap_err();
+    assert_eq!(
+        why.to_string(),
+        "its live view /run/portd/live.json is 95s old, older than two polls of 30s"
+    );
+    assert_eq!(
+        Daemon::NotRunning(why).line(),
+        "daemon: not running (its live view /run/portd/live.json is 95s old, older than two polls of 30s): no rates, no witnessed failures"
+    );
+}
+
+#[test]
+fn written_views_read_back_fresh_under_the_host_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path());
+    assert_eq!(
+        read(&host, at(1000.0)),
+        Daemon::NotRunning(NotRunning::Absent)
+    );
+    let mut l = live(1000.0, 5.0);
+    l.census.last_at = Some(997.0);
+    l.authority.describe = "auto".into();
+    write(&host, &l).unwrap();
+    let file = dir.path().join("run/portd/live.json");
+    let meta = std::fs::metadata(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    let daemon = read(&host, at(1002.0));
+    assert_eq!(
+        daemon,
+        Daemon::Running {
+            live: Box::new(l.clone()),
+            age: Duration::from_secs(2)
+        }
+    );
+    assert_eq!(
+        daemon.line(),
+        "daemon: running (pid 42), mode auto, last census 5s ago"
+    );
+    assert!(matches!(
+        read(&host, at(1011.0)),
+        Daemon::NotRunning(NotRunning::Stale { .. })
+    ));
+}
+
+#[test]
+fn fields_added_later_are_absent_from_older_files_and_unknown_ones_ignored() {
+    let l: Live = serde_json::from_str(
+        r#"{"format_version": 1, "written_at": 5.5, "pid": 7, "forecast": {"eta": 3}}"#,
+    )
+    .unwrap();
+    assert_eq!(l.pid, 7);
+    assert_eq!(l.headline, None);
+    assert_eq!(l.census, Census::default());
+}
+
+#[test]
+fn another_format_version_or_garbage_is_unreadable_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path());
+    let mut l = live(1000.0, 5.0);
+    l.format_version = 2;
+    write(&host, &l).unwrap();
+    let Daemon::Unreadable(why) = read(&host, at(1000.0)) else {
+        panic!("format 2 read as portd's");
+    };
+    assert!(why.contains("format_version 2"), "{why}");
+    std::fs::write(dir.path().join("run/portd/live.json"), "{").unwrap();
+    assert!(matches!(read(&host, at(1000.0)), Daemon::Unreadable(_)));
+}

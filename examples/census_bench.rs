@@ -1029,8 +1029,14 @@ fn daemon_phases_in(args: &RunArgs, dir: &Path) -> Res<Vec<DaemonPhase>> {
         notify.set_read_timeout(Some(Duration::from_millis(100))),
         "notify socket",
     )?;
+    // In a private mount namespace with a tmpfs over /run: the daemon's
+    // live view (/run/portd/live.json) must not replace the host's. unshare
+    // and sh exec, so `pid` is portd's.
     let mut daemon = ctx(
-        Command::new(args.daemon_portd.as_ref().unwrap_or(&args.portd))
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && exec \"$0\" \"$@\"")
+            .arg(args.daemon_portd.as_ref().unwrap_or(&args.portd))
             .args(["run", "--dry-run", "--log-target", "stderr", "--config"])
             .arg(&policy)
             .env("NOTIFY_SOCKET", &sock_path)

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug)]
 pub struct Host {
     root: PathBuf,
+    /// Another network namespace's view (src/netns/): `/proc/net/...` is
+    /// read from `/proc/<dir>/net/...` (a pid of that namespace, or
+    /// `thread-self` on a thread that entered it). `/proc/sys` always
+    /// follows the calling thread's namespace.
+    net: Option<String>,
 }
 
 impl Default for Host {
@@ -16,7 +21,22 @@ impl Default for Host {
 
 impl Host {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Host { root: root.into() }
+        Host {
+            root: root.into(),
+            net: None,
+        }
+    }
+
+    /// The same root, with `/proc/net` read from `/proc/<dir>/net`.
+    pub fn with_net_dir(&self, dir: impl Into<String>) -> Self {
+        Host {
+            root: self.root.clone(),
+            net: Some(dir.into()),
+        }
+    }
+
+    pub fn net_dir(&self) -> Option<&str> {
+        self.net.as_deref()
     }
 
     pub fn root(&self) -> &Path {
@@ -29,6 +49,11 @@ impl Host {
     }
 
     pub fn proc(&self, rel: &str) -> PathBuf {
+        if let Some(dir) = &self.net
+            && (rel == "net" || rel.starts_with("net/"))
+        {
+            return self.path("proc").join(dir).join(rel);
+        }
         self.path("proc").join(rel)
     }
 

@@ -20,6 +20,7 @@ pub mod level;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod netns;
 pub mod notify;
 pub mod planner;
 pub mod policy;

@@ -1,0 +1,95 @@
+//! The census of another network namespace: the same census (src/usage.rs,
+//! src/census/) on a dedicated thread that entered the namespace with
+//! `setns`, so its netlink socket, its `/proc/sys` (range, reserved ports)
+//! and its `/proc/thread-self/net` are that namespace's. The process's other
+//! threads stay where they are.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use crate::census::reader::Fresh;
+use crate::census::sockstat::{self, Totals};
+use crate::census::{self, KernelSettings};
+use crate::host::Host;
+use crate::usage::{self, Usage, UsageOptions};
+
+use super::Namespace;
+
+/// The namespace file to enter: `/proc/<pid>/ns/net`, or `/run/netns/NAME`.
+fn ns_file(host: &Host, ns: &Namespace) -> Option<std::path::PathBuf> {
+    match (ns.pid, ns.names.first()) {
+        (Some(pid), _) => Some(host.proc(&format!("{pid}/ns/net"))),
+        (None, Some(name)) => Some(host.path("/run/netns").join(name)),
+        (None, None) => None,
+    }
+}
+
+/// Runs `f` on a new thread inside `ns`, with a host view whose `/proc/net`
+/// is that thread's. The thread ends with `f`: nothing else ever runs in
+/// the namespace.
+pub fn within<T: Send>(
+    host: &Host,
+    ns: &Namespace,
+    f: impl FnOnce(&Host) -> Result<T, String> + Send,
+) -> Result<T, String> {
+    if ns.own {
+        return f(host);
+    }
+    if host.root() != Path::new("/") {
+        return Err(format!(
+            "cannot enter a network namespace under the fixture root {}",
+            host.root().display()
+        ));
+    }
+    let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let view = host.with_net_dir("thread-self");
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(|e| {
+                format!(
+                    "setns({}): {e} (entering another network namespace needs CAP_SYS_ADMIN)",
+                    path.display()
+                )
+            })?;
+            f(&view)
+        })
+        .join()
+        .map_err(|_| "the namespace's census thread panicked".to_string())?
+    })
+}
+
+/// Settings and census of `ns`: netlink inside it, procfs as fallback.
+pub fn take(host: &Host, ns: &Namespace, options: UsageOptions) -> Result<Usage, String> {
+    within(host, ns, |view| {
+        let settings = KernelSettings::read(view).map_err(|e| e.to_string())?;
+        let source = census::best_source(view);
+        usage::take_census(source.as_ref(), settings, options).map_err(|e| e.to_string())
+    })
+}
+
+/// Only the settings of `ns` (range, reserved ports): a few `/proc/sys`
+/// reads, no socket walk.
+pub fn settings(host: &Host, ns: &Namespace) -> Result<KernelSettings, String> {
+    within(host, ns, |view| {
+        KernelSettings::read(view).map_err(|e| e.to_string())
+    })
+}
+
+/// The O(1) counters of `ns` (`/proc/<pid>/net/sockstat{,6}`, `snmp`): per
+/// namespace without `setns`. A named namespace without a process has none
+/// to read them through.
+pub fn counters(host: &Host, ns: &Namespace) -> Option<(Totals, Option<u64>)> {
+    let view = if ns.own {
+        host.clone()
+    } else {
+        host.with_net_dir(ns.pid?.to_string())
+    };
+    let totals = sockstat::read_totals(&view, &mut Fresh).ok()?;
+    let opens = sockstat::read_active_opens(&view, &mut Fresh).ok();
+    Some((totals, opens))
+}

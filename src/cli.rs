@@ -104,6 +104,11 @@ pub enum Command {
         /// Critical threshold in percent (overrides the policy).
         #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
         critical: Option<Ratio>,
+        /// Report only this network namespace: its inode, /run/netns name,
+        /// container (docker:ID), pod (NAMESPACE/NAME or UID) or label.
+        /// Without it, root reports every namespace.
+        #[arg(long, value_name = "WHICH")]
+        netns: Option<String>,
     },
 }
 
@@ -190,6 +195,7 @@ fn run(cli: Cli) -> ExitCode {
             processes,
             warning,
             critical,
+            netns,
         } => {
             let policy = match load_policy(&config) {
                 Ok(p) => p,
@@ -206,6 +212,9 @@ fn run(cli: Cli) -> ExitCode {
                 thresholds,
                 tcp_pool_in_headline: policy.tcp_pool_alerts,
             };
+            if let Some(outcome) = crate::netns::status::command(&host, netns.as_deref(), &opts) {
+                return print(outcome).into();
+            }
             let source = match census::open_source(&host, cli.source) {
                 Ok(source) => source,
                 Err(e) => return print(status::unknown(&e.to_string(), json)).into(),

@@ -33,6 +33,7 @@ mod suite {
     mod status_errors;
     mod status_golden;
     mod status_netns;
+    mod status_several_netns;
     mod sysctld_cat_config;
     mod writes_golden;
 }

@@ -50,6 +50,11 @@ pub fn own_inode(host: &Host) -> Option<u64> {
     link_inode(&host.proc("self/ns/net")).ok().flatten()
 }
 
+/// The host's namespace: that of pid 1 (`/proc/1/ns/net`).
+pub fn pid1_inode(host: &Host) -> Option<u64> {
+    link_inode(&host.proc("1/ns/net")).ok().flatten()
+}
+
 /// Lists the namespaces under `host`'s `/proc` and `/run/netns`.
 pub fn discover(host: &Host) -> Discovery {
     let own = own_inode(host);

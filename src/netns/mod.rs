@@ -4,6 +4,7 @@
 pub mod census;
 pub mod discovery;
 pub mod identity;
+pub mod status;
 
 use serde::Serialize;
 
@@ -78,8 +79,8 @@ pub fn describe(host: &Host, found: &Found) -> Namespace {
     let label = label(found, &identity, comm.as_deref());
     let enter = match (found.pid, found.names.first()) {
         _ if found.own => "(portd's own namespace)".to_string(),
-        (None, Some(name)) => format!("ip netns exec {name} COMMAND"),
-        (Some(pid), _) => format!("nsenter -t {pid} -n COMMAND"),
+        (_, Some(name)) => format!("ip netns exec {name} COMMAND"),
+        (Some(pid), None) => format!("nsenter -t {pid} -n COMMAND"),
         (None, None) => String::new(),
     };
     Namespace {

@@ -1,0 +1,302 @@
+//! `portd status` across network namespaces: a section per namespace, the
+//! headline and exit status from the worst. A namespace whose O(1) counters
+//! keep every destination below the warning level is reported from them
+//! without a census: every census walks the kernel's global socket hash
+//! (DESIGN.md, "Other network namespaces").
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::census::KernelSettings;
+use crate::census::sockstat::Totals;
+use crate::host::Host;
+use crate::level::Level;
+use crate::policy::Thresholds;
+use crate::ports::Ratio;
+use crate::status::{self, Outcome, StatusOptions};
+use crate::usage::UsageOptions;
+
+use super::Namespace;
+
+/// At most `bound` of at least `capacity` ports towards any destination,
+/// from the namespace's counters alone.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Quiet {
+    pub bound: u64,
+    pub capacity: u64,
+    pub usage: Ratio,
+}
+
+/// `Some` when the counters prove every destination and pool below the
+/// warning level. The capacity is a lower bound: the range minus the
+/// reserved ports minus every TCP socket (each listener in the range is
+/// one of them).
+pub fn quiet(settings: &KernelSettings, totals: &Totals, thresholds: &Thresholds) -> Option<Quiet> {
+    let range = settings.port_range;
+    let poolable =
+        u64::from(range.len()).saturating_sub(u64::from(settings.reserved_ports.count_in(range)));
+    let capacity = poolable.saturating_sub(totals.tcp_inuse);
+    let bound = totals.tcp_bound().max(totals.udp_inuse);
+    let usage = Ratio::of(bound, capacity);
+    let ok =
+        capacity > 0 && Level::of(usage, thresholds.warning(), thresholds.critical()) == Level::Ok;
+    ok.then_some(Quiet {
+        bound,
+        capacity,
+        usage,
+    })
+}
+
+/// One namespace's part of the report.
+struct Section {
+    ns: Namespace,
+    level: Level,
+    /// The full report (text or JSON), or the quiet line.
+    text: String,
+    json: serde_json::Value,
+}
+
+fn measure(host: &Host, ns: &Namespace, opts: &StatusOptions, census: bool) -> Section {
+    let usage_options = UsageOptions {
+        tcp_pool_in_headline: opts.tcp_pool_in_headline,
+    };
+    if !census
+        && !ns.own
+        && let Some((totals, _)) = super::census::counters(host, ns)
+        && let Ok(settings) = super::census::settings(host, ns)
+        && let Some(q) = quiet(&settings, &totals, &opts.thresholds)
+    {
+        return Section {
+            ns: ns.clone(),
+            level: Level::Ok,
+            text: format!(
+                "PORTD OK - at most {} of {} ports towards any destination ({}; sockstat, no census)\nrange      {}\n",
+                q.bound, q.capacity, q.usage, settings.port_range
+            ),
+            json: serde_json::json!({
+                "status": Level::Ok,
+                "exit_code": Level::Ok.exit_code(),
+                "census": false,
+                "range": settings.port_range,
+                "bound": q,
+            }),
+        };
+    }
+    let (level, text, json) = match super::census::take(host, ns, usage_options) {
+        Ok(usage) => {
+            let text = status::render(
+                &usage,
+                None,
+                &StatusOptions {
+                    json: false,
+                    ..opts.clone()
+                },
+            );
+            let json = status::render(
+                &usage,
+                None,
+                &StatusOptions {
+                    json: true,
+                    ..opts.clone()
+                },
+            );
+            let value = serde_json::from_str(&json.text).unwrap_or(serde_json::Value::Null);
+            (text.level, text.text, value)
+        }
+        Err(e) => {
+            let text = format!("PORTD UNKNOWN - {e}\n");
+            let json = serde_json::json!({
+                "status": Level::Unknown,
+                "exit_code": Level::Unknown.exit_code(),
+                "error": e,
+            });
+            (Level::Unknown, text, json)
+        }
+    };
+    Section {
+        ns: ns.clone(),
+        level,
+        text,
+        json,
+    }
+}
+
+/// Whether a plain `status` reports the other namespaces: as root, on the
+/// real root, from the namespace of pid 1 (the host's).
+pub fn watches_others(host: &Host) -> bool {
+    host.root() == std::path::Path::new("/")
+        && rustix::process::geteuid().is_root()
+        && super::discovery::own_inode(host)
+            .is_some_and(|own| super::discovery::pid1_inode(host) == Some(own))
+}
+
+/// The report over `namespaces` (portd's own first). `census_all` takes a
+/// census of each even where the counters show it quiet (`--netns`).
+pub fn run(
+    host: &Host,
+    namespaces: &[Namespace],
+    unreadable: u32,
+    opts: &StatusOptions,
+    census_all: bool,
+) -> Outcome {
+    let sections: Vec<Section> = namespaces
+        .iter()
+        .map(|ns| measure(host, ns, opts, census_all))
+        .collect();
+    let Some(worst) = sections.iter().max_by_key(|s| s.level) else {
+        return status::unknown("no network namespace matches", opts.json);
+    };
+    let level = worst.level;
+    let note = (unreadable > 0).then(|| {
+        format!("{unreadable} processes' network namespaces are not readable (CAP_SYS_PTRACE, or /proc mounted with hidepid)")
+    });
+    let text = if opts.json {
+        json(&sections, level, note.as_deref())
+    } else {
+        human(&sections, worst, note.as_deref())
+    };
+    Outcome { text, level }
+}
+
+fn json(sections: &[Section], level: Level, note: Option<&str>) -> String {
+    // The first section's report stays at the top level (portd's own
+    // namespace, or the one --netns picked), as without namespaces.
+    let mut top = sections
+        .first()
+        .map(|s| s.json.clone())
+        .unwrap_or(serde_json::Value::Null);
+    let list: Vec<serde_json::Value> = sections
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(&s.ns).unwrap_or(serde_json::Value::Null);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("report".into(), s.json.clone());
+            }
+            v
+        })
+        .collect();
+    if let Some(obj) = top.as_object_mut() {
+        obj.insert("schema_version".into(), status::SCHEMA_VERSION.into());
+        obj.insert(
+            "status".into(),
+            serde_json::to_value(level).unwrap_or_default(),
+        );
+        obj.insert("exit_code".into(), level.exit_code().into());
+        obj.insert("namespaces".into(), list.into());
+        if let Some(note) = note {
+            obj.insert("namespaces_note".into(), note.into());
+        }
+    }
+    format!("{top:#}\n")
+}
+
+fn human(sections: &[Section], worst: &Section, note: Option<&str>) -> String {
+    let mut out = String::new();
+    // The headline is the worst namespace's first line, naming it.
+    let first = worst.text.lines().next().unwrap_or_default();
+    if worst.ns.own || sections.len() == 1 {
+        let _ = writeln!(out, "{first}");
+    } else {
+        let _ = writeln!(
+            out,
+            "{}",
+            first.replacen(" - ", &format!(" - {}: ", worst.ns.label), 1)
+        );
+    }
+    for s in sections {
+        let _ = writeln!(
+            out,
+            "\n== {} net:[{}]{}",
+            s.ns.label,
+            s.ns.inode,
+            if s.ns.own {
+                String::new()
+            } else {
+                format!(" - enter: {}", s.ns.enter)
+            }
+        );
+        out.push_str(&s.text);
+    }
+    if let Some(note) = note {
+        let _ = writeln!(out, "\nnote: {note}");
+    }
+    out
+}
+
+/// `portd status` when it reports more than portd's own namespace:
+/// `--netns WHICH` picks one (by inode, name, container, pod or label);
+/// without it, root on the real root in the host's namespace (pid 1's)
+/// reports every namespace; run inside a container or a test's namespace
+/// it reports its own. `None`: the plain report of portd's own namespace.
+pub fn command(host: &Host, pick: Option<&str>, opts: &StatusOptions) -> Option<Outcome> {
+    if pick.is_none() && !watches_others(host) {
+        return None;
+    }
+    let (all, unreadable) = super::all(host);
+    match pick {
+        Some(want) => {
+            let chosen: Vec<Namespace> = all.into_iter().filter(|n| n.matches(want)).collect();
+            if chosen.is_empty() {
+                let e = format!(
+                    "--netns {want:?}: no network namespace has that inode, name, container, pod or label (`portd status` as root lists them)"
+                );
+                return Some(status::unknown(&e, opts.json));
+            }
+            Some(run(host, &chosen, unreadable, opts, true))
+        }
+        None if all.iter().all(|n| n.own) => None,
+        None => Some(run(host, &all, unreadable, opts, false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{PortRange, PortSet};
+
+    fn settings(low: u16, high: u16, reserved: &[u16]) -> KernelSettings {
+        let mut reserved_ports = PortSet::new();
+        for p in reserved {
+            reserved_ports.insert(*p);
+        }
+        KernelSettings {
+            port_range: PortRange::new(low, high).unwrap(),
+            reserved_ports,
+            unprivileged_port_start: 1024,
+            tcp_tw_reuse: crate::kernel::TwReuse::LoopbackOnly,
+            tcp_timestamps: true,
+        }
+    }
+
+    #[test]
+    fn quiet_only_when_the_counters_prove_it() {
+        let t = crate::policy::Policy::default().thresholds;
+        let totals = |inuse, tw, udp| Totals {
+            tcp_inuse: inuse,
+            tcp_tw: tw,
+            udp_inuse: udp,
+        };
+        // 100 ports; 10 TCP sockets leave at least 90: 20 of 90 is 22 %.
+        let s = settings(40000, 40099, &[]);
+        assert_eq!(
+            quiet(&s, &totals(10, 10, 0), &t).map(|q| (q.bound, q.capacity)),
+            Some((20, 90))
+        );
+        // A full tiny range is never quiet, however few UDP sockets.
+        assert_eq!(quiet(&s, &totals(60, 30, 0), &t), None);
+        assert_eq!(quiet(&s, &totals(0, 0, 95), &t), None);
+        // Reserved ports shrink the capacity.
+        let r: Vec<u16> = (40000..40080).collect();
+        assert_eq!(
+            quiet(&settings(40000, 40099, &r), &totals(5, 5, 0), &t),
+            None
+        );
+        // No capacity at all: never quiet.
+        let all: Vec<u16> = (40000..=40099).collect();
+        assert_eq!(
+            quiet(&settings(40000, 40099, &all), &totals(0, 0, 0), &t),
+            None
+        );
+    }
+}

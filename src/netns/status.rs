@@ -12,6 +12,7 @@ use crate::census::KernelSettings;
 use crate::census::sockstat::Totals;
 use crate::host::Host;
 use crate::level::Level;
+use crate::live;
 use crate::policy::Thresholds;
 use crate::ports::Ratio;
 use crate::status::{self, Outcome, StatusOptions};
@@ -57,7 +58,15 @@ struct Section {
     json: serde_json::Value,
 }
 
-fn measure(host: &Host, ns: &Namespace, opts: &StatusOptions, census: bool) -> Section {
+/// The daemon's live view describes portd's own namespace only: the other
+/// sections leave it out.
+fn measure(
+    host: &Host,
+    ns: &Namespace,
+    opts: &StatusOptions,
+    census: bool,
+    daemon: &live::Daemon,
+) -> Section {
     let usage_options = UsageOptions {
         tcp_pool_in_headline: opts.tcp_pool_in_headline,
     };
@@ -88,6 +97,7 @@ fn measure(host: &Host, ns: &Namespace, opts: &StatusOptions, census: bool) -> S
             let text = status::render(
                 &usage,
                 None,
+                daemon,
                 &StatusOptions {
                     json: false,
                     ..opts.clone()
@@ -96,12 +106,20 @@ fn measure(host: &Host, ns: &Namespace, opts: &StatusOptions, census: bool) -> S
             let json = status::render(
                 &usage,
                 None,
+                daemon,
                 &StatusOptions {
                     json: true,
                     ..opts.clone()
                 },
             );
-            let value = serde_json::from_str(&json.text).unwrap_or(serde_json::Value::Null);
+            let mut value = serde_json::from_str(&json.text).unwrap_or(serde_json::Value::Null);
+            let mut text = text;
+            if !ns.own {
+                text.text = text.text.replace(&daemon.line(), "");
+                if let Some(obj) = value.as_object_mut() {
+                    obj.remove("daemon");
+                }
+            }
             (text.level, text.text, value)
         }
         Err(e) => {
@@ -140,9 +158,10 @@ pub fn run(
     opts: &StatusOptions,
     census_all: bool,
 ) -> Outcome {
+    let daemon = live::read(host, std::time::SystemTime::now());
     let sections: Vec<Section> = namespaces
         .iter()
-        .map(|ns| measure(host, ns, opts, census_all))
+        .map(|ns| measure(host, ns, opts, census_all, &daemon))
         .collect();
     let Some(worst) = sections.iter().max_by_key(|s| s.level) else {
         return status::unknown("no network namespace matches", opts.json);

@@ -30,3 +30,4 @@ pub mod state;
 pub mod status;
 pub mod sysctld;
 pub mod usage;
+pub mod witness;

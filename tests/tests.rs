@@ -35,5 +35,6 @@ mod suite {
     mod status_netns;
     mod status_several_netns;
     mod sysctld_cat_config;
+    mod witness_counts;
     mod writes_golden;
 }

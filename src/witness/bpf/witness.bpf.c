@@ -1,0 +1,380 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
+/* "Dual MIT/GPL": the kernel counts it as GPL-compatible, which the
+ * bpf_probe_read_{user,kernel} helpers require. */
+/* portd's failure witness, syscall-tracepoint path (see src/witness/mod.rs).
+ *
+ * Counts failed ephemeral-port allocations, only where the kernel was
+ * choosing the port:
+ *   - TCP connect() on a socket with no local port        -> -EADDRNOTAVAIL
+ *   - bind(addr, 0) on an inet socket                      -> -EADDRINUSE
+ *   - UDP connect()/sendto() on a socket with no local port -> -EAGAIN
+ * The sockaddr and the socket's state are captured at syscall entry (keyed
+ * by thread), the result at exit. Counts go to a bounded hash keyed by
+ * network namespace, kind, local address, destination (TCP only), process
+ * (tgid in portd's PID namespace) and comm. Only namespaces that portd puts
+ * into `watch_netns` are counted.
+ *
+ * Rebuild with src/witness/bpf/build.sh (Debian 12 clang 14); the object is
+ * committed and embedded with include_bytes!. */
+#include "core.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EAGAIN 11
+#define EADDRINUSE 98
+#define EADDRNOTAVAIL 99
+
+#define KIND_TCP_CONNECT 1
+#define KIND_BIND0 2
+#define KIND_UDP_AUTOBIND 3
+
+#define MAX_PID_LEVELS 8
+
+#define OP_CONNECT 1
+#define OP_BIND 2
+#define OP_SENDTO 3
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* portd's PID namespace (inode), set by the loader. */
+volatile const __u32 pidns_ino = 0;
+
+struct wkey {
+    __u32 netns;
+    __u32 pid;
+    __u8 kind;
+    __u8 family;
+    __u16 dport;
+    __u8 sotype;
+    __u8 pad[3];
+    __u8 laddr[16];
+    __u8 daddr[16];
+    char comm[16];
+};
+
+struct pending {
+    __u64 fd;
+    __u8 op;
+    __u8 family;
+    __u16 dport;
+    __u32 pad;
+    __u8 addr[16];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct wkey);
+    __type(value, __u64);
+} failures SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);
+    __type(value, struct pending);
+} pending SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, __u32);
+    __type(value, __u8);
+} watch_netns SEC(".maps");
+
+/* [0]: failures not counted because `failures` was full;
+ * [1]: syscalls not followed because `pending` was full. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, __u64);
+} dropped SEC(".maps");
+
+struct sys_enter_ctx {
+    __u64 common;
+    __s32 nr;
+    __s32 pad;
+    __u64 args[6];
+};
+
+struct sys_exit_ctx {
+    __u64 common;
+    __s32 nr;
+    __s32 pad;
+    __s64 ret;
+};
+
+static __always_inline void count_drop(__u32 slot)
+{
+    __u64 *v = bpf_map_lookup_elem(&dropped, &slot);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+
+/* The socket behind `fd` of the current task, or 0. */
+static __always_inline struct socket *fd_socket(__u64 fd)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct files_struct *files = 0;
+    struct fdtable *fdt = 0;
+    struct file **fds = 0;
+    struct file *file = 0;
+    struct inode *inode = 0;
+    unsigned int max_fds = 0;
+    unsigned short mode = 0;
+    void *priv = 0;
+
+    CORE_READ(&files, task->files);
+    if (!files)
+        return 0;
+    CORE_READ(&fdt, files->fdt);
+    if (!fdt)
+        return 0;
+    CORE_READ(&max_fds, fdt->max_fds);
+    if (fd >= max_fds)
+        return 0;
+    CORE_READ(&fds, fdt->fd);
+    if (!fds)
+        return 0;
+    bpf_probe_read_kernel(&file, sizeof(file), fds + fd);
+    if (!file)
+        return 0;
+    CORE_READ(&inode, file->f_inode);
+    if (!inode)
+        return 0;
+    CORE_READ(&mode, inode->i_mode);
+    if ((mode & S_IFMT) != S_IFSOCK)
+        return 0;
+    CORE_READ(&priv, file->private_data);
+    return (struct socket *)priv;
+}
+
+/* The inet sock behind `fd`, with its family and type, or 0. */
+static __always_inline struct sock *fd_sock(__u64 fd, unsigned short *family, short *type)
+{
+    struct socket *sock = fd_socket(fd);
+    struct sock *sk = 0;
+
+    if (!sock)
+        return 0;
+    CORE_READ(&sk, sock->sk);
+    if (!sk)
+        return 0;
+    CORE_READ(family, sk->__sk_common.skc_family);
+    if (*family != AF_INET && *family != AF_INET6)
+        return 0;
+    CORE_READ(type, sock->type);
+    return sk;
+}
+
+/* Reads an inet sockaddr from user memory into p (family, port, address). */
+static __always_inline int read_sockaddr(struct pending *p, __u64 uaddr, __u64 len)
+{
+    __u8 sa[24] = {};
+
+    if (!uaddr || len < 16)
+        return -1;
+    if (bpf_probe_read_user(sa, 16, (const void *)uaddr))
+        return -1;
+    __u16 family = *(__u16 *)sa;
+    p->dport = ((__u16)sa[2] << 8) | sa[3];
+    if (family == AF_INET) {
+        p->family = AF_INET;
+        __builtin_memcpy(p->addr, sa + 4, 4);
+        return 0;
+    }
+    if (family == AF_INET6 && len >= 24) {
+        p->family = AF_INET6;
+        if (bpf_probe_read_user(p->addr, 16, (const void *)(uaddr + 8)))
+            return -1;
+        return 0;
+    }
+    return -1;
+}
+
+static __always_inline void stash(struct pending *p)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    if (bpf_map_update_elem(&pending, &tid, p, BPF_ANY))
+        count_drop(1);
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int enter_connect(struct sys_enter_ctx *ctx)
+{
+    struct pending p = {};
+    unsigned short family = 0;
+    short type = 0;
+    __u16 num = 0;
+
+    if (read_sockaddr(&p, ctx->args[1], ctx->args[2]))
+        return 0;
+    struct sock *sk = fd_sock(ctx->args[0], &family, &type);
+    if (!sk || (type != SOCK_STREAM && type != SOCK_DGRAM))
+        return 0;
+    CORE_READ(&num, sk->__sk_common.skc_num);
+    if (num)
+        return 0; /* bound: the kernel is not choosing a port */
+    p.fd = ctx->args[0];
+    p.op = OP_CONNECT;
+    stash(&p);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int enter_bind(struct sys_enter_ctx *ctx)
+{
+    struct pending p = {};
+
+    if (read_sockaddr(&p, ctx->args[1], ctx->args[2]))
+        return 0;
+    if (p.dport)
+        return 0; /* a port was asked for: a conflict, not exhaustion */
+    p.fd = ctx->args[0];
+    p.op = OP_BIND;
+    stash(&p);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct sys_enter_ctx *ctx)
+{
+    struct pending p = {};
+    unsigned short family = 0;
+    short type = 0;
+    __u16 num = 0;
+
+    struct sock *sk = fd_sock(ctx->args[0], &family, &type);
+    if (!sk || type != SOCK_DGRAM)
+        return 0;
+    CORE_READ(&num, sk->__sk_common.skc_num);
+    if (num)
+        return 0;
+    p.fd = ctx->args[0];
+    p.op = OP_SENDTO;
+    stash(&p);
+    return 0;
+}
+
+/* comm of the thread group leader, and its tgid as portd's PID namespace
+ * numbers it: the level of struct pid whose namespace is portd's (0: the
+ * process is not visible from portd). */
+static __always_inline void pid_and_comm(struct wkey *k)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct task_struct *leader = 0;
+    struct pid *pid = 0;
+    unsigned int level = 0;
+
+    CORE_READ(&leader, task->group_leader);
+    if (!leader)
+        return;
+    bpf_probe_read_kernel(k->comm, sizeof(k->comm),
+                          __builtin_preserve_access_index(&leader->comm));
+    CORE_READ(&pid, leader->thread_pid);
+    if (!pid)
+        return;
+    CORE_READ(&level, pid->level);
+    char *first = (char *)__builtin_preserve_access_index(&pid->numbers[0]);
+    for (unsigned int i = 0; i < MAX_PID_LEVELS; i++) {
+        if (i > level)
+            break;
+        struct pid_namespace *ns = 0;
+        unsigned int ino = 0;
+        int nr = 0;
+        bpf_probe_read_kernel(&ns, sizeof(ns), first + i * sizeof(struct upid) + sizeof(void *));
+        if (!ns)
+            return;
+        CORE_READ(&ino, ns->ns.inum);
+        if (ino == pidns_ino) {
+            bpf_probe_read_kernel(&nr, sizeof(nr), first + i * sizeof(struct upid));
+            k->pid = nr;
+            return;
+        }
+    }
+}
+
+static __always_inline int on_exit(struct sys_exit_ctx *ctx)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    struct pending *pp = bpf_map_lookup_elem(&pending, &tid);
+    if (!pp)
+        return 0;
+    struct pending p = *pp;
+    bpf_map_delete_elem(&pending, &tid);
+
+    __s64 ret = ctx->ret;
+    if (ret != -EADDRNOTAVAIL && ret != -EADDRINUSE && ret != -EAGAIN)
+        return 0;
+
+    unsigned short family = 0;
+    short type = 0;
+    struct sock *sk = fd_sock(p.fd, &family, &type);
+    if (!sk)
+        return 0;
+
+    struct wkey k = {};
+    if (p.op == OP_CONNECT && type == SOCK_STREAM && ret == -EADDRNOTAVAIL)
+        k.kind = KIND_TCP_CONNECT;
+    else if (p.op == OP_BIND && ret == -EADDRINUSE)
+        k.kind = KIND_BIND0;
+    else if ((p.op == OP_CONNECT || p.op == OP_SENDTO) && type == SOCK_DGRAM && ret == -EAGAIN)
+        k.kind = KIND_UDP_AUTOBIND;
+    else
+        return 0;
+
+    struct net *net = 0;
+    CORE_READ(&net, sk->__sk_common.skc_net.net);
+    if (!net)
+        return 0;
+    CORE_READ(&k.netns, net->ns.inum);
+    if (!bpf_map_lookup_elem(&watch_netns, &k.netns))
+        return 0;
+
+    k.family = family;
+    k.sotype = type;
+    if (k.kind == KIND_BIND0) {
+        /* The pool: the address bind() asked for. */
+        __builtin_memcpy(k.laddr, p.addr, 16);
+    } else if (family == AF_INET) {
+        CORE_READ((__u32 *)k.laddr, sk->__sk_common.skc_rcv_saddr);
+    } else {
+        bpf_probe_read_kernel(k.laddr, 16,
+                              __builtin_preserve_access_index(&sk->__sk_common.skc_v6_rcv_saddr));
+    }
+    if (k.kind == KIND_TCP_CONNECT) {
+        k.family = p.family;
+        k.dport = p.dport;
+        __builtin_memcpy(k.daddr, p.addr, 16);
+    }
+    pid_and_comm(&k);
+
+    __u64 *v = bpf_map_lookup_elem(&failures, &k);
+    if (v) {
+        __sync_fetch_and_add(v, 1);
+        return 0;
+    }
+    __u64 one = 1;
+    if (bpf_map_update_elem(&failures, &k, &one, BPF_NOEXIST)) {
+        v = bpf_map_lookup_elem(&failures, &k);
+        if (v)
+            __sync_fetch_and_add(v, 1);
+        else
+            count_drop(0);
+    }
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int exit_connect(struct sys_exit_ctx *ctx) { return on_exit(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_bind")
+int exit_bind(struct sys_exit_ctx *ctx) { return on_exit(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int exit_sendto(struct sys_exit_ctx *ctx) { return on_exit(ctx); }

@@ -1,0 +1,423 @@
+//! The failure witness (DESIGN.md "The failure witness"): counts failed
+//! ephemeral-port allocations in the kernel, per network namespace, kind,
+//! local address, destination or pool, and process.
+//!
+//! Attach points, best first, as the machine allows:
+//! 1. fexit of `__inet_hash_connect` and the bind(0)/UDP autobind paths
+//!    (BPF_PROG_TYPE_TRACING, kernel 5.5+ with BTF; sees io_uring too).
+//!    Not built yet: the development machines refuse tracing programs
+//!    (EPERM: lockdown plus a BPF LSM), so it could not be tested.
+//! 2. the `connect`/`bind`/`sendto` syscall tracepoints (bpf/witness.bpf.c):
+//!    sockaddr and the socket's state at entry, the result at exit. Needs
+//!    kernel 5.5+ with BTF (CO-RE, `bpf_probe_read_{user,kernel}`, bounded
+//!    loops), tracefs mounted (`/sys/kernel/tracing`), CAP_BPF+CAP_PERFMON
+//!    (or CAP_SYS_ADMIN) and `bpf()`/`perf_event_open()` allowed. io_uring
+//!    connects and `sendmsg`/`sendmmsg` are not seen on this path.
+//!
+//! Without any, portd says once why and works from the census alone.
+//! The programs fire machine-wide; only namespaces portd watches are put in
+//! the `watch_netns` map, so other namespaces are never counted.
+
+pub mod tally;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+
+/// The tracepoint object, built by bpf/build.sh from bpf/witness.bpf.c
+/// (committed; .ci/run rebuilds it and diffs).
+static TRACEPOINT_OBJECT: &[u8] = include_bytes!("bpf/witness.bpf.o");
+
+/// (program, tracepoint) pairs of the tracepoint path.
+const TRACEPOINTS: [(&str, &str); 6] = [
+    ("enter_connect", "sys_enter_connect"),
+    ("exit_connect", "sys_exit_connect"),
+    ("enter_bind", "sys_enter_bind"),
+    ("exit_bind", "sys_exit_bind"),
+    ("enter_sendto", "sys_enter_sendto"),
+    ("exit_sendto", "sys_exit_sendto"),
+];
+
+/// What failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// TCP `connect()` on a socket without a local port: EADDRNOTAVAIL.
+    TcpConnect,
+    /// `bind(addr, 0)`: EADDRINUSE.
+    Bind0,
+    /// UDP `connect()`/`sendto()` on an unbound socket: EAGAIN.
+    UdpAutobind,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::TcpConnect => "tcp_connect",
+            Kind::Bind0 => "bind0",
+            Kind::UdpAutobind => "udp_autobind",
+        }
+    }
+
+    /// The error the caller saw.
+    pub fn errno(self) -> &'static str {
+        match self {
+            Kind::TcpConnect => "EADDRNOTAVAIL",
+            Kind::Bind0 => "EADDRINUSE",
+            Kind::UdpAutobind => "EAGAIN",
+        }
+    }
+
+    fn from_raw(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::TcpConnect),
+            2 => Some(Kind::Bind0),
+            3 => Some(Kind::UdpAutobind),
+            _ => None,
+        }
+    }
+}
+
+/// One counter's key: TCP connects by destination, bind(0) and UDP by pool
+/// (namespace, protocol, local address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FailureKey {
+    /// Network namespace inode.
+    pub netns: u64,
+    pub kind: Kind,
+    /// The local address the socket was bound to (unspecified: the route
+    /// chooses); for bind(0), the address asked for.
+    pub local: IpAddr,
+    /// TCP connect only.
+    pub destination: Option<SocketAddr>,
+    /// The tgid as portd's PID namespace numbers it; None when the process
+    /// is not visible from there. Never a metric label.
+    pub pid: Option<u32>,
+    /// The process's (thread group leader's) name.
+    pub comm: String,
+    /// "tcp" or "udp", from the socket's type.
+    pub protocol: &'static str,
+}
+
+impl FailureKey {
+    /// The destination (TCP) or the pool, as operators read it.
+    pub fn target(&self) -> String {
+        match self.destination {
+            Some(d) => d.to_string(),
+            None => format!("{} pool {}", self.protocol, self.local),
+        }
+    }
+}
+
+/// One read of the kernel's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// Counts since the witness started.
+    pub counts: Vec<(FailureKey, u64)>,
+    /// Failures not counted because the counter map was full.
+    pub dropped: u64,
+    /// Syscalls not followed because too many were in flight at once.
+    pub unfollowed: u64,
+}
+
+/// The attach point in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachPath {
+    SyscallTracepoints,
+}
+
+impl AttachPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachPath::SyscallTracepoints => "syscall tracepoints",
+        }
+    }
+
+    /// What this path cannot see, for `status`.
+    pub fn blind_spots(self) -> &'static str {
+        match self {
+            AttachPath::SyscallTracepoints => {
+                "io_uring connects and sendmsg/sendmmsg are not seen on this path"
+            }
+        }
+    }
+}
+
+/// Why the witness is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawKey {
+    netns: u32,
+    pid: u32,
+    kind: u8,
+    family: u8,
+    dport: u16,
+    sotype: u8,
+    pad: [u8; 3],
+    laddr: [u8; 16],
+    daddr: [u8; 16],
+    comm: [u8; 16],
+}
+
+// SAFETY: plain old data, repr(C), no padding the kernel's key lacks
+// (wkey in bpf/witness.bpf.c is the same 64 bytes).
+unsafe impl aya::Pod for RawKey {}
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+fn addr(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*raw))),
+        _ => None,
+    }
+}
+
+fn decode(raw: &RawKey) -> Option<FailureKey> {
+    let kind = Kind::from_raw(raw.kind)?;
+    let local = addr(raw.family, &raw.laddr)?;
+    let destination = match kind {
+        Kind::TcpConnect => Some(SocketAddr::new(addr(raw.family, &raw.daddr)?, raw.dport)),
+        _ => None,
+    };
+    let end = raw
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.comm.len());
+    Some(FailureKey {
+        netns: u64::from(raw.netns),
+        kind,
+        local,
+        destination,
+        pid: (raw.pid != 0).then_some(raw.pid),
+        comm: String::from_utf8_lossy(&raw.comm[..end]).into_owned(),
+        protocol: match raw.sotype {
+            1 => "tcp",
+            2 => "udp",
+            _ => return None,
+        },
+    })
+}
+
+/// The loaded, attached programs (detached when dropped: the links are
+/// owned by this process, nothing is pinned).
+pub struct Witness {
+    ebpf: Ebpf,
+    path: AttachPath,
+    watched: Vec<u64>,
+}
+
+fn ns_inode(path: &str) -> Result<u64, Unavailable> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| Unavailable(format!("cannot read {path}: {e}")))
+}
+
+/// Where the kernel's tracepoint ids are, as the loader will look.
+fn tracefs_present() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|p| std::path::Path::new(p).join("events/syscalls").is_dir())
+}
+
+impl Witness {
+    /// Loads and attaches the best path the machine allows, watching
+    /// portd's own network namespace.
+    pub fn start() -> Result<Witness, Unavailable> {
+        let pidns = ns_inode("/proc/self/ns/pid")?;
+        let netns = ns_inode("/proc/self/ns/net")?;
+        let pidns = u32::try_from(pidns)
+            .map_err(|_| Unavailable(format!("PID namespace inode {pidns} exceeds 32 bits")))?;
+        if !tracefs_present() {
+            return Err(Unavailable(
+                "fexit tracing path not built; syscall tracepoints need tracefs, which is not \
+                 mounted (no /sys/kernel/tracing/events/syscalls)"
+                    .into(),
+            ));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("pidns_ino", &pidns, true)
+            .load(TRACEPOINT_OBJECT)
+            .map_err(|e| {
+                Unavailable(format!(
+                    "cannot load the tracepoint programs: {}",
+                    chain(&e)
+                ))
+            })?;
+        for (prog, tp) in TRACEPOINTS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| Unavailable(format!("program {prog} missing from the object")))?
+                .try_into()
+                .map_err(|e| Unavailable(format!("program {prog}: {}", chain(&e))))?;
+            p.load()
+                .map_err(|e| Unavailable(format!("cannot load {prog}: {}", chain(&e))))?;
+            p.attach("syscalls", tp).map_err(|e| {
+                Unavailable(format!(
+                    "cannot attach {prog} to syscalls:{tp}: {}",
+                    chain(&e)
+                ))
+            })?;
+        }
+        let mut w = Witness {
+            ebpf,
+            path: AttachPath::SyscallTracepoints,
+            watched: Vec::new(),
+        };
+        w.watch(netns)?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> AttachPath {
+        self.path
+    }
+
+    /// Counts failures in network namespace `netns` from now on.
+    pub fn watch(&mut self, netns: u64) -> Result<(), Unavailable> {
+        let ino = u32::try_from(netns)
+            .map_err(|_| Unavailable(format!("network namespace inode {netns} exceeds 32 bits")))?;
+        let map = self
+            .ebpf
+            .map_mut("watch_netns")
+            .ok_or_else(|| Unavailable("map watch_netns missing from the object".into()))?;
+        let mut map: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(|e| Unavailable(format!("map watch_netns: {e}")))?;
+        map.insert(ino, 1, 0)
+            .map_err(|e| Unavailable(format!("cannot watch network namespace {netns}: {e}")))?;
+        self.watched.push(netns);
+        Ok(())
+    }
+
+    /// Reads every counter once (one pass over the kernel maps).
+    pub fn read(&self) -> Result<Reading, String> {
+        let map = self.ebpf.map("failures").ok_or("map failures missing")?;
+        let map: HashMap<&MapData, RawKey, u64> =
+            HashMap::try_from(map).map_err(|e| format!("map failures: {e}"))?;
+        let mut reading = Reading::default();
+        for item in map.iter() {
+            let (raw, count) = match item {
+                Ok(kv) => kv,
+                // An entry removed between the key walk and the lookup:
+                // nothing is ever removed today, but skip rather than fail.
+                Err(_) => continue,
+            };
+            if let Some(key) = decode(&raw)
+                && self.watched.contains(&key.netns)
+            {
+                reading.counts.push((key, count));
+            }
+        }
+        reading.counts.sort();
+        let dropped = self.ebpf.map("dropped").ok_or("map dropped missing")?;
+        let dropped: Array<&MapData, u64> =
+            Array::try_from(dropped).map_err(|e| format!("map dropped: {e}"))?;
+        reading.dropped = dropped
+            .get(&0, 0)
+            .map_err(|e| format!("map dropped: {e}"))?;
+        reading.unfollowed = dropped
+            .get(&1, 0)
+            .map_err(|e| format!("map dropped: {e}"))?;
+        Ok(reading)
+    }
+
+    /// The programs' own cost so far: (total run time in ns, runs), summed
+    /// over all programs. Zero unless BPF_ENABLE_STATS is held (see
+    /// [`enable_stats`]).
+    pub fn run_stats(&self) -> Result<(u64, u64), String> {
+        let mut time = 0u64;
+        let mut count = 0u64;
+        for (name, prog) in self.ebpf.programs() {
+            let info = prog.info().map_err(|e| format!("program {name}: {e}"))?;
+            time += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            count += info.run_count();
+        }
+        Ok((time, count))
+    }
+}
+
+/// Enables run-time statistics for as long as the returned fd is open:
+/// the fd-scoped BPF_ENABLE_STATS command, never the global
+/// kernel.bpf_stats_enabled sysctl.
+pub fn enable_stats() -> Result<std::os::fd::OwnedFd, String> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| chain(&e))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_tcp_key_and_an_unbound_udp_pool() {
+        let mut raw = RawKey {
+            netns: 4026531840,
+            pid: 42,
+            kind: 1,
+            family: AF_INET,
+            dport: 8080,
+            sotype: 1,
+            pad: [0; 3],
+            laddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; 16],
+        };
+        raw.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        raw.comm[..4].copy_from_slice(b"curl");
+        let k = decode(&raw).expect("valid key");
+        assert_eq!(k.destination, Some("10.0.0.2:8080".parse().expect("addr")));
+        assert_eq!(k.local, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(k.pid, Some(42));
+        assert_eq!(k.comm, "curl");
+        assert_eq!(k.target(), "10.0.0.2:8080");
+
+        raw.kind = 3;
+        raw.sotype = 2;
+        raw.pid = 0;
+        raw.family = AF_INET6;
+        raw.laddr = Ipv6Addr::LOCALHOST.octets();
+        let k = decode(&raw).expect("valid key");
+        assert_eq!(k.destination, None);
+        assert_eq!(k.pid, None);
+        assert_eq!(k.target(), "udp pool ::1");
+
+        raw.kind = 9;
+        assert_eq!(decode(&raw), None, "unknown kind");
+        raw.kind = 1;
+        raw.family = 1;
+        assert_eq!(decode(&raw), None, "AF_UNIX is no inet family");
+    }
+
+    #[test]
+    fn embedded_object_is_the_bpf_elf() {
+        assert_eq!(&TRACEPOINT_OBJECT[..4], b"\x7fELF");
+        // e_machine 247: EM_BPF
+        assert_eq!(
+            u16::from_le_bytes([TRACEPOINT_OBJECT[18], TRACEPOINT_OBJECT[19]]),
+            247
+        );
+    }
+}

@@ -335,6 +335,7 @@ fn plan_now(
             None,
             state.yielded.as_ref().map(|y| y.reason.as_str()),
         ),
+        witnessed_failure: false,
     })
 }
 

@@ -17,10 +17,11 @@ pub enum Kind {
     PolicyReloaded,
     PolicyRejected,
     ConfigurationHazard,
+    PortAllocationFailed,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::UsageWarning,
         Kind::UsageCritical,
         Kind::UsageRecovered,
@@ -31,6 +32,7 @@ impl Kind {
         Kind::PolicyReloaded,
         Kind::PolicyRejected,
         Kind::ConfigurationHazard,
+        Kind::PortAllocationFailed,
     ];
 
     /// Stable ids: never change one once released (catalog and alert rules use them).
@@ -46,6 +48,7 @@ impl Kind {
             Kind::PolicyReloaded => "2bf45d51d74f46d0b751b4421bac85c7",
             Kind::PolicyRejected => "de422eefe5c9430bbc2e3f86a3eb0a61",
             Kind::ConfigurationHazard => "907f11ee18bd4dd49cb23d5c48049dda",
+            Kind::PortAllocationFailed => "bc91379153534ca58f0c1d5d8a11bbbd",
         }
     }
 
@@ -61,6 +64,7 @@ impl Kind {
             Kind::PolicyReloaded => "policy-reloaded",
             Kind::PolicyRejected => "policy-rejected",
             Kind::ConfigurationHazard => "configuration-hazard",
+            Kind::PortAllocationFailed => "port-allocation-failed",
         }
     }
 
@@ -68,7 +72,10 @@ impl Kind {
     /// ERROR→3, WARN→4, INFO→5).
     pub fn severity(self) -> Severity {
         match self {
-            Kind::UsageCritical | Kind::PersistFailed | Kind::PolicyRejected => Severity::Error,
+            Kind::UsageCritical
+            | Kind::PersistFailed
+            | Kind::PolicyRejected
+            | Kind::PortAllocationFailed => Severity::Error,
             Kind::UsageWarning
             | Kind::WideningBlocked
             | Kind::ExternalChange

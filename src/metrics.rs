@@ -38,6 +38,9 @@ pub struct Snapshot<'a> {
     /// Whether portd may write, and if not, why: the `mode` and
     /// `advise_reason` labels of `portd_info` and `portd_yielded`.
     pub authority: &'a Authority,
+    /// The failure witness's families, rendered by witness/runtime.rs and
+    /// appended as they are.
+    pub witness: &'a str,
 }
 
 fn label(value: &str) -> String {
@@ -253,6 +256,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         }],
     );
     yielded(&mut out, s.authority);
+    out.0.push_str(s.witness);
     out.0
 }
 

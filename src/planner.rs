@@ -232,6 +232,9 @@ pub struct Inputs<'a> {
     pub now: SystemTime,
     /// Whether portd may write now, and if not, why (authority.rs).
     pub authority: &'a Authority,
+    /// The failure witness saw a program fail to get a port since the last
+    /// decision: a reason to act at once, without waiting for the hold.
+    pub witnessed_failure: bool,
 }
 
 pub fn plan(inputs: &Inputs<'_>) -> Decision {
@@ -244,7 +247,10 @@ pub fn plan(inputs: &Inputs<'_>) -> Decision {
         policy.thresholds.critical(),
     );
     let (alert, transition, remind) = next_alert(&inputs.history.alert, usage, policy, inputs.now);
-    let action = if alert.level >= Level::Warning && raw_level >= Level::Warning {
+    // A witnessed failure skips the hold: the level is already past it
+    // for the program that failed. It never acts below the warning level.
+    let confirmed = alert.level >= Level::Warning || inputs.witnessed_failure;
+    let action = if confirmed && raw_level >= Level::Warning {
         widen_or_hold(inputs)
     } else {
         Action::Nothing

@@ -173,6 +173,7 @@ fn decide_with(c: &Case, authority: &Authority) -> Decision {
         pin: None,
         now: c.now,
         authority,
+        witnessed_failure: false,
     })
 }
 
@@ -509,6 +510,29 @@ fn the_cooldown_counts_from_the_newest_change_the_last_of_the_history() {
 }
 
 #[test]
+fn a_witnessed_failure_skips_the_hold_but_never_acts_below_warning() {
+    let witnessed = |c: &Case| {
+        plan(&Inputs {
+            observation: &c.obs,
+            policy: &c.policy,
+            history: &c.history,
+            pin: None,
+            now: c.now,
+            authority: &Authority::Write,
+            witnessed_failure: true,
+        })
+    };
+    let mut c = simple(60);
+    c.policy.hold = Duration::from_secs(30);
+    assert_eq!(decide(&c).action, Action::Nothing, "held without a failure");
+    let d = witnessed(&c);
+    assert!(matches!(d.action, Action::Apply { .. }), "{:?}", d.action);
+    assert_eq!(d.alert.level, Level::Ok, "the alert keeps its hold");
+    let c = simple(10);
+    assert_eq!(witnessed(&c).action, Action::Nothing, "below warning");
+}
+
+#[test]
 fn alert_clears_only_below_the_clear_level() {
     let mut c = simple(35);
     c.history.alert.level = Level::Warning;
@@ -537,6 +561,7 @@ fn a_pin_holds_the_plan_and_names_the_file() {
         pin: Some(&pin),
         now: c.now,
         authority: &Authority::Write,
+        witnessed_failure: false,
     });
     assert!(matches!(
         d.action,
@@ -594,6 +619,7 @@ fn a_yield_is_named_before_a_pin_and_a_pin_before_advise_mode() {
         pin: Some(&pin),
         now: c.now,
         authority: &authority,
+        witnessed_failure: false,
     })
     .action
     {

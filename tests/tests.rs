@@ -36,5 +36,6 @@ mod suite {
     mod status_several_netns;
     mod sysctld_cat_config;
     mod witness_counts;
+    mod witness_daemon;
     mod writes_golden;
 }

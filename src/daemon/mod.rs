@@ -38,6 +38,7 @@ use crate::policy::{self, Policy};
 use crate::shutdown;
 use crate::state::State;
 use crate::usage::{Usage, UsageOptions};
+use crate::witness::runtime::Running as Witness;
 
 pub struct RunOptions {
     /// Decide as usual, log what would be done, write nothing.
@@ -176,11 +177,16 @@ struct Daemon {
     /// (census/reader.rs); opened anew under a fixture root, whose files a
     /// test may replace.
     proc: Box<dyn ProcRead>,
+    /// The failure witness (witness/runtime.rs), and whether it saw a
+    /// failure that no decision has taken into account yet.
+    witness: Witness,
+    witnessed: bool,
 }
 
 impl Daemon {
     fn new(host: Host, config: PathBuf, policy: Policy, dry_run: bool) -> Self {
-        let proc: Box<dyn ProcRead> = if host.root() == std::path::Path::new("/") {
+        let live_host = host.root() == std::path::Path::new("/");
+        let proc: Box<dyn ProcRead> = if live_host {
             Box::new(KeptOpen::default())
         } else {
             Box::new(Fresh)
@@ -210,6 +216,8 @@ impl Daemon {
             report: Report::default(),
             sysctld: act::PollScan::default(),
             proc,
+            witness: Witness::start((!live_host).then_some("the host root is a fixture tree")),
+            witnessed: false,
         }
     }
 
@@ -292,6 +300,7 @@ impl Daemon {
                 " (absent: built-in defaults)"
             }
         );
+        tracing::info!("{}", self.witness.describe);
     }
 
     fn poll_timer(&self) -> tokio::time::Interval {
@@ -320,8 +329,10 @@ impl Daemon {
 
     /// Hands the reporter what a poll's metrics need besides its counters.
     fn report_with(&mut self, authority: &Authority, f: impl FnOnce(&mut Report, &Poll<'_>)) {
+        let witness = self.witness.metrics(Instant::now());
         let poll = Poll {
             host: &self.host,
+            witness_metrics: &witness,
             metrics_file: self.policy.metrics_file.as_deref(),
             interval: self.policy.interval,
             last: self.last.as_ref(),
@@ -404,7 +415,10 @@ impl Daemon {
             &self.policy,
             &self.state.alert,
         );
-        if let Next::Skip(skip) = next {
+        // The witness is read once per poll; a failure it saw is a reason
+        // to census (and act) now, whatever the fast path's bounds say.
+        self.witnessed |= self.witness.poll(Instant::now()) > 0;
+        if let (Next::Skip(skip), false) = (&next, self.witnessed) {
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.census_skipped(&skip.to_string(), p));
             return None;
@@ -455,6 +469,7 @@ impl Daemon {
         }
         let authority = self.authority();
         let decision = self.decide(&usage, &authority, now);
+        self.witnessed = false;
         self.report.level(&usage, &decision, processes.as_deref());
         self.report.hazards(&usage);
         let alert_changed = self.state.alert != decision.alert;
@@ -495,6 +510,7 @@ impl Daemon {
             pin: pin.as_ref(),
             now,
             authority,
+            witnessed_failure: self.witnessed,
         })
     }
 }

@@ -80,6 +80,8 @@ pub(super) struct Poll<'a> {
     pub last: Option<&'a LastCensus>,
     pub last_change: Option<&'a Change>,
     pub authority: &'a Authority,
+    /// The failure witness's families (witness/runtime.rs).
+    pub witness_metrics: &'a str,
 }
 
 /// One line: headline usage, range, mode (sd_notify STATUS).
@@ -457,6 +459,7 @@ impl Report {
             last_change_at: poll.last_change.map(|c| c.at),
             widening_blocked: last.blocked,
             authority: poll.authority,
+            witness: poll.witness_metrics,
         };
         match metrics::write(path, &snapshot) {
             Ok(()) => {

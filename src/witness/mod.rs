@@ -18,6 +18,7 @@
 //! The programs fire machine-wide; only namespaces portd watches are put in
 //! the `watch_netns` map, so other namespaces are never counted.
 
+pub mod runtime;
 pub mod tally;
 
 use std::fmt;
@@ -360,8 +361,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        // Some errors already print their source.
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = inner.source();
     }
     s

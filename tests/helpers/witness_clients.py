@@ -11,7 +11,11 @@ mounted there and net.ipv4.ip_local_port_range = 40000 40001 (2 ports).
       runs the clients one after the other, then prints one JSON object:
       {"netns", "path", "witness": <its reading>, "clients": [...],
        "noise": <failures provoked in another network namespace>}
-  witness_clients.py client COMM ROUNDS [--own-netns]
+  witness_clients.py clients PORT1 PORT2
+      the same clients and noise without a witness (`portd run` is the
+      witness), towards listeners on 127.0.0.1:PORT1 and PORT2; prints
+      {"netns", "clients": [...], "noise": N}
+  witness_clients.py client COMM ROUNDS PORT1 PORT2 [--own-netns]
       one client process (comm COMM): prints {"pid", "comm", "seen": [...]},
       each entry a key and the number of failures the client saw for it.
 """
@@ -140,17 +144,17 @@ def listen(port):
     return ls
 
 
-def client(comm, rounds, own_netns):
+def client(comm, rounds, ports, own_netns):
     set_comm(comm)
     listeners = []
     if own_netns:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
             f.write("40000 40001")
-        listeners = [listen(5001), listen(5002)]
+        listeners = [listen(p) for p in ports]
     seen = Seen()
-    tcp_connect_failures(seen, ("127.0.0.1", 5001), rounds)
-    tcp_connect_failures(seen, ("127.0.0.1", 5002), rounds + 3)
+    tcp_connect_failures(seen, ("127.0.0.1", ports[0]), rounds)
+    tcp_connect_failures(seen, ("127.0.0.1", ports[1]), rounds + 3)
     bind0_failures(seen, rounds)
     udp_autobind_failures(seen, rounds)
     for ls in listeners:
@@ -166,21 +170,30 @@ def run_client(args):
     return json.loads(out.stdout)
 
 
+def clients(ports):
+    """Clients a and b here, then the noise in another network namespace."""
+    listeners = [listen(p) for p in ports]
+    p = [str(x) for x in ports]
+    result = {
+        "netns": os.stat("/proc/self/ns/net").st_ino,
+        "clients": [run_client(["wclient-a", "15"] + p), run_client(["wclient-b", "10"] + p)],
+    }
+    noise = run_client_in_netns(["wnoise", "4"] + p)
+    result["noise"] = sum(e["count"] for e in noise["seen"])
+    for ls in listeners:
+        ls.close()
+    return result
+
+
 def driver(witness_cmd):
     w = subprocess.Popen(witness_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     started = json.loads(w.stdout.readline())
-    result = {"netns": os.stat("/proc/self/ns/net").st_ino, "started": started}
+    result = {"started": started}
     if "path" in started:
-        listeners = [listen(5001), listen(5002)]
-        result["clients"] = [run_client(["wclient-a", "15"]), run_client(["wclient-b", "10"])]
-        # The same failures in another network namespace: never counted.
-        noise = run_client_in_netns(["wnoise", "4"])
-        result["noise"] = sum(e["count"] for e in noise["seen"])
+        result.update(clients([5001, 5002]))
         w.stdin.write("\n")
         w.stdin.flush()
         result["witness"] = json.loads(w.stdout.readline())
-        for ls in listeners:
-            ls.close()
     w.stdin.close()
     w.wait()
     print(json.dumps(result))
@@ -197,5 +210,8 @@ def run_client_in_netns(args):
 if __name__ == "__main__":
     if sys.argv[1] == "driver":
         driver(sys.argv[2:])
+    elif sys.argv[1] == "clients":
+        print(json.dumps(clients([int(sys.argv[2]), int(sys.argv[3])])))
     else:
-        client(sys.argv[2], int(sys.argv[3]), "--own-netns" in sys.argv[4:])
+        client(sys.argv[2], int(sys.argv[3]), [int(sys.argv[4]), int(sys.argv[5])],
+               "--own-netns" in sys.argv[6:])

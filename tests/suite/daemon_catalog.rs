@@ -83,6 +83,13 @@ fn always_set(kind: Kind) -> &'static [&'static str] {
         Kind::PolicyReloaded => &["PORTD_EVENT", "PORTD_POLICY"],
         Kind::PolicyRejected => &["PORTD_EVENT", "PORTD_POLICY", "PORTD_REASON"],
         Kind::ConfigurationHazard => &["PORTD_EVENT", "PORTD_RANGE_BEFORE", "PORTD_REASON"],
+        Kind::PortAllocationFailed => &[
+            "PORTD_EVENT",
+            "PORTD_DESTINATION",
+            "PORTD_PROCESS",
+            "PORTD_USED",
+            "PORTD_REASON",
+        ],
     }
 }
 

@@ -1,0 +1,263 @@
+//! `portd run` as the failure witness, end to end: in a sandbox (private
+//! network + mount namespace, tmpfs over /run with a journald of its own,
+//! tracefs mounted inside), clients provoke real failures on all three
+//! paths while portd runs in advise mode; its metrics file shows exactly the
+//! clients' counts per destination/pool and process name, the journal has
+//! one port-allocation-failed entry per destination or pool naming the
+//! process, and failures in another namespace are not counted. Without
+//! capabilities portd says once that the witness is off and carries on
+//! from the census. Needs root.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::daemon_metrics::parse_textfile;
+use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, catalog_path, write_policy};
+use super::util::{have_root, tests_dir};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+const ADVISE: &str = r#"
+[poll]
+interval = "200ms"
+max_staleness = "1s"
+
+[widen]
+mode = "advise"
+"#;
+
+fn sandbox() -> Sandbox {
+    let sandbox = Sandbox::start(&SandboxOptions {
+        range: "40000 40001",
+        tw_reuse: 0,
+        journald: true,
+        catalog: Some(&catalog_path()),
+    });
+    // tracefs of the sandbox's own mount namespace (not mounted on the
+    // machine; a systemd host has it at /sys/kernel/tracing).
+    let out = sandbox
+        .command("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .output()
+        .expect("mount tracefs");
+    assert!(out.status.success(), "mount tracefs: {out:?}");
+    sandbox
+}
+
+/// `portd --config POLICY run` in the sandbox, stderr "to the journal" as
+/// systemd connects it; `wrap` runs before portd (e.g. setpriv).
+fn start(sandbox: &Sandbox, dir: &Path, wrap: &[&str]) -> (Portd, Notify) {
+    let metrics = dir.join("metrics.prom");
+    let policy = dir.join("portd.toml");
+    write_policy(
+        &policy,
+        &format!("{ADVISE}\n[metrics]\nfile = \"{}\"\n", metrics.display()),
+    );
+    let notify = Notify::bind(dir);
+    let stderr = dir.join("stderr");
+    std::fs::write(&stderr, "").expect("stderr file");
+    let meta = std::fs::metadata(&stderr).expect("stderr file");
+    let mut cmd = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = sandbox.command(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_portd"));
+            c
+        }
+        None => sandbox.command(env!("CARGO_BIN_EXE_portd")),
+    };
+    cmd.args(["--config", policy.to_str().expect("utf-8 path"), "run"])
+        .env("NOTIFY_SOCKET", notify.path())
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    let portd = Portd::spawn(cmd, &stderr);
+    let mut notify = notify;
+    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
+    (portd, notify)
+}
+
+/// Samples of the metrics file: (name, labels without "__") -> value.
+fn samples(dir: &Path) -> BTreeMap<(String, String), f64> {
+    let text = std::fs::read_to_string(dir.join("metrics.prom")).unwrap_or_default();
+    if text.is_empty() {
+        return BTreeMap::new();
+    }
+    parse_textfile(&text)
+        .into_iter()
+        .map(|s| {
+            let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            ((s.name, labels.join(",")), s.value)
+        })
+        .collect()
+}
+
+/// What the clients saw, as the metrics should show it (summed over pids).
+fn expected(clients: &Value) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for c in clients["clients"].as_array().expect("clients") {
+        let comm = c["comm"].as_str().expect("comm");
+        for e in c["seen"].as_array().expect("seen") {
+            let local = e["local"].as_str().expect("local");
+            let key = match e["kind"].as_str().expect("kind") {
+                "tcp_connect" => {
+                    let dest = e["destination"].as_str().expect("destination");
+                    let (ip, port) = dest.rsplit_once(':').expect("ip:port");
+                    (
+                        "portd_connect_failures_total".to_string(),
+                        format!("comm={comm},local={local},remote={ip},remote_port={port}"),
+                    )
+                }
+                kind => (
+                    if kind == "bind0" {
+                        "portd_bind_failures_total"
+                    } else {
+                        "portd_udp_autobind_failures_total"
+                    }
+                    .to_string(),
+                    format!(
+                        "comm={comm},local={local},proto={}",
+                        e["protocol"].as_str().expect("protocol")
+                    ),
+                ),
+            };
+            *out.entry(key).or_insert(0.0) += e["count"].as_f64().expect("count");
+        }
+    }
+    out
+}
+
+fn failures(s: &BTreeMap<(String, String), f64>) -> BTreeMap<(String, String), f64> {
+    s.iter()
+        .filter(|((name, _), _)| {
+            [
+                "portd_connect_failures_total",
+                "portd_bind_failures_total",
+                "portd_udp_autobind_failures_total",
+            ]
+            .contains(&name.as_str())
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// The journal's messages (of any process in the sandbox) containing `text`.
+fn said(sandbox: &Sandbox, text: &str) -> Vec<String> {
+    sandbox
+        .journal()
+        .iter()
+        .filter_map(|e| e["MESSAGE"].as_str())
+        .filter(|m| m.contains(text))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn portd_run_counts_every_failure_the_clients_saw() {
+    if !have_root("portd_run_counts_every_failure_the_clients_saw") {
+        return;
+    }
+    let sandbox = sandbox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
+
+    let out = sandbox
+        .command("python3")
+        .arg(tests_dir().join("helpers/witness_clients.py"))
+        .args(["clients", "5101", "5102"])
+        .output()
+        .expect("run clients");
+    assert!(out.status.success(), "clients: {out:?}");
+    let clients: Value = serde_json::from_slice(&out.stdout).expect("clients json");
+    let want = expected(&clients);
+    let total: f64 = want.values().sum();
+    assert!(total >= 100.0, "only {total} failures provoked");
+    assert!(clients["noise"].as_u64().expect("noise") > 0);
+
+    // The next polls show them all (polls every 200 ms).
+    let deadline = Instant::now() + 5 * SECOND;
+    let mut got = failures(&samples(dir.path()));
+    while got != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        got = failures(&samples(dir.path()));
+    }
+    assert_eq!(got, want, "metrics vs clients");
+    let all = samples(dir.path());
+    assert_eq!(
+        all.get(&("portd_witness_active".into(), String::new())),
+        Some(&1.0)
+    );
+    assert_eq!(
+        all.get(&("portd_witness_dropped_total".into(), String::new())),
+        Some(&0.0)
+    );
+
+    // One journal entry per destination (TCP) or pool, naming a client.
+    let alerts = sandbox.wait_alerts("port-allocation-failed", 5, 5 * SECOND);
+    let mut targets: Vec<&str> = alerts
+        .iter()
+        .filter(|e| e["PORTD_EVENT"] == "port-allocation-failed")
+        .map(|e| {
+            assert_eq!(e["MESSAGE_ID"], "bc91379153534ca58f0c1d5d8a11bbbd");
+            assert_eq!(e["PRIORITY"], "3");
+            let process = e["PORTD_PROCESS"].as_str().expect("PORTD_PROCESS");
+            assert!(process.starts_with("wclient-"), "{process}");
+            e["PORTD_DESTINATION"].as_str().expect("PORTD_DESTINATION")
+        })
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            "127.0.0.1:5101",
+            "127.0.0.1:5102",
+            "tcp pool 127.0.0.1",
+            "udp pool 0.0.0.0",
+            "udp pool 127.0.0.1"
+        ]
+    );
+    assert_eq!(
+        said(&sandbox, "failure witness on: syscall tracepoints").len(),
+        1
+    );
+    portd.stop();
+}
+
+#[test]
+fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census() {
+    if !have_root("without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census")
+    {
+        return;
+    }
+    let sandbox = sandbox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut portd, _notify) = start(
+        &sandbox,
+        dir.path(),
+        &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"],
+    );
+    let out = sandbox
+        .command("python3")
+        .arg(tests_dir().join("helpers/witness_clients.py"))
+        .args(["clients", "5101", "5102"])
+        .output()
+        .expect("run clients");
+    assert!(out.status.success(), "clients: {out:?}");
+    std::thread::sleep(SECOND);
+    let all = samples(dir.path());
+    assert_eq!(
+        all.get(&("portd_witness_active".into(), String::new())),
+        Some(&0.0)
+    );
+    assert!(failures(&all).is_empty(), "{all:?}");
+    assert!(
+        all.contains_key(&("portd_range_low".into(), String::new())),
+        "census metrics"
+    );
+    let off = said(&sandbox, "failure witness off");
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert!(off[0].contains("Operation not permitted"), "{off:?}");
+    assert!(portd.is_running());
+    portd.stop();
+}

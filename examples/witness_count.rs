@@ -71,7 +71,6 @@ fn main() {
             json!({
                 "counts": counts,
                 "dropped": reading.dropped,
-                "unfollowed": reading.unfollowed,
                 "run_time_ns": run_ns,
                 "run_count": runs,
             })

@@ -7,12 +7,18 @@
 //!    (BPF_PROG_TYPE_TRACING, kernel 5.5+ with BTF; sees io_uring too).
 //!    Not built yet: the development machines refuse tracing programs
 //!    (EPERM: lockdown plus a BPF LSM), so it could not be tested.
-//! 2. the `connect`/`bind`/`sendto` syscall tracepoints (bpf/witness.bpf.c):
-//!    sockaddr and the socket's state at entry, the result at exit. Needs
-//!    kernel 5.5+ with BTF (CO-RE, `bpf_probe_read_{user,kernel}`, bounded
-//!    loops), tracefs mounted (`/sys/kernel/tracing`), CAP_BPF+CAP_PERFMON
-//!    (or CAP_SYS_ADMIN) and `bpf()`/`perf_event_open()` allowed. io_uring
-//!    connects and `sendmsg`/`sendmmsg` are not seen on this path.
+//! 2. the `connect`/`bind`/`sendto` syscall exit tracepoints
+//!    (bpf/witness.bpf.c): the result first (anything but the three errors
+//!    returns at once), then the arguments from the registers saved at entry,
+//!    the sockaddr from the caller's memory and the socket through its fd.
+//!    Needs x86_64, kernel 5.15+ with BTF (CO-RE, `bpf_task_pt_regs`,
+//!    `bpf_get_current_task_btf`, bounded loops), tracefs mounted
+//!    (`/sys/kernel/tracing`), CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) and
+//!    `bpf()`/`perf_event_open()` allowed. io_uring connects and
+//!    `sendmsg`/`sendmmsg` are not seen on this path. A socket bound with
+//!    `bind(addr, 0)` whose later connect() finds its 4-tuple taken loses its
+//!    port in that failure and is counted too (the exit cannot tell it from
+//!    an unbound one).
 //!
 //! Without any, portd says once why and works from the census alone.
 //! The programs fire machine-wide; only namespaces portd watches are put in
@@ -34,12 +40,9 @@ use aya::{Ebpf, EbpfLoader};
 static TRACEPOINT_OBJECT: &[u8] = include_bytes!("bpf/witness.bpf.o");
 
 /// (program, tracepoint) pairs of the tracepoint path.
-const TRACEPOINTS: [(&str, &str); 6] = [
-    ("enter_connect", "sys_enter_connect"),
+const TRACEPOINTS: [(&str, &str); 3] = [
     ("exit_connect", "sys_exit_connect"),
-    ("enter_bind", "sys_enter_bind"),
     ("exit_bind", "sys_exit_bind"),
-    ("enter_sendto", "sys_enter_sendto"),
     ("exit_sendto", "sys_exit_sendto"),
 ];
 
@@ -120,8 +123,6 @@ pub struct Reading {
     pub counts: Vec<(FailureKey, u64)>,
     /// Failures not counted because the counter map was full.
     pub dropped: u64,
-    /// Syscalls not followed because too many were in flight at once.
-    pub unfollowed: u64,
 }
 
 /// The attach point in use.
@@ -328,9 +329,6 @@ impl Witness {
             Array::try_from(dropped).map_err(|e| format!("map dropped: {e}"))?;
         reading.dropped = dropped
             .get(&0, 0)
-            .map_err(|e| format!("map dropped: {e}"))?;
-        reading.unfollowed = dropped
-            .get(&1, 0)
             .map_err(|e| format!("map dropped: {e}"))?;
         Ok(reading)
     }

@@ -97,10 +97,7 @@ impl Running {
         if !self.active() {
             return out;
         }
-        out.push_str(&families(
-            &self.tally.rows(now),
-            self.tally.dropped + self.tally.unfollowed,
-        ));
+        out.push_str(&families(&self.tally.rows(now), self.tally.dropped));
         out
     }
 
@@ -113,7 +110,7 @@ impl Running {
             "describe": self.describe,
             "failures_total": self.tally.total(),
             "failures": rows,
-            "dropped": self.tally.dropped + self.tally.unfollowed,
+            "dropped": self.tally.dropped,
         })
     }
 }
@@ -154,7 +151,7 @@ fn families(rows: &[Row], dropped: u64) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP portd_witness_dropped_total Failures the witness could not count (its map was full, or too many syscalls were in flight).\n\
+        "# HELP portd_witness_dropped_total Failures the witness could not count (its map of counters was full).\n\
          # TYPE portd_witness_dropped_total counter\nportd_witness_dropped_total {dropped}"
     );
     out

@@ -39,7 +39,6 @@ pub struct Tally {
     series: BTreeMap<FailureKey, Series>,
     targets: BTreeSet<(u64, String)>,
     pub dropped: u64,
-    pub unfollowed: u64,
 }
 
 impl Tally {
@@ -66,7 +65,6 @@ impl Tally {
             }
         }
         self.dropped = reading.dropped;
-        self.unfollowed = reading.unfollowed;
         update
     }
 

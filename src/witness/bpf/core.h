@@ -16,6 +16,9 @@ typedef signed long long __s64;
 #define SEC(name) __attribute__((section(name), used))
 #define __always_inline inline __attribute__((always_inline))
 
+struct task_struct;
+struct pt_regs;
+
 /* Map definitions in the BTF-defined style (".maps"). */
 #define __uint(name, val) int (*name)[val]
 #define __type(name, val) typeof(val) *name
@@ -30,6 +33,8 @@ static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static __u64 (*bpf_get_current_task)(void) = (void *)35;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
+static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
+static struct pt_regs *(*bpf_task_pt_regs)(struct task_struct *task) = (void *)175;
 
 /* CO-RE read of one field: the access expression is relocated. */
 #define CORE_READ(dst, src) \
@@ -37,6 +42,9 @@ static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_p
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
+/* x86_64: the user registers saved at syscall entry; di, si, dx still
+ * hold the first three arguments when the syscall exits. */
+struct pt_regs { unsigned long di; unsigned long si; unsigned long dx; };
 struct ns_common { unsigned int inum; };
 struct net { struct ns_common ns; };
 typedef struct { struct net *net; } possible_net_t;

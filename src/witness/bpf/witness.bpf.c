@@ -5,14 +5,19 @@
  *
  * Counts failed ephemeral-port allocations, only where the kernel was
  * choosing the port:
- *   - TCP connect() on a socket with no local port        -> -EADDRNOTAVAIL
- *   - bind(addr, 0) on an inet socket                      -> -EADDRINUSE
+ *   - TCP connect() on a socket with no local port         -> -EADDRNOTAVAIL
+ *   - bind(addr, 0) on an inet socket                       -> -EADDRINUSE
  *   - UDP connect()/sendto() on a socket with no local port -> -EAGAIN
- * The sockaddr and the socket's state are captured at syscall entry (keyed
- * by thread), the result at exit. Counts go to a bounded hash keyed by
- * network namespace, kind, local address, destination (TCP only), process
- * (tgid in portd's PID namespace) and comm. Only namespaces that portd puts
- * into `watch_netns` are counted.
+ * Only the syscall exits are traced, and they return at once unless the
+ * result is one of those errors: a connect() that succeeds costs one
+ * comparison. On such a failure the arguments come from the user registers
+ * saved at entry (bpf_task_pt_regs; x86_64), the sockaddr from the caller's
+ * memory (the syscall has not returned yet), and the socket's state through
+ * the fd: a socket still without a local port after the failure had none
+ * (a port that was asked for stays bound), so the kernel was choosing one.
+ * Counts go to a bounded hash keyed by network namespace, kind, local
+ * address, destination (TCP only), process (tgid in portd's PID namespace)
+ * and comm. Only namespaces that portd puts into `watch_netns` are counted.
  *
  * Rebuild with src/witness/bpf/build.sh (Debian 12 clang 14); the object is
  * committed and embedded with include_bytes!. */
@@ -34,10 +39,6 @@
 
 #define MAX_PID_LEVELS 8
 
-#define OP_CONNECT 1
-#define OP_BIND 2
-#define OP_SENDTO 3
-
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 /* portd's PID namespace (inode), set by the loader. */
@@ -56,15 +57,6 @@ struct wkey {
     char comm[16];
 };
 
-struct pending {
-    __u64 fd;
-    __u8 op;
-    __u8 family;
-    __u16 dport;
-    __u32 pad;
-    __u8 addr[16];
-};
-
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 4096);
@@ -74,33 +66,18 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 4096);
-    __type(key, __u64);
-    __type(value, struct pending);
-} pending SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 256);
     __type(key, __u32);
     __type(value, __u8);
 } watch_netns SEC(".maps");
 
-/* [0]: failures not counted because `failures` was full;
- * [1]: syscalls not followed because `pending` was full. */
+/* [0]: failures not counted because `failures` was full. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 2);
+    __uint(max_entries, 1);
     __type(key, __u32);
     __type(value, __u64);
 } dropped SEC(".maps");
-
-struct sys_enter_ctx {
-    __u64 common;
-    __s32 nr;
-    __s32 pad;
-    __u64 args[6];
-};
 
 struct sys_exit_ctx {
     __u64 common;
@@ -172,17 +149,23 @@ static __always_inline struct sock *fd_sock(__u64 fd, unsigned short *family, sh
     return sk;
 }
 
-/* Reads an inet sockaddr from user memory into p (family, port, address). */
-static __always_inline int read_sockaddr(struct pending *p, __u64 uaddr, __u64 len)
+struct dest {
+    __u8 family;
+    __u16 port;
+    __u8 addr[16];
+};
+
+/* Reads an inet sockaddr from user memory (family, port, address). */
+static __always_inline int read_sockaddr(struct dest *p, __u64 uaddr, __u64 len)
 {
-    __u8 sa[24] = {};
+    __u8 sa[16] = {};
 
     if (!uaddr || len < 16)
         return -1;
     if (bpf_probe_read_user(sa, 16, (const void *)uaddr))
         return -1;
     __u16 family = *(__u16 *)sa;
-    p->dport = ((__u16)sa[2] << 8) | sa[3];
+    p->port = ((__u16)sa[2] << 8) | sa[3];
     if (family == AF_INET) {
         p->family = AF_INET;
         __builtin_memcpy(p->addr, sa + 4, 4);
@@ -197,68 +180,46 @@ static __always_inline int read_sockaddr(struct pending *p, __u64 uaddr, __u64 l
     return -1;
 }
 
-static __always_inline void stash(struct pending *p)
+/* The failed syscall's first three arguments. */
+static __always_inline int args(__u64 *fd, __u64 *uaddr, __u64 *len)
 {
-    __u64 tid = bpf_get_current_pid_tgid();
-    if (bpf_map_update_elem(&pending, &tid, p, BPF_ANY))
-        count_drop(1);
+    struct pt_regs *regs = bpf_task_pt_regs(bpf_get_current_task_btf());
+    if (!regs)
+        return -1;
+    if (CORE_READ(fd, regs->di) || CORE_READ(uaddr, regs->si) || CORE_READ(len, regs->dx))
+        return -1;
+    return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_connect")
-int enter_connect(struct sys_enter_ctx *ctx)
+/* The inet socket behind `fd` if it has no local port and lives in a
+ * watched namespace: fills the key's namespace, family, socket type and
+ * local address. */
+static __always_inline struct sock *unbound_sock(__u64 fd, struct wkey *k, short *type)
 {
-    struct pending p = {};
     unsigned short family = 0;
-    short type = 0;
     __u16 num = 0;
+    struct net *net = 0;
 
-    if (read_sockaddr(&p, ctx->args[1], ctx->args[2]))
-        return 0;
-    struct sock *sk = fd_sock(ctx->args[0], &family, &type);
-    if (!sk || (type != SOCK_STREAM && type != SOCK_DGRAM))
+    struct sock *sk = fd_sock(fd, &family, type);
+    if (!sk)
         return 0;
     CORE_READ(&num, sk->__sk_common.skc_num);
     if (num)
-        return 0; /* bound: the kernel is not choosing a port */
-    p.fd = ctx->args[0];
-    p.op = OP_CONNECT;
-    stash(&p);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_bind")
-int enter_bind(struct sys_enter_ctx *ctx)
-{
-    struct pending p = {};
-
-    if (read_sockaddr(&p, ctx->args[1], ctx->args[2]))
+        return 0; /* it has a port: one that was asked for */
+    CORE_READ(&net, sk->__sk_common.skc_net.net);
+    if (!net)
         return 0;
-    if (p.dport)
-        return 0; /* a port was asked for: a conflict, not exhaustion */
-    p.fd = ctx->args[0];
-    p.op = OP_BIND;
-    stash(&p);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct sys_enter_ctx *ctx)
-{
-    struct pending p = {};
-    unsigned short family = 0;
-    short type = 0;
-    __u16 num = 0;
-
-    struct sock *sk = fd_sock(ctx->args[0], &family, &type);
-    if (!sk || type != SOCK_DGRAM)
+    CORE_READ(&k->netns, net->ns.inum);
+    if (!bpf_map_lookup_elem(&watch_netns, &k->netns))
         return 0;
-    CORE_READ(&num, sk->__sk_common.skc_num);
-    if (num)
-        return 0;
-    p.fd = ctx->args[0];
-    p.op = OP_SENDTO;
-    stash(&p);
-    return 0;
+    k->family = family;
+    k->sotype = *type;
+    if (family == AF_INET)
+        CORE_READ((__u32 *)k->laddr, sk->__sk_common.skc_rcv_saddr);
+    else
+        bpf_probe_read_kernel(k->laddr, 16,
+                              __builtin_preserve_access_index(&sk->__sk_common.skc_v6_rcv_saddr));
+    return sk;
 }
 
 /* comm of the thread group leader, and its tgid as portd's PID namespace
@@ -299,82 +260,85 @@ static __always_inline void pid_and_comm(struct wkey *k)
     }
 }
 
-static __always_inline int on_exit(struct sys_exit_ctx *ctx)
+static __always_inline void count(struct wkey *k)
 {
-    __u64 tid = bpf_get_current_pid_tgid();
-    struct pending *pp = bpf_map_lookup_elem(&pending, &tid);
-    if (!pp)
-        return 0;
-    struct pending p = *pp;
-    bpf_map_delete_elem(&pending, &tid);
-
-    __s64 ret = ctx->ret;
-    if (ret != -EADDRNOTAVAIL && ret != -EADDRINUSE && ret != -EAGAIN)
-        return 0;
-
-    unsigned short family = 0;
-    short type = 0;
-    struct sock *sk = fd_sock(p.fd, &family, &type);
-    if (!sk)
-        return 0;
-
-    struct wkey k = {};
-    if (p.op == OP_CONNECT && type == SOCK_STREAM && ret == -EADDRNOTAVAIL)
-        k.kind = KIND_TCP_CONNECT;
-    else if (p.op == OP_BIND && ret == -EADDRINUSE)
-        k.kind = KIND_BIND0;
-    else if ((p.op == OP_CONNECT || p.op == OP_SENDTO) && type == SOCK_DGRAM && ret == -EAGAIN)
-        k.kind = KIND_UDP_AUTOBIND;
-    else
-        return 0;
-
-    struct net *net = 0;
-    CORE_READ(&net, sk->__sk_common.skc_net.net);
-    if (!net)
-        return 0;
-    CORE_READ(&k.netns, net->ns.inum);
-    if (!bpf_map_lookup_elem(&watch_netns, &k.netns))
-        return 0;
-
-    k.family = family;
-    k.sotype = type;
-    if (k.kind == KIND_BIND0) {
-        /* The pool: the address bind() asked for. */
-        __builtin_memcpy(k.laddr, p.addr, 16);
-    } else if (family == AF_INET) {
-        CORE_READ((__u32 *)k.laddr, sk->__sk_common.skc_rcv_saddr);
-    } else {
-        bpf_probe_read_kernel(k.laddr, 16,
-                              __builtin_preserve_access_index(&sk->__sk_common.skc_v6_rcv_saddr));
-    }
-    if (k.kind == KIND_TCP_CONNECT) {
-        k.family = p.family;
-        k.dport = p.dport;
-        __builtin_memcpy(k.daddr, p.addr, 16);
-    }
-    pid_and_comm(&k);
-
-    __u64 *v = bpf_map_lookup_elem(&failures, &k);
+    pid_and_comm(k);
+    __u64 *v = bpf_map_lookup_elem(&failures, k);
     if (v) {
         __sync_fetch_and_add(v, 1);
-        return 0;
+        return;
     }
     __u64 one = 1;
-    if (bpf_map_update_elem(&failures, &k, &one, BPF_NOEXIST)) {
-        v = bpf_map_lookup_elem(&failures, &k);
+    if (bpf_map_update_elem(&failures, k, &one, BPF_NOEXIST)) {
+        v = bpf_map_lookup_elem(&failures, k);
         if (v)
             __sync_fetch_and_add(v, 1);
         else
             count_drop(0);
     }
-    return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_connect")
-int exit_connect(struct sys_exit_ctx *ctx) { return on_exit(ctx); }
+int exit_connect(struct sys_exit_ctx *ctx)
+{
+    __s64 ret = ctx->ret;
+    if (ret != -EADDRNOTAVAIL && ret != -EAGAIN)
+        return 0;
+    __u64 fd = 0, uaddr = 0, len = 0;
+    struct wkey k = {};
+    struct dest d = {};
+    short type = 0;
+    if (args(&fd, &uaddr, &len) || !unbound_sock(fd, &k, &type))
+        return 0;
+    if (type == SOCK_STREAM && ret == -EADDRNOTAVAIL) {
+        if (read_sockaddr(&d, uaddr, len))
+            return 0;
+        k.kind = KIND_TCP_CONNECT;
+        k.family = d.family;
+        k.dport = d.port;
+        __builtin_memcpy(k.daddr, d.addr, 16);
+    } else if (type == SOCK_DGRAM && ret == -EAGAIN) {
+        k.kind = KIND_UDP_AUTOBIND;
+    } else {
+        return 0;
+    }
+    count(&k);
+    return 0;
+}
 
 SEC("tracepoint/syscalls/sys_exit_bind")
-int exit_bind(struct sys_exit_ctx *ctx) { return on_exit(ctx); }
+int exit_bind(struct sys_exit_ctx *ctx)
+{
+    if (ctx->ret != -EADDRINUSE)
+        return 0;
+    __u64 fd = 0, uaddr = 0, len = 0;
+    struct wkey k = {};
+    struct dest d = {};
+    short type = 0;
+    if (args(&fd, &uaddr, &len) || read_sockaddr(&d, uaddr, len))
+        return 0;
+    if (d.port)
+        return 0; /* a port was asked for: a conflict, not exhaustion */
+    if (!unbound_sock(fd, &k, &type))
+        return 0;
+    k.kind = KIND_BIND0;
+    /* The pool: the address bind() asked for. */
+    __builtin_memcpy(k.laddr, d.addr, 16);
+    count(&k);
+    return 0;
+}
 
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(struct sys_exit_ctx *ctx) { return on_exit(ctx); }
+int exit_sendto(struct sys_exit_ctx *ctx)
+{
+    if (ctx->ret != -EAGAIN)
+        return 0;
+    __u64 fd = 0, uaddr = 0, len = 0;
+    struct wkey k = {};
+    short type = 0;
+    if (args(&fd, &uaddr, &len) || !unbound_sock(fd, &k, &type) || type != SOCK_DGRAM)
+        return 0;
+    k.kind = KIND_UDP_AUTOBIND;
+    count(&k);
+    return 0;
+}

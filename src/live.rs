@@ -49,6 +49,52 @@ pub struct Live {
     pub census: Census,
     /// The last change portd made to the range, from its state.
     pub last_change: Option<Change>,
+    /// The failure witness (witness/): whether it runs and what it saw.
+    pub witness: Option<Witness>,
+}
+
+/// The failure witness in the live view.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Witness {
+    pub active: bool,
+    /// `failure witness on: PATH (what it cannot see)` or why it is off.
+    pub describe: String,
+    /// Failed port allocations since the daemon started (all keys).
+    pub failures_total: u64,
+    /// Failures in the last minute (all keys).
+    pub last_minute_total: u64,
+    /// Failures the witness could not count (its map was full).
+    pub dropped_total: u64,
+    /// Per destination (TCP) or pool, and process; the most recent and
+    /// largest first, at most [`WITNESS_ROWS`].
+    pub failures: Vec<WitnessedFailure>,
+    /// Keys left out of `failures` by the limit.
+    pub failures_not_listed: usize,
+}
+
+/// The most rows of [`Witness::failures`] in the live view.
+pub const WITNESS_ROWS: usize = 50;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WitnessedFailure {
+    /// `tcp_connect`, `bind0` or `udp_autobind`.
+    pub kind: String,
+    /// The error the program saw.
+    pub errno: String,
+    pub netns: u64,
+    pub protocol: String,
+    pub local: String,
+    /// `ip:port` (TCP connect only).
+    pub destination: Option<String>,
+    /// The destination, or `PROTO pool LOCAL`.
+    pub target: String,
+    /// As portd's PID namespace numbers the process; none if not visible.
+    pub pid: Option<u32>,
+    pub comm: String,
+    pub total: u64,
+    pub last_minute: u64,
 }
 
 /// May the daemon write, and if not, why (authority.rs).
@@ -255,10 +301,14 @@ impl Daemon {
                     ),
                     None => "no census yet".into(),
                 };
-                format!(
+                let mut line = format!(
                     "daemon: running (pid {}), mode {}, {census}",
                     live.pid, live.authority.describe
-                )
+                );
+                if let Some(w) = &live.witness {
+                    witness_lines(&mut line, w);
+                }
+                line
             }
             Daemon::NotRunning(why) => {
                 format!("daemon: not running ({why}): no rates, no witnessed failures")
@@ -267,6 +317,44 @@ impl Daemon {
                 format!("daemon: unknown ({why}): no rates, no witnessed failures")
             }
         }
+    }
+}
+
+/// The witness's lines under the daemon line of `status` and `check`.
+fn witness_lines(out: &mut String, w: &Witness) {
+    use std::fmt::Write as _;
+    if !w.active {
+        let _ = write!(out, "\n{}", w.describe);
+        return;
+    }
+    let _ = write!(
+        out,
+        "\n{}\nwitnessed failures: {} in the last minute, {} since start",
+        w.describe, w.last_minute_total, w.failures_total
+    );
+    for f in &w.failures {
+        let pid = f
+            .pid
+            .map_or_else(|| "pid not visible".into(), |p| format!("pid {p}"));
+        let _ = write!(
+            out,
+            "\n  {} ({pid}): {} {} towards {}: {} in the last minute, {} since start",
+            f.comm, f.kind, f.errno, f.target, f.last_minute, f.total
+        );
+    }
+    if w.failures_not_listed > 0 {
+        let _ = write!(
+            out,
+            "\n  ... and {} more (status --json, metrics)",
+            w.failures_not_listed
+        );
+    }
+    if w.dropped_total > 0 {
+        let _ = write!(
+            out,
+            "\n  {} failures not counted: the witness's map was full",
+            w.dropped_total
+        );
     }
 }
 

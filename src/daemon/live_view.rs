@@ -43,5 +43,6 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
             to: Some(c.to),
             reason: c.reason.clone(),
         }),
+        witness: Some(poll.witness.live(std::time::Instant::now())),
     }
 }

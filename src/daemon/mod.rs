@@ -329,10 +329,9 @@ impl Daemon {
 
     /// Hands the reporter what a poll's metrics need besides its counters.
     fn report_with(&mut self, authority: &Authority, f: impl FnOnce(&mut Report, &Poll<'_>)) {
-        let witness = self.witness.metrics(Instant::now());
         let poll = Poll {
             host: &self.host,
-            witness_metrics: &witness,
+            witness: &self.witness,
             metrics_file: self.policy.metrics_file.as_deref(),
             interval: self.policy.interval,
             last: self.last.as_ref(),

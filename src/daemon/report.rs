@@ -80,8 +80,9 @@ pub(super) struct Poll<'a> {
     pub last: Option<&'a LastCensus>,
     pub last_change: Option<&'a Change>,
     pub authority: &'a Authority,
-    /// The failure witness's families (witness/runtime.rs).
-    pub witness_metrics: &'a str,
+    /// The failure witness (witness/runtime.rs), for the metrics and the
+    /// live view.
+    pub witness: &'a crate::witness::runtime::Running,
 }
 
 /// One line: headline usage, range, mode (sd_notify STATUS).
@@ -445,6 +446,7 @@ impl Report {
         let (Some(path), Some(last)) = (poll.metrics_file, poll.last) else {
             return;
         };
+        let witness = poll.witness.metrics(std::time::Instant::now());
         let snapshot = metrics::Snapshot {
             usage: &last.usage,
             level: last.level,
@@ -459,7 +461,7 @@ impl Report {
             last_change_at: poll.last_change.map(|c| c.at),
             widening_blocked: last.blocked,
             authority: poll.authority,
-            witness: poll.witness_metrics,
+            witness: &witness,
         };
         match metrics::write(path, &snapshot) {
             Ok(()) => {

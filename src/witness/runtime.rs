@@ -7,11 +7,10 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use serde_json::{Value, json};
-
 use super::tally::{Row, Tally};
 use super::{FailureKey, Witness};
 use crate::events::{self, Fields, Kind};
+use crate::live;
 
 pub struct Running {
     witness: Option<Witness>,
@@ -103,15 +102,23 @@ impl Running {
 
     /// For the daemon's live view (`status`): the path, and failures in the
     /// last minute and since start per destination/pool and process.
-    pub fn live(&self, now: Instant) -> Value {
-        let rows: Vec<Value> = self.tally.rows(now).iter().map(row_json).collect();
-        json!({
-            "active": self.active(),
-            "describe": self.describe,
-            "failures_total": self.tally.total(),
-            "failures": rows,
-            "dropped": self.tally.dropped,
-        })
+    pub fn live(&self, now: Instant) -> live::Witness {
+        let mut rows = self.tally.rows(now);
+        rows.sort_by(|a, b| {
+            (b.last_minute, b.total)
+                .cmp(&(a.last_minute, a.total))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        let not_listed = rows.len().saturating_sub(live::WITNESS_ROWS);
+        live::Witness {
+            active: self.active(),
+            describe: self.describe.clone(),
+            failures_total: self.tally.total(),
+            last_minute_total: rows.iter().map(|r| r.last_minute).sum(),
+            dropped_total: self.tally.dropped,
+            failures: rows.iter().take(live::WITNESS_ROWS).map(live_row).collect(),
+            failures_not_listed: not_listed,
+        }
     }
 }
 
@@ -157,20 +164,20 @@ fn families(rows: &[Row], dropped: u64) -> String {
     out
 }
 
-fn row_json(r: &Row) -> Value {
-    json!({
-        "kind": r.key.kind.as_str(),
-        "errno": r.key.kind.errno(),
-        "netns": r.key.netns,
-        "protocol": r.key.protocol,
-        "local": r.key.local.to_string(),
-        "destination": r.key.destination.map(|d| d.to_string()),
-        "target": r.key.target(),
-        "pid": r.key.pid,
-        "comm": r.key.comm,
-        "total": r.total,
-        "last_minute": r.last_minute,
-    })
+fn live_row(r: &Row) -> live::WitnessedFailure {
+    live::WitnessedFailure {
+        kind: r.key.kind.as_str().into(),
+        errno: r.key.kind.errno().into(),
+        netns: r.key.netns,
+        protocol: r.key.protocol.into(),
+        local: r.key.local.to_string(),
+        destination: r.key.destination.map(|d| d.to_string()),
+        target: r.key.target(),
+        pid: r.key.pid,
+        comm: r.key.comm.clone(),
+        total: r.total,
+        last_minute: r.last_minute,
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -291,5 +298,55 @@ mod tests {
             ]
         );
         assert!(!text.contains("pid"));
+    }
+
+    #[test]
+    fn the_live_view_lists_the_latest_and_largest_first_within_the_limit() {
+        let mut r = Running {
+            witness: None,
+            describe: "failure witness on: test".into(),
+            tally: Tally::default(),
+            read_error: None,
+        };
+        let t0 = Instant::now();
+        let old = key(WKind::TcpConnect, Some("10.0.0.1:443"), 10, "old");
+        r.tally.observe(
+            &Reading {
+                counts: vec![(old.clone(), 100)],
+                ..Reading::default()
+            },
+            t0,
+        );
+        let mut counts = vec![(old, 100)];
+        for i in 0..60u16 {
+            let dest = format!("10.0.1.{}:80", i + 1);
+            counts.push((
+                key(WKind::TcpConnect, Some(&dest), 20, "new"),
+                u64::from(i) + 1,
+            ));
+        }
+        let later = t0 + std::time::Duration::from_secs(90);
+        r.tally.observe(
+            &Reading {
+                counts,
+                ..Reading::default()
+            },
+            later,
+        );
+        let v = r.live(later);
+        assert_eq!(v.failures_total, 100 + (1..=60).sum::<u64>());
+        assert_eq!(
+            v.last_minute_total,
+            (1..=60).sum::<u64>(),
+            "the old 100 left the minute"
+        );
+        assert_eq!(v.failures.len(), live::WITNESS_ROWS);
+        assert_eq!(v.failures_not_listed, 61 - live::WITNESS_ROWS);
+        assert_eq!(v.failures[0].target, "10.0.1.60:80");
+        assert_eq!(v.failures[0].last_minute, 60);
+        assert!(
+            v.failures.iter().all(|f| f.comm == "new"),
+            "the old key is left out last"
+        );
     }
 }

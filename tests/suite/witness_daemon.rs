@@ -193,6 +193,54 @@ fn portd_run_counts_every_failure_the_clients_saw() {
         Some(&0.0)
     );
 
+    // `status` shows the same through the daemon's live view, per key.
+    let out = sandbox
+        .portd(&["status", "--json"])
+        .output()
+        .expect("portd status");
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
+    let w = &status["daemon"]["live"]["witness"];
+    assert_eq!(w["active"], true, "{status:#}");
+    assert_eq!(w["failures_total"].as_f64(), Some(total), "{w:#}");
+    let mut by_key: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for f in w["failures"].as_array().expect("failures") {
+        let key = f["target"].as_str().expect("target").to_string();
+        let who = format!(
+            "{} {}",
+            f["comm"].as_str().expect("comm"),
+            f["kind"].as_str().expect("kind")
+        );
+        *by_key.entry((key, who)).or_default() += f["total"].as_f64().expect("total");
+    }
+    let mut want_by_key: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for c in clients["clients"].as_array().expect("clients") {
+        for e in c["seen"].as_array().expect("seen") {
+            let target = match e["destination"].as_str() {
+                Some(d) => d.to_string(),
+                None => format!(
+                    "{} pool {}",
+                    e["protocol"].as_str().expect("protocol"),
+                    e["local"].as_str().expect("local")
+                ),
+            };
+            let who = format!(
+                "{} {}",
+                c["comm"].as_str().expect("comm"),
+                e["kind"].as_str().expect("kind")
+            );
+            *want_by_key.entry((target, who)).or_default() += e["count"].as_f64().expect("count");
+        }
+    }
+    assert_eq!(by_key, want_by_key, "status vs clients");
+    let human = sandbox.portd(&["status"]).output().expect("portd status");
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(&format!("since start: {total}"))
+            || human.contains(&format!("{total} since start")),
+        "{human}"
+    );
+
     // One journal entry per destination (TCP) or pool, naming a client.
     let alerts = sandbox.wait_alerts("port-allocation-failed", 5, 5 * SECOND);
     let mut targets: Vec<&str> = alerts

@@ -6,7 +6,8 @@
 //! one port-allocation-failed entry per destination or pool naming the
 //! process, and failures in another namespace are not counted. Without
 //! capabilities portd says once that the witness is off and carries on
-//! from the census. Needs root.
+//! from the census; in auto mode a witnessed failure widens at once, without
+//! waiting for the policy's hold. Needs root.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -307,5 +308,108 @@ fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_censu
     assert_eq!(off.len(), 1, "{off:?}");
     assert!(off[0].contains("Operation not permitted"), "{off:?}");
     assert!(portd.is_running());
+    portd.stop();
+}
+
+const AUTO_LONG_HOLD: &str = r#"
+[poll]
+interval = "200ms"
+max_staleness = "1s"
+
+[thresholds]
+hold = "1h"
+
+[widen]
+mode = "auto"
+cooldown = "0s"
+max_changes_per_hour = 100
+"#;
+
+/// Holds both ports of the range towards 127.0.0.1:5101 until a line comes
+/// on stdin, then tries one more connect and prints its errno.
+const HOLD_THEN_FAIL: &str = r#"
+import errno, socket, sys
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", 5101)); ls.listen(16)
+held = [socket.create_connection(("127.0.0.1", 5101)) for _ in range(2)]
+print("held", flush=True)
+sys.stdin.readline()
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", 5101)); print("connected", flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    if !have_root("in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold") {
+        return;
+    }
+    let mut sandbox = sandbox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("portd.toml");
+    write_policy(&policy, AUTO_LONG_HOLD);
+    let notify = Notify::bind(dir.path());
+    let stderr = dir.path().join("stderr");
+    let mut cmd = sandbox.portd(&["--config", policy.to_str().expect("utf-8"), "run"]);
+    cmd.env("NOTIFY_SOCKET", notify.path());
+    let mut portd = Portd::spawn(cmd, &stderr);
+    let mut notify = notify;
+    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
+
+    let mut client = sandbox
+        .command("python3")
+        .args(["-c", HOLD_THEN_FAIL])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut input = client.stdin.take().expect("stdin");
+    let mut output = BufReader::new(client.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    output.read_line(&mut line).expect("client line");
+    assert_eq!(line.trim(), "held");
+    // Every port in use: critical, but the 1 h hold keeps portd waiting.
+    std::thread::sleep(2 * SECOND);
+    assert_eq!(
+        sandbox.sysctl("net.ipv4.ip_local_port_range"),
+        "40000\t40001",
+        "widened before any failure: {}",
+        portd.stderr()
+    );
+    // A program fails to get a port: portd acts at once.
+    writeln!(input).expect("to client");
+    line.clear();
+    output.read_line(&mut line).expect("client line");
+    assert_eq!(line.trim(), "EADDRNOTAVAIL");
+    let failed_at = Instant::now();
+    let deadline = failed_at + 30 * SECOND;
+    let mut range = sandbox.sysctl("net.ipv4.ip_local_port_range");
+    while range == "40000\t40001" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        range = sandbox.sysctl("net.ipv4.ip_local_port_range");
+    }
+    eprintln!(
+        "range {range:?} {:?} after the failure",
+        failed_at.elapsed()
+    );
+    if range == "40000\t40001" {
+        let live = sandbox
+            .command("cat")
+            .arg("/run/portd/live.json")
+            .output()
+            .expect("cat live.json");
+        panic!(
+            "not widened after the failure: {}\n{}",
+            portd.stderr(),
+            String::from_utf8_lossy(&live.stdout)
+        );
+    }
+    drop(input);
+    let _ = client.wait();
     portd.stop();
 }

@@ -413,3 +413,34 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     let _ = client.wait();
     portd.stop();
 }
+
+/// The ramp harness (daemon_util.rs) in advise mode: the ramp ends at its
+/// first EADDRNOTAVAIL, and the witness counts exactly that one failure.
+#[test]
+fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {
+    if !have_root("the_ramps_failure_in_advise_mode_is_counted_exactly_once") {
+        return;
+    }
+    let mut sandbox = sandbox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
+    sandbox.ramp(10, 50);
+    assert_eq!(sandbox.wait_ramp(), (2, Some("EADDRNOTAVAIL".to_string())));
+    let want: BTreeMap<(String, String), f64> = [(
+        (
+            "portd_connect_failures_total".to_string(),
+            "comm=python3,local=0.0.0.0,remote=127.0.0.1,remote_port=5001".to_string(),
+        ),
+        1.0,
+    )]
+    .into();
+    let deadline = Instant::now() + 5 * SECOND;
+    let mut got = failures(&samples(dir.path()));
+    while got != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        got = failures(&samples(dir.path()));
+    }
+    assert_eq!(got, want, "the ramp saw one EADDRNOTAVAIL");
+    sandbox.release();
+    portd.stop();
+}

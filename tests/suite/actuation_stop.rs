@@ -90,8 +90,14 @@ fn sigterm_during_a_slow_write_starts_no_further_write() {
         &["widened ip_local_port_range 40000-40009 ->"],
         Duration::from_secs(10),
     );
+    // The confirmation is saved after the "widened" line; a SIGTERM in
+    // between would (rightly) start no save, so wait for it first.
+    wait_for(
+        "the confirmed widening in state.json",
+        Duration::from_secs(10),
+        || ns.try_state().filter(|s| s["pending"].is_null()),
+    );
     let (code, stderr) = again.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(ns.sysctl(RESERVED_KEY).contains(&LISTENER.to_string()));
-    assert!(ns.state()["pending"].is_null(), "{}", ns.state());
 }

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Ramp benchmark: how portd with the SHIPPED policy (config/portd.toml, only
+`mode` set) reacts to real load ramps towards one destination, against the
+namespace's default range 32768-60999 (tcp_tw_reuse=0, as towards any
+non-loopback upstream).
+
+Each cell runs three times, each in a fresh private network + mount
+namespace (tests/helpers/ramp_ns.py): without portd, with portd in auto mode,
+with portd in advise mode, each from a cold start. The report gives, per
+cell, ground truth from `ss` (peak usage without portd, whether it fits the
+policy's ceiling), the time of the first failed connect() without portd, and
+with portd the time (and ground-truth usage) of the first alert and of the
+widening, and the failed connects.
+
+Loads:
+  tw-R    R new connections/s from the step on, each closed first by the
+          client (a TIME_WAIT on its side for 60 s): needs about R x 60 ports
+  conc-N  long-lived connections opened at 1000/s up to a plateau of N, held
+
+Usage (as root, from the repository):
+  cargo build --release --locked
+  benches/ramp.py [--portd target/release/portd] [--cells tw-300,conc-30000]
+                  [--json results.json] [--duration-tw 70] [--duration-conc 55]
+Runs about 30 minutes for the full matrix (one cell at a time: they must not
+share the CPU). Prints a Markdown table on stdout.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELPER = os.path.join(ROOT, "tests/helpers/ramp_ns.py")
+POLICY = os.path.join(ROOT, "config/portd.toml")
+RANGE = "32768 60999"
+CELLS = ["tw-300", "tw-500", "tw-540", "tw-600", "tw-1000", "tw-2000",
+         "conc-30000", "conc-34000"]
+CONC_RATE = 1000
+
+
+def run_cell(cell, portd, mode, args):
+    kind, n = cell.split("-")
+    spec = {"portd": portd, "policy": POLICY, "mode": mode or "auto", "range": RANGE,
+            "warmup": 3}
+    if kind == "tw":
+        spec.update(load="time_wait", rate=int(n), workers=2, duration=args.duration_tw)
+    else:
+        spec.update(load="concurrency", rate=CONC_RATE, plateau=int(n),
+                    duration=args.duration_conc)
+    with tempfile.TemporaryDirectory() as d:
+        spec["dir"] = d
+        ns = [os.readlink(f"/proc/self/ns/{k}") for k in ("net", "mnt")]
+        r = subprocess.run(["unshare", "-n", "-m", sys.executable, "-u", HELPER, *ns,
+                            json.dumps(spec)], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"{cell} ({mode or 'no portd'}): ramp_ns.py failed: {r.stderr}")
+        return json.loads(r.stdout)
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def at(ev):
+    if not ev:
+        return "never"
+    return f"{ev['t']:.0f} s ({pct(ev['ratio'])})"
+
+
+def row(cell, none, auto, advise):
+    ff = none["first_failure"]
+    return "| " + " | ".join([
+        cell,
+        f"{none['attempts_per_second_mean']:.0f}",
+        f"{none['peak_usage']} ({pct(none['peak_ratio'])})",
+        "yes" if none["fits"] else "no",
+        "never" if ff is None else f"{ff} s",
+        str(none["failed_connects"]),
+        at(auto["first_alert"]),
+        at(auto["first_widening"]),
+        auto["range_after"].replace(" ", "-"),
+        str(auto["failed_connects"]),
+        at(advise["first_alert"]),
+        str(advise["failed_connects"]),
+    ]) + " |"
+
+
+HEADER = """| cell | attempts/s (no portd, mean) | peak usage without portd | fits ceiling | first failure without portd | failed connects without portd | auto: first alert (usage) | auto: widening (usage) | auto: range after | auto: failed connects | advise: first alert (usage) | advise: failed connects |
+|---|---|---|---|---|---|---|---|---|---|---|---|"""
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--portd", default=os.path.join(ROOT, "target/release/portd"))
+    p.add_argument("--cells", default=",".join(CELLS))
+    p.add_argument("--json")
+    p.add_argument("--duration-tw", type=int, default=70)
+    p.add_argument("--duration-conc", type=int, default=55)
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("benches/ramp.py needs root (private namespaces)")
+    if not os.access(args.portd, os.X_OK):
+        sys.exit(f"{args.portd}: no portd binary (cargo build --release --locked)")
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    print(f"portd commit {commit}, range {RANGE}, policy {POLICY} (only mode set)",
+          file=sys.stderr)
+    results, rows = [], []
+    started = time.monotonic()
+    for cell in args.cells.split(","):
+        runs = {}
+        for mode in (None, "auto", "advise"):
+            t0 = time.monotonic()
+            runs[mode or "none"] = run_cell(cell, None if mode is None else args.portd,
+                                            mode, args)
+            print(f"{cell} {mode or 'no portd'}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        results.append({"cell": cell, **runs})
+        rows.append(row(cell, runs["none"], runs["auto"], runs["advise"]))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"commit": commit, "range": RANGE, "results": results}, f)
+    print(f"commit {commit}; {time.monotonic() - started:.0f} s in all")
+    print(HEADER)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

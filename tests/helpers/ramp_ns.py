@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""One cell of a load ramp against `portd run` with the shipped policy, in a
+private network AND mount namespace. Used by the ramp tests
+(tests/suite/ramp.rs) and the ramp benchmark (benches/ramp.py).
+
+Run only as `unshare -n -m python3 -u ramp_ns.py OUTER_NET OUTER_MNT SPEC`,
+where OUTER_NET and OUTER_MNT are the `net:[...]` and `mnt:[...]` links of
+the caller. The script refuses to mount anything or write any sysctl unless
+both of its own namespaces differ from them and from PID 1's.
+
+SPEC is JSON:
+  {"portd": PATH or null,        the portd binary; null: a run without portd
+   "policy": PATH,               config/portd.toml of the tree (shipped policy)
+   "mode": "auto" | "advise",    the only key changed in it
+   "range": "40000 41999",       net.ipv4.ip_local_port_range of the namespace
+   "load": "time_wait" | "concurrency",
+   "rate": R,                    new connections/s at the step (time_wait, concurrency)
+   "accel": A,                   optional: the rate grows by A/s every second
+                                 instead (time_wait: a steadily rising load)
+   "plateau": N,                 concurrency: connections held at the end
+   "workers": N,                 time_wait: client processes sharing the rate (1)
+   "duration": S,                seconds from the step to the end of the run
+   "warmup": S,                  seconds portd runs before the step (cold start)
+   "dir": PATH}                  a directory of the caller for the policy copy
+
+Set up: every mount private, tmpfs over /etc/sysctl.d, /usr/lib/sysctl.d,
+/var/lib (portd's state) and /run (a systemd-journald of its own: portd logs
+there with --log-target journal), `lo` up, tcp_tw_reuse=0, the range, no
+reserved ports. A server on 127.0.0.1:5001 (port outside every range used)
+and the clients run as child processes in the same namespaces. In the
+time_wait load the client closes first and the server closes on end of
+file, so each connection leaves a TIME_WAIT on the client's side for 60 s.
+In the concurrency load the clients hold their connections and the server
+leaves them in its accept queue (somaxconn raised in the namespace), so no
+process needs more than 20 000 descriptors.
+
+Prints one JSON line: the summary (times in seconds from the step, usage as
+ground truth counted with `ss` every half second) and a per-second timeline.
+An alarm ends everything after the duration plus a margin.
+"""
+
+import ctypes
+import errno
+import json
+import os
+import re
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+PORT = 5001
+DEST = ("127.0.0.1", PORT)
+SAMPLE = 0.5
+MAX_FDS_PER_CLIENT = 15000
+
+
+def out(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def pdeathsig():
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+# --- roles run as children: server, client ----------------------------------
+
+
+def serve(accepting):
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(DEST)
+    ls.listen(65535)
+    out({"ready": True})
+    if not accepting:
+        signal.pause()
+        return
+    ls.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(ls, selectors.EVENT_READ, None)
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                while True:
+                    try:
+                        c, _ = ls.accept()
+                    except BlockingIOError:
+                        break
+                    c.setblocking(False)
+                    sel.register(c, selectors.EVENT_READ, True)
+            else:
+                c = key.fileobj
+                try:
+                    data = c.recv(64)
+                except OSError:
+                    data = b""
+                if not data:  # the client closed first: close, its side keeps TIME_WAIT
+                    sel.unregister(c)
+                    c.close()
+
+
+def client(load, rate, accel, plateau, duration):
+    """Opens connections at the scheduled rate from now; one line per second:
+    {"t": second, "ok": n, "eaddrnotavail": n, "other": n, "errno": name}."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    start = time.monotonic()
+    held = []
+    opened = 0
+    sec, ok, fail, other, last_err = 0, 0, 0, 0, None
+    while True:
+        now = time.monotonic() - start
+        if now >= duration:
+            break
+        while now >= sec + 1:
+            out({"t": sec, "ok": ok, "eaddrnotavail": fail, "other": other, "errno": last_err})
+            sec, ok, fail, other, last_err = sec + 1, 0, 0, 0, None
+        # Connections due by now: rate*t, or accel*t^2/2 for a rising rate.
+        due = accel * now * now / 2 if accel else rate * now
+        if load == "concurrency":
+            due = min(due, plateau)
+        if opened >= due:
+            wait = (opened + 1 - due) / max(rate or accel * now, 1.0)
+            time.sleep(min(max(wait, 0.0005), 0.05))
+            continue
+        opened += 1
+        c = socket.socket()
+        try:
+            c.connect(DEST)
+        except OSError as e:
+            c.close()
+            if e.errno == errno.EADDRNOTAVAIL:
+                fail += 1
+            else:
+                other += 1
+            last_err = errno.errorcode.get(e.errno, str(e.errno))
+            continue
+        ok += 1
+        if load == "concurrency":
+            held.append(c)
+        else:
+            c.close()  # first: the TIME_WAIT stays on this side
+    out({"t": sec, "ok": ok, "eaddrnotavail": fail, "other": other, "errno": last_err})
+    out({"done": True})
+    # Concurrency: hold until killed, so the ports stay in use until the end.
+    if held:
+        signal.pause()
+
+
+# --- the cell ------------------------------------------------------------------
+
+
+def check_private(outer_net, outer_mnt):
+    for kind, outer in (("net", outer_net), ("mnt", outer_mnt)):
+        own = os.readlink(f"/proc/self/ns/{kind}")
+        if own == outer:
+            sys.exit(f"refusing to run: {kind} namespace {own} is the caller's")
+        try:
+            if own == os.readlink(f"/proc/1/ns/{kind}"):
+                sys.exit(f"refusing to run: {kind} namespace {own} is PID 1's")
+        except OSError:
+            pass
+
+
+def run(*args):
+    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def write(path, value):
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def start_journald():
+    os.makedirs("/run/systemd/journal", exist_ok=True)
+    os.makedirs("/run/systemd/journald.conf.d", exist_ok=True)
+    write("/run/systemd/journald.conf.d/50-portd-test.conf",
+          "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\n"
+          "ForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\n"
+          "RateLimitIntervalSec=0\n")
+    env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="warning")
+    j = subprocess.Popen(["/usr/lib/systemd/systemd-journald"], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         preexec_fn=pdeathsig)
+    for _ in range(400):
+        if os.path.exists("/run/systemd/journal/socket"):
+            return j
+        if j.poll() is not None:
+            sys.exit(f"systemd-journald exited with {j.returncode}")
+        time.sleep(0.025)
+    sys.exit("systemd-journald did not create /run/systemd/journal/socket")
+
+
+def setup(spec):
+    run("mount", "--make-rprivate", "/")
+    for path in ("/etc/sysctl.d", "/usr/lib/sysctl.d", "/var/lib", "/run"):
+        if os.path.isdir(path):
+            run("mount", "-t", "tmpfs", "tmpfs", path)
+    run("ip", "link", "set", "lo", "up")
+    write("/proc/sys/net/ipv4/ip_local_port_range", spec["range"])
+    write("/proc/sys/net/ipv4/ip_local_reserved_ports", "\n")
+    write("/proc/sys/net/ipv4/tcp_tw_reuse", "0")
+    write("/proc/sys/net/core/somaxconn", "65535")
+    write("/proc/sys/net/ipv4/tcp_max_syn_backlog", "65535")
+
+
+def shipped_policy(spec):
+    """config/portd.toml as shipped, with only `mode` set."""
+    text = read(spec["policy"])
+    text, n = re.subn(r'(?m)^mode = "[a-z]+"$', f'mode = "{spec["mode"]}"', text)
+    if n != 1:
+        sys.exit(f"{spec['policy']}: expected one `mode = \"...\"` line, found {n}")
+    path = os.path.join(spec["dir"], "portd.toml")
+    write(path, text)
+    os.chmod(path, 0o644)
+    return path
+
+
+def spawn_role(args):
+    return subprocess.Popen([sys.executable, "-u", __file__, *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            preexec_fn=pdeathsig, text=True)
+
+
+def usage_now(low, high):
+    """Ground truth: client sockets to the destination with a local port in
+    the range, any state (TIME_WAIT, SYN_SENT, ESTABLISHED, FIN_WAIT...)."""
+    r = subprocess.run(["ss", "-Htan", "dst", f"{DEST[0]}:{PORT}"],
+                       capture_output=True, text=True, check=True)
+    n = 0
+    for line in r.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            port = int(fields[3].rsplit(":", 1)[1])
+            if low <= port <= high:
+                n += 1
+    return n
+
+
+def port_range():
+    low, high = read("/proc/sys/net/ipv4/ip_local_port_range").split()
+    return int(low), int(high)
+
+
+def journal():
+    r = subprocess.run(["journalctl", "-D", "/run/log/journal", "-o", "json", "--no-pager"],
+                       capture_output=True, text=True)
+    entries = []
+    for line in r.stdout.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("SYSLOG_IDENTIFIER") == "portd" and e.get("PORTD_EVENT"):
+            entries.append(e)
+    return entries
+
+
+def stop(p):
+    if p is not None and p.poll() is None:
+        p.terminate()  # our own child, by pid
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+ALERTS = ("usage-warning", "usage-critical")
+
+
+def is_alert(event):
+    return event in ALERTS or "exhaust" in event
+
+
+def cell(spec):
+    setup(spec)
+    journald = start_journald() if spec.get("portd") else None
+    portd = server = None
+    clients = []
+    try:
+        low0, high0 = port_range()
+        server = spawn_role(["server", "1" if spec["load"] == "time_wait" else "0"])
+        if json.loads(server.stdout.readline()).get("ready") is not True:
+            sys.exit("the server did not start")
+        if spec.get("portd"):
+            policy = shipped_policy(spec)
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("PORTD_ROOT", "JOURNAL_STREAM", "NOTIFY_SOCKET",
+                                "WATCHDOG_USEC", "WATCHDOG_PID")}
+            portd = subprocess.Popen(
+                [spec["portd"], "--config", policy, "run", "--log-target", "journal"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(spec["dir"], "portd.stderr"), "w"),
+                env=env, preexec_fn=pdeathsig)
+            time.sleep(spec.get("warmup", 3))
+            if portd.poll() is not None:
+                sys.exit(f"portd exited with {portd.returncode} before the step")
+
+        duration = spec["duration"]
+        rate, accel = spec.get("rate", 0), spec.get("accel", 0)
+        n = spec.get("workers", 1)
+        if spec["load"] == "concurrency":
+            n = max(1, -(-spec["plateau"] // MAX_FDS_PER_CLIENT))
+        step_wall = time.time()
+        step = time.monotonic()
+        for _ in range(n):
+            clients.append(spawn_role([
+                "client", spec["load"], str(rate / n), str(accel / n),
+                str(spec.get("plateau", 0) // n), str(duration)]))
+        for c in clients:
+            os.set_blocking(c.stdout.fileno(), False)
+
+        samples = []  # (t, usage, low, high)
+        per_sec = {}  # second -> [ok, eaddrnotavail, other]
+        errnos = set()
+        buffers = ["" for _ in clients]
+        done = 0
+        while done < len(clients):
+            t = time.monotonic() - step
+            low, high = port_range()
+            samples.append((round(t, 2), usage_now(low0, high), low, high))
+            for i, c in enumerate(clients):
+                try:
+                    chunk = c.stdout.read()
+                except (BlockingIOError, TypeError):
+                    chunk = None
+                if chunk:
+                    buffers[i] += chunk
+                while "\n" in buffers[i]:
+                    line, buffers[i] = buffers[i].split("\n", 1)
+                    m = json.loads(line)
+                    if m.get("done"):
+                        done += 1
+                        continue
+                    s = per_sec.setdefault(m["t"], [0, 0, 0])
+                    s[0] += m["ok"]
+                    s[1] += m["eaddrnotavail"]
+                    s[2] += m["other"]
+                    if m["errno"]:
+                        errnos.add(m["errno"])
+            if t > duration + 30:
+                sys.exit("the clients did not finish in time")
+            time.sleep(max(0.0, SAMPLE - (time.monotonic() - step - t)))
+        entries = journal() if portd is not None else []
+        if portd is not None and portd.poll() is not None:
+            sys.exit(f"portd exited with {portd.returncode} during the run")
+    finally:
+        for p in clients:
+            stop(p)
+        stop(portd)
+        stop(server)
+        stop(journald)
+
+    capacity0 = high0 - low0 + 1
+    capacity_ceiling = 65535 - low0 + 1
+
+    def usage_at(t):
+        """Ground-truth usage (count, ratio of the range then) last sampled at or before t."""
+        best = None
+        for s in samples:
+            if s[0] <= t:
+                best = s
+        if best is None:
+            return None, None
+        return best[1], round(best[1] / (best[3] - best[2] + 1), 4)
+
+    def first(pred):
+        for e in entries:
+            if pred(e["PORTD_EVENT"]):
+                t = int(e["__REALTIME_TIMESTAMP"]) / 1e6 - step_wall
+                count, ratio = usage_at(t)
+                return {"t": round(t, 2), "event": e["PORTD_EVENT"], "usage": count,
+                        "ratio": ratio, "portd_usage": e.get("PORTD_USAGE"),
+                        "message": e.get("MESSAGE")}
+        return None
+
+    widened = next(({"t": s[0], "range": f"{s[2]} {s[3]}"} for s in samples
+                    if (s[2], s[3]) != (low0, high0)), None)
+    failures = sum(v[1] for v in per_sec.values())
+    first_failure = min((t for t, v in per_sec.items() if v[1]), default=None)
+    secs = sorted(per_sec)
+    steady = [per_sec[t][0] + per_sec[t][1] for t in secs[1:-1]] or [0]
+    peak = max((s[1] for s in samples), default=0)
+    summary = {
+        "spec": {k: spec.get(k) for k in ("mode", "range", "load", "rate", "accel",
+                                           "plateau", "duration")},
+        "portd": bool(spec.get("portd")),
+        "range_before": f"{low0} {high0}",
+        "range_after": f"{samples[-1][2]} {samples[-1][3]}" if samples else None,
+        "capacity": capacity0,
+        "capacity_at_ceiling": capacity_ceiling,
+        "peak_usage": peak,
+        "peak_ratio": round(peak / capacity0, 4),
+        "fits": peak <= capacity_ceiling,
+        "first_alert": first(is_alert),
+        "first_widening": first(lambda ev: ev == "range-widened"),
+        "range_changed": widened,
+        "first_failure": first_failure,
+        "failed_connects": failures,
+        "other_errors": sum(v[2] for v in per_sec.values()),
+        "errnos": sorted(errnos),
+        "attempts_per_second_mean": round(sum(steady) / len(steady), 1),
+        "attempts_per_second_min": min(steady),
+        "events": [{"t": round(int(e["__REALTIME_TIMESTAMP"]) / 1e6 - step_wall, 2),
+                    "event": e["PORTD_EVENT"], "message": e.get("MESSAGE")} for e in entries],
+        "timeline": [{"t": t, "ok": per_sec[t][0], "eaddrnotavail": per_sec[t][1],
+                      "usage": usage_at(t + 1)[0]} for t in secs],
+    }
+    out(summary)
+
+
+def main():
+    role = sys.argv[1]
+    if role == "server":
+        serve(sys.argv[2] == "1")
+    elif role == "client":
+        load, rate, accel, plateau, duration = sys.argv[2:7]
+        client(load, float(rate), float(accel), int(plateau), float(duration))
+    else:
+        outer_net, outer_mnt, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+        check_private(outer_net, outer_mnt)
+        signal.alarm(int(spec["duration"]) + int(spec.get("warmup", 3)) + 90)
+        cell(spec)
+
+
+if __name__ == "__main__":
+    main()

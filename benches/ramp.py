@@ -21,6 +21,7 @@ Usage (as root, from the repository):
   cargo build --release --locked
   benches/ramp.py [--portd target/release/portd] [--cells tw-300,conc-30000]
                   [--json results.json] [--duration-tw 70] [--duration-conc 55]
+  benches/ramp.py --table-from results.json      # the table again, from the JSON
 Runs about 30 minutes for the full matrix (one cell at a time: they must not
 share the CPU). Prints a Markdown table on stdout.
 """
@@ -71,13 +72,28 @@ def at(ev):
     return f"{ev['t']:.0f} s ({pct(ev['ratio'])})"
 
 
+def demand(run):
+    """Ports the load asked for at its peak (ground truth): sockets in use
+    (ss) plus the connects that failed and would hold a port now, those of
+    the last 60 s (TIME_WAIT) or all so far (concurrency, held)."""
+    tl = run["timeline"]
+    window = 60 if run["spec"]["load"] == "time_wait" else len(tl) + 1
+    peak = 0
+    for i, s in enumerate(tl):
+        failed = sum(x["eaddrnotavail"] for x in tl[max(0, i - window + 1):i + 1])
+        peak = max(peak, (s["usage"] or 0) + failed)
+    return max(peak, run["peak_usage"])
+
+
 def row(cell, none, auto, advise):
     ff = none["first_failure"]
+    need = demand(none)
     return "| " + " | ".join([
         cell,
         f"{none['attempts_per_second_mean']:.0f}",
         f"{none['peak_usage']} ({pct(none['peak_ratio'])})",
-        "yes" if none["fits"] else "no",
+        f"{need} ({pct(need / none['capacity'])})",
+        "yes" if need <= none["capacity_at_ceiling"] else "no",
         "never" if ff is None else f"{ff} s",
         str(none["failed_connects"]),
         at(auto["first_alert"]),
@@ -89,8 +105,8 @@ def row(cell, none, auto, advise):
     ]) + " |"
 
 
-HEADER = """| cell | attempts/s (no portd, mean) | peak usage without portd | fits ceiling | first failure without portd | failed connects without portd | auto: first alert (usage) | auto: widening (usage) | auto: range after | auto: failed connects | advise: first alert (usage) | advise: failed connects |
-|---|---|---|---|---|---|---|---|---|---|---|---|"""
+HEADER = """| cell | attempts/s (no portd, mean) | peak usage without portd (ss) | demand: peak + failed | fits ceiling | first failure without portd | failed connects without portd | auto: first alert (usage) | auto: widening (usage) | auto: range after | auto: failed connects | advise: first alert (usage) | advise: failed connects |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|"""
 
 
 def main():
@@ -100,7 +116,17 @@ def main():
     p.add_argument("--json")
     p.add_argument("--duration-tw", type=int, default=70)
     p.add_argument("--duration-conc", type=int, default=55)
+    p.add_argument("--table-from", metavar="JSON",
+                   help="print the table of an earlier run's --json file and exit")
     args = p.parse_args()
+    if args.table_from:
+        with open(args.table_from) as f:
+            saved = json.load(f)
+        print(f"commit {saved['commit']}, range {saved['range']}")
+        print(HEADER)
+        for r in saved["results"]:
+            print(row(r["cell"], r["none"], r["auto"], r["advise"]))
+        return
     if os.geteuid() != 0:
         sys.exit("benches/ramp.py needs root (private namespaces)")
     if not os.access(args.portd, os.X_OK):

@@ -35,7 +35,9 @@ leaves them in its accept queue (somaxconn raised in the namespace), so no
 process needs more than 20 000 descriptors.
 
 Prints one JSON line: the summary (times in seconds from the step, usage as
-ground truth counted with `ss` every half second) and a per-second timeline.
+ground truth counted with `ss` every half second; "demand": the ports the load
+asked for, in use plus failed connects that would hold one; "fits": demand at
+most the capacity at the ceiling 65535) and a per-second timeline.
 An alarm ends everything after the duration plus a margin.
 """
 
@@ -391,6 +393,14 @@ def cell(spec):
     secs = sorted(per_sec)
     steady = [per_sec[t][0] + per_sec[t][1] for t in secs[1:-1]] or [0]
     peak = max((s[1] for s in samples), default=0)
+    # Ports the load asked for (ground truth): sockets in use plus the
+    # connects that failed and would hold a port then, those of the last
+    # 60 s (TIME_WAIT) or all so far (concurrency: held).
+    window = 60 if spec["load"] == "time_wait" else len(secs) + 1
+    demand = peak
+    for i, t in enumerate(secs):
+        failed = sum(per_sec[x][1] for x in secs[max(0, i - window + 1):i + 1])
+        demand = max(demand, (usage_at(t + 1)[0] or 0) + failed)
     summary = {
         "spec": {k: spec.get(k) for k in ("mode", "range", "load", "rate", "accel",
                                            "plateau", "duration")},
@@ -401,7 +411,8 @@ def cell(spec):
         "capacity_at_ceiling": capacity_ceiling,
         "peak_usage": peak,
         "peak_ratio": round(peak / capacity0, 4),
-        "fits": peak <= capacity_ceiling,
+        "demand": demand,
+        "fits": demand <= capacity_ceiling,
         "first_alert": first(is_alert),
         "first_widening": first(lambda ev: ev == "range-widened"),
         "range_changed": widened,

@@ -45,7 +45,15 @@ impl Notify {
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .unwrap();
         let mut buf = vec![0u8; 65536];
-        match self.socket.recv(&mut buf) {
+        // A signal meant for another test's child can interrupt the wait
+        // (EINTR): that is no answer, so wait again.
+        let received = loop {
+            match self.socket.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        match received {
             Ok(n) => {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 self.seen.push((Instant::now(), text.clone()));

@@ -50,6 +50,7 @@ common="\
 /usr/sbin/portd 755
 /usr/share/bash-completion/completions/portd 644
 /usr/share/doc/portd/examples/attribution.conf 644
+/usr/share/doc/portd/examples/containers.conf 644
 /usr/share/doc/portd/examples/metrics.conf 644
 /usr/share/fish/vendor_completions.d/portd.fish 644
 /usr/share/man/man5/portd.toml.5.gz 644
@@ -78,6 +79,14 @@ check_payload() { # NAME ROOT: what is inside the files
     root=$2
     "$root/usr/sbin/portd" --version | grep -qx "portd $version" || fail "$1: /usr/sbin/portd --version is not 'portd $version'"
     cmp -s "$root/etc/portd.toml" config/portd.toml || fail "$1: /etc/portd.toml is not config/portd.toml"
+    # The containers drop-in: as shipped, and granting what watching other
+    # network namespaces needs (setns, other users' /proc/<pid>/ns/net).
+    dropin=$root/usr/share/doc/portd/examples/containers.conf
+    cmp -s "$dropin" systemd/examples/containers.conf || fail "$1: examples/containers.conf is not systemd/examples/containers.conf"
+    for line in 'CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYS_PTRACE' 'AmbientCapabilities=CAP_SYS_ADMIN CAP_SYS_PTRACE' \
+        'RestrictNamespaces=net' 'PrivateUsers=no'; do
+        grep -qx "$line" "$dropin" || fail "$1: examples/containers.conf lacks '$line'"
+    done
     cmp -s "$root/usr/lib/systemd/system/portd.service" systemd/portd.service || fail "$1: the unit is not systemd/portd.service"
     cmp -s "$root/usr/lib/systemd/catalog/portd.catalog" packaging/portd.catalog || fail "$1: the catalog is not packaging/portd.catalog"
     for page in man8/portd.8 man5/portd.toml.5; do

@@ -219,7 +219,8 @@ fn run(cli: Cli) -> ExitCode {
                 Ok(source) => source,
                 Err(e) => return print(status::unknown(&e.to_string(), json)).into(),
             };
-            print(status::run(&host, source.as_ref(), &opts)).into()
+            let outcome = status::run(&host, source.as_ref(), &opts);
+            print(crate::netns::status::with_daemon_view(&host, outcome, json)).into()
         }
     }
 }

@@ -118,6 +118,11 @@ pub struct Fields {
     pub policy: Option<String>,
     /// A repeat of an alert whose level has not changed (`PORTD_REMINDER=1`).
     pub reminder: bool,
+    /// Another network namespace the event is about: `net:[INODE]` and
+    /// what a person calls it (src/netns/).
+    pub netns: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
 }
 
 /// Emits one event. `message` is the human text: one line, except the list
@@ -141,6 +146,9 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
                 portd_reason = f.reason.as_deref(),
                 portd_policy = f.policy.as_deref(),
                 portd_reminder = f.reminder.then_some(1u8),
+                portd_netns = f.netns.as_deref(),
+                portd_container = f.container.as_deref(),
+                portd_pod = f.pod.as_deref(),
                 "{message}"
             )
         };

@@ -51,6 +51,11 @@ pub struct Live {
     pub last_change: Option<Change>,
     /// The failure witness (witness/): whether it runs and what it saw.
     pub witness: Option<Witness>,
+    /// The other network namespaces the daemon watches (its own is the
+    /// headline above), worst first, at most [`NAMESPACES_SHOWN`].
+    pub namespaces: Vec<Namespace>,
+    /// What the daemon cannot see of the other namespaces, and why.
+    pub namespaces_note: Option<String>,
 }
 
 /// The failure witness in the live view.
@@ -95,6 +100,31 @@ pub struct WitnessedFailure {
     pub comm: String,
     pub total: u64,
     pub last_minute: u64,
+}
+
+/// The most other namespaces a live view lists.
+pub const NAMESPACES_SHOWN: usize = 50;
+
+/// Another network namespace as the daemon sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Namespace {
+    pub inode: u64,
+    /// The pod, the container, the netns name, the unit or the process.
+    pub label: String,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    /// How to run a command inside it.
+    pub enter: String,
+    /// The level the daemon holds for it (hold and hysteresis applied).
+    pub level: Option<Level>,
+    /// Its last census's headline; none while its counters alone show it
+    /// below the warning level.
+    pub headline: Option<Headline>,
+    /// The bound its counters give when no census was needed.
+    pub bound: Option<String>,
+    /// What to change, and where, while it is raised.
+    pub advice: Option<String>,
 }
 
 /// May the daemon write, and if not, why (authority.rs).
@@ -308,6 +338,7 @@ impl Daemon {
                 if let Some(w) = &live.witness {
                     witness_lines(&mut line, w);
                 }
+                line.push_str(&namespaces_lines(live));
                 line
             }
             Daemon::NotRunning(why) => {
@@ -355,6 +386,45 @@ fn witness_lines(out: &mut String, w: &Witness) {
             "\n  {} failures not counted: the witness's map was full",
             w.dropped_total
         );
+    }
+}
+
+/// The other namespaces of a live view, one line each, then the note.
+fn namespaces_lines(live: &Live) -> String {
+    let mut out = String::new();
+    for ns in &live.namespaces {
+        let what = match (&ns.headline, &ns.bound) {
+            (Some(h), _) => format!(
+                "{:.1}% ({}/{}) {}",
+                h.usage * 100.0,
+                h.used,
+                h.capacity,
+                h.cause
+            ),
+            (None, Some(bound)) => bound.clone(),
+            (None, None) => "not measured".into(),
+        };
+        out.push_str(&format!(
+            "\ndaemon: netns {} net:[{}] {}: {what}",
+            ns.label,
+            ns.inode,
+            ns.level.map_or("UNKNOWN", Level::label)
+        ));
+        if let Some(advice) = &ns.advice {
+            out.push_str(&format!("\n  advice: {advice}"));
+        }
+    }
+    if let Some(note) = &live.namespaces_note {
+        out.push_str(&format!("\ndaemon: {note}"));
+    }
+    out
+}
+
+/// The worst level the daemon holds for another namespace, with it.
+pub fn worst_namespace(daemon: &Daemon) -> Option<&Namespace> {
+    match daemon {
+        Daemon::Running { live, .. } => live.namespaces.iter().max_by_key(|n| n.level),
+        _ => None,
     }
 }
 

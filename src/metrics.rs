@@ -41,9 +41,14 @@ pub struct Snapshot<'a> {
     /// The failure witness's families, rendered by witness/runtime.rs and
     /// appended as they are.
     pub witness: &'a str,
+    /// The families of the other network namespaces
+    /// (`portd_netns_*{netns,container,pod}`, src/daemon/netns.rs),
+    /// appended as they are; empty when there are none.
+    pub netns: &'a str,
 }
 
-fn label(value: &str) -> String {
+/// A label value, escaped for the text format.
+pub fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -257,6 +262,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     yielded(&mut out, s.authority);
     out.0.push_str(s.witness);
+    out.0.push_str(s.netns);
     out.0
 }
 

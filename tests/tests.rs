@@ -27,6 +27,7 @@ mod suite {
     mod daemon_live;
     mod daemon_metrics;
     mod daemon_notify;
+    mod daemon_several_netns;
     mod daemon_util;
     mod hostile_reads;
     mod output_errors;

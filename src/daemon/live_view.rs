@@ -44,5 +44,7 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
             reason: c.reason.clone(),
         }),
         witness: Some(poll.witness.live(std::time::Instant::now())),
+        namespaces: poll.netns.namespaces.clone(),
+        namespaces_note: poll.netns.note.clone(),
     }
 }

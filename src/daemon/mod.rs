@@ -11,6 +11,7 @@ mod act;
 mod census_task;
 mod fastpath;
 mod live_view;
+mod netns;
 mod reload;
 mod report;
 
@@ -134,6 +135,8 @@ struct Tasks {
     reloading: Option<JoinHandle<LoadedPolicy>>,
     /// A SIGHUP during a reload reads the file again after it.
     reload_again: bool,
+    /// The poll of the other network namespaces (netns.rs).
+    netns: Option<netns::InFlight>,
 }
 
 struct Signals {
@@ -181,6 +184,8 @@ struct Daemon {
     /// failure that no decision has taken into account yet.
     witness: Witness,
     witnessed: bool,
+    /// The other network namespaces (netns.rs).
+    netns: netns::Watch,
 }
 
 impl Daemon {
@@ -218,6 +223,7 @@ impl Daemon {
             proc,
             witness: Witness::start((!live_host).then_some("the host root is a fixture tree")),
             witnessed: false,
+            netns: netns::Watch::default(),
         }
     }
 
@@ -267,6 +273,10 @@ impl Daemon {
                 }
                 result = join(&mut tasks.census) => self.census_ended(&mut tasks, result),
                 _ = join(&mut tasks.abandoned) => abandoned_ended(&mut tasks),
+                out = netns::join(&mut tasks.netns) => {
+                    tasks.netns = None;
+                    self.netns_ended(out);
+                }
                 _ = poll_tick.tick(), if tasks.census.is_none() => self.poll(&mut tasks, limit),
             }
             if std::mem::take(&mut self.recensus) {
@@ -337,6 +347,7 @@ impl Daemon {
             last: self.last.as_ref(),
             last_change: self.state.changes.last(),
             authority,
+            netns: &self.netns.published,
         };
         f(&mut self.report, &poll);
     }
@@ -378,6 +389,17 @@ impl Daemon {
                 self.report_with(&authority, |r, p| r.live(p));
             }
             None => tasks.census = self.tick(),
+        }
+        if tasks.netns.is_none() {
+            tasks.netns = self.netns.start(&self.host, &self.policy);
+        }
+    }
+
+    /// The poll of the other namespaces ended (netns.rs).
+    fn netns_ended(&mut self, out: Result<netns::Output, JoinError>) {
+        if self.netns.ended(out, &self.policy, self.clock.now()) {
+            let authority = self.authority();
+            self.report_with(&authority, |r, p| r.publish(p));
         }
     }
 

@@ -83,6 +83,8 @@ pub(super) struct Poll<'a> {
     /// The failure witness (witness/runtime.rs), for the metrics and the
     /// live view.
     pub witness: &'a crate::witness::runtime::Running,
+    /// The other network namespaces (netns.rs).
+    pub netns: &'a super::netns::Published,
 }
 
 /// One line: headline usage, range, mode (sd_notify STATUS).
@@ -139,7 +141,7 @@ fn usage_fields(usage: &Usage) -> Fields {
 /// "ephemeral ports warning", with its kind and whether it is a reminder:
 /// one entry per transition of the confirmed level, and a reminder at the
 /// policy's interval while it stays raised; never one per poll.
-fn level_event(d: &Decision) -> Option<(Kind, &'static str, bool)> {
+pub(super) fn level_event(d: &Decision) -> Option<(Kind, &'static str, bool)> {
     Some(match (d.transition, d.alert.level) {
         (Some(_), Level::Critical) => (Kind::UsageCritical, "ephemeral ports critical", false),
         (Some((Level::Critical, _)), Level::Warning) => (
@@ -462,6 +464,7 @@ impl Report {
             widening_blocked: last.blocked,
             authority: poll.authority,
             witness: &witness,
+            netns: &poll.netns.metrics,
         };
         match metrics::write(path, &snapshot) {
             Ok(()) => {

@@ -50,12 +50,7 @@ pub fn within<T: Send>(
                 file.as_fd(),
                 Some(rustix::thread::LinkNameSpaceType::Network),
             )
-            .map_err(|e| {
-                format!(
-                    "setns({}): {e} (entering another network namespace needs CAP_SYS_ADMIN)",
-                    path.display()
-                )
-            })?;
+            .map_err(|e| setns_error(&path, e))?;
             f(&view)
         })
         .join()
@@ -92,4 +87,65 @@ pub fn counters(host: &Host, ns: &Namespace) -> Option<(Totals, Option<u64>)> {
     let totals = sockstat::read_totals(&view, &mut Fresh).ok()?;
     let opens = sockstat::read_active_opens(&view, &mut Fresh).ok();
     Some((totals, opens))
+}
+
+/// The settings of each of `namespaces` from one thread that enters them
+/// in turn (the daemon's poll: one thread, not one per namespace). The
+/// thread ends after the last: nothing else ever runs in them. Under a
+/// fixture root nothing can be entered: each is an error.
+pub fn settings_each(
+    host: &Host,
+    namespaces: &[&Namespace],
+) -> Vec<Result<KernelSettings, String>> {
+    if host.root() != Path::new("/") {
+        return namespaces
+            .iter()
+            .map(|ns| {
+                within(host, ns, |view| {
+                    KernelSettings::read(view).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+    }
+    let view = host.with_net_dir("thread-self");
+    let files: Vec<Result<(std::fs::File, std::path::PathBuf), String>> = namespaces
+        .iter()
+        .map(|ns| {
+            let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
+            let file =
+                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((file, path))
+        })
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            files
+                .iter()
+                .map(|f| {
+                    let (file, path) = f.as_ref().map_err(Clone::clone)?;
+                    rustix::thread::move_into_link_name_space(
+                        file.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| setns_error(path, e))?;
+                    KernelSettings::read(&view).map_err(|e| e.to_string())
+                })
+                .collect()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            namespaces
+                .iter()
+                .map(|_| Err("the namespaces' settings thread panicked".to_string()))
+                .collect()
+        })
+    })
+}
+
+/// `setns` refused: with EPERM, what it needs.
+pub fn setns_error(path: &Path, e: rustix::io::Errno) -> String {
+    format!(
+        "setns({}): {e} (entering another network namespace needs CAP_SYS_ADMIN)",
+        path.display()
+    )
 }

@@ -269,6 +269,63 @@ pub fn command(host: &Host, pick: Option<&str>, opts: &StatusOptions) -> Option<
     }
 }
 
+/// A plain `status` of portd's own namespace while the daemon watches the
+/// others (its live view lists them, each a line in the daemon's part of
+/// the report): the headline and the exit status are the worst namespace's
+/// when the daemon holds one worse than portd's own.
+pub fn with_daemon_view(host: &Host, outcome: Outcome, json: bool) -> Outcome {
+    let daemon = live::read(host, std::time::SystemTime::now());
+    raise_to_worst(&daemon, outcome, json)
+}
+
+fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Outcome {
+    let Some(worst) = live::worst_namespace(daemon) else {
+        return outcome;
+    };
+    let Some(level) = worst.level else {
+        return outcome;
+    };
+    if level <= outcome.level || outcome.level == Level::Unknown {
+        return outcome;
+    }
+    outcome.level = level;
+    let what = match &worst.headline {
+        Some(h) => format!(
+            "{:.1}% ({}/{}) {}",
+            h.usage * 100.0,
+            h.used,
+            h.capacity,
+            h.cause
+        ),
+        None => "raised".into(),
+    };
+    if json {
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&outcome.text)
+            && let Some(obj) = v.as_object_mut()
+        {
+            obj.insert(
+                "status".into(),
+                serde_json::to_value(level).unwrap_or_default(),
+            );
+            obj.insert("exit_code".into(), level.exit_code().into());
+            obj.insert(
+                "worst_namespace".into(),
+                serde_json::to_value(worst).unwrap_or_default(),
+            );
+            outcome.text = format!("{v:#}\n");
+        }
+    } else {
+        outcome.text = format!(
+            "PORTD {} - {} net:[{}]: {what} (the daemon's view)\n{}",
+            level.label(),
+            worst.label,
+            worst.inode,
+            outcome.text
+        );
+    }
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +343,67 @@ mod tests {
             tcp_tw_reuse: crate::kernel::TwReuse::LoopbackOnly,
             tcp_timestamps: true,
         }
+    }
+
+    #[test]
+    fn the_daemon_view_of_a_worse_namespace_is_the_headline() {
+        let ns = |inode, level| live::Namespace {
+            inode,
+            label: format!("netns n{inode}"),
+            level: Some(level),
+            headline: Some(live::Headline {
+                usage: 0.75,
+                used: 15,
+                capacity: 20,
+                cause: "destination 127.0.0.1 -> 127.0.0.1:9000".into(),
+                level: Some(level),
+            }),
+            ..live::Namespace::default()
+        };
+        let daemon = live::Daemon::Running {
+            live: Box::new(live::Live {
+                namespaces: vec![ns(7, Level::Warning), ns(9, Level::Critical)],
+                ..live::Live::default()
+            }),
+            age: std::time::Duration::ZERO,
+        };
+        let own = |level| Outcome {
+            text: "PORTD OK - 0.0% ...\n".into(),
+            level,
+        };
+        let raised = raise_to_worst(&daemon, own(Level::Ok), false);
+        assert_eq!(raised.level, Level::Critical);
+        assert!(
+            raised.text.starts_with(
+                "PORTD CRITICAL - netns n9 net:[9]: 75.0% (15/20) destination 127.0.0.1 -> 127.0.0.1:9000 (the daemon's view)\nPORTD OK"
+            ),
+            "{}",
+            raised.text
+        );
+        // Its own report stays when it is as bad, or unknown.
+        assert_eq!(
+            raise_to_worst(&daemon, own(Level::Critical), false).text,
+            own(Level::Ok).text
+        );
+        assert_eq!(
+            raise_to_worst(&daemon, own(Level::Unknown), false).level,
+            Level::Unknown
+        );
+        let json = Outcome {
+            text: "{\"status\": \"ok\", \"exit_code\": 0}".into(),
+            level: Level::Ok,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&raise_to_worst(&daemon, json, true).text).unwrap();
+        assert_eq!(v["status"], "critical");
+        assert_eq!(v["exit_code"], 2);
+        assert_eq!(v["worst_namespace"]["inode"], 9);
+        // No daemon: nothing changes.
+        let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+        assert_eq!(
+            raise_to_worst(&none, own(Level::Ok), false).level,
+            Level::Ok
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Several network namespaces for portd's container-host test (DESIGN.md,
 # "Several namespaces"). Run ONLY as
-#   unshare --pid --fork --mount-proc --net --mount sh several_netns.sh PORTD OUT
+#   unshare --pid --fork --mount-proc --net --mount sh several_netns.sh PORTD OUT [ACTIONS]
+# ACTIONS: a shell file sourced in place of the `portd status` runs below
+# (tests/helpers/daemon_several_netns.sh), with $BUSY and $QUIET set.
 # so that discovery sees only this test's processes and named namespaces,
 # and `ip netns add` writes under a private tmpfs /run, never the machine's.
 # Every sysctl written here is in a namespace this script created.
@@ -52,10 +54,14 @@ count() { nsenter -t "$1" -n ss -Htn state established '( dport = :9000 )' | wc 
 count "$BUSY" > "$OUT/busy.ss"; count "$QUIET" > "$OUT/quiet.ss"
 
 set +e
+if [ -n "${3:-}" ]; then
+. "$3"
+else
 "$PORTD" --config "$OUT/none.toml" status --json > "$OUT/all.json"; echo $? > "$OUT/all.rc"
 "$PORTD" --config "$OUT/none.toml" status > "$OUT/all.txt"; echo $? > "$OUT/all-text.rc"
 "$PORTD" --config "$OUT/none.toml" status --json --netns quiet > "$OUT/quiet.json"; echo $? > "$OUT/quiet.rc"
 "$PORTD" --config "$OUT/none.toml" status --json --netns "$(tr -dc 0-9 < "$OUT/busy.netns")" > "$OUT/busy.json"; echo $? > "$OUT/busy.rc"
+fi
 set -e
 
 range "$BUSY" > "$OUT/busy.after"; range "$QUIET" > "$OUT/quiet.after"; range $$ > "$OUT/own.after"

@@ -9,7 +9,8 @@
 #     conffile / %config(noreplace), both carry a changelog, and the
 #     maintainer scripts parse and do what each distribution expects;
 #   - the packaged unit passes `systemd-analyze verify` and its exposure
-#     (`systemd-analyze security`) is at most 1.5 (DESIGN.md "Privileges").
+#     (`systemd-analyze security`) is at most 1.5 (DESIGN.md "Privileges"),
+#     with the containers.conf drop-in at most 2.5.
 # Usage: packaging/check-packages.sh
 set -eu
 export LC_ALL=C
@@ -156,3 +157,15 @@ exposure=$(systemd-analyze security --offline=yes "$scratch/deb/usr/lib/systemd/
 [ -n "$exposure" ] || fail "systemd-analyze security gave no exposure level"
 awk -v e="$exposure" 'BEGIN { exit !(e <= 1.5) }' || fail "exposure of portd.service is $exposure, above 1.5"
 ok "systemd-analyze security portd.service: exposure $exposure (at most 1.5)"
+# With the containers.conf drop-in (watching other network namespaces): at
+# most 2.5. The unit and the drop-in from the .deb, in a scratch root.
+sroot=$scratch/security-root
+mkdir -p "$sroot/etc/systemd/system/portd.service.d" "$sroot/usr/sbin"
+cp "$scratch/deb/usr/lib/systemd/system/portd.service" "$sroot/etc/systemd/system/"
+cp "$scratch/deb/usr/share/doc/portd/examples/containers.conf" "$sroot/etc/systemd/system/portd.service.d/"
+cp "$scratch/deb/usr/sbin/portd" "$sroot/usr/sbin/"
+exposure=$(systemd-analyze security --offline=yes --root="$sroot" portd.service 2>&1 \
+    | sed -n 's/.*Overall exposure level for portd.service: \([0-9.]*\).*/\1/p')
+[ -n "$exposure" ] || fail "systemd-analyze security gave no exposure level with containers.conf"
+awk -v e="$exposure" 'BEGIN { exit !(e <= 2.5) }' || fail "exposure of portd.service with containers.conf is $exposure, above 2.5"
+ok "systemd-analyze security portd.service + containers.conf: exposure $exposure (at most 2.5)"

@@ -134,7 +134,7 @@ fn scope(host: &Host) -> Scope {
         Ok(link) => link.to_str().and_then(discovery::parse_link),
         Err(e) => {
             return Scope::Hidden(format!(
-                "other network namespaces are not watched: /proc/1/ns/net: {e} (other users' processes are hidden: ProtectProc=invisible or PrivateUsers=; see /usr/share/doc/portd/examples/containers.conf)"
+                "other network namespaces are not watched: /proc/1/ns/net: {e} (reading other processes' namespaces needs CAP_SYS_PTRACE outside a private user namespace: /usr/share/doc/portd/examples/containers.conf grants what watching them needs)"
             ));
         }
     };
@@ -153,6 +153,8 @@ pub(super) struct Output {
     note: Option<String>,
     /// Processes whose namespace could not be read.
     unreadable: u32,
+    /// The host's namespace cannot be told at all ([`Scope::Hidden`]).
+    hidden: bool,
 }
 
 struct Censused {
@@ -229,9 +231,10 @@ fn pick(mut due: Vec<(u64, Due, Option<Duration>)>, n: usize) -> Vec<u64> {
 
 /// One poll of the other namespaces, on a blocking thread.
 fn poll(host: &Host, mut known: Known, policy: &Policy) -> Output {
-    let nothing = |note| Output {
+    let nothing = |note: Option<String>| Output {
         known: Known::new(),
         censused: Vec::new(),
+        hidden: note.is_some(),
         note,
         unreadable: 0,
     };
@@ -271,6 +274,7 @@ fn poll(host: &Host, mut known: Known, policy: &Policy) -> Output {
         censused,
         note,
         unreadable,
+        hidden: false,
     }
 }
 
@@ -563,8 +567,14 @@ impl Watch {
         });
         match &note {
             Some(note) => {
+                // Under the default unit that is by design: a notice. Lost
+                // sight with the drop-in in place is a warning.
                 if self.note.is_new(note) {
-                    tracing::warn!("{note}; portd watches its own namespace");
+                    if out.hidden {
+                        tracing::info!("{note}; portd watches its own namespace");
+                    } else {
+                        tracing::warn!("{note}; portd watches its own namespace");
+                    }
                 }
             }
             None => {

@@ -33,6 +33,12 @@
 #   5. `systemctl stop portd` is clean (inactive, result success);
 #   6. the .deb's prerm (remove) stops portd and rolls back (range, drop-in),
 #      its postrm (purge) removes /var/lib/portd;
+#   5a. with the example containers.conf drop-in, portd watches a second
+#      network namespace (an `unshare -n` child inside the test's namespaces
+#      holding 15 connections in a 20-port range of its own): its critical
+#      alert names it (PORTD_NETNS) with the count `ss` shows inside it, and
+#      its range is left as it was (advice only); without the drop-in
+#      (steps 1-5) portd said that it cannot watch other namespaces;
 #   7. with the example attribution.conf drop-in, the alert names the
 #      ramp's process; then the same as 6 for the .rpm's %preun and %postun.
 # Steps 6 and 7 run the packages' own scripts inside the namespace.
@@ -92,6 +98,7 @@ failed=0
 pid=""        # host pid of the namespace's systemd (PID 1 inside)
 outer=""      # host pid of setsid/unshare
 ramp=""       # host pid of the nsenter running the ramp
+holder=""     # host pid of the nsenter running the second namespace's holder
 cgroups_before=$work/cgroups.before
 
 cleanup() {
@@ -104,7 +111,7 @@ cleanup() {
         kill -9 "$pid"
     fi
     # Reap what we started; each exits once the namespace is gone.
-    for p in $ramp $outer; do
+    for p in $ramp $holder $outer; do
         wait "$p" 2>/dev/null || true
     done
     remove_cgroups
@@ -364,6 +371,54 @@ stop_took=$(( $(date +%s) - stop_started ))
 [ "$(prop Result)" = success ] || fail "portd's result after stop is $(prop Result), not success"
 [ "$stop_took" -le 5 ] || fail "systemctl stop took ${stop_took}s (portd must stop within 2s of SIGTERM)"
 passed=$((passed + 1)); say "5. stopped cleanly in ${stop_took}s: inactive, result success"
+
+# --- 5a. another network namespace, with containers.conf ---------------------
+
+cat > "$work/hold.py" <<'PY'
+# Inside a network namespace of its own (unshare -n, within the test's
+# namespaces): a 20-port range, 15 connections to itself held open.
+import os, socket, subprocess, sys, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("40000 40019\n")
+srv = socket.socket(); srv.bind(("127.0.0.1", 9000)); srv.listen(64)
+held = []
+for _ in range(15):
+    c = socket.create_connection(("127.0.0.1", 9000)); a, _ = srv.accept(); held += [c, a]
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {os.readlink('/proc/self/ns/net')}\n")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(120)
+PY
+rm -f "$work/hold.ready"
+nsenter -t "$pid" -m -p -n unshare -n "$python" "$work/hold.py" "$work/hold.ready" >"$work/hold.out" 2>&1 &
+holder=$!
+wait_for 15 "the second namespace's holder did not connect: $(cat "$work/hold.out")" test -s "$work/hold.ready"
+read -r hold_pid hold_netns < "$work/hold.ready"
+hold_range() { ns nsenter -t "$hold_pid" -n cat /proc/sys/net/ipv4/ip_local_port_range /proc/sys/net/ipv4/ip_local_reserved_ports; }
+hold_before=$(hold_range)
+hold_ss=$(ns nsenter -t "$hold_pid" -n ss -Htn state established '( dport = :9000 )' | wc -l)
+# Without the drop-in (steps 1-5) portd said what it cannot see.
+unwatched=$(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service | grep -c '^other network namespaces are not watched' || true)
+[ "$unwatched" -ge 1 ] || fail "under the default unit, portd did not say that it cannot watch other network namespaces"
+cp "$work/root/usr/share/doc/portd/examples/containers.conf" \
+    "/proc/$pid/root/run/systemd/system/portd.service.d/containers.conf"
+ns systemctl daemon-reload
+timeout 30 nsenter -t "$pid" -m -p -n systemctl start portd.service || fail "systemctl start portd (with containers.conf) failed"
+netns_alert() {
+    ns journalctl --no-pager -o json _SYSTEMD_UNIT=portd.service PORTD_EVENT=usage-critical "PORTD_NETNS=$hold_netns" \
+        | grep -q "\"PORTD_USED\":\"$hold_ss\""
+}
+wait_for 20 "with containers.conf, no usage-critical entry with PORTD_NETNS=$hold_netns and PORTD_USED=$hold_ss (ss inside it); journal: $(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service | tail -n 5)" netns_alert
+netns_entry=$(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service "PORTD_NETNS=$hold_netns" | tail -n 1)
+[ "$(hold_range)" = "$hold_before" ] || fail "the second namespace's range or reserved ports changed: '$hold_before' -> '$(hold_range)'"
+timeout 30 nsenter -t "$pid" -m -p -n systemctl stop portd.service || fail "systemctl stop portd (with containers.conf) failed"
+rm -f "/proc/$pid/root/run/systemd/system/portd.service.d/containers.conf"
+ns systemctl daemon-reload
+kill "$holder" 2>/dev/null || true
+ns kill "$hold_pid" 2>/dev/null || true
+say "   with containers.conf: $netns_entry"
+passed=$((passed + 1)); say "5a. containers.conf: the second namespace $hold_netns is reported critical ($hold_ss of 20, as ss shows), its range left as it was"
 
 # --- 6, 7. removal: the packages' own maintainer scripts ---------------------
 # Run inside the namespace, where every path they touch (/etc through the

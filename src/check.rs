@@ -70,6 +70,10 @@ pub struct Report {
     /// What the running daemon knows (live.rs), or why nothing.
     #[serde(serialize_with = "daemon_report")]
     pub daemon: live::Daemon,
+    /// With the plan, at the warning level or above: what else closes the
+    /// gap (remedy.rs), the first whose effect closes it first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remedies: Vec<crate::remedy::Remedy>,
 }
 
 fn daemon_report<S: serde::Serializer>(d: &live::Daemon, s: S) -> Result<S::Ok, S::Error> {
@@ -184,7 +188,9 @@ pub fn run(
         );
     }
     if opts.plan {
-        report.plan = Some(plan_now(scan.as_ref(), &policy, &state, &usage));
+        let (decision, remedies) = plan_now(scan.as_ref(), &policy, &state, &usage);
+        report.plan = Some(decision);
+        report.remedies = remedies;
     }
     report
 }
@@ -205,6 +211,7 @@ impl Report {
             findings: Vec::new(),
             plan: None,
             daemon: live::Daemon::NotRunning(live::NotRunning::Absent),
+            remedies: Vec::new(),
         }
     }
 
@@ -309,13 +316,14 @@ fn usage_findings(usage: &usage::Usage, report: &mut Report) {
     }
 }
 
-/// What the daemon would do on a poll now, with the level already held.
+/// What the daemon would do on a poll now, with the level already held,
+/// and the remedies at the warning level or above.
 fn plan_now(
     scan: Option<&Scan>,
     policy: &Policy,
     state: &State,
     usage: &usage::Usage,
-) -> planner::Decision {
+) -> (planner::Decision, Vec<crate::remedy::Remedy>) {
     let pin = scan.and_then(|scan| actuator::pin(scan, &policy.dropin_name));
     let mut history = state.history();
     history.alert.level = Level::of(
@@ -323,20 +331,30 @@ fn plan_now(
         policy.thresholds.warning(),
         policy.thresholds.critical(),
     );
-    planner::plan(&Inputs {
-        observation: &Observation::from_usage(usage),
+    let authority = crate::authority::Authority::of(
+        policy.mode,
+        false,
+        None,
+        state.yielded.as_ref().map(|y| y.reason.as_str()),
+    );
+    let observation = Observation::from_usage(usage);
+    let inputs = Inputs {
+        observation: &observation,
         policy,
         history: &history,
         pin: pin.as_ref(),
         now: SystemTime::now(),
-        authority: &crate::authority::Authority::of(
-            policy.mode,
-            false,
-            None,
-            state.yielded.as_ref().map(|y| y.reason.as_str()),
-        ),
+        authority: &authority,
         witnessed_failure: false,
-    })
+        forecast: &[],
+    };
+    let decision = planner::plan(&inputs);
+    let remedies = if history.alert.level >= Level::Warning {
+        crate::remedy::for_headline(usage, inputs.capacity_at_bounds())
+    } else {
+        Vec::new()
+    };
+    (decision, remedies)
 }
 
 /// portd's drop-in: whether portd may write it (it never overwrites a file
@@ -576,14 +594,7 @@ pub fn render_human(r: &Report) -> String {
         let spans: Vec<String> = r.may_open.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "may open   {}", spans.join(", "));
     }
-    if let Some(d) = &r.plan {
-        let _ = writeln!(
-            out,
-            "plan       level {:?}: {}",
-            d.raw_level,
-            describe(&d.action)
-        );
-    }
+    render_plan(r, &mut out);
     let _ = writeln!(out, "{}", r.daemon.line());
     for f in &r.findings {
         let label = match f.severity {
@@ -603,6 +614,32 @@ pub fn render_human(r: &Report) -> String {
         }
     );
     out
+}
+
+/// The plan and the remedies of `check --plan`.
+fn render_plan(r: &Report, out: &mut String) {
+    if let Some(d) = &r.plan {
+        let _ = writeln!(
+            out,
+            "plan       level {:?}: {}",
+            d.raw_level,
+            describe(&d.action)
+        );
+    }
+    for remedy in &r.remedies {
+        let _ = writeln!(
+            out,
+            "remedy     {} ({} ports{}): {}",
+            remedy.id,
+            remedy.effect,
+            if remedy.closes_gap {
+                ", closes the gap"
+            } else {
+                ""
+            },
+            remedy.advice
+        );
+    }
 }
 
 fn describe(a: &Action) -> String {

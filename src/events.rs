@@ -18,10 +18,12 @@ pub enum Kind {
     PolicyRejected,
     ConfigurationHazard,
     PortAllocationFailed,
+    PortsExhausted,
+    ExhaustionEnded,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::UsageWarning,
         Kind::UsageCritical,
         Kind::UsageRecovered,
@@ -33,6 +35,8 @@ impl Kind {
         Kind::PolicyRejected,
         Kind::ConfigurationHazard,
         Kind::PortAllocationFailed,
+        Kind::PortsExhausted,
+        Kind::ExhaustionEnded,
     ];
 
     /// Stable ids: never change one once released (catalog and alert rules use them).
@@ -49,6 +53,8 @@ impl Kind {
             Kind::PolicyRejected => "de422eefe5c9430bbc2e3f86a3eb0a61",
             Kind::ConfigurationHazard => "907f11ee18bd4dd49cb23d5c48049dda",
             Kind::PortAllocationFailed => "bc91379153534ca58f0c1d5d8a11bbbd",
+            Kind::PortsExhausted => "fa44ff2d77104282ace1f520cadd61fc",
+            Kind::ExhaustionEnded => "3da35bbbb0ff47d4a2f58643d702576e",
         }
     }
 
@@ -65,6 +71,8 @@ impl Kind {
             Kind::PolicyRejected => "policy-rejected",
             Kind::ConfigurationHazard => "configuration-hazard",
             Kind::PortAllocationFailed => "port-allocation-failed",
+            Kind::PortsExhausted => "ports-exhausted",
+            Kind::ExhaustionEnded => "exhaustion-ended",
         }
     }
 
@@ -75,12 +83,16 @@ impl Kind {
             Kind::UsageCritical
             | Kind::PersistFailed
             | Kind::PolicyRejected
-            | Kind::PortAllocationFailed => Severity::Error,
+            | Kind::PortAllocationFailed
+            | Kind::PortsExhausted => Severity::Error,
             Kind::UsageWarning
             | Kind::WideningBlocked
             | Kind::ExternalChange
             | Kind::ConfigurationHazard => Severity::Warning,
-            Kind::UsageRecovered | Kind::RangeWidened | Kind::PolicyReloaded => Severity::Notice,
+            Kind::UsageRecovered
+            | Kind::RangeWidened
+            | Kind::PolicyReloaded
+            | Kind::ExhaustionEnded => Severity::Notice,
         }
     }
 }
@@ -123,6 +135,11 @@ pub struct Fields {
     pub netns: Option<String>,
     pub container: Option<String>,
     pub pod: Option<String>,
+    /// Seconds until the first destination or pool runs out, when the
+    /// forecast says it will.
+    pub time_to_exhaustion: Option<u64>,
+    /// Remedy ids (remedy.rs), the first that closes the gap first.
+    pub remedy: Option<String>,
 }
 
 /// Emits one event. `message` is the human text: one line, except the list
@@ -149,6 +166,8 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
                 portd_netns = f.netns.as_deref(),
                 portd_container = f.container.as_deref(),
                 portd_pod = f.pod.as_deref(),
+                portd_time_to_exhaustion = f.time_to_exhaustion,
+                portd_remedy = f.remedy.as_deref(),
                 "{message}"
             )
         };

@@ -56,6 +56,9 @@ pub struct Live {
     pub namespaces: Vec<Namespace>,
     /// What the daemon cannot see of the other namespaces, and why.
     pub namespaces_note: Option<String>,
+    /// Rates and forecasts of the last census (forecast.rs); none before
+    /// the first census.
+    pub forecast: Option<Outlook>,
 }
 
 /// The failure witness in the live view.
@@ -125,6 +128,49 @@ pub struct Namespace {
     pub bound: Option<String>,
     /// What to change, and where, while it is raised.
     pub advice: Option<String>,
+}
+
+/// Where usage is heading (issue 13).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Outlook {
+    /// Seconds until the first destination or pool runs out; none while
+    /// nothing grows towards it.
+    pub time_to_exhaustion_seconds: Option<f64>,
+    /// `Tcp: ActiveOpens` at the last poll: connect() attempts in the
+    /// namespace since boot (a counter; its rate is the connection rate).
+    pub connect_attempts_total: Option<u64>,
+    /// The top destinations by usage and by growth, and the pools.
+    pub targets: Vec<Target>,
+    /// For a load the policy's bounds cannot hold: what else closes the
+    /// gap (remedy.rs ids, as PORTD_REMEDY and `check --plan`).
+    pub remedies: Vec<Remedy>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Target {
+    /// `destination 10.0.0.1 -> 10.0.0.2:80`, `UDP pool`, `TCP bind(0) pool`.
+    pub target: String,
+    pub used: u64,
+    pub capacity: u64,
+    pub growth_per_second: f64,
+    /// New TIME_WAIT per second: closed connections, a lower bound of the
+    /// connection rate towards it.
+    pub connection_rate: f64,
+    /// Where usage levels off (TIME_WAIT-dominated); none for a trend.
+    pub steady_state: Option<u64>,
+    pub time_to_exhaustion_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Remedy {
+    pub id: String,
+    /// Ports it frees or adds.
+    pub effect: u64,
+    pub closes_gap: bool,
+    pub advice: String,
 }
 
 /// May the daemon write, and if not, why (authority.rs).
@@ -331,8 +377,15 @@ impl Daemon {
                     ),
                     None => "no census yet".into(),
                 };
+                let outlook = match live.forecast.as_ref() {
+                    Some(o) => match o.time_to_exhaustion_seconds {
+                        Some(t) => format!(", runs out in {t:.0}s"),
+                        None => ", nothing growing towards exhaustion".into(),
+                    },
+                    None => String::new(),
+                };
                 let mut line = format!(
-                    "daemon: running (pid {}), mode {}, {census}",
+                    "daemon: running (pid {}), mode {}, {census}{outlook}",
                     live.pid, live.authority.describe
                 );
                 if let Some(w) = &live.witness {

@@ -107,3 +107,42 @@ fn another_format_version_or_garbage_is_unreadable_not_running() {
     std::fs::write(dir.path().join("run/portd/live.json"), "{").unwrap();
     assert!(matches!(read(&host, at(1000.0)), Daemon::Unreadable(_)));
 }
+
+#[test]
+fn the_forecast_reads_back_and_the_line_says_when_ports_run_out() {
+    let mut l = live(1000.0, 10.0);
+    l.forecast = Some(Outlook {
+        time_to_exhaustion_seconds: Some(42.4),
+        connect_attempts_total: Some(123_456),
+        targets: vec![Target {
+            target: "destination 10.0.0.1 -> 10.0.0.2:80".into(),
+            used: 9000,
+            capacity: 28232,
+            growth_per_second: 470.0,
+            connection_rate: 470.0,
+            steady_state: Some(28300),
+            time_to_exhaustion_seconds: Some(42.4),
+        }],
+        remedies: vec![Remedy {
+            id: "connection-reuse".into(),
+            effect: 9000,
+            closes_gap: true,
+            advice: "reuse connections".into(),
+        }],
+    });
+    let text = serde_json::to_string(&l).unwrap();
+    let back: Live = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, l);
+    let running = Daemon::Running {
+        live: Box::new(l),
+        age: Duration::from_secs(1),
+    };
+    assert!(
+        running.line().ends_with(", runs out in 42s"),
+        "{}",
+        running.line()
+    );
+    // A view written before forecasts existed reads without one.
+    let old: Live = serde_json::from_str(r#"{"format_version":1,"written_at":1000.0}"#).unwrap();
+    assert_eq!(old.forecast, None);
+}

@@ -45,6 +45,11 @@ pub struct Snapshot<'a> {
     /// (`portd_netns_*{netns,container,pod}`, src/daemon/netns.rs),
     /// appended as they are; empty when there are none.
     pub netns: &'a str,
+    /// Seconds until the first destination or pool runs out at the last
+    /// census's forecast (forecast.rs); `None` when nothing is growing.
+    pub time_to_exhaustion: Option<f64>,
+    /// `Tcp: ActiveOpens` of the namespace at this poll: connect() attempts.
+    pub connect_attempts_total: Option<u64>,
 }
 
 /// A label value, escaped for the text format.
@@ -263,7 +268,28 @@ pub fn render(s: &Snapshot<'_>) -> String {
     yielded(&mut out, s.authority);
     out.0.push_str(s.witness);
     out.0.push_str(s.netns);
+    forecast(&mut out, s);
     out.0
+}
+
+/// The forecast's time to exhaustion (`+Inf` when nothing grows towards it)
+/// and the connection attempts as a counter, for `rate()`.
+fn forecast(out: &mut Out, s: &Snapshot<'_>) {
+    let _ = writeln!(
+        out.0,
+        "# HELP portd_time_to_exhaustion_seconds Seconds until the first destination or pool runs out at the growth of the last censuses (+Inf when none is growing towards it).\n\
+         # TYPE portd_time_to_exhaustion_seconds gauge\n\
+         portd_time_to_exhaustion_seconds {}",
+        s.time_to_exhaustion
+            .map_or_else(|| "+Inf".to_string(), |t| t.to_string())
+    );
+    if let Some(n) = s.connect_attempts_total {
+        out.counter(
+            "portd_connect_attempts_total",
+            "TCP connect() attempts in the namespace (Tcp: ActiveOpens of /proc/net/snmp); rate() gives connections per second.",
+            n,
+        );
+    }
 }
 
 /// `portd_info`: what portd may do now, as the STATUS line says it.

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::authority::{Authority, Why};
+use crate::forecast::{Forecast, Target};
 use crate::level::Level;
 use crate::policy::{Floor, Policy};
 use crate::ports::{PortRange, PortSet, Ratio};
@@ -222,6 +223,24 @@ pub struct Decision {
     /// True when the unchanged level is due for a reminder.
     pub remind: bool,
     pub action: Action,
+    /// The forecast that reaches critical sooner than the hold plus one
+    /// poll: the level was confirmed without waiting for the hold.
+    pub urgent: Option<Forecast>,
+    /// Set when a forecast of exhaustion overrode the cooldown or the
+    /// hourly cap: what it overrode and why (for the journal).
+    pub overrode: Option<String>,
+    /// A load the widest range the policy allows cannot hold.
+    pub unfit: Option<Unfit>,
+}
+
+/// A forecast load beyond the policy's bounds (remedy.rs says what helps).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Unfit {
+    pub forecast: Forecast,
+    /// Ports it is forecast to hold.
+    pub demand: u64,
+    /// Ports the widest range within floor and ceiling gives it.
+    pub capacity_at_bounds: u64,
 }
 
 pub struct Inputs<'a> {
@@ -235,6 +254,94 @@ pub struct Inputs<'a> {
     /// The failure witness saw a program fail to get a port since the last
     /// decision: a reason to act at once, without waiting for the hold.
     pub witnessed_failure: bool,
+    /// Where the busiest and the fastest-growing destinations and the pools
+    /// are heading (forecast.rs); empty without a rate yet.
+    pub forecast: &'a [Forecast],
+}
+
+impl Inputs<'_> {
+    /// Forecasts of what counts towards alerts (the TCP pool only when
+    /// the policy says so), with growth seen on two censuses in a row.
+    fn sustained(&self) -> impl Iterator<Item = &Forecast> {
+        let tcp_pool = self.policy.tcp_pool_alerts;
+        self.forecast.iter().filter(move |f| {
+            f.sustained && f.growth_per_second > 0.0 && (tcp_pool || f.target != Target::TcpPool)
+        })
+    }
+
+    /// The first forecast to reach critical, when it does so sooner than
+    /// the hold plus one poll.
+    fn urgent(&self) -> Option<Forecast> {
+        let within = (self.policy.hold + self.policy.interval).as_secs_f64();
+        let critical = self.policy.thresholds.critical();
+        self.sustained()
+            .filter_map(|f| f.time_to(critical).map(|t| (t, f)))
+            .filter(|(t, _)| *t < within)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, f)| *f)
+    }
+
+    /// Ports one destination can have with the widest range the policy
+    /// allows (reserved, protected and listening ports left out).
+    pub fn capacity_at_bounds(&self) -> u64 {
+        let obs = self.observation;
+        let bounds = Bounds::of(
+            self.policy,
+            self.history.initial_range,
+            obs.range,
+            obs.unprivileged_port_start,
+        );
+        let Some(widest) = bounds.widest(obs.range) else {
+            return obs.headline.capacity;
+        };
+        let blocked = obs
+            .reserved
+            .union(&keep_out(&obs.listening, &self.policy.protected));
+        u64::from(widest.len() - blocked.count_in(widest))
+    }
+
+    /// A destination whose forecast load does not fit even the widest
+    /// range the policy allows: only a remedy helps, and it is named now.
+    fn unfit(&self) -> Option<Unfit> {
+        let capacity_at_bounds = self.capacity_at_bounds();
+        self.sustained()
+            .filter(|f| matches!(f.target, Target::Destination { .. }))
+            .map(|f| (self.heading(f), f))
+            .filter(|(demand, _)| *demand > capacity_at_bounds)
+            .max_by_key(|(demand, _)| *demand)
+            .map(|(demand, f)| Unfit {
+                forecast: *f,
+                demand,
+                capacity_at_bounds,
+            })
+    }
+
+    /// The soonest forecast exhaustion, in seconds.
+    fn exhaustion(&self) -> Option<(f64, Forecast)> {
+        self.sustained()
+            .filter_map(|f| f.time_to_exhaustion.map(|t| (t, *f)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// Ports the busiest destination is heading for.
+    fn demand(&self) -> u64 {
+        self.sustained()
+            .filter(|f| matches!(f.target, Target::Destination { .. }))
+            .map(|f| self.heading(f))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Where a target is heading: a TIME_WAIT-dominated load levels off
+    /// within the 60 s a TIME_WAIT lasts (its steady state); a trend of
+    /// live connections is followed only as far as the next confirmation
+    /// (hold plus one poll), since it is re-estimated every census.
+    fn heading(&self, f: &Forecast) -> u64 {
+        match f.steady_state {
+            Some(steady) => steady.max(f.used),
+            None => f.expected(self.policy.hold + self.policy.interval),
+        }
+    }
 }
 
 pub fn plan(inputs: &Inputs<'_>) -> Decision {
@@ -246,12 +353,18 @@ pub fn plan(inputs: &Inputs<'_>) -> Decision {
         policy.thresholds.warning(),
         policy.thresholds.critical(),
     );
-    let (alert, transition, remind) = next_alert(&inputs.history.alert, usage, policy, inputs.now);
+    let urgent = inputs.urgent();
+    let unfit = inputs.unfit();
+    let forecast = urgent.is_some() || unfit.is_some();
+    let (alert, transition, remind) =
+        next_alert(&inputs.history.alert, usage, policy, inputs.now, forecast);
     // A witnessed failure skips the hold: the level is already past it
-    // for the program that failed. It never acts below the warning level.
+    // for the program that failed. It never acts below the warning level
+    // unless the forecast says the load is heading past it.
     let confirmed = alert.level >= Level::Warning || inputs.witnessed_failure;
-    let action = if confirmed && raw_level >= Level::Warning {
-        widen_or_hold(inputs)
+    let mut overrode = None;
+    let action = if confirmed && (raw_level >= Level::Warning || forecast) {
+        widen_or_hold(inputs, &mut overrode)
     } else {
         Action::Nothing
     };
@@ -261,16 +374,26 @@ pub fn plan(inputs: &Inputs<'_>) -> Decision {
         transition,
         remind,
         action,
+        urgent,
+        overrode,
+        unfit,
     }
 }
 
-/// Hysteresis: a confirmed warning or critical stays until usage falls
-/// below `clear`; any change must persist for `hold` before it counts.
+/// Hysteresis and hold (issue 13). Time at or above the warning level
+/// counts continuously from the first poll that saw it: a climb from
+/// warning to critical never restarts the hold, and only falling below
+/// `clear` ends it. Once held (or at once when the forecast reaches
+/// critical sooner than the hold: `urgent`), the confirmed level is the
+/// level of the poll; a confirmed warning escalates to critical at once.
+/// Going down (critical to warning, or below `clear` to OK) must persist
+/// for `hold`.
 fn next_alert(
     prev: &AlertState,
     usage: Ratio,
     policy: &Policy,
     now: SystemTime,
+    urgent: bool,
 ) -> (AlertState, Option<(Level, Level)>, bool) {
     let prev = &prev.not_after(now);
     let raw = Level::of(
@@ -278,28 +401,54 @@ fn next_alert(
         policy.thresholds.warning(),
         policy.thresholds.critical(),
     );
-    let observed =
-        if prev.level >= Level::Warning && raw == Level::Ok && usage >= policy.thresholds.clear() {
+    let above_clear = usage >= policy.thresholds.clear();
+    let mut next = prev.clone();
+    let mut transition = None;
+    let mut confirm = |next: &mut AlertState, level: Level| {
+        transition = Some((prev.level, level));
+        next.level = level;
+        next.pending = None;
+        next.announced = Some(now);
+    };
+    if prev.level == Level::Ok {
+        // The episode at or above warning: its start is the pending time,
+        // kept through escalation and through dips that stay above clear.
+        let episode = match prev.pending {
+            Some((_, since)) if above_clear => Some(since),
+            _ if raw >= Level::Warning || urgent => Some(now),
+            _ => None,
+        };
+        let observed = if urgent { raw.max(Level::Warning) } else { raw };
+        match episode {
+            None => next.pending = None,
+            Some(since)
+                if observed >= Level::Warning && (urgent || elapsed(since, now) >= policy.hold) =>
+            {
+                confirm(&mut next, observed)
+            }
+            Some(since) => next.pending = Some((observed.max(Level::Warning), since)),
+        }
+    } else {
+        let observed = if raw == Level::Ok && above_clear {
             Level::Warning
         } else {
             raw
         };
-    let mut next = prev.clone();
-    let mut transition = None;
-    if observed == prev.level {
-        next.pending = None;
-    } else {
-        let since = match prev.pending {
-            Some((level, since)) if level == observed => since,
-            _ => now,
-        };
-        if elapsed(since, now) >= policy.hold {
-            transition = Some((prev.level, observed));
-            next.level = observed;
+        if observed > prev.level {
+            // The hold was served when the lower alert was confirmed.
+            confirm(&mut next, observed);
+        } else if observed == prev.level {
             next.pending = None;
-            next.announced = Some(now);
         } else {
-            next.pending = Some((observed, since));
+            let since = match prev.pending {
+                Some((level, since)) if level == observed => since,
+                _ => now,
+            };
+            if elapsed(since, now) >= policy.hold {
+                confirm(&mut next, observed);
+            } else {
+                next.pending = Some((observed, since));
+            }
         }
     }
     let remind = transition.is_none()
@@ -317,7 +466,7 @@ fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(since).unwrap_or(Duration::ZERO)
 }
 
-fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
+fn widen_or_hold(inputs: &Inputs<'_>, overrode: &mut Option<String>) -> Action {
     let obs = inputs.observation;
     let policy = inputs.policy;
     let bounds = Bounds::of(
@@ -332,7 +481,7 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
             reason: Blocked::OutsideBounds,
         };
     }
-    let Some(plan) = widen(obs, policy, bounds) else {
+    let Some(plan) = widen(obs, policy, bounds, inputs.demand()) else {
         return Action::Hold {
             plan: None,
             reason: Blocked::AtBound,
@@ -367,27 +516,57 @@ fn widen_or_hold(inputs: &Inputs<'_>) -> Action {
         }
         Authority::Advise(Why::Yielded(_)) | Authority::Write => {}
     }
+    // A forecast of exhaustion before the cooldown or the cap lets go
+    // overrides them: waiting would let the range run out.
+    if let Some((remaining, reason)) = waiting(inputs) {
+        match inputs.exhaustion() {
+            Some((secs, f)) if secs < remaining.as_secs_f64() => {
+                *overrode = Some(format!(
+                    "{reason}; overridden: {} is forecast to run out in {secs:.0}s \
+                     ({:.0} new ports/s, {} of {} in use)",
+                    f.target, f.growth_per_second, f.used, f.capacity
+                ));
+            }
+            _ => return hold(reason),
+        }
+    }
+    Action::Apply { plan }
+}
+
+/// The cooldown or the hourly cap, when one holds a change now: how long
+/// it still holds, and the reason.
+fn waiting(inputs: &Inputs<'_>) -> Option<(Duration, Blocked)> {
+    let mut wait: Option<(Duration, Blocked)> = None;
     if let Some(last) = inputs.history.changes.last() {
         let since = elapsed(*last, inputs.now);
-        if since < policy.cooldown {
-            return hold(Blocked::Cooldown {
-                remaining_secs: (policy.cooldown - since).as_secs().max(1),
-            });
+        if since < inputs.policy.cooldown {
+            let remaining = inputs.policy.cooldown - since;
+            wait = Some((
+                remaining,
+                Blocked::Cooldown {
+                    remaining_secs: remaining.as_secs().max(1),
+                },
+            ));
         }
     }
     let hour = Duration::from_secs(3600);
-    let recent = inputs
+    let recent: Vec<Duration> = inputs
         .history
         .changes
         .iter()
-        .filter(|t| elapsed(**t, inputs.now) < hour)
-        .count();
-    if recent >= policy.max_changes_per_hour.get() as usize {
-        return hold(Blocked::ChangeCap {
-            per_hour: policy.max_changes_per_hour.get(),
-        });
+        .map(|t| elapsed(*t, inputs.now))
+        .filter(|e| *e < hour)
+        .collect();
+    if wait.is_none() && recent.len() >= inputs.policy.max_changes_per_hour.get() as usize {
+        let oldest = recent.iter().max().copied().unwrap_or_default();
+        wait = Some((
+            hour.saturating_sub(oldest),
+            Blocked::ChangeCap {
+                per_hour: inputs.policy.max_changes_per_hour.get(),
+            },
+        ));
     }
-    Action::Apply { plan }
+    wait
 }
 
 /// Ports of `range` that `connect()` can be handed: the range minus the
@@ -465,13 +644,16 @@ pub fn keep_out(listening: &PortSet, protected: &[PortRange]) -> PortSet {
 /// Finds the smallest widening (upward first, then downward to the floor)
 /// that brings the headline to the policy's target, or as close as the
 /// bounds allow. Returns `None` when the range cannot grow at all.
-fn widen(obs: &Observation, policy: &Policy, bounds: Bounds) -> Option<Plan> {
+///
+/// `demand` is the forecast's steady state (forecast.rs): the range grows
+/// to fit it too, not only the ports in use now.
+fn widen(obs: &Observation, policy: &Policy, bounds: Bounds, demand: u64) -> Option<Plan> {
     let Bounds { floor, ceiling } = bounds;
     let keep_out = keep_out(&obs.listening, &policy.protected);
     let blocked = obs.reserved.union(&keep_out);
     let free = |p: u16| u64::from(!blocked.contains(p));
 
-    let used = obs.headline.used.max(1);
+    let used = obs.headline.used.max(demand).max(1);
     let needed = (used as f64 / policy.target.fraction()).ceil() as u64;
     let (mut low, mut high) = (obs.range.low(), obs.range.high());
     let mut capacity: u64 = (low..=high).map(free).sum();

@@ -174,6 +174,7 @@ fn decide_with(c: &Case, authority: &Authority) -> Decision {
         now: c.now,
         authority,
         witnessed_failure: false,
+        forecast: &[],
     })
 }
 
@@ -520,6 +521,7 @@ fn a_witnessed_failure_skips_the_hold_but_never_acts_below_warning() {
             now: c.now,
             authority: &Authority::Write,
             witnessed_failure: true,
+            forecast: &[],
         })
     };
     let mut c = simple(60);
@@ -562,6 +564,7 @@ fn a_pin_holds_the_plan_and_names_the_file() {
         now: c.now,
         authority: &Authority::Write,
         witnessed_failure: false,
+        forecast: &[],
     });
     assert!(matches!(
         d.action,
@@ -620,6 +623,7 @@ fn a_yield_is_named_before_a_pin_and_a_pin_before_advise_mode() {
         now: c.now,
         authority: &authority,
         witnessed_failure: false,
+        forecast: &[],
     })
     .action
     {
@@ -735,4 +739,210 @@ fn the_widest_range_keeps_a_range_end_that_lies_beyond_the_bounds() {
     };
     assert_eq!(b.widest(range(41000, 42000)), Some(range(40000, 50000)));
     assert_eq!(b.widest(range(30000, 60000)), Some(range(30000, 60000)));
+}
+
+proptest! {
+    // A tenth of the cases: each is a series of up to 40 polls (40 plans).
+    #![proptest_config(ProptestConfig::with_cases(cases().div_ceil(10)))]
+
+    /// Issue 13, the hold law: for any non-decreasing usage series, the
+    /// level is confirmed at the first poll at or after (first time at
+    /// warning + hold), and from then on it is the poll's level: climbing
+    /// to critical never restarts the hold. In advise mode the same polls
+    /// alert (any alert, warning or critical, is the warning).
+    #[test]
+    fn a_rising_load_is_confirmed_hold_after_it_first_reached_warning(
+        steps in proptest::collection::vec((1u64..30, 0u64..12), 1..40),
+        start in 0u64..45,
+        hold in 0u64..120,
+        advise in any::<bool>(),
+    ) {
+        let mut c = simple(start);
+        c.policy.hold = Duration::from_secs(hold);
+        if advise {
+            c.policy.mode = crate::policy::Mode::Advise;
+        }
+        let mut used = start;
+        let mut first_warning: Option<SystemTime> = None;
+        let mut series = vec![(0u64, start)];
+        for (gap, rise) in &steps {
+            used = (used + rise).min(100);
+            series.push((*gap, used));
+        }
+        for (gap, used) in series {
+            c.now += Duration::from_secs(gap);
+            c.obs.headline.used = used;
+            c.obs.headline.usage = Ratio::of(used, 100);
+            let raw = Level::of(c.obs.headline.usage, c.policy.thresholds.warning(), c.policy.thresholds.critical());
+            if raw >= Level::Warning && first_warning.is_none() {
+                first_warning = Some(c.now);
+            }
+            let d = decide(&c);
+            let held = first_warning.is_some_and(|t| elapsed(t, c.now) >= c.policy.hold);
+            let expected = if held { raw } else { Level::Ok };
+            prop_assert_eq!(d.alert.level, expected, "at {}% ({:?} since the first warning, hold {}s)", used,
+                first_warning.map(|t| elapsed(t, c.now)), hold);
+            c.history.alert = d.alert;
+        }
+    }
+}
+
+#[test]
+fn a_dip_above_clear_does_not_restart_the_hold_and_a_fall_below_clear_does() {
+    let mut c = simple(45);
+    c.policy.hold = Duration::from_secs(30);
+    let at = |c: &mut Case, secs: u64, used: u64| {
+        c.now = t(1_000_000 + secs);
+        c.obs.headline.used = used;
+        c.obs.headline.usage = Ratio::of(used, 100);
+        let d = decide(c);
+        c.history.alert = d.alert.clone();
+        d.alert.level
+    };
+    assert_eq!(at(&mut c, 0, 45), Level::Ok);
+    assert_eq!(at(&mut c, 10, 35), Level::Ok, "between clear and warning");
+    assert_eq!(at(&mut c, 20, 55), Level::Ok);
+    assert_eq!(
+        at(&mut c, 30, 55),
+        Level::Critical,
+        "30s since the first warning"
+    );
+    let mut c = simple(45);
+    c.policy.hold = Duration::from_secs(30);
+    assert_eq!(at(&mut c, 0, 45), Level::Ok);
+    assert_eq!(
+        at(&mut c, 10, 20),
+        Level::Ok,
+        "below clear: the episode ends"
+    );
+    assert_eq!(at(&mut c, 20, 45), Level::Ok);
+    assert_eq!(at(&mut c, 30, 45), Level::Ok, "10s into a new episode");
+    assert_eq!(at(&mut c, 50, 45), Level::Warning);
+}
+
+#[test]
+fn a_confirmed_warning_escalates_at_once_and_goes_down_only_after_the_hold() {
+    let mut c = simple(55);
+    c.policy.hold = Duration::from_secs(30);
+    c.history.alert.level = Level::Warning;
+    let d = decide(&c);
+    assert_eq!(d.transition, Some((Level::Warning, Level::Critical)));
+    c.history.alert = d.alert;
+    c.obs.headline.used = 45;
+    c.obs.headline.usage = Ratio::of(45, 100);
+    c.now = t(1_000_010);
+    assert_eq!(
+        decide(&c).alert.level,
+        Level::Critical,
+        "down waits for the hold"
+    );
+}
+
+fn forecast(used: u64, growth: f64, steady: Option<u64>, sustained: bool) -> Forecast {
+    let mut f = Forecast {
+        target: Target::Destination {
+            destination: crate::usage::DestKey {
+                local: "10.0.0.1".parse().unwrap(),
+                remote: "10.0.0.2".parse().unwrap(),
+                remote_port: 80,
+            },
+        },
+        used,
+        capacity: 100,
+        usage: Ratio::of(used, 100),
+        growth_per_second: growth,
+        connection_rate: growth,
+        time_wait: used,
+        steady_state: steady,
+        time_to_exhaustion: None,
+        sustained,
+    };
+    f.time_to_exhaustion = f.time_to(Ratio::FULL);
+    f
+}
+
+fn decide_forecast(c: &Case, f: &[Forecast]) -> Decision {
+    plan(&Inputs {
+        observation: &c.obs,
+        policy: &c.policy,
+        history: &c.history,
+        pin: None,
+        now: c.now,
+        authority: &Authority::Write,
+        witnessed_failure: false,
+        forecast: f,
+    })
+}
+
+#[test]
+fn a_forecast_of_critical_within_the_hold_confirms_now_and_widens_to_the_steady_state() {
+    let mut c = simple(20);
+    c.policy.hold = Duration::from_secs(30);
+    // 20 in use, +2/s: critical (50) in 15 s, steady state 140.
+    let f = [forecast(20, 2.0, Some(140), true)];
+    let d = decide_forecast(&c, &f);
+    assert_eq!(d.transition, Some((Level::Ok, Level::Warning)));
+    assert!(d.urgent.is_some());
+    let Action::Apply { plan } = d.action else {
+        panic!("{:?}", d.action)
+    };
+    // 140 / 25% target = 560 ports, not 20 / 25% = 80.
+    assert!(plan.to.len() >= 560, "{plan}");
+
+    let burst = [forecast(20, 2.0, Some(140), false)];
+    let d = decide_forecast(&c, &burst);
+    assert_eq!(d.alert.level, Level::Ok, "a burst that may have ended");
+    assert_eq!(d.action, Action::Nothing);
+
+    c.policy.hold = Duration::ZERO;
+    let levels_off = [forecast(20, 2.0, Some(40), true)];
+    let d = decide_forecast(&c, &levels_off);
+    assert_eq!(d.alert.level, Level::Ok, "levels off below critical");
+}
+
+#[test]
+fn a_forecast_of_exhaustion_within_the_cooldown_overrides_it_and_says_so() {
+    let mut c = simple(45);
+    c.history.alert.level = Level::Warning;
+    c.history.changes = vec![c.now - Duration::from_secs(60)];
+    let slow = [forecast(45, 0.01, None, true)];
+    assert!(matches!(
+        decide_forecast(&c, &slow).action,
+        Action::Hold {
+            reason: Blocked::Cooldown { .. },
+            ..
+        }
+    ));
+    let fast = [forecast(45, 1.0, None, true)];
+    let d = decide_forecast(&c, &fast);
+    assert!(matches!(d.action, Action::Apply { .. }), "{:?}", d.action);
+    let why = d.overrode.unwrap();
+    assert!(
+        why.contains("cooldown") && why.contains("run out in 55s"),
+        "{why}"
+    );
+    c.history.changes = (0..4)
+        .map(|i| c.now - Duration::from_secs(600 + i))
+        .collect();
+    let d = decide_forecast(&c, &fast);
+    assert!(d.overrode.unwrap().contains("change cap"));
+}
+
+#[test]
+fn a_load_beyond_the_bounds_is_confirmed_now_at_low_usage_and_named() {
+    // 10 of 100 in use, the ceiling at the range's end: a steady state of
+    // 140 cannot fit, whatever widening does.
+    let mut c = simple(10);
+    c.policy.hold = Duration::from_secs(30);
+    c.policy.ceiling = Port::new(40099).unwrap();
+    let f = [forecast(10, 0.5, Some(140), true)];
+    let d = decide_forecast(&c, &f);
+    let u = d.unfit.expect("unfit");
+    assert_eq!((u.demand, u.capacity_at_bounds), (140, 100));
+    assert_eq!(d.transition, Some((Level::Ok, Level::Warning)));
+    assert!(d.urgent.is_none(), "critical is 80 s away");
+    let fits = [forecast(10, 0.5, Some(90), true)];
+    let d = decide_forecast(&c, &fits);
+    assert!(d.unfit.is_none());
+    assert_eq!(d.alert.level, Level::Ok);
 }

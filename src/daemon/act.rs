@@ -51,7 +51,7 @@ impl Daemon {
                 (None, None)
             }
             Action::Apply { plan } => {
-                if self.apply(usage, plan, now) {
+                if self.apply(usage, plan, now, &forecast_note(decision)) {
                     (Some(plan.to), None)
                 } else {
                     (None, Some("write-failed"))
@@ -65,12 +65,18 @@ impl Daemon {
     }
 
     /// Applies a plan; true when the range was changed.
-    pub(super) fn apply(&mut self, usage: &Usage, plan: &planner::Plan, now: SystemTime) -> bool {
+    pub(super) fn apply(
+        &mut self,
+        usage: &Usage,
+        plan: &planner::Plan,
+        now: SystemTime,
+        note: &str,
+    ) -> bool {
         if shutdown::requested() {
             return false;
         }
         let reason = format!(
-            "{} at {} ({}/{})",
+            "{} at {} ({}/{}){note}",
             usage.headline.cause,
             usage.headline.usage,
             usage.headline.used,
@@ -197,4 +203,25 @@ impl Daemon {
             tracing::error!("cannot save state: {e}");
         }
     }
+}
+
+/// What the forecast adds to the reason of a widening: that it came before
+/// the hold, and what it overrode (issue 13).
+pub(super) fn forecast_note(decision: &Decision) -> String {
+    let mut note = String::new();
+    if let Some(f) = &decision.urgent {
+        note.push_str(&format!(
+            "; forecast: {} gains {:.0} ports/s{}",
+            f.target,
+            f.growth_per_second,
+            f.time_to_exhaustion
+                .map(|t| format!(", runs out in {t:.0}s"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(o) = &decision.overrode {
+        note.push_str("; ");
+        note.push_str(o);
+    }
+    note
 }

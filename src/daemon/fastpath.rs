@@ -70,6 +70,11 @@ pub(super) enum Due {
     NoCounters,
     /// A bound reaches the warning level: some destination may be there.
     BoundAtWarning,
+    /// At the rate of `connect()`s since the last census (`ActiveOpens`, a
+    /// per-namespace total: an upper bound of any one destination's rate),
+    /// a destination could reach critical within the hold plus one poll:
+    /// the census measures its own rate (forecast.rs).
+    Growing,
 }
 
 /// The census is skipped: at most `bound` of `capacity` ports towards any
@@ -151,6 +156,17 @@ pub(super) fn next(
     };
     if !bounds.iter().all(below) {
         return Next::Census(Due::BoundAtWarning);
+    }
+    if let Some(n) = opened_since {
+        // No destination gained more ports than there were connect()s, nor
+        // more than the sockets there are now.
+        let gained = n.min(totals.tcp_bound()) as f64;
+        let age = last.age.as_secs_f64().max(1.0);
+        let ahead = (policy.hold + policy.interval).as_secs_f64();
+        let projected = last.worst as f64 + gained / age * ahead;
+        if projected >= policy.thresholds.critical().fraction() * last.capacity as f64 {
+            return Next::Census(Due::Growing);
+        }
     }
     Next::Skip(Skip {
         bound: destination,

@@ -246,3 +246,22 @@ fn unreadable_counters_take_a_census() {
         Next::Census(Due::NoCounters)
     );
 }
+
+#[test]
+fn connects_at_a_rate_that_reaches_critical_within_hold_and_a_poll_take_a_census() {
+    // 100 held, 150 connect()s in 10 s with as many sockets now: 15/s over
+    // the hold (30 s) and a poll (10 s) bring one destination to 700 of 1000.
+    let s = settings(40000, 40999);
+    let last = baseline(&s, 100, Some(7000));
+    let now = counters(&s, totals(100, 150, 0), Some(7150));
+    assert_eq!(
+        next(Some(&last), &now, &Policy::default(), &quiet()),
+        Next::Census(Due::Growing)
+    );
+    // The same connect()s leaving few sockets behind: no destination grew.
+    let now = counters(&s, totals(20, 0, 0), Some(7150));
+    assert_eq!(
+        next(Some(&last), &now, &Policy::default(), &quiet()),
+        skip(20)
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use super::LastCensus;
 use super::report::{Counters, Poll};
 use crate::live::{self, Live};
 
@@ -46,5 +47,37 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
         witness: Some(poll.witness.live(std::time::Instant::now())),
         namespaces: poll.netns.namespaces.clone(),
         namespaces_note: poll.netns.note.clone(),
+        forecast: poll.last.map(|l| outlook(l, poll.connect_attempts)),
+    }
+}
+
+/// The forecast of the last census, for `status`.
+fn outlook(l: &LastCensus, connect_attempts: Option<u64>) -> live::Outlook {
+    live::Outlook {
+        time_to_exhaustion_seconds: l.time_to_exhaustion,
+        connect_attempts_total: connect_attempts,
+        targets: l
+            .forecast
+            .iter()
+            .map(|f| live::Target {
+                target: f.target.to_string(),
+                used: f.used,
+                capacity: f.capacity,
+                growth_per_second: f.growth_per_second,
+                connection_rate: f.connection_rate,
+                steady_state: f.steady_state,
+                time_to_exhaustion_seconds: f.time_to_exhaustion,
+            })
+            .collect(),
+        remedies: l
+            .remedies
+            .iter()
+            .map(|r| live::Remedy {
+                id: r.id.to_string(),
+                effect: r.effect,
+                closes_gap: r.closes_gap,
+                advice: r.advice.clone(),
+            })
+            .collect(),
     }
 }

@@ -30,12 +30,15 @@ use crate::authority::Authority;
 use crate::census::KernelSettings;
 use crate::census::reader::{Fresh, KeptOpen, ProcRead};
 use crate::census::sockstat;
+use crate::exhausted::{Exhausted, Exhaustion};
+use crate::forecast::{self, Forecast, Tracker};
 use crate::fsutil::WriterLock;
 use crate::host::Host;
 use crate::level::{Exit, Level};
 use crate::notify;
 use crate::planner::{self, Decision, Inputs, Observation};
 use crate::policy::{self, Policy};
+use crate::remedy::{self, Remedy};
 use crate::shutdown;
 use crate::state::State;
 use crate::usage::{Usage, UsageOptions};
@@ -107,6 +110,10 @@ impl Clock {
     }
 }
 
+/// The poll interval while a forecast reaches critical soon (at most the
+/// policy's interval).
+const HURRIED: Duration = Duration::from_secs(1);
+
 /// Used where a timer must exist but never fire.
 const FAR: Duration = Duration::from_secs(3600);
 
@@ -121,6 +128,12 @@ struct LastCensus {
     level: Level,
     /// Why the range was not widened although usage called for it.
     blocked: Option<&'static str>,
+    /// Seconds until the first destination or pool runs out (forecast.rs).
+    time_to_exhaustion: Option<f64>,
+    /// The forecast of this census, and the remedies for a load beyond
+    /// the policy's bounds (remedy.rs).
+    forecast: Vec<Forecast>,
+    remedies: Vec<Remedy>,
 }
 
 /// The tasks the event loop waits on besides signals and timers.
@@ -169,6 +182,15 @@ struct Daemon {
     /// Set when the state file could not be read: portd then never writes.
     state_unreadable: Option<String>,
     last: Option<LastCensus>,
+    /// Growth rates from successive censuses (forecast.rs).
+    tracker: Tracker,
+    /// `Tcp: ActiveOpens` as the last poll read it (a metrics counter).
+    active_opens: Option<u64>,
+    /// What exhaustion was reported last (exhausted.rs).
+    exhaustion: Exhaustion,
+    /// A forecast reaches critical soon: poll every [`HURRIED`] instead of
+    /// the policy's interval until it no longer does.
+    hurried: bool,
     /// Set after a change of the range: census again at once, so STATUS and
     /// the metrics show the usage of the new range.
     recensus: bool,
@@ -217,6 +239,10 @@ impl Daemon {
             state,
             state_unreadable,
             last: None,
+            tracker: Tracker::default(),
+            hurried: false,
+            exhaustion: Exhaustion::default(),
+            active_opens: None,
             recensus: false,
             report: Report::default(),
             sysctld: act::PollScan::default(),
@@ -242,6 +268,7 @@ impl Daemon {
         let mut watchdog_tick =
             tokio::time::interval(watchdog.map_or(FAR, |w| (w / 2).max(Duration::from_millis(10))));
         let mut poll_tick = self.poll_timer();
+        poll_tick.reset_immediately();
         let mut tasks = Tasks::default();
         loop {
             let limit = self.census_limit(watchdog);
@@ -282,8 +309,8 @@ impl Daemon {
             if std::mem::take(&mut self.recensus) {
                 poll_tick.reset_immediately();
             }
-            // A policy reload may change the interval.
-            if poll_tick.period() != self.policy.interval {
+            // A policy reload may change the interval; a forecast hurries it.
+            if poll_tick.period() != self.poll_period() {
                 poll_tick = self.poll_timer();
             }
         }
@@ -313,8 +340,18 @@ impl Daemon {
         tracing::info!("{}", self.witness.describe);
     }
 
+    fn poll_period(&self) -> Duration {
+        if self.hurried {
+            HURRIED.min(self.policy.interval)
+        } else {
+            self.policy.interval
+        }
+    }
+
+    /// The next poll one period from now.
     fn poll_timer(&self) -> tokio::time::Interval {
-        let mut t = tokio::time::interval(self.policy.interval);
+        let period = self.poll_period();
+        let mut t = tokio::time::interval_at((Instant::now() + period).into(), period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     }
@@ -348,6 +385,7 @@ impl Daemon {
             last_change: self.state.changes.last(),
             authority,
             netns: &self.netns.published,
+            connect_attempts: self.active_opens,
         };
         f(&mut self.report, &poll);
     }
@@ -426,6 +464,7 @@ impl Daemon {
             active_opens: sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok(),
         };
         let active_opens = counters.active_opens;
+        self.active_opens = active_opens;
         let baseline = self
             .last
             .as_ref()
@@ -440,6 +479,8 @@ impl Daemon {
         // to census (and act) now, whatever the fast path's bounds say.
         self.witnessed |= self.witness.poll(Instant::now()) > 0;
         if let (Next::Skip(skip), false) = (&next, self.witnessed) {
+            // The counters prove no destination reaches critical soon.
+            self.hurried = false;
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.census_skipped(&skip.to_string(), p));
             return None;
@@ -489,8 +530,19 @@ impl Daemon {
             self.save_state();
         }
         let authority = self.authority();
-        let decision = self.decide(&usage, &authority, now);
+        self.tracker.update(&usage, now);
+        let forecast = self.tracker.forecast(&usage);
+        self.hurried = forecast::hurry(
+            &forecast,
+            self.policy.thresholds.critical(),
+            (self.policy.hold + self.policy.interval) * 4,
+        );
+        let decision = self.decide(&usage, &authority, now, &forecast);
         self.witnessed = false;
+        let exhausted = Exhausted::of(&usage, self.policy.tcp_pool_alerts);
+        if let Some(event) = self.exhaustion.next(&exhausted, now) {
+            report::exhaustion(&usage, &event);
+        }
         self.report.level(&usage, &decision, processes.as_deref());
         self.report.hazards(&usage);
         let alert_changed = self.state.alert != decision.alert;
@@ -500,7 +552,18 @@ impl Daemon {
         if alert_changed && !self.dry_run {
             self.save_state();
         }
-        let line = report::status_line(&usage, widened, &authority);
+        let time_to_exhaustion =
+            forecast::soonest_exhaustion(&forecast, self.policy.tcp_pool_alerts);
+        let line = report::status_line(&usage, widened, &authority, time_to_exhaustion);
+        let remedies = decision.unfit.as_ref().map_or_else(Vec::new, |u| {
+            remedy::remedies(&remedy::situation(
+                &u.forecast,
+                u.demand,
+                u.capacity_at_bounds,
+                &usage,
+                processes.as_deref(),
+            ))
+        });
         self.last = Some(LastCensus {
             usage,
             started,
@@ -510,13 +573,22 @@ impl Daemon {
             took,
             level: decision.alert.level,
             blocked,
+            time_to_exhaustion,
+            remedies,
+            forecast,
         });
         self.report_with(&authority, |r, p| r.censused(&line, p));
     }
 
     /// The planner, pure: the census, the policy, the history, a pin and
     /// the poll's authority in, a decision out.
-    fn decide(&mut self, usage: &Usage, authority: &Authority, now: SystemTime) -> Decision {
+    fn decide(
+        &mut self,
+        usage: &Usage,
+        authority: &Authority,
+        now: SystemTime,
+        forecast: &[Forecast],
+    ) -> Decision {
         let pin = match self.sysctld.get(&self.host) {
             Ok(scan) => actuator::pin(scan, &self.policy.dropin_name),
             Err(e) => {
@@ -532,6 +604,7 @@ impl Daemon {
             now,
             authority,
             witnessed_failure: self.witnessed,
+            forecast,
         })
     }
 }

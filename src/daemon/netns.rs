@@ -210,7 +210,7 @@ fn step(
 fn rank(due: Due) -> u8 {
     match due {
         Due::AlertRaised | Due::AlertPending => 0,
-        Due::BoundAtWarning | Due::FirstCensus => 1,
+        Due::BoundAtWarning | Due::Growing | Due::FirstCensus => 1,
         Due::SettingsChanged | Due::NoCounters => 2,
         Due::Stale => 3,
     }
@@ -532,6 +532,9 @@ impl Watch {
                         // The witness's failures are portd's own
                         // namespace's decision; here the usage alone.
                         witnessed_failure: false,
+                        // No rates are kept for other namespaces yet: their
+                        // alerts follow the census and the hold alone.
+                        forecast: &[],
                     });
                     w.advice = advice(&w.ns, &decision);
                     alert(&w.ns, &usage, &decision, w.advice.as_deref());

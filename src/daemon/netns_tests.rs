@@ -212,6 +212,9 @@ fn held(level: Level, newly_reserved: &[u16]) -> Decision {
             }),
             reason: Blocked::Advise,
         },
+        urgent: None,
+        overrode: None,
+        unfit: None,
     }
 }
 

@@ -11,14 +11,16 @@ use crate::actuator::ActuateError;
 use crate::authority::Authority;
 use crate::census::KernelSettings;
 use crate::events::{self, Fields, Kind};
+use crate::exhausted;
 use crate::host::Host;
 use crate::level::Level;
 use crate::live;
 use crate::metrics;
 use crate::notify;
-use crate::planner::{Blocked, Decision, Plan};
+use crate::planner::{Blocked, Decision, Plan, Unfit};
 use crate::policy::file::PolicyError;
 use crate::ports::PortRange;
+use crate::remedy;
 use crate::state::Change;
 use crate::usage::{self, Usage};
 
@@ -85,6 +87,8 @@ pub(super) struct Poll<'a> {
     pub witness: &'a crate::witness::runtime::Running,
     /// The other network namespaces (netns.rs).
     pub netns: &'a super::netns::Published,
+    /// `ActiveOpens` as this poll read it.
+    pub connect_attempts: Option<u64>,
 }
 
 /// One line: headline usage, range, mode (sd_notify STATUS).
@@ -92,13 +96,15 @@ pub(super) fn status_line(
     usage: &Usage,
     widened: Option<PortRange>,
     authority: &Authority,
+    time_to_exhaustion: Option<f64>,
 ) -> String {
     format!(
-        "usage {} ({}/{}) {}; range {}{}; mode {}",
+        "usage {} ({}/{}) {}{}; range {}{}; mode {}",
         usage.headline.usage,
         usage.headline.used,
         usage.headline.capacity,
         usage.headline.cause,
+        time_to_exhaustion.map_or_else(String::new, |t| format!("; runs out in {t:.0}s")),
         usage.settings.port_range,
         widened.map_or_else(String::new, |to| format!(" widened to {to}")),
         authority.describe()
@@ -163,6 +169,71 @@ pub(super) fn level_event(d: &Decision) -> Option<(Kind, &'static str, bool)> {
     })
 }
 
+/// Exhaustion (exhausted.rs): one entry for every exhausted target.
+pub(super) fn exhaustion(usage: &Usage, event: &exhausted::Event) {
+    match event {
+        exhausted::Event::Exhausted {
+            targets,
+            first,
+            worsened,
+        } => {
+            let what = if *first {
+                "ephemeral ports exhausted"
+            } else if *worsened {
+                "ephemeral port exhaustion worsened"
+            } else {
+                "ephemeral ports still exhausted"
+            };
+            events::emit(
+                Kind::PortsExhausted,
+                &format!(
+                    "{what}: connect() fails now with EADDRNOTAVAIL towards {}; range {}",
+                    targets.join("; "),
+                    usage.settings.port_range
+                ),
+                &Fields {
+                    destination: Some(targets.join("; ")),
+                    reminder: !*first && !*worsened,
+                    ..usage_fields(usage)
+                },
+            );
+        }
+        exhausted::Event::Recovered => events::emit(
+            Kind::ExhaustionEnded,
+            &format!(
+                "ephemeral ports no longer exhausted: {} ({}/{}) at most",
+                usage.headline.usage, usage.headline.used, usage.headline.capacity
+            ),
+            &usage_fields(usage),
+        ),
+    }
+}
+
+/// "; does not fit ...; remedy: ..." and the remedy ids, for a load the
+/// policy's bounds cannot hold.
+fn unfit_text(usage: &Usage, u: &Unfit, processes: Option<&str>) -> (String, Option<String>) {
+    let situation = remedy::situation(
+        &u.forecast,
+        u.demand,
+        u.capacity_at_bounds,
+        usage,
+        processes,
+    );
+    let remedies = remedy::remedies(&situation);
+    let text = format!(
+        "; {} does not fit: forecast {} ports, at most {} within the policy's floor and ceiling{}",
+        u.forecast.target,
+        u.demand,
+        u.capacity_at_bounds,
+        remedies
+            .first()
+            .map(|r| format!("; remedy {}: {}", r.id, r.advice))
+            .unwrap_or_default()
+    );
+    let ids: Vec<&str> = remedies.iter().map(|r| r.id.as_str()).collect();
+    (text, (!ids.is_empty()).then(|| ids.join(",")))
+}
+
 pub(super) fn reloaded(config: &Path, authority: &Authority, yield_cleared: bool) {
     events::emit(
         Kind::PolicyReloaded,
@@ -205,19 +276,42 @@ impl Report {
         let held_by = processes
             .map(|p| format!("; held by {p}"))
             .unwrap_or_default();
+        let forecast = match (&d.urgent, d.transition) {
+            (Some(f), Some(_)) => format!(
+                "; confirmed before the hold: {} gains {:.0} ports/s{}",
+                f.target,
+                f.growth_per_second,
+                f.time_to_exhaustion
+                    .map(|t| format!(" and runs out in {t:.0}s"))
+                    .unwrap_or_default()
+            ),
+            _ => String::new(),
+        };
+        let (unfit, remedy) = match (&d.unfit, kind) {
+            (Some(u), Kind::UsageWarning | Kind::UsageCritical) => unfit_text(usage, u, processes),
+            _ => (String::new(), None),
+        };
         let message = format!(
-            "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}",
+            "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}{forecast}{unfit}",
             usage.headline.usage,
             usage.headline.used,
             usage.headline.capacity,
             usage.headline.cause
         );
+        let time_to_exhaustion = d
+            .urgent
+            .iter()
+            .chain(d.unfit.iter().map(|u| &u.forecast))
+            .filter_map(|f| f.time_to_exhaustion)
+            .reduce(f64::min);
         events::emit(
             kind,
             &message,
             &Fields {
                 process: processes.map(str::to_string),
                 reminder,
+                time_to_exhaustion: time_to_exhaustion.map(|t| t.ceil() as u64),
+                remedy,
                 ..usage_fields(usage)
             },
         );
@@ -398,7 +492,7 @@ impl Report {
         if let Some(last) = poll.last {
             notify::status(&format!(
                 "{} ({why})",
-                status_line(&last.usage, None, poll.authority)
+                status_line(&last.usage, None, poll.authority, last.time_to_exhaustion)
             ));
         }
         self.publish(poll);
@@ -465,6 +559,8 @@ impl Report {
             authority: poll.authority,
             witness: &witness,
             netns: &poll.netns.metrics,
+            time_to_exhaustion: last.time_to_exhaustion,
+            connect_attempts_total: poll.connect_attempts,
         };
         match metrics::write(path, &snapshot) {
             Ok(()) => {
@@ -519,7 +615,40 @@ mod tests {
             transition,
             remind,
             action: crate::planner::Action::Nothing,
+            urgent: None,
+            overrode: None,
+            unfit: None,
         }
+    }
+
+    #[test]
+    fn a_load_beyond_the_bounds_names_its_remedies_first_that_closes_the_gap_first() {
+        // 900 TIME_WAIT of 950 towards 10.0.0.1:80, forecast 1500 of 1000.
+        let usage = crate::forecast::tests::census(&[(1, 900, 50)]);
+        let f = crate::forecast::Forecast::flat(
+            crate::forecast::Target::Destination {
+                destination: usage.destinations[0].key,
+            },
+            950,
+            900,
+            1000,
+        );
+        let u = Unfit {
+            forecast: f,
+            demand: 1500,
+            capacity_at_bounds: 1000,
+        };
+        let (text, ids) = unfit_text(&usage, &u, None);
+        assert!(
+            text.contains("does not fit: forecast 1500 ports, at most 1000")
+                && text.contains("remedy connection-reuse: ")
+                && text.contains("no owning process"),
+            "{text}"
+        );
+        assert_eq!(
+            ids.as_deref(),
+            Some("connection-reuse,tcp-tw-reuse,source-addresses,lower-floor")
+        );
     }
 
     #[test]

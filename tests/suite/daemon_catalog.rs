@@ -67,7 +67,18 @@ fn always_set(kind: Kind) -> &'static [&'static str] {
         "PORTD_REASON",
     ];
     match kind {
-        Kind::UsageWarning | Kind::UsageCritical | Kind::UsageRecovered => USAGE,
+        Kind::UsageWarning | Kind::UsageCritical | Kind::UsageRecovered | Kind::ExhaustionEnded => {
+            USAGE
+        }
+        Kind::PortsExhausted => &[
+            "PORTD_EVENT",
+            "PORTD_USAGE",
+            "PORTD_USED",
+            "PORTD_CAPACITY",
+            "PORTD_RANGE_BEFORE",
+            "PORTD_REASON",
+            "PORTD_DESTINATION",
+        ],
         Kind::RangeWidened | Kind::WideningBlocked => &[
             "PORTD_EVENT",
             "PORTD_USAGE",

@@ -372,12 +372,30 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
         .into_iter()
         .filter(|e| *e != "usage-critical")
         .collect();
+    // Exhaustion is its own event (issue 13): once when it begins (the
+    // plateau is shorter than its minute between repeats), once when it ends.
     assert_eq!(
         others,
-        ["usage-warning", "widening-blocked", "usage-recovered"],
+        [
+            "usage-warning",
+            "widening-blocked",
+            "ports-exhausted",
+            "exhaustion-ended",
+            "usage-recovered"
+        ],
         "{}",
         summary(&alerts)
     );
+    let exhausted = alerts
+        .iter()
+        .find(|e| e["PORTD_EVENT"] == "ports-exhausted")
+        .unwrap();
+    assert_eq!(
+        field(exhausted, "PORTD_DESTINATION"),
+        "127.0.0.1 -> 127.0.0.1:5001 (200/200)",
+        "{exhausted:#}"
+    );
+    assert!(exhausted.get("PORTD_REMINDER").is_none(), "{exhausted:#}");
     let blocked = alerts
         .iter()
         .find(|e| e["PORTD_EVENT"] == "widening-blocked")

@@ -104,6 +104,15 @@ fn status_and_check_show_the_live_view_while_the_daemon_runs() {
     );
     assert_eq!(live["census"]["failed_total"], 0, "{text}");
     assert_eq!(live["last_change"], Value::Null, "{text}");
+    assert_eq!(
+        live["forecast"]["time_to_exhaustion_seconds"],
+        Value::Null,
+        "{text}"
+    );
+    assert!(
+        live["forecast"]["targets"].as_array().unwrap().len() >= 2,
+        "{text}"
+    );
 
     let running = format!(
         "daemon: running (pid {}), mode advise, last census ",
@@ -111,7 +120,11 @@ fn status_and_check_show_the_live_view_while_the_daemon_runs() {
     );
     let human = stdout(&root, &["status"]);
     assert!(daemon_line(&human).starts_with(&running), "{human}");
-    assert!(daemon_line(&human).ends_with("s ago"), "{human}");
+    // A steady load: the forecast sees nothing growing (issue 13).
+    assert!(
+        daemon_line(&human).ends_with("s ago, nothing growing towards exhaustion"),
+        "{human}"
+    );
     let check = stdout(&root, &["check"]);
     assert!(daemon_line(&check).starts_with(&running), "{check}");
     let json: Value = serde_json::from_str(&stdout(&root, &["status", "--json"])).unwrap();

@@ -31,7 +31,6 @@ mod suite {
     mod daemon_util;
     mod hostile_reads;
     mod output_errors;
-    mod ramp;
     mod status_errors;
     mod status_golden;
     mod status_netns;

@@ -199,7 +199,6 @@ fn ramp_auto_widens_before_any_connect_fails() {
 }
 
 #[test]
-#[ignore = "issue 13: fails until the forecast lands"]
 fn ramp_advise_warns_below_half() {
     if !have_root("ramp_advise_warns_below_half") {
         return;

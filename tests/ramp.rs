@@ -1,0 +1,12 @@
+//! The load ramps of issue 13 (`suite/ramp.rs`), in a test binary of their
+//! own: cargo runs test binaries one after another, and a ramp loads both
+//! cores for minutes, which would disturb the timing of the daemon tests in
+//! `tests/tests.rs` if they shared a run.
+
+mod suite {
+    // The shared harness; this binary uses only part of it.
+    #[allow(dead_code)]
+    pub mod util;
+
+    mod ramp;
+}

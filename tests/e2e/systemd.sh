@@ -6,8 +6,9 @@
 # setup cannot rename the machine), started by
 #     setsid unshare -pfmnu --mount-proc BOOT.sh
 # BOOT.sh makes every mount private, puts tmpfs on /run, /tmp, /var/tmp,
-# /var/log, /var/lib and /etc/sysctl.d, overlays /etc and /usr/sbin with
-# tmpfs upper layers (so /etc/portd.toml and /usr/sbin/portd can exist in the
+# /var/log, /var/lib and /etc/sysctl.d, mounts tracefs on /sys/kernel/tracing
+# (in this mount namespace only), overlays /etc and /usr/sbin with tmpfs
+# upper layers (so /etc/portd.toml and /usr/sbin/portd can exist in the
 # namespace only), bind-mounts the binary extracted from the .deb, sets a tiny
 # port range in the private network namespace, writes a minimal target and
 # the units under /run/systemd/system/ (the unit from the .deb, with a test
@@ -23,6 +24,11 @@
 #
 # Checks, in order; the first that fails stops the test with its reason:
 #   1. `systemctl start portd` reaches active (running) with portd's STATUS=;
+#   1a. the failure witness is on under the packaged unit (tracefs mounted
+#      by BOOT.sh at /sys/kernel/tracing, as systemd hosts have it): a client
+#      holds the 100 ports towards one listener and sees 25 EADDRNOTAVAIL;
+#      portd counts exactly 25 in the metrics file, in `portd status --json`
+#      and names the client in a port-allocation-failed journal entry;
 #   2. `systemctl reload portd` takes a changed policy (advise -> auto);
 #   3. an exhaustion ramp (60 connections to one loopback destination in a
 #      100-port range) gives journal entries with _SYSTEMD_UNIT=portd.service
@@ -99,6 +105,7 @@ pid=""        # host pid of the namespace's systemd (PID 1 inside)
 outer=""      # host pid of setsid/unshare
 ramp=""       # host pid of the nsenter running the ramp
 holder=""     # host pid of the nsenter running the second namespace's holder
+exhaust=""    # host pid of the nsenter running the witness step's client
 cgroups_before=$work/cgroups.before
 
 cleanup() {
@@ -111,7 +118,7 @@ cleanup() {
         kill -9 "$pid"
     fi
     # Reap what we started; each exits once the namespace is gone.
-    for p in $ramp $holder $outer; do
+    for p in $ramp $holder $exhaust $outer; do
         wait "$p" 2>/dev/null || true
     done
     remove_cgroups
@@ -218,6 +225,11 @@ rm -f /usr/sbin/policy-rc.d
 mount --bind "$work/root/usr/sbin/portd" /usr/sbin/portd
 install -m 0644 "$work/portd.toml" /etc/portd.toml
 
+# tracefs, where systemd hosts mount it (sys-kernel-tracing.mount), in this
+# mount namespace only: the failure witness finds its tracepoints there.
+mount -t tracefs tracefs /sys/kernel/tracing
+[ -d /sys/kernel/tracing/events/syscalls ] || { echo "boot.sh: tracefs has no events/syscalls" >&2; exit 1; }
+
 # The private network namespace: loopback up, a tiny range (100 ports).
 ip link set lo up
 printf '40000 40099\n' > /proc/sys/net/ipv4/ip_local_port_range
@@ -305,6 +317,90 @@ case $status in
 esac
 passed=$((passed + 1)); say "1. started: active (running), StatusText: $status"
 
+# --- 1a. the failure witness under the packaged unit -------------------------
+# The unit as shipped (plus the test's drop-ins: DefaultDependencies=no,
+# WatchdogSec=, metrics.conf): CAP_BPF and CAP_PERFMON, bpf() and
+# perf_event_open() allowed, tracefs mounted by boot.sh. In advise mode the
+# range stays 40000-40099: a client holds all 100 ports towards one
+# listener, then 25 more connects fail with EADDRNOTAVAIL; portd must count
+# exactly the failures the client saw, in its metrics, its live view
+# (`portd status --json`) and one port-allocation-failed journal entry.
+
+witness_said=$(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service | grep '^failure witness ' | tail -n 1)
+case $witness_said in
+    "failure witness on: "*) ;;
+    *) fail "under the packaged unit the failure witness is not on; portd said: '${witness_said:-nothing about it}'" ;;
+esac
+cat > "$work/exhaust.py" <<'PY'
+# Inside the test's network namespace: a listener on 127.0.0.1:5600 and a
+# client (comm e2e-exhaust) that connects until the 100-port range is held,
+# then makes EXTRA more attempts; prints what it saw, then holds the
+# connections until READ_FILE appears and closes them with RST (no
+# TIME_WAIT left for the later steps).
+import ctypes, errno, os, socket, struct, sys, time
+extra, ready, release = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctypes.CDLL(None).prctl(15, b"e2e-exhaust", 0, 0, 0)  # PR_SET_NAME
+with open("/proc/sys/net/ipv4/tcp_tw_reuse", "w") as f:
+    f.write("0\n")
+srv = socket.socket(); srv.bind(("127.0.0.1", 5600)); srv.listen(256)
+held, failed, attempts = [], 0, 0
+while failed < extra and attempts < 1000:
+    attempts += 1
+    c = socket.socket()
+    try:
+        c.connect(("127.0.0.1", 5600))
+    except OSError as e:
+        c.close()
+        if e.errno != errno.EADDRNOTAVAIL:
+            raise
+        failed += 1
+        continue
+    a, _ = srv.accept(); held += [c, a]
+    if failed:
+        sys.exit(f"connect succeeded after {failed} failures: the range was not exhausted")
+with open(ready + ".tmp", "w") as f:
+    f.write(f"{len(held) // 2} {failed}\n")
+os.rename(ready + ".tmp", ready)
+deadline = time.time() + 60
+while not os.path.exists(release) and time.time() < deadline:
+    time.sleep(0.1)
+for s in held:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+PY
+rm -f "$work/exhaust.ready" "$work/exhaust.release"
+nsenter -t "$pid" -m -p -n "$python" "$work/exhaust.py" 25 "$work/exhaust.ready" "$work/exhaust.release" \
+    >"$work/exhaust.out" 2>&1 &
+exhaust=$!
+wait_for 20 "the exhausting client did not finish: $(cat "$work/exhaust.out" 2>/dev/null)" test -s "$work/exhaust.ready"
+read -r exhaust_held exhaust_failed < "$work/exhaust.ready"
+[ "$exhaust_held" -eq 100 ] && [ "$exhaust_failed" -eq 25 ] \
+    || fail "the client held $exhaust_held connections and saw $exhaust_failed EADDRNOTAVAIL, not 100 and 25"
+prom=/proc/$pid/root/var/lib/prometheus/node-exporter/portd.prom
+witness_metric='portd_connect_failures_total{local="0.0.0.0",remote="127.0.0.1",remote_port="5600",comm="e2e-exhaust"}'
+metrics_witnessed() { grep -qxF "$witness_metric $exhaust_failed" "$prom"; }
+wait_for 10 "the metrics file has no '$witness_metric $exhaust_failed': $(grep -F portd_connect_failures_total "$prom" || echo 'no portd_connect_failures_total')" metrics_witnessed
+all_failures=$(grep -E '^portd_(connect|bind|udp_autobind)_failures_total\{' "$prom" | awk '{ n += $2 } END { print n + 0 }')
+[ "$all_failures" -eq "$exhaust_failed" ] || fail "the metrics count $all_failures failures in all, the client saw $exhaust_failed: $(grep -E '_failures_total' "$prom")"
+grep -qx 'portd_witness_dropped_total 0' "$prom" || fail "the witness dropped failures: $(grep witness_dropped "$prom")"
+# Exit code 2: critical (the 100 held ports); the JSON is what counts.
+status_json=$(ns /usr/sbin/portd status --json) || [ $? -eq 2 ] || fail "portd status --json failed: $status_json"
+status_total=$(printf '%s' "$status_json" | "$python" -c 'import json, sys; w = json.load(sys.stdin)["daemon"]["live"]["witness"]; print(w["failures_total"] if w["active"] else "inactive")')
+[ "$status_total" = "$exhaust_failed" ] || fail "portd status --json (the live view) shows $status_total witnessed failures, the client saw $exhaust_failed"
+witness_alert() {
+    ns journalctl --no-pager -o json _SYSTEMD_UNIT=portd.service PORTD_EVENT=port-allocation-failed \
+        PORTD_DESTINATION=127.0.0.1:5600 | grep '"MESSAGE_ID":"bc91379153534ca58f0c1d5d8a11bbbd"' \
+        | grep -q '"PORTD_PROCESS":"e2e-exhaust (pid [0-9]*)"'
+}
+wait_for 5 "no port-allocation-failed entry (MESSAGE_ID bc91379153534ca58f0c1d5d8a11bbbd) for 127.0.0.1:5600 naming e2e-exhaust: $(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service | tail -n 5)" witness_alert
+witness_entry=$(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service PORTD_EVENT=port-allocation-failed | tail -n 1)
+: > "$work/exhaust.release"
+wait "$exhaust" || fail "the exhausting client failed: $(cat "$work/exhaust.out")"
+exhaust=""
+say "   $witness_said"
+say "   journal: $witness_entry"
+passed=$((passed + 1)); say "1a. witness: $exhaust_failed EADDRNOTAVAIL seen by the client (100 ports held), $exhaust_failed in the metrics ($witness_metric), in portd status --json and in the journal"
+
 # --- 2. reload a changed policy ---------------------------------------------
 
 ns sed -i 's/^mode = "advise"/mode = "auto"/' /etc/portd.toml
@@ -319,11 +415,15 @@ passed=$((passed + 1)); say "2. reloaded: $(prop StatusText)"
 
 # --- 3. exhaustion ramp -----------------------------------------------------
 
+# Step 1a's exhaustion alerted already: wait for entries newer than these.
+journal_count() { ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service "PORTD_EVENT=$1" | wc -l; }
+critical_before=$(journal_count usage-critical)
 nsenter -t "$pid" -m -p -n "$python" "$work/ramp.py" 5555 60 120 >"$work/ramp.out" 2>&1 &
 ramp=$!
 wait_for 15 "ramp did not connect: $(cat "$work/ramp.out")" grep -q '^connected 60$' "$work/ramp.out"
-wait_for 20 "no usage-critical entry with _SYSTEMD_UNIT=portd.service in the journal" \
-    journal_has usage-critical 836298aa8ba84dba8e0aad24fb3774d0
+new_critical() { [ "$(journal_count usage-critical)" -gt "$critical_before" ] && journal_has usage-critical 836298aa8ba84dba8e0aad24fb3774d0; }
+wait_for 20 "no new usage-critical entry with _SYSTEMD_UNIT=portd.service in the journal (after the $critical_before of step 1a)" \
+    new_critical
 wait_for 20 "no range-widened entry with _SYSTEMD_UNIT=portd.service in the journal" \
     journal_has range-widened d6b85f7829634a5bb5227482ec76a960
 range=$(ns cat /proc/sys/net/ipv4/ip_local_port_range | tr -s ' \t' '  ')
@@ -393,7 +493,7 @@ PY
 rm -f "$work/hold.ready"
 nsenter -t "$pid" -m -p -n unshare -n "$python" "$work/hold.py" "$work/hold.ready" >"$work/hold.out" 2>&1 &
 holder=$!
-wait_for 15 "the second namespace's holder did not connect: $(cat "$work/hold.out")" test -s "$work/hold.ready"
+wait_for 15 "the second namespace's holder did not connect: $(cat "$work/hold.out" 2>/dev/null)" test -s "$work/hold.ready"
 read -r hold_pid hold_netns < "$work/hold.ready"
 hold_range() { ns nsenter -t "$hold_pid" -n cat /proc/sys/net/ipv4/ip_local_port_range /proc/sys/net/ipv4/ip_local_reserved_ports; }
 hold_before=$(hold_range)

@@ -55,7 +55,9 @@ common="\
 /usr/share/doc/portd/examples/metrics.conf 644
 /usr/share/fish/vendor_completions.d/portd.fish 644
 /usr/share/man/man5/portd.toml.5.gz 644
-/usr/share/man/man8/portd.8.gz 644"
+/usr/share/man/man8/portd.8.gz 644
+/usr/share/portd/grafana/portd.json 644
+/usr/share/portd/prometheus/portd-alerts.yml 644"
 deb_only="\
 /usr/share/doc/portd/changelog.Debian.gz 644
 /usr/share/doc/portd/copyright 644
@@ -90,6 +92,15 @@ check_payload() { # NAME ROOT: what is inside the files
     done
     cmp -s "$root/usr/lib/systemd/system/portd.service" systemd/portd.service || fail "$1: the unit is not systemd/portd.service"
     cmp -s "$root/usr/lib/systemd/catalog/portd.catalog" packaging/portd.catalog || fail "$1: the catalog is not packaging/portd.catalog"
+    # The fleet view: alert rules and Grafana dashboard (README "Prometheus and Grafana").
+    cmp -s "$root/usr/share/portd/prometheus/portd-alerts.yml" packaging/prometheus/portd-alerts.yml \
+        || fail "$1: /usr/share/portd/prometheus/portd-alerts.yml is not packaging/prometheus/portd-alerts.yml"
+    cmp -s "$root/usr/share/portd/grafana/portd.json" packaging/grafana/portd.json \
+        || fail "$1: /usr/share/portd/grafana/portd.json is not packaging/grafana/portd.json"
+    if command -v promtool >/dev/null 2>&1; then
+        promtool check rules "$root/usr/share/portd/prometheus/portd-alerts.yml" >/dev/null \
+            || fail "$1: promtool check rules fails on the packaged rules"
+    fi
     for page in man8/portd.8 man5/portd.toml.5; do
         gzip -t "$root/usr/share/man/$page.gz" || fail "$1: $page.gz is not gzip"
         gzip -dc "$root/usr/share/man/$page.gz" | cmp -s - "packaging/man/${page#*/}" || fail "$1: $page differs from packaging/man"

@@ -29,6 +29,10 @@ mod suite {
     mod daemon_notify;
     mod daemon_several_netns;
     mod daemon_util;
+    mod fleet;
+    mod fleet_dashboard;
+    mod fleet_metric_names;
+    mod fleet_rules;
     mod hostile_reads;
     mod output_errors;
     mod status_errors;

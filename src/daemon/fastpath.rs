@@ -159,11 +159,13 @@ pub(super) fn next(
     }
     if let Some(n) = opened_since {
         // No destination gained more ports than there were connect()s, nor
-        // more than the sockets there are now.
+        // more than the sockets there are now; at that rate it goes on
+        // gaining for the hold and a poll counted from now (what it gained
+        // since the last census is already held: TIME_WAIT lasts 60 s).
         let gained = n.min(totals.tcp_bound()) as f64;
         let age = last.age.as_secs_f64().max(1.0);
         let ahead = (policy.hold + policy.interval).as_secs_f64();
-        let projected = last.worst as f64 + gained / age * ahead;
+        let projected = last.worst as f64 + gained + gained / age * ahead;
         if projected >= policy.thresholds.critical().fraction() * last.capacity as f64 {
             return Next::Census(Due::Growing);
         }

@@ -265,3 +265,24 @@ fn connects_at_a_rate_that_reaches_critical_within_hold_and_a_poll_take_a_census
         skip(20)
     );
 }
+
+#[test]
+fn the_projection_runs_from_now_not_from_the_last_census() {
+    // Nothing held at the last census, 10 s ago; 100 connect()s since, all
+    // still holding a port: 10/s for the hold and a poll (40 s) from now
+    // is 100 + 400 = 500 of 1000, critical. Counted from the last census
+    // (400) it would have waited until the bound itself reached warning.
+    let s = settings(40000, 40999);
+    let last = baseline(&s, 0, Some(1000));
+    let now = counters(&s, totals(100, 0, 0), Some(1100));
+    assert_eq!(
+        next(Some(&last), &now, &Policy::default(), &quiet()),
+        Next::Census(Due::Growing)
+    );
+    // Half the rate stays short of critical: no census.
+    let now = counters(&s, totals(50, 0, 0), Some(1050));
+    assert_eq!(
+        next(Some(&last), &now, &Policy::default(), &quiet()),
+        skip(50)
+    );
+}

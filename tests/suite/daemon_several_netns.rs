@@ -7,16 +7,10 @@
 //! in its live view (which a `status` as nobody shows), and writes nothing
 //! in any namespace (needs root).
 
-use std::path::Path;
-use std::process::Command;
-
 use serde_json::Value;
 
+use super::status_several_netns::{read, several_netns};
 use super::util::{have_root, tests_dir};
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
 
 #[test]
 fn the_daemon_alerts_on_another_namespace_names_it_and_writes_nothing() {
@@ -24,14 +18,10 @@ fn the_daemon_alerts_on_another_namespace_names_it_and_writes_nothing() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
-        .arg(tests_dir().join("helpers/several_netns.sh"))
-        .arg(env!("CARGO_BIN_EXE_portd"))
-        .arg(out.path())
-        .arg(tests_dir().join("helpers/daemon_several_netns.sh"))
-        .output()
-        .unwrap();
+    let run = several_netns(
+        out.path(),
+        Some(&tests_dir().join("helpers/daemon_several_netns.sh")),
+    );
     let dir = out.path();
     assert!(
         run.status.success(),

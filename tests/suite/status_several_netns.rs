@@ -5,14 +5,29 @@
 //! each, and no namespace's settings change (needs root).
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
 use super::util::{have_root, tests_dir};
 
-fn read(dir: &Path, name: &str) -> String {
+/// A file the helper wrote into the test's output directory.
+pub(super) fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Runs tests/helpers/several_netns.sh in a private PID, network and mount
+/// namespace with its own /proc, writing into `out`; `actions` is a script
+/// it runs once the namespaces hold their sockets.
+pub(super) fn several_netns(out: &Path, actions: Option<&Path>) -> Output {
+    Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
+        .arg(tests_dir().join("helpers/several_netns.sh"))
+        .arg(env!("CARGO_BIN_EXE_portd"))
+        .arg(out)
+        .args(actions)
+        .output()
+        .unwrap()
 }
 
 fn json(dir: &Path, name: &str) -> Value {
@@ -29,13 +44,7 @@ fn status_reports_every_namespace_worst_first_and_equal_to_ss() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
-        .arg(tests_dir().join("helpers/several_netns.sh"))
-        .arg(env!("CARGO_BIN_EXE_portd"))
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let run = several_netns(out.path(), None);
     assert!(
         run.status.success(),
         "{}",

@@ -18,6 +18,9 @@ use crate::usage::{self, Cause, Usage, UsageOptions};
 pub(super) struct CensusOutput {
     pub usage: Usage,
     pub took: Duration,
+    /// CPU time of the whole task (census and process lookup): what the
+    /// census budget counts (budget.rs); wall time would count waiting.
+    pub cpu: Duration,
     /// Who holds the sockets of the headline destination; looked up only
     /// when this census may start or renew an alert.
     pub processes: Option<String>,
@@ -86,6 +89,7 @@ fn census_task(
     lookup: ProcessLookup,
 ) -> CensusResult {
     let started = Instant::now();
+    let cpu_before = thread_cpu();
     // netlink sock_diag where the kernel has it: on a busy host a procfs
     // read restarts its walk and can take seconds (docs/benchmarks.md).
     // Bound-only sockets only matter to the bind(0) pool, and asking for
@@ -108,8 +112,19 @@ fn census_task(
     Ok(CensusOutput {
         usage,
         took,
+        cpu: thread_cpu().saturating_sub(cpu_before),
         processes,
     })
+}
+
+/// CPU time of the calling thread (the census runs on one blocking-pool
+/// thread from start to end).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// "nginx[812] 40 sockets, curl[77] 5 sockets": the processes holding the

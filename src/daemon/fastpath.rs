@@ -4,7 +4,7 @@
 //! staleness. A pure function of the last census, the counters and the
 //! policy and alert state, so it is tested without root.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::census::KernelSettings;
 use crate::census::sockstat::Totals;
@@ -51,6 +51,44 @@ pub(super) struct Counters<'a> {
     pub settings: &'a KernelSettings,
     pub totals: Option<Totals>,
     pub active_opens: Option<u64>,
+    /// `connect()`s per second since an earlier poll ([`Pace`]): the
+    /// namespace's rate now, where the count since the last census is its
+    /// mean over what may be a long time (a rising load outruns a mean).
+    pub pace: Option<f64>,
+}
+
+/// The namespace's `connect()` rate between polls, from `ActiveOpens`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Pace {
+    last: Option<(Instant, u64)>,
+}
+
+impl Pace {
+    /// Polls closer than this give no rate: the reading is kept and the
+    /// next poll is measured against it.
+    const MIN_SPAN: Duration = Duration::from_millis(500);
+
+    /// Takes this poll's `ActiveOpens`, read at `now`; the rate since the
+    /// reading it is measured against. `None` without two readings, or when
+    /// the counter went back (a new namespace).
+    pub fn update(&mut self, now: Instant, opens: Option<u64>) -> Option<f64> {
+        let Some(opens) = opens else {
+            self.last = None;
+            return None;
+        };
+        let Some((then, before)) = self.last else {
+            self.last = Some((now, opens));
+            return None;
+        };
+        let span = now.saturating_duration_since(then);
+        let rate = opens
+            .checked_sub(before)
+            .map(|n| n as f64 / span.as_secs_f64().max(Self::MIN_SPAN.as_secs_f64()));
+        if span >= Self::MIN_SPAN || rate.is_none() {
+            self.last = Some((now, opens));
+        }
+        rate
+    }
 }
 
 /// Why this poll takes a full census.
@@ -75,6 +113,17 @@ pub(super) enum Due {
     /// a destination could reach critical within the hold plus one poll:
     /// the census measures its own rate (forecast.rs).
     Growing,
+}
+
+impl Due {
+    /// Whether the census may wait for its share of the CPU (budget.rs):
+    /// it is taken because the counters say usage *might* be high or
+    /// growing. A raised or pending alert is followed at every poll (its
+    /// reminders, its hold and its recovery are timed by the censuses), and
+    /// what portd does not know yet is never put off.
+    pub fn may_wait(self) -> bool {
+        matches!(self, Due::BoundAtWarning | Due::Growing)
+    }
 }
 
 /// The census is skipped: at most `bound` of `capacity` ports towards any
@@ -161,11 +210,14 @@ pub(super) fn next(
         // No destination gained more ports than there were connect()s, nor
         // more than the sockets there are now; at that rate it goes on
         // gaining for the hold and a poll counted from now (what it gained
-        // since the last census is already held: TIME_WAIT lasts 60 s).
+        // since the last census is already held: TIME_WAIT lasts 60 s). The
+        // rate is the mean since the last census or the pace since the last
+        // poll, whichever is higher: a rising rate outruns its mean.
         let gained = n.min(totals.tcp_bound()) as f64;
         let age = last.age.as_secs_f64().max(1.0);
+        let rate = (gained / age).max(now.pace.unwrap_or(0.0));
         let ahead = (policy.hold + policy.interval).as_secs_f64();
-        let projected = last.worst as f64 + gained + gained / age * ahead;
+        let projected = last.worst as f64 + gained + rate * ahead;
         if projected >= policy.thresholds.critical().fraction() * last.capacity as f64 {
             return Next::Census(Due::Growing);
         }

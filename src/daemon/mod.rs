@@ -8,6 +8,7 @@
 //! state) → report (report.rs: STATUS, journal, metrics).
 
 mod act;
+mod budget;
 mod census_task;
 mod fastpath;
 mod live_view;
@@ -22,7 +23,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{JoinError, JoinHandle};
 
 use self::census_task::{CensusOutput, CensusResult, InFlight, ProcessLookup, join};
-use self::fastpath::{Baseline, Next};
+use self::fastpath::{Baseline, Next, Pace};
 use self::reload::{LoadedPolicy, join_reload};
 use self::report::{Poll, Report};
 use crate::actuator;
@@ -125,6 +126,8 @@ struct LastCensus {
     active_opens: Option<u64>,
     at: SystemTime,
     took: Duration,
+    /// CPU time of that census (budget.rs).
+    cpu: Duration,
     level: Level,
     /// Why the range was not widened although usage called for it.
     blocked: Option<&'static str>,
@@ -186,6 +189,8 @@ struct Daemon {
     tracker: Tracker,
     /// `Tcp: ActiveOpens` as the last poll read it (a metrics counter).
     active_opens: Option<u64>,
+    /// The `connect()` rate between polls (fastpath.rs).
+    pace: Pace,
     /// What exhaustion was reported last (exhausted.rs).
     exhaustion: Exhaustion,
     /// A forecast reaches critical soon: poll every [`HURRIED`] instead of
@@ -243,6 +248,7 @@ impl Daemon {
             hurried: false,
             exhaustion: Exhaustion::default(),
             active_opens: None,
+            pace: Pace::default(),
             recensus: false,
             report: Report::default(),
             sysctld: act::PollScan::default(),
@@ -302,6 +308,7 @@ impl Daemon {
                 _ = join(&mut tasks.abandoned) => abandoned_ended(&mut tasks),
                 out = netns::join(&mut tasks.netns) => {
                     tasks.netns = None;
+                    self.netns.finished();
                     self.netns_ended(out);
                 }
                 _ = poll_tick.tick(), if tasks.census.is_none() => self.poll(&mut tasks, limit),
@@ -458,10 +465,12 @@ impl Daemon {
         // full census (which the fast path may skip for long): a failed
         // write is retried, and the reserved ports follow the other files.
         self.retry_persist(self.clock.now());
+        let active_opens = sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok();
         let counters = fastpath::Counters {
             settings: &settings,
             totals: sockstat::read_totals(&self.host, self.proc.as_mut()).ok(),
-            active_opens: sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok(),
+            active_opens,
+            pace: self.pace.update(Instant::now(), active_opens),
         };
         let active_opens = counters.active_opens;
         self.active_opens = active_opens;
@@ -483,6 +492,11 @@ impl Daemon {
             self.hurried = false;
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.census_skipped(&skip.to_string(), p));
+            return None;
+        }
+        if let Some(why) = self.census_waits(next) {
+            let authority = self.authority();
+            self.report_with(&authority, |r, p| r.census_skipped(&why, p));
             return None;
         }
         let options = UsageOptions {
@@ -513,11 +527,32 @@ impl Daemon {
         }
     }
 
+    /// Why a census that may wait for its share of the CPU (budget.rs)
+    /// waits on this poll; `None` when it is taken.
+    fn census_waits(&self, next: Next) -> Option<String> {
+        let (Next::Census(due), false) = (next, self.witnessed) else {
+            return None;
+        };
+        let last = self.last.as_ref().filter(|_| due.may_wait())?;
+        let spent = budget::Spent {
+            started: last.started,
+            took: last.cpu,
+        };
+        let wait = spent.wait(Instant::now(), budget::CENSUS_SHARE)?;
+        Some(format!(
+            "census deferred {:.1}s: the last one took {:.0}ms of CPU, and censuses use at most {:.0}% of a core",
+            wait.as_secs_f64(),
+            last.cpu.as_secs_f64() * 1000.0,
+            budget::CENSUS_SHARE * 100.0
+        ))
+    }
+
     /// observe (the census's result) → decide → write → record → report.
     fn after_census(&mut self, result: CensusResult, started: Instant, active_opens: Option<u64>) {
         let CensusOutput {
             usage,
             took,
+            cpu,
             processes,
         } = match result {
             Ok(r) => r,
@@ -571,6 +606,7 @@ impl Daemon {
             // Wall clock, like `polled_at`: a scraper compares it with its own.
             at: SystemTime::now(),
             took,
+            cpu,
             level: decision.alert.level,
             blocked,
             time_to_exhaustion,

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::{JoinError, JoinHandle};
 
-use super::fastpath::{self, Baseline, Due, Next};
+use super::budget::{NETNS_SHARE, Spent};
+use super::fastpath::{self, Baseline, Due, Next, Pace};
 use super::report::{Once, level_event};
 use crate::authority::{Authority, Why};
 use crate::census::KernelSettings;
@@ -62,6 +63,8 @@ struct Watched {
     advice: Option<String>,
     /// The last census error of this namespace, reported once.
     error: Once,
+    /// Its `connect()` rate between polls.
+    pace: Pace,
 }
 
 impl Watched {
@@ -73,6 +76,7 @@ impl Watched {
             quiet: None,
             advice: None,
             error: Once::default(),
+            pace: Pace::default(),
         }
     }
 }
@@ -99,6 +103,9 @@ pub(super) struct Watch {
     censuses: u64,
     /// Unreadable processes on the last poll.
     unreadable: u32,
+    /// When the running look began; what the last one cost (budget.rs).
+    running_since: Option<Instant>,
+    spent: Option<Spent>,
 }
 
 /// A poll of the other namespaces on the blocking pool.
@@ -349,6 +356,7 @@ fn measure(host: &Host, known: &mut Known, policy: &Policy) -> Measured {
             settings: &settings,
             totals,
             active_opens,
+            pace: w.pace.update(Instant::now(), active_opens),
         };
         let baseline = w
             .last
@@ -480,12 +488,28 @@ impl Watch {
         if host.root() != std::path::Path::new("/") {
             return None;
         }
+        let now = Instant::now();
+        if self
+            .spent
+            .is_some_and(|s| s.wait(now, NETNS_SHARE).is_some())
+        {
+            return None;
+        }
+        self.running_since = Some(now);
         let known = self.known.take().unwrap_or_default();
         let host = host.clone();
         let policy = policy.clone();
         Some(InFlight {
             handle: tokio::task::spawn_blocking(move || poll(&host, known, &policy)),
         })
+    }
+
+    /// The look that was running ended now: what it cost.
+    pub fn finished(&mut self) {
+        self.spent = self.running_since.take().map(|started| Spent {
+            started,
+            took: started.elapsed(),
+        });
     }
 
     /// The poll ended: alert state, journal, what is published. True when

@@ -34,6 +34,7 @@ fn counters(settings: &KernelSettings, totals: Totals) -> fastpath::Counters<'_>
         settings,
         totals: Some(totals),
         active_opens: Some(100),
+        pace: None,
     }
 }
 

@@ -300,7 +300,7 @@ fn durations_below_their_minimum_are_refused_and_name_it() {
     );
     one_error(
         "[alerts]\nreminder = \"0s\"\n",
-        "/etc/portd.toml:2:12: alerts.reminder: 0s is below the minimum, 10s",
+        "/etc/portd.toml:2:12: alerts.reminder: 0s is below the minimum, 2s",
         &["at least poll.interval", "every census"],
     );
     one_error(
@@ -310,7 +310,7 @@ fn durations_below_their_minimum_are_refused_and_name_it() {
     );
     one_error(
         "[poll]\nmax_staleness = \"0s\"\n",
-        "/etc/portd.toml:2:17: poll.max_staleness: 0s is below poll.interval (10s)",
+        "/etc/portd.toml:2:17: poll.max_staleness: 0s is below poll.interval (2s)",
         &["minimum is the interval"],
     );
     // At the minimums: accepted (the test suite's daemons poll this fast).

@@ -76,7 +76,7 @@ impl Default for Policy {
     /// Safe on a host nobody has inspected (DESIGN.md, "Default policy").
     fn default() -> Self {
         Policy {
-            interval: Duration::from_secs(10),
+            interval: Duration::from_secs(2),
             max_staleness: Duration::from_secs(300),
             thresholds: Thresholds::default(),
             hold: Duration::from_secs(30),

@@ -166,7 +166,7 @@ fn check_durations(report: &mut Report<'_>, poll: &RawPoll, alerts: &RawAlerts) 
             Some(raw.span()),
             format!(
                 "poll.interval: {} is below the minimum, {}; a shorter interval only burns CPU \
-                 (the shipped policy uses \"10s\")",
+                 (the shipped policy uses \"2s\")",
                 show(raw.get_ref().0),
                 show(INTERVAL_MIN)
             ),

@@ -13,11 +13,15 @@ SPEC is JSON:
    "policy": PATH,               config/portd.toml of the tree (shipped policy)
    "mode": "auto" | "advise",    the only key changed in it
    "range": "40000 41999",       net.ipv4.ip_local_port_range of the namespace
-   "load": "time_wait" | "concurrency",
+   "load": "time_wait" | "concurrency" | "burst",
    "rate": R,                    new connections/s at the step (time_wait, concurrency)
    "accel": A,                   optional: the rate grows by A/s every second
                                  instead (time_wait: a steadily rising load)
-   "plateau": N,                 concurrency: connections held at the end
+   "plateau": N,                 concurrency, burst: connections held at the end
+   "hold_for": S,                burst: seconds the plateau is held before every
+                                 connection is reset (SO_LINGER 0: no TIME_WAIT)
+   "destinations": N,            time_wait: the rate is spread round-robin over N
+                                 destinations 127.0.0.1:5001..5000+N (1)
    "workers": N,                 time_wait: client processes sharing the rate (1)
    "duration": S,                seconds from the step to the end of the run
    "warmup": S,                  seconds portd runs before the step (cold start)
@@ -32,10 +36,13 @@ time_wait load the client closes first and the server closes on end of
 file, so each connection leaves a TIME_WAIT on the client's side for 60 s.
 In the concurrency load the clients hold their connections and the server
 leaves them in its accept queue (somaxconn raised in the namespace), so no
-process needs more than 20 000 descriptors.
+process needs more than 20 000 descriptors. The burst load opens its plateau
+at once (as fast as one process can), holds it, then resets every connection,
+so the ports are free again at once.
 
 Prints one JSON line: the summary (times in seconds from the step, usage as
-ground truth counted with `ss` every half second; "demand": the ports the load
+ground truth counted with `ss` every half second, of the busiest destination
+when there are several; "demand": the ports the load
 asked for, in use plus failed connects that would hold one; "fits": demand at
 most the capacity at the ceiling 65535) and a per-second timeline.
 An alarm ends everything after the duration plus a margin.
@@ -50,6 +57,7 @@ import resource
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -72,24 +80,32 @@ def pdeathsig():
 # --- roles run as children: server, client ----------------------------------
 
 
-def serve(accepting):
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(DEST)
-    ls.listen(65535)
+def dests(n):
+    return [(DEST[0], PORT + i) for i in range(n)]
+
+
+def serve(accepting, n):
+    listeners = []
+    for dest in dests(n):
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(dest)
+        ls.listen(65535)
+        listeners.append(ls)
     out({"ready": True})
     if not accepting:
         signal.pause()
         return
-    ls.setblocking(False)
     sel = selectors.DefaultSelector()
-    sel.register(ls, selectors.EVENT_READ, None)
+    for ls in listeners:
+        ls.setblocking(False)
+        sel.register(ls, selectors.EVENT_READ, None)
     while True:
         for key, _ in sel.select():
             if key.data is None:
                 while True:
                     try:
-                        c, _ = ls.accept()
+                        c, _ = key.fileobj.accept()
                     except BlockingIOError:
                         break
                     c.setblocking(False)
@@ -105,11 +121,20 @@ def serve(accepting):
                     c.close()
 
 
-def client(load, rate, accel, plateau, duration):
+def reset_all(held):
+    """Closes with SO_LINGER 0: a reset, no TIME_WAIT, the port free at once."""
+    for c in held:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    held.clear()
+
+
+def client(load, rate, accel, plateau, duration, n_dests, hold_for):
     """Opens connections at the scheduled rate from now; one line per second:
     {"t": second, "ok": n, "eaddrnotavail": n, "other": n, "errno": name}."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    targets = dests(n_dests)
     start = time.monotonic()
     held = []
     opened = 0
@@ -121,18 +146,26 @@ def client(load, rate, accel, plateau, duration):
         while now >= sec + 1:
             out({"t": sec, "ok": ok, "eaddrnotavail": fail, "other": other, "errno": last_err})
             sec, ok, fail, other, last_err = sec + 1, 0, 0, 0, None
-        # Connections due by now: rate*t, or accel*t^2/2 for a rising rate.
+        if load == "burst" and now >= hold_for:
+            reset_all(held)
+            time.sleep(0.05)
+            continue
+        # Connections due by now: rate*t, or accel*t^2/2 for a rising rate;
+        # a burst's plateau at once.
         due = accel * now * now / 2 if accel else rate * now
         if load == "concurrency":
             due = min(due, plateau)
+        elif load == "burst":
+            due = plateau
         if opened >= due:
             wait = (opened + 1 - due) / max(rate or accel * now, 1.0)
             time.sleep(min(max(wait, 0.0005), 0.05))
             continue
+        dest = targets[opened % len(targets)]
         opened += 1
         c = socket.socket()
         try:
-            c.connect(DEST)
+            c.connect(dest)
         except OSError as e:
             c.close()
             if e.errno == errno.EADDRNOTAVAIL:
@@ -142,7 +175,7 @@ def client(load, rate, accel, plateau, duration):
             last_err = errno.errorcode.get(e.errno, str(e.errno))
             continue
         ok += 1
-        if load == "concurrency":
+        if load in ("concurrency", "burst"):
             held.append(c)
         else:
             c.close()  # first: the TIME_WAIT stays on this side
@@ -233,19 +266,21 @@ def spawn_role(args):
                             preexec_fn=pdeathsig, text=True)
 
 
-def usage_now(low, high):
-    """Ground truth: client sockets to the destination with a local port in
-    the range, any state (TIME_WAIT, SYN_SENT, ESTABLISHED, FIN_WAIT...)."""
-    r = subprocess.run(["ss", "-Htan", "dst", f"{DEST[0]}:{PORT}"],
+def usage_now(low, high, n_dests):
+    """Ground truth: client sockets to the busiest destination with a local
+    port in the range, any state (TIME_WAIT, SYN_SENT, ESTABLISHED,
+    FIN_WAIT...), and to all destinations together."""
+    r = subprocess.run(["ss", "-Htan", "dst", DEST[0]],
                        capture_output=True, text=True, check=True)
-    n = 0
+    counts = {}
     for line in r.stdout.splitlines():
         fields = line.split()
-        if len(fields) >= 4:
+        if len(fields) >= 5:
             port = int(fields[3].rsplit(":", 1)[1])
-            if low <= port <= high:
-                n += 1
-    return n
+            peer = int(fields[4].rsplit(":", 1)[1])
+            if low <= port <= high and PORT <= peer < PORT + n_dests:
+                counts[peer] = counts.get(peer, 0) + 1
+    return max(counts.values(), default=0), sum(counts.values())
 
 
 def port_range():
@@ -291,7 +326,9 @@ def cell(spec):
     clients = []
     try:
         low0, high0 = port_range()
-        server = spawn_role(["server", "1" if spec["load"] == "time_wait" else "0"])
+        n_dests = spec.get("destinations", 1)
+        server = spawn_role(["server", "1" if spec["load"] == "time_wait" else "0",
+                             str(n_dests)])
         if json.loads(server.stdout.readline()).get("ready") is not True:
             sys.exit("the server did not start")
         if spec.get("portd"):
@@ -311,14 +348,15 @@ def cell(spec):
         duration = spec["duration"]
         rate, accel = spec.get("rate", 0), spec.get("accel", 0)
         n = spec.get("workers", 1)
-        if spec["load"] == "concurrency":
+        if spec["load"] in ("concurrency", "burst"):
             n = max(1, -(-spec["plateau"] // MAX_FDS_PER_CLIENT))
         step_wall = time.time()
         step = time.monotonic()
         for _ in range(n):
             clients.append(spawn_role([
                 "client", spec["load"], str(rate / n), str(accel / n),
-                str(spec.get("plateau", 0) // n), str(duration)]))
+                str(spec.get("plateau", 0) // n), str(duration), str(n_dests),
+                str(spec.get("hold_for", 0))]))
         for c in clients:
             os.set_blocking(c.stdout.fileno(), False)
 
@@ -330,7 +368,8 @@ def cell(spec):
         while done < len(clients):
             t = time.monotonic() - step
             low, high = port_range()
-            samples.append((round(t, 2), usage_now(low0, high), low, high))
+            worst, total = usage_now(low0, high, n_dests)
+            samples.append((round(t, 2), worst, low, high, total))
             for i, c in enumerate(clients):
                 try:
                     chunk = c.stdout.read()
@@ -403,7 +442,8 @@ def cell(spec):
         demand = max(demand, (usage_at(t + 1)[0] or 0) + failed)
     summary = {
         "spec": {k: spec.get(k) for k in ("mode", "range", "load", "rate", "accel",
-                                           "plateau", "duration")},
+                                           "plateau", "hold_for", "destinations",
+                                           "duration")},
         "portd": bool(spec.get("portd")),
         "range_before": f"{low0} {high0}",
         "range_after": f"{samples[-1][2]} {samples[-1][3]}" if samples else None,
@@ -411,6 +451,7 @@ def cell(spec):
         "capacity_at_ceiling": capacity_ceiling,
         "peak_usage": peak,
         "peak_ratio": round(peak / capacity0, 4),
+        "peak_total": max((s[4] for s in samples), default=0),
         "demand": demand,
         "fits": demand <= capacity_ceiling,
         "first_alert": first(is_alert),
@@ -433,10 +474,11 @@ def cell(spec):
 def main():
     role = sys.argv[1]
     if role == "server":
-        serve(sys.argv[2] == "1")
+        serve(sys.argv[2] == "1", int(sys.argv[3]))
     elif role == "client":
-        load, rate, accel, plateau, duration = sys.argv[2:7]
-        client(load, float(rate), float(accel), int(plateau), float(duration))
+        load, rate, accel, plateau, duration, n_dests, hold_for = sys.argv[2:9]
+        client(load, float(rate), float(accel), int(plateau), float(duration),
+               int(n_dests), float(hold_for))
     else:
         outer_net, outer_mnt, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
         check_private(outer_net, outer_mnt)

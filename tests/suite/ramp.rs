@@ -90,21 +90,32 @@ impl Load {
     }
 }
 
-/// Runs one cell in a fresh namespace; its summary (see ramp_ns.py).
+/// Runs one rising TIME_WAIT ramp in a fresh namespace; its summary (see
+/// ramp_ns.py).
 fn ramp(mode: &str, load: &Load, duration: f64) -> Value {
+    cell(
+        mode,
+        json!({"load": "time_wait", "accel": load.accel, "duration": duration.ceil()}),
+    )
+}
+
+/// Runs one cell of `load` (ramp_ns.py's load keys) with the shipped
+/// policy in `mode`, in a fresh namespace; its summary.
+fn cell(mode: &str, load: Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let ns = |kind: &str| std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
-    let spec = json!({
+    let mut spec = json!({
         "portd": env!("CARGO_BIN_EXE_portd"),
         "policy": shipped_policy(),
         "mode": mode,
         "range": format!("{} {}", RANGE.0, RANGE.1),
-        "load": "time_wait",
-        "accel": load.accel,
-        "duration": duration.ceil(),
         "warmup": 3,
         "dir": dir.path(),
     });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(load.as_object().unwrap().clone());
+    let duration = spec["duration"].as_f64().unwrap();
     let out = Command::new("unshare")
         .args(["-n", "-m", "python3", "-u"])
         .arg(tests_dir().join("helpers/ramp_ns.py"))
@@ -121,7 +132,8 @@ fn ramp(mode: &str, load: &Load, duration: f64) -> Value {
     // timings are worth seeing in a passing run's log too.
     let _ = writeln!(
         std::io::stderr(),
-        "ramp {mode}: {duration:.0} s, first alert {}, widening {}, failed connects {}, peak {}",
+        "{} {mode}: {duration:.0} s, first alert {}, widening {}, failed connects {}, peak {}",
+        spec["load"],
         run["first_alert"]["t"],
         run["first_widening"]["t"],
         run["failed_connects"],
@@ -251,4 +263,117 @@ fn ramp_load_runs_out_when_asked() {
     let fast = Load::exhausting_at(2000.0, 45.0);
     assert!((fast.ports_at(45.0) - 2000.0).abs() < 1e-6);
     assert!(slowest_reaction() > CENSUS);
+}
+
+/// A load that must raise nothing: no alert, no exhaustion, no change of
+/// the range and no planned change (the shipped policy in auto mode).
+fn assert_quiet(run: &Value, what: &str) {
+    let loud: Vec<&Value> = run["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            let event = e["event"].as_str().unwrap_or("");
+            event.starts_with("usage-")
+                || event.contains("exhaust")
+                || event.starts_with("range-")
+                || event.starts_with("widening-")
+        })
+        .collect();
+    assert!(
+        loud.is_empty() && run["range_changed"].is_null(),
+        "{what} raised {loud:#?}:\n{}",
+        brief(run)
+    );
+    assert_eq!(
+        run["failed_connects"],
+        0,
+        "{what}: connects failed:\n{}",
+        brief(run)
+    );
+}
+
+/// The ground-truth seconds (per-second timeline) the busiest destination
+/// spent at or above `share` of the capacity.
+fn seconds_at_or_above(run: &Value, share: f64, capacity: f64) -> usize {
+    run["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["usage"].as_f64().unwrap_or(0.0) >= share * capacity)
+        .count()
+}
+
+#[test]
+fn a_burst_to_45_percent_that_drains_within_the_hold_raises_nothing() {
+    if !have_root("a_burst_to_45_percent_that_drains_within_the_hold_raises_nothing") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
+    // Opened at once, held 15 s (half the shipped hold), then reset; the
+    // run goes on for the hold and more, so a late alert is seen too.
+    let run = cell(
+        "auto",
+        json!({"load": "burst", "plateau": (0.45 * capacity) as u64, "hold_for": 15,
+               "duration": 55}),
+    );
+    let peak = run["peak_usage"].as_f64().unwrap();
+    let above = seconds_at_or_above(&run, 0.40, capacity);
+    assert!(
+        peak >= 0.42 * capacity && (10..25).contains(&above),
+        "the burst did not stay above the warning level for 10-25 s ({above} s, peak {peak}):\n{}",
+        brief(&run)
+    );
+    assert_quiet(&run, "a burst to 45 % draining within the hold");
+}
+
+#[test]
+fn a_flat_30_percent_load_raises_nothing() {
+    if !have_root("a_flat_30_percent_load_raises_nothing") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
+    // TIME_WAIT at a constant rate: it fills for 60 s to rate x 60 = 30 %,
+    // then stays there.
+    let run = cell(
+        "auto",
+        json!({"load": "time_wait", "rate": 0.30 * capacity / 60.0, "duration": 85}),
+    );
+    let peak = run["peak_usage"].as_f64().unwrap();
+    assert!(
+        (0.27 * capacity..0.40 * capacity).contains(&peak)
+            && seconds_at_or_above(&run, 0.27, capacity) >= 15,
+        "the load did not level off at 30 % for 15 s (peak {peak}):\n{}",
+        brief(&run)
+    );
+    assert_quiet(&run, "a flat 30 % load");
+}
+
+#[test]
+fn a_high_total_rate_over_many_destinations_raises_nothing() {
+    if !have_root("a_high_total_rate_over_many_destinations_raises_nothing") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
+    // 20 destinations at 30 % each: 200 connects/s, six times the range in
+    // TIME_WAIT in all, none near its own limit.
+    let destinations = 20.0;
+    let run = cell(
+        "auto",
+        json!({"load": "time_wait", "rate": destinations * 0.30 * capacity / 60.0,
+               "destinations": destinations, "duration": 80}),
+    );
+    let peak = run["peak_usage"].as_f64().unwrap();
+    let total = run["peak_total"].as_f64().unwrap();
+    assert!(
+        peak < 0.40 * capacity && total >= 4.0 * capacity,
+        "the load was not {destinations} destinations below warning with \
+         {:.0} ports in all (busiest {peak}, all {total}):\n{}",
+        4.0 * capacity,
+        brief(&run)
+    );
+    assert_quiet(&run, "a high total rate over many destinations");
 }

@@ -16,6 +16,10 @@ Loads:
   tw-R    R new connections/s from the step on, each closed first by the
           client (a TIME_WAIT on its side for 60 s): needs about R x 60 ports
   conc-N  long-lived connections opened at 1000/s up to a plateau of N, held
+Loads that must raise nothing (not in the default matrix; --cells QUIET):
+  burst-P P % of the range opened at once, held 15 s (half the hold), reset
+  flat-P  TIME_WAIT at the rate that levels off at P % of the range (80 s)
+  many-N  N destinations at 30 % each (N x 141 connections/s in all, 80 s)
 
 Usage (as root, from the repository):
   cargo build --release --locked
@@ -40,18 +44,30 @@ POLICY = os.path.join(ROOT, "config/portd.toml")
 RANGE = "32768 60999"
 CELLS = ["tw-300", "tw-500", "tw-540", "tw-600", "tw-1000", "tw-2000",
          "conc-30000", "conc-34000"]
+QUIET = ["burst-45", "flat-30", "many-8"]
 CONC_RATE = 1000
+CAPACITY = 60999 - 32768 + 1
 
 
 def run_cell(cell, portd, mode, args):
     kind, n = cell.split("-")
     spec = {"portd": portd, "policy": POLICY, "mode": mode or "auto", "range": RANGE,
-            "warmup": 3}
+            "warmup": args.warmup}
+    n = int(n)
     if kind == "tw":
-        spec.update(load="time_wait", rate=int(n), workers=2, duration=args.duration_tw)
-    else:
-        spec.update(load="concurrency", rate=CONC_RATE, plateau=int(n),
+        spec.update(load="time_wait", rate=n, workers=2, duration=args.duration_tw)
+    elif kind == "conc":
+        spec.update(load="concurrency", rate=CONC_RATE, plateau=n,
                     duration=args.duration_conc)
+    elif kind == "burst":
+        spec.update(load="burst", plateau=n * CAPACITY // 100, hold_for=15, duration=55)
+    elif kind == "flat":
+        spec.update(load="time_wait", rate=n / 100 * CAPACITY / 60, workers=2, duration=80)
+    elif kind == "many":
+        spec.update(load="time_wait", rate=n * 0.30 * CAPACITY / 60, destinations=n,
+                    workers=2, duration=80)
+    else:
+        sys.exit(f"{cell}: unknown load (tw-R, conc-N, burst-P, flat-P, many-N)")
     with tempfile.TemporaryDirectory() as d:
         spec["dir"] = d
         ns = [os.readlink(f"/proc/self/ns/{k}") for k in ("net", "mnt")]
@@ -101,21 +117,33 @@ def row(cell, none, auto, advise):
         auto["range_after"].replace(" ", "-"),
         str(auto["failed_connects"]),
         at(advise["first_alert"]),
+        remedy(advise),
         str(advise["failed_connects"]),
     ]) + " |"
 
 
-HEADER = """| cell | attempts/s (no portd, mean) | peak usage without portd (ss) | demand: peak + failed | fits ceiling | first failure without portd | failed connects without portd | auto: first alert (usage) | auto: widening (usage) | auto: range after | auto: failed connects | advise: first alert (usage) | advise: failed connects |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|"""
+def remedy(run):
+    """The first alert that named a remedy (PORTD_REMEDY): when, and which."""
+    ev = run.get("first_remedy")
+    if not ev:
+        return "never"
+    return f"{at(ev)}: {ev['remedy']}"
+
+
+HEADER = """| cell | attempts/s (no portd, mean) | peak usage without portd (ss) | demand: peak + failed | fits ceiling | first failure without portd | failed connects without portd | auto: first alert (usage) | auto: widening (usage) | auto: range after | auto: failed connects | advise: first alert (usage) | advise: first remedy named (usage) | advise: failed connects |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"""
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--portd", default=os.path.join(ROOT, "target/release/portd"))
-    p.add_argument("--cells", default=",".join(CELLS))
+    p.add_argument("--cells", default=",".join(CELLS),
+                   help=f"comma-separated; QUIET: {','.join(QUIET)}")
     p.add_argument("--json")
     p.add_argument("--duration-tw", type=int, default=70)
     p.add_argument("--duration-conc", type=int, default=55)
+    p.add_argument("--warmup", type=float, default=3,
+                   help="seconds portd runs before the step (the phase of its polls)")
     p.add_argument("--table-from", metavar="JSON",
                    help="print the table of an earlier run's --json file and exit")
     args = p.parse_args()
@@ -137,7 +165,8 @@ def main():
           file=sys.stderr)
     results, rows = [], []
     started = time.monotonic()
-    for cell in args.cells.split(","):
+    cells = args.cells.replace("QUIET", ",".join(QUIET)).split(",")
+    for cell in cells:
         runs = {}
         for mode in (None, "auto", "advise"):
             t0 = time.monotonic()

@@ -326,7 +326,7 @@ def cell(spec):
     clients = []
     try:
         low0, high0 = port_range()
-        n_dests = spec.get("destinations", 1)
+        n_dests = int(spec.get("destinations", 1))
         server = spawn_role(["server", "1" if spec["load"] == "time_wait" else "0",
                              str(n_dests)])
         if json.loads(server.stdout.readline()).get("ready") is not True:
@@ -416,13 +416,16 @@ def cell(spec):
         return best[1], round(best[1] / (best[3] - best[2] + 1), 4)
 
     def first(pred):
+        return first_with(lambda e: pred(e["PORTD_EVENT"]))
+
+    def first_with(pred):
         for e in entries:
-            if pred(e["PORTD_EVENT"]):
+            if pred(e):
                 t = int(e["__REALTIME_TIMESTAMP"]) / 1e6 - step_wall
                 count, ratio = usage_at(t)
                 return {"t": round(t, 2), "event": e["PORTD_EVENT"], "usage": count,
                         "ratio": ratio, "portd_usage": e.get("PORTD_USAGE"),
-                        "message": e.get("MESSAGE")}
+                        "remedy": e.get("PORTD_REMEDY"), "message": e.get("MESSAGE")}
         return None
 
     widened = next(({"t": s[0], "range": f"{s[2]} {s[3]}"} for s in samples
@@ -456,6 +459,7 @@ def cell(spec):
         "fits": demand <= capacity_ceiling,
         "first_alert": first(is_alert),
         "first_widening": first(lambda ev: ev == "range-widened"),
+        "first_remedy": first_with(lambda e: is_alert(e["PORTD_EVENT"]) and e.get("PORTD_REMEDY")),
         "range_changed": widened,
         "first_failure": first_failure,
         "failed_connects": failures,

@@ -1,6 +1,7 @@
 //! The fast path without root: the last census, the counters and the
-//! policy in, a census or a skip out. Default policy (interval 10 s): warning at 40 %,
-//! `max_staleness` 5 minutes; every capacity below is 1000 ports.
+//! policy in, a census or a skip out. Default policy with a 10 s interval
+//! (`policy()`): warning at 40 %, `max_staleness` 5 minutes; every
+//! capacity below is 1000 ports.
 
 use std::time::{Duration, SystemTime};
 

@@ -350,7 +350,7 @@ fn plan_now(
     };
     let decision = planner::plan(&inputs);
     let remedies = if history.alert.level >= Level::Warning {
-        crate::remedy::for_headline(usage, inputs.capacity_at_bounds())
+        crate::remedy::for_headline(usage, inputs.room_at_bounds())
     } else {
         Vec::new()
     };

@@ -229,7 +229,8 @@ pub struct Decision {
     /// Set when a forecast of exhaustion overrode the cooldown or the
     /// hourly cap: what it overrode and why (for the journal).
     pub overrode: Option<String>,
-    /// A load the widest range the policy allows cannot hold.
+    /// A load the widest range the policy allows cannot hold below the
+    /// critical level.
     pub unfit: Option<Unfit>,
 }
 
@@ -241,6 +242,9 @@ pub struct Unfit {
     pub demand: u64,
     /// Ports the widest range within floor and ceiling gives it.
     pub capacity_at_bounds: u64,
+    /// The share of those it can hold below the critical level, where
+    /// every further `connect()` slows down (DESIGN.md): what it must fit.
+    pub room: u64,
 }
 
 pub struct Inputs<'a> {
@@ -300,19 +304,31 @@ impl Inputs<'_> {
         u64::from(widest.len() - blocked.count_in(widest))
     }
 
-    /// A destination whose forecast load does not fit even the widest
-    /// range the policy allows: only a remedy helps, and it is named now.
+    /// Ports one destination can hold within the bounds below the
+    /// critical level: a load heading past it is past the slowdown mark
+    /// however far the range is widened.
+    pub fn room_at_bounds(&self) -> u64 {
+        let capacity = self.capacity_at_bounds();
+        (self.policy.thresholds.critical().fraction() * capacity as f64).floor() as u64
+    }
+
+    /// A destination whose forecast load does not fit below the critical
+    /// level of even the widest range the policy allows: widening cannot
+    /// keep its connects fast (and may not keep them working), so a remedy
+    /// is named now.
     fn unfit(&self) -> Option<Unfit> {
         let capacity_at_bounds = self.capacity_at_bounds();
+        let room = self.room_at_bounds();
         self.sustained()
             .filter(|f| matches!(f.target, Target::Destination { .. }))
             .map(|f| (self.heading(f), f))
-            .filter(|(demand, _)| *demand > capacity_at_bounds)
+            .filter(|(demand, _)| *demand > room)
             .max_by_key(|(demand, _)| *demand)
             .map(|(demand, f)| Unfit {
                 forecast: *f,
                 demand,
                 capacity_at_bounds,
+                room,
             })
     }
 

@@ -938,10 +938,17 @@ fn a_load_beyond_the_bounds_is_confirmed_now_at_low_usage_and_named() {
     let f = [forecast(10, 0.5, Some(140), true)];
     let d = decide_forecast(&c, &f);
     let u = d.unfit.expect("unfit");
-    assert_eq!((u.demand, u.capacity_at_bounds), (140, 100));
+    assert_eq!((u.demand, u.capacity_at_bounds, u.room), (140, 100, 50));
     assert_eq!(d.transition, Some((Level::Ok, Level::Warning)));
     assert!(d.urgent.is_none(), "critical is 80 s away");
-    let fits = [forecast(10, 0.5, Some(90), true)];
+    // 90 ports would fit the range but sit past the critical level (50 %)
+    // for good: widening cannot keep its connects fast, so it is named too.
+    let slow = [forecast(10, 0.5, Some(90), true)];
+    let u = decide_forecast(&c, &slow)
+        .unfit
+        .expect("past the critical level");
+    assert_eq!(u.demand, 90);
+    let fits = [forecast(10, 0.5, Some(45), true)];
     let d = decide_forecast(&c, &fits);
     assert!(d.unfit.is_none());
     assert_eq!(d.alert.level, Level::Ok);

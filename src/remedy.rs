@@ -76,7 +76,9 @@ pub struct Situation {
     pub used: u64,
     /// Ports it will hold (the forecast's steady state, or `used`).
     pub demand: u64,
-    /// Ports it can have with the widest range the policy allows.
+    /// Ports it can hold with the widest range the policy allows, below
+    /// the critical level (planner.rs, `room_at_bounds`): the gap is what
+    /// the demand exceeds it by.
     pub capacity_at_bounds: u64,
     pub tcp_tw_reuse: TwReuse,
     pub tcp_timestamps: bool,
@@ -231,7 +233,8 @@ fn range_rules(s: &Situation) -> Vec<(Id, u64, String)> {
 }
 
 /// The remedies for the headline of one census (`check --plan`, `status`):
-/// its destination or pool as it is now, against `capacity_at_bounds`.
+/// its destination or pool as it is now, against `capacity_at_bounds` (the
+/// room below the critical level within the bounds).
 pub fn for_headline(usage: &crate::usage::Usage, capacity_at_bounds: u64) -> Vec<Remedy> {
     use crate::forecast::{Forecast, Target};
     use crate::usage::Cause;

@@ -594,7 +594,7 @@ impl Daemon {
             remedy::remedies(&remedy::situation(
                 &u.forecast,
                 u.demand,
-                u.capacity_at_bounds,
+                u.room,
                 &usage,
                 processes.as_deref(),
             ))

@@ -212,18 +212,13 @@ pub(super) fn exhaustion(usage: &Usage, event: &exhausted::Event) {
 /// "; does not fit ...; remedy: ..." and the remedy ids, for a load the
 /// policy's bounds cannot hold.
 fn unfit_text(usage: &Usage, u: &Unfit, processes: Option<&str>) -> (String, Option<String>) {
-    let situation = remedy::situation(
-        &u.forecast,
-        u.demand,
-        u.capacity_at_bounds,
-        usage,
-        processes,
-    );
+    let situation = remedy::situation(&u.forecast, u.demand, u.room, usage, processes);
     let remedies = remedy::remedies(&situation);
     let text = format!(
-        "; {} does not fit: forecast {} ports, at most {} within the policy's floor and ceiling{}",
+        "; {} does not fit below the critical level: forecast {} ports, {} of the {} the policy's floor and ceiling allow{}",
         u.forecast.target,
         u.demand,
+        u.room,
         u.capacity_at_bounds,
         remedies
             .first()
@@ -623,7 +618,8 @@ mod tests {
 
     #[test]
     fn a_load_beyond_the_bounds_names_its_remedies_first_that_closes_the_gap_first() {
-        // 900 TIME_WAIT of 950 towards 10.0.0.1:80, forecast 1500 of 1000.
+        // 900 TIME_WAIT of 950 towards 10.0.0.1:80, forecast 1500 where
+        // the bounds allow 2000 ports, 1000 below the critical level.
         let usage = crate::forecast::tests::census(&[(1, 900, 50)]);
         let f = crate::forecast::Forecast::flat(
             crate::forecast::Target::Destination {
@@ -636,12 +632,14 @@ mod tests {
         let u = Unfit {
             forecast: f,
             demand: 1500,
-            capacity_at_bounds: 1000,
+            capacity_at_bounds: 2000,
+            room: 1000,
         };
         let (text, ids) = unfit_text(&usage, &u, None);
         assert!(
-            text.contains("does not fit: forecast 1500 ports, at most 1000")
-                && text.contains("remedy connection-reuse: ")
+            text.contains(
+                "does not fit below the critical level: forecast 1500 ports, 1000 of the 2000"
+            ) && text.contains("remedy connection-reuse: ")
                 && text.contains("no owning process"),
             "{text}"
         );

@@ -162,14 +162,15 @@ fn destination_rules(s: &Situation) -> Vec<(Id, u64, String)> {
     else {
         return out;
     };
-    // Reuse: TIME_WAIT more than half of the destination's usage.
-    if time_wait * 2 > s.used {
+    // Reuse: TIME_WAIT more than half of the destination's usage (of the
+    // load it is heading for, when that is more than today's).
+    if time_wait * 2 > s.used.max(s.demand) {
         out.push((
             Id::ConnectionReuse,
             *time_wait,
             format!(
                 "reuse connections (keep-alive, pooling) to {remote}:{remote_port}: \
-                 {time_wait} ports are held in TIME_WAIT by closed connections; {}",
+                 {time_wait} ports held in TIME_WAIT by closed connections at this load; {}",
                 s.owner()
             ),
         ));
@@ -192,8 +193,8 @@ fn destination_rules(s: &Situation) -> Vec<(Id, u64, String)> {
             Id::SourceAddresses,
             s.capacity_at_bounds * (k - 1),
             format!(
-                "connect from {k} local addresses instead of {local} alone: each has \
-                 {} ports towards {remote}:{remote_port} (capacity x {k})",
+                "connect from {k} local addresses instead of {local} alone: each gives \
+                 {} more ports towards {remote}:{remote_port} (capacity x {k})",
                 s.capacity_at_bounds
             ),
         ));
@@ -274,12 +275,15 @@ pub fn situation(
     processes: Option<&str>,
 ) -> Situation {
     use crate::forecast::Target;
+    // What connection reuse would free is the TIME_WAIT of the load it
+    // leads to, not of today: the forecast demand less the live connections.
+    let live = f.used.saturating_sub(f.time_wait);
     let load = match f.target {
         Target::Destination { destination } => Load::Destination {
             local: destination.local,
             remote: destination.remote,
             remote_port: destination.remote_port,
-            time_wait: f.time_wait,
+            time_wait: f.time_wait.max(demand.saturating_sub(live)),
         },
         Target::UdpPool => Load::UdpPool,
         Target::TcpPool => Load::TcpPool,

@@ -650,6 +650,34 @@ mod tests {
     }
 
     #[test]
+    fn reuse_is_judged_by_the_time_wait_the_load_leads_to() {
+        // Early in a TIME_WAIT ramp: 900 of 950 held now, but heading for
+        // 30 000 where 1000 fit below critical. Today's 900 TIME_WAIT would
+        // not close the gap; the ~29 950 of the steady state do.
+        let usage = crate::forecast::tests::census(&[(1, 900, 50)]);
+        let f = crate::forecast::Forecast::flat(
+            crate::forecast::Target::Destination {
+                destination: usage.destinations[0].key,
+            },
+            950,
+            900,
+            1000,
+        );
+        let u = Unfit {
+            forecast: f,
+            demand: 30_000,
+            capacity_at_bounds: 2000,
+            room: 1000,
+        };
+        let (text, ids) = unfit_text(&usage, &u, None);
+        assert!(
+            text.contains("remedy connection-reuse: ") && text.contains("29950 ports held"),
+            "{text}"
+        );
+        assert!(ids.unwrap().starts_with("connection-reuse,"));
+    }
+
+    #[test]
     fn the_journal_hears_of_level_transitions_and_reminders_only() {
         let what = |d: &Decision| level_event(d).map(|(_, what, reminder)| (what, reminder));
         use Level::{Critical, Ok, Warning};

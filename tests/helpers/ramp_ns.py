@@ -276,8 +276,11 @@ def usage_now(low, high, n_dests):
     for line in r.stdout.splitlines():
         fields = line.split()
         if len(fields) >= 5:
-            port = int(fields[3].rsplit(":", 1)[1])
-            peer = int(fields[4].rsplit(":", 1)[1])
+            try:
+                port = int(fields[3].rsplit(":", 1)[1])
+                peer = int(fields[4].rsplit(":", 1)[1])
+            except ValueError:  # "*" for a socket not bound (yet)
+                continue
             if low <= port <= high and PORT <= peer < PORT + n_dests:
                 counts[peer] = counts.get(peer, 0) + 1
     return max(counts.values(), default=0), sum(counts.values())

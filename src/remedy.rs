@@ -276,14 +276,20 @@ pub fn situation(
 ) -> Situation {
     use crate::forecast::Target;
     // What connection reuse would free is the TIME_WAIT of the load it
-    // leads to, not of today: the forecast demand less the live connections.
+    // leads to, not of today: for a TIME_WAIT-dominated forecast (one with
+    // a steady state), the demand less the live connections. A load of
+    // live connections grows in live connections.
     let live = f.used.saturating_sub(f.time_wait);
+    let time_wait = match f.steady_state {
+        Some(_) => f.time_wait.max(demand.saturating_sub(live)),
+        None => f.time_wait,
+    };
     let load = match f.target {
         Target::Destination { destination } => Load::Destination {
             local: destination.local,
             remote: destination.remote,
             remote_port: destination.remote_port,
-            time_wait: f.time_wait.max(demand.saturating_sub(live)),
+            time_wait,
         },
         Target::UdpPool => Load::UdpPool,
         Target::TcpPool => Load::TcpPool,

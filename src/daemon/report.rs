@@ -675,6 +675,22 @@ mod tests {
             "{text}"
         );
         assert!(ids.unwrap().starts_with("connection-reuse,"));
+        // The same demand from live connections (no TIME_WAIT, no steady
+        // state): reuse frees nothing; more addresses help.
+        let live = crate::forecast::Forecast::flat(f.target, 950, 0, 1000);
+        let (_, ids) = unfit_text(
+            &usage,
+            &Unfit {
+                forecast: live,
+                ..u
+            },
+            None,
+        );
+        let ids = ids.unwrap();
+        assert!(
+            !ids.contains("connection-reuse") && ids.starts_with("source-addresses"),
+            "{ids}"
+        );
     }
 
     #[test]

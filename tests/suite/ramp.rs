@@ -12,9 +12,10 @@
 //! the rate rises steadily from the start (the step) instead, a + a + a ...
 //! per second, which runs out at any chosen time.
 //!
-//! Three loads must raise nothing: a burst to 45 % that drains within the
-//! hold, a flat 30 % load, and a high total rate spread over 20
-//! destinations, none near its own limit.
+//! A load no widening can hold below the critical level is warned below
+//! 50 % with a remedy. Three loads must raise nothing: a burst to 45 % that
+//! drains within the hold, a flat 30 % load, and a high total rate spread
+//! over 20 destinations, none near its own limit.
 //!
 //! The tests take one lock and run one after the other, so their timing is
 //! not disturbed by each other. With the shipped policy of 83fa88c (2 s

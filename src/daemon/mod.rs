@@ -487,14 +487,15 @@ impl Daemon {
         // The witness is read once per poll; a failure it saw is a reason
         // to census (and act) now, whatever the fast path's bounds say.
         self.witnessed |= self.witness.poll(Instant::now()) > 0;
-        if let (Next::Skip(skip), false) = (&next, self.witnessed) {
-            // The counters prove no destination reaches critical soon.
-            self.hurried = false;
-            let authority = self.authority();
-            self.report_with(&authority, |r, p| r.census_skipped(&skip.to_string(), p));
-            return None;
-        }
-        if let Some(why) = self.census_waits(next) {
+        let skipped = match (&next, self.witnessed) {
+            (Next::Skip(skip), false) => {
+                // The counters prove no destination reaches critical soon.
+                self.hurried = false;
+                Some(skip.to_string())
+            }
+            _ => self.census_waits(next),
+        };
+        if let Some(why) = skipped {
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.census_skipped(&why, p));
             return None;

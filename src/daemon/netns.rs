@@ -19,7 +19,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use super::budget::{NETNS_SHARE, Spent};
 use super::fastpath::{self, Baseline, Due, Next, Pace};
-use super::report::{Once, level_event};
+use super::report::{Once, level_event, usage_fields};
 use crate::authority::{Authority, Why};
 use crate::census::KernelSettings;
 use crate::census::sockstat::Totals;
@@ -432,7 +432,8 @@ fn advice(ns: &Namespace, decision: &Decision) -> Option<String> {
     ))
 }
 
-fn fields(ns: &Namespace) -> Fields {
+/// `base` with the fields that name the namespace.
+fn in_namespace(ns: &Namespace, base: Fields) -> Fields {
     Fields {
         netns: Some(format!("net:[{}]", ns.inode)),
         container: ns.identity.container(),
@@ -441,7 +442,7 @@ fn fields(ns: &Namespace) -> Fields {
             .pod
             .clone()
             .or_else(|| ns.identity.pod_uid.clone()),
-        ..Fields::default()
+        ..base
     }
 }
 
@@ -450,12 +451,6 @@ fn alert(ns: &Namespace, usage: &Usage, d: &Decision, advice: Option<&str>) {
     let Some((kind, what, reminder)) = level_event(d) else {
         return;
     };
-    let worst: Vec<String> = usage
-        .destinations
-        .iter()
-        .take(3)
-        .map(|d| format!("{} ({}, {})", d.key, d.usage, d.used))
-        .collect();
     let advice = advice.map(|a| format!("; {a}")).unwrap_or_default();
     events::emit(
         kind,
@@ -470,14 +465,8 @@ fn alert(ns: &Namespace, usage: &Usage, d: &Decision, advice: Option<&str>) {
             usage.headline.cause
         ),
         &Fields {
-            usage: Some(usage.headline.usage.to_string()),
-            used: Some(usage.headline.used),
-            capacity: Some(usage.headline.capacity),
-            destination: (!worst.is_empty()).then(|| worst.join("; ")),
-            range_before: Some(usage.settings.port_range),
-            reason: Some(usage.headline.cause.to_string()),
             reminder,
-            ..fields(ns)
+            ..in_namespace(ns, usage_fields(usage))
         },
     );
 }

@@ -126,7 +126,9 @@ pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
     }
 }
 
-fn usage_fields(usage: &Usage) -> Fields {
+/// The usage fields of a journal entry: headline, busiest destinations,
+/// range and cause (the daemon's and every namespace's alerts).
+pub(super) fn usage_fields(usage: &Usage) -> Fields {
     let worst: Vec<String> = usage
         .destinations
         .iter()
@@ -616,12 +618,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_load_beyond_the_bounds_names_its_remedies_first_that_closes_the_gap_first() {
-        // 900 TIME_WAIT of 950 towards 10.0.0.1:80, forecast 1500 where
-        // the bounds allow 2000 ports, 1000 below the critical level.
+    /// 900 TIME_WAIT of 950 ports towards 10.0.0.1:80, forecast to hold
+    /// `demand` where the bounds allow 2000 ports, 1000 below critical.
+    fn time_wait_heading_for(demand: u64) -> (Usage, Unfit) {
         let usage = crate::forecast::tests::census(&[(1, 900, 50)]);
-        let f = crate::forecast::Forecast::flat(
+        let forecast = crate::forecast::Forecast::flat(
             crate::forecast::Target::Destination {
                 destination: usage.destinations[0].key,
             },
@@ -630,11 +631,18 @@ mod tests {
             1000,
         );
         let u = Unfit {
-            forecast: f,
-            demand: 1500,
+            forecast,
+            demand,
             capacity_at_bounds: 2000,
             room: 1000,
         };
+        (usage, u)
+    }
+
+    #[test]
+    fn a_load_beyond_the_bounds_names_its_remedies_first_that_closes_the_gap_first() {
+        // Forecast 1500 where the bounds allow 2000 ports.
+        let (usage, u) = time_wait_heading_for(1500);
         let (text, ids) = unfit_text(&usage, &u, None);
         assert!(
             text.contains(
@@ -651,24 +659,10 @@ mod tests {
 
     #[test]
     fn reuse_is_judged_by_the_time_wait_the_load_leads_to() {
-        // Early in a TIME_WAIT ramp: 900 of 950 held now, but heading for
-        // 30 000 where 1000 fit below critical. Today's 900 TIME_WAIT would
-        // not close the gap; the ~29 950 of the steady state do.
-        let usage = crate::forecast::tests::census(&[(1, 900, 50)]);
-        let f = crate::forecast::Forecast::flat(
-            crate::forecast::Target::Destination {
-                destination: usage.destinations[0].key,
-            },
-            950,
-            900,
-            1000,
-        );
-        let u = Unfit {
-            forecast: f,
-            demand: 30_000,
-            capacity_at_bounds: 2000,
-            room: 1000,
-        };
+        // Early in a TIME_WAIT ramp: heading for 30 000. Today's 900
+        // TIME_WAIT would not close the gap; the ~29 950 of the steady state
+        // do.
+        let (usage, u) = time_wait_heading_for(30_000);
         let (text, ids) = unfit_text(&usage, &u, None);
         assert!(
             text.contains("remedy connection-reuse: ") && text.contains("29950 ports held"),
@@ -677,7 +671,7 @@ mod tests {
         assert!(ids.unwrap().starts_with("connection-reuse,"));
         // The same demand from live connections (no TIME_WAIT, no steady
         // state): reuse frees nothing; more addresses help.
-        let live = crate::forecast::Forecast::flat(f.target, 950, 0, 1000);
+        let live = crate::forecast::Forecast::flat(u.forecast.target, 950, 0, 1000);
         let (_, ids) = unfit_text(
             &usage,
             &Unfit {

@@ -72,7 +72,7 @@ pub struct Witness {
     pub failures_total: u64,
     /// Failures in the last minute (all keys).
     pub last_minute_total: u64,
-    /// Failures the witness could not count (its map was full).
+    /// Failures the witness could not count (its maps were full).
     pub dropped_total: u64,
     /// Per destination (TCP) or pool, and process; the most recent and
     /// largest first, at most [`WITNESS_ROWS`].
@@ -436,7 +436,7 @@ fn witness_lines(out: &mut String, w: &Witness) {
     if w.dropped_total > 0 {
         let _ = write!(
             out,
-            "\n  {} failures not counted: the witness's map was full",
+            "\n  {} failures not counted: the witness's maps were full",
             w.dropped_total
         );
     }

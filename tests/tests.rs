@@ -42,5 +42,6 @@ mod suite {
     mod sysctld_cat_config;
     mod witness_counts;
     mod witness_daemon;
+    mod witness_full;
     mod writes_golden;
 }

@@ -539,7 +539,7 @@ impl Report {
         let (Some(path), Some(last)) = (poll.metrics_file, poll.last) else {
             return;
         };
-        let witness = poll.witness.metrics(std::time::Instant::now());
+        let witness = poll.witness.metrics();
         let snapshot = metrics::Snapshot {
             usage: &last.usage,
             level: last.level,

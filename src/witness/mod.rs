@@ -1,6 +1,16 @@
 //! The failure witness (DESIGN.md "The failure witness"): counts failed
 //! ephemeral-port allocations in the kernel, per network namespace, kind,
-//! local address, destination or pool, and process.
+//! local address, destination or pool, and process name (the last pid is
+//! kept beside the count, so short-lived processes share one counter).
+//!
+//! The kernel's counters are drained: each key carries the generation it was
+//! counted in; every [`Witness::read`] takes what is new in the current
+//! generation, starts the next one, and reads and deletes the keys of the
+//! one before (counted at least one poll ago, so no program is still adding
+//! to them). The maps hold what failed in the last two polls, never the
+//! history. When the per-process map is full, a failure is counted per
+//! destination or pool alone (the name not kept), so a destination not seen
+//! yet still has room; when that is full too, it is counted as dropped.
 //!
 //! Attach points, best first, as the machine allows:
 //! 1. fexit of `__inet_hash_connect` and the bind(0)/UDP autobind paths
@@ -97,11 +107,10 @@ pub struct FailureKey {
     pub local: IpAddr,
     /// TCP connect only.
     pub destination: Option<SocketAddr>,
-    /// The tgid as portd's PID namespace numbers it; None when the process
-    /// is not visible from there. Never a metric label.
-    pub pid: Option<u32>,
-    /// The process's (thread group leader's) name.
-    pub comm: String,
+    /// The process's (thread group leader's) name; None where the witness's
+    /// per-process map was full and the failure was counted per destination
+    /// or pool alone.
+    pub comm: Option<String>,
     /// "tcp" or "udp", from the socket's type.
     pub protocol: &'static str,
 }
@@ -116,12 +125,26 @@ impl FailureKey {
     }
 }
 
+/// Failures under one key since the previous read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count {
+    pub key: FailureKey,
+    /// Failures since the previous read.
+    pub new: u64,
+    /// The last process counted: its tgid as portd's PID namespace numbers
+    /// it (None when it is not visible from there; never a metric label)...
+    pub pid: Option<u32>,
+    /// ...and its name.
+    pub process: String,
+}
+
 /// One read of the kernel's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reading {
-    /// Counts since the witness started.
-    pub counts: Vec<(FailureKey, u64)>,
-    /// Failures not counted because the counter map was full.
+    /// What is new since the previous read (the maps are drained).
+    pub counts: Vec<Count>,
+    /// Failures not counted since the witness started, because both its
+    /// maps were full.
     pub dropped: u64,
 }
 
@@ -159,10 +182,11 @@ impl fmt::Display for Unavailable {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct RawKey {
     netns: u32,
-    pid: u32,
+    /// The generation it was counted in.
+    generation: u32,
     kind: u8,
     family: u8,
     dport: u16,
@@ -177,6 +201,29 @@ struct RawKey {
 // (wkey in bpf/witness.bpf.c is the same 64 bytes).
 unsafe impl aya::Pod for RawKey {}
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawValue {
+    count: u64,
+    /// The last process counted, and its name.
+    pid: u32,
+    pad: u32,
+    comm: [u8; 16],
+}
+
+// SAFETY: plain old data, repr(C), no padding (wval in bpf/witness.bpf.c,
+// 32 bytes).
+unsafe impl aya::Pod for RawValue {}
+
+/// The kernel's maps of counters: per process name, and per destination or
+/// pool alone for what the first had no room for.
+const COUNTER_MAPS: [&str; 2] = ["failures", "targets"];
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -188,25 +235,20 @@ fn addr(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
-fn decode(raw: &RawKey) -> Option<FailureKey> {
+/// The key; `per_process`: from the map keyed by process name too.
+fn decode(raw: &RawKey, per_process: bool) -> Option<FailureKey> {
     let kind = Kind::from_raw(raw.kind)?;
     let local = addr(raw.family, &raw.laddr)?;
     let destination = match kind {
         Kind::TcpConnect => Some(SocketAddr::new(addr(raw.family, &raw.daddr)?, raw.dport)),
         _ => None,
     };
-    let end = raw
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(raw.comm.len());
     Some(FailureKey {
         netns: u64::from(raw.netns),
         kind,
         local,
         destination,
-        pid: (raw.pid != 0).then_some(raw.pid),
-        comm: String::from_utf8_lossy(&raw.comm[..end]).into_owned(),
+        comm: per_process.then(|| comm(&raw.comm)),
         protocol: match raw.sotype {
             1 => "tcp",
             2 => "udp",
@@ -221,6 +263,10 @@ pub struct Witness {
     ebpf: Ebpf,
     path: AttachPath,
     watched: Vec<u64>,
+    /// The generation the programs count in now.
+    generation: u32,
+    /// Counts of the current generation's keys at the last read.
+    seen: std::collections::HashMap<RawKey, u64>,
 }
 
 fn ns_inode(path: &str) -> Result<u64, Unavailable> {
@@ -279,6 +325,8 @@ impl Witness {
             ebpf,
             path: AttachPath::SyscallTracepoints,
             watched: Vec::new(),
+            generation: 0,
+            seen: std::collections::HashMap::new(),
         };
         w.watch(netns)?;
         Ok(w)
@@ -304,26 +352,23 @@ impl Witness {
         Ok(())
     }
 
-    /// Reads every counter once (one pass over the kernel maps).
-    pub fn read(&self) -> Result<Reading, String> {
-        let map = self.ebpf.map("failures").ok_or("map failures missing")?;
-        let map: HashMap<&MapData, RawKey, u64> =
-            HashMap::try_from(map).map_err(|e| format!("map failures: {e}"))?;
+    /// What failed since the previous read: one pass over the kernel's
+    /// maps, then the next generation starts (see the module's doc).
+    pub fn read(&mut self) -> Result<Reading, String> {
         let mut reading = Reading::default();
-        for item in map.iter() {
-            let (raw, count) = match item {
-                Ok(kv) => kv,
-                // An entry removed between the key walk and the lookup:
-                // nothing is ever removed today, but skip rather than fail.
-                Err(_) => continue,
-            };
-            if let Some(key) = decode(&raw)
-                && self.watched.contains(&key.netns)
-            {
-                reading.counts.push((key, count));
-            }
+        for name in COUNTER_MAPS {
+            self.drain(name, &mut reading)?;
         }
-        reading.counts.sort();
+        let next = self.generation.wrapping_add(1);
+        let map = self
+            .ebpf
+            .map_mut("generation")
+            .ok_or("map generation missing")?;
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|e| format!("map generation: {e}"))?;
+        map.set(0, next, 0)
+            .map_err(|e| format!("map generation: {e}"))?;
+        self.generation = next;
         let dropped = self.ebpf.map("dropped").ok_or("map dropped missing")?;
         let dropped: Array<&MapData, u64> =
             Array::try_from(dropped).map_err(|e| format!("map dropped: {e}"))?;
@@ -331,6 +376,46 @@ impl Witness {
             .get(&0, 0)
             .map_err(|e| format!("map dropped: {e}"))?;
         Ok(reading)
+    }
+
+    /// The new counts of map `name`: the current generation's keys are
+    /// read, older ones read and deleted.
+    fn drain(&mut self, name: &str, reading: &mut Reading) -> Result<(), String> {
+        let per_process = name == COUNTER_MAPS[0];
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| format!("map {name} missing"))?;
+        let mut map: HashMap<&mut MapData, RawKey, RawValue> =
+            HashMap::try_from(map).map_err(|e| format!("map {name}: {e}"))?;
+        // Keys first: deleting while walking would restart the walk.
+        let keys: Vec<RawKey> = map.keys().filter_map(Result::ok).collect();
+        for raw in keys {
+            let current = raw.generation == self.generation;
+            let Ok(value) = map.get(&raw, 0) else {
+                continue; // gone meanwhile
+            };
+            let before = if current {
+                self.seen.insert(raw, value.count)
+            } else {
+                map.remove(&raw)
+                    .map_err(|e| format!("map {name}: cannot delete a drained key: {e}"))?;
+                self.seen.remove(&raw)
+            };
+            let new = value.count.saturating_sub(before.unwrap_or(0));
+            let Some(key) = decode(&raw, per_process) else {
+                continue;
+            };
+            if new > 0 && self.watched.contains(&key.netns) {
+                reading.counts.push(Count {
+                    key,
+                    new,
+                    pid: (value.pid != 0).then_some(value.pid),
+                    process: comm(&value.comm),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The programs' own cost so far: (total run time in ns, runs), summed
@@ -378,7 +463,7 @@ mod tests {
     fn decodes_a_tcp_key_and_an_unbound_udp_pool() {
         let mut raw = RawKey {
             netns: 4026531840,
-            pid: 42,
+            generation: 42,
             kind: 1,
             family: AF_INET,
             dport: 8080,
@@ -390,28 +475,37 @@ mod tests {
         };
         raw.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         raw.comm[..4].copy_from_slice(b"curl");
-        let k = decode(&raw).expect("valid key");
+        let k = decode(&raw, true).expect("valid key");
         assert_eq!(k.destination, Some("10.0.0.2:8080".parse().expect("addr")));
         assert_eq!(k.local, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(k.pid, Some(42));
-        assert_eq!(k.comm, "curl");
+        assert_eq!(k.comm.as_deref(), Some("curl"));
         assert_eq!(k.target(), "10.0.0.2:8080");
+        assert_eq!(
+            decode(&raw, false).expect("valid key").comm,
+            None,
+            "counted per destination alone"
+        );
 
         raw.kind = 3;
         raw.sotype = 2;
-        raw.pid = 0;
         raw.family = AF_INET6;
         raw.laddr = Ipv6Addr::LOCALHOST.octets();
-        let k = decode(&raw).expect("valid key");
+        let k = decode(&raw, true).expect("valid key");
         assert_eq!(k.destination, None);
-        assert_eq!(k.pid, None);
         assert_eq!(k.target(), "udp pool ::1");
 
         raw.kind = 9;
-        assert_eq!(decode(&raw), None, "unknown kind");
+        assert_eq!(decode(&raw, true), None, "unknown kind");
         raw.kind = 1;
         raw.family = 1;
-        assert_eq!(decode(&raw), None, "AF_UNIX is no inet family");
+        assert_eq!(decode(&raw, true), None, "AF_UNIX is no inet family");
+    }
+
+    #[test]
+    fn the_raw_records_are_as_large_as_the_kernels() {
+        // wkey and wval of bpf/witness.bpf.c.
+        assert_eq!(std::mem::size_of::<RawKey>(), 64);
+        assert_eq!(std::mem::size_of::<RawValue>(), 32);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use super::tally::{Row, Tally};
+use super::tally::{self, Row, Tally};
 use super::{FailureKey, Witness};
 use crate::events::{self, Fields, Kind};
 use crate::live;
@@ -58,7 +58,7 @@ impl Running {
     /// destination (TCP) or pool. Returns the failures new since the last
     /// poll: a reason for the daemon to act at once.
     pub fn poll(&mut self, now: Instant) -> u64 {
-        let Some(w) = &self.witness else {
+        let Some(w) = &mut self.witness else {
             return 0;
         };
         let reading = match w.read() {
@@ -77,15 +77,15 @@ impl Running {
             }
         };
         let update = self.tally.observe(&reading, now);
-        for (key, count) in &update.first_per_target {
-            alert(key, *count);
+        for first in &update.first_per_target {
+            alert(first);
         }
         update.new_failures
     }
 
     /// Metric families, appended to the metrics file (DESIGN.md naming:
     /// counters end in `_total`; labels by comm, never by pid).
-    pub fn metrics(&self, now: Instant) -> String {
+    pub fn metrics(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -96,7 +96,7 @@ impl Running {
         if !self.active() {
             return out;
         }
-        out.push_str(&families(&self.tally.rows(now), self.tally.dropped));
+        out.push_str(&families(&self.tally.families(), self.tally.dropped));
         out
     }
 
@@ -122,43 +122,48 @@ impl Running {
     }
 }
 
-/// The counter families of the rows (keys that differ only by pid are
-/// summed: labels carry the comm, never the pid).
-fn families(rows: &[Row], dropped: u64) -> String {
-    let mut families: [(&str, &str, Vec<String>); 3] = [
+/// The counter families: at most [`tally::TOP_SERIES`] keys each, the rest
+/// in one row whose labels all read `other` (labels carry the comm, never
+/// the pid; an empty comm: counted per destination or pool alone because
+/// the witness's per-process map was full).
+fn families(rows: &[tally::Family; tally::FAMILIES], dropped: u64) -> String {
+    let names: [(&str, &str); tally::FAMILIES] = [
         (
             "portd_connect_failures_total",
-            "TCP connect() calls that failed with EADDRNOTAVAIL because no local port was free, per destination and process name.",
-            Vec::new(),
+            "TCP connect() calls that failed with EADDRNOTAVAIL because no local port was free, per destination and process name (at most 20 series, the rest in one row labelled other).",
         ),
         (
             "portd_bind_failures_total",
-            "bind(address, 0) calls that failed with EADDRINUSE because no local port was free, per pool and process name.",
-            Vec::new(),
+            "bind(address, 0) calls that failed with EADDRINUSE because no local port was free, per pool and process name (at most 20 series, the rest in one row labelled other).",
         ),
         (
             "portd_udp_autobind_failures_total",
-            "UDP connect()/sendto() on an unbound socket that failed with EAGAIN because no local port was free, per pool and process name.",
-            Vec::new(),
+            "UDP connect()/sendto() on an unbound socket that failed with EAGAIN because no local port was free, per pool and process name (at most 20 series, the rest in one row labelled other).",
         ),
     ];
-    let mut sums: std::collections::BTreeMap<(usize, String), u64> = Default::default();
-    for r in rows {
-        *sums.entry(labels(&r.key)).or_default() += r.total;
-    }
-    for ((i, labels), v) in sums {
-        families[i].2.push(format!("{}{labels} {v}", families[i].0));
-    }
     let mut out = String::new();
-    for (name, help, samples) in families {
+    for (i, (name, help)) in names.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in samples {
-            let _ = writeln!(out, "{s}");
+        // Keys that differ only by namespace share labels: summed.
+        let mut sums: std::collections::BTreeMap<String, u64> = Default::default();
+        for (key, v) in &rows[i].shown {
+            *sums.entry(labels(key)).or_default() += v;
+        }
+        for (labels, v) in sums {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+        if rows[i].other > 0 {
+            let other = if i == 0 {
+                "{local=\"other\",remote=\"other\",remote_port=\"other\",comm=\"other\"}"
+            } else {
+                "{proto=\"other\",local=\"other\",comm=\"other\"}"
+            };
+            let _ = writeln!(out, "{name}{other} {}", rows[i].other);
         }
     }
     let _ = writeln!(
         out,
-        "# HELP portd_witness_dropped_total Failures the witness could not count (its map of counters was full).\n\
+        "# HELP portd_witness_dropped_total Failures the witness could not count (its maps of counters were full).\n\
          # TYPE portd_witness_dropped_total counter\nportd_witness_dropped_total {dropped}"
     );
     out
@@ -173,8 +178,9 @@ fn live_row(r: &Row) -> live::WitnessedFailure {
         local: r.key.local.to_string(),
         destination: r.key.destination.map(|d| d.to_string()),
         target: r.key.target(),
-        pid: r.key.pid,
-        comm: r.key.comm.clone(),
+        pid: r.pid,
+        // Counted per destination alone: the last process seen.
+        comm: r.key.comm.clone().unwrap_or_else(|| r.process.clone()),
         total: r.total,
         last_minute: r.last_minute,
     }
@@ -186,37 +192,31 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// (family index, labels) of one key.
-fn labels(k: &FailureKey) -> (usize, String) {
+/// The labels of one key.
+fn labels(k: &FailureKey) -> String {
+    let comm = escape(k.comm.as_deref().unwrap_or_default());
     match k.destination {
-        Some(d) => (
-            0,
-            format!(
-                "{{local=\"{}\",remote=\"{}\",remote_port=\"{}\",comm=\"{}\"}}",
-                escape(&k.local.to_string()),
-                escape(&d.ip().to_string()),
-                d.port(),
-                escape(&k.comm)
-            ),
+        Some(d) => format!(
+            "{{local=\"{}\",remote=\"{}\",remote_port=\"{}\",comm=\"{comm}\"}}",
+            escape(&k.local.to_string()),
+            escape(&d.ip().to_string()),
+            d.port(),
         ),
-        None => (
-            if k.kind == super::Kind::Bind0 { 1 } else { 2 },
-            format!(
-                "{{proto=\"{}\",local=\"{}\",comm=\"{}\"}}",
-                k.protocol,
-                escape(&k.local.to_string()),
-                escape(&k.comm)
-            ),
+        None => format!(
+            "{{proto=\"{}\",local=\"{}\",comm=\"{comm}\"}}",
+            k.protocol,
+            escape(&k.local.to_string()),
         ),
     }
 }
 
 /// The first failure towards a destination (or in a pool): one journal
 /// entry naming the process.
-fn alert(k: &FailureKey, count: u64) {
-    let process = match k.pid {
-        Some(pid) => format!("{} (pid {pid})", k.comm),
-        None => format!("{} (pid not visible from portd)", k.comm),
+fn alert(first: &Row) {
+    let (k, count) = (&first.key, first.total);
+    let process = match first.pid {
+        Some(pid) => format!("{} (pid {pid})", first.process),
+        None => format!("{} (pid not visible from portd)", first.process),
     };
     let message = format!(
         "port allocation failed: {} got {} {} time(s) for {}{}",
@@ -246,16 +246,15 @@ fn alert(k: &FailureKey, count: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::witness::{Kind as WKind, Reading};
+    use crate::witness::{Count, Kind as WKind, Reading};
 
-    fn key(kind: WKind, dest: Option<&str>, pid: u32, comm: &str) -> FailureKey {
+    fn key(kind: WKind, dest: Option<&str>, comm: &str) -> FailureKey {
         FailureKey {
             netns: 1,
             kind,
             local: "0.0.0.0".parse().expect("addr"),
             destination: dest.map(|d| d.parse().expect("addr")),
-            pid: Some(pid),
-            comm: comm.into(),
+            comm: Some(comm.into()),
             protocol: if kind == WKind::TcpConnect {
                 "tcp"
             } else {
@@ -264,30 +263,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn metrics_sum_over_pids_and_carry_no_pid_label() {
-        let mut r = Running {
+    fn count(key: FailureKey, new: u64, pid: u32) -> Count {
+        Count {
+            process: key.comm.clone().unwrap_or_default(),
+            key,
+            new,
+            pid: Some(pid),
+        }
+    }
+
+    fn running() -> Running {
+        Running {
             witness: None,
-            describe: String::new(),
+            describe: "failure witness on: test".into(),
             tally: Tally::default(),
             read_error: None,
-        };
+        }
+    }
+
+    #[test]
+    fn metrics_count_per_process_name_and_carry_no_pid_label() {
+        let mut r = running();
         let reading = Reading {
             counts: vec![
-                (key(WKind::TcpConnect, Some("10.0.0.1:443"), 10, "curl"), 3),
-                (key(WKind::TcpConnect, Some("10.0.0.1:443"), 11, "curl"), 4),
-                (key(WKind::UdpAutobind, None, 12, "dig"), 2),
+                count(key(WKind::TcpConnect, Some("10.0.0.1:443"), "curl"), 3, 10),
+                count(key(WKind::TcpConnect, Some("10.0.0.1:443"), "curl"), 4, 11),
+                count(key(WKind::UdpAutobind, None, "dig"), 2, 12),
             ],
             ..Reading::default()
         };
         let now = Instant::now();
         r.tally.observe(&reading, now);
         // Inactive: only the gauge.
-        assert_eq!(
-            r.metrics(now).lines().last(),
-            Some("portd_witness_active 0")
-        );
-        let text = families(&r.tally.rows(now), 0);
+        assert_eq!(r.metrics().lines().last(), Some("portd_witness_active 0"));
+        let text = families(&r.tally.families(), 0);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
@@ -301,28 +310,73 @@ mod tests {
     }
 
     #[test]
-    fn the_live_view_lists_the_latest_and_largest_first_within_the_limit() {
-        let mut r = Running {
-            witness: None,
-            describe: "failure witness on: test".into(),
-            tally: Tally::default(),
-            read_error: None,
-        };
-        let t0 = Instant::now();
-        let old = key(WKind::TcpConnect, Some("10.0.0.1:443"), 10, "old");
+    fn metrics_show_the_top_keys_and_one_other_row_per_family() {
+        let mut r = running();
+        let keys: Vec<FailureKey> = (0..30)
+            .map(|i| key(WKind::TcpConnect, Some("10.0.0.1:443"), &format!("w{i:02}")))
+            .collect();
+        let mut counts: Vec<Count> = keys.iter().map(|k| count(k.clone(), 2, 10)).collect();
+        let mut pool = key(WKind::UdpAutobind, None, "dig");
+        pool.comm = None; // counted per pool alone
+        counts.push(count(pool, 1, 12));
         r.tally.observe(
             &Reading {
-                counts: vec![(old.clone(), 100)],
+                counts,
+                ..Reading::default()
+            },
+            Instant::now(),
+        );
+        let text = families(&r.tally.families(), 3);
+        let connect: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("portd_connect_failures_total"))
+            .collect();
+        assert_eq!(connect.len(), tally::TOP_SERIES + 1, "{text}");
+        assert_eq!(
+            connect.last().copied(),
+            Some(
+                "portd_connect_failures_total{local=\"other\",remote=\"other\",remote_port=\"other\",comm=\"other\"} 20"
+            )
+        );
+        let sum: u64 = connect
+            .iter()
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .expect("sample")
+                    .1
+                    .parse::<u64>()
+                    .expect("value")
+            })
+            .sum();
+        assert_eq!(sum, 60, "every failure counted once");
+        assert!(
+            text.contains(
+                "portd_udp_autobind_failures_total{proto=\"udp\",local=\"0.0.0.0\",comm=\"\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("portd_witness_dropped_total 3"));
+    }
+
+    #[test]
+    fn the_live_view_lists_the_latest_and_largest_first_within_the_limit() {
+        let mut r = running();
+        let t0 = Instant::now();
+        let old = key(WKind::TcpConnect, Some("10.0.0.1:443"), "old");
+        r.tally.observe(
+            &Reading {
+                counts: vec![count(old, 100, 10)],
                 ..Reading::default()
             },
             t0,
         );
-        let mut counts = vec![(old, 100)];
+        let mut counts = Vec::new();
         for i in 0..60u16 {
             let dest = format!("10.0.1.{}:80", i + 1);
-            counts.push((
-                key(WKind::TcpConnect, Some(&dest), 20, "new"),
+            counts.push(count(
+                key(WKind::TcpConnect, Some(&dest), "new"),
                 u64::from(i) + 1,
+                20,
             ));
         }
         let later = t0 + std::time::Duration::from_secs(90);
@@ -344,6 +398,7 @@ mod tests {
         assert_eq!(v.failures_not_listed, 61 - live::WITNESS_ROWS);
         assert_eq!(v.failures[0].target, "10.0.1.60:80");
         assert_eq!(v.failures[0].last_minute, 60);
+        assert_eq!(v.failures[0].pid, Some(20));
         assert!(
             v.failures.iter().all(|f| f.comm == "new"),
             "the old key is left out last"

@@ -15,9 +15,17 @@
  * memory (the syscall has not returned yet), and the socket's state through
  * the fd: a socket still without a local port after the failure had none
  * (a port that was asked for stays bound), so the kernel was choosing one.
- * Counts go to a bounded hash keyed by network namespace, kind, local
- * address, destination (TCP only), process (tgid in portd's PID namespace)
- * and comm. Only namespaces that portd puts into `watch_netns` are counted.
+ * Counts go to a bounded hash keyed by what is counted: network namespace,
+ * kind, local address, destination (TCP only) and comm, with the last
+ * process (tgid in portd's PID namespace) in the value, so short-lived
+ * processes share one entry. Each key also carries the generation portd
+ * set when it was counted: portd reads the current generation, starts the
+ * next one, and drains the one before (read, then deleted), so the map
+ * holds only what failed in the last two polls. When that map is full, the
+ * failure is counted in `targets`, keyed by destination or pool alone (no
+ * comm), so a destination not seen yet still has room; only when both are
+ * full is it counted in `dropped`, which portd exports.
+ * Only namespaces that portd puts into `watch_netns` are counted.
  *
  * Rebuild with src/witness/bpf/build.sh (Debian 12 clang 14); the object is
  * committed and embedded with include_bytes!. */
@@ -46,7 +54,7 @@ volatile const __u32 pidns_ino = 0;
 
 struct wkey {
     __u32 netns;
-    __u32 pid;
+    __u32 gen;
     __u8 kind;
     __u8 family;
     __u16 dport;
@@ -57,12 +65,37 @@ struct wkey {
     char comm[16];
 };
 
+/* The last process counted under a key, and how many failures. */
+struct wval {
+    __u64 count;
+    __u32 pid;
+    __u32 pad;
+    char comm[16];
+};
+
+/* Per destination or pool and comm. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 4096);
     __type(key, struct wkey);
-    __type(value, __u64);
+    __type(value, struct wval);
 } failures SEC(".maps");
+
+/* Per destination or pool (comm zero), for what `failures` had no room for. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1024);
+    __type(key, struct wkey);
+    __type(value, struct wval);
+} targets SEC(".maps");
+
+/* [0]: the generation portd counts in now. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} generation SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -71,7 +104,7 @@ struct {
     __type(value, __u8);
 } watch_netns SEC(".maps");
 
-/* [0]: failures not counted because `failures` was full. */
+/* [0]: failures not counted because `failures` and `targets` were full. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, 1);
@@ -225,7 +258,7 @@ static __always_inline struct sock *unbound_sock(__u64 fd, struct wkey *k, short
 /* comm of the thread group leader, and its tgid as portd's PID namespace
  * numbers it: the level of struct pid whose namespace is portd's (0: the
  * process is not visible from portd). */
-static __always_inline void pid_and_comm(struct wkey *k)
+static __always_inline void pid_and_comm(struct wkey *k, __u32 *tgid)
 {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
     struct task_struct *leader = 0;
@@ -254,28 +287,48 @@ static __always_inline void pid_and_comm(struct wkey *k)
         CORE_READ(&ino, ns->ns.inum);
         if (ino == pidns_ino) {
             bpf_probe_read_kernel(&nr, sizeof(nr), first + i * sizeof(struct upid));
-            k->pid = nr;
+            *tgid = nr;
             return;
         }
     }
 }
 
+/* One more failure under `k` in `map`, by process `pid` named `comm`;
+ * nonzero when the map has no room for a new key. */
+static __always_inline int add(void *map, struct wkey *k, __u32 pid, const char *comm)
+{
+    struct wval *v = bpf_map_lookup_elem(map, k);
+    if (!v) {
+        struct wval fresh = {.count = 1, .pid = pid};
+        __builtin_memcpy(fresh.comm, comm, sizeof(fresh.comm));
+        if (!bpf_map_update_elem(map, k, &fresh, BPF_NOEXIST))
+            return 0;
+        v = bpf_map_lookup_elem(map, k); /* another CPU inserted it */
+        if (!v)
+            return -1;
+    }
+    __sync_fetch_and_add(&v->count, 1);
+    v->pid = pid;
+    __builtin_memcpy(v->comm, comm, sizeof(v->comm));
+    return 0;
+}
+
 static __always_inline void count(struct wkey *k)
 {
-    pid_and_comm(k);
-    __u64 *v = bpf_map_lookup_elem(&failures, k);
-    if (v) {
-        __sync_fetch_and_add(v, 1);
+    __u32 zero = 0, pid = 0;
+    char comm[16];
+
+    pid_and_comm(k, &pid);
+    __u32 *gen = bpf_map_lookup_elem(&generation, &zero);
+    if (gen)
+        k->gen = *gen;
+    __builtin_memcpy(comm, k->comm, sizeof(comm));
+    if (!add(&failures, k, pid, comm))
         return;
-    }
-    __u64 one = 1;
-    if (bpf_map_update_elem(&failures, k, &one, BPF_NOEXIST)) {
-        v = bpf_map_lookup_elem(&failures, k);
-        if (v)
-            __sync_fetch_and_add(v, 1);
-        else
-            count_drop(0);
-    }
+    __builtin_memset(k->comm, 0, sizeof(k->comm));
+    if (!add(&targets, k, pid, comm))
+        return;
+    count_drop(0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_connect")

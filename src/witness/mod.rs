@@ -4,13 +4,15 @@
 //! kept beside the count, so short-lived processes share one counter).
 //!
 //! The kernel's counters are drained: each key carries the generation it was
-//! counted in; every [`Witness::read`] takes what is new in the current
-//! generation, starts the next one, and reads and deletes the keys of the
-//! one before (counted at least one poll ago, so no program is still adding
-//! to them). The maps hold what failed in the last two polls, never the
-//! history. When the per-process map is full, a failure is counted per
-//! destination or pool alone (the name not kept), so a destination not seen
-//! yet still has room; when that is full too, it is counted as dropped.
+//! counted in; every [`Witness::read`] starts the next generation, takes
+//! what is new in the last two, and reads and deletes the keys of older
+//! ones (left at least one poll ago, so no program is still adding to
+//! them; one that did finds its generation two behind after counting and
+//! counts itself as dropped too). The maps hold what failed in the last two
+//! polls, never the history. When the per-process map is full, a failure is
+//! counted per destination or pool alone (the name not kept), so a
+//! destination not seen yet still has room; when that is full too, it is
+//! counted as dropped.
 //!
 //! Attach points, best first, as the machine allows:
 //! 1. fexit of `__inet_hash_connect` and the bind(0)/UDP autobind paths
@@ -144,7 +146,8 @@ pub struct Reading {
     /// What is new since the previous read (the maps are drained).
     pub counts: Vec<Count>,
     /// Failures not counted since the witness started, because both its
-    /// maps were full.
+    /// maps were full, plus those counted into a generation that may have
+    /// been drained already (at most missed).
     pub dropped: u64,
 }
 
@@ -355,10 +358,6 @@ impl Witness {
     /// What failed since the previous read: one pass over the kernel's
     /// maps, then the next generation starts (see the module's doc).
     pub fn read(&mut self) -> Result<Reading, String> {
-        let mut reading = Reading::default();
-        for name in COUNTER_MAPS {
-            self.drain(name, &mut reading)?;
-        }
         let next = self.generation.wrapping_add(1);
         let map = self
             .ebpf
@@ -369,17 +368,23 @@ impl Witness {
         map.set(0, next, 0)
             .map_err(|e| format!("map generation: {e}"))?;
         self.generation = next;
+        let mut reading = Reading::default();
+        for name in COUNTER_MAPS {
+            self.drain(name, &mut reading)?;
+        }
         let dropped = self.ebpf.map("dropped").ok_or("map dropped missing")?;
         let dropped: Array<&MapData, u64> =
             Array::try_from(dropped).map_err(|e| format!("map dropped: {e}"))?;
-        reading.dropped = dropped
-            .get(&0, 0)
-            .map_err(|e| format!("map dropped: {e}"))?;
+        for slot in [0, 1] {
+            reading.dropped += dropped
+                .get(&slot, 0)
+                .map_err(|e| format!("map dropped: {e}"))?;
+        }
         Ok(reading)
     }
 
-    /// The new counts of map `name`: the current generation's keys are
-    /// read, older ones read and deleted.
+    /// The new counts of map `name`: the keys of the current generation
+    /// and the one before are read, older ones read and deleted.
     fn drain(&mut self, name: &str, reading: &mut Reading) -> Result<(), String> {
         let per_process = name == COUNTER_MAPS[0];
         let map = self
@@ -391,7 +396,8 @@ impl Witness {
         // Keys first: deleting while walking would restart the walk.
         let keys: Vec<RawKey> = map.keys().filter_map(Result::ok).collect();
         for raw in keys {
-            let current = raw.generation == self.generation;
+            let current = raw.generation == self.generation
+                || raw.generation == self.generation.wrapping_sub(1);
             let Ok(value) = map.get(&raw, 0) else {
                 continue; // gone meanwhile
             };

@@ -163,7 +163,7 @@ fn families(rows: &[tally::Family; tally::FAMILIES], dropped: u64) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP portd_witness_dropped_total Failures the witness could not count (its maps of counters were full).\n\
+        "# HELP portd_witness_dropped_total Failures the witness could not count (its maps of counters were full) or may have missed (counted after their generation was drained).\n\
          # TYPE portd_witness_dropped_total counter\nportd_witness_dropped_total {dropped}"
     );
     out

@@ -19,9 +19,12 @@
  * kind, local address, destination (TCP only) and comm, with the last
  * process (tgid in portd's PID namespace) in the value, so short-lived
  * processes share one entry. Each key also carries the generation portd
- * set when it was counted: portd reads the current generation, starts the
- * next one, and drains the one before (read, then deleted), so the map
- * holds only what failed in the last two polls. When that map is full, the
+ * set when it was counted: at each poll portd starts the next generation,
+ * reads the keys of the last two and drains (reads, then deletes) older
+ * ones, so the map holds only what failed in the last two polls. A program
+ * that finds, after counting, that its generation is two or more behind
+ * may have counted into a drained key: it counts that in `dropped` too
+ * (at most a missed failure, never a silent one). When that map is full, the
  * failure is counted in `targets`, keyed by destination or pool alone (no
  * comm), so a destination not seen yet still has room; only when both are
  * full is it counted in `dropped`, which portd exports.
@@ -104,10 +107,11 @@ struct {
     __type(value, __u8);
 } watch_netns SEC(".maps");
 
-/* [0]: failures not counted because `failures` and `targets` were full. */
+/* [0]: failures not counted because `failures` and `targets` were full;
+ * [1]: failures counted into a generation portd may have drained already. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 1);
+    __uint(max_entries, 2);
     __type(key, __u32);
     __type(value, __u64);
 } dropped SEC(".maps");
@@ -313,6 +317,16 @@ static __always_inline int add(void *map, struct wkey *k, __u32 pid, const char 
     return 0;
 }
 
+/* After counting under `k`: whether portd may have drained its generation
+ * meanwhile (it drains a generation only once two newer ones started). */
+static __always_inline void check_late(struct wkey *k)
+{
+    __u32 zero = 0;
+    __u32 *gen = bpf_map_lookup_elem(&generation, &zero);
+    if (gen && *gen - k->gen >= 2)
+        count_drop(1);
+}
+
 static __always_inline void count(struct wkey *k)
 {
     __u32 zero = 0, pid = 0;
@@ -324,10 +338,10 @@ static __always_inline void count(struct wkey *k)
         k->gen = *gen;
     __builtin_memcpy(comm, k->comm, sizeof(comm));
     if (!add(&failures, k, pid, comm))
-        return;
+        return check_late(k);
     __builtin_memset(k->comm, 0, sizeof(k->comm));
     if (!add(&targets, k, pid, comm))
-        return;
+        return check_late(k);
     count_drop(0);
 }
 

@@ -401,11 +401,11 @@ impl Witness {
             let Ok(value) = map.get(&raw, 0) else {
                 continue; // gone meanwhile
             };
-            let before = if current {
+            // A key that cannot be deleted (gone meanwhile) is remembered
+            // as read, so a later read counts only what it gained.
+            let before = if current || map.remove(&raw).is_err() {
                 self.seen.insert(raw, value.count)
             } else {
-                map.remove(&raw)
-                    .map_err(|e| format!("map {name}: cannot delete a drained key: {e}"))?;
                 self.seen.remove(&raw)
             };
             let new = value.count.saturating_sub(before.unwrap_or(0));

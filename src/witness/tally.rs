@@ -420,4 +420,49 @@ mod tests {
         assert_eq!(f.other, 5, "one key of the busy destination left out");
         assert_eq!(family_sum(f), 5 * (TOP_SERIES as u64 - 1) + 9 + 1);
     }
+
+    proptest::proptest! {
+        /// Whatever fails, in whatever order: each family shows at most
+        /// TOP_SERIES keys, adds up to every failure counted, and no
+        /// sample it shows ever decreases while it is shown (`other`
+        /// included): Prometheus sees counters, never resets.
+        #[test]
+        fn the_metric_families_are_bounded_counters_that_add_up(
+            reads in proptest::collection::vec(
+                proptest::collection::vec((0u8..40, 0u8..6, 1u64..5), 0..30),
+                1..25,
+            ),
+            seconds in proptest::collection::vec(1u64..40, 25),
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut t = Tally::default();
+            let mut counted = 0;
+            let mut before: BTreeMap<FailureKey, u64> = BTreeMap::new();
+            let mut other_before = 0;
+            for (i, read) in reads.iter().enumerate() {
+                now += Duration::from_secs(seconds[i]);
+                let keys: Vec<(FailureKey, u64)> = read
+                    .iter()
+                    .map(|(comm, dest, n)| {
+                        (key(&format!("10.0.0.{dest}:80"), &format!("w{comm}")), *n)
+                    })
+                    .collect();
+                let counts: Vec<(&FailureKey, u64)> = keys.iter().map(|(k, n)| (k, *n)).collect();
+                counted += keys.iter().map(|(_, n)| n).sum::<u64>();
+                t.observe(&reading(&counts), now);
+                let f = &t.families()[0];
+                proptest::prop_assert!(f.shown.len() <= TOP_SERIES);
+                proptest::prop_assert_eq!(family_sum(f), counted);
+                proptest::prop_assert!(f.other >= other_before);
+                for (k, v) in &f.shown {
+                    if let Some(b) = before.get(k) {
+                        proptest::prop_assert!(v >= b, "{:?} went from {} to {}", k, b, v);
+                    }
+                }
+                other_before = f.other;
+                before = f.shown.iter().cloned().collect();
+            }
+        }
+    }
 }

@@ -130,19 +130,20 @@ fn families(rows: &[tally::Family; tally::FAMILIES], dropped: u64) -> String {
     let names: [(&str, &str); tally::FAMILIES] = [
         (
             "portd_connect_failures_total",
-            "TCP connect() calls that failed with EADDRNOTAVAIL because no local port was free, per destination and process name (at most 20 series, the rest in one row labelled other).",
+            "TCP connect() calls that failed with EADDRNOTAVAIL because no local port was free, per destination and process name (at most {TOP} series, the rest in one row labelled other).",
         ),
         (
             "portd_bind_failures_total",
-            "bind(address, 0) calls that failed with EADDRINUSE because no local port was free, per pool and process name (at most 20 series, the rest in one row labelled other).",
+            "bind(address, 0) calls that failed with EADDRINUSE because no local port was free, per pool and process name (at most {TOP} series, the rest in one row labelled other).",
         ),
         (
             "portd_udp_autobind_failures_total",
-            "UDP connect()/sendto() on an unbound socket that failed with EAGAIN because no local port was free, per pool and process name (at most 20 series, the rest in one row labelled other).",
+            "UDP connect()/sendto() on an unbound socket that failed with EAGAIN because no local port was free, per pool and process name (at most {TOP} series, the rest in one row labelled other).",
         ),
     ];
     let mut out = String::new();
     for (i, (name, help)) in names.iter().enumerate() {
+        let help = help.replace("{TOP}", &tally::TOP_SERIES.to_string());
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         // Keys that differ only by namespace share labels: summed.
         let mut sums: std::collections::BTreeMap<String, u64> = Default::default();

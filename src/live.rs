@@ -21,6 +21,7 @@ use crate::fsutil;
 use crate::host::Host;
 use crate::level::Level;
 use crate::ports::PortRange;
+use crate::untrusted::escape;
 
 /// The format this portd writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -386,7 +387,8 @@ impl Daemon {
                 };
                 let mut line = format!(
                     "daemon: running (pid {}), mode {}, {census}{outlook}",
-                    live.pid, live.authority.describe
+                    live.pid,
+                    escape(&live.authority.describe)
                 );
                 if let Some(w) = &live.witness {
                     witness_lines(&mut line, w);
@@ -408,13 +410,15 @@ impl Daemon {
 fn witness_lines(out: &mut String, w: &Witness) {
     use std::fmt::Write as _;
     if !w.active {
-        let _ = write!(out, "\n{}", w.describe);
+        let _ = write!(out, "\n{}", escape(&w.describe));
         return;
     }
     let _ = write!(
         out,
         "\n{}\nwitnessed failures: {} in the last minute, {} since start",
-        w.describe, w.last_minute_total, w.failures_total
+        escape(&w.describe),
+        w.last_minute_total,
+        w.failures_total
     );
     for f in &w.failures {
         let pid = f
@@ -423,7 +427,12 @@ fn witness_lines(out: &mut String, w: &Witness) {
         let _ = write!(
             out,
             "\n  {} ({pid}): {} {} towards {}: {} in the last minute, {} since start",
-            f.comm, f.kind, f.errno, f.target, f.last_minute, f.total
+            escape(&f.comm),
+            escape(&f.kind),
+            escape(&f.errno),
+            escape(&f.target),
+            f.last_minute,
+            f.total
         );
     }
     if w.failures_not_listed > 0 {
@@ -452,23 +461,23 @@ fn namespaces_lines(live: &Live) -> String {
                 h.usage * 100.0,
                 h.used,
                 h.capacity,
-                h.cause
+                escape(&h.cause)
             ),
-            (None, Some(bound)) => bound.clone(),
+            (None, Some(bound)) => escape(bound),
             (None, None) => "not measured".into(),
         };
         out.push_str(&format!(
             "\ndaemon: netns {} net:[{}] {}: {what}",
-            ns.label,
+            escape(&ns.label),
             ns.inode,
             ns.level.map_or("UNKNOWN", Level::label)
         ));
         if let Some(advice) = &ns.advice {
-            out.push_str(&format!("\n  advice: {advice}"));
+            out.push_str(&format!("\n  advice: {}", escape(advice)));
         }
     }
     if let Some(note) = &live.namespaces_note {
-        out.push_str(&format!("\ndaemon: {note}"));
+        out.push_str(&format!("\ndaemon: {}", escape(note)));
     }
     out
 }

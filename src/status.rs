@@ -337,7 +337,11 @@ fn human(
                     let _ = writeln!(
                         out,
                         "  {:>15}  pid {} ({}, uid {}) holds {}",
-                        "", p.pid, p.command, p.uid, p.sockets
+                        "",
+                        p.pid,
+                        crate::untrusted::escape(&p.command),
+                        p.uid,
+                        p.sockets
                     );
                 }
                 if a.without_inode > 0 {

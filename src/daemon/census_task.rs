@@ -139,7 +139,10 @@ fn holders(host: &Host, source: &dyn SocketSource, usage: &Usage) -> Option<Stri
     let mut parts: Vec<String> = processes
         .iter()
         .take(SHOWN)
-        .map(|p| format!("{}[{}] {} sockets", p.command, p.pid, p.sockets))
+        .map(|p| {
+            let command = crate::untrusted::escape(&p.command);
+            format!("{command}[{}] {} sockets", p.pid, p.sockets)
+        })
         .collect();
     if processes.len() > SHOWN {
         parts.push(format!("{} more processes", processes.len() - SHOWN));

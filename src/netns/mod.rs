@@ -9,6 +9,7 @@ pub mod status;
 use serde::Serialize;
 
 use crate::host::Host;
+use crate::untrusted;
 
 pub use discovery::{Discovery, Found};
 pub use identity::Identity;
@@ -69,17 +70,20 @@ pub fn describe(host: &Host, found: &Found) -> Namespace {
             if let Some(uid) = &id.pod_uid {
                 id.pod = identity::pod_name(&host.path("/var/log/pods"), uid);
             }
-            let comm = std::fs::read_to_string(host.proc(&format!("{pid}/comm")))
+            // Any bytes: a process names itself.
+            let comm = std::fs::read(host.proc(&format!("{pid}/comm")))
                 .ok()
-                .map(|c| c.trim_end().to_string());
+                .map(|c| String::from_utf8_lossy(c.strip_suffix(b"\n").unwrap_or(&c)).into_owned());
             (id, comm)
         }
         None => (Identity::default(), None),
     };
-    let label = label(found, &identity, comm.as_deref());
+    // Display text from what others named (a process, a cgroup, a netns):
+    // it reaches the plugin line, the journal and the terminal.
+    let label = untrusted::escape(label(found, &identity, comm.as_deref()));
     let enter = match (found.pid, found.names.first()) {
         _ if found.own => "(portd's own namespace)".to_string(),
-        (_, Some(name)) => format!("ip netns exec {name} COMMAND"),
+        (_, Some(name)) => format!("ip netns exec {} COMMAND", untrusted::escape(name)),
         (Some(pid), None) => format!("nsenter -t {pid} -n COMMAND"),
         (None, None) => String::new(),
     };

@@ -16,6 +16,7 @@ use crate::live;
 use crate::policy::Thresholds;
 use crate::ports::Ratio;
 use crate::status::{self, Outcome, StatusOptions};
+use crate::untrusted;
 use crate::usage::UsageOptions;
 
 use super::Namespace;
@@ -211,18 +212,8 @@ fn json(sections: &[Section], level: Level, note: Option<&str>) -> String {
 }
 
 fn human(sections: &[Section], worst: &Section, note: Option<&str>) -> String {
-    let mut out = String::new();
-    // The headline is the worst namespace's first line, naming it.
-    let first = worst.text.lines().next().unwrap_or_default();
-    if worst.ns.own || sections.len() == 1 {
-        let _ = writeln!(out, "{first}");
-    } else {
-        let _ = writeln!(
-            out,
-            "{}",
-            first.replacen(" - ", &format!(" - {}: ", worst.ns.label), 1)
-        );
-    }
+    let mut out = headline(worst, sections.len());
+    out.push('\n');
     for s in sections {
         let _ = writeln!(
             out,
@@ -241,6 +232,17 @@ fn human(sections: &[Section], worst: &Section, note: Option<&str>) -> String {
         let _ = writeln!(out, "\nnote: {note}");
     }
     out
+}
+
+/// The worst namespace's first line, naming it when there are several (its
+/// label is escaped display text: the line stays one line with one `|`).
+fn headline(worst: &Section, sections: usize) -> String {
+    let first = worst.text.lines().next().unwrap_or_default();
+    if worst.ns.own || sections == 1 {
+        first.to_string()
+    } else {
+        first.replacen(" - ", &format!(" - {}: ", worst.ns.label), 1)
+    }
 }
 
 /// `portd status` when it reports more than portd's own namespace:
@@ -295,7 +297,7 @@ fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Ou
             h.usage * 100.0,
             h.used,
             h.capacity,
-            h.cause
+            untrusted::escape(&h.cause)
         ),
         None => "raised".into(),
     };
@@ -315,12 +317,18 @@ fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Ou
             outcome.text = format!("{v:#}\n");
         }
     } else {
+        // The perfdata stays on the first line (portd's own namespace, as
+        // without the raise): a plugin line has one `|`, before it.
+        let (first, rest) = outcome.text.split_once('\n').unwrap_or((&outcome.text, ""));
+        let (own, perfdata) = match first.split_once(" | ") {
+            Some((own, perfdata)) => (own, format!(" | {perfdata}")),
+            None => (first, String::new()),
+        };
         outcome.text = format!(
-            "PORTD {} - {} net:[{}]: {what} (the daemon's view)\n{}",
+            "PORTD {} - {} net:[{}]: {what} (the daemon's view){perfdata}\n{own}\n{rest}",
             level.label(),
-            worst.label,
+            untrusted::escape(&worst.label),
             worst.inode,
-            outcome.text
         );
     }
     outcome
@@ -368,17 +376,14 @@ mod tests {
             age: std::time::Duration::ZERO,
         };
         let own = |level| Outcome {
-            text: "PORTD OK - 0.0% ...\n".into(),
+            text: "PORTD OK - 0.0% ... | usage=0.00%;80;90;0;100\nrange ...\n".into(),
             level,
         };
         let raised = raise_to_worst(&daemon, own(Level::Ok), false);
         assert_eq!(raised.level, Level::Critical);
-        assert!(
-            raised.text.starts_with(
-                "PORTD CRITICAL - netns n9 net:[9]: 75.0% (15/20) destination 127.0.0.1 -> 127.0.0.1:9000 (the daemon's view)\nPORTD OK"
-            ),
-            "{}",
-            raised.text
+        assert_eq!(
+            raised.text,
+            "PORTD CRITICAL - netns n9 net:[9]: 75.0% (15/20) destination 127.0.0.1 -> 127.0.0.1:9000 (the daemon's view) | usage=0.00%;80;90;0;100\nPORTD OK - 0.0% ...\nrange ...\n",
         );
         // Its own report stays when it is as bad, or unknown.
         assert_eq!(
@@ -404,6 +409,87 @@ mod tests {
             raise_to_worst(&none, own(Level::Ok), false).level,
             Level::Ok
         );
+    }
+
+    /// A namespace with 18 of 20 ports used towards one destination.
+    fn critical_usage() -> crate::usage::Usage {
+        use crate::census::{Proto, Socket};
+        let mut agg = crate::usage::Aggregator::new(settings(40000, 40019, &[]), PortSet::new());
+        for port in 40000..40018 {
+            agg.visit(&Socket {
+                proto: Proto::Tcp,
+                local: [10, 0, 0, 1].into(),
+                local_port: port,
+                remote: [10, 0, 0, 2].into(),
+                remote_port: 443,
+                state: crate::kernel::TcpState::Established,
+                uid: 0,
+                inode: 1,
+            });
+        }
+        agg.finish("fixture", true, UsageOptions::default())
+    }
+
+    fn options() -> StatusOptions {
+        StatusOptions {
+            json: false,
+            top: 10,
+            processes: false,
+            thresholds: crate::policy::Policy::default().thresholds,
+            tcp_pool_in_headline: false,
+        }
+    }
+
+    /// The namespace of pid 8 whose process named itself `comm`, as
+    /// discovery names it from a fixture /proc.
+    fn named_by(comm: &[u8]) -> Namespace {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc/8");
+        std::fs::create_dir_all(&proc).unwrap();
+        let mut text = comm.to_vec();
+        text.push(b'\n');
+        std::fs::write(proc.join("comm"), text).unwrap();
+        let found = super::super::Found {
+            inode: 40,
+            pid: Some(8),
+            processes: 1,
+            names: Vec::new(),
+            own: false,
+        };
+        super::super::describe(&Host::new(dir.path()), &found)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_process_name_leaves_the_plugin_line_one_line_with_one_pipe(
+            comm in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)
+        ) {
+            let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+            let critical = status::render(&critical_usage(), None, &none, &options());
+            proptest::prop_assert_eq!(critical.level, Level::Critical);
+            let own = Section {
+                ns: Namespace { own: true, label: "host".into(), ..named_by(b"portd") },
+                level: Level::Ok,
+                text: "PORTD OK - 0.00% ... | usage=0.00%;80;90;0;100\n".into(),
+                json: serde_json::Value::Null,
+            };
+            let worst = Section {
+                ns: named_by(&comm),
+                level: critical.level,
+                text: critical.text,
+                json: serde_json::Value::Null,
+            };
+            let sections = [own, worst];
+            let text = human(&sections, &sections[1], None);
+            let first = text.lines().next().unwrap();
+            let line = format!("{first}\n");
+            proptest::prop_assert!(text.starts_with(&line));
+            proptest::prop_assert_eq!(first.matches('|').count(), 1, "{}", first);
+            let (before, perfdata) = first.split_once(" | ").unwrap();
+            proptest::prop_assert!(before.starts_with("PORTD CRITICAL - pid 8"), "{}", before);
+            proptest::prop_assert!(perfdata.starts_with("usage=90.00%;"), "{}", perfdata);
+            proptest::prop_assert!(!first.chars().any(char::is_control), "{}", first);
+        }
     }
 
     #[test]

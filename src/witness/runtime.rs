@@ -214,9 +214,10 @@ fn labels(k: &FailureKey) -> (usize, String) {
 /// The first failure towards a destination (or in a pool): one journal
 /// entry naming the process.
 fn alert(k: &FailureKey, count: u64) {
+    let comm = crate::untrusted::escape(&k.comm);
     let process = match k.pid {
-        Some(pid) => format!("{} (pid {pid})", k.comm),
-        None => format!("{} (pid not visible from portd)", k.comm),
+        Some(pid) => format!("{comm} (pid {pid})"),
+        None => format!("{comm} (pid not visible from portd)"),
     };
     let message = format!(
         "port allocation failed: {} got {} {} time(s) for {}{}",

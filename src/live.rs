@@ -485,7 +485,25 @@ fn namespaces_lines(live: &Live) -> String {
 /// The worst level the daemon holds for another namespace, with it.
 pub fn worst_namespace(daemon: &Daemon) -> Option<&Namespace> {
     match daemon {
-        Daemon::Running { live, .. } => live.namespaces.iter().max_by_key(|n| n.level),
+        // By level, then usage; the first of equals. The file's order is
+        // not trusted.
+        Daemon::Running { live, .. } => live
+            .namespaces
+            .iter()
+            .filter(|n| n.level.is_some())
+            .reduce(|worst, n| {
+                let key = |n: &Namespace| {
+                    (
+                        n.level.map_or(0, Level::rank),
+                        n.headline.as_ref().map_or(0.0, |h| h.usage),
+                    )
+                };
+                if key(n).partial_cmp(&key(worst)) == Some(std::cmp::Ordering::Greater) {
+                    n
+                } else {
+                    worst
+                }
+            }),
         _ => None,
     }
 }

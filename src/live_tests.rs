@@ -146,3 +146,32 @@ fn the_forecast_reads_back_and_the_line_says_when_ports_run_out() {
     let old: Live = serde_json::from_str(r#"{"format_version":1,"written_at":1000.0}"#).unwrap();
     assert_eq!(old.forecast, None);
 }
+
+#[test]
+fn the_worst_namespace_of_a_view_is_the_one_with_the_highest_usage_at_the_worst_level() {
+    let ns = |inode, level, usage| Namespace {
+        inode,
+        level: Some(level),
+        headline: Some(Headline {
+            usage,
+            ..Headline::default()
+        }),
+        ..Namespace::default()
+    };
+    let daemon = Daemon::Running {
+        live: Box::new(Live {
+            namespaces: vec![
+                ns(1, Level::Warning, 0.85),
+                ns(2, Level::Critical, 0.95),
+                ns(3, Level::Critical, 0.91),
+                Namespace {
+                    inode: 4,
+                    ..Namespace::default()
+                },
+            ],
+            ..Live::default()
+        }),
+        age: Duration::ZERO,
+    };
+    assert_eq!(worst_namespace(&daemon).map(|n| n.inode), Some(2));
+}

@@ -59,6 +59,42 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// Whether the namespace is gone: its process exited (or its pid now
+    /// names a process of another namespace) and its netns name, if it had
+    /// one, no longer leads to it. Such a namespace holds no sockets: it is
+    /// left out of a report, not reported unknown.
+    pub fn is_gone(&self, host: &Host) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.own {
+            return false;
+        }
+        let by_pid = self
+            .pid
+            .is_some_and(|pid| discovery::pid_inode(host, pid) == Some(self.inode));
+        let by_name = self.names.iter().any(|name| {
+            std::fs::metadata(host.path("/run/netns").join(name))
+                .is_ok_and(|m| m.ino() == self.inode)
+        });
+        !by_pid && !by_name
+    }
+
+    /// The same namespace entered through another of its processes, when
+    /// the one discovery found has exited.
+    pub fn through_another_pid(&self, host: &Host) -> Option<Namespace> {
+        let pid = discovery::pid_in(host, self.inode)?;
+        (Some(pid) != self.pid).then(|| Namespace {
+            pid: Some(pid),
+            enter: if self.names.is_empty() {
+                format!("nsenter -t {pid} -n COMMAND")
+            } else {
+                self.enter.clone()
+            },
+            ..self.clone()
+        })
+    }
+}
+
 /// Names each namespace that discovery found.
 pub fn describe(host: &Host, found: &Found) -> Namespace {
     let (identity, comm) = match found.pid {

@@ -54,6 +54,9 @@ pub fn quiet(settings: &KernelSettings, totals: &Totals, thresholds: &Thresholds
 struct Section {
     ns: Namespace,
     level: Level,
+    /// Its headline usage (a fraction), or the bound its counters give:
+    /// among namespaces at one level, the highest is the worst.
+    usage: f64,
     /// The full report (text or JSON), or the quiet line.
     text: String,
     json: serde_json::Value,
@@ -80,6 +83,7 @@ fn measure(
         return Section {
             ns: ns.clone(),
             level: Level::Ok,
+            usage: q.usage.fraction(),
             text: format!(
                 "PORTD OK - at most {} of {} ports towards any destination ({}; sockstat, no census)\nrange      {}\n",
                 q.bound, q.capacity, q.usage, settings.port_range
@@ -93,7 +97,7 @@ fn measure(
             }),
         };
     }
-    let (level, text, json) = match super::census::take(host, ns, usage_options) {
+    let (level, fraction, text, json) = match super::census::take(host, ns, usage_options) {
         Ok(usage) => {
             let text = status::render(
                 &usage,
@@ -121,7 +125,12 @@ fn measure(
                     obj.remove("daemon");
                 }
             }
-            (text.level, text.text, value)
+            (
+                text.level,
+                usage.headline.usage.fraction(),
+                text.text,
+                value,
+            )
         }
         Err(e) => {
             let text = format!("PORTD UNKNOWN - {e}\n");
@@ -130,15 +139,50 @@ fn measure(
                 "exit_code": Level::Unknown.exit_code(),
                 "error": e,
             });
-            (Level::Unknown, text, json)
+            (Level::Unknown, 0.0, text, json)
         }
     };
     Section {
         ns: ns.clone(),
         level,
+        usage: fraction,
         text,
         json,
     }
+}
+
+/// The section of `ns`, or `None` when the namespace vanished while it
+/// was measured: its process exited between discovery and measurement. A
+/// namespace whose first process exited while others remain in it is
+/// measured through another of them.
+fn measure_or_gone(
+    host: &Host,
+    ns: &Namespace,
+    opts: &StatusOptions,
+    census: bool,
+    daemon: &live::Daemon,
+) -> Option<Section> {
+    let section = measure(host, ns, opts, census, daemon);
+    if section.level != Level::Unknown || !ns.is_gone(host) {
+        return Some(section);
+    }
+    let other = ns.through_another_pid(host)?;
+    let section = measure(host, &other, opts, census, daemon);
+    (section.level != Level::Unknown || !other.is_gone(host)).then_some(section)
+}
+
+/// The worst section: by [`Level::rank`] (a measured critical outranks a
+/// namespace that could not be measured), then by usage; the first of
+/// equals (portd's own namespace comes first).
+fn worst(sections: &[Section]) -> Option<&Section> {
+    sections.iter().reduce(|worst, s| {
+        let key = |s: &Section| (s.level.rank(), s.usage);
+        if key(s).partial_cmp(&key(worst)) == Some(std::cmp::Ordering::Greater) {
+            s
+        } else {
+            worst
+        }
+    })
 }
 
 /// Whether a plain `status` reports the other namespaces: as root, on the
@@ -160,17 +204,34 @@ pub fn run(
     census_all: bool,
 ) -> Outcome {
     let daemon = live::read(host, std::time::SystemTime::now());
+    let mut vanished = 0;
     let sections: Vec<Section> = namespaces
         .iter()
-        .map(|ns| measure(host, ns, opts, census_all, &daemon))
+        .filter_map(|ns| {
+            let section = measure_or_gone(host, ns, opts, census_all, &daemon);
+            vanished += u32::from(section.is_none());
+            section
+        })
         .collect();
-    let Some(worst) = sections.iter().max_by_key(|s| s.level) else {
-        return status::unknown("no network namespace matches", opts.json);
+    let Some(worst) = worst(&sections) else {
+        let why = if vanished > 0 {
+            "every network namespace that matched vanished while status measured it"
+        } else {
+            "no network namespace matches"
+        };
+        return status::unknown(why, opts.json);
     };
     let level = worst.level;
-    let note = (unreadable > 0).then(|| {
-        format!("{unreadable} processes' network namespaces are not readable (CAP_SYS_PTRACE, or /proc mounted with hidepid)")
-    });
+    let mut notes = Vec::new();
+    if unreadable > 0 {
+        notes.push(format!("{unreadable} processes' network namespaces are not readable (CAP_SYS_PTRACE, or /proc mounted with hidepid)"));
+    }
+    if vanished > 0 {
+        notes.push(format!(
+            "{vanished} network namespaces vanished (their last process exited) while status measured them"
+        ));
+    }
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
     let text = if opts.json {
         json(&sections, level, note.as_deref())
     } else {
@@ -287,7 +348,7 @@ fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Ou
     let Some(level) = worst.level else {
         return outcome;
     };
-    if level <= outcome.level || outcome.level == Level::Unknown {
+    if level.rank() <= outcome.level.rank() {
         return outcome;
     }
     outcome.level = level;
@@ -385,14 +446,15 @@ mod tests {
             raised.text,
             "PORTD CRITICAL - netns n9 net:[9]: 75.0% (15/20) destination 127.0.0.1 -> 127.0.0.1:9000 (the daemon's view) | usage=0.00%;80;90;0;100\nPORTD OK - 0.0% ...\nrange ...\n",
         );
-        // Its own report stays when it is as bad, or unknown.
+        // Its own report stays when it is as bad; a measured critical
+        // outranks its own unknown.
         assert_eq!(
             raise_to_worst(&daemon, own(Level::Critical), false).text,
             own(Level::Ok).text
         );
         assert_eq!(
             raise_to_worst(&daemon, own(Level::Unknown), false).level,
-            Level::Unknown
+            Level::Critical
         );
         let json = Outcome {
             text: "{\"status\": \"ok\", \"exit_code\": 0}".into(),
@@ -470,12 +532,14 @@ mod tests {
             let own = Section {
                 ns: Namespace { own: true, label: "host".into(), ..named_by(b"portd") },
                 level: Level::Ok,
+                usage: 0.0,
                 text: "PORTD OK - 0.00% ... | usage=0.00%;80;90;0;100\n".into(),
                 json: serde_json::Value::Null,
             };
             let worst = Section {
                 ns: named_by(&comm),
                 level: critical.level,
+                usage: 0.9,
                 text: critical.text,
                 json: serde_json::Value::Null,
             };
@@ -490,6 +554,87 @@ mod tests {
             proptest::prop_assert!(perfdata.starts_with("usage=90.00%;"), "{}", perfdata);
             proptest::prop_assert!(!first.chars().any(char::is_control), "{}", first);
         }
+    }
+
+    fn section(label: &str, level: Level, usage: f64) -> Section {
+        Section {
+            ns: Namespace {
+                label: label.into(),
+                ..named_by(b"x")
+            },
+            level,
+            usage,
+            text: format!("PORTD {} - {label}\n", level.label()),
+            json: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_headline_names_the_namespace_with_the_highest_usage_at_the_worst_level() {
+        let sections = [
+            section("host", Level::Ok, 0.1),
+            section("a", Level::Critical, 0.90),
+            section("b", Level::Critical, 0.95),
+            section("c", Level::Critical, 0.91),
+            section("d", Level::Warning, 0.85),
+        ];
+        assert_eq!(worst(&sections).unwrap().ns.label, "b");
+        // Equal usage: the first listed.
+        let tied = [
+            section("a", Level::Critical, 0.9),
+            section("b", Level::Critical, 0.9),
+        ];
+        assert_eq!(worst(&tied).unwrap().ns.label, "a");
+        assert!(
+            human(&sections, worst(&sections).unwrap(), None)
+                .starts_with("PORTD CRITICAL - b: b\n")
+        );
+    }
+
+    #[test]
+    fn a_measured_critical_outranks_a_namespace_that_could_not_be_measured() {
+        let sections = [
+            section("a", Level::Unknown, 0.0),
+            section("b", Level::Critical, 0.9),
+            section("c", Level::Unknown, 0.0),
+        ];
+        assert_eq!(worst(&sections).unwrap().level, Level::Critical);
+        let sections = [
+            section("a", Level::Warning, 0.7),
+            section("b", Level::Unknown, 0.0),
+        ];
+        assert_eq!(worst(&sections).unwrap().level, Level::Unknown);
+    }
+
+    #[test]
+    fn a_namespace_whose_process_exited_is_measured_through_another_or_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        for pid in [8, 9] {
+            let ns = dir.path().join(format!("proc/{pid}/ns"));
+            std::fs::create_dir_all(&ns).unwrap();
+            std::os::unix::fs::symlink("net:[40]", ns.join("net")).unwrap();
+        }
+        let host = Host::new(dir.path());
+        let ns = Namespace {
+            inode: 40,
+            pid: Some(8),
+            ..named_by(b"x")
+        };
+        let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+        // A fixture root cannot be entered: unknown, but still there.
+        let s = measure_or_gone(&host, &ns, &options(), false, &none).unwrap();
+        assert_eq!((s.level, s.ns.pid), (Level::Unknown, Some(8)));
+        // Its first process exits: measured through the other.
+        std::fs::remove_dir_all(dir.path().join("proc/8")).unwrap();
+        let s = measure_or_gone(&host, &ns, &options(), false, &none).unwrap();
+        assert_eq!(s.ns.pid, Some(9));
+        assert_eq!(s.ns.enter, "nsenter -t 9 -n COMMAND");
+        // Pid 8 reused by a process of another namespace: still gone.
+        let reused = dir.path().join("proc/8/ns");
+        std::fs::create_dir_all(&reused).unwrap();
+        std::os::unix::fs::symlink("net:[41]", reused.join("net")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("proc/9")).unwrap();
+        assert!(measure_or_gone(&host, &ns, &options(), false, &none).is_none());
     }
 
     #[test]

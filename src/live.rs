@@ -1,7 +1,19 @@
 //! What only the running daemon knows, published for `portd status` and
 //! `portd check`: the daemon writes its live view atomically at the end of
 //! every poll to `/run/portd/live.json` (the unit's `RuntimeDirectory`),
-//! and the commands merge it while it is fresher than two polls.
+//! and the commands merge it while its daemon runs and it is fresher than
+//! two polls.
+//!
+//! A view is trusted only when: it is owned by root (or by the user who
+//! reads it: a daemon run unprivileged in a test or a fixture tree writes
+//! its own; a user can fool only themselves) and nobody else may write it;
+//! the process it names runs, with the start time the view records (a
+//! killed daemon, or its pid reused, is not running whatever the
+//! timestamp); and it is not written more than two polls ahead of the
+//! reader's clock. Otherwise it is set aside with the reason. The pid is a
+//! process of this machine, whatever `--root` says. Lists read back are
+//! capped as the daemon caps them, and every text in it is printed through
+//! [`crate::untrusted::escape`].
 //!
 //! One versioned file for everything the daemon learns over time: rates
 //! and forecasts, witnessed failures and per-namespace headlines go here as
@@ -42,6 +54,10 @@ pub struct Live {
     pub format_version: u32,
     pub written_at: f64,
     pub pid: u32,
+    /// The daemon's start time, field 22 of `/proc/PID/stat` (clock ticks
+    /// after boot): with the pid, which process wrote the view. Absent from
+    /// views of older versions (then the pid alone is checked).
+    pub start_time: Option<u64>,
     /// The policy's poll interval: the view is fresh for two of them.
     pub interval_seconds: f64,
     pub authority: Authority,
@@ -264,13 +280,32 @@ pub enum Daemon {
 #[derive(Clone, Debug, PartialEq)]
 pub enum NotRunning {
     Absent,
-    Stale { age: Duration, interval: Duration },
+    Stale {
+        age: Duration,
+        interval: Duration,
+    },
+    /// The process that wrote the view has exited.
+    Exited {
+        pid: u32,
+    },
+    /// Its pid names another process now (a different start time).
+    Replaced {
+        pid: u32,
+    },
 }
 
 impl fmt::Display for NotRunning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NotRunning::Absent => write!(f, "no live view at {DIR}/{FILE}"),
+            NotRunning::Exited { pid } => write!(
+                f,
+                "pid {pid}, which wrote the live view {DIR}/{FILE}, has exited"
+            ),
+            NotRunning::Replaced { pid } => write!(
+                f,
+                "pid {pid}, which wrote the live view {DIR}/{FILE}, has exited: the pid is another process now"
+            ),
             NotRunning::Stale { age, interval } => write!(
                 f,
                 "its live view {DIR}/{FILE} is {}s old, older than two polls of {}",
@@ -281,16 +316,20 @@ impl fmt::Display for NotRunning {
     }
 }
 
+/// The longest poll interval a view's freshness is judged by: the policy
+/// allows no more, and a forged interval must not keep a view fresh.
+const LONGEST_INTERVAL: f64 = 24.0 * 3600.0;
+
 /// The freshness rule: a live view counts while
 /// `written_at + 2 × interval ≥ now`. A view written in the future (a clock
-/// set back) counts as written now.
+/// set back) counts as written now, up to two polls ahead: see [`judge`].
 pub fn fresh(live: &Live, now: SystemTime) -> Result<Duration, NotRunning> {
     let now = unix_seconds(now);
+    let interval_seconds = live.interval_seconds.clamp(0.0, LONGEST_INTERVAL);
     let age = (now - live.written_at).max(0.0);
     let age_d = Duration::try_from_secs_f64(age).unwrap_or(Duration::MAX);
-    let interval =
-        Duration::try_from_secs_f64(live.interval_seconds.max(0.0)).unwrap_or(Duration::ZERO);
-    if live.written_at + 2.0 * live.interval_seconds >= now {
+    let interval = Duration::try_from_secs_f64(interval_seconds).unwrap_or(Duration::ZERO);
+    if live.written_at + 2.0 * interval_seconds >= now {
         Ok(age_d)
     } else {
         Err(NotRunning::Stale {
@@ -300,13 +339,68 @@ pub fn fresh(live: &Live, now: SystemTime) -> Result<Duration, NotRunning> {
     }
 }
 
-/// Reads the live view of `host` and judges it against `now`.
+/// A process as `/proc/PID/stat` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Field 22: clock ticks after boot.
+    pub start_time: u64,
+    /// A zombie: exited, not yet reaped.
+    pub zombie: bool,
+}
+
+/// Process `pid` of this machine (the real `/proc`, whatever `--root`
+/// says: the daemon that wrote a view is a real process); `None` when
+/// there is none.
+pub fn process(pid: u32) -> Option<Process> {
+    if pid == 0 {
+        return None;
+    }
+    let stat =
+        fsutil::read_regular(std::path::Path::new(&format!("/proc/{pid}/stat")), 4096).ok()?;
+    parse_stat(&stat)
+}
+
+/// The fields after the command, which is in parentheses and may hold
+/// spaces and parentheses itself: state is the first, start time the 20th.
+fn parse_stat(stat: &[u8]) -> Option<Process> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    Some(Process {
+        start_time: fields.get(19)?.parse().ok()?,
+        zombie: *fields.first()? == "Z",
+    })
+}
+
+/// Reads the live view of `host` and judges it against `now` and the
+/// processes of this machine.
 pub fn read(host: &Host, now: SystemTime) -> Daemon {
+    read_with(host, now, process)
+}
+
+/// [`read`], with `processes` telling which process has a pid.
+pub fn read_with(
+    host: &Host,
+    now: SystemTime,
+    processes: impl Fn(u32) -> Option<Process>,
+) -> Daemon {
     let path = path(host);
-    let text = match fsutil::read_regular(&path, READ_LIMIT) {
-        Ok(t) => t,
+    let file = match fsutil::open_regular(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Daemon::NotRunning(NotRunning::Absent);
+        }
+        Err(e) => return Daemon::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
+    };
+    let text = match file
+        .metadata()
+        .and_then(|meta| Ok((meta, fsutil::read_to_limit(file, READ_LIMIT)?)))
+    {
+        Ok((meta, text)) => {
+            if let Err(why) = trusted_file(&meta, rustix::process::geteuid().as_raw()) {
+                return Daemon::Unreadable(format!("{DIR}/{FILE} set aside: {why}"));
+            }
+            text
         }
         Err(e) => return Daemon::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
     };
@@ -320,12 +414,79 @@ pub fn read(host: &Host, now: SystemTime) -> Daemon {
             live.format_version
         ));
     }
+    judge(live, now, processes)
+}
+
+/// Who may have written the view: root, or the reader itself; nobody else
+/// may write it.
+fn trusted_file(meta: &std::fs::Metadata, reader: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+    if owner != 0 && owner != reader {
+        return Err(format!(
+            "it is owned by uid {owner}, neither root nor the user reading it (uid {reader}); portd's daemon writes it as root"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "its mode {mode:04o} lets group or others write it; portd writes it 0644"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the view's daemon runs and the view is recent: see the module
+/// documentation. Lists are capped as the daemon caps them.
+pub fn judge(
+    mut live: Live,
+    now: SystemTime,
+    processes: impl Fn(u32) -> Option<Process>,
+) -> Daemon {
+    let ahead = live.written_at - unix_seconds(now);
+    let interval = live.interval_seconds.clamp(0.0, LONGEST_INTERVAL);
+    if ahead > 2.0 * interval && ahead > 1.0 {
+        return Daemon::Unreadable(format!(
+            "{DIR}/{FILE} set aside: written {ahead:.0}s ahead of this host's clock, more than two polls of {}",
+            humantime::format_duration(Duration::try_from_secs_f64(interval).unwrap_or_default())
+        ));
+    }
+    match processes(live.pid) {
+        Some(p) if p.zombie => return Daemon::NotRunning(NotRunning::Exited { pid: live.pid }),
+        Some(p) if live.start_time.is_some_and(|t| t != p.start_time) => {
+            return Daemon::NotRunning(NotRunning::Replaced { pid: live.pid });
+        }
+        Some(_) => {}
+        None => return Daemon::NotRunning(NotRunning::Exited { pid: live.pid }),
+    }
+    cap(&mut live);
     match fresh(&live, now) {
         Ok(age) => Daemon::Running {
             live: Box::new(live),
             age,
         },
         Err(why) => Daemon::NotRunning(why),
+    }
+}
+
+/// The most rows of the forecast's lists read back (the daemon writes a
+/// handful).
+const FORECAST_ROWS: usize = 50;
+
+/// Lists longer than the daemon writes are cut on read: a view is about a
+/// kilobyte, and `status` prints each row.
+fn cap(live: &mut Live) {
+    live.namespaces.truncate(NAMESPACES_SHOWN);
+    if let Some(w) = live.witness.as_mut()
+        && w.failures.len() > WITNESS_ROWS
+    {
+        w.failures_not_listed = w
+            .failures_not_listed
+            .saturating_add(w.failures.len() - WITNESS_ROWS);
+        w.failures.truncate(WITNESS_ROWS);
+    }
+    if let Some(f) = live.forecast.as_mut() {
+        f.targets.truncate(FORECAST_ROWS);
+        f.remedies.truncate(FORECAST_ROWS);
     }
 }
 

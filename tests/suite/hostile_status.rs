@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use super::util::{copy_tree, portd, tests_dir};
+use super::util::{copy_tree, have_root, portd, tests_dir};
 
 /// A host tree with one fixture's fake `proc/` and no policy.
 fn host() -> tempfile::TempDir {
@@ -163,5 +163,96 @@ fn status_with_stdout_closed_is_unknown_and_says_why() {
             text(&out.stderr)
         );
         assert!(out.stderr.is_empty(), "{redirect}: {}", text(&out.stderr));
+    }
+}
+
+/// Runs tests/helpers/hostile_status.sh in a private PID, network and mount
+/// namespace with its own /proc and a tmpfs /run, writing into `out`.
+fn namespaces(out: &Path, mode: &str) -> Output {
+    Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
+        .arg(tests_dir().join("helpers/hostile_status.sh"))
+        .arg(env!("CARGO_BIN_EXE_portd"))
+        .arg(out)
+        .arg(mode)
+        .env_remove("PORTD_ROOT")
+        .output()
+        .unwrap()
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn a_process_name_cannot_forge_the_plugin_line() {
+    if !have_root("a_process_name_cannot_forge_the_plugin_line") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = namespaces(out.path(), "name");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let dir = out.path();
+    let pid = read(dir, "busy.pid").trim().to_string();
+    let status = read(dir, "status.txt");
+    assert_eq!(read(dir, "status.rc").trim(), "2", "{status}");
+    let first = status.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!(
+            "PORTD CRITICAL - pid {pid} (x\\x7cy=1\\x0aOK - \\x1b[2J): 75.0% of ephemeral ports in use (15/20)"
+        )),
+        "{status}"
+    );
+    assert_eq!(first.matches('|').count(), 1, "{first}");
+    assert!(
+        first
+            .split_once(" | ")
+            .unwrap()
+            .1
+            .starts_with("usage=75.00%;"),
+        "{first}"
+    );
+    // No line of the long output starts as a plugin line of its own, and
+    // nothing reaches the terminal raw.
+    assert!(
+        !status.lines().skip(1).any(|l| l.starts_with("OK - ")),
+        "{status}"
+    );
+    assert!(!status.contains('\u{1b}'), "{status}");
+    // JSON keeps the name as the process set it (JSON escapes it).
+    assert_eq!(read(dir, "status-json.rc").trim(), "2");
+    let json: serde_json::Value = serde_json::from_str(&read(dir, "status.json")).unwrap();
+    let busy = json["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["pid"] == pid.parse::<u64>().unwrap())
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(busy["comm"], "x|y=1\nOK - \u{1b}[2J", "{json:#}");
+}
+
+#[test]
+fn status_stays_critical_while_namespaces_come_and_go() {
+    if !have_root("status_stays_critical_while_namespaces_come_and_go") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = namespaces(out.path(), "churn");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let dir = out.path();
+    assert_eq!(read(dir, "churn.rc").trim(), "0", "the churn's own failure");
+    let runs = read(dir, "runs.txt");
+    let lines: Vec<&str> = runs.lines().collect();
+    assert!(
+        lines.len() >= 5,
+        "only {} status runs in 8 s:\n{runs}",
+        lines.len()
+    );
+    let odd = std::fs::read_to_string(dir.join("odd-runs.txt")).unwrap_or_default();
+    for line in &lines {
+        assert!(
+            line.starts_with("2 PORTD CRITICAL - pid "),
+            "a status run during the churn was not CRITICAL: {line}\n{odd}"
+        );
     }
 }

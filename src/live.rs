@@ -9,8 +9,10 @@
 //! its own; a user can fool only themselves) and nobody else may write it;
 //! the process it names runs, with the start time the view records (a
 //! killed daemon, or its pid reused, is not running whatever the
-//! timestamp); and it is not written more than two polls ahead of the
-//! reader's clock. Otherwise it is set aside with the reason. The pid is a
+//! timestamp); it is not written more than two polls ahead of the
+//! reader's clock; and its daemon ran in the reader's network namespace
+//! (the view describes that one) and PID namespace (where its pid can be
+//! checked). Otherwise it is set aside with the reason. The pid is a
 //! process of this machine, whatever `--root` says. Lists read back are
 //! capped as the daemon caps them, and every text in it is printed through
 //! [`crate::untrusted::escape`].
@@ -58,6 +60,10 @@ pub struct Live {
     /// after boot): with the pid, which process wrote the view. Absent from
     /// views of older versions (then the pid alone is checked).
     pub start_time: Option<u64>,
+    /// The daemon's network and PID namespaces (`/proc/self/ns/{net,pid}`
+    /// inodes): a view describes the network namespace it was written in,
+    /// and its pid means something only in its PID namespace.
+    pub namespaces_of_daemon: Option<Namespaces>,
     /// The policy's poll interval: the view is fresh for two of them.
     pub interval_seconds: f64,
     pub authority: Authority,
@@ -339,6 +345,34 @@ pub fn fresh(live: &Live, now: SystemTime) -> Result<Duration, NotRunning> {
     }
 }
 
+/// The network and PID namespaces of a process, by inode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Namespaces {
+    pub net: Option<u64>,
+    pub pid: Option<u64>,
+}
+
+impl Namespaces {
+    /// Those of the calling process (the real `/proc/self`, whatever
+    /// `--root` says).
+    pub fn of_this_process() -> Namespaces {
+        let inode = |kind: &str| {
+            let link = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok()?;
+            link.to_str()?
+                .strip_prefix(kind)?
+                .strip_prefix(":[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        };
+        Namespaces {
+            net: inode("net"),
+            pid: inode("pid"),
+        }
+    }
+}
+
 /// A process as `/proc/PID/stat` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Process {
@@ -375,13 +409,15 @@ fn parse_stat(stat: &[u8]) -> Option<Process> {
 /// Reads the live view of `host` and judges it against `now` and the
 /// processes of this machine.
 pub fn read(host: &Host, now: SystemTime) -> Daemon {
-    read_with(host, now, process)
+    read_with(host, now, Namespaces::of_this_process(), process)
 }
 
-/// [`read`], with `processes` telling which process has a pid.
+/// [`read`] by a process in the namespaces `here`, with `processes`
+/// telling which process has a pid.
 pub fn read_with(
     host: &Host,
     now: SystemTime,
+    here: Namespaces,
     processes: impl Fn(u32) -> Option<Process>,
 ) -> Daemon {
     let path = path(host);
@@ -414,7 +450,7 @@ pub fn read_with(
             live.format_version
         ));
     }
-    judge(live, now, processes)
+    judge(live, now, here, processes)
 }
 
 /// Who may have written the view: root, or the reader itself; nobody else
@@ -440,8 +476,27 @@ fn trusted_file(meta: &std::fs::Metadata, reader: u32) -> Result<(), String> {
 pub fn judge(
     mut live: Live,
     now: SystemTime,
+    here: Namespaces,
     processes: impl Fn(u32) -> Option<Process>,
 ) -> Daemon {
+    if let Some(theirs) = live.namespaces_of_daemon {
+        let differ = |a: Option<u64>, b: Option<u64>| a.zip(b).is_some_and(|(a, b)| a != b);
+        if differ(theirs.net, here.net) {
+            return Daemon::Unreadable(format!(
+                "{DIR}/{FILE} set aside: its daemon watches network namespace net:[{}], not this one (net:[{}])",
+                theirs.net.unwrap_or_default(),
+                here.net.unwrap_or_default()
+            ));
+        }
+        if differ(theirs.pid, here.pid) {
+            return Daemon::Unreadable(format!(
+                "{DIR}/{FILE} set aside: its daemon runs in another PID namespace (pid:[{}], this is pid:[{}]), where its pid {} cannot be checked",
+                theirs.pid.unwrap_or_default(),
+                here.pid.unwrap_or_default(),
+                live.pid
+            ));
+        }
+    }
     let ahead = live.written_at - unix_seconds(now);
     let interval = live.interval_seconds.clamp(0.0, LONGEST_INTERVAL);
     if ahead > 2.0 * interval && ahead > 1.0 {

@@ -12,6 +12,7 @@ fn live(written_at: f64, interval: f64) -> Live {
         written_at,
         pid,
         start_time: process(pid).map(|p| p.start_time),
+        namespaces_of_daemon: Some(Namespaces::of_this_process()),
         interval_seconds: interval,
         ..Live::default()
     }
@@ -221,15 +222,30 @@ fn a_pid_that_names_another_process_or_a_zombie_is_not_the_daemon() {
     let other = |start_time, zombie| move |_| Some(Process { start_time, zombie });
     let start = l.start_time.unwrap();
     assert_eq!(
-        judge(l.clone(), SystemTime::now(), other(start + 1, false)),
+        judge(
+            l.clone(),
+            SystemTime::now(),
+            Namespaces::default(),
+            other(start + 1, false)
+        ),
         Daemon::NotRunning(NotRunning::Replaced { pid })
     );
     assert_eq!(
-        judge(l.clone(), SystemTime::now(), other(start, true)),
+        judge(
+            l.clone(),
+            SystemTime::now(),
+            Namespaces::default(),
+            other(start, true)
+        ),
         Daemon::NotRunning(NotRunning::Exited { pid })
     );
     assert!(matches!(
-        judge(l, SystemTime::now(), other(start, false)),
+        judge(
+            l,
+            SystemTime::now(),
+            Namespaces::default(),
+            other(start, false)
+        ),
         Daemon::Running { .. }
     ));
 }
@@ -350,4 +366,45 @@ fn lists_are_capped_on_read_and_texts_escaped_on_print() {
         "{line}"
     );
     assert!(!line.contains('\u{1b}') && !line.contains('|'), "{line}");
+}
+
+#[test]
+fn a_view_from_another_network_or_pid_namespace_is_set_aside() {
+    let l = live(now(), 5.0);
+    let ours = Namespaces::of_this_process();
+    assert!(ours.net.is_some() && ours.pid.is_some(), "{ours:?}");
+    let alive = |_| process(std::process::id());
+    assert!(matches!(
+        judge(l.clone(), SystemTime::now(), ours, alive),
+        Daemon::Running { .. }
+    ));
+    let elsewhere = |net: u64, pid: u64| Namespaces {
+        net: ours.net.map(|n| n + net),
+        pid: ours.pid.map(|p| p + pid),
+    };
+    let Daemon::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(1, 0), alive)
+    else {
+        panic!("a view of another network namespace was trusted");
+    };
+    assert!(
+        why.contains("set aside: its daemon watches network namespace net:["),
+        "{why}"
+    );
+    let Daemon::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(0, 1), alive)
+    else {
+        panic!("a pid of another PID namespace was checked here");
+    };
+    assert!(
+        why.contains("set aside: its daemon runs in another PID namespace"),
+        "{why}"
+    );
+    // A view of an older portd names no namespaces: the pid alone.
+    let old = Live {
+        namespaces_of_daemon: None,
+        ..l
+    };
+    assert!(matches!(
+        judge(old, SystemTime::now(), elsewhere(1, 1), alive),
+        Daemon::Running { .. }
+    ));
 }

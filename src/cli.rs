@@ -3,8 +3,8 @@
 //! Exit status (all commands): 0 ok, 1 warning, 2 critical or error,
 //! 3 unknown (could not read, or a usage error) — the monitoring-plugin
 //! convention, so `portd status` works as a Nagios/Icinga/Sensu check.
-//! Output that cannot be written (`> /dev/full`) is an error: 2, or 3 for
-//! `status`, with the reason on stderr.
+//! Output that cannot be written (`> /dev/full`, or stdout closed with
+//! `>&-`) is an error: 2, or 3 for `status`, with the reason on stderr.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -146,6 +146,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> ExitCode {
     let host = Host::new(&cli.root);
     let config = cli.config.clone().unwrap_or_else(|| host.policy_file());
+    // Only the default path may be absent.
+    let required = cli.config.is_some();
     match cli.command {
         Command::Run {
             dry_run,
@@ -155,32 +157,19 @@ fn run(cli: Cli) -> ExitCode {
                 eprintln!("portd: {e}");
                 return Exit::Critical.into();
             }
-            daemon::run(host, config, daemon::RunOptions { dry_run }).into()
+            daemon::run(
+                host,
+                config,
+                daemon::RunOptions {
+                    dry_run,
+                    config_required: required,
+                },
+            )
+            .into()
         }
-        Command::Rollback { force } => rollback(&host, &config, force).into(),
+        Command::Rollback { force } => rollback(&host, &config, required, force).into(),
         Command::Check { json, plan } => {
-            let policy = policy::file::load_or_default(&config);
-            let source = match census::open_source(&host, cli.source) {
-                Ok(source) => source,
-                Err(e) => {
-                    eprintln!("portd check: {e}");
-                    return Exit::Critical.into();
-                }
-            };
-            let report = check::run(
-                &host,
-                &config,
-                policy,
-                source.as_ref(),
-                &check::CheckOptions { plan },
-            );
-            let text = if json {
-                serde_json::to_string_pretty(&report)
-                    .map_or_else(|e| format!("{{\"error\": \"{e}\"}}"), |s| s + "\n")
-            } else {
-                check::render_human(&report)
-            };
-            output(text.as_bytes(), report.exit(), Exit::Critical).into()
+            check(&host, &config, required, cli.source, json, plan).into()
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -197,7 +186,7 @@ fn run(cli: Cli) -> ExitCode {
             critical,
             netns,
         } => {
-            let policy = match load_policy(&config) {
+            let policy = match load_policy(&config, required) {
                 Ok(p) => p,
                 Err(e) => return print(status::unknown(&e.to_string(), json)).into(),
             };
@@ -225,8 +214,50 @@ fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn rollback(host: &Host, config: &std::path::Path, force: bool) -> Exit {
-    let policy = match load_policy(config) {
+/// `portd check`: 0 fine, 1 warnings, 2 errors; 3 when the policy given
+/// with `--config` does not exist (nothing was checked).
+fn check(
+    host: &Host,
+    config: &std::path::Path,
+    required: bool,
+    source: SourceChoice,
+    json: bool,
+    plan: bool,
+) -> Exit {
+    let policy = policy::file::load_configured(config, required);
+    if let Err(e) = &policy
+        && required
+        && !config.exists()
+    {
+        // A usage error, as a wrong option.
+        eprintln!("portd check: {e}");
+        return Exit::Unknown;
+    }
+    let source = match census::open_source(host, source) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("portd check: {e}");
+            return Exit::Critical;
+        }
+    };
+    let report = check::run(
+        host,
+        config,
+        policy,
+        source.as_ref(),
+        &check::CheckOptions { plan },
+    );
+    let text = if json {
+        serde_json::to_string_pretty(&report)
+            .map_or_else(|e| format!("{{\"error\": \"{e}\"}}"), |s| s + "\n")
+    } else {
+        check::render_human(&report)
+    };
+    output(text.as_bytes(), report.exit(), Exit::Critical)
+}
+
+fn rollback(host: &Host, config: &std::path::Path, required: bool, force: bool) -> Exit {
+    let policy = match load_policy(config, required) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -268,8 +299,21 @@ fn rollback(host: &Host, config: &std::path::Path, force: bool) -> Exit {
     }
 }
 
-fn load_policy(path: &std::path::Path) -> Result<Policy, PolicyError> {
-    policy::file::load_or_default(path).map(|(p, _found)| p)
+fn load_policy(path: &std::path::Path, required: bool) -> Result<Policy, PolicyError> {
+    policy::file::load_configured(path, required).map(|(p, _found)| p)
+}
+
+/// Set before `main` when the process started with stdout closed (the
+/// Rust runtime then puts /dev/null there, where every write succeeds).
+static STDOUT_WAS_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether stdout (fd 1) is closed; called by the binary before
+/// the Rust runtime starts (src/main.rs).
+pub fn note_closed_stdout() {
+    use std::os::fd::AsFd as _;
+    let closed = rustix::io::fcntl_getfd(std::io::stdout().as_fd())
+        .is_err_and(|e| e == rustix::io::Errno::BADF);
+    STDOUT_WAS_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn print(outcome: status::Outcome) -> Exit {
@@ -280,6 +324,9 @@ fn print(outcome: status::Outcome) -> Exit {
 /// Writes a command's output to stdout and flushes it: exit status `code`
 /// when that worked, `failed` when it did not (see [`written`]).
 fn output(text: &[u8], code: Exit, failed: Exit) -> Exit {
+    if STDOUT_WAS_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return written(Err(std::io::Error::other("stdout is closed")), code, failed);
+    }
     let mut out = std::io::stdout().lock();
     written(out.write_all(text).and_then(|()| out.flush()), code, failed)
 }

@@ -42,6 +42,19 @@ impl Level {
         self.exit().code()
     }
 
+    /// The order in which a report over several parts (namespaces) picks
+    /// its worst: ok, warning, unknown, critical. A part that could not be
+    /// measured outranks what was measured below critical (it may be
+    /// worse), but a measured critical is the worst that can be said.
+    pub fn rank(self) -> u8 {
+        match self {
+            Level::Ok => 0,
+            Level::Warning => 1,
+            Level::Unknown => 2,
+            Level::Critical => 3,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Level::Ok => "OK",
@@ -99,5 +112,11 @@ mod tests {
         let levels = [Level::Ok, Level::Warning, Level::Critical, Level::Unknown];
         assert_eq!(levels.map(Level::exit_code), [0, 1, 2, 3]);
         assert!(Exit::Ok < Exit::Warning && Exit::Warning < Exit::Critical);
+    }
+
+    #[test]
+    fn a_measured_critical_outranks_an_unknown_part_which_outranks_a_warning() {
+        let ranked = [Level::Ok, Level::Warning, Level::Unknown, Level::Critical].map(Level::rank);
+        assert!(ranked.windows(2).all(|w| w[0] < w[1]), "{ranked:?}");
     }
 }

@@ -32,5 +32,6 @@ pub mod shutdown;
 pub mod state;
 pub mod status;
 pub mod sysctld;
+pub mod untrusted;
 pub mod usage;
 pub mod witness;

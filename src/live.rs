@@ -1,7 +1,21 @@
 //! What only the running daemon knows, published for `portd status` and
 //! `portd check`: the daemon writes its live view atomically at the end of
 //! every poll to `/run/portd/live.json` (the unit's `RuntimeDirectory`),
-//! and the commands merge it while it is fresher than two polls.
+//! and the commands merge it while its daemon runs and it is fresher than
+//! two polls.
+//!
+//! A view is trusted only when: it is owned by root (or by the user who
+//! reads it: a daemon run unprivileged in a test or a fixture tree writes
+//! its own; a user can fool only themselves) and nobody else may write it;
+//! the process it names runs, with the start time the view records (a
+//! killed daemon, or its pid reused, is not running whatever the
+//! timestamp); it is not written more than two polls ahead of the
+//! reader's clock; and its daemon ran in the reader's network namespace
+//! (the view describes that one) and PID namespace (where its pid can be
+//! checked). Otherwise it is set aside with the reason. The pid is a
+//! process of this machine, whatever `--root` says. Lists read back are
+//! capped as the daemon caps them, and every text in it is printed through
+//! [`crate::untrusted::escape`].
 //!
 //! One versioned file for everything the daemon learns over time: rates
 //! and forecasts, witnessed failures and per-namespace headlines go here as
@@ -21,6 +35,7 @@ use crate::fsutil;
 use crate::host::Host;
 use crate::level::Level;
 use crate::ports::PortRange;
+use crate::untrusted::escape;
 
 /// The format this portd writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -41,6 +56,14 @@ pub struct Live {
     pub format_version: u32,
     pub written_at: f64,
     pub pid: u32,
+    /// The daemon's start time, field 22 of `/proc/PID/stat` (clock ticks
+    /// after boot): with the pid, which process wrote the view. Absent from
+    /// views of older versions (then the pid alone is checked).
+    pub start_time: Option<u64>,
+    /// The daemon's network and PID namespaces (`/proc/self/ns/{net,pid}`
+    /// inodes): a view describes the network namespace it was written in,
+    /// and its pid means something only in its PID namespace.
+    pub namespaces_of_daemon: Option<Namespaces>,
     /// The policy's poll interval: the view is fresh for two of them.
     pub interval_seconds: f64,
     pub authority: Authority,
@@ -263,13 +286,32 @@ pub enum Daemon {
 #[derive(Clone, Debug, PartialEq)]
 pub enum NotRunning {
     Absent,
-    Stale { age: Duration, interval: Duration },
+    Stale {
+        age: Duration,
+        interval: Duration,
+    },
+    /// The process that wrote the view has exited.
+    Exited {
+        pid: u32,
+    },
+    /// Its pid names another process now (a different start time).
+    Replaced {
+        pid: u32,
+    },
 }
 
 impl fmt::Display for NotRunning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NotRunning::Absent => write!(f, "no live view at {DIR}/{FILE}"),
+            NotRunning::Exited { pid } => write!(
+                f,
+                "pid {pid}, which wrote the live view {DIR}/{FILE}, has exited"
+            ),
+            NotRunning::Replaced { pid } => write!(
+                f,
+                "pid {pid}, which wrote the live view {DIR}/{FILE}, has exited: the pid is another process now"
+            ),
             NotRunning::Stale { age, interval } => write!(
                 f,
                 "its live view {DIR}/{FILE} is {}s old, older than two polls of {}",
@@ -280,51 +322,31 @@ impl fmt::Display for NotRunning {
     }
 }
 
+/// The longest poll interval a view's freshness is judged by: the policy
+/// allows no more, and a forged interval must not keep a view fresh.
+const LONGEST_INTERVAL: f64 = 24.0 * 3600.0;
+
+mod read;
+#[cfg(test)]
+use read::parse_stat;
+pub use read::{Namespaces, Process, judge, process, read, read_with};
+
 /// The freshness rule: a live view counts while
 /// `written_at + 2 × interval ≥ now`. A view written in the future (a clock
-/// set back) counts as written now.
+/// set back) counts as written now, up to two polls ahead: see [`judge`].
 pub fn fresh(live: &Live, now: SystemTime) -> Result<Duration, NotRunning> {
     let now = unix_seconds(now);
+    let interval_seconds = live.interval_seconds.clamp(0.0, LONGEST_INTERVAL);
     let age = (now - live.written_at).max(0.0);
     let age_d = Duration::try_from_secs_f64(age).unwrap_or(Duration::MAX);
-    let interval =
-        Duration::try_from_secs_f64(live.interval_seconds.max(0.0)).unwrap_or(Duration::ZERO);
-    if live.written_at + 2.0 * live.interval_seconds >= now {
+    let interval = Duration::try_from_secs_f64(interval_seconds).unwrap_or(Duration::ZERO);
+    if live.written_at + 2.0 * interval_seconds >= now {
         Ok(age_d)
     } else {
         Err(NotRunning::Stale {
             age: age_d,
             interval,
         })
-    }
-}
-
-/// Reads the live view of `host` and judges it against `now`.
-pub fn read(host: &Host, now: SystemTime) -> Daemon {
-    let path = path(host);
-    let text = match fsutil::read_regular(&path, READ_LIMIT) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Daemon::NotRunning(NotRunning::Absent);
-        }
-        Err(e) => return Daemon::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
-    };
-    let live: Live = match serde_json::from_slice(&text) {
-        Ok(l) => l,
-        Err(e) => return Daemon::Unreadable(format!("{DIR}/{FILE}: {e}")),
-    };
-    if live.format_version != FORMAT_VERSION {
-        return Daemon::Unreadable(format!(
-            "{DIR}/{FILE} has format_version {}; this portd reads {FORMAT_VERSION}",
-            live.format_version
-        ));
-    }
-    match fresh(&live, now) {
-        Ok(age) => Daemon::Running {
-            live: Box::new(live),
-            age,
-        },
-        Err(why) => Daemon::NotRunning(why),
     }
 }
 
@@ -386,7 +408,8 @@ impl Daemon {
                 };
                 let mut line = format!(
                     "daemon: running (pid {}), mode {}, {census}{outlook}",
-                    live.pid, live.authority.describe
+                    live.pid,
+                    escape(&live.authority.describe)
                 );
                 if let Some(w) = &live.witness {
                     witness_lines(&mut line, w);
@@ -408,13 +431,15 @@ impl Daemon {
 fn witness_lines(out: &mut String, w: &Witness) {
     use std::fmt::Write as _;
     if !w.active {
-        let _ = write!(out, "\n{}", w.describe);
+        let _ = write!(out, "\n{}", escape(&w.describe));
         return;
     }
     let _ = write!(
         out,
         "\n{}\nwitnessed failures: {} in the last minute, {} since start",
-        w.describe, w.last_minute_total, w.failures_total
+        escape(&w.describe),
+        w.last_minute_total,
+        w.failures_total
     );
     for f in &w.failures {
         let pid = f
@@ -423,7 +448,12 @@ fn witness_lines(out: &mut String, w: &Witness) {
         let _ = write!(
             out,
             "\n  {} ({pid}): {} {} towards {}: {} in the last minute, {} since start",
-            f.comm, f.kind, f.errno, f.target, f.last_minute, f.total
+            escape(&f.comm),
+            escape(&f.kind),
+            escape(&f.errno),
+            escape(&f.target),
+            f.last_minute,
+            f.total
         );
     }
     if w.failures_not_listed > 0 {
@@ -452,23 +482,23 @@ fn namespaces_lines(live: &Live) -> String {
                 h.usage * 100.0,
                 h.used,
                 h.capacity,
-                h.cause
+                escape(&h.cause)
             ),
-            (None, Some(bound)) => bound.clone(),
+            (None, Some(bound)) => escape(bound),
             (None, None) => "not measured".into(),
         };
         out.push_str(&format!(
             "\ndaemon: netns {} net:[{}] {}: {what}",
-            ns.label,
+            escape(&ns.label),
             ns.inode,
             ns.level.map_or("UNKNOWN", Level::label)
         ));
         if let Some(advice) = &ns.advice {
-            out.push_str(&format!("\n  advice: {advice}"));
+            out.push_str(&format!("\n  advice: {}", escape(advice)));
         }
     }
     if let Some(note) = &live.namespaces_note {
-        out.push_str(&format!("\ndaemon: {note}"));
+        out.push_str(&format!("\ndaemon: {}", escape(note)));
     }
     out
 }
@@ -476,7 +506,25 @@ fn namespaces_lines(live: &Live) -> String {
 /// The worst level the daemon holds for another namespace, with it.
 pub fn worst_namespace(daemon: &Daemon) -> Option<&Namespace> {
     match daemon {
-        Daemon::Running { live, .. } => live.namespaces.iter().max_by_key(|n| n.level),
+        // By level, then usage; the first of equals. The file's order is
+        // not trusted.
+        Daemon::Running { live, .. } => live
+            .namespaces
+            .iter()
+            .filter(|n| n.level.is_some())
+            .reduce(|worst, n| {
+                let key = |n: &Namespace| {
+                    (
+                        n.level.map_or(0, Level::rank),
+                        n.headline.as_ref().map_or(0.0, |h| h.usage),
+                    )
+                };
+                if key(n).partial_cmp(&key(worst)) == Some(std::cmp::Ordering::Greater) {
+                    n
+                } else {
+                    worst
+                }
+            }),
         _ => None,
     }
 }

@@ -4,14 +4,29 @@ fn at(secs: f64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
 }
 
+/// A view written by this test's own process (which runs).
 fn live(written_at: f64, interval: f64) -> Live {
+    let pid = std::process::id();
     Live {
         format_version: FORMAT_VERSION,
         written_at,
-        pid: 42,
+        pid,
+        start_time: process(pid).map(|p| p.start_time),
+        namespaces_of_daemon: Some(Namespaces::of_this_process()),
         interval_seconds: interval,
         ..Live::default()
     }
+}
+
+/// The pid of a process that has exited and been reaped.
+fn exited_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id()
+}
+
+fn now() -> f64 {
+    unix_seconds(SystemTime::now())
 }
 
 #[test]
@@ -74,7 +89,10 @@ fn written_views_read_back_fresh_under_the_host_root() {
     );
     assert_eq!(
         daemon.line(),
-        "daemon: running (pid 42), mode auto, last census 5s ago"
+        format!(
+            "daemon: running (pid {}), mode auto, last census 5s ago",
+            std::process::id()
+        )
     );
     assert!(matches!(
         read(&host, at(1011.0)),
@@ -145,4 +163,248 @@ fn the_forecast_reads_back_and_the_line_says_when_ports_run_out() {
     // A view written before forecasts existed reads without one.
     let old: Live = serde_json::from_str(r#"{"format_version":1,"written_at":1000.0}"#).unwrap();
     assert_eq!(old.forecast, None);
+}
+
+#[test]
+fn the_worst_namespace_of_a_view_is_the_one_with_the_highest_usage_at_the_worst_level() {
+    let ns = |inode, level, usage| Namespace {
+        inode,
+        level: Some(level),
+        headline: Some(Headline {
+            usage,
+            ..Headline::default()
+        }),
+        ..Namespace::default()
+    };
+    let daemon = Daemon::Running {
+        live: Box::new(Live {
+            namespaces: vec![
+                ns(1, Level::Warning, 0.85),
+                ns(2, Level::Critical, 0.95),
+                ns(3, Level::Critical, 0.91),
+                Namespace {
+                    inode: 4,
+                    ..Namespace::default()
+                },
+            ],
+            ..Live::default()
+        }),
+        age: Duration::ZERO,
+    };
+    assert_eq!(worst_namespace(&daemon).map(|n| n.inode), Some(2));
+}
+
+#[test]
+fn a_killed_daemon_is_not_running_however_fresh_its_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path());
+    let mut l = live(now(), 3600.0);
+    l.pid = exited_pid();
+    write(&host, &l).unwrap();
+    let daemon = read(&host, SystemTime::now());
+    assert_eq!(
+        daemon,
+        Daemon::NotRunning(NotRunning::Exited { pid: l.pid })
+    );
+    assert_eq!(
+        daemon.line(),
+        format!(
+            "daemon: not running (pid {}, which wrote the live view /run/portd/live.json, has exited): no rates, no witnessed failures",
+            l.pid
+        )
+    );
+}
+
+#[test]
+fn a_pid_that_names_another_process_or_a_zombie_is_not_the_daemon() {
+    let l = live(now(), 5.0);
+    let pid = l.pid;
+    let other = |start_time, zombie| move |_| Some(Process { start_time, zombie });
+    let start = l.start_time.unwrap();
+    assert_eq!(
+        judge(
+            l.clone(),
+            SystemTime::now(),
+            Namespaces::default(),
+            other(start + 1, false)
+        ),
+        Daemon::NotRunning(NotRunning::Replaced { pid })
+    );
+    assert_eq!(
+        judge(
+            l.clone(),
+            SystemTime::now(),
+            Namespaces::default(),
+            other(start, true)
+        ),
+        Daemon::NotRunning(NotRunning::Exited { pid })
+    );
+    assert!(matches!(
+        judge(
+            l,
+            SystemTime::now(),
+            Namespaces::default(),
+            other(start, false)
+        ),
+        Daemon::Running { .. }
+    ));
+}
+
+#[test]
+fn the_start_time_is_read_past_a_command_with_spaces_and_parentheses() {
+    let stat = b"812 (a) b (c) S 1 812 812 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 123456 1000 50";
+    assert_eq!(
+        parse_stat(stat),
+        Some(Process {
+            start_time: 123456,
+            zombie: false
+        })
+    );
+    assert_eq!(parse_stat(b"1 (x) Z 0"), None);
+    let own = process(std::process::id()).unwrap();
+    assert!(own.start_time > 0 && !own.zombie);
+    assert_eq!(process(exited_pid()), None);
+}
+
+#[test]
+fn a_view_from_far_in_the_future_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path());
+    write(&host, &live(now() + 3600.0, 5.0)).unwrap();
+    let Daemon::Unreadable(why) = read(&host, SystemTime::now()) else {
+        panic!("a view an hour ahead was trusted");
+    };
+    assert!(
+        why.starts_with("/run/portd/live.json set aside: written 3600s ahead of this host's clock"),
+        "{why}"
+    );
+    // Within two polls ahead (a clock stepped back a little): written now.
+    write(&host, &live(now() + 8.0, 5.0)).unwrap();
+    assert!(matches!(
+        read(&host, SystemTime::now()),
+        Daemon::Running { .. }
+    ));
+}
+
+#[test]
+fn a_view_others_could_write_is_set_aside() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path());
+    write(&host, &live(now(), 5.0)).unwrap();
+    let file = path(&host);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let Daemon::Unreadable(why) = read(&host, SystemTime::now()) else {
+        panic!("a world-writable view was trusted");
+    };
+    assert!(
+        why.contains("set aside: its mode 0666 lets group or others write it"),
+        "{why}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(
+        read(&host, SystemTime::now()),
+        Daemon::Running { .. }
+    ));
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&file, Some(4321), None).unwrap();
+        let Daemon::Unreadable(why) = read(&host, SystemTime::now()) else {
+            panic!("another user's view was trusted");
+        };
+        assert!(
+            why.contains("owned by uid 4321, neither root nor the user reading it (uid 0)"),
+            "{why}"
+        );
+    }
+}
+
+#[test]
+fn lists_are_capped_on_read_and_texts_escaped_on_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path());
+    let mut l = live(now(), 5.0);
+    l.witness = Some(Witness {
+        active: true,
+        failures: (0..300)
+            .map(|_| WitnessedFailure {
+                comm: "evil\n\u{1b}]0;owned\u{7}".into(),
+                ..WitnessedFailure::default()
+            })
+            .collect(),
+        ..Witness::default()
+    });
+    // Compact, as a forger would write it: 9000 rows fit in the read limit.
+    write(&host, &Live::default()).unwrap();
+    let mut value = serde_json::to_value(&l).unwrap();
+    value["namespaces"] = (0..9000)
+        .map(|i| serde_json::json!({"inode": i, "label": "pid 8 (x|y=1\nOK - \u{1b}[2J)", "level": "ok"}))
+        .collect();
+    std::fs::write(path(&host), serde_json::to_vec(&value).unwrap()).unwrap();
+    let daemon = read(&host, SystemTime::now());
+    let Daemon::Running { live, .. } = &daemon else {
+        panic!("{daemon:?}");
+    };
+    assert_eq!(live.namespaces.len(), NAMESPACES_SHOWN);
+    let w = live.witness.as_ref().unwrap();
+    assert_eq!(
+        (w.failures.len(), w.failures_not_listed),
+        (WITNESS_ROWS, 250)
+    );
+    let line = daemon.line();
+    assert_eq!(
+        line.lines()
+            .filter(|l| l.starts_with("daemon: netns "))
+            .count(),
+        50
+    );
+    assert!(
+        line.contains("daemon: netns pid 8 (x\\x7cy=1\\x0aOK - \\x1b[2J) net:[0] OK"),
+        "{line}"
+    );
+    assert!(
+        line.contains("  evil\\x0a\\x1b]0;owned\\x07 (pid not visible)"),
+        "{line}"
+    );
+    assert!(!line.contains('\u{1b}') && !line.contains('|'), "{line}");
+}
+
+#[test]
+fn a_view_from_another_network_or_pid_namespace_is_set_aside() {
+    let l = live(now(), 5.0);
+    let ours = Namespaces::of_this_process();
+    assert!(ours.net.is_some() && ours.pid.is_some(), "{ours:?}");
+    let alive = |_| process(std::process::id());
+    assert!(matches!(
+        judge(l.clone(), SystemTime::now(), ours, alive),
+        Daemon::Running { .. }
+    ));
+    let elsewhere = |net: u64, pid: u64| Namespaces {
+        net: ours.net.map(|n| n + net),
+        pid: ours.pid.map(|p| p + pid),
+    };
+    let Daemon::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(1, 0), alive)
+    else {
+        panic!("a view of another network namespace was trusted");
+    };
+    assert!(
+        why.contains("set aside: its daemon watches network namespace net:["),
+        "{why}"
+    );
+    let Daemon::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(0, 1), alive)
+    else {
+        panic!("a pid of another PID namespace was checked here");
+    };
+    assert!(
+        why.contains("set aside: its daemon runs in another PID namespace"),
+        "{why}"
+    );
+    // A view of an older portd names no namespaces: the pid alone.
+    let old = Live {
+        namespaces_of_daemon: None,
+        ..l
+    };
+    assert!(matches!(
+        judge(old, SystemTime::now(), elsewhere(1, 1), alive),
+        Daemon::Running { .. }
+    ));
 }

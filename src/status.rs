@@ -337,7 +337,11 @@ fn human(
                     let _ = writeln!(
                         out,
                         "  {:>15}  pid {} ({}, uid {}) holds {}",
-                        "", p.pid, p.command, p.uid, p.sockets
+                        "",
+                        p.pid,
+                        crate::untrusted::escape(&p.command),
+                        p.uid,
+                        p.sockets
                     );
                 }
                 if a.without_inode > 0 {
@@ -364,4 +368,59 @@ fn human(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::ProcessShare;
+    use crate::census::{Proto, Socket};
+    use crate::ports::{PortRange, PortSet};
+
+    #[test]
+    fn process_names_are_escaped_in_the_processes_lines() {
+        let settings = KernelSettings {
+            port_range: PortRange::new(40000, 40019).unwrap(),
+            reserved_ports: PortSet::new(),
+            unprivileged_port_start: 1024,
+            tcp_tw_reuse: crate::kernel::TwReuse::LoopbackOnly,
+            tcp_timestamps: true,
+        };
+        let mut agg = usage::Aggregator::new(settings, PortSet::new());
+        agg.visit(&Socket {
+            proto: Proto::Tcp,
+            local: [10, 0, 0, 1].into(),
+            local_port: 40000,
+            remote: [10, 0, 0, 2].into(),
+            remote_port: 443,
+            state: crate::kernel::TcpState::Established,
+            uid: 1000,
+            inode: 7,
+        });
+        let usage = agg.finish("fixture", true, UsageOptions::default());
+        let attribution = [DestAttribution {
+            processes: vec![ProcessShare {
+                pid: 8,
+                command: "x|y=1\nOK - \u{1b}[2J".into(),
+                uid: 1000,
+                sockets: 1,
+            }],
+            ..DestAttribution::default()
+        }];
+        let opts = StatusOptions {
+            json: false,
+            top: 10,
+            processes: true,
+            thresholds: policy::Policy::default().thresholds,
+            tcp_pool_in_headline: false,
+        };
+        let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+        let text = render(&usage, Some(&attribution), &none, &opts).text;
+        assert!(
+            text.contains("pid 8 (x\\x7cy=1\\x0aOK - \\x1b[2J, uid 1000) holds 1\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches('|').count(), 1, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+    }
 }

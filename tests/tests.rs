@@ -34,6 +34,7 @@ mod suite {
     mod fleet_metric_names;
     mod fleet_rules;
     mod hostile_reads;
+    mod hostile_status;
     mod output_errors;
     mod status_errors;
     mod status_golden;

@@ -134,12 +134,19 @@ fn holders(host: &Host, source: &dyn SocketSource, usage: &Usage) -> Option<Stri
         return None;
     };
     let found = attribution::attribute(host, source, usage, &[*destination]).ok()?;
-    let processes = &found.first()?.processes;
+    describe_holders(&found.first()?.processes)
+}
+
+/// The journal's "held by" text: process names are escaped display text.
+fn describe_holders(processes: &[attribution::ProcessShare]) -> Option<String> {
     const SHOWN: usize = 3;
     let mut parts: Vec<String> = processes
         .iter()
         .take(SHOWN)
-        .map(|p| format!("{}[{}] {} sockets", p.command, p.pid, p.sockets))
+        .map(|p| {
+            let command = crate::untrusted::escape(&p.command);
+            format!("{command}[{}] {} sockets", p.pid, p.sockets)
+        })
         .collect();
     if processes.len() > SHOWN {
         parts.push(format!("{} more processes", processes.len() - SHOWN));
@@ -150,6 +157,21 @@ fn holders(host: &Host, source: &dyn SocketSource, usage: &Usage) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_processes_named_in_an_alert_cannot_break_its_line() {
+        let share = |pid, command: &str| attribution::ProcessShare {
+            pid,
+            command: command.into(),
+            uid: 1000,
+            sockets: 3,
+        };
+        assert_eq!(
+            describe_holders(&[share(8, "x|y=1\nOK - \u{1b}[2J"), share(9, "curl")]).as_deref(),
+            Some("x\\x7cy=1\\x0aOK - \\x1b[2J[8] 3 sockets, curl[9] 3 sockets")
+        );
+        assert_eq!(describe_holders(&[]), None);
+    }
 
     fn percent(p: f64) -> Ratio {
         Ratio::from_percent(p).unwrap()

@@ -14,6 +14,8 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
         format_version: live::FORMAT_VERSION,
         written_at: live::unix_seconds(now),
         pid: std::process::id(),
+        start_time: live::process(std::process::id()).map(|p| p.start_time),
+        namespaces_of_daemon: Some(live::Namespaces::of_this_process()),
         interval_seconds: poll.interval.as_secs_f64(),
         authority: live::Authority {
             mode: a.mode_label().into(),

@@ -48,11 +48,14 @@ use crate::witness::runtime::Running as Witness;
 pub struct RunOptions {
     /// Decide as usual, log what would be done, write nothing.
     pub dry_run: bool,
+    /// The policy file was given with `--config`: it must exist, at start
+    /// and at every reload (only the default path may be absent).
+    pub config_required: bool,
 }
 
 /// Runs until SIGTERM/SIGINT. Returns the exit status.
 pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
-    let policy = match policy::file::load_or_default(&config) {
+    let policy = match policy::file::load_configured(&config, opts.config_required) {
         Ok((p, _)) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -81,6 +84,7 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
         }
     };
     let mut daemon = Daemon::new(host, config, policy, opts.dry_run);
+    daemon.config_required = opts.config_required;
     let code = runtime.block_on(daemon.serve());
     // A census still running in a blocking thread must not delay the exit.
     runtime.shutdown_background();
@@ -179,6 +183,8 @@ struct Daemon {
     clock: Clock,
     host: Host,
     config: PathBuf,
+    /// See [`RunOptions::config_required`].
+    config_required: bool,
     policy: Policy,
     dry_run: bool,
     state: State,
@@ -239,6 +245,7 @@ impl Daemon {
             clock,
             host,
             config,
+            config_required: false,
             policy,
             dry_run,
             state,

@@ -28,7 +28,8 @@ impl Daemon {
     pub(super) fn start_reload(&self) -> JoinHandle<LoadedPolicy> {
         notify::reloading();
         let config = self.config.clone();
-        tokio::task::spawn_blocking(move || policy::file::load_or_default(&config))
+        let required = self.config_required;
+        tokio::task::spawn_blocking(move || policy::file::load_configured(&config, required))
     }
 
     /// The new policy or (if invalid) the old one with the file's

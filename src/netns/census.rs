@@ -24,6 +24,27 @@ fn ns_file(host: &Host, ns: &Namespace) -> Option<std::path::PathBuf> {
     }
 }
 
+/// Opens the namespace file of `ns`, checking that it is still that
+/// namespace: a pid whose process exited may already name another
+/// process, in another namespace.
+fn open_ns(host: &Host, ns: &Namespace) -> Result<(std::fs::File, std::path::PathBuf), String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let inode = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ino();
+    if inode != ns.inode {
+        return Err(format!(
+            "{} is now net:[{inode}], not net:[{}]: the namespace's process exited",
+            path.display(),
+            ns.inode
+        ));
+    }
+    Ok((file, path))
+}
+
 /// Runs `f` on a new thread inside `ns`, with a host view whose `/proc/net`
 /// is that thread's. The thread ends with `f`: nothing else ever runs in
 /// the namespace.
@@ -41,8 +62,7 @@ pub fn within<T: Send>(
             host.root().display()
         ));
     }
-    let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
-    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (file, path) = open_ns(host, ns)?;
     let view = host.with_net_dir("thread-self");
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -108,15 +128,8 @@ pub fn settings_each(
             .collect();
     }
     let view = host.with_net_dir("thread-self");
-    let files: Vec<Result<(std::fs::File, std::path::PathBuf), String>> = namespaces
-        .iter()
-        .map(|ns| {
-            let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
-            let file =
-                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok((file, path))
-        })
-        .collect();
+    let files: Vec<Result<(std::fs::File, std::path::PathBuf), String>> =
+        namespaces.iter().map(|ns| open_ns(host, ns)).collect();
     std::thread::scope(|s| {
         s.spawn(|| {
             files

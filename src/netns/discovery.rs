@@ -55,6 +55,25 @@ pub fn pid1_inode(host: &Host) -> Option<u64> {
     link_inode(&host.proc("1/ns/net")).ok().flatten()
 }
 
+/// The namespace process `pid` is in now; `None` once it has exited (or
+/// cannot be read).
+pub fn pid_inode(host: &Host, pid: u32) -> Option<u64> {
+    link_inode(&host.proc(&format!("{pid}/ns/net")))
+        .ok()
+        .flatten()
+}
+
+/// The lowest pid still in the namespace `inode`, if any: another way into
+/// a namespace whose first process exited.
+pub fn pid_in(host: &Host, inode: u64) -> Option<u32> {
+    std::fs::read_dir(host.proc(""))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| pid_inode(host, *pid) == Some(inode))
+        .min()
+}
+
 /// Lists the namespaces under `host`'s `/proc` and `/run/netns`.
 pub fn discover(host: &Host) -> Discovery {
     let own = own_inode(host);
@@ -207,6 +226,20 @@ mod tests {
             .collect();
         names.sort_unstable();
         assert_eq!(names, vec!["blue", "red"]);
+    }
+
+    #[test]
+    fn another_pid_of_the_same_namespace_is_found_once_the_first_exits() {
+        let dir = proc_tree(
+            &[(5, "net:[200]"), (9, "net:[200]"), (7, "net:[300]")],
+            "net:[100]",
+        );
+        let host = Host::new(dir.path());
+        assert_eq!(pid_in(&host, 200), Some(5));
+        std::fs::remove_dir_all(dir.path().join("proc/5")).unwrap();
+        assert_eq!(pid_inode(&host, 5), None);
+        assert_eq!(pid_in(&host, 200), Some(9));
+        assert_eq!(pid_in(&host, 400), None);
     }
 
     #[test]

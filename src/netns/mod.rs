@@ -9,6 +9,7 @@ pub mod status;
 use serde::Serialize;
 
 use crate::host::Host;
+use crate::untrusted;
 
 pub use discovery::{Discovery, Found};
 pub use identity::Identity;
@@ -58,6 +59,42 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// Whether the namespace is gone: its process exited (or its pid now
+    /// names a process of another namespace) and its netns name, if it had
+    /// one, no longer leads to it. Such a namespace holds no sockets: it is
+    /// left out of a report, not reported unknown.
+    pub fn is_gone(&self, host: &Host) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.own {
+            return false;
+        }
+        let by_pid = self
+            .pid
+            .is_some_and(|pid| discovery::pid_inode(host, pid) == Some(self.inode));
+        let by_name = self.names.iter().any(|name| {
+            std::fs::metadata(host.path("/run/netns").join(name))
+                .is_ok_and(|m| m.ino() == self.inode)
+        });
+        !by_pid && !by_name
+    }
+
+    /// The same namespace entered through another of its processes, when
+    /// the one discovery found has exited.
+    pub fn through_another_pid(&self, host: &Host) -> Option<Namespace> {
+        let pid = discovery::pid_in(host, self.inode)?;
+        (Some(pid) != self.pid).then(|| Namespace {
+            pid: Some(pid),
+            enter: if self.names.is_empty() {
+                format!("nsenter -t {pid} -n COMMAND")
+            } else {
+                self.enter.clone()
+            },
+            ..self.clone()
+        })
+    }
+}
+
 /// Names each namespace that discovery found.
 pub fn describe(host: &Host, found: &Found) -> Namespace {
     let (identity, comm) = match found.pid {
@@ -69,17 +106,20 @@ pub fn describe(host: &Host, found: &Found) -> Namespace {
             if let Some(uid) = &id.pod_uid {
                 id.pod = identity::pod_name(&host.path("/var/log/pods"), uid);
             }
-            let comm = std::fs::read_to_string(host.proc(&format!("{pid}/comm")))
+            // Any bytes: a process names itself.
+            let comm = std::fs::read(host.proc(&format!("{pid}/comm")))
                 .ok()
-                .map(|c| c.trim_end().to_string());
+                .map(|c| String::from_utf8_lossy(c.strip_suffix(b"\n").unwrap_or(&c)).into_owned());
             (id, comm)
         }
         None => (Identity::default(), None),
     };
-    let label = label(found, &identity, comm.as_deref());
+    // Display text from what others named (a process, a cgroup, a netns):
+    // it reaches the plugin line, the journal and the terminal.
+    let label = untrusted::escape(label(found, &identity, comm.as_deref()));
     let enter = match (found.pid, found.names.first()) {
         _ if found.own => "(portd's own namespace)".to_string(),
-        (_, Some(name)) => format!("ip netns exec {name} COMMAND"),
+        (_, Some(name)) => format!("ip netns exec {} COMMAND", untrusted::escape(name)),
         (Some(pid), None) => format!("nsenter -t {pid} -n COMMAND"),
         (None, None) => String::new(),
     };

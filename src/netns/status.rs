@@ -16,6 +16,7 @@ use crate::live;
 use crate::policy::Thresholds;
 use crate::ports::Ratio;
 use crate::status::{self, Outcome, StatusOptions};
+use crate::untrusted;
 use crate::usage::UsageOptions;
 
 use super::Namespace;
@@ -53,6 +54,9 @@ pub fn quiet(settings: &KernelSettings, totals: &Totals, thresholds: &Thresholds
 struct Section {
     ns: Namespace,
     level: Level,
+    /// Its headline usage (a fraction), or the bound its counters give:
+    /// among namespaces at one level, the highest is the worst.
+    usage: f64,
     /// The full report (text or JSON), or the quiet line.
     text: String,
     json: serde_json::Value,
@@ -79,6 +83,7 @@ fn measure(
         return Section {
             ns: ns.clone(),
             level: Level::Ok,
+            usage: q.usage.fraction(),
             text: format!(
                 "PORTD OK - at most {} of {} ports towards any destination ({}; sockstat, no census)\nrange      {}\n",
                 q.bound, q.capacity, q.usage, settings.port_range
@@ -92,7 +97,7 @@ fn measure(
             }),
         };
     }
-    let (level, text, json) = match super::census::take(host, ns, usage_options) {
+    let (level, fraction, text, json) = match super::census::take(host, ns, usage_options) {
         Ok(usage) => {
             let text = status::render(
                 &usage,
@@ -120,7 +125,12 @@ fn measure(
                     obj.remove("daemon");
                 }
             }
-            (text.level, text.text, value)
+            (
+                text.level,
+                usage.headline.usage.fraction(),
+                text.text,
+                value,
+            )
         }
         Err(e) => {
             let text = format!("PORTD UNKNOWN - {e}\n");
@@ -129,15 +139,50 @@ fn measure(
                 "exit_code": Level::Unknown.exit_code(),
                 "error": e,
             });
-            (Level::Unknown, text, json)
+            (Level::Unknown, 0.0, text, json)
         }
     };
     Section {
         ns: ns.clone(),
         level,
+        usage: fraction,
         text,
         json,
     }
+}
+
+/// The section of `ns`, or `None` when the namespace vanished while it
+/// was measured: its process exited between discovery and measurement. A
+/// namespace whose first process exited while others remain in it is
+/// measured through another of them.
+fn measure_or_gone(
+    host: &Host,
+    ns: &Namespace,
+    opts: &StatusOptions,
+    census: bool,
+    daemon: &live::Daemon,
+) -> Option<Section> {
+    let section = measure(host, ns, opts, census, daemon);
+    if section.level != Level::Unknown || !ns.is_gone(host) {
+        return Some(section);
+    }
+    let other = ns.through_another_pid(host)?;
+    let section = measure(host, &other, opts, census, daemon);
+    (section.level != Level::Unknown || !other.is_gone(host)).then_some(section)
+}
+
+/// The worst section: by [`Level::rank`] (a measured critical outranks a
+/// namespace that could not be measured), then by usage; the first of
+/// equals (portd's own namespace comes first).
+fn worst(sections: &[Section]) -> Option<&Section> {
+    sections.iter().reduce(|worst, s| {
+        let key = |s: &Section| (s.level.rank(), s.usage);
+        if key(s).partial_cmp(&key(worst)) == Some(std::cmp::Ordering::Greater) {
+            s
+        } else {
+            worst
+        }
+    })
 }
 
 /// Whether a plain `status` reports the other namespaces: as root, on the
@@ -159,17 +204,34 @@ pub fn run(
     census_all: bool,
 ) -> Outcome {
     let daemon = live::read(host, std::time::SystemTime::now());
+    let mut vanished = 0;
     let sections: Vec<Section> = namespaces
         .iter()
-        .map(|ns| measure(host, ns, opts, census_all, &daemon))
+        .filter_map(|ns| {
+            let section = measure_or_gone(host, ns, opts, census_all, &daemon);
+            vanished += u32::from(section.is_none());
+            section
+        })
         .collect();
-    let Some(worst) = sections.iter().max_by_key(|s| s.level) else {
-        return status::unknown("no network namespace matches", opts.json);
+    let Some(worst) = worst(&sections) else {
+        let why = if vanished > 0 {
+            "every network namespace that matched vanished while status measured it"
+        } else {
+            "no network namespace matches"
+        };
+        return status::unknown(why, opts.json);
     };
     let level = worst.level;
-    let note = (unreadable > 0).then(|| {
-        format!("{unreadable} processes' network namespaces are not readable (CAP_SYS_PTRACE, or /proc mounted with hidepid)")
-    });
+    let mut notes = Vec::new();
+    if unreadable > 0 {
+        notes.push(format!("{unreadable} processes' network namespaces are not readable (CAP_SYS_PTRACE, or /proc mounted with hidepid)"));
+    }
+    if vanished > 0 {
+        notes.push(format!(
+            "{vanished} network namespaces vanished (their last process exited) while status measured them"
+        ));
+    }
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
     let text = if opts.json {
         json(&sections, level, note.as_deref())
     } else {
@@ -211,18 +273,8 @@ fn json(sections: &[Section], level: Level, note: Option<&str>) -> String {
 }
 
 fn human(sections: &[Section], worst: &Section, note: Option<&str>) -> String {
-    let mut out = String::new();
-    // The headline is the worst namespace's first line, naming it.
-    let first = worst.text.lines().next().unwrap_or_default();
-    if worst.ns.own || sections.len() == 1 {
-        let _ = writeln!(out, "{first}");
-    } else {
-        let _ = writeln!(
-            out,
-            "{}",
-            first.replacen(" - ", &format!(" - {}: ", worst.ns.label), 1)
-        );
-    }
+    let mut out = headline(worst, sections.len());
+    out.push('\n');
     for s in sections {
         let _ = writeln!(
             out,
@@ -241,6 +293,17 @@ fn human(sections: &[Section], worst: &Section, note: Option<&str>) -> String {
         let _ = writeln!(out, "\nnote: {note}");
     }
     out
+}
+
+/// The worst namespace's first line, naming it when there are several (its
+/// label is escaped display text: the line stays one line with one `|`).
+fn headline(worst: &Section, sections: usize) -> String {
+    let first = worst.text.lines().next().unwrap_or_default();
+    if worst.ns.own || sections == 1 {
+        first.to_string()
+    } else {
+        first.replacen(" - ", &format!(" - {}: ", worst.ns.label), 1)
+    }
 }
 
 /// `portd status` when it reports more than portd's own namespace:
@@ -285,7 +348,7 @@ fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Ou
     let Some(level) = worst.level else {
         return outcome;
     };
-    if level <= outcome.level || outcome.level == Level::Unknown {
+    if level.rank() <= outcome.level.rank() {
         return outcome;
     }
     outcome.level = level;
@@ -295,7 +358,7 @@ fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Ou
             h.usage * 100.0,
             h.used,
             h.capacity,
-            h.cause
+            untrusted::escape(&h.cause)
         ),
         None => "raised".into(),
     };
@@ -315,12 +378,18 @@ fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Ou
             outcome.text = format!("{v:#}\n");
         }
     } else {
+        // The perfdata stays on the first line (portd's own namespace, as
+        // without the raise): a plugin line has one `|`, before it.
+        let (first, rest) = outcome.text.split_once('\n').unwrap_or((&outcome.text, ""));
+        let (own, perfdata) = match first.split_once(" | ") {
+            Some((own, perfdata)) => (own, format!(" | {perfdata}")),
+            None => (first, String::new()),
+        };
         outcome.text = format!(
-            "PORTD {} - {} net:[{}]: {what} (the daemon's view)\n{}",
+            "PORTD {} - {} net:[{}]: {what} (the daemon's view){perfdata}\n{own}\n{rest}",
             level.label(),
-            worst.label,
+            untrusted::escape(&worst.label),
             worst.inode,
-            outcome.text
         );
     }
     outcome
@@ -368,26 +437,24 @@ mod tests {
             age: std::time::Duration::ZERO,
         };
         let own = |level| Outcome {
-            text: "PORTD OK - 0.0% ...\n".into(),
+            text: "PORTD OK - 0.0% ... | usage=0.00%;80;90;0;100\nrange ...\n".into(),
             level,
         };
         let raised = raise_to_worst(&daemon, own(Level::Ok), false);
         assert_eq!(raised.level, Level::Critical);
-        assert!(
-            raised.text.starts_with(
-                "PORTD CRITICAL - netns n9 net:[9]: 75.0% (15/20) destination 127.0.0.1 -> 127.0.0.1:9000 (the daemon's view)\nPORTD OK"
-            ),
-            "{}",
-            raised.text
+        assert_eq!(
+            raised.text,
+            "PORTD CRITICAL - netns n9 net:[9]: 75.0% (15/20) destination 127.0.0.1 -> 127.0.0.1:9000 (the daemon's view) | usage=0.00%;80;90;0;100\nPORTD OK - 0.0% ...\nrange ...\n",
         );
-        // Its own report stays when it is as bad, or unknown.
+        // Its own report stays when it is as bad; a measured critical
+        // outranks its own unknown.
         assert_eq!(
             raise_to_worst(&daemon, own(Level::Critical), false).text,
             own(Level::Ok).text
         );
         assert_eq!(
             raise_to_worst(&daemon, own(Level::Unknown), false).level,
-            Level::Unknown
+            Level::Critical
         );
         let json = Outcome {
             text: "{\"status\": \"ok\", \"exit_code\": 0}".into(),
@@ -404,6 +471,170 @@ mod tests {
             raise_to_worst(&none, own(Level::Ok), false).level,
             Level::Ok
         );
+    }
+
+    /// A namespace with 18 of 20 ports used towards one destination.
+    fn critical_usage() -> crate::usage::Usage {
+        use crate::census::{Proto, Socket};
+        let mut agg = crate::usage::Aggregator::new(settings(40000, 40019, &[]), PortSet::new());
+        for port in 40000..40018 {
+            agg.visit(&Socket {
+                proto: Proto::Tcp,
+                local: [10, 0, 0, 1].into(),
+                local_port: port,
+                remote: [10, 0, 0, 2].into(),
+                remote_port: 443,
+                state: crate::kernel::TcpState::Established,
+                uid: 0,
+                inode: 1,
+            });
+        }
+        agg.finish("fixture", true, UsageOptions::default())
+    }
+
+    fn options() -> StatusOptions {
+        StatusOptions {
+            json: false,
+            top: 10,
+            processes: false,
+            thresholds: crate::policy::Policy::default().thresholds,
+            tcp_pool_in_headline: false,
+        }
+    }
+
+    /// The namespace of pid 8 whose process named itself `comm`, as
+    /// discovery names it from a fixture /proc.
+    fn named_by(comm: &[u8]) -> Namespace {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc/8");
+        std::fs::create_dir_all(&proc).unwrap();
+        let mut text = comm.to_vec();
+        text.push(b'\n');
+        std::fs::write(proc.join("comm"), text).unwrap();
+        let found = super::super::Found {
+            inode: 40,
+            pid: Some(8),
+            processes: 1,
+            names: Vec::new(),
+            own: false,
+        };
+        super::super::describe(&Host::new(dir.path()), &found)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_process_name_leaves_the_plugin_line_one_line_with_one_pipe(
+            comm in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)
+        ) {
+            let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+            let critical = status::render(&critical_usage(), None, &none, &options());
+            proptest::prop_assert_eq!(critical.level, Level::Critical);
+            let own = Section {
+                ns: Namespace { own: true, label: "host".into(), ..named_by(b"portd") },
+                level: Level::Ok,
+                usage: 0.0,
+                text: "PORTD OK - 0.00% ... | usage=0.00%;80;90;0;100\n".into(),
+                json: serde_json::Value::Null,
+            };
+            let worst = Section {
+                ns: named_by(&comm),
+                level: critical.level,
+                usage: 0.9,
+                text: critical.text,
+                json: serde_json::Value::Null,
+            };
+            let sections = [own, worst];
+            let text = human(&sections, &sections[1], None);
+            let first = text.lines().next().unwrap();
+            let line = format!("{first}\n");
+            proptest::prop_assert!(text.starts_with(&line));
+            proptest::prop_assert_eq!(first.matches('|').count(), 1, "{}", first);
+            let (before, perfdata) = first.split_once(" | ").unwrap();
+            proptest::prop_assert!(before.starts_with("PORTD CRITICAL - pid 8"), "{}", before);
+            proptest::prop_assert!(perfdata.starts_with("usage=90.00%;"), "{}", perfdata);
+            proptest::prop_assert!(!first.chars().any(char::is_control), "{}", first);
+        }
+    }
+
+    fn section(label: &str, level: Level, usage: f64) -> Section {
+        Section {
+            ns: Namespace {
+                label: label.into(),
+                ..named_by(b"x")
+            },
+            level,
+            usage,
+            text: format!("PORTD {} - {label}\n", level.label()),
+            json: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_headline_names_the_namespace_with_the_highest_usage_at_the_worst_level() {
+        let sections = [
+            section("host", Level::Ok, 0.1),
+            section("a", Level::Critical, 0.90),
+            section("b", Level::Critical, 0.95),
+            section("c", Level::Critical, 0.91),
+            section("d", Level::Warning, 0.85),
+        ];
+        assert_eq!(worst(&sections).unwrap().ns.label, "b");
+        // Equal usage: the first listed.
+        let tied = [
+            section("a", Level::Critical, 0.9),
+            section("b", Level::Critical, 0.9),
+        ];
+        assert_eq!(worst(&tied).unwrap().ns.label, "a");
+        assert!(
+            human(&sections, worst(&sections).unwrap(), None)
+                .starts_with("PORTD CRITICAL - b: b\n")
+        );
+    }
+
+    #[test]
+    fn a_measured_critical_outranks_a_namespace_that_could_not_be_measured() {
+        let sections = [
+            section("a", Level::Unknown, 0.0),
+            section("b", Level::Critical, 0.9),
+            section("c", Level::Unknown, 0.0),
+        ];
+        assert_eq!(worst(&sections).unwrap().level, Level::Critical);
+        let sections = [
+            section("a", Level::Warning, 0.7),
+            section("b", Level::Unknown, 0.0),
+        ];
+        assert_eq!(worst(&sections).unwrap().level, Level::Unknown);
+    }
+
+    #[test]
+    fn a_namespace_whose_process_exited_is_measured_through_another_or_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        for pid in [8, 9] {
+            let ns = dir.path().join(format!("proc/{pid}/ns"));
+            std::fs::create_dir_all(&ns).unwrap();
+            std::os::unix::fs::symlink("net:[40]", ns.join("net")).unwrap();
+        }
+        let host = Host::new(dir.path());
+        let ns = Namespace {
+            inode: 40,
+            pid: Some(8),
+            ..named_by(b"x")
+        };
+        let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+        // A fixture root cannot be entered: unknown, but still there.
+        let s = measure_or_gone(&host, &ns, &options(), false, &none).unwrap();
+        assert_eq!((s.level, s.ns.pid), (Level::Unknown, Some(8)));
+        // Its first process exits: measured through the other.
+        std::fs::remove_dir_all(dir.path().join("proc/8")).unwrap();
+        let s = measure_or_gone(&host, &ns, &options(), false, &none).unwrap();
+        assert_eq!(s.ns.pid, Some(9));
+        assert_eq!(s.ns.enter, "nsenter -t 9 -n COMMAND");
+        // Pid 8 reused by a process of another namespace: still gone.
+        let reused = dir.path().join("proc/8/ns");
+        std::fs::create_dir_all(&reused).unwrap();
+        std::os::unix::fs::symlink("net:[41]", reused.join("net")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("proc/9")).unwrap();
+        assert!(measure_or_gone(&host, &ns, &options(), false, &none).is_none());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::diagnostics::{Report, deserialize_all, drop_unknown_keys};
 use super::validate::validate;
 
 pub use super::diagnostics::{DIAGNOSTICS_KEPT, Diagnostic, PolicyError, Position};
-pub use super::load::{check_file_safety, load, load_or_default, parse_bytes};
+pub use super::load::{check_file_safety, load, load_configured, load_or_default, parse_bytes};
 pub use super::validate::{INTERVAL_MIN, REMINDER_MIN};
 
 /// Parses and validates policy text. `path` only names the file in messages.

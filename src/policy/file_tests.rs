@@ -863,3 +863,24 @@ mod arbitrary {
         }
     }
 }
+
+#[test]
+fn only_the_default_policy_path_may_be_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("portd.toml");
+    let (policy, found) = super::load_configured(&missing, false).unwrap();
+    assert_eq!((policy, found), (Policy::default(), false));
+    // Given with --config (at start, and at every reload): an error naming it.
+    let e = super::load_configured(&missing, true)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: the policy file given with --config does not exist; only the default /etc/portd.toml may be absent (the built-in defaults then apply): give an existing file, or leave --config out",
+            missing.display()
+        )
+    );
+    std::fs::write(&missing, "").unwrap();
+    assert!(super::load_configured(&missing, true).unwrap().1);
+}

@@ -28,6 +28,26 @@ pub fn load_or_default(path: &Path) -> Result<(Policy, bool), PolicyError> {
     }
 }
 
+/// The policy at `path` for a command: a path given with `--config`
+/// (`required`) must exist; only the default path may be absent, and then
+/// the built-in defaults apply ([`load_or_default`]).
+pub fn load_configured(path: &Path, required: bool) -> Result<(Policy, bool), PolicyError> {
+    if !required {
+        return load_or_default(path);
+    }
+    match fsutil::open_regular(path) {
+        Ok(file) => read_open_file(path, file).map(|policy| (policy, true)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PolicyError::whole_file(
+            path,
+            "the policy file given with --config does not exist; only the default \
+             /etc/portd.toml may be absent (the built-in defaults then apply): \
+             give an existing file, or leave --config out"
+                .to_string(),
+        )),
+        Err(e) => Err(cannot_read(path, &e)),
+    }
+}
+
 /// The longest policy file portd reads; real ones are a few KiB.
 const POLICY_MAX_BYTES: u64 = 1024 * 1024;
 

@@ -215,9 +215,10 @@ fn labels(k: &FailureKey) -> String {
 /// entry naming the process.
 fn alert(first: &Row) {
     let (k, count) = (&first.key, first.total);
+    let comm = crate::untrusted::escape(&first.process);
     let process = match first.pid {
-        Some(pid) => format!("{} (pid {pid})", first.process),
-        None => format!("{} (pid not visible from portd)", first.process),
+        Some(pid) => format!("{comm} (pid {pid})"),
+        None => format!("{comm} (pid not visible from portd)"),
     };
     let message = format!(
         "port allocation failed: {} got {} {} time(s) for {}{}",

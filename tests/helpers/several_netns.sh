@@ -53,14 +53,16 @@ range "$BUSY" > "$OUT/busy.before"; range "$QUIET" > "$OUT/quiet.before"; range 
 count() { nsenter -t "$1" -n ss -Htn state established '( dport = :9000 )' | wc -l; }
 count "$BUSY" > "$OUT/busy.ss"; count "$QUIET" > "$OUT/quiet.ss"
 
+# An empty policy: the built-in defaults, whatever the machine's /etc/portd.toml says.
+: > "$OUT/defaults.toml"
 set +e
 if [ -n "${3:-}" ]; then
 . "$3"
 else
-"$PORTD" --config "$OUT/none.toml" status --json > "$OUT/all.json"; echo $? > "$OUT/all.rc"
-"$PORTD" --config "$OUT/none.toml" status > "$OUT/all.txt"; echo $? > "$OUT/all-text.rc"
-"$PORTD" --config "$OUT/none.toml" status --json --netns quiet > "$OUT/quiet.json"; echo $? > "$OUT/quiet.rc"
-"$PORTD" --config "$OUT/none.toml" status --json --netns "$(tr -dc 0-9 < "$OUT/busy.netns")" > "$OUT/busy.json"; echo $? > "$OUT/busy.rc"
+"$PORTD" --config "$OUT/defaults.toml" status --json > "$OUT/all.json"; echo $? > "$OUT/all.rc"
+"$PORTD" --config "$OUT/defaults.toml" status > "$OUT/all.txt"; echo $? > "$OUT/all-text.rc"
+"$PORTD" --config "$OUT/defaults.toml" status --json --netns quiet > "$OUT/quiet.json"; echo $? > "$OUT/quiet.rc"
+"$PORTD" --config "$OUT/defaults.toml" status --json --netns "$(tr -dc 0-9 < "$OUT/busy.netns")" > "$OUT/busy.json"; echo $? > "$OUT/busy.rc"
 fi
 set -e
 

@@ -472,8 +472,8 @@ fn reservations_in_span(
     let reserved = settings
         .reserved_ports
         .union(&keep_out.intersection_of(&span));
-    let now = planner::usable_ports(range, &settings.reserved_ports);
-    let widest_usable = planner::usable_ports(widest, &reserved);
+    let now = planner::usable_ports(range, &settings.reserved_ports, listening);
+    let widest_usable = planner::usable_ports(widest, &reserved, listening);
     if widest_usable == now && widest != range {
         report.add(
             Severity::Warning,

@@ -149,8 +149,8 @@ pub enum Blocked {
         reason: String,
     },
     /// The plan would leave fewer ports that `connect()` can use (range
-    /// minus reserved) than there are now: reserving what the policy
-    /// protects, or what listens, costs more than the growth brings.
+    /// minus reserved minus listened-on ports) than there are now:
+    /// reserving what the policy protects costs more than the growth brings.
     FewerUsablePorts {
         before: u32,
         after: u32,
@@ -188,9 +188,9 @@ impl std::fmt::Display for Blocked {
             ),
             Blocked::FewerUsablePorts { before, after } => write!(
                 f,
-                "it would leave {after} usable ephemeral port(s) (range minus reserved), fewer than \
-                 the {before} now: the ports it must reserve (widen.protected, listening services) \
-                 cover the span; narrow widen.protected (`portd check` shows it)"
+                "it would leave {after} usable ephemeral port(s) (range minus reserved and \
+                 listened-on ports), fewer than the {before} now: the ports widen.protected asks \
+                 it to reserve cover the span; narrow widen.protected (`portd check` shows it)"
             ),
         }
     }
@@ -509,8 +509,8 @@ fn widen_or_hold(inputs: &Inputs<'_>, overrode: &mut Option<String>) -> Action {
     };
     // A wider range that hands out fewer ports causes the exhaustion it is
     // meant to prevent (every port reserved: every connect() fails).
-    let before = usable_ports(obs.range, &obs.reserved);
-    let after = usable_ports(plan.to, &plan.reserved);
+    let before = usable_ports(obs.range, &obs.reserved, &obs.listening);
+    let after = usable_ports(plan.to, &plan.reserved, &obs.listening);
     if after < before {
         return hold(Blocked::FewerUsablePorts { before, after });
     }
@@ -586,9 +586,10 @@ fn waiting(inputs: &Inputs<'_>) -> Option<(Duration, Blocked)> {
 }
 
 /// Ports of `range` that `connect()` can be handed: the range minus the
-/// reserved ports (kernel.md §2).
-pub fn usable_ports(range: PortRange, reserved: &PortSet) -> u32 {
-    range.len() - reserved.count_in(range)
+/// reserved ports minus the ports held by listening (or bound) sockets
+/// (kernel.md §2), whether or not they are reserved yet.
+pub fn usable_ports(range: PortRange, reserved: &PortSet, listening: &PortSet) -> u32 {
+    range.len() - reserved.union(listening).count_in(range)
 }
 
 /// Where the policy lets the range go: `floor..=ceiling`. The floor is the
@@ -670,7 +671,14 @@ fn widen(obs: &Observation, policy: &Policy, bounds: Bounds, demand: u64) -> Opt
     let free = |p: u16| u64::from(!blocked.contains(p));
 
     let used = obs.headline.used.max(demand).max(1);
-    let needed = (used as f64 / policy.target.fraction()).ceil() as u64;
+    let mut needed = (used as f64 / policy.target.fraction()).ceil() as u64;
+    if obs.headline.capacity == 0 {
+        // Listeners hold every port the range leaves free, so nothing is in
+        // use to size the plan from: give back what they took (the range
+        // minus the reserved ports, as the admin set it).
+        let nominal = u64::from(obs.range.len() - obs.reserved.count_in(obs.range));
+        needed = needed.max(nominal);
+    }
     let (mut low, mut high) = (obs.range.low(), obs.range.high());
     let mut capacity: u64 = (low..=high).map(free).sum();
     while capacity < needed && high < ceiling {

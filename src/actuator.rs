@@ -16,7 +16,7 @@ use crate::census::KernelSettings;
 use crate::fsutil;
 use crate::host::Host;
 use crate::kernel;
-use crate::planner::{Pin, Plan};
+use crate::planner::{ForeignDropin, Pin, Plan};
 use crate::ports::{PortRange, PortSet};
 use crate::shutdown;
 use crate::state::{State, Values, Written};
@@ -320,6 +320,25 @@ pub enum PersistError {
     },
     #[error("{0}")]
     Scan(String),
+}
+
+/// A file portd did not write at the drop-in's name, when the policy
+/// persists: portd would widen at runtime only, and a reboot would undo it.
+pub fn foreign_dropin(host: &Host, persist: bool, dropin_name: &str) -> Option<ForeignDropin> {
+    if !persist {
+        return None;
+    }
+    match dropin_file(host, dropin_name) {
+        DropinFile::Foreign(why) => Some(ForeignDropin {
+            path: host
+                .path(sysctld::DROPIN_DIR)
+                .join(dropin_name)
+                .display()
+                .to_string(),
+            why,
+        }),
+        DropinFile::Absent | DropinFile::Portd(_) => None,
+    }
 }
 
 /// The first sysctl.d assignment that sorts after portd's drop-in and sets

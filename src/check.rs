@@ -188,7 +188,7 @@ pub fn run(
         );
     }
     if opts.plan {
-        let (decision, remedies) = plan_now(scan.as_ref(), &policy, &state, &usage);
+        let (decision, remedies) = plan_now(host, scan.as_ref(), &policy, &state, &usage);
         report.plan = Some(decision);
         report.remedies = remedies;
     }
@@ -319,12 +319,14 @@ fn usage_findings(usage: &usage::Usage, report: &mut Report) {
 /// What the daemon would do on a poll now, with the level already held,
 /// and the remedies at the warning level or above.
 fn plan_now(
+    host: &Host,
     scan: Option<&Scan>,
     policy: &Policy,
     state: &State,
     usage: &usage::Usage,
 ) -> (planner::Decision, Vec<crate::remedy::Remedy>) {
     let pin = scan.and_then(|scan| actuator::pin(scan, &policy.dropin_name));
+    let foreign_dropin = actuator::foreign_dropin(host, policy.persist, &policy.dropin_name);
     let mut history = state.history();
     history.alert.level = Level::of(
         usage.headline.usage,
@@ -343,6 +345,7 @@ fn plan_now(
         policy,
         history: &history,
         pin: pin.as_ref(),
+        foreign_dropin: foreign_dropin.as_ref(),
         now: SystemTime::now(),
         authority: &authority,
         witnessed_failure: false,

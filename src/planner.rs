@@ -95,6 +95,15 @@ pub struct Pin {
     pub value: String,
 }
 
+/// A file at the drop-in's name that portd did not write: portd never
+/// overwrites it, so a change of the range would not survive a reboot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ForeignDropin {
+    pub path: String,
+    /// Why it is not portd's: "it does not start with portd's header ...".
+    pub why: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
     pub from: PortRange,
@@ -143,6 +152,11 @@ pub enum Blocked {
     PinnedBy {
         pin: Pin,
     },
+    /// The drop-in's name is taken by a file portd did not write: a change
+    /// could not be persisted and every reboot would undo it.
+    ForeignDropin {
+        dropin: ForeignDropin,
+    },
     /// The state file cannot be read, so the original values could not be
     /// recorded before a write.
     StateUnreadable {
@@ -181,6 +195,13 @@ impl std::fmt::Display for Blocked {
                 f,
                 "{} sets {} after portd's drop-in; a change would not survive a reboot",
                 pin.file, pin.value
+            ),
+            Blocked::ForeignDropin { dropin } => write!(
+                f,
+                "{} is not portd's drop-in ({}) and portd never overwrites it, so a change \
+                 would not survive a reboot: portd only advises until the file is moved aside \
+                 or persist.file names another file (then reload)",
+                dropin.path, dropin.why
             ),
             Blocked::StateUnreadable { reason } => write!(
                 f,
@@ -252,6 +273,9 @@ pub struct Inputs<'a> {
     pub policy: &'a Policy,
     pub history: &'a History,
     pub pin: Option<&'a Pin>,
+    /// A file portd did not write at the drop-in's name (with persistence
+    /// on): a change would not survive a reboot.
+    pub foreign_dropin: Option<&'a ForeignDropin>,
     pub now: SystemTime,
     /// Whether portd may write now, and if not, why (authority.rs).
     pub authority: &'a Authority,
@@ -522,6 +546,11 @@ fn widen_or_hold(inputs: &Inputs<'_>, overrode: &mut Option<String>) -> Action {
     }
     if let Some(pin) = inputs.pin {
         return hold(Blocked::PinnedBy { pin: pin.clone() });
+    }
+    if let Some(dropin) = inputs.foreign_dropin {
+        return hold(Blocked::ForeignDropin {
+            dropin: dropin.clone(),
+        });
     }
     match inputs.authority {
         Authority::Advise(Why::Policy | Why::DryRun) => return hold(Blocked::Advise),

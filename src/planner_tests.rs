@@ -171,6 +171,7 @@ fn decide_with(c: &Case, authority: &Authority) -> Decision {
         policy: &c.policy,
         history: &c.history,
         pin: None,
+        foreign_dropin: None,
         now: c.now,
         authority,
         witnessed_failure: false,
@@ -518,6 +519,7 @@ fn a_witnessed_failure_skips_the_hold_but_never_acts_below_warning() {
             policy: &c.policy,
             history: &c.history,
             pin: None,
+            foreign_dropin: None,
             now: c.now,
             authority: &Authority::Write,
             witnessed_failure: true,
@@ -561,6 +563,7 @@ fn a_pin_holds_the_plan_and_names_the_file() {
         policy: &c.policy,
         history: &c.history,
         pin: Some(&pin),
+        foreign_dropin: None,
         now: c.now,
         authority: &Authority::Write,
         witnessed_failure: false,
@@ -620,6 +623,7 @@ fn a_yield_is_named_before_a_pin_and_a_pin_before_advise_mode() {
         policy: &c.policy,
         history: &c.history,
         pin: Some(&pin),
+        foreign_dropin: None,
         now: c.now,
         authority: &authority,
         witnessed_failure: false,
@@ -867,6 +871,7 @@ fn decide_forecast(c: &Case, f: &[Forecast]) -> Decision {
         policy: &c.policy,
         history: &c.history,
         pin: None,
+        foreign_dropin: None,
         now: c.now,
         authority: &Authority::Write,
         witnessed_failure: false,
@@ -1010,4 +1015,39 @@ fn usable_ports_leave_out_listeners_whether_reserved_or_not() {
     listening.insert_range(PortRange::new(40005, 40019).unwrap());
     listening.insert(50000);
     assert_eq!(usable_ports(range, &reserved, &listening), 80);
+}
+
+#[test]
+fn a_foreign_file_at_the_dropin_name_holds_the_widening_with_the_reason() {
+    let c = simple(60);
+    let dropin = ForeignDropin {
+        path: "/etc/sysctl.d/60-portd.conf".into(),
+        why: "it does not start with portd's header".into(),
+    };
+    let d = plan(&Inputs {
+        observation: &c.obs,
+        policy: &c.policy,
+        history: &c.history,
+        pin: None,
+        foreign_dropin: Some(&dropin),
+        now: c.now,
+        authority: &Authority::Write,
+        witnessed_failure: false,
+        forecast: &[],
+    });
+    let Action::Hold {
+        plan: Some(_),
+        reason,
+    } = &d.action
+    else {
+        panic!("{:?}", d.action)
+    };
+    assert_eq!(*reason, Blocked::ForeignDropin { dropin });
+    let text = reason.to_string();
+    assert!(
+        text.contains("/etc/sysctl.d/60-portd.conf is not portd's drop-in")
+            && text.contains("would not survive a reboot")
+            && text.contains("persist.file"),
+        "{text}"
+    );
 }

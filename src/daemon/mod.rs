@@ -590,7 +590,7 @@ impl Daemon {
         }
         let time_to_exhaustion =
             forecast::soonest_exhaustion(&forecast, self.policy.tcp_pool_alerts);
-        let line = report::status_line(&usage, widened, &authority, time_to_exhaustion);
+        let line = report::status_line(&usage, widened, &authority, time_to_exhaustion, blocked);
         let remedies = decision.unfit.as_ref().map_or_else(Vec::new, |u| {
             remedy::remedies(&remedy::situation(
                 &u.forecast,
@@ -633,11 +633,14 @@ impl Daemon {
                 None
             }
         };
+        let foreign_dropin =
+            actuator::foreign_dropin(&self.host, self.policy.persist, &self.policy.dropin_name);
         planner::plan(&Inputs {
             observation: &Observation::from_usage(usage),
             policy: &self.policy,
             history: &self.state.history(),
             pin: pin.as_ref(),
+            foreign_dropin: foreign_dropin.as_ref(),
             now,
             authority,
             witnessed_failure: self.witnessed,

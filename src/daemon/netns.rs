@@ -539,6 +539,7 @@ impl Watch {
                             ..History::default()
                         },
                         pin: None,
+                        foreign_dropin: None,
                         now,
                         // Advise only: nothing is written in another namespace.
                         authority: &Authority::Advise(Why::Policy),

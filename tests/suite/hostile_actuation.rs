@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::actuation_util::{Ns, default_mounts};
+use rustix::process::Signal;
+
+use super::actuation_util::{DROPIN, Ns, default_mounts, wait_for};
 use super::util::have_root;
 
 #[test]
@@ -54,4 +56,38 @@ fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
     // As many ports for connect() as the range had before the listeners came.
     let (more, err) = ns.connect(100);
     assert_eq!((more.len(), err), (100, None), "range now {}", ns.range());
+}
+
+#[test]
+fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
+    if !have_root("a_foreign_dropin_holds_the_widening_until_it_is_moved_aside") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    ns.write_file(DROPIN, "# the admin's own\nnet.ipv4.tcp_fin_timeout = 30\n");
+    ns.connect(45);
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(
+        &["would widen ip_local_port_range", "is not portd's drop-in"],
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(ns.range(), "40000 40099", "widened at runtime only");
+
+    ns.sh(&format!("mv {DROPIN} /etc/sysctl.d/60-portd.conf.admin"));
+    daemon.signal(Signal::HUP);
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40099 ->"],
+        Duration::from_secs(10),
+    );
+    wait_for(
+        "the drop-in to be persisted",
+        Duration::from_secs(10),
+        || {
+            ns.try_state()
+                .filter(|s| s["last_written"]["persisted"] == true)
+        },
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -326,7 +326,6 @@ fn plan_now(
     usage: &usage::Usage,
 ) -> (planner::Decision, Vec<crate::remedy::Remedy>) {
     let pin = scan.and_then(|scan| actuator::pin(scan, &policy.dropin_name));
-    let foreign_dropin = actuator::foreign_dropin(host, policy.persist, &policy.dropin_name);
     let mut history = state.history();
     history.alert.level = Level::of(
         usage.headline.usage,
@@ -339,13 +338,15 @@ fn plan_now(
         None,
         state.yielded.as_ref().map(|y| y.reason.as_str()),
     );
-    let observation = Observation::from_usage(usage);
+    let observation = Observation {
+        foreign_dropin: actuator::foreign_dropin(host, policy.persist, &policy.dropin_name),
+        ..Observation::from_usage(usage)
+    };
     let inputs = Inputs {
         observation: &observation,
         policy,
         history: &history,
         pin: pin.as_ref(),
-        foreign_dropin: foreign_dropin.as_ref(),
         now: SystemTime::now(),
         authority: &authority,
         witnessed_failure: false,

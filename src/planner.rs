@@ -22,6 +22,10 @@ pub struct Observation {
     /// Every listening TCP port.
     pub listening: PortSet,
     pub headline: Headline,
+    /// A file portd did not write at the drop-in's name (with persistence
+    /// on): a change would not survive a reboot. Set by the caller that
+    /// persists (the daemon in its own namespace, `check`).
+    pub foreign_dropin: Option<ForeignDropin>,
 }
 
 impl Observation {
@@ -32,6 +36,7 @@ impl Observation {
             unprivileged_port_start: usage.settings.unprivileged_port_start,
             listening: usage.listening_ports.clone(),
             headline: usage.headline.clone(),
+            foreign_dropin: None,
         }
     }
 }
@@ -273,9 +278,6 @@ pub struct Inputs<'a> {
     pub policy: &'a Policy,
     pub history: &'a History,
     pub pin: Option<&'a Pin>,
-    /// A file portd did not write at the drop-in's name (with persistence
-    /// on): a change would not survive a reboot.
-    pub foreign_dropin: Option<&'a ForeignDropin>,
     pub now: SystemTime,
     /// Whether portd may write now, and if not, why (authority.rs).
     pub authority: &'a Authority,
@@ -547,7 +549,7 @@ fn widen_or_hold(inputs: &Inputs<'_>, overrode: &mut Option<String>) -> Action {
     if let Some(pin) = inputs.pin {
         return hold(Blocked::PinnedBy { pin: pin.clone() });
     }
-    if let Some(dropin) = inputs.foreign_dropin {
+    if let Some(dropin) = &obs.foreign_dropin {
         return hold(Blocked::ForeignDropin {
             dropin: dropin.clone(),
         });

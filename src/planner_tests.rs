@@ -150,6 +150,7 @@ fn case() -> impl Strategy<Value = Case> {
                         capacity,
                         cause: Cause::Idle,
                     },
+                    foreign_dropin: None,
                 };
                 Case {
                     obs,
@@ -171,7 +172,6 @@ fn decide_with(c: &Case, authority: &Authority) -> Decision {
         policy: &c.policy,
         history: &c.history,
         pin: None,
-        foreign_dropin: None,
         now: c.now,
         authority,
         witnessed_failure: false,
@@ -445,6 +445,7 @@ fn simple(used: u64) -> Case {
                 capacity: 100,
                 cause: Cause::Idle,
             },
+            foreign_dropin: None,
         },
         policy: Policy {
             hold: Duration::ZERO,
@@ -519,7 +520,6 @@ fn a_witnessed_failure_skips_the_hold_but_never_acts_below_warning() {
             policy: &c.policy,
             history: &c.history,
             pin: None,
-            foreign_dropin: None,
             now: c.now,
             authority: &Authority::Write,
             witnessed_failure: true,
@@ -563,7 +563,6 @@ fn a_pin_holds_the_plan_and_names_the_file() {
         policy: &c.policy,
         history: &c.history,
         pin: Some(&pin),
-        foreign_dropin: None,
         now: c.now,
         authority: &Authority::Write,
         witnessed_failure: false,
@@ -623,7 +622,6 @@ fn a_yield_is_named_before_a_pin_and_a_pin_before_advise_mode() {
         policy: &c.policy,
         history: &c.history,
         pin: Some(&pin),
-        foreign_dropin: None,
         now: c.now,
         authority: &authority,
         witnessed_failure: false,
@@ -871,7 +869,6 @@ fn decide_forecast(c: &Case, f: &[Forecast]) -> Decision {
         policy: &c.policy,
         history: &c.history,
         pin: None,
-        foreign_dropin: None,
         now: c.now,
         authority: &Authority::Write,
         witnessed_failure: false,
@@ -1019,22 +1016,13 @@ fn usable_ports_leave_out_listeners_whether_reserved_or_not() {
 
 #[test]
 fn a_foreign_file_at_the_dropin_name_holds_the_widening_with_the_reason() {
-    let c = simple(60);
+    let mut c = simple(60);
     let dropin = ForeignDropin {
         path: "/etc/sysctl.d/60-portd.conf".into(),
         why: "it does not start with portd's header".into(),
     };
-    let d = plan(&Inputs {
-        observation: &c.obs,
-        policy: &c.policy,
-        history: &c.history,
-        pin: None,
-        foreign_dropin: Some(&dropin),
-        now: c.now,
-        authority: &Authority::Write,
-        witnessed_failure: false,
-        forecast: &[],
-    });
+    c.obs.foreign_dropin = Some(dropin.clone());
+    let d = decide(&c);
     let Action::Hold {
         plan: Some(_),
         reason,

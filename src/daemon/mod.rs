@@ -633,14 +633,19 @@ impl Daemon {
                 None
             }
         };
-        let foreign_dropin =
-            actuator::foreign_dropin(&self.host, self.policy.persist, &self.policy.dropin_name);
+        let observation = Observation {
+            foreign_dropin: actuator::foreign_dropin(
+                &self.host,
+                self.policy.persist,
+                &self.policy.dropin_name,
+            ),
+            ..Observation::from_usage(usage)
+        };
         planner::plan(&Inputs {
-            observation: &Observation::from_usage(usage),
+            observation: &observation,
             policy: &self.policy,
             history: &self.state.history(),
             pin: pin.as_ref(),
-            foreign_dropin: foreign_dropin.as_ref(),
             now,
             authority,
             witnessed_failure: self.witnessed,

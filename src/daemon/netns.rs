@@ -539,7 +539,6 @@ impl Watch {
                             ..History::default()
                         },
                         pin: None,
-                        foreign_dropin: None,
                         now,
                         // Advise only: nothing is written in another namespace.
                         authority: &Authority::Advise(Why::Policy),

@@ -626,9 +626,10 @@ pub fn rollback(
     // A write recorded before a crash: the live values say whether it
     // happened, so that its values count as portd's and not someone else's.
     let settled = settle_pending(state, live);
-    let Some(original) = state.original.clone() else {
+    let Some(target) = state.rollback_target(force) else {
         return Ok(vec![NOTHING_TO_ROLL_BACK.into()]);
     };
+    let first_found = state.original.as_ref().map(|o| o.range);
     // After a yield the daemon takes the admin's values as its baseline, so
     // `external_change` no longer sees them; the yield itself says the live
     // values are not portd's.
@@ -642,23 +643,40 @@ pub fn rollback(
     {
         return Err(format!(
             "refusing to roll back: {reason}. The live values are no longer portd's; use --force to restore {} anyway",
-            original.range
+            target.range
         ));
     }
     let mut done: Vec<String> = settled.into_iter().collect();
+    if let Some(first) = first_found.filter(|f| *f != target.range) {
+        done.push(format!(
+            "keeping {}, the range an administrator set after portd's first change, rather than \
+             {first}, the range portd first found (--force restores that)",
+            target.range
+        ));
+    } else if let Some(admin) = state
+        .admin
+        .as_ref()
+        .filter(|a| force && a.range != target.range)
+    {
+        done.push(format!(
+            "--force: restoring {}, the range portd first found; {}, the range an administrator \
+             set after portd's first change, is dropped",
+            target.range, admin.range
+        ));
+    }
     // Keep reservations made by anyone else; remove only portd's additions.
     let reserved = live.reserved_ports.difference(&state.added_reserved);
     // Narrow the range before un-reserving, so no port is ever inside the
     // range and unreserved that was not before.
-    if live.port_range != original.range {
-        write_range(host, original.range).map_err(|e| e.to_string())?;
+    if live.port_range != target.range {
+        write_range(host, target.range).map_err(|e| e.to_string())?;
         // Recorded at once: if a later step fails, the state the caller
         // saves says the live range is portd's, so neither the daemon nor
         // a second rollback takes it for someone else's change.
-        state.range_restored(original.range);
+        state.range_restored(target.range);
         done.push(format!(
             "restored ip_local_port_range {} -> {}",
-            live.port_range, original.range
+            live.port_range, target.range
         ));
     }
     if reserved != live.reserved_ports {

@@ -14,11 +14,12 @@ use crate::planner::{self, AlertState, History, Plan};
 use crate::ports::{PortRange, PortSet};
 
 /// Bumped when the meaning of a field changes; a newer file is refused
-/// rather than misread. Version 2 added `pending` and `dropin`.
-pub const FORMAT_VERSION: u32 = 2;
-/// The previous format, still read: it is version 2 without `pending` and
-/// `dropin` (tests/fixtures/state/v1.json).
-const PREVIOUS_FORMAT_VERSION: u32 = 1;
+/// rather than misread. Version 2 added `pending` and `dropin`, version 3
+/// `admin`.
+pub const FORMAT_VERSION: u32 = 3;
+/// The previous formats, still read: each is the next one without the
+/// fields it lacks (tests/fixtures/state/v1.json, v2.json).
+const PREVIOUS_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 const FILE_NAME: &str = "state.json";
 const HISTORY_LEN: usize = 50;
 
@@ -80,6 +81,12 @@ pub struct State {
     /// one it may rewrite or remove (version 1 states did not record it).
     #[serde(default)]
     pub dropin: Option<String>,
+    /// The values an administrator set after portd's first change, as
+    /// portd found them when it yielded to that change: once portd widens
+    /// over them (after a reload), rollback restores these, not
+    /// `original` (that only with --force). The admin's own change is kept.
+    #[serde(default)]
+    pub admin: Option<Values>,
     /// Reserved ports portd added (rollback removes only these).
     pub added_reserved: PortSet,
     pub changes: Vec<Change>,
@@ -96,6 +103,7 @@ impl Default for State {
             last_written: None,
             pending: None,
             dropin: None,
+            admin: None,
             added_reserved: PortSet::new(),
             changes: Vec::new(),
             yielded: None,
@@ -251,6 +259,7 @@ impl State {
     /// state, the history and the first range found stay.
     pub fn rolled_back(&mut self) {
         self.original = None;
+        self.admin = None;
         self.last_written = None;
         self.dropin = None;
         self.added_reserved = PortSet::new();
@@ -262,8 +271,23 @@ impl State {
     /// (`live`) become the baseline it compares against.
     pub fn yield_to(&mut self, live: Values, reason: String, at: SystemTime) {
         self.yielded = Some(Yield { at, reason });
+        if self.original.is_some() {
+            self.admin = Some(live.clone());
+        }
         if let Some(w) = &mut self.last_written {
             w.values = live;
+        }
+    }
+
+    /// What rollback restores: the values an administrator set after
+    /// portd's first change when portd has widened over them since (with
+    /// `force`, a yield still in force, or no such change: the values
+    /// portd first found). None when portd changed nothing.
+    pub fn rollback_target(&self, force: bool) -> Option<Values> {
+        let original = self.original.clone()?;
+        match &self.admin {
+            Some(admin) if !force && self.yielded.is_none() => Some(admin.clone()),
+            _ => Some(original),
         }
     }
 
@@ -306,9 +330,9 @@ fn parse(path: &Path, text: &str) -> Result<State, StateError> {
             "not a portd state file ({e}); move it aside to start afresh"
         ))
     })?;
-    if v.format_version != FORMAT_VERSION && v.format_version != PREVIOUS_FORMAT_VERSION {
+    if v.format_version != FORMAT_VERSION && !PREVIOUS_FORMAT_VERSIONS.contains(&v.format_version) {
         return Err(invalid(format!(
-            "format_version {} is not {PREVIOUS_FORMAT_VERSION} or {FORMAT_VERSION}, the ones this portd understands; use the portd that wrote it",
+            "format_version {} is not one of {PREVIOUS_FORMAT_VERSIONS:?} or {FORMAT_VERSION}, the ones this portd understands; use the portd that wrote it",
             v.format_version
         )));
     }
@@ -336,7 +360,8 @@ mod tests {
         assert_eq!(State::load(&host).unwrap(), s);
         let text = std::fs::read_to_string(State::path(&host))
             .unwrap()
-            .replace("\"format_version\": 2", "\"format_version\": 9");
+            .replace("\"format_version\":3", "\"format_version\":9")
+            .replace("\"format_version\": 3", "\"format_version\": 9");
         std::fs::write(State::path(&host), text).unwrap();
         let err = State::load(&host).unwrap_err().to_string();
         assert!(
@@ -408,8 +433,25 @@ mod tests {
         assert_eq!(s.changes.len(), 1);
         s.save(&host).unwrap();
         let text = std::fs::read_to_string(State::path(&host)).unwrap();
-        assert!(text.contains("\"format_version\": 2"), "{text}");
+        assert!(text.contains("\"format_version\": 3"), "{text}");
         assert_eq!(State::load(&host).unwrap(), s);
+    }
+
+    #[test]
+    fn version_2_state_loads_without_an_admins_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let v2 = include_str!("../tests/fixtures/state/v2.json");
+        std::fs::write(State::path(&host), v2).unwrap();
+        let s = State::load(&host).unwrap();
+        assert_eq!(s.format_version, FORMAT_VERSION);
+        assert_eq!(s.dropin.as_deref(), Some("60-portd.conf"));
+        assert_eq!(s.admin, None);
+        assert_eq!(
+            s.rollback_target(false).map(|v| v.range),
+            Some(PortRange::new(40000, 40099).unwrap())
+        );
     }
 
     fn range(low: u16, high: u16) -> PortRange {
@@ -521,6 +563,45 @@ mod tests {
             Some(found()),
             "rollback still knows the originals"
         );
+    }
+
+    #[test]
+    fn rollback_keeps_the_range_an_admin_set_after_portds_first_change_unless_forced() {
+        let mut s = State::default();
+        assert_eq!(s.rollback_target(false), None, "nothing to roll back");
+        s.record_widening(found(), &widening(), at(100), "busy");
+        s.confirm_written();
+        assert_eq!(s.rollback_target(false), Some(found()));
+        let admins = Values {
+            range: range(40000, 40499),
+            reserved: ports("40120,40500"),
+        };
+        s.yield_to(
+            admins.clone(),
+            "the admin wrote 40000 40499".into(),
+            at(300),
+        );
+        assert_eq!(
+            s.rollback_target(false),
+            Some(found()),
+            "while yielded rollback refuses without --force, and --force restores the first"
+        );
+        // A reload clears the yield; portd widens over the admin's range.
+        s.yielded = None;
+        let plan = Plan {
+            from: range(40000, 40499),
+            to: range(40000, 40999),
+            reserved: ports("40120,40500"),
+            newly_reserved: PortSet::new(),
+            ..widening()
+        };
+        s.record_widening(admins.clone(), &plan, at(400), "busier");
+        s.confirm_written();
+        assert_eq!(s.original, Some(found()), "the first originals are kept");
+        assert_eq!(s.rollback_target(false), Some(admins));
+        assert_eq!(s.rollback_target(true), Some(found()));
+        s.rolled_back();
+        assert_eq!(s.admin, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use super::actuation_util::{DROPIN, Ns, default_mounts, wait_for};
+use super::actuation_util::{DROPIN, Ns, RANGE_KEY, default_mounts, wait_for};
 use super::util::have_root;
 
 #[test]
@@ -90,4 +90,82 @@ fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
     );
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced() {
+    if !have_root("rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced")
+    {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    ns.connect(45);
+    let mut daemon = ns.start_daemon_until_persisted("40000-40099");
+    // The admin sets a range of their own: portd yields.
+    ns.set_sysctl(RANGE_KEY, "40000 40499");
+    daemon.wait_line(&["until `systemctl reload portd`"], Duration::from_secs(10));
+    // Busier still; the admin reloads and portd widens the admin's range.
+    let (more, err) = ns.connect(200);
+    assert_eq!((more.len(), err), (200, None));
+    daemon.signal(Signal::HUP);
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40499 ->"],
+        Duration::from_secs(10),
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let out = ns.portd(&["rollback"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ns.range(),
+        "40000 40499",
+        "the admin's range is kept:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("keeping 40000-40499, the range an administrator set")
+            && stdout.contains("40000-40099, the range portd first found (--force restores that)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
+    if !have_root("forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    ns.connect(45);
+    let mut daemon = ns.start_daemon_until_persisted("40000-40099");
+    ns.set_sysctl(RANGE_KEY, "40000 40499");
+    daemon.wait_line(&["until `systemctl reload portd`"], Duration::from_secs(10));
+    ns.connect(200);
+    daemon.signal(Signal::HUP);
+    daemon.wait_line(
+        &["widened ip_local_port_range 40000-40499 ->"],
+        Duration::from_secs(10),
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = ns.portd(&["rollback", "--force"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ns.range(), "40000 40099");
+    assert!(
+        stdout.contains(
+            "40000-40499, the range an administrator set after portd's first change, is dropped"
+        ),
+        "{stdout}"
+    );
 }

@@ -510,6 +510,11 @@ fn metrics_file_refuses_portds_own_files() {
         ("/etc/portd.toml", "policy"),
         ("/srv/policy.toml", "this policy file"),
         ("/proc/sys/net/ipv4/ip_local_port_range", "/proc"),
+        ("/run/portd/live.json", "live view"),
+        ("/run/portd//./live.json", "live view"),
+        ("/run/portd", "runtime directory"),
+        ("/run/portd/.live.json.portd-tmp-812", "temporary name"),
+        ("/run/portd/.metrics.prom.portd-tmp-9", "temporary name"),
     ] {
         let text = format!("[metrics]\nfile = {own:?}\n");
         let errors = match parse(Path::new("/srv/policy.toml"), &text) {

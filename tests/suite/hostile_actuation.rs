@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use super::actuation_util::{DROPIN, Ns, RANGE_KEY, default_mounts, wait_for};
+use super::actuation_util::{DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, default_mounts, wait_for};
 use super::util::have_root;
 
 #[test]
@@ -167,5 +167,28 @@ fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
             "40000-40499, the range an administrator set after portd's first change, is dropped"
         ),
         "{stdout}"
+    );
+}
+
+#[test]
+fn check_refuses_the_live_view_as_the_metrics_file() {
+    if !have_root("check_refuses_the_live_view_as_the_metrics_file") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    ns.write_file(
+        POLICY,
+        &format!("{FAST_POLICY}\n[metrics]\nfile = \"/run/portd/live.json\"\n"),
+    );
+    let out = ns.portd(&["check"]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("metrics.file: \"/run/portd/live.json\" is portd's live view"),
+        "{text}"
     );
 }

@@ -26,14 +26,60 @@ fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Opens `dir`, which must be a directory itself and not a symbolic link
+/// to one (the last component is never followed), creating it with `mode`
+/// when it is missing: for a directory portd owns, such as its runtime
+/// directory, where a link could send its files elsewhere.
+pub fn open_own_dir(dir: &Path, mode: u32) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let mut created = false;
+    if let Err(e) = std::fs::symlink_metadata(dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => created = true,
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link or not a directory; portd writes there only into a \
+                 directory of its own (remove it: portd creates it, mode 0755)",
+                dir.display()
+            ),
+        ),
+        e => e.into(),
+    })?;
+    if created {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?; // not subject to umask
+    }
+    Ok(fd)
+}
+
 /// Replaces `dir/name` with `contents` atomically, with permissions `mode`.
 pub fn atomic_write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dirfd = open_dir(dir)?;
+    atomic_write_at(&open_dir(dir)?, name, contents, mode)
+}
+
+/// [`atomic_write`] into a directory already opened ([`open_own_dir`]).
+pub fn atomic_write_at(dirfd: &OwnedFd, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
     let tmp = temp_name(name);
     // A temp file left by a killed earlier run of this pid is stale.
-    let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
+    let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
     let fd = rustix::fs::openat(
-        &dirfd,
+        dirfd,
         tmp.as_str(),
         OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(mode),
@@ -43,12 +89,12 @@ pub fn atomic_write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> io::R
         let mut file = File::from(fd);
         file.write_all(contents)?;
         file.sync_all()?;
-        rustix::fs::renameat(&dirfd, tmp.as_str(), &dirfd, name)?;
-        rustix::fs::fsync(&dirfd)?;
+        rustix::fs::renameat(dirfd, tmp.as_str(), dirfd, name)?;
+        rustix::fs::fsync(dirfd)?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
     }
     result
 }
@@ -205,6 +251,35 @@ impl WriterLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_at_portds_own_directory_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let own = dir.path().join("run/portd");
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &own).unwrap();
+        let e = open_own_dir(&own, 0o755).unwrap_err().to_string();
+        assert!(
+            e.contains(&own.display().to_string()) && e.contains("symbolic link"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_missing_own_directory_is_created_0755_and_written_into() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("run/portd");
+        let fd = open_own_dir(&own, 0o755).unwrap();
+        let meta = std::fs::symlink_metadata(&own).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        atomic_write_at(&fd, "live.json", b"{}", 0o644).unwrap();
+        assert_eq!(std::fs::read(own.join("live.json")).unwrap(), b"{}");
+    }
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {

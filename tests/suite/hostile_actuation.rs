@@ -192,3 +192,27 @@ fn check_refuses_the_live_view_as_the_metrics_file() {
         "{text}"
     );
 }
+
+#[test]
+fn a_symlink_at_the_runtime_directory_is_never_followed() {
+    if !have_root("a_symlink_at_the_runtime_directory_is_never_followed") {
+        return;
+    }
+    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    // /run is the test's own tmpfs: the link points inside it.
+    ns.sh("mkdir /run/elsewhere && ln -s /run/elsewhere /run/portd");
+    let mut daemon = ns.start_daemon();
+    let line = daemon.wait_line(
+        &["cannot write the live view /run/portd/live.json"],
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("symbolic link"), "{line}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        ns.sh("ls -A /run/elsewhere"),
+        "",
+        "written through the link"
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -216,3 +216,34 @@ fn a_symlink_at_the_runtime_directory_is_never_followed() {
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn a_missing_root_is_a_usage_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent");
+    let missing_text = missing.display().to_string();
+    for (command, code) in [("rollback", 2), ("run", 2), ("status", 3), ("check", 3)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portd"))
+            .arg("--root")
+            .arg(&missing)
+            .arg(command)
+            .env_remove("PORTD_ROOT")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(code), "{command}: {text}");
+        assert!(
+            text.contains(&format!("--root {missing_text}: No such file or directory")),
+            "{command}: {text}"
+        );
+        assert!(!text.contains("nothing to roll back"), "{command}: {text}");
+    }
+    assert!(
+        !missing.exists(),
+        "nothing was created under the missing root"
+    );
+}

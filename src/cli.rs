@@ -140,13 +140,13 @@ pub fn main() -> ExitCode {
             return exit.into();
         }
     };
+    if let Some(exit) = missing_root(&cli) {
+        return exit.into();
+    }
     run(cli)
 }
 
 fn run(cli: Cli) -> ExitCode {
-    if let Some(exit) = missing_root(&cli) {
-        return exit.into();
-    }
     let host = Host::new(&cli.root);
     let config = cli.config.clone().unwrap_or_else(|| host.policy_file());
     match cli.command {

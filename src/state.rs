@@ -140,33 +140,76 @@ impl State {
         let text = match fsutil::read_regular_text(&path, STATE_MAX_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(StateError::Invalid {
+                    path,
+                    message: format!(
+                        "{e} (1 MiB); an older portd may have saved it so: move it aside \
+                         to start afresh (rollback then no longer knows the original values)"
+                    ),
+                });
+            }
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        parse(&path, &text)
+        let mut state = parse(&path, &text)?;
+        state.trim_history();
+        Ok(state)
     }
 
+    /// The text [`State::save`] writes: compact JSON, the oldest changes
+    /// dropped until it fits the size [`State::load`] reads back, or an
+    /// error when even the state without history would not.
+    fn trimmed_text(&mut self, path: &Path) -> Result<String, StateError> {
+        self.trim_history();
+        loop {
+            let mut text = serde_json::to_string(self).map_err(|e| StateError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            text.push('\n');
+            if text.len() as u64 <= STATE_MAX_BYTES {
+                return Ok(text);
+            }
+            if self.changes.is_empty() {
+                return Err(StateError::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "not saved: it would be {} bytes, more than the {STATE_MAX_BYTES} \
+                         (1 MiB) portd reads back",
+                        text.len()
+                    ),
+                });
+            }
+            let half = self.changes.len().div_ceil(2);
+            self.changes.drain(..half);
+        }
+    }
+
+    /// Keeps the newest [`HISTORY_LEN`] changes.
+    fn trim_history(&mut self) {
+        if self.changes.len() > HISTORY_LEN {
+            let excess = self.changes.len() - HISTORY_LEN;
+            self.changes.drain(..excess);
+        }
+    }
+
+    /// Saves the state compactly; a history too long to be read back is
+    /// trimmed in the copy saved (the oldest changes first).
     pub fn save(&self, host: &Host) -> Result<(), StateError> {
         let dir = host.state_dir();
         let io = |source| StateError::Io {
             path: dir.join(FILE_NAME),
             source,
         };
+        let text = self.clone().trimmed_text(&dir.join(FILE_NAME))?;
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut text = serde_json::to_string_pretty(self).map_err(|e| StateError::Invalid {
-            path: dir.join(FILE_NAME),
-            message: e.to_string(),
-        })?;
-        text.push('\n');
         fsutil::remove_stale_temps(&dir, FILE_NAME);
         fsutil::atomic_write(&dir, FILE_NAME, text.as_bytes(), 0o644).map_err(io)
     }
 
     pub fn record_change(&mut self, change: Change) {
         self.changes.push(change);
-        if self.changes.len() > HISTORY_LEN {
-            let excess = self.changes.len() - HISTORY_LEN;
-            self.changes.drain(..excess);
-        }
+        self.trim_history();
     }
 
     /// Treats every stored time later than `now` as `now` (planner::not_after),
@@ -433,8 +476,120 @@ mod tests {
         assert_eq!(s.changes.len(), 1);
         s.save(&host).unwrap();
         let text = std::fs::read_to_string(State::path(&host)).unwrap();
-        assert!(text.contains("\"format_version\": 3"), "{text}");
+        assert!(text.contains("\"format_version\":3"), "{text}");
         assert_eq!(State::load(&host).unwrap(), s);
+    }
+
+    /// Every other port of 1024-65535: the longest text a port set has.
+    fn sparse_ports() -> PortSet {
+        let mut set = PortSet::new();
+        for p in (1024..=65535u16).step_by(2) {
+            set.insert(p);
+        }
+        set
+    }
+
+    fn change_reserving(reserved_added: PortSet, secs: u64) -> Change {
+        Change {
+            at: at(secs),
+            from: range(40000, 40099),
+            to: range(40000, 40181),
+            reserved_added,
+            reason: format!("change at {secs}"),
+        }
+    }
+
+    #[test]
+    fn a_state_is_saved_compactly_within_what_load_reads_back_keeping_the_newest_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        let s = State {
+            changes: (0..HISTORY_LEN as u64)
+                .map(|i| change_reserving(sparse_ports(), i))
+                .collect(),
+            ..State::default()
+        };
+        assert!(
+            serde_json::to_string_pretty(&s).unwrap().len() as u64 > STATE_MAX_BYTES,
+            "the case must be over the limit as it was saved before"
+        );
+        s.save(&host).unwrap();
+        let size = std::fs::metadata(State::path(&host)).unwrap().len();
+        assert!(size <= STATE_MAX_BYTES, "{size} bytes saved");
+        let loaded = State::load(&host).unwrap();
+        assert!(!loaded.changes.is_empty() && loaded.changes.len() < HISTORY_LEN);
+        assert_eq!(
+            loaded.changes.last().unwrap().reason,
+            format!("change at {}", HISTORY_LEN - 1),
+            "the newest change is kept"
+        );
+        let text = std::fs::read_to_string(State::path(&host)).unwrap();
+        assert_eq!(text.lines().count(), 1, "compact, one line");
+    }
+
+    #[test]
+    fn a_long_history_is_trimmed_on_load_and_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let s = State {
+            changes: (0..500)
+                .map(|i| change_reserving(PortSet::new(), i))
+                .collect(),
+            ..State::default()
+        };
+        std::fs::write(State::path(&host), serde_json::to_string(&s).unwrap()).unwrap();
+        let loaded = State::load(&host).unwrap();
+        assert_eq!(loaded.changes.len(), HISTORY_LEN);
+        assert_eq!(loaded.changes[0].reason, "change at 450");
+        s.save(&host).unwrap();
+        assert_eq!(State::load(&host).unwrap().changes.len(), HISTORY_LEN);
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_read_back_is_not_saved_and_the_old_file_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        State::default().save(&host).unwrap();
+        let before = std::fs::read(State::path(&host)).unwrap();
+        let values = Values {
+            range: range(1024, 65535),
+            reserved: sparse_ports(),
+        };
+        // Sets a few times the longest a port set can print: beyond 1 MiB
+        // even without a history.
+        let mut s = State {
+            original: Some(values.clone()),
+            admin: Some(values.clone()),
+            added_reserved: sparse_ports(),
+            ..State::default()
+        };
+        s.last_written = Some(Written {
+            values: values.clone(),
+            at: at(1),
+            persisted: true,
+        });
+        s.pending = Some(Pending {
+            values,
+            newly_reserved: sparse_ports(),
+            at: at(1),
+        });
+        let e = s.save(&host).unwrap_err().to_string();
+        assert!(
+            e.contains("state.json") && e.contains("not saved") && e.contains("1 MiB"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(State::path(&host)).unwrap(), before);
+    }
+
+    #[test]
+    fn an_oversized_state_names_the_limit_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        std::fs::write(State::path(&host), " ".repeat(2 << 20)).unwrap();
+        let e = State::load(&host).unwrap_err().to_string();
+        assert!(e.contains("1 MiB") && e.contains("move it aside"), "{e}");
     }
 
     #[test]

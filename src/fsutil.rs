@@ -70,20 +70,23 @@ pub fn open_own_dir(dir: &Path, mode: u32) -> io::Result<OwnedFd> {
 
 /// Replaces `dir/name` with `contents` atomically, with permissions `mode`.
 pub fn atomic_write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
-    atomic_write_at(&open_dir(dir)?, name, contents, mode)
+    atomic_write_at(&open_dir(dir)?, dir, name, contents, mode)
 }
 
-/// [`atomic_write`] into a directory already opened ([`open_own_dir`]).
-pub fn atomic_write_at(dirfd: &OwnedFd, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = temp_name(name);
-    // A temp file left by a killed earlier run of this pid is stale.
-    let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
-    let fd = rustix::fs::openat(
-        dirfd,
-        tmp.as_str(),
-        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(mode),
-    )?;
+/// Temporary names tried, one after the other, when something that cannot
+/// be removed (a directory) sits at the first.
+const TEMP_ATTEMPTS: u32 = 5;
+
+/// [`atomic_write`] into a directory already opened ([`open_own_dir`]);
+/// `dir` names it in errors.
+pub fn atomic_write_at(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    let (fd, tmp) = create_temp(dirfd, dir, name, mode)?;
     let result = (|| -> io::Result<()> {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?; // not subject to umask
         let mut file = File::from(fd);
@@ -97,6 +100,50 @@ pub fn atomic_write_at(dirfd: &OwnedFd, name: &str, contents: &[u8], mode: u32) 
         let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
     }
     result
+}
+
+/// Creates the temporary file beside `name`: a stale one of this pid is
+/// removed first; a directory or anything else that stays there is left
+/// alone and the next name is tried. The error names the last name tried.
+fn create_temp(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    mode: u32,
+) -> io::Result<(OwnedFd, String)> {
+    let mut attempt = 0;
+    loop {
+        let tmp = match attempt {
+            0 => temp_name(name),
+            n => format!("{}.{n}", temp_name(name)),
+        };
+        // A temp file left by a killed earlier run of this pid is stale.
+        let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
+        match rustix::fs::openat(
+            dirfd,
+            tmp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        ) {
+            Ok(fd) => return Ok((fd, tmp)),
+            Err(rustix::io::Errno::EXIST) if attempt + 1 < TEMP_ATTEMPTS => attempt += 1,
+            Err(e) => {
+                let e = io::Error::from(e);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create the temporary file {}: {e}{}",
+                        dir.join(&tmp).display(),
+                        if attempt > 0 {
+                            " (the names before it are taken too; remove what is there)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// Removes `dir/name` (not following symlinks) and makes the removal durable.
@@ -277,8 +324,43 @@ mod tests {
         let meta = std::fs::symlink_metadata(&own).unwrap();
         assert!(meta.is_dir());
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
-        atomic_write_at(&fd, "live.json", b"{}", 0o644).unwrap();
+        atomic_write_at(&fd, &own, "live.json", b"{}", 0o644).unwrap();
         assert_eq!(std::fs::read(own.join("live.json")).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn a_directory_at_the_temporary_name_is_stepped_around_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join(temp_name("state.json"));
+        std::fs::create_dir(&blocker).unwrap();
+        atomic_write(dir.path(), "state.json", b"{}\n", 0o644).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("state.json")).unwrap(),
+            b"{}\n"
+        );
+        assert!(blocker.is_dir(), "the directory is not portd's to remove");
+    }
+
+    #[test]
+    fn when_every_temporary_name_is_taken_the_error_names_the_temporary_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut last = PathBuf::new();
+        for n in 0..TEMP_ATTEMPTS {
+            let name = match n {
+                0 => temp_name("state.json"),
+                n => format!("{}.{n}", temp_name("state.json")),
+            };
+            last = dir.path().join(name);
+            std::fs::create_dir(&last).unwrap();
+        }
+        let e = atomic_write(dir.path(), "state.json", b"{}\n", 0o644)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("temporary file {}", last.display())),
+            "{e}"
+        );
+        assert!(!dir.path().join("state.json").exists());
     }
 
     #[test]

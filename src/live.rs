@@ -237,10 +237,11 @@ pub fn path(host: &Host) -> PathBuf {
 /// creating the runtime directory (0755) when systemd did not. A symbolic
 /// link at the directory's name is never followed: the write fails, naming it.
 pub fn write(host: &Host, live: &Live) -> io::Result<()> {
-    let dir = fsutil::open_own_dir(&host.path(DIR), 0o755)?;
+    let path = host.path(DIR);
+    let dir = fsutil::open_own_dir(&path, 0o755)?;
     let mut text = serde_json::to_vec_pretty(live).map_err(io::Error::other)?;
     text.push(b'\n');
-    fsutil::atomic_write_at(&dir, FILE, &text, 0o644)
+    fsutil::atomic_write_at(&dir, &path, FILE, &text, 0o644)
 }
 
 /// What `status` and `check` know of the daemon.

@@ -583,6 +583,24 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_at_the_temporary_name_does_not_stop_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let temp = host
+            .state_dir()
+            .join(format!(".{FILE_NAME}.portd-tmp-{}", std::process::id()));
+        std::fs::create_dir(&temp).unwrap();
+        let s = State {
+            initial_range: Some(range(40000, 40099)),
+            ..State::default()
+        };
+        s.save(&host).unwrap();
+        assert_eq!(State::load(&host).unwrap(), s);
+        assert!(temp.is_dir());
+    }
+
+    #[test]
     fn an_oversized_state_names_the_limit_and_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let host = Host::new(dir.path());

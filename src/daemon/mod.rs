@@ -277,6 +277,12 @@ impl Daemon {
         poll_tick.reset_immediately();
         let mut tasks = Tasks::default();
         loop {
+            // A SIGTERM that arrived while the loop was busy (a stalled
+            // write) is seen by tokio only once the loop waits again; a
+            // ready poll timer would win that race and start another poll.
+            if shutdown::requested() {
+                break;
+            }
             let limit = self.census_limit(watchdog);
             let deadline = tasks
                 .census

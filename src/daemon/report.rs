@@ -519,8 +519,13 @@ impl Report {
         }
     }
 
-    /// The end of every poll: the metrics file and the live view.
+    /// The end of every poll: the metrics file and the live view. After
+    /// SIGTERM neither is written: each is a write that can stall as long
+    /// as the disk does, and both are rebuilt by the next run.
     pub fn publish(&mut self, poll: &Poll<'_>) {
+        if crate::shutdown::requested() {
+            return;
+        }
         self.metrics(poll);
         self.live(poll);
     }

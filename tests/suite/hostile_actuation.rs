@@ -247,3 +247,66 @@ fn a_missing_root_is_a_usage_error_naming_the_path() {
         "nothing was created under the missing root"
     );
 }
+
+/// How long each rename of portd's atomic writes takes in
+/// [`sigterm_during_a_stalled_write_adds_little_to_the_stall`].
+const STALL: Duration = Duration::from_secs(3);
+
+#[test]
+fn sigterm_during_a_stalled_write_adds_little_to_the_stall() {
+    const TEST: &str = "sigterm_during_a_stalled_write_adds_little_to_the_stall";
+    const TRACE: &str = "/run/strace.txt";
+    if !have_root(TEST) {
+        return;
+    }
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "{TEST} needs strace");
+        eprintln!("SKIP (needs strace): {TEST}");
+        return;
+    }
+    let ns = Ns::start(&default_mounts(), "40000 40099", "");
+    let mut daemon = ns.start_daemon();
+    daemon.wait_line(&["ready:"], Duration::from_secs(5));
+    // Every rename portd makes (the live view's each poll, the state's, the
+    // drop-in's) takes STALL, as on a stalled disk.
+    let mut strace = ns
+        .command("strace")
+        .args(["-f", "-o", TRACE, "-e", "trace=rename,renameat,renameat2"])
+        .arg(format!(
+            "-einject=rename,renameat,renameat2:delay_enter={}s",
+            STALL.as_secs()
+        ))
+        .arg("-p")
+        .arg(daemon.pid().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says "Process N attached" once it traces portd; the live view
+    // is renamed every poll (200 ms), so one is stalled a second later.
+    let mut attached = std::io::BufReader::new(strace.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut attached, &mut line).unwrap();
+    assert!(line.contains("attached"), "strace: {line}");
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = std::time::Instant::now();
+    daemon.signal(Signal::TERM);
+    let exited = wait_for("portd to exit", Duration::from_secs(20), || {
+        (!daemon.running()).then(std::time::Instant::now)
+    });
+    let took = exited - sent;
+    let _ = strace.wait();
+    let stderr = daemon.stderr();
+    let trace = ns.read_file(TRACE).unwrap_or_default();
+    eprintln!("portd stopped {took:?} after SIGTERM");
+    assert!(
+        took < STALL + Duration::from_millis(500),
+        "portd took {took:?} to stop after SIGTERM, more than the stalled rename in progress \
+         ({STALL:?}) and half a second; renames:\n{trace}\nstderr:\n{stderr}"
+    );
+}

@@ -673,6 +673,23 @@ fn load_reads_a_safe_file() {
 }
 
 #[test]
+fn a_policy_over_the_size_limit_says_the_limit_and_what_to_do() {
+    let comment: String = (0..20_000)
+        .map(|i| format!("# note {i}: why this host's proxy needs what it needs\n"))
+        .collect();
+    let file = policy_file(&format!("{comment}[widen]\nmode = \"advise\"\n"), 0o644);
+    let error = load(file.path()).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!("{}: the policy file is ", file.path().display()))
+            && error.contains("more than the 1048576 (1 MiB) portd reads")
+            && error.contains("comment"),
+        "{error}"
+    );
+    let just_under = policy_file(&" ".repeat(1024 * 1024), 0o644);
+    assert_eq!(load(just_under.path()).unwrap(), Policy::default());
+}
+
+#[test]
 fn missing_file_gives_the_defaults_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("portd.toml");

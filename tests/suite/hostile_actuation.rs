@@ -73,6 +73,12 @@ fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
     );
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(ns.range(), "40000 40099", "widened at runtime only");
+    let status = ns.portd(&["status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("mode auto (widening held: foreign-dropin)"),
+        "{status}"
+    );
 
     ns.sh(&format!("mv {DROPIN} /etc/sysctl.d/60-portd.conf.admin"));
     daemon.signal(Signal::HUP);

@@ -21,6 +21,11 @@ fn listeners_in_the_range_do_not_stop_the_widening() {
     // 8 of the 10 ports the listeners leave: 80 %.
     let (ports, err) = ns.connect(8);
     assert_eq!((ports.len(), err), (8, None));
+    // check --plan judges as the daemon does.
+    let out = ns.portd(&["check", "--plan", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["plan"]["action"]["kind"], "apply", "{report:#}");
+    assert!(!report.to_string().contains("fewer than"), "{report:#}");
 
     let mut daemon = ns.start_daemon();
     daemon.wait_line(

@@ -188,7 +188,7 @@ pub fn run(
         );
     }
     if opts.plan {
-        let (decision, remedies) = plan_now(scan.as_ref(), &policy, &state, &usage);
+        let (decision, remedies) = plan_now(host, scan.as_ref(), &policy, &state, &usage);
         report.plan = Some(decision);
         report.remedies = remedies;
     }
@@ -319,6 +319,7 @@ fn usage_findings(usage: &usage::Usage, report: &mut Report) {
 /// What the daemon would do on a poll now, with the level already held,
 /// and the remedies at the warning level or above.
 fn plan_now(
+    host: &Host,
     scan: Option<&Scan>,
     policy: &Policy,
     state: &State,
@@ -337,7 +338,10 @@ fn plan_now(
         None,
         state.yielded.as_ref().map(|y| y.reason.as_str()),
     );
-    let observation = Observation::from_usage(usage);
+    let observation = Observation {
+        foreign_dropin: actuator::foreign_dropin(host, policy.persist, &policy.dropin_name),
+        ..Observation::from_usage(usage)
+    };
     let inputs = Inputs {
         observation: &observation,
         policy,
@@ -472,8 +476,8 @@ fn reservations_in_span(
     let reserved = settings
         .reserved_ports
         .union(&keep_out.intersection_of(&span));
-    let now = planner::usable_ports(range, &settings.reserved_ports);
-    let widest_usable = planner::usable_ports(widest, &reserved);
+    let now = planner::usable_ports(range, &settings.reserved_ports, listening);
+    let widest_usable = planner::usable_ports(widest, &reserved, listening);
     if widest_usable == now && widest != range {
         report.add(
             Severity::Warning,

@@ -140,6 +140,9 @@ pub fn main() -> ExitCode {
             return exit.into();
         }
     };
+    if let Some(exit) = missing_root(&cli) {
+        return exit.into();
+    }
     run(cli)
 }
 
@@ -314,6 +317,35 @@ pub fn note_closed_stdout() {
     let closed = rustix::io::fcntl_getfd(std::io::stdout().as_fd())
         .is_err_and(|e| e == rustix::io::Errno::BADF);
     STDOUT_WAS_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `--root` (or `PORTD_ROOT`) that is not a directory is a usage error, said
+/// before anything is read under it: a missing fixture tree must not look
+/// like a host with nothing to roll back. `status` and `check` answer with
+/// the plugin's UNKNOWN (3), `run` and `rollback` with 2.
+fn missing_root(cli: &Cli) -> Option<Exit> {
+    let why = match std::fs::metadata(&cli.root) {
+        Ok(m) if m.is_dir() => return None,
+        Ok(_) => "not a directory".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let error = format!(
+        "--root {}: {why}; give the directory under which /proc, /etc and /var/lib are \
+         found (/ for this host)",
+        cli.root.display()
+    );
+    Some(match &cli.command {
+        Command::Status { json, .. } => print(status::unknown(&error, *json)),
+        Command::Check { .. } => {
+            eprintln!("portd check: {error}");
+            Exit::Unknown
+        }
+        Command::Run { .. } | Command::Rollback { .. } => {
+            eprintln!("portd: {error}");
+            Exit::Critical
+        }
+        Command::Completions { .. } => return None,
+    })
 }
 
 fn print(outcome: status::Outcome) -> Exit {

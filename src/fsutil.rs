@@ -26,31 +26,124 @@ fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Opens `dir`, which must be a directory itself and not a symbolic link
+/// to one (the last component is never followed), creating it with `mode`
+/// when it is missing: for a directory portd owns, such as its runtime
+/// directory, where a link could send its files elsewhere.
+pub fn open_own_dir(dir: &Path, mode: u32) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let mut created = false;
+    if let Err(e) = std::fs::symlink_metadata(dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => created = true,
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link or not a directory; portd writes there only into a \
+                 directory of its own (remove it: portd creates it, mode 0755)",
+                dir.display()
+            ),
+        ),
+        e => e.into(),
+    })?;
+    if created {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?; // not subject to umask
+    }
+    Ok(fd)
+}
+
 /// Replaces `dir/name` with `contents` atomically, with permissions `mode`.
 pub fn atomic_write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dirfd = open_dir(dir)?;
-    let tmp = temp_name(name);
-    // A temp file left by a killed earlier run of this pid is stale.
-    let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
-    let fd = rustix::fs::openat(
-        &dirfd,
-        tmp.as_str(),
-        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(mode),
-    )?;
+    atomic_write_at(&open_dir(dir)?, dir, name, contents, mode)
+}
+
+/// Temporary names tried, one after the other, when something that cannot
+/// be removed (a directory) sits at the first.
+const TEMP_ATTEMPTS: u32 = 5;
+
+/// [`atomic_write`] into a directory already opened ([`open_own_dir`]);
+/// `dir` names it in errors.
+pub fn atomic_write_at(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    let (fd, tmp) = create_temp(dirfd, dir, name, mode)?;
     let result = (|| -> io::Result<()> {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?; // not subject to umask
         let mut file = File::from(fd);
         file.write_all(contents)?;
         file.sync_all()?;
-        rustix::fs::renameat(&dirfd, tmp.as_str(), &dirfd, name)?;
-        rustix::fs::fsync(&dirfd)?;
+        rustix::fs::renameat(dirfd, tmp.as_str(), dirfd, name)?;
+        rustix::fs::fsync(dirfd)?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
     }
     result
+}
+
+/// Creates the temporary file beside `name`: a stale one of this pid is
+/// removed first; a directory or anything else that stays there is left
+/// alone and the next name is tried. The error names the last name tried.
+fn create_temp(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    mode: u32,
+) -> io::Result<(OwnedFd, String)> {
+    let mut attempt = 0;
+    loop {
+        let tmp = match attempt {
+            0 => temp_name(name),
+            n => format!("{}.{n}", temp_name(name)),
+        };
+        // A temp file left by a killed earlier run of this pid is stale.
+        let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
+        match rustix::fs::openat(
+            dirfd,
+            tmp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        ) {
+            Ok(fd) => return Ok((fd, tmp)),
+            Err(rustix::io::Errno::EXIST) if attempt + 1 < TEMP_ATTEMPTS => attempt += 1,
+            Err(e) => {
+                let e = io::Error::from(e);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create the temporary file {}: {e}{}",
+                        dir.join(&tmp).display(),
+                        if attempt > 0 {
+                            " (the names before it are taken too; remove what is there)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// Removes `dir/name` (not following symlinks) and makes the removal durable.
@@ -205,6 +298,70 @@ impl WriterLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_at_portds_own_directory_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let own = dir.path().join("run/portd");
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &own).unwrap();
+        let e = open_own_dir(&own, 0o755).unwrap_err().to_string();
+        assert!(
+            e.contains(&own.display().to_string()) && e.contains("symbolic link"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_missing_own_directory_is_created_0755_and_written_into() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("run/portd");
+        let fd = open_own_dir(&own, 0o755).unwrap();
+        let meta = std::fs::symlink_metadata(&own).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        atomic_write_at(&fd, &own, "live.json", b"{}", 0o644).unwrap();
+        assert_eq!(std::fs::read(own.join("live.json")).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn a_directory_at_the_temporary_name_is_stepped_around_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join(temp_name("state.json"));
+        std::fs::create_dir(&blocker).unwrap();
+        atomic_write(dir.path(), "state.json", b"{}\n", 0o644).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("state.json")).unwrap(),
+            b"{}\n"
+        );
+        assert!(blocker.is_dir(), "the directory is not portd's to remove");
+    }
+
+    #[test]
+    fn when_every_temporary_name_is_taken_the_error_names_the_temporary_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut last = PathBuf::new();
+        for n in 0..TEMP_ATTEMPTS {
+            let name = match n {
+                0 => temp_name("state.json"),
+                n => format!("{}.{n}", temp_name("state.json")),
+            };
+            last = dir.path().join(name);
+            std::fs::create_dir(&last).unwrap();
+        }
+        let e = atomic_write(dir.path(), "state.json", b"{}\n", 0o644)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("temporary file {}", last.display())),
+            "{e}"
+        );
+        assert!(!dir.path().join("state.json").exists());
+    }
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {

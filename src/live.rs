@@ -25,7 +25,6 @@
 
 use std::fmt;
 use std::io;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -258,18 +257,14 @@ pub fn path(host: &Host) -> PathBuf {
 }
 
 /// Writes the live view atomically (mode 0644: `status` runs as any user),
-/// creating the runtime directory (0755) when systemd did not.
+/// creating the runtime directory (0755) when systemd did not. A symbolic
+/// link at the directory's name is never followed: the write fails, naming it.
 pub fn write(host: &Host, live: &Live) -> io::Result<()> {
-    let dir = host.path(DIR);
-    if !dir.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)?;
-    }
+    let path = host.path(DIR);
+    let dir = fsutil::open_own_dir(&path, 0o755)?;
     let mut text = serde_json::to_vec_pretty(live).map_err(io::Error::other)?;
     text.push(b'\n');
-    fsutil::atomic_write(&dir, FILE, &text, 0o644)
+    fsutil::atomic_write_at(&dir, &path, FILE, &text, 0o644)
 }
 
 /// What `status` and `check` know of the daemon.

@@ -13,6 +13,10 @@ use crate::policy::{Floor, Policy};
 use crate::ports::{PortRange, PortSet, Ratio};
 use crate::usage::{Headline, Usage};
 
+#[path = "planner_blocked.rs"]
+mod blocked;
+pub use blocked::{Blocked, ForeignDropin, Pin};
+
 /// What the planner needs from a census.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
@@ -22,6 +26,10 @@ pub struct Observation {
     /// Every listening TCP port.
     pub listening: PortSet,
     pub headline: Headline,
+    /// A file portd did not write at the drop-in's name (with persistence
+    /// on): a change would not survive a reboot. Set by the caller that
+    /// persists (the daemon in its own namespace, `check`).
+    pub foreign_dropin: Option<ForeignDropin>,
 }
 
 impl Observation {
@@ -32,6 +40,7 @@ impl Observation {
             unprivileged_port_start: usage.settings.unprivileged_port_start,
             listening: usage.listening_ports.clone(),
             headline: usage.headline.clone(),
+            foreign_dropin: None,
         }
     }
 }
@@ -86,15 +95,6 @@ pub struct History {
     pub alert: AlertState,
 }
 
-/// A sysctl.d file that sets the range or the reserved ports after portd's
-/// drop-in, so a change would not survive a reboot. `value` names the key:
-/// `net.ipv4.ip_local_reserved_ports = 40010`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Pin {
-    pub file: String,
-    pub value: String,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
     pub from: PortRange,
@@ -117,82 +117,6 @@ impl std::fmt::Display for Plan {
             write!(f, " (reserving {} first)", self.newly_reserved)?;
         }
         Ok(())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Blocked {
-    /// `mode = "advise"` (or `--dry-run`): the plan is what would be done.
-    Advise,
-    /// The range already spans floor..ceiling (as far as parity allows).
-    AtBound,
-    /// The current range lies outside the policy's floor/ceiling: the admin's
-    /// range is left alone.
-    OutsideBounds,
-    Cooldown {
-        remaining_secs: u64,
-    },
-    ChangeCap {
-        per_hour: u32,
-    },
-    /// Someone else changed the values portd wrote.
-    Yielded {
-        reason: String,
-    },
-    PinnedBy {
-        pin: Pin,
-    },
-    /// The state file cannot be read, so the original values could not be
-    /// recorded before a write.
-    StateUnreadable {
-        reason: String,
-    },
-    /// The plan would leave fewer ports that `connect()` can use (range
-    /// minus reserved) than there are now: reserving what the policy
-    /// protects, or what listens, costs more than the growth brings.
-    FewerUsablePorts {
-        before: u32,
-        after: u32,
-    },
-}
-
-impl std::fmt::Display for Blocked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Blocked::Advise => f.write_str("advise mode: nothing is written"),
-            Blocked::AtBound => {
-                f.write_str("the range already reaches the policy's floor and ceiling")
-            }
-            Blocked::OutsideBounds => f.write_str(
-                "the current range lies outside the policy's floor/ceiling; portd leaves it alone",
-            ),
-            Blocked::Cooldown { remaining_secs } => {
-                write!(f, "cooldown: next change allowed in {remaining_secs}s")
-            }
-            Blocked::ChangeCap { per_hour } => {
-                write!(
-                    f,
-                    "change cap reached ({per_hour} changes in the last hour)"
-                )
-            }
-            Blocked::Yielded { reason } => write!(f, "yielded to the admin: {reason}"),
-            Blocked::PinnedBy { pin } => write!(
-                f,
-                "{} sets {} after portd's drop-in; a change would not survive a reboot",
-                pin.file, pin.value
-            ),
-            Blocked::StateUnreadable { reason } => write!(
-                f,
-                "the state file cannot be read ({reason}), so the original values cannot be recorded: portd only advises until it is fixed or moved aside"
-            ),
-            Blocked::FewerUsablePorts { before, after } => write!(
-                f,
-                "it would leave {after} usable ephemeral port(s) (range minus reserved), fewer than \
-                 the {before} now: the ports it must reserve (widen.protected, listening services) \
-                 cover the span; narrow widen.protected (`portd check` shows it)"
-            ),
-        }
     }
 }
 
@@ -509,8 +433,8 @@ fn widen_or_hold(inputs: &Inputs<'_>, overrode: &mut Option<String>) -> Action {
     };
     // A wider range that hands out fewer ports causes the exhaustion it is
     // meant to prevent (every port reserved: every connect() fails).
-    let before = usable_ports(obs.range, &obs.reserved);
-    let after = usable_ports(plan.to, &plan.reserved);
+    let before = usable_ports(obs.range, &obs.reserved, &obs.listening);
+    let after = usable_ports(plan.to, &plan.reserved, &obs.listening);
     if after < before {
         return hold(Blocked::FewerUsablePorts { before, after });
     }
@@ -522,6 +446,11 @@ fn widen_or_hold(inputs: &Inputs<'_>, overrode: &mut Option<String>) -> Action {
     }
     if let Some(pin) = inputs.pin {
         return hold(Blocked::PinnedBy { pin: pin.clone() });
+    }
+    if let Some(dropin) = &obs.foreign_dropin {
+        return hold(Blocked::ForeignDropin {
+            dropin: dropin.clone(),
+        });
     }
     match inputs.authority {
         Authority::Advise(Why::Policy | Why::DryRun) => return hold(Blocked::Advise),
@@ -586,9 +515,10 @@ fn waiting(inputs: &Inputs<'_>) -> Option<(Duration, Blocked)> {
 }
 
 /// Ports of `range` that `connect()` can be handed: the range minus the
-/// reserved ports (kernel.md §2).
-pub fn usable_ports(range: PortRange, reserved: &PortSet) -> u32 {
-    range.len() - reserved.count_in(range)
+/// reserved ports minus the ports held by listening (or bound) sockets
+/// (kernel.md §2), whether or not they are reserved yet.
+pub fn usable_ports(range: PortRange, reserved: &PortSet, listening: &PortSet) -> u32 {
+    range.len() - reserved.union(listening).count_in(range)
 }
 
 /// Where the policy lets the range go: `floor..=ceiling`. The floor is the
@@ -670,7 +600,14 @@ fn widen(obs: &Observation, policy: &Policy, bounds: Bounds, demand: u64) -> Opt
     let free = |p: u16| u64::from(!blocked.contains(p));
 
     let used = obs.headline.used.max(demand).max(1);
-    let needed = (used as f64 / policy.target.fraction()).ceil() as u64;
+    let mut needed = (used as f64 / policy.target.fraction()).ceil() as u64;
+    if obs.headline.capacity == 0 {
+        // Listeners hold every port the range leaves free, so nothing is in
+        // use to size the plan from: give back what they took (the range
+        // minus the reserved ports, as the admin set it).
+        let nominal = u64::from(obs.range.len() - obs.reserved.count_in(obs.range));
+        needed = needed.max(nominal);
+    }
     let (mut low, mut high) = (obs.range.low(), obs.range.high());
     let mut capacity: u64 = (low..=high).map(free).sum();
     while capacity < needed && high < ceiling {

@@ -150,6 +150,7 @@ fn case() -> impl Strategy<Value = Case> {
                         capacity,
                         cause: Cause::Idle,
                     },
+                    foreign_dropin: None,
                 };
                 Case {
                     obs,
@@ -366,8 +367,8 @@ proptest! {
             c.policy.protected.push(PortRange::new(low, low.saturating_add(width)).unwrap());
         }
         if let Action::Apply { plan: p } = decide(&c).action {
-            let before = usable_ports(c.obs.range, &c.obs.reserved);
-            let after = usable_ports(p.to, &p.reserved);
+            let before = usable_ports(c.obs.range, &c.obs.reserved, &c.obs.listening);
+            let after = usable_ports(p.to, &p.reserved, &c.obs.listening);
             prop_assert!(after >= before, "{p}: {after} usable ports after, {before} before");
         }
     }
@@ -444,6 +445,7 @@ fn simple(used: u64) -> Case {
                 capacity: 100,
                 cause: Cause::Idle,
             },
+            foreign_dropin: None,
         },
         policy: Policy {
             hold: Duration::ZERO,
@@ -952,4 +954,88 @@ fn a_load_beyond_the_bounds_is_confirmed_now_at_low_usage_and_named() {
     let d = decide_forecast(&c, &fits);
     assert!(d.unfit.is_none());
     assert_eq!(d.alert.level, Level::Ok);
+}
+
+/// 90 of the 100 ports of 40000-40099 listened on, `used` of the other 10
+/// in use towards one destination.
+fn crowded(listeners: u16, used: u64) -> Case {
+    let mut c = simple(used);
+    c.obs
+        .listening
+        .insert_range(PortRange::new(40000, 40000 + listeners - 1).unwrap());
+    let capacity = 100 - u64::from(listeners);
+    c.obs.headline = Headline {
+        usage: if capacity == 0 {
+            Ratio::FULL
+        } else {
+            Ratio::of(used, capacity)
+        },
+        used,
+        capacity,
+        cause: Cause::Idle,
+    };
+    c
+}
+
+#[test]
+fn listeners_crowding_the_range_do_not_stop_the_widening() {
+    let c = crowded(90, 8);
+    let d = decide(&c);
+    let Action::Apply { plan: p } = &d.action else {
+        panic!("{:?}", d.action)
+    };
+    // 8 used / 25 % target = 32 ports connect() can use, the 90 listeners
+    // reserved (they were never usable).
+    let after = usable_ports(p.to, &p.reserved, &c.obs.listening);
+    assert!(after >= 32, "{p}: {after} usable after");
+    assert!(p.reserved.count_in(p.to) >= 90, "{p}");
+    assert!(p.reaches_target, "{p}");
+}
+
+#[test]
+fn a_range_every_free_port_of_which_is_listened_on_gets_back_what_the_listeners_took() {
+    let c = crowded(100, 0);
+    let d = decide(&c);
+    let Action::Apply { plan: p } = &d.action else {
+        panic!("{:?}", d.action)
+    };
+    let after = usable_ports(p.to, &p.reserved, &c.obs.listening);
+    assert!(after >= 100, "{p}: {after} usable after, the range had 100");
+}
+
+#[test]
+fn usable_ports_leave_out_listeners_whether_reserved_or_not() {
+    let range = PortRange::new(40000, 40099).unwrap();
+    let mut reserved = PortSet::new();
+    reserved.insert_range(PortRange::new(40000, 40009).unwrap());
+    let mut listening = PortSet::new();
+    listening.insert_range(PortRange::new(40005, 40019).unwrap());
+    listening.insert(50000);
+    assert_eq!(usable_ports(range, &reserved, &listening), 80);
+}
+
+#[test]
+fn a_foreign_file_at_the_dropin_name_holds_the_widening_with_the_reason() {
+    let mut c = simple(60);
+    let dropin = ForeignDropin {
+        path: "/etc/sysctl.d/60-portd.conf".into(),
+        why: "it does not start with portd's header".into(),
+    };
+    c.obs.foreign_dropin = Some(dropin.clone());
+    let d = decide(&c);
+    let Action::Hold {
+        plan: Some(_),
+        reason,
+    } = &d.action
+    else {
+        panic!("{:?}", d.action)
+    };
+    assert_eq!(*reason, Blocked::ForeignDropin { dropin });
+    let text = reason.to_string();
+    assert!(
+        text.contains("/etc/sysctl.d/60-portd.conf is not portd's drop-in")
+            && text.contains("would not survive a reboot")
+            && text.contains("persist.file"),
+        "{text}"
+    );
 }

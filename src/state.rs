@@ -14,11 +14,12 @@ use crate::planner::{self, AlertState, History, Plan};
 use crate::ports::{PortRange, PortSet};
 
 /// Bumped when the meaning of a field changes; a newer file is refused
-/// rather than misread. Version 2 added `pending` and `dropin`.
-pub const FORMAT_VERSION: u32 = 2;
-/// The previous format, still read: it is version 2 without `pending` and
-/// `dropin` (tests/fixtures/state/v1.json).
-const PREVIOUS_FORMAT_VERSION: u32 = 1;
+/// rather than misread. Version 2 added `pending` and `dropin`, version 3
+/// `admin`.
+pub const FORMAT_VERSION: u32 = 3;
+/// The previous formats, still read: each is the next one without the
+/// fields it lacks (tests/fixtures/state/v1.json, v2.json).
+const PREVIOUS_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 const FILE_NAME: &str = "state.json";
 const HISTORY_LEN: usize = 50;
 
@@ -80,6 +81,12 @@ pub struct State {
     /// one it may rewrite or remove (version 1 states did not record it).
     #[serde(default)]
     pub dropin: Option<String>,
+    /// The values an administrator set after portd's first change, as
+    /// portd found them when it yielded to that change: once portd widens
+    /// over them (after a reload), rollback restores these, not
+    /// `original` (that only with --force). The admin's own change is kept.
+    #[serde(default)]
+    pub admin: Option<Values>,
     /// Reserved ports portd added (rollback removes only these).
     pub added_reserved: PortSet,
     pub changes: Vec<Change>,
@@ -96,6 +103,7 @@ impl Default for State {
             last_written: None,
             pending: None,
             dropin: None,
+            admin: None,
             added_reserved: PortSet::new(),
             changes: Vec::new(),
             yielded: None,
@@ -132,33 +140,76 @@ impl State {
         let text = match fsutil::read_regular_text(&path, STATE_MAX_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(StateError::Invalid {
+                    path,
+                    message: format!(
+                        "{e} (1 MiB); an older portd may have saved it so: move it aside \
+                         to start afresh (rollback then no longer knows the original values)"
+                    ),
+                });
+            }
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        parse(&path, &text)
+        let mut state = parse(&path, &text)?;
+        state.trim_history();
+        Ok(state)
     }
 
+    /// The text [`State::save`] writes: compact JSON, the oldest changes
+    /// dropped until it fits the size [`State::load`] reads back, or an
+    /// error when even the state without history would not.
+    fn trimmed_text(&mut self, path: &Path) -> Result<String, StateError> {
+        self.trim_history();
+        loop {
+            let mut text = serde_json::to_string(self).map_err(|e| StateError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            text.push('\n');
+            if text.len() as u64 <= STATE_MAX_BYTES {
+                return Ok(text);
+            }
+            if self.changes.is_empty() {
+                return Err(StateError::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "not saved: it would be {} bytes, more than the {STATE_MAX_BYTES} \
+                         (1 MiB) portd reads back",
+                        text.len()
+                    ),
+                });
+            }
+            let half = self.changes.len().div_ceil(2);
+            self.changes.drain(..half);
+        }
+    }
+
+    /// Keeps the newest [`HISTORY_LEN`] changes.
+    fn trim_history(&mut self) {
+        if self.changes.len() > HISTORY_LEN {
+            let excess = self.changes.len() - HISTORY_LEN;
+            self.changes.drain(..excess);
+        }
+    }
+
+    /// Saves the state compactly; a history too long to be read back is
+    /// trimmed in the copy saved (the oldest changes first).
     pub fn save(&self, host: &Host) -> Result<(), StateError> {
         let dir = host.state_dir();
         let io = |source| StateError::Io {
             path: dir.join(FILE_NAME),
             source,
         };
+        let text = self.clone().trimmed_text(&dir.join(FILE_NAME))?;
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut text = serde_json::to_string_pretty(self).map_err(|e| StateError::Invalid {
-            path: dir.join(FILE_NAME),
-            message: e.to_string(),
-        })?;
-        text.push('\n');
         fsutil::remove_stale_temps(&dir, FILE_NAME);
         fsutil::atomic_write(&dir, FILE_NAME, text.as_bytes(), 0o644).map_err(io)
     }
 
     pub fn record_change(&mut self, change: Change) {
         self.changes.push(change);
-        if self.changes.len() > HISTORY_LEN {
-            let excess = self.changes.len() - HISTORY_LEN;
-            self.changes.drain(..excess);
-        }
+        self.trim_history();
     }
 
     /// Treats every stored time later than `now` as `now` (planner::not_after),
@@ -251,6 +302,7 @@ impl State {
     /// state, the history and the first range found stay.
     pub fn rolled_back(&mut self) {
         self.original = None;
+        self.admin = None;
         self.last_written = None;
         self.dropin = None;
         self.added_reserved = PortSet::new();
@@ -262,8 +314,23 @@ impl State {
     /// (`live`) become the baseline it compares against.
     pub fn yield_to(&mut self, live: Values, reason: String, at: SystemTime) {
         self.yielded = Some(Yield { at, reason });
+        if self.original.is_some() {
+            self.admin = Some(live.clone());
+        }
         if let Some(w) = &mut self.last_written {
             w.values = live;
+        }
+    }
+
+    /// What rollback restores: the values an administrator set after
+    /// portd's first change when portd has widened over them since (with
+    /// `force`, a yield still in force, or no such change: the values
+    /// portd first found). None when portd changed nothing.
+    pub fn rollback_target(&self, force: bool) -> Option<Values> {
+        let original = self.original.clone()?;
+        match &self.admin {
+            Some(admin) if !force && self.yielded.is_none() => Some(admin.clone()),
+            _ => Some(original),
         }
     }
 
@@ -306,9 +373,9 @@ fn parse(path: &Path, text: &str) -> Result<State, StateError> {
             "not a portd state file ({e}); move it aside to start afresh"
         ))
     })?;
-    if v.format_version != FORMAT_VERSION && v.format_version != PREVIOUS_FORMAT_VERSION {
+    if v.format_version != FORMAT_VERSION && !PREVIOUS_FORMAT_VERSIONS.contains(&v.format_version) {
         return Err(invalid(format!(
-            "format_version {} is not {PREVIOUS_FORMAT_VERSION} or {FORMAT_VERSION}, the ones this portd understands; use the portd that wrote it",
+            "format_version {} is not one of {PREVIOUS_FORMAT_VERSIONS:?} or {FORMAT_VERSION}, the ones this portd understands; use the portd that wrote it",
             v.format_version
         )));
     }
@@ -336,7 +403,8 @@ mod tests {
         assert_eq!(State::load(&host).unwrap(), s);
         let text = std::fs::read_to_string(State::path(&host))
             .unwrap()
-            .replace("\"format_version\": 2", "\"format_version\": 9");
+            .replace("\"format_version\":3", "\"format_version\":9")
+            .replace("\"format_version\": 3", "\"format_version\": 9");
         std::fs::write(State::path(&host), text).unwrap();
         let err = State::load(&host).unwrap_err().to_string();
         assert!(
@@ -408,8 +476,155 @@ mod tests {
         assert_eq!(s.changes.len(), 1);
         s.save(&host).unwrap();
         let text = std::fs::read_to_string(State::path(&host)).unwrap();
-        assert!(text.contains("\"format_version\": 2"), "{text}");
+        assert!(text.contains("\"format_version\":3"), "{text}");
         assert_eq!(State::load(&host).unwrap(), s);
+    }
+
+    /// Every other port of 1024-65535: the longest text a port set has.
+    fn sparse_ports() -> PortSet {
+        let mut set = PortSet::new();
+        for p in (1024..=65535u16).step_by(2) {
+            set.insert(p);
+        }
+        set
+    }
+
+    fn change_reserving(reserved_added: PortSet, secs: u64) -> Change {
+        Change {
+            at: at(secs),
+            from: range(40000, 40099),
+            to: range(40000, 40181),
+            reserved_added,
+            reason: format!("change at {secs}"),
+        }
+    }
+
+    #[test]
+    fn a_state_is_saved_compactly_within_what_load_reads_back_keeping_the_newest_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        let s = State {
+            changes: (0..HISTORY_LEN as u64)
+                .map(|i| change_reserving(sparse_ports(), i))
+                .collect(),
+            ..State::default()
+        };
+        assert!(
+            serde_json::to_string_pretty(&s).unwrap().len() as u64 > STATE_MAX_BYTES,
+            "the case must be over the limit as it was saved before"
+        );
+        s.save(&host).unwrap();
+        let size = std::fs::metadata(State::path(&host)).unwrap().len();
+        assert!(size <= STATE_MAX_BYTES, "{size} bytes saved");
+        let loaded = State::load(&host).unwrap();
+        assert!(!loaded.changes.is_empty() && loaded.changes.len() < HISTORY_LEN);
+        assert_eq!(
+            loaded.changes.last().unwrap().reason,
+            format!("change at {}", HISTORY_LEN - 1),
+            "the newest change is kept"
+        );
+        let text = std::fs::read_to_string(State::path(&host)).unwrap();
+        assert_eq!(text.lines().count(), 1, "compact, one line");
+    }
+
+    #[test]
+    fn a_long_history_is_trimmed_on_load_and_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let s = State {
+            changes: (0..500)
+                .map(|i| change_reserving(PortSet::new(), i))
+                .collect(),
+            ..State::default()
+        };
+        std::fs::write(State::path(&host), serde_json::to_string(&s).unwrap()).unwrap();
+        let loaded = State::load(&host).unwrap();
+        assert_eq!(loaded.changes.len(), HISTORY_LEN);
+        assert_eq!(loaded.changes[0].reason, "change at 450");
+        s.save(&host).unwrap();
+        assert_eq!(State::load(&host).unwrap().changes.len(), HISTORY_LEN);
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_read_back_is_not_saved_and_the_old_file_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        State::default().save(&host).unwrap();
+        let before = std::fs::read(State::path(&host)).unwrap();
+        let values = Values {
+            range: range(1024, 65535),
+            reserved: sparse_ports(),
+        };
+        // Sets a few times the longest a port set can print: beyond 1 MiB
+        // even without a history.
+        let mut s = State {
+            original: Some(values.clone()),
+            admin: Some(values.clone()),
+            added_reserved: sparse_ports(),
+            ..State::default()
+        };
+        s.last_written = Some(Written {
+            values: values.clone(),
+            at: at(1),
+            persisted: true,
+        });
+        s.pending = Some(Pending {
+            values,
+            newly_reserved: sparse_ports(),
+            at: at(1),
+        });
+        let e = s.save(&host).unwrap_err().to_string();
+        assert!(
+            e.contains("state.json") && e.contains("not saved") && e.contains("1 MiB"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(State::path(&host)).unwrap(), before);
+    }
+
+    #[test]
+    fn a_directory_at_the_temporary_name_does_not_stop_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let temp = host
+            .state_dir()
+            .join(format!(".{FILE_NAME}.portd-tmp-{}", std::process::id()));
+        std::fs::create_dir(&temp).unwrap();
+        let s = State {
+            initial_range: Some(range(40000, 40099)),
+            ..State::default()
+        };
+        s.save(&host).unwrap();
+        assert_eq!(State::load(&host).unwrap(), s);
+        assert!(temp.is_dir());
+    }
+
+    #[test]
+    fn an_oversized_state_names_the_limit_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        std::fs::write(State::path(&host), " ".repeat(2 << 20)).unwrap();
+        let e = State::load(&host).unwrap_err().to_string();
+        assert!(e.contains("1 MiB") && e.contains("move it aside"), "{e}");
+    }
+
+    #[test]
+    fn version_2_state_loads_without_an_admins_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let v2 = include_str!("../tests/fixtures/state/v2.json");
+        std::fs::write(State::path(&host), v2).unwrap();
+        let s = State::load(&host).unwrap();
+        assert_eq!(s.format_version, FORMAT_VERSION);
+        assert_eq!(s.dropin.as_deref(), Some("60-portd.conf"));
+        assert_eq!(s.admin, None);
+        assert_eq!(
+            s.rollback_target(false).map(|v| v.range),
+            Some(PortRange::new(40000, 40099).unwrap())
+        );
     }
 
     fn range(low: u16, high: u16) -> PortRange {
@@ -521,6 +736,45 @@ mod tests {
             Some(found()),
             "rollback still knows the originals"
         );
+    }
+
+    #[test]
+    fn rollback_keeps_the_range_an_admin_set_after_portds_first_change_unless_forced() {
+        let mut s = State::default();
+        assert_eq!(s.rollback_target(false), None, "nothing to roll back");
+        s.record_widening(found(), &widening(), at(100), "busy");
+        s.confirm_written();
+        assert_eq!(s.rollback_target(false), Some(found()));
+        let admins = Values {
+            range: range(40000, 40499),
+            reserved: ports("40120,40500"),
+        };
+        s.yield_to(
+            admins.clone(),
+            "the admin wrote 40000 40499".into(),
+            at(300),
+        );
+        assert_eq!(
+            s.rollback_target(false),
+            Some(found()),
+            "while yielded rollback refuses without --force, and --force restores the first"
+        );
+        // A reload clears the yield; portd widens over the admin's range.
+        s.yielded = None;
+        let plan = Plan {
+            from: range(40000, 40499),
+            to: range(40000, 40999),
+            reserved: ports("40120,40500"),
+            newly_reserved: PortSet::new(),
+            ..widening()
+        };
+        s.record_widening(admins.clone(), &plan, at(400), "busier");
+        s.confirm_written();
+        assert_eq!(s.original, Some(found()), "the first originals are kept");
+        assert_eq!(s.rollback_target(false), Some(admins));
+        assert_eq!(s.rollback_target(true), Some(found()));
+        s.rolled_back();
+        assert_eq!(s.admin, None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod suite {
     mod fleet_dashboard;
     mod fleet_metric_names;
     mod fleet_rules;
+    mod hostile_actuation;
     mod hostile_reads;
     mod hostile_status;
     mod output_errors;

@@ -20,7 +20,14 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
         authority: live::Authority {
             mode: a.mode_label().into(),
             advise_reason: a.reason_label().into(),
-            describe: a.describe().into(),
+            // A widening held for a reason the admin must see to (a pin, a
+            // foreign drop-in, ...) is part of the mode `status` shows.
+            describe: match poll.last.and_then(|l| l.blocked) {
+                Some(held) if held != "advise" => {
+                    format!("{} (widening held: {held})", a.describe())
+                }
+                _ => a.describe().into(),
+            },
         },
         headline: poll.last.map(|l| {
             let h = &l.usage.headline;

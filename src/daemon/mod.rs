@@ -284,6 +284,12 @@ impl Daemon {
         poll_tick.reset_immediately();
         let mut tasks = Tasks::default();
         loop {
+            // A SIGTERM that arrived while the loop was busy (a stalled
+            // write) is seen by tokio only once the loop waits again; a
+            // ready poll timer would win that race and start another poll.
+            if shutdown::requested() {
+                break;
+            }
             let limit = self.census_limit(watchdog);
             let deadline = tasks
                 .census
@@ -597,7 +603,7 @@ impl Daemon {
         }
         let time_to_exhaustion =
             forecast::soonest_exhaustion(&forecast, self.policy.tcp_pool_alerts);
-        let line = report::status_line(&usage, widened, &authority, time_to_exhaustion);
+        let line = report::status_line(&usage, widened, &authority, time_to_exhaustion, blocked);
         let remedies = decision.unfit.as_ref().map_or_else(Vec::new, |u| {
             remedy::remedies(&remedy::situation(
                 &u.forecast,
@@ -640,8 +646,16 @@ impl Daemon {
                 None
             }
         };
+        let observation = Observation {
+            foreign_dropin: actuator::foreign_dropin(
+                &self.host,
+                self.policy.persist,
+                &self.policy.dropin_name,
+            ),
+            ..Observation::from_usage(usage)
+        };
         planner::plan(&Inputs {
-            observation: &Observation::from_usage(usage),
+            observation: &observation,
             policy: &self.policy,
             history: &self.state.history(),
             pin: pin.as_ref(),

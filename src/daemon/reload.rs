@@ -55,7 +55,15 @@ impl Daemon {
         }
         let line = self.last.as_ref().map_or_else(
             || "reloaded".to_string(),
-            |l| report::status_line(&l.usage, None, &self.authority(), l.time_to_exhaustion),
+            |l| {
+                report::status_line(
+                    &l.usage,
+                    None,
+                    &self.authority(),
+                    l.time_to_exhaustion,
+                    None,
+                )
+            },
         );
         if self.report.ready {
             notify::ready(&line);

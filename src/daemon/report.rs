@@ -91,15 +91,17 @@ pub(super) struct Poll<'a> {
     pub connect_attempts: Option<u64>,
 }
 
-/// One line: headline usage, range, mode (sd_notify STATUS).
+/// One line: headline usage, range, mode (sd_notify STATUS), and why a
+/// widening the usage calls for is held (advise mode says so already).
 pub(super) fn status_line(
     usage: &Usage,
     widened: Option<PortRange>,
     authority: &Authority,
     time_to_exhaustion: Option<f64>,
+    held: Option<&str>,
 ) -> String {
     format!(
-        "usage {} ({}/{}) {}{}; range {}{}; mode {}",
+        "usage {} ({}/{}) {}{}; range {}{}; mode {}{}",
         usage.headline.usage,
         usage.headline.used,
         usage.headline.capacity,
@@ -107,7 +109,9 @@ pub(super) fn status_line(
         time_to_exhaustion.map_or_else(String::new, |t| format!("; runs out in {t:.0}s")),
         usage.settings.port_range,
         widened.map_or_else(String::new, |to| format!(" widened to {to}")),
-        authority.describe()
+        authority.describe(),
+        held.filter(|h| *h != "advise")
+            .map_or_else(String::new, |h| format!("; widening held: {h}")),
     )
 }
 
@@ -121,6 +125,7 @@ pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
         Blocked::ChangeCap { .. } => "change-cap",
         Blocked::Yielded { .. } => "yielded",
         Blocked::PinnedBy { .. } => "pinned",
+        Blocked::ForeignDropin { .. } => "foreign-dropin",
         Blocked::StateUnreadable { .. } => "state-unreadable",
         Blocked::FewerUsablePorts { .. } => "fewer-usable-ports",
     }
@@ -489,7 +494,13 @@ impl Report {
         if let Some(last) = poll.last {
             notify::status(&format!(
                 "{} ({why})",
-                status_line(&last.usage, None, poll.authority, last.time_to_exhaustion)
+                status_line(
+                    &last.usage,
+                    None,
+                    poll.authority,
+                    last.time_to_exhaustion,
+                    last.blocked,
+                )
             ));
         }
         self.publish(poll);
@@ -508,8 +519,13 @@ impl Report {
         }
     }
 
-    /// The end of every poll: the metrics file and the live view.
+    /// The end of every poll: the metrics file and the live view. After
+    /// SIGTERM neither is written: each is a write that can stall as long
+    /// as the disk does, and both are rebuilt by the next run.
     pub fn publish(&mut self, poll: &Poll<'_>) {
+        if crate::shutdown::requested() {
+            return;
+        }
         self.metrics(poll);
         self.live(poll);
     }

@@ -510,6 +510,11 @@ fn metrics_file_refuses_portds_own_files() {
         ("/etc/portd.toml", "policy"),
         ("/srv/policy.toml", "this policy file"),
         ("/proc/sys/net/ipv4/ip_local_port_range", "/proc"),
+        ("/run/portd/live.json", "live view"),
+        ("/run/portd//./live.json", "live view"),
+        ("/run/portd", "runtime directory"),
+        ("/run/portd/.live.json.portd-tmp-812", "temporary name"),
+        ("/run/portd/.metrics.prom.portd-tmp-9", "temporary name"),
     ] {
         let text = format!("[metrics]\nfile = {own:?}\n");
         let errors = match parse(Path::new("/srv/policy.toml"), &text) {
@@ -665,6 +670,23 @@ fn load_reads_a_safe_file() {
     let file = policy_file("[widen]\nmode = \"advise\"\n", 0o644);
     assert_eq!(load(file.path()).unwrap().mode, Mode::Advise);
     assert!(load_or_default(file.path()).unwrap().1);
+}
+
+#[test]
+fn a_policy_over_the_size_limit_says_the_limit_and_what_to_do() {
+    let comment: String = (0..20_000)
+        .map(|i| format!("# note {i}: why this host's proxy needs what it needs\n"))
+        .collect();
+    let file = policy_file(&format!("{comment}[widen]\nmode = \"advise\"\n"), 0o644);
+    let error = load(file.path()).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!("{}: the policy file is ", file.path().display()))
+            && error.contains("more than the 1048576 (1 MiB) portd reads")
+            && error.contains("comment"),
+        "{error}"
+    );
+    let just_under = policy_file(&" ".repeat(1024 * 1024), 0o644);
+    assert_eq!(load(just_under.path()).unwrap(), Policy::default());
 }
 
 #[test]

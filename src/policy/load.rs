@@ -55,7 +55,14 @@ fn read_open_file(path: &Path, file: File) -> Result<Policy, PolicyError> {
     // fstat the open file, so the file checked is the file read.
     let metadata = file.metadata().map_err(|e| cannot_read(path, &e))?;
     check_file_safety(path, &metadata, rustix::process::geteuid().as_raw())?;
-    let bytes = fsutil::read_to_limit(file, POLICY_MAX_BYTES).map_err(|e| cannot_read(path, &e))?;
+    if metadata.len() > POLICY_MAX_BYTES {
+        return Err(too_long(path, metadata.len()));
+    }
+    let bytes = fsutil::read_to_limit(file, POLICY_MAX_BYTES).map_err(|e| match e.kind() {
+        // Grew between the fstat and the read.
+        io::ErrorKind::InvalidData => too_long(path, POLICY_MAX_BYTES + 1),
+        _ => cannot_read(path, &e),
+    })?;
     parse_bytes(path, bytes)
 }
 
@@ -78,6 +85,19 @@ pub fn parse_bytes(path: &Path, bytes: Vec<u8>) -> Result<Policy, PolicyError> {
             })
         }
     }
+}
+
+/// A policy over the size limit: the limit, and what to do about it (a
+/// long comment block is the likely cause).
+fn too_long(path: &Path, len: u64) -> PolicyError {
+    PolicyError::whole_file(
+        path,
+        format!(
+            "the policy file is {len} bytes, more than the {POLICY_MAX_BYTES} (1 MiB) portd \
+             reads: shorten it, for instance by moving long comment blocks to a file beside it \
+             (a complete policy is a few KiB)"
+        ),
+    )
 }
 
 fn cannot_read(path: &Path, error: &io::Error) -> PolicyError {

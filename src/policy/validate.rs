@@ -223,8 +223,9 @@ fn protected_ranges(report: &mut Report<'_>, list: &ProtectedList) -> Vec<PortRa
 }
 
 /// What portd itself keeps at `path`, if anything: its state directory
-/// (state, lock), the sysctl.d directories (its drop-in, and files
-/// systemd-sysctl would apply), the policy, and the kernel's files.
+/// (state, lock), its live view, the sysctl.d directories (its drop-in, and
+/// files systemd-sysctl would apply), the policy, the temporary names of
+/// its atomic writes, and the kernel's files.
 fn portd_file(path: &Path, policy: &Path) -> Option<&'static str> {
     const OWN: &[(&str, &str)] = &[
         (
@@ -263,6 +264,20 @@ fn portd_file(path: &Path, policy: &Path) -> Option<&'static str> {
     let policy: PathBuf = policy.components().collect();
     if path == policy {
         return Some("this policy file");
+    }
+    if path == Path::new("/run/portd/live.json") {
+        return Some("portd's live view, which status and check read");
+    }
+    if path == Path::new("/run/portd") {
+        return Some("portd's runtime directory");
+    }
+    // fsutil's atomic writes go through `.NAME.portd-tmp-PID` beside NAME.
+    if path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && n.contains(".portd-tmp-"))
+    {
+        return Some("the temporary name of a file portd writes atomically");
     }
     OWN.iter()
         .find(|(own, _)| path.starts_with(own))

@@ -1,6 +1,6 @@
 //! portd writes and removes only a drop-in it wrote itself: an admin's file
-//! or Debian's `99-sysctl.conf` link at the drop-in's name is kept, the
-//! refusal is logged once and `check` reports it; an old drop-in is removed
+//! or Debian's `99-sysctl.conf` link at the drop-in's name is kept, portd
+//! holds (advises) with the reason logged once and `check` reports it; an old drop-in is removed
 //! when `persist.file` changes; the reserved ports are written only when
 //! portd reserved some, as the union with the other files, kept current.
 
@@ -21,32 +21,38 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Widens with `sysctl.d/<name>` taken by a file that is not portd's, and
-/// checks that it is left exactly as `listing` shows it (`ls -l` of the
-/// name and `cat` through it), before and after a rollback.
+/// Usage calls for a wider range with `sysctl.d/<name>` taken by a file
+/// that is not portd's: portd holds (a runtime change would not survive a
+/// reboot), says why once, and leaves the file exactly as `listing` shows
+/// it (`ls -l` of the name and `cat` through it), before and after a
+/// rollback.
 fn a_foreign_file_is_kept(ns: &mut Ns, name: &str) {
     let path = format!("/etc/sysctl.d/{name}");
     let listing = |ns: &mut Ns| ns.sh(&format!("ls -l {path} | cut -d' ' -f1,9-; cat {path}"));
     let before = listing(ns);
     ns.connect(45);
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
     let line = daemon.wait_line(
-        &[&format!("refusing to overwrite {path}")],
+        &[
+            "would widen ip_local_port_range 40000-40099 ->",
+            &format!("{path} is not portd's drop-in"),
+        ],
         Duration::from_secs(10),
     );
-    assert!(line.contains("will not survive a reboot"), "{line}");
+    assert!(
+        line.contains("would not survive a reboot") && line.contains("only advises"),
+        "{line}"
+    );
     std::thread::sleep(SEVERAL_POLLS);
+    assert_eq!(ns.range(), "40000 40099", "widened at runtime only");
     assert_eq!(listing(ns), before, "portd changed {path}");
     let stderr = daemon.stderr();
     assert_eq!(
-        stderr.matches("refusing to overwrite").count(),
+        stderr.matches("is not portd's drop-in").count(),
         1,
         "said once, not every poll:\n{stderr}"
     );
+    assert!(!stderr.contains("widened"), "{stderr}");
 
     let check = ns.portd(&["check"]).output().unwrap();
     let report = text(&check.stdout);

@@ -217,8 +217,8 @@ fn cases() -> Vec<Case> {
         Case {
             rel: "etc/portd.toml",
             make: huge,
-            check: (2, "longer than 1048576 bytes"),
-            status: Some((3, "longer than 1048576 bytes")),
+            check: (2, "more than the 1048576 (1 MiB) portd reads"),
+            status: Some((3, "more than the 1048576 (1 MiB) portd reads")),
         },
         Case {
             rel: "etc/sysctl.d/50-fifo.conf",

@@ -33,6 +33,7 @@ mod suite {
     mod fleet_dashboard;
     mod fleet_metric_names;
     mod fleet_rules;
+    mod hostile_churn;
     mod hostile_reads;
     mod output_errors;
     mod status_errors;

@@ -24,6 +24,28 @@ fn ns_file(host: &Host, ns: &Namespace) -> Option<std::path::PathBuf> {
     }
 }
 
+/// Whether `ns` is still where its census enters it: its pid's `ns/net`
+/// still links to its inode, or one of its names is still under
+/// `/run/netns`. False once its process exited (or the pid was reused
+/// elsewhere): what failed then is not an error, the namespace is gone
+/// (or lives on in another process, which the next discovery finds).
+pub fn still_there(host: &Host, ns: &Namespace) -> bool {
+    if ns.own {
+        return true;
+    }
+    let by_pid = ns.pid.is_some_and(|pid| {
+        std::fs::read_link(host.proc(&format!("{pid}/ns/net")))
+            .ok()
+            .and_then(|link| link.to_str().and_then(super::discovery::parse_link))
+            == Some(ns.inode)
+    });
+    by_pid
+        || ns
+            .names
+            .iter()
+            .any(|name| host.path("/run/netns").join(name).exists())
+}
+
 /// Runs `f` on a new thread inside `ns`, with a host view whose `/proc/net`
 /// is that thread's. The thread ends with `f`: nothing else ever runs in
 /// the namespace.

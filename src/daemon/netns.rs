@@ -450,11 +450,10 @@ fn read(
         let Some(w) = known.get(inode) else {
             continue;
         };
-        match netns::census::counters(host, &w.ns) {
-            None if !netns::census::still_there(host, &w.ns) => {}
-            read => {
-                counters.insert(*inode, read);
-            }
+        let read = netns::census::counters(host, &w.ns);
+        // Read through its pid: counted only if the pid is still in it.
+        if netns::census::still_there(host, &w.ns) {
+            counters.insert(*inode, read);
         }
     }
     let to_read: Vec<u64> = inodes

@@ -24,6 +24,27 @@ fn ns_file(host: &Host, ns: &Namespace) -> Option<std::path::PathBuf> {
     }
 }
 
+/// The namespace file of `ns`, opened, and only if it is still `ns`: a
+/// pid that exited and was given to a process elsewhere leads to another
+/// namespace, which is never entered in its place.
+fn open(host: &Host, ns: &Namespace) -> Result<(std::fs::File, std::path::PathBuf), String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let inode = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ino();
+    if inode != ns.inode {
+        return Err(format!(
+            "{}: now net:[{inode}], not net:[{}]: the namespace's process is gone",
+            path.display(),
+            ns.inode
+        ));
+    }
+    Ok((file, path))
+}
+
 /// Whether `ns` is still where its census enters it: its pid's `ns/net`
 /// still links to its inode, or one of its names is still under
 /// `/run/netns`. False once its process exited (or the pid was reused
@@ -63,8 +84,7 @@ pub fn within<T: Send>(
             host.root().display()
         ));
     }
-    let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
-    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (file, path) = open(host, ns)?;
     let view = host.with_net_dir("thread-self");
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -130,15 +150,8 @@ pub fn settings_each(
             .collect();
     }
     let view = host.with_net_dir("thread-self");
-    let files: Vec<Result<(std::fs::File, std::path::PathBuf), String>> = namespaces
-        .iter()
-        .map(|ns| {
-            let path = ns_file(host, ns).ok_or("the namespace has no process and no name")?;
-            let file =
-                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok((file, path))
-        })
-        .collect();
+    let files: Vec<Result<(std::fs::File, std::path::PathBuf), String>> =
+        namespaces.iter().map(|ns| open(host, ns)).collect();
     std::thread::scope(|s| {
         s.spawn(|| {
             files
@@ -170,4 +183,53 @@ pub fn setns_error(path: &Path, e: rustix::io::Errno) -> String {
         "setns({}): {e} (entering another network namespace needs CAP_SYS_ADMIN)",
         path.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::netns::Identity;
+
+    fn namespace(inode: u64, pid: u32) -> Namespace {
+        Namespace {
+            inode,
+            pid: Some(pid),
+            comm: None,
+            processes: 1,
+            names: Vec::new(),
+            own: false,
+            identity: Identity::default(),
+            label: format!("pid {pid}"),
+            enter: String::new(),
+        }
+    }
+
+    /// A pid that exited and went to a process in another namespace leads
+    /// to that namespace: it is never entered in place of the one watched.
+    #[test]
+    fn a_namespace_is_entered_only_through_a_file_that_is_still_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns_dir = dir.path().join("proc/7/ns");
+        std::fs::create_dir_all(&ns_dir).unwrap();
+        // Under a fixture root the file's own inode stands for the namespace's.
+        std::fs::write(ns_dir.join("net"), "").unwrap();
+        let inode = std::fs::metadata(ns_dir.join("net")).unwrap().ino();
+        let host = Host::new(dir.path());
+        assert!(open(&host, &namespace(inode, 7)).is_ok());
+        let err = open(&host, &namespace(inode + 1, 7)).unwrap_err();
+        assert!(
+            err.ends_with(&format!(
+                "proc/7/ns/net: now net:[{inode}], not net:[{}]: the namespace's process is gone",
+                inode + 1
+            )),
+            "{err}"
+        );
+        assert!(
+            open(&host, &namespace(inode, 8))
+                .unwrap_err()
+                .contains("proc/8/ns/net: No such file")
+        );
+    }
 }

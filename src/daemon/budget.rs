@@ -7,11 +7,12 @@
 //! 5 %. Only work the counters merely suggest waits: a census for a raised
 //! or pending alert, the first census, changed settings, a stale census or
 //! a witnessed failure never does (fastpath.rs, `Due::may_wait`). In
-//! another namespace the same holds for each namespace's census; what
-//! finds a namespace that comes, goes or climbs (discovery and the O(1)
-//! counters, every poll) never waits either: only the sweep that reads
-//! every namespace's settings again, and the censuses that can wait
-//! (stale, missing counters), do (daemon/netns.rs).
+//! another namespace the same holds for each namespace's census. The look
+//! that finds a namespace that comes, goes or climbs (discovery and the
+//! O(1) counters) waits for its 5 % only while no alert is raised or
+//! pending there and no census that cannot wait was left over; the sweep
+//! that reads every namespace's settings again, with the censuses that can
+//! wait (stale, missing counters), for its 1 % (daemon/netns.rs).
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ pub(super) const CENSUS_SHARE: f64 = 0.05;
 /// Sweeps over the other network namespaces' settings, with the censuses
 /// there that can wait.
 pub(super) const NETNS_SHARE: f64 = 0.01;
+/// Looks at the other network namespaces (discovery, their O(1) counters)
+/// while none has an alert raised or pending: with one, every poll looks.
+pub(super) const NETNS_LOOK_SHARE: f64 = 0.05;
 
 /// One run of the work: when it began and how long it took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The daemon's watch over the other network namespaces (DESIGN.md,
-//! "Other network namespaces"). Each poll, off the event loop on the
-//! blocking pool: discovery (identity read once per namespace, kept by
+//! "Other network namespaces"). Each poll while an alert is raised or
+//! pending there (else within its share of a core, budget.rs), off the
+//! event loop on the blocking pool: discovery (identity read once per namespace, kept by
 //! inode), the O(1) counters of every namespace (`/proc/<pid>/net/sockstat`,
 //! `snmp`), the settings of those never read or whose counters changed (one
 //! thread entering them in turn; every namespace's again on a sweep, paced
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::{JoinError, JoinHandle};
 
-use super::budget::{CENSUS_SHARE, NETNS_SHARE, Spent};
+use super::budget::{CENSUS_SHARE, NETNS_LOOK_SHARE, NETNS_SHARE, Spent};
 use super::fastpath::{self, Baseline, Due, Next, Pace};
 use super::report::Once;
 use crate::authority::{Authority, Why};
@@ -84,6 +85,8 @@ struct Watched {
     settings: Option<KernelSettings>,
     /// The counters of the poll that read them.
     read_with: Read,
+    /// The counters of the last poll.
+    counted: Read,
     /// What to change, and where, while it is raised.
     advice: Option<String>,
     /// The last census error of this namespace, reported once.
@@ -103,6 +106,7 @@ impl Watched {
             quiet: None,
             settings: None,
             read_with: None,
+            counted: None,
             advice: None,
             error: Once::default(),
             pace: Pace::default(),
@@ -139,6 +143,10 @@ pub(super) struct Watch {
     running_since: Option<(Instant, bool)>,
     ended_look: Option<(Instant, bool)>,
     spent: Option<Spent>,
+    /// What the last look cost, and whether it left an alert raised or
+    /// pending, or a census that cannot wait untaken.
+    looked: Option<Spent>,
+    urgent: bool,
 }
 
 /// A poll of the other namespaces on the blocking pool.
@@ -169,6 +177,8 @@ pub(super) struct Output {
     /// What the poll cost but the censuses that could not wait: the share
     /// of a core a sweep is paced to (budget.rs).
     paced: Duration,
+    /// A census that cannot wait was left for the next poll.
+    left: bool,
 }
 
 struct Censused {
@@ -267,6 +277,13 @@ fn one_more(why: Due, taken: usize, spent: Duration, sweep: bool) -> bool {
     }
 }
 
+/// Whether a poll looks at the other namespaces: always while `urgent` (an
+/// alert raised or pending, a census that cannot wait left over) or on a
+/// `sweep`, else once the last look is within its share of a core.
+fn looks(urgent: bool, sweep: bool, looked: Option<Spent>, now: Instant) -> bool {
+    urgent || sweep || looked.is_none_or(|s| s.wait(now, NETNS_LOOK_SHARE).is_none())
+}
+
 /// One poll of the other namespaces, on a blocking thread; `sweep`: read
 /// the settings of every namespace, not only of the new ones and those
 /// whose counters changed.
@@ -279,6 +296,7 @@ fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) -> Output {
         unreadable: 0,
         gone: Vec::new(),
         paced: Duration::ZERO,
+        left: false,
     };
     match scope(host) {
         Scope::Others => {}
@@ -294,8 +312,10 @@ fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) -> Output {
     let mut censused = Vec::new();
     let mut spent = Duration::ZERO;
     let mut urgent = Duration::ZERO;
+    let mut left = false;
     for (inode, why) in order(measured.due) {
         if !one_more(why, censused.len(), spent, sweep) {
+            left = rank(why) == 0;
             break;
         }
         let Some(w) = known.get(&inode) else {
@@ -338,6 +358,7 @@ fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) -> Output {
         hidden: false,
         gone,
         paced: begun.elapsed().saturating_sub(urgent),
+        left,
     }
 }
 
@@ -373,11 +394,15 @@ fn measure(host: &Host, known: &mut Known, policy: &Policy, sweep: bool) -> Meas
         let (Some(w), Some(&read_now)) = (known.get_mut(inode), counters.get(inode)) else {
             continue;
         };
+        let counted = std::mem::replace(&mut w.counted, read_now);
         match read.remove(inode) {
             Some(Ok(s)) => {
                 w.settings = Some(s);
                 w.read_with = read_now;
             }
+            // Proven quiet by the same settings and counters as on the
+            // last poll: still quiet, nothing to work out again.
+            None if w.quiet.is_some() && counted == read_now => continue,
             Some(Err(_)) if !netns::census::still_there(host, &w.ns) => continue,
             Some(Err(e)) => {
                 if e.contains("EPERM") || e.contains("Operation not permitted") {
@@ -481,9 +506,10 @@ fn read(
 
 impl Watch {
     /// Starts a poll of the other namespaces (none under a fixture root):
-    /// discovery and counters every poll, so that no namespace that comes,
-    /// goes or climbs waits; a sweep of every namespace's settings when
-    /// the last sweep is within its share of a core (budget.rs).
+    /// discovery and counters, every poll while an alert is raised or
+    /// pending or a census that cannot wait is left over, else within
+    /// their share of a core; with a sweep of every namespace's settings
+    /// when the last sweep is within its own share (budget.rs).
     pub fn start(&mut self, host: &Host, policy: &Policy) -> Option<InFlight> {
         if host.root() != std::path::Path::new("/") {
             return None;
@@ -492,6 +518,9 @@ impl Watch {
         let sweep = self
             .spent
             .is_none_or(|s| s.wait(now, NETNS_SHARE).is_none());
+        if !looks(self.urgent, sweep, self.looked, now) {
+            return None;
+        }
         self.running_since = Some((now, sweep));
         let known = self.known.take().unwrap_or_default();
         let host = host.clone();
@@ -575,12 +604,17 @@ impl Watch {
                 return false;
             }
         };
-        if let Some((started, true)) = look {
-            self.spent = Some(Spent {
+        if let Some((started, sweep)) = look {
+            let spent = Spent {
                 started,
                 took: out.paced,
-            });
+            };
+            self.looked = Some(spent);
+            if sweep {
+                self.spent = Some(spent);
+            }
         }
+
         let shown_before = !self.published.namespaces.is_empty() || self.published.note.is_some();
         for g in &out.gone {
             events::gone(g);
@@ -591,6 +625,12 @@ impl Watch {
                 self.censused(w, c, policy, now);
             }
         }
+        // The next poll looks whatever the budget while an alert is raised
+        // or pending, or a census that cannot wait is left over.
+        self.urgent = out.left
+            || known
+                .values()
+                .any(|w| w.alert.level > Level::Ok || w.alert.pending.is_some());
         // A process that exits while discovery reads it can fail once:
         // only processes unreadable on two polls in a row are reported.
         let unreadable = out.unreadable.min(self.unreadable);

@@ -3,7 +3,7 @@
 //! status headline from the daemon's view. Default policy: warning at
 //! 40 %, critical at 50 %, `max_staleness` 5 minutes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::refresh::later;
 use super::*;
@@ -170,6 +170,22 @@ fn a_namespace_is_another_at_the_same_inode_only_when_its_process_started_after_
     assert!(!later(Some(100.0), Some(100.0)));
     assert!(!later(None, Some(100.0)), "gone too: nothing to tell");
     assert!(!later(Some(100.5), None));
+}
+
+#[test]
+fn with_an_alert_raised_every_poll_looks_else_within_its_share() {
+    let t0 = Instant::now();
+    let costly = Some(Spent {
+        started: t0,
+        took: Duration::from_millis(100),
+    });
+    let at = |ms| t0 + Duration::from_millis(ms);
+    // 100 ms at 5 %: 2 s from its start, unless something cannot wait.
+    assert!(!looks(false, false, costly, at(500)));
+    assert!(looks(true, false, costly, at(500)));
+    assert!(looks(false, true, costly, at(500)));
+    assert!(looks(false, false, costly, at(2000)));
+    assert!(looks(false, false, None, t0));
 }
 
 #[test]

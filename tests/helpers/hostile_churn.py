@@ -178,8 +178,15 @@ file = "{out}/metrics.prom"
         die(f"{failed} churn children failed")
     with os.fdopen(reader) as f:
         lines = f.read().splitlines()
-    # A few polls after the last namespace went: the daemon has seen it go.
+    # A few polls after the last namespace went: the daemon has seen it go
+    # (the closing entries come within a poll or two; the live view drops
+    # the quiet ones at the next look, paced while no alert is raised).
     time.sleep(2.0)
+    for _ in range(100):
+        with open("/run/portd/live.json") as f:
+            if not json.load(f).get("namespaces"):
+                break
+        time.sleep(0.1)
 
     # By pid: its net:[INODE] (inodes are reused once a namespace is
     # gone), its connections, when they held and when it went (seconds of

@@ -20,10 +20,13 @@ pub enum Kind {
     PortAllocationFailed,
     PortsExhausted,
     ExhaustionEnded,
+    /// Another network namespace with a raised alert is gone: its alert
+    /// ends with it.
+    NetnsGone,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::UsageWarning,
         Kind::UsageCritical,
         Kind::UsageRecovered,
@@ -37,6 +40,7 @@ impl Kind {
         Kind::PortAllocationFailed,
         Kind::PortsExhausted,
         Kind::ExhaustionEnded,
+        Kind::NetnsGone,
     ];
 
     /// Stable ids: never change one once released (catalog and alert rules use them).
@@ -55,6 +59,7 @@ impl Kind {
             Kind::PortAllocationFailed => "bc91379153534ca58f0c1d5d8a11bbbd",
             Kind::PortsExhausted => "fa44ff2d77104282ace1f520cadd61fc",
             Kind::ExhaustionEnded => "3da35bbbb0ff47d4a2f58643d702576e",
+            Kind::NetnsGone => "cd41968b3ab14d38a3c968d6cede18ef",
         }
     }
 
@@ -73,6 +78,7 @@ impl Kind {
             Kind::PortAllocationFailed => "port-allocation-failed",
             Kind::PortsExhausted => "ports-exhausted",
             Kind::ExhaustionEnded => "exhaustion-ended",
+            Kind::NetnsGone => "netns-gone",
         }
     }
 
@@ -92,7 +98,8 @@ impl Kind {
             Kind::UsageRecovered
             | Kind::RangeWidened
             | Kind::PolicyReloaded
-            | Kind::ExhaustionEnded => Severity::Notice,
+            | Kind::ExhaustionEnded
+            | Kind::NetnsGone => Severity::Notice,
         }
     }
 }

@@ -34,6 +34,7 @@ mod suite {
     mod fleet_metric_names;
     mod fleet_rules;
     mod hostile_actuation;
+    mod hostile_churn;
     mod hostile_reads;
     mod hostile_status;
     mod output_errors;

@@ -1,4 +1,4 @@
-//! Work the daemon repeats while a load lasts (a census, the look at the
+//! Work the daemon repeats while a load lasts (a census, the sweep over the
 //! other namespaces) is paced to a share of one core: after a run that
 //! took `took`, the next one that could wait does so until that run is at
 //! most `share` of the time since it began. Cheap runs are never held back
@@ -6,14 +6,25 @@
 //! 300k sockets (about 0.2 s, docs/benchmarks.md) runs at most every 4 s at
 //! 5 %. Only work the counters merely suggest waits: a census for a raised
 //! or pending alert, the first census, changed settings, a stale census or
-//! a witnessed failure never does (fastpath.rs, `Due::may_wait`).
+//! a witnessed failure never does (fastpath.rs, `Due::may_wait`). In
+//! another namespace the same holds for each namespace's census. The look
+//! that finds a namespace that comes, goes or climbs (discovery and the
+//! O(1) counters) waits for its 5 % only while no alert is raised or
+//! pending there and no census that cannot wait was left over; the sweep
+//! that reads every namespace's settings again, with the censuses that can
+//! wait (stale, missing counters), for its 1 % (daemon/netns.rs).
 
 use std::time::{Duration, Instant};
 
-/// Censuses taken because usage might be high or growing.
+/// Censuses taken because usage might be high or growing (in portd's own
+/// namespace, and in each other one).
 pub(super) const CENSUS_SHARE: f64 = 0.05;
-/// Looks at the other network namespaces.
+/// Sweeps over the other network namespaces' settings, with the censuses
+/// there that can wait.
 pub(super) const NETNS_SHARE: f64 = 0.01;
+/// Looks at the other network namespaces (discovery, their O(1) counters)
+/// while none has an alert raised or pending: with one, every poll looks.
+pub(super) const NETNS_LOOK_SHARE: f64 = 0.05;
 
 /// One run of the work: when it began and how long it took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

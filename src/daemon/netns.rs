@@ -1,53 +1,73 @@
-//! The daemon's watch over the other network namespaces (issue 15;
-//! DESIGN.md, "Other network namespaces"). Each poll, off the event loop on
-//! the blocking pool: discovery (identity read once per namespace, kept by
-//! inode), each namespace's settings (one thread entering them in turn) and
-//! O(1) counters (`/proc/<pid>/net/sockstat`, `snmp`), the fast path's rule
-//! per namespace (fastpath.rs), and a census only of the namespaces whose
-//! bound could reach the warning level (or whose last census is stale
-//! while the counters cannot prove them quiet), at most
-//! [`CENSUSES_PER_POLL`] a poll: each census walks the kernel's global
-//! socket hash. Back on the loop: the planner's alert rule per namespace
-//! (the same hold and hysteresis as portd's own), alerts with the
-//! namespace's identity, advice only (nothing is written in another
-//! namespace), the live view and the metrics.
+//! The daemon's watch over the other network namespaces (DESIGN.md,
+//! "Other network namespaces"). Each poll while an alert is raised or
+//! pending there (else within its share of a core, budget.rs), off the
+//! event loop on the blocking pool: discovery (identity read once per namespace, kept by
+//! inode), the O(1) counters of every namespace (`/proc/<pid>/net/sockstat`,
+//! `snmp`), the settings of those never read or whose counters changed (one
+//! thread entering them in turn; every namespace's again on a sweep, paced
+//! to its share of a core, budget.rs), the fast path's rule per namespace
+//! (fastpath.rs), and a census only of the namespaces whose bound could
+//! reach the warning level, whose alert is raised or pending, whose
+//! settings changed, or whose last census is stale while the counters
+//! cannot prove them quiet. Each census walks the kernel's global socket
+//! hash: those that cannot wait (all but stale ones and missing counters)
+//! take turns while the poll's censuses have cost less than
+//! [`CENSUS_TIME_PER_POLL`], the others wait for a sweep, at most
+//! [`CENSUSES_PER_POLL`] a poll. Back on the loop: the planner's alert rule
+//! per namespace (the same hold and hysteresis as portd's own), alerts with
+//! the namespace's identity, advice only (nothing is written in another
+//! namespace), the end of the alert of a namespace that is gone, the live
+//! view and the metrics.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::{JoinError, JoinHandle};
 
-use super::budget::{NETNS_SHARE, Spent};
+use super::budget::{CENSUS_SHARE, NETNS_LOOK_SHARE, NETNS_SHARE, Spent};
 use super::fastpath::{self, Baseline, Due, Next, Pace};
-use super::report::{Once, level_event, usage_fields};
+use super::report::Once;
 use crate::authority::{Authority, Why};
 use crate::census::KernelSettings;
 use crate::census::sockstat::Totals;
-use crate::events::{self, Fields};
 use crate::host::Host;
 use crate::level::Level;
 use crate::live;
-use crate::metrics;
 use crate::netns::status::{Quiet, quiet};
-use crate::netns::{self, Namespace, discovery};
-use crate::planner::{self, Action, AlertState, Decision, History, Inputs, Observation};
+use crate::netns::{self, Namespace};
+use crate::planner::{self, AlertState, History, Inputs, Observation};
 use crate::policy::Policy;
 use crate::usage::{Usage, UsageOptions};
 
-/// At most this many other namespaces take a census in one poll.
+#[path = "netns_events.rs"]
+mod events;
+#[path = "netns_publish.rs"]
+mod publish;
+#[path = "netns_refresh.rs"]
+mod refresh;
+
+use events::{Gone, advice, alert};
+use publish::publish;
+use refresh::{Scope, refresh, scope};
+
+/// At least this many other namespaces may take a census in one poll, and
+/// no more of those that could wait (missing counters, a stale census).
 pub(super) const CENSUSES_PER_POLL: usize = 2;
+
+/// Censuses that cannot wait go on in one poll until they have taken this
+/// long: on a small host every one of them, on one with 300k sockets
+/// (about 0.2 s a census) two or three.
+pub(super) const CENSUS_TIME_PER_POLL: Duration = Duration::from_millis(250);
 
 /// Namespaces in the metrics, worst first: the series stay bounded.
 pub(super) const TOP_NAMESPACES: usize = 20;
-
-/// The sysctl the advice is about.
-const RANGE_KEY: &str = "net.ipv4.ip_local_port_range";
 
 /// The last census of a namespace.
 struct Last {
     usage: Usage,
     active_opens: Option<u64>,
     started: Instant,
+    took: Duration,
 }
 
 /// One watched namespace, kept by inode while it lives.
@@ -59,12 +79,22 @@ struct Watched {
     last: Option<Last>,
     /// The bound of the last poll whose counters proved it quiet.
     quiet: Option<Quiet>,
+    /// Its settings as last read: a new namespace's on its first poll,
+    /// on a poll whose counters changed, every namespace's on a sweep, and
+    /// with each census.
+    settings: Option<KernelSettings>,
+    /// The counters of the poll that read them.
+    read_with: Read,
+    /// The counters of the last poll.
+    counted: Read,
     /// What to change, and where, while it is raised.
     advice: Option<String>,
     /// The last census error of this namespace, reported once.
     error: Once,
     /// Its `connect()` rate between polls.
     pace: Pace,
+    /// When the last discovery found it, in seconds since boot.
+    seen: Option<f64>,
 }
 
 impl Watched {
@@ -74,9 +104,13 @@ impl Watched {
             alert: AlertState::default(),
             last: None,
             quiet: None,
+            settings: None,
+            read_with: None,
+            counted: None,
             advice: None,
             error: Once::default(),
             pace: Pace::default(),
+            seen: None,
         }
     }
 }
@@ -103,9 +137,16 @@ pub(super) struct Watch {
     censuses: u64,
     /// Unreadable processes on the last poll.
     unreadable: u32,
-    /// When the running look began; what the last one cost (budget.rs).
-    running_since: Option<Instant>,
+    /// When the running look began and whether it sweeps (until it ends,
+    /// then until its output is read); what the last sweep cost
+    /// (budget.rs).
+    running_since: Option<(Instant, bool)>,
+    ended_look: Option<(Instant, bool)>,
     spent: Option<Spent>,
+    /// What the last look cost, and whether it left an alert raised or
+    /// pending, or a census that cannot wait untaken.
+    looked: Option<Spent>,
+    urgent: bool,
 }
 
 /// A poll of the other namespaces on the blocking pool.
@@ -121,37 +162,6 @@ pub(super) async fn join(slot: &mut Option<InFlight>) -> Result<Output, JoinErro
     }
 }
 
-/// Whether portd watches other namespaces from where it runs.
-#[derive(Debug, PartialEq, Eq)]
-enum Scope {
-    /// In the host's namespace (pid 1's), on the real root.
-    Others,
-    /// A fixture root, or portd runs inside a container or a test's
-    /// namespace: its own only, silently.
-    OwnOnly,
-    /// The host's namespace cannot be told: its own only, and why.
-    Hidden(String),
-}
-
-fn scope(host: &Host) -> Scope {
-    if host.root() != std::path::Path::new("/") {
-        return Scope::OwnOnly;
-    }
-    let pid1 = match std::fs::read_link(host.proc("1/ns/net")) {
-        Ok(link) => link.to_str().and_then(discovery::parse_link),
-        Err(e) => {
-            return Scope::Hidden(format!(
-                "other network namespaces are not watched: /proc/1/ns/net: {e} (reading other processes' namespaces needs CAP_SYS_PTRACE outside a private user namespace: /usr/share/doc/portd/examples/containers.conf grants what watching them needs)"
-            ));
-        }
-    };
-    if pid1.is_some() && pid1 == discovery::own_inode(host) {
-        Scope::Others
-    } else {
-        Scope::OwnOnly
-    }
-}
-
 /// What one poll's task hands back.
 pub(super) struct Output {
     known: Known,
@@ -162,11 +172,19 @@ pub(super) struct Output {
     unreadable: u32,
     /// The host's namespace cannot be told at all ([`Scope::Hidden`]).
     hidden: bool,
+    /// Namespaces with a raised alert that are gone.
+    gone: Vec<Gone>,
+    /// What the poll cost but the censuses that could not wait: the share
+    /// of a core a sweep is paced to (budget.rs).
+    paced: Duration,
+    /// A census that cannot wait was left for the next poll.
+    left: bool,
 }
 
 struct Censused {
     inode: u64,
     started: Instant,
+    took: Duration,
     active_opens: Option<u64>,
     result: Result<Usage, String>,
 }
@@ -212,20 +230,28 @@ fn step(
     }
 }
 
-/// Which due namespaces come first: raised alerts, then bounds at the
-/// warning level, then changed settings or missing counters, then stale.
+/// Which due namespaces come first: those that cannot wait (a raised or
+/// pending alert, a bound at the warning level, a first census, changed
+/// settings the counters cannot prove quiet under), then missing counters,
+/// then stale.
 fn rank(due: Due) -> u8 {
     match due {
-        Due::AlertRaised | Due::AlertPending => 0,
-        Due::BoundAtWarning | Due::Growing | Due::FirstCensus => 1,
-        Due::SettingsChanged | Due::NoCounters => 2,
-        Due::Stale => 3,
+        Due::AlertRaised
+        | Due::AlertPending
+        | Due::BoundAtWarning
+        | Due::Growing
+        | Due::FirstCensus
+        | Due::SettingsChanged => 0,
+        Due::NoCounters => 1,
+        Due::Stale => 2,
     }
 }
 
-/// Picks at most `n` of `due` (inode, why, age of the last census; `None`:
-/// never censused), most urgent and oldest first.
-fn pick(mut due: Vec<(u64, Due, Option<Duration>)>, n: usize) -> Vec<u64> {
+/// Orders `due` (inode, why, age of the last census; `None`: never
+/// censused): most urgent first, and within a rank the oldest census
+/// first, so that alerts already raised take turns and never keep a
+/// namespace that has just climbed from its first census.
+fn order(mut due: Vec<(u64, Due, Option<Duration>)>) -> Vec<(u64, Due)> {
     due.sort_by_key(|&(inode, why, age)| {
         (
             rank(why),
@@ -233,42 +259,90 @@ fn pick(mut due: Vec<(u64, Due, Option<Duration>)>, n: usize) -> Vec<u64> {
             inode,
         )
     });
-    due.into_iter().take(n).map(|(inode, _, _)| inode).collect()
+    due.into_iter()
+        .map(|(inode, why, _)| (inode, why))
+        .collect()
 }
 
-/// One poll of the other namespaces, on a blocking thread.
-fn poll(host: &Host, mut known: Known, policy: &Policy) -> Output {
+/// Whether one more census is taken in this poll, after `taken` of them
+/// that cost `spent`. One that cannot wait ([`rank`] 0):
+/// [`CENSUSES_PER_POLL`] always, more while the poll's censuses cost less
+/// than [`CENSUS_TIME_PER_POLL`]. One that can (missing counters, a stale
+/// census): on a `sweep`, within [`CENSUSES_PER_POLL`].
+fn one_more(why: Due, taken: usize, spent: Duration, sweep: bool) -> bool {
+    if rank(why) == 0 {
+        taken < CENSUSES_PER_POLL || spent < CENSUS_TIME_PER_POLL
+    } else {
+        sweep && taken < CENSUSES_PER_POLL
+    }
+}
+
+/// Whether a poll looks at the other namespaces: always while `urgent` (an
+/// alert raised or pending, a census that cannot wait left over) or on a
+/// `sweep`, else once the last look is within its share of a core.
+fn looks(urgent: bool, sweep: bool, looked: Option<Spent>, now: Instant) -> bool {
+    urgent || sweep || looked.is_none_or(|s| s.wait(now, NETNS_LOOK_SHARE).is_none())
+}
+
+/// One poll of the other namespaces, on a blocking thread; `sweep`: read
+/// the settings of every namespace, not only of the new ones and those
+/// whose counters changed.
+fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) -> Output {
     let nothing = |note: Option<String>| Output {
         known: Known::new(),
         censused: Vec::new(),
         hidden: note.is_some(),
         note,
         unreadable: 0,
+        gone: Vec::new(),
+        paced: Duration::ZERO,
+        left: false,
     };
     match scope(host) {
         Scope::Others => {}
         Scope::OwnOnly => return nothing(None),
         Scope::Hidden(why) => return nothing(Some(why)),
     }
-    let unreadable = refresh(host, &mut known);
-    let measured = measure(host, &mut known, policy);
+    let begun = Instant::now();
+    let (unreadable, gone) = refresh(host, &mut known);
+    let measured = measure(host, &mut known, policy, sweep);
     let options = UsageOptions {
         tcp_pool_in_headline: policy.tcp_pool_alerts,
     };
-    let censused = pick(measured.due, CENSUSES_PER_POLL)
-        .into_iter()
-        .filter_map(|inode| {
-            let w = known.get(&inode)?;
-            let active_opens = measured.opens.get(&inode).copied().flatten();
-            let started = Instant::now();
-            Some(Censused {
-                inode,
-                started,
-                active_opens,
-                result: netns::census::take(host, &w.ns, options),
-            })
-        })
-        .collect();
+    let mut censused = Vec::new();
+    let mut spent = Duration::ZERO;
+    let mut urgent = Duration::ZERO;
+    let mut left = false;
+    for (inode, why) in order(measured.due) {
+        if !one_more(why, censused.len(), spent, sweep) {
+            left = rank(why) == 0;
+            break;
+        }
+        let Some(w) = known.get(&inode) else {
+            continue;
+        };
+        let started = Instant::now();
+        let result = netns::census::take(host, &w.ns, options);
+        let took = started.elapsed();
+        spent += took;
+        if rank(why) == 0 {
+            urgent += took;
+        }
+        if !netns::census::still_there(host, &w.ns) {
+            // Its process exited since discovery or during the census
+            // (which then saw the sockets it closed on its way out): gone,
+            // neither failed nor recovered. The next discovery closes its
+            // alert, or finds it through another process.
+            continue;
+        }
+        censused.push(Censused {
+            inode,
+            started,
+            took,
+            active_opens: measured.opens.get(&inode).copied().flatten(),
+            result,
+        });
+    }
     let note = (measured.refused > 0).then(|| {
         format!(
             "cannot enter {} of {} other network namespaces (setns: EPERM; needs CAP_SYS_ADMIN and RestrictNamespaces= allowing net: /usr/share/doc/portd/examples/containers.conf); they are not measured",
@@ -282,30 +356,10 @@ fn poll(host: &Host, mut known: Known, policy: &Policy) -> Output {
         note,
         unreadable,
         hidden: false,
+        gone,
+        paced: begun.elapsed().saturating_sub(urgent),
+        left,
     }
-}
-
-/// Discovery: a namespace found for the first time is named (once), the
-/// others follow their pid, process count and names; one that is gone
-/// takes its state with it. Returns the processes that were unreadable.
-fn refresh(host: &Host, known: &mut Known) -> u32 {
-    let found = discovery::discover(host);
-    let mut seen = HashSet::new();
-    for f in found.namespaces.iter().filter(|f| !f.own) {
-        seen.insert(f.inode);
-        match known.get_mut(&f.inode) {
-            Some(w) => {
-                w.ns.pid = f.pid;
-                w.ns.processes = f.processes;
-                w.ns.names.clone_from(&f.names);
-            }
-            None => {
-                known.insert(f.inode, Watched::new(netns::describe(host, f)));
-            }
-        }
-    }
-    known.retain(|inode, _| seen.contains(inode));
-    found.unreadable
 }
 
 /// What the settings and counters of every namespace showed.
@@ -319,41 +373,58 @@ struct Measured {
     refused: usize,
 }
 
-/// Settings (one thread entering each in turn) and counters of every
-/// namespace, and the rule for each.
-fn measure(host: &Host, known: &mut Known, policy: &Policy) -> Measured {
+/// The O(1) counters of a namespace: socket totals, `Tcp: ActiveOpens`.
+type Read = Option<(Totals, Option<u64>)>;
+
+/// The settings read on a poll, by inode.
+type ReadSettings = HashMap<u64, Result<KernelSettings, String>>;
+
+/// Counters of every namespace; settings (one thread entering each in
+/// turn) of those never read, of those whose counters changed since their
+/// settings were read (a namespace that sets its range as it starts is
+/// judged by that range), or of all on a `sweep`; and the rule for each. A
+/// namespace whose process exited since discovery is skipped without a
+/// word: the next discovery tells whether it is gone.
+fn measure(host: &Host, known: &mut Known, policy: &Policy, sweep: bool) -> Measured {
+    let mut m = Measured::default();
     let mut inodes: Vec<u64> = known.keys().copied().collect();
     inodes.sort_unstable();
-    let list: Vec<&Namespace> = inodes
-        .iter()
-        .filter_map(|i| known.get(i))
-        .map(|w| &w.ns)
-        .collect();
-    let settings = netns::census::settings_each(host, &list);
-    let mut m = Measured::default();
-    for (inode, settings) in inodes.iter().zip(settings) {
-        let Some(w) = known.get_mut(inode) else {
+    let (counters, mut read) = read(host, known, &inodes, sweep);
+    for inode in &inodes {
+        let (Some(w), Some(&read_now)) = (known.get_mut(inode), counters.get(inode)) else {
             continue;
         };
-        let settings: KernelSettings = match settings {
-            Ok(s) => s,
-            Err(e) => {
+        let counted = std::mem::replace(&mut w.counted, read_now);
+        match read.remove(inode) {
+            Some(Ok(s)) => {
+                w.settings = Some(s);
+                w.read_with = read_now;
+            }
+            // Proven quiet by the same settings and counters as on the
+            // last poll: still quiet, nothing to work out again.
+            None if w.quiet.is_some() && counted == read_now => continue,
+            Some(Err(_)) if !netns::census::still_there(host, &w.ns) => continue,
+            Some(Err(e)) => {
                 if e.contains("EPERM") || e.contains("Operation not permitted") {
                     m.refused += 1;
                 }
                 // What could not be read is not shown as it was.
                 w.quiet = None;
                 w.last = None;
+                w.settings = None;
                 continue;
             }
+            None => {}
+        }
+        let Some(settings) = &w.settings else {
+            continue;
         };
-        let (totals, active_opens): (Option<Totals>, Option<u64>) =
-            match netns::census::counters(host, &w.ns) {
-                Some((t, o)) => (Some(t), o),
-                None => (None, None),
-            };
+        let (totals, active_opens) = match read_now {
+            Some((t, o)) => (Some(t), o),
+            None => (None, None),
+        };
         let counters = fastpath::Counters {
-            settings: &settings,
+            settings,
             totals,
             active_opens,
             pace: w.pace.update(Instant::now(), active_opens),
@@ -363,11 +434,11 @@ fn measure(host: &Host, known: &mut Known, policy: &Policy) -> Measured {
             .as_ref()
             .map(|l| Baseline::of(&l.usage, l.active_opens, l.started.elapsed()));
         match step(baseline.as_ref(), &counters, policy, &w.alert) {
-            Step::Census(why) => {
+            Step::Census(why) if !waits(w, why) => {
                 let age = w.last.as_ref().map(|l| l.started.elapsed());
                 m.due.push((*inode, why, age));
             }
-            Step::Skip => {}
+            Step::Census(_) | Step::Skip => {}
             Step::Quiet(q) => {
                 w.quiet = Some(q);
                 w.last = None;
@@ -378,127 +449,140 @@ fn measure(host: &Host, known: &mut Known, policy: &Policy) -> Measured {
     m
 }
 
-/// Where and how to set the range in `ns`: a pod's securityContext, a
-/// container's `--sysctl`, a named namespace's `ip netns exec`.
-fn advice(ns: &Namespace, decision: &Decision) -> Option<String> {
-    if decision.alert.level < Level::Warning {
-        return None;
-    }
-    let plan = match &decision.action {
-        Action::Hold { plan: Some(p), .. } | Action::Apply { plan: p } => p,
-        Action::Hold { plan: None, reason } => {
-            return Some(format!(
-                "the range cannot be widened ({reason}): fewer connections towards the worst destination, or more destination addresses"
-            ));
-        }
-        Action::Nothing => return None,
-    };
-    let value = format!("{} {}", plan.to.low(), plan.to.high());
-    let reserve = if plan.newly_reserved.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " (reserve its listeners first: net.ipv4.ip_local_reserved_ports={})",
-            plan.reserved
-        )
-    };
-    let id = &ns.identity;
-    let r#where = if id.pod.is_some() || id.pod_uid.is_some() {
-        format!(
-            "in the pod's spec: securityContext.sysctls: [{{name: {RANGE_KEY}, value: \"{value}\"}}]"
-        )
-    } else if let Some(c) = id.container() {
-        let runtime = c.split(':').next().unwrap_or("docker");
-        let tool = if runtime == "podman" {
-            "podman"
-        } else {
-            "docker"
+/// As in portd's own namespace, a census the counters only suggest waits
+/// for its share of a core: a census of a few hundred sockets never does.
+fn waits(w: &Watched, why: Due) -> bool {
+    why.may_wait()
+        && w.last.as_ref().is_some_and(|l| {
+            let spent = Spent {
+                started: l.started,
+                took: l.took,
+            };
+            spent.wait(Instant::now(), CENSUS_SHARE).is_some()
+        })
+}
+
+/// The counters of each of `inodes` still there, and the settings of
+/// those that are read on this poll ([`measure`]).
+fn read(
+    host: &Host,
+    known: &Known,
+    inodes: &[u64],
+    sweep: bool,
+) -> (HashMap<u64, Read>, ReadSettings) {
+    let mut counters: HashMap<u64, Read> = HashMap::new();
+    for inode in inodes {
+        let Some(w) = known.get(inode) else {
+            continue;
         };
-        format!(
-            "when the container ({c}) is started: `{tool} run --sysctl {RANGE_KEY}=\"{value}\" ...` (compose: sysctls:)"
-        )
-    } else if let Some(name) = ns.names.first() {
-        format!("`ip netns exec {name} sysctl -w {RANGE_KEY}=\"{value}\"`")
-    } else if let Some(pid) = ns.pid {
-        format!(
-            "`nsenter -t {pid} -n sysctl -w {RANGE_KEY}=\"{value}\"` (lost with the namespace: set it where it is created)"
-        )
-    } else {
-        return None;
-    };
-    Some(format!(
-        "set {RANGE_KEY} to \"{value}\" (was {}){reserve} {where}; portd writes nothing in other namespaces, and /etc/sysctl.d applies only to the host's",
-        plan.from
-    ))
-}
-
-/// `base` with the fields that name the namespace.
-fn in_namespace(ns: &Namespace, base: Fields) -> Fields {
-    Fields {
-        netns: Some(format!("net:[{}]", ns.inode)),
-        container: ns.identity.container(),
-        pod: ns
-            .identity
-            .pod
-            .clone()
-            .or_else(|| ns.identity.pod_uid.clone()),
-        ..base
+        let read = netns::census::counters(host, &w.ns);
+        // Read through its pid: counted only if the pid is still in it.
+        if netns::census::still_there(host, &w.ns) {
+            counters.insert(*inode, read);
+        }
     }
-}
-
-/// The journal entry for a change of a namespace's confirmed level.
-fn alert(ns: &Namespace, usage: &Usage, d: &Decision, advice: Option<&str>) {
-    let Some((kind, what, reminder)) = level_event(d) else {
-        return;
-    };
-    let advice = advice.map(|a| format!("; {a}")).unwrap_or_default();
-    events::emit(
-        kind,
-        &format!(
-            "{what} in {} (net:[{}], enter: {}): {} of ephemeral ports in use ({}/{}), worst: {}{advice}",
-            ns.label,
-            ns.inode,
-            ns.enter,
-            usage.headline.usage,
-            usage.headline.used,
-            usage.headline.capacity,
-            usage.headline.cause
-        ),
-        &Fields {
-            reminder,
-            ..in_namespace(ns, usage_fields(usage))
-        },
-    );
+    let to_read: Vec<u64> = inodes
+        .iter()
+        .copied()
+        .filter(|i| {
+            known.get(i).is_some_and(|w| {
+                counters.contains_key(i)
+                    && (sweep || w.settings.is_none() || w.read_with != counters[i])
+            })
+        })
+        .collect();
+    let list: Vec<&Namespace> = to_read
+        .iter()
+        .filter_map(|i| known.get(i))
+        .map(|w| &w.ns)
+        .collect();
+    let read: ReadSettings = to_read
+        .iter()
+        .copied()
+        .zip(netns::census::settings_each(host, &list))
+        .collect();
+    (counters, read)
 }
 
 impl Watch {
-    /// Starts a poll of the other namespaces (none under a fixture root).
+    /// Starts a poll of the other namespaces (none under a fixture root):
+    /// discovery and counters, every poll while an alert is raised or
+    /// pending or a census that cannot wait is left over, else within
+    /// their share of a core; with a sweep of every namespace's settings
+    /// when the last sweep is within its own share (budget.rs).
     pub fn start(&mut self, host: &Host, policy: &Policy) -> Option<InFlight> {
         if host.root() != std::path::Path::new("/") {
             return None;
         }
         let now = Instant::now();
-        if self
+        let sweep = self
             .spent
-            .is_some_and(|s| s.wait(now, NETNS_SHARE).is_some())
-        {
+            .is_none_or(|s| s.wait(now, NETNS_SHARE).is_none());
+        if !looks(self.urgent, sweep, self.looked, now) {
             return None;
         }
-        self.running_since = Some(now);
+        self.running_since = Some((now, sweep));
         let known = self.known.take().unwrap_or_default();
         let host = host.clone();
         let policy = policy.clone();
         Some(InFlight {
-            handle: tokio::task::spawn_blocking(move || poll(&host, known, &policy)),
+            handle: tokio::task::spawn_blocking(move || poll(&host, known, &policy, sweep)),
         })
     }
 
-    /// The look that was running ended now: what it cost.
+    /// The look that was running ended now.
     pub fn finished(&mut self) {
-        self.spent = self.running_since.take().map(|started| Spent {
-            started,
-            took: started.elapsed(),
-        });
+        self.ended_look = self.running_since.take();
+    }
+
+    /// A namespace's census ended: its alert rule, journal and advice.
+    fn censused(&mut self, w: &mut Watched, c: Censused, policy: &Policy, now: SystemTime) {
+        match c.result {
+            Ok(usage) => {
+                self.censuses += 1;
+                if w.error.clear() {
+                    tracing::info!("the census of {} works again", w.ns.label);
+                }
+                let decision = planner::plan(&Inputs {
+                    observation: &Observation::from_usage(&usage),
+                    policy,
+                    history: &History {
+                        alert: w.alert.clone(),
+                        ..History::default()
+                    },
+                    pin: None,
+                    now,
+                    // Advise only: nothing is written in another namespace.
+                    authority: &Authority::Advise(Why::Policy),
+                    // The witness's failures are portd's own
+                    // namespace's decision; here the usage alone.
+                    witnessed_failure: false,
+                    // No rates are kept for other namespaces yet: their
+                    // alerts follow the census and the hold alone.
+                    forecast: &[],
+                });
+                w.advice = advice(&w.ns, &decision);
+                alert(&w.ns, &usage, &decision, w.advice.as_deref());
+                w.alert = decision.alert;
+                w.quiet = None;
+                w.settings = Some(usage.settings.clone());
+                w.last = Some(Last {
+                    usage,
+                    active_opens: c.active_opens,
+                    started: c.started,
+                    took: c.took,
+                });
+            }
+            Err(e) => {
+                if w.error.is_new(&e) {
+                    tracing::warn!(
+                        "census of {} (net:[{}]) failed, will retry: {e}",
+                        w.ns.label,
+                        w.ns.inode
+                    );
+                }
+            }
+        }
     }
 
     /// The poll ended: alert state, journal, what is published. True when
@@ -509,6 +593,7 @@ impl Watch {
         policy: &Policy,
         now: SystemTime,
     ) -> bool {
+        let look = self.ended_look.take();
         let out = match out {
             Ok(o) => o,
             Err(e) => {
@@ -519,57 +604,33 @@ impl Watch {
                 return false;
             }
         };
-        let shown_before = !self.published.namespaces.is_empty() || self.published.note.is_some();
-        let mut known = out.known;
-        for c in out.censused {
-            let Some(w) = known.get_mut(&c.inode) else {
-                continue;
+        if let Some((started, sweep)) = look {
+            let spent = Spent {
+                started,
+                took: out.paced,
             };
-            match c.result {
-                Ok(usage) => {
-                    self.censuses += 1;
-                    if w.error.clear() {
-                        tracing::info!("the census of {} works again", w.ns.label);
-                    }
-                    let decision = planner::plan(&Inputs {
-                        observation: &Observation::from_usage(&usage),
-                        policy,
-                        history: &History {
-                            alert: w.alert.clone(),
-                            ..History::default()
-                        },
-                        pin: None,
-                        now,
-                        // Advise only: nothing is written in another namespace.
-                        authority: &Authority::Advise(Why::Policy),
-                        // The witness's failures are portd's own
-                        // namespace's decision; here the usage alone.
-                        witnessed_failure: false,
-                        // No rates are kept for other namespaces yet: their
-                        // alerts follow the census and the hold alone.
-                        forecast: &[],
-                    });
-                    w.advice = advice(&w.ns, &decision);
-                    alert(&w.ns, &usage, &decision, w.advice.as_deref());
-                    w.alert = decision.alert;
-                    w.quiet = None;
-                    w.last = Some(Last {
-                        usage,
-                        active_opens: c.active_opens,
-                        started: c.started,
-                    });
-                }
-                Err(e) => {
-                    if w.error.is_new(&e) {
-                        tracing::warn!(
-                            "census of {} (net:[{}]) failed, will retry: {e}",
-                            w.ns.label,
-                            w.ns.inode
-                        );
-                    }
-                }
+            self.looked = Some(spent);
+            if sweep {
+                self.spent = Some(spent);
             }
         }
+
+        let shown_before = !self.published.namespaces.is_empty() || self.published.note.is_some();
+        for g in &out.gone {
+            events::gone(g);
+        }
+        let mut known = out.known;
+        for c in out.censused {
+            if let Some(w) = known.get_mut(&c.inode) {
+                self.censused(w, c, policy, now);
+            }
+        }
+        // The next poll looks whatever the budget while an alert is raised
+        // or pending, or a census that cannot wait is left over.
+        self.urgent = out.left
+            || known
+                .values()
+                .any(|w| w.alert.level > Level::Ok || w.alert.pending.is_some());
         // A process that exits while discovery reads it can fail once:
         // only processes unreadable on two polls in a row are reported.
         let unreadable = out.unreadable.min(self.unreadable);
@@ -601,132 +662,6 @@ impl Watch {
         self.known = Some(known);
         shown_before || !self.published.namespaces.is_empty() || self.published.note.is_some()
     }
-}
-
-/// Worst first: the confirmed level, then the usage.
-fn ordered(known: &Known) -> Vec<&Watched> {
-    let mut list: Vec<&Watched> = known.values().collect();
-    list.sort_by(|a, b| {
-        b.alert
-            .level
-            .cmp(&a.alert.level)
-            .then(usage_of(b).total_cmp(&usage_of(a)))
-            .then(a.ns.inode.cmp(&b.ns.inode))
-    });
-    list
-}
-
-/// The last census's headline usage, or the counters' bound.
-fn usage_of(w: &Watched) -> f64 {
-    match (&w.last, &w.quiet) {
-        (Some(l), _) => l.usage.headline.usage.fraction(),
-        (None, Some(q)) => q.usage.fraction(),
-        (None, None) => 0.0,
-    }
-}
-
-fn publish(known: &Known, note: Option<String>, censuses: u64) -> Published {
-    let list = ordered(known);
-    let namespaces = list
-        .iter()
-        .take(live::NAMESPACES_SHOWN)
-        .map(|w| live::Namespace {
-            inode: w.ns.inode,
-            label: w.ns.label.clone(),
-            container: w.ns.identity.container(),
-            pod: w.ns.identity.pod.clone(),
-            enter: w.ns.enter.clone(),
-            level: measured(w).then_some(w.alert.level),
-            headline: w.last.as_ref().map(|l| live::Headline {
-                usage: l.usage.headline.usage.fraction(),
-                used: l.usage.headline.used,
-                capacity: l.usage.headline.capacity,
-                cause: l.usage.headline.cause.to_string(),
-                level: Some(w.alert.level),
-            }),
-            bound: w.quiet.map(|q| {
-                format!(
-                    "at most {} of {} ports towards any destination ({}; sockstat, no census)",
-                    q.bound, q.capacity, q.usage
-                )
-            }),
-            advice: w.advice.clone(),
-        })
-        .collect();
-    Published {
-        namespaces,
-        metrics: metrics_text(&list, known.len(), censuses),
-        note,
-    }
-}
-
-/// Its last census or its counters' bound is known.
-fn measured(w: &Watched) -> bool {
-    w.last.is_some() || w.quiet.is_some()
-}
-
-/// `portd_netns_*`: the top [`TOP_NAMESPACES`] of those measured,
-/// labelled `netns`, `container`, `pod` (never `namespace`, never a pid).
-fn metrics_text(list: &[&Watched], watched: usize, censuses: u64) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let top: Vec<&Watched> = list
-        .iter()
-        .copied()
-        .filter(|w| measured(w))
-        .take(TOP_NAMESPACES)
-        .collect();
-    let labels = |w: &Watched| {
-        format!(
-            "{{netns=\"net:[{}]\",container=\"{}\",pod=\"{}\"}}",
-            w.ns.inode,
-            metrics::label(&w.ns.identity.container().unwrap_or_default()),
-            metrics::label(
-                w.ns.identity
-                    .pod
-                    .as_deref()
-                    .or(w.ns.identity.pod_uid.as_deref())
-                    .unwrap_or_default()
-            )
-        )
-    };
-    let mut family = |name: &str, kind: &str, help: &str, f: &dyn Fn(&Watched) -> f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for w in &top {
-            let _ = writeln!(out, "{name}{} {}", labels(w), f(w));
-        }
-    };
-    family(
-        "portd_netns_usage_ratio",
-        "gauge",
-        "Worst destination or pool usage in another network namespace (0-1): its last census, or the bound its counters give when none was needed (top 20 namespaces).",
-        &usage_of,
-    );
-    family(
-        "portd_netns_used_ports",
-        "gauge",
-        "Ports in use by the worst destination or pool of another network namespace at its last census (0 without one).",
-        &|w| {
-            w.last
-                .as_ref()
-                .map_or(0.0, |l| l.usage.headline.used as f64)
-        },
-    );
-    family(
-        "portd_netns_alert_level",
-        "gauge",
-        "Confirmed level of another network namespace (hold and hysteresis applied): 0 ok, 1 warning, 2 critical.",
-        &|w| f64::from(w.alert.level.exit_code()),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP portd_netns_watched Other network namespaces portd watches.\n# TYPE portd_netns_watched gauge\nportd_netns_watched {watched}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP portd_netns_censuses_total Censuses of other network namespaces since portd started.\n# TYPE portd_netns_censuses_total counter\nportd_netns_censuses_total {censuses}"
-    );
-    out
 }
 
 #[cfg(test)]

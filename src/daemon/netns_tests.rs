@@ -3,12 +3,13 @@
 //! status headline from the daemon's view. Default policy: warning at
 //! 40 %, critical at 50 %, `max_staleness` 5 minutes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::refresh::later;
 use super::*;
 use crate::kernel::TwReuse;
 use crate::netns::identity::{Identity, Runtime};
-use crate::planner::{Blocked, Plan};
+use crate::planner::{Action, Blocked, Decision, Plan};
 use crate::ports::{PortRange, PortSet, Ratio};
 
 fn settings(low: u16, high: u16) -> KernelSettings {
@@ -162,7 +163,33 @@ fn with_a_census_the_fast_path_rule_of_portd_own_namespace_applies() {
 }
 
 #[test]
-fn never_more_than_the_cap_and_raised_alerts_first() {
+fn a_namespace_is_another_at_the_same_inode_only_when_its_process_started_after_the_last_look() {
+    // Seen at 100 s after boot; the process found in it now started...
+    assert!(later(Some(100.5), Some(100.0)), "...after: another one");
+    assert!(!later(Some(99.0), Some(100.0)), "...before: it lived on");
+    assert!(!later(Some(100.0), Some(100.0)));
+    assert!(!later(None, Some(100.0)), "gone too: nothing to tell");
+    assert!(!later(Some(100.5), None));
+}
+
+#[test]
+fn with_an_alert_raised_every_poll_looks_else_within_its_share() {
+    let t0 = Instant::now();
+    let costly = Some(Spent {
+        started: t0,
+        took: Duration::from_millis(100),
+    });
+    let at = |ms| t0 + Duration::from_millis(ms);
+    // 100 ms at 5 %: 2 s from its start, unless something cannot wait.
+    assert!(!looks(false, false, costly, at(500)));
+    assert!(looks(true, false, costly, at(500)));
+    assert!(looks(false, true, costly, at(500)));
+    assert!(looks(false, false, costly, at(2000)));
+    assert!(looks(false, false, None, t0));
+}
+
+#[test]
+fn what_cannot_wait_comes_first_the_oldest_census_first() {
     let due = vec![
         (1, Due::Stale, Some(Duration::from_secs(900))),
         (2, Due::BoundAtWarning, Some(Duration::from_secs(5))),
@@ -170,10 +197,42 @@ fn never_more_than_the_cap_and_raised_alerts_first() {
         (4, Due::AlertRaised, Some(Duration::from_secs(1))),
         (5, Due::Stale, Some(Duration::from_secs(1000))),
     ];
-    assert_eq!(pick(due.clone(), 2), vec![4, 3]);
-    assert_eq!(pick(due.clone(), 4), vec![4, 3, 2, 5]);
-    assert_eq!(pick(due, CENSUSES_PER_POLL).len(), CENSUSES_PER_POLL);
-    assert!(pick(Vec::new(), 2).is_empty());
+    let inodes: Vec<u64> = order(due).into_iter().map(|(i, _)| i).collect();
+    // A first census before alerts raised a poll ago: they take turns.
+    assert_eq!(inodes, vec![3, 2, 4, 5, 1]);
+    assert!(order(Vec::new()).is_empty());
+}
+
+#[test]
+fn what_cannot_wait_is_censused_beyond_the_cap_within_the_time_of_a_poll() {
+    let ms = Duration::from_millis;
+    // What can wait: on a sweep of the settings only, two at most.
+    assert!(one_more(Due::Stale, 0, ms(0), true));
+    assert!(one_more(
+        Due::NoCounters,
+        CENSUSES_PER_POLL - 1,
+        ms(900),
+        true
+    ));
+    assert!(!one_more(Due::Stale, 0, ms(0), false));
+    assert!(!one_more(Due::Stale, CENSUSES_PER_POLL, ms(1), true));
+    assert!(!one_more(Due::NoCounters, CENSUSES_PER_POLL, ms(1), true));
+    // Five namespaces critical at once are all censused on any poll,
+    // unless their censuses already took the poll's time.
+    for why in [
+        Due::AlertRaised,
+        Due::AlertPending,
+        Due::BoundAtWarning,
+        Due::Growing,
+        Due::FirstCensus,
+        Due::SettingsChanged,
+    ] {
+        for sweep in [false, true] {
+            assert!(one_more(why, 4, ms(5), sweep), "{why:?}");
+            assert!(one_more(why, 1, ms(900), sweep), "{why:?}");
+            assert!(!one_more(why, 4, CENSUS_TIME_PER_POLL, sweep), "{why:?}");
+        }
+    }
 }
 
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -313,4 +372,67 @@ fn metrics_are_labelled_netns_container_pod_worst_first_and_bounded() {
     assert_eq!(series, TOP_NAMESPACES);
     assert!(!m.contains("namespace="), "never a `namespace` label");
     assert!(!m.contains("pid="), "never a pid label");
+}
+
+/// A fixture `/proc` at 100 s after boot: portd in `net:[1]`, and each
+/// `(pid, inode, started)` a process in `net:[inode]` since `started` s.
+fn proc_at_100s(processes: &[(u32, u64, u64)]) -> tempfile::TempDir {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let proc = dir.path().join("proc");
+    let tps = procfs::ticks_per_second();
+    for (pid, inode, started) in [(1, 1, 0)].iter().chain(processes) {
+        std::fs::create_dir_all(proc.join(format!("{pid}/ns"))).unwrap();
+        symlink(format!("net:[{inode}]"), proc.join(format!("{pid}/ns/net"))).unwrap();
+        std::fs::write(
+            proc.join(format!("{pid}/stat")),
+            format!(
+                "{pid} (sleep) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n",
+                started * tps
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(proc.join("self/ns")).unwrap();
+    symlink("net:[1]", proc.join("self/ns/net")).unwrap();
+    std::fs::write(proc.join("uptime"), "100.00 50.00\n").unwrap();
+    dir
+}
+
+fn watched_at(inode: u64, pid: u32, level: Level, seen: f64) -> Watched {
+    let mut w = watched(inode, level, 1.0, Identity::default());
+    w.ns.pid = Some(pid);
+    w.seen = Some(seen);
+    w
+}
+
+#[test]
+fn a_namespace_that_vanishes_with_a_raised_alert_ends_it_and_a_reused_inode_starts_afresh() {
+    let dir = proc_at_100s(&[(20, 200, 50), (30, 300, 95), (40, 400, 10)]);
+    let mut known = Known::new();
+    // Still there, through the same process.
+    known.insert(200, watched_at(200, 20, Level::Critical, 90.0));
+    // Its process (31) is gone; the one now at its inode started after the
+    // last look (95 s > 90 s): another namespace.
+    known.insert(300, watched_at(300, 31, Level::Critical, 90.0));
+    // Its process (39) is gone, but 40 was in it before the last look: it
+    // lives on.
+    known.insert(400, watched_at(400, 39, Level::Critical, 90.0));
+    // Gone, raised and quiet.
+    known.insert(500, watched_at(500, 50, Level::Warning, 90.0));
+    known.insert(600, watched_at(600, 60, Level::Ok, 90.0));
+
+    let (unreadable, gone) = refresh(&Host::new(dir.path()), &mut known);
+    assert_eq!(unreadable, 0);
+    let ended: Vec<(u64, Level)> = gone.iter().map(|g| (g.ns.inode, g.level)).collect();
+    assert_eq!(ended, vec![(300, Level::Critical), (500, Level::Warning)]);
+    let mut inodes: Vec<u64> = known.keys().copied().collect();
+    inodes.sort_unstable();
+    assert_eq!(inodes, vec![200, 300, 400]);
+    assert_eq!(known[&200].alert.level, Level::Critical);
+    assert_eq!(known[&300].alert.level, Level::Ok, "a new one, not alerted");
+    assert_eq!(known[&300].ns.label, "pid 30");
+    assert_eq!(known[&400].alert.level, Level::Critical);
+    assert_eq!(known[&400].ns.pid, Some(40));
+    assert!(known.values().all(|w| w.seen == Some(100.0)));
 }

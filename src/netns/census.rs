@@ -45,6 +45,28 @@ fn open_ns(host: &Host, ns: &Namespace) -> Result<(std::fs::File, std::path::Pat
     Ok((file, path))
 }
 
+/// Whether `ns` is still where its census enters it: its pid's `ns/net`
+/// still links to its inode, or one of its names is still under
+/// `/run/netns`. False once its process exited (or the pid was reused
+/// elsewhere): what failed then is not an error, the namespace is gone
+/// (or lives on in another process, which the next discovery finds).
+pub fn still_there(host: &Host, ns: &Namespace) -> bool {
+    if ns.own {
+        return true;
+    }
+    let by_pid = ns.pid.is_some_and(|pid| {
+        std::fs::read_link(host.proc(&format!("{pid}/ns/net")))
+            .ok()
+            .and_then(|link| link.to_str().and_then(super::discovery::parse_link))
+            == Some(ns.inode)
+    });
+    by_pid
+        || ns
+            .names
+            .iter()
+            .any(|name| host.path("/run/netns").join(name).exists())
+}
+
 /// Runs `f` on a new thread inside `ns`, with a host view whose `/proc/net`
 /// is that thread's. The thread ends with `f`: nothing else ever runs in
 /// the namespace.
@@ -161,4 +183,53 @@ pub fn setns_error(path: &Path, e: rustix::io::Errno) -> String {
         "setns({}): {e} (entering another network namespace needs CAP_SYS_ADMIN)",
         path.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::netns::Identity;
+
+    fn namespace(inode: u64, pid: u32) -> Namespace {
+        Namespace {
+            inode,
+            pid: Some(pid),
+            comm: None,
+            processes: 1,
+            names: Vec::new(),
+            own: false,
+            identity: Identity::default(),
+            label: format!("pid {pid}"),
+            enter: String::new(),
+        }
+    }
+
+    /// A pid that exited and went to a process in another namespace leads
+    /// to that namespace: it is never entered in place of the one watched.
+    #[test]
+    fn a_namespace_is_entered_only_through_a_file_that_is_still_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns_dir = dir.path().join("proc/7/ns");
+        std::fs::create_dir_all(&ns_dir).unwrap();
+        // Under a fixture root the file's own inode stands for the namespace's.
+        std::fs::write(ns_dir.join("net"), "").unwrap();
+        let inode = std::fs::metadata(ns_dir.join("net")).unwrap().ino();
+        let host = Host::new(dir.path());
+        assert!(open(&host, &namespace(inode, 7)).is_ok());
+        let err = open(&host, &namespace(inode + 1, 7)).unwrap_err();
+        assert!(
+            err.ends_with(&format!(
+                "proc/7/ns/net: now net:[{inode}], not net:[{}]: the namespace's process is gone",
+                inode + 1
+            )),
+            "{err}"
+        );
+        assert!(
+            open(&host, &namespace(inode, 8))
+                .unwrap_err()
+                .contains("proc/8/ns/net: No such file")
+        );
+    }
 }

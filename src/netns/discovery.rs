@@ -72,6 +72,21 @@ pub fn pid_in(host: &Host, inode: u64) -> Option<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| pid_inode(host, *pid) == Some(inode))
         .min()
+
+/// Seconds since boot (`/proc/uptime`): the clock of [`started`].
+pub fn uptime(host: &Host) -> Option<f64> {
+    let text = std::fs::read_to_string(host.proc("uptime")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// When `pid` started, in seconds since boot (`/proc/<pid>/stat`, field 22
+/// in clock ticks); `None` once it is gone.
+pub fn started(host: &Host, pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(host.proc(&format!("{pid}/stat"))).ok()?;
+    // The command (field 2) is in parentheses and may hold anything.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    Some(ticks as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// Lists the namespaces under `host`'s `/proc` and `/run/netns`.
@@ -169,6 +184,22 @@ mod tests {
         symlink(own, ns.join("net")).unwrap();
         std::fs::create_dir_all(dir.path().join("proc/sys")).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_process_start_is_read_past_any_command_name() {
+        let dir = proc_tree(&[(7, "net:[100]")], "net:[100]");
+        let tps = procfs::ticks_per_second() as f64;
+        std::fs::write(
+            dir.path().join("proc/7/stat"),
+            "7 (a) b) 1 2 S) S 1 7 7 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 4200 1000 10\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("proc/uptime"), "61.50 100.00\n").unwrap();
+        let host = Host::new(dir.path());
+        assert_eq!(started(&host, 7), Some(4200.0 / tps));
+        assert_eq!(started(&host, 8), None);
+        assert_eq!(uptime(&host), Some(61.5));
     }
 
     #[test]

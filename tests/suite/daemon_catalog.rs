@@ -92,6 +92,7 @@ fn always_set(kind: Kind) -> &'static [&'static str] {
             &["PORTD_EVENT", "PORTD_RANGE_AFTER", "PORTD_REASON"]
         }
         Kind::PolicyReloaded => &["PORTD_EVENT", "PORTD_POLICY"],
+        Kind::NetnsGone => &["PORTD_EVENT", "PORTD_NETNS", "PORTD_REASON"],
         Kind::PolicyRejected => &["PORTD_EVENT", "PORTD_POLICY", "PORTD_REASON"],
         Kind::ConfigurationHazard => &["PORTD_EVENT", "PORTD_RANGE_BEFORE", "PORTD_REASON"],
         Kind::PortAllocationFailed => &[

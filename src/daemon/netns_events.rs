@@ -1,0 +1,147 @@
+//! What the watch over the other network namespaces writes to the journal:
+//! a namespace's alert, with where and how to set its range, and the end of
+//! an alert whose namespace is gone.
+
+use crate::events::{self, Fields, Kind};
+use crate::level::Level;
+use crate::netns::Namespace;
+use crate::planner::{Action, Decision};
+use crate::usage::Usage;
+
+use super::super::report::{level_event, usage_fields};
+
+/// The sysctl the advice is about.
+const RANGE_KEY: &str = "net.ipv4.ip_local_port_range";
+
+/// Where and how to set the range in `ns`: a pod's securityContext, a
+/// container's `--sysctl`, a named namespace's `ip netns exec`.
+pub(super) fn advice(ns: &Namespace, decision: &Decision) -> Option<String> {
+    if decision.alert.level < Level::Warning {
+        return None;
+    }
+    let plan = match &decision.action {
+        Action::Hold { plan: Some(p), .. } | Action::Apply { plan: p } => p,
+        Action::Hold { plan: None, reason } => {
+            return Some(format!(
+                "the range cannot be widened ({reason}): fewer connections towards the worst destination, or more destination addresses"
+            ));
+        }
+        Action::Nothing => return None,
+    };
+    let value = format!("{} {}", plan.to.low(), plan.to.high());
+    let reserve = if plan.newly_reserved.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (reserve its listeners first: net.ipv4.ip_local_reserved_ports={})",
+            plan.reserved
+        )
+    };
+    let id = &ns.identity;
+    let r#where = if id.pod.is_some() || id.pod_uid.is_some() {
+        format!(
+            "in the pod's spec: securityContext.sysctls: [{{name: {RANGE_KEY}, value: \"{value}\"}}]"
+        )
+    } else if let Some(c) = id.container() {
+        let runtime = c.split(':').next().unwrap_or("docker");
+        let tool = if runtime == "podman" {
+            "podman"
+        } else {
+            "docker"
+        };
+        format!(
+            "when the container ({c}) is started: `{tool} run --sysctl {RANGE_KEY}=\"{value}\" ...` (compose: sysctls:)"
+        )
+    } else if let Some(name) = ns.names.first() {
+        format!("`ip netns exec {name} sysctl -w {RANGE_KEY}=\"{value}\"`")
+    } else if let Some(pid) = ns.pid {
+        format!(
+            "`nsenter -t {pid} -n sysctl -w {RANGE_KEY}=\"{value}\"` (lost with the namespace: set it where it is created)"
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "set {RANGE_KEY} to \"{value}\" (was {}){reserve} {where}; portd writes nothing in other namespaces, and /etc/sysctl.d applies only to the host's",
+        plan.from
+    ))
+}
+
+/// `base` with the fields that name the namespace.
+pub(super) fn in_namespace(ns: &Namespace, base: Fields) -> Fields {
+    Fields {
+        netns: Some(format!("net:[{}]", ns.inode)),
+        container: ns.identity.container(),
+        pod: ns
+            .identity
+            .pod
+            .clone()
+            .or_else(|| ns.identity.pod_uid.clone()),
+        ..base
+    }
+}
+
+/// The journal entry for a change of a namespace's confirmed level.
+pub(super) fn alert(ns: &Namespace, usage: &Usage, d: &Decision, advice: Option<&str>) {
+    let Some((kind, what, reminder)) = level_event(d) else {
+        return;
+    };
+    let advice = advice.map(|a| format!("; {a}")).unwrap_or_default();
+    events::emit(
+        kind,
+        &format!(
+            "{what} in {} (net:[{}], enter: {}): {} of ephemeral ports in use ({}/{}), worst: {}{advice}",
+            ns.label,
+            ns.inode,
+            ns.enter,
+            usage.headline.usage,
+            usage.headline.used,
+            usage.headline.capacity,
+            usage.headline.cause
+        ),
+        &Fields {
+            reminder,
+            ..in_namespace(ns, usage_fields(usage))
+        },
+    );
+}
+
+/// A namespace that had a raised alert and is gone: its process exited (or
+/// its name was deleted) and discovery no longer finds it.
+pub(in super::super) struct Gone {
+    pub ns: Namespace,
+    pub level: Level,
+    /// Its last census, when it had one.
+    pub usage: Option<Usage>,
+}
+
+/// The journal entry that closes the alert of a namespace that is gone: no
+/// recovery follows, and its reminders stop.
+pub(super) fn gone(g: &Gone) {
+    let ns = &g.ns;
+    let level = g.level.label().to_ascii_lowercase();
+    let last = g
+        .usage
+        .as_ref()
+        .map(|u| {
+            format!(
+                "; last census {} ({}/{}), worst: {}",
+                u.headline.usage, u.headline.used, u.headline.capacity, u.headline.cause
+            )
+        })
+        .unwrap_or_default();
+    let base = g.usage.as_ref().map(usage_fields).unwrap_or_default();
+    events::emit(
+        Kind::NetnsGone,
+        &format!(
+            "ephemeral port alert ended in {} (net:[{}]): the namespace is gone; it was {level}{last}",
+            ns.label, ns.inode
+        ),
+        &Fields {
+            reason: Some(format!(
+                "the namespace is gone while {level}: no process or /run/netns name holds it"
+            )),
+            ..in_namespace(ns, base)
+        },
+    );
+}

@@ -217,17 +217,17 @@ mod tests {
         std::fs::write(ns_dir.join("net"), "").unwrap();
         let inode = std::fs::metadata(ns_dir.join("net")).unwrap().ino();
         let host = Host::new(dir.path());
-        assert!(open(&host, &namespace(inode, 7)).is_ok());
-        let err = open(&host, &namespace(inode + 1, 7)).unwrap_err();
+        assert!(open_ns(&host, &namespace(inode, 7)).is_ok());
+        let err = open_ns(&host, &namespace(inode + 1, 7)).unwrap_err();
         assert!(
             err.ends_with(&format!(
-                "proc/7/ns/net: now net:[{inode}], not net:[{}]: the namespace's process is gone",
+                "proc/7/ns/net is now net:[{inode}], not net:[{}]: the namespace's process exited",
                 inode + 1
             )),
             "{err}"
         );
         assert!(
-            open(&host, &namespace(inode, 8))
+            open_ns(&host, &namespace(inode, 8))
                 .unwrap_err()
                 .contains("proc/8/ns/net: No such file")
         );

@@ -72,6 +72,7 @@ pub fn pid_in(host: &Host, inode: u64) -> Option<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| pid_inode(host, *pid) == Some(inode))
         .min()
+}
 
 /// Seconds since boot (`/proc/uptime`): the clock of [`started`].
 pub fn uptime(host: &Host) -> Option<f64> {

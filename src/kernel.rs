@@ -154,6 +154,27 @@ impl TwReuse {
 /// pass first, about 10x slower (kernel.md §1.5).
 pub const CONNECT_SLOWDOWN_FRACTION: f64 = 0.5;
 
+/// A process as `/proc/PID/stat` shows it (`do_task_stat()`, fs/proc/array.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 22: clock ticks after boot.
+    pub start_time: u64,
+    /// A zombie: exited, not yet reaped.
+    pub zombie: bool,
+}
+
+/// The fields after the command, which is in parentheses and may hold
+/// spaces and parentheses itself: state is the first, start time the 20th.
+pub fn parse_proc_stat(stat: &[u8]) -> Option<ProcStat> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    Some(ProcStat {
+        start_time: fields.get(19)?.parse().ok()?,
+        zombie: *fields.first()? == "Z",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

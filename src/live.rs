@@ -323,7 +323,7 @@ const LONGEST_INTERVAL: f64 = 24.0 * 3600.0;
 
 mod read;
 #[cfg(test)]
-use read::parse_stat;
+use crate::kernel::parse_proc_stat as parse_stat;
 pub use read::{Namespaces, Process, judge, process, read, read_with};
 
 /// The freshness rule: a live view counts while

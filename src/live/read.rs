@@ -42,14 +42,7 @@ impl Namespaces {
     }
 }
 
-/// A process as `/proc/PID/stat` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Process {
-    /// Field 22: clock ticks after boot.
-    pub start_time: u64,
-    /// A zombie: exited, not yet reaped.
-    pub zombie: bool,
-}
+pub use crate::kernel::ProcStat as Process;
 
 /// Process `pid` of this machine (the real `/proc`, whatever `--root`
 /// says: the daemon that wrote a view is a real process); `None` when
@@ -60,19 +53,7 @@ pub fn process(pid: u32) -> Option<Process> {
     }
     let stat =
         fsutil::read_regular(std::path::Path::new(&format!("/proc/{pid}/stat")), 4096).ok()?;
-    parse_stat(&stat)
-}
-
-/// The fields after the command, which is in parentheses and may hold
-/// spaces and parentheses itself: state is the first, start time the 20th.
-pub(super) fn parse_stat(stat: &[u8]) -> Option<Process> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    Some(Process {
-        start_time: fields.get(19)?.parse().ok()?,
-        zombie: *fields.first()? == "Z",
-    })
+    crate::kernel::parse_proc_stat(&stat)
 }
 
 /// Reads the live view of `host` and judges it against `now` and the

@@ -83,10 +83,8 @@ pub fn uptime(host: &Host) -> Option<f64> {
 /// When `pid` started, in seconds since boot (`/proc/<pid>/stat`, field 22
 /// in clock ticks); `None` once it is gone.
 pub fn started(host: &Host, pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(host.proc(&format!("{pid}/stat"))).ok()?;
-    // The command (field 2) is in parentheses and may hold anything.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let stat = std::fs::read(host.proc(&format!("{pid}/stat"))).ok()?;
+    let ticks = crate::kernel::parse_proc_stat(&stat)?.start_time;
     Some(ticks as f64 / procfs::ticks_per_second() as f64)
 }
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The macro benchmark of issue 7 (results: docs/benchmarks.md): builds
+# The census macro benchmark (results: docs/benchmarks.md): builds
 # portd, examples/census_bench and examples/procfs_tables in release mode and
 # runs census_bench in a private network namespace (`unshare -n`; it refuses
 # to run anywhere else). Needs root. Arguments are passed to

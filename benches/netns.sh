@@ -1,7 +1,7 @@
 #!/bin/sh
 # Per-poll cost of watching N other network namespaces (docs/benchmarks.md,
 # "Other network namespaces"). Root. Everything runs in a private PID
-# namespace with its own /proc and a tmpfs /run (DESIGN.md, "Several
+# namespace with its own /proc and a tmpfs /run (docs/DESIGN.md, "Several
 # namespaces"): discovery sees only the namespaces made here, and every
 # process started here dies with it.
 #

@@ -1,4 +1,4 @@
-//! The macro benchmark of issue 7 (results: docs/benchmarks.md). Builds N real
+//! The macro benchmark (results: docs/benchmarks.md). Builds N real
 //! TCP sockets in a private network namespace and times, in the same run and
 //! interleaved round by round:
 //!
@@ -228,7 +228,8 @@ fn setup_namespace(args: &RunArgs) -> Res<()> {
     if args.ehash > 0 {
         // Read by the kernel when a child namespace is created
         // (tcp_child_ehash_entries, per namespace): the nested one gets a
-        // table of its own, as in perf-baseline.md.
+        // table of its own, as in the setup of docs/benchmarks.md (a child
+        // that shares the host's table walks it whole: docs/kernel.md §5.4).
         let before = netns_link()?;
         sysctl("net.ipv4.tcp_child_ehash_entries", &args.ehash.to_string())?;
         // SAFETY: unshare(2) with a flag, no pointers; single-threaded here.
@@ -421,7 +422,7 @@ fn churn(args: &ChurnArgs) -> Res<()> {
 
 // --------------------------------------------------------------- reference
 
-/// One `TCPDIAG_GETSOCK` dump (kernel.md §5) written against libc alone,
+/// One `TCPDIAG_GETSOCK` dump (docs/kernel.md §5) written against libc alone,
 /// independent of portd's module; returns the number of sockets.
 fn raw_dump_once(skip_reserved: bool, states: u32) -> Res<usize> {
     let bytecode = if skip_reserved {

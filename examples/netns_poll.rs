@@ -1,4 +1,4 @@
-//! The per-poll cost of watching other network namespaces (issue 15):
+//! The per-poll cost of watching other network namespaces:
 //! discovery (`/proc/*/ns/net`, `/run/netns`) plus each namespace's O(1)
 //! counters (`/proc/<pid>/net/sockstat{,6}`, `snmp`), repeated ROUNDS
 //! times; prints the mean per poll and per namespace. Run as root inside a

@@ -1,7 +1,7 @@
 //! The only code that writes to the system: `/proc/sys` values, portd's
 //! sysctl.d drop-in, and (through `state`) its state file.
 //!
-//! Rules (kernel.md §1.2, §2.1, §7.3; DESIGN.md "Safety rules"): reserved
+//! Rules (docs/kernel.md §1.2, §2.1, §7.3; docs/DESIGN.md "Safety rules"): reserved
 //! ports first (the complete list, one fd, offset 0), then the range (one
 //! write of `"low high\n"` at offset 0 of a fresh open); read both back; if
 //! the range write fails, restore the reserved list. The drop-in is written
@@ -72,7 +72,7 @@ pub enum ActuateError {
 }
 
 /// One `write()` at offset 0 of a fresh open; a short count is an error
-/// (kernel.md §1.2: a second write at offset > 0 is ignored, or OR-ed for
+/// (docs/kernel.md §1.2: a second write at offset > 0 is ignored, or OR-ed for
 /// bitmaps, so the whole value must go in one call).
 fn write_once(path: &std::path::Path, value: &str) -> Result<(), ActuateError> {
     let err = |source| ActuateError::Write {
@@ -114,7 +114,7 @@ pub fn write_reserved(host: &Host, set: &PortSet) -> Result<(), ActuateError> {
     let value = format!("{}\n", set.to_sysctl_list());
     if value.len() > 4095 {
         // The kernel consumes longer input in chunks, OR-ing later ones
-        // (kernel.md §2.1); portd's lists are runs, far shorter than this.
+        // (docs/kernel.md §2.1); portd's lists are runs, far shorter than this.
         return Err(ActuateError::Invalid(format!(
             "reserved port list of {} bytes is longer than one write can carry",
             value.len()
@@ -155,7 +155,7 @@ pub fn write_pair(
     reserved: &PortSet,
 ) -> Result<(), ActuateError> {
     // ipv4_local_port_range() rejects low < ip_unprivileged_port_start
-    // (kernel.md §1.3); portd never lowers that setting, so such a range is
+    // (docs/kernel.md §1.3); portd never lowers that setting, so such a range is
     // refused here rather than half-applied.
     if range.low() < current.unprivileged_port_start {
         return Err(ActuateError::Invalid(format!(

@@ -1,4 +1,4 @@
-//! Exhaustion as its own event (issue 13): a destination or pool with every
+//! Exhaustion as its own event: a destination or pool with every
 //! port taken means `connect()` (or `bind(0)`) fails now. It is reported at
 //! once in every mode, whatever the hold; while it lasts it is repeated at
 //! most once a minute, and at once when it worsens; its end is reported

@@ -1,4 +1,4 @@
-//! The forecast (issue 13): growth rates per destination and per pool from
+//! The forecast (docs/DESIGN.md, "Acting in time"): growth rates per destination and per pool from
 //! successive censuses, the steady state they lead to and the time until a
 //! level is reached. Pure: the daemon carries a [`Tracker`] between
 //! censuses and hands [`Tracker::forecast`]'s result to the planner.
@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::ports::Ratio;
 use crate::usage::{DestKey, Usage};
 
-/// How long a TIME_WAIT socket holds its port (kernel.md: TCP_TIMEWAIT_LEN).
+/// How long a TIME_WAIT socket holds its port (`TCP_TIMEWAIT_LEN`, docs/kernel.md §3.4).
 pub const TIME_WAIT_SECS: f64 = 60.0;
 /// Two censuses closer than this give no rate.
 pub const MIN_SPAN: Duration = Duration::from_secs(1);

@@ -3,7 +3,7 @@
 //! A file is replaced by writing a temp file in the same directory, fsync,
 //! rename over the target, fsync the directory; everything is opened
 //! relative to the directory and never follows a symlink, so a crash leaves
-//! either the complete old or the complete new file (kernel.md §7.3).
+//! either the complete old or the complete new file (docs/kernel.md §7.3).
 
 use std::fs::File;
 use std::io::{self, Read, Write};

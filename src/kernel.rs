@@ -151,7 +151,7 @@ impl TwReuse {
 
 /// The slowdown mark: once half of the ports towards one destination are in
 /// use, every further `connect()` to it walks the whole first (same-parity)
-/// pass first, about 10x slower (kernel.md §1.5).
+/// pass first, about 10x slower (docs/kernel.md §1.5).
 pub const CONNECT_SLOWDOWN_FRACTION: f64 = 0.5;
 
 /// A process as `/proc/PID/stat` shows it (`do_task_stat()`, fs/proc/array.c).

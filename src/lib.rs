@@ -1,5 +1,6 @@
 //! portd: watches ephemeral-port usage per destination and safely widens
-//! `net.ipv4.ip_local_port_range`. See DESIGN.md in the project docs.
+//! `net.ipv4.ip_local_port_range`. The design is in docs/DESIGN.md,
+//! the map of the modules in docs/ARCHITECTURE.md.
 
 // Functions stay short enough to read in one sitting (threshold in
 // .clippy.toml; CI denies warnings): the few flat output lists say why.

@@ -152,7 +152,8 @@ pub struct Namespace {
     pub advice: Option<String>,
 }
 
-/// Where usage is heading (issue 13).
+/// Where usage is heading: the forecast's time to exhaustion, rates and
+/// remedies, as the daemon last computed them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Outlook {

@@ -167,7 +167,7 @@ pub struct Unfit {
     /// Ports the widest range within floor and ceiling gives it.
     pub capacity_at_bounds: u64,
     /// The share of those it can hold below the critical level, where
-    /// every further `connect()` slows down (DESIGN.md): what it must fit.
+    /// every further `connect()` slows down (docs/DESIGN.md): what it must fit.
     pub room: u64,
 }
 
@@ -320,7 +320,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Decision {
     }
 }
 
-/// Hysteresis and hold (issue 13). Time at or above the warning level
+/// Hysteresis and hold (docs/DESIGN.md, "Acting in time"). Time at or above the warning level
 /// counts continuously from the first poll that saw it: a climb from
 /// warning to critical never restarts the hold, and only falling below
 /// `clear` ends it. Once held (or at once when the forecast reaches
@@ -516,14 +516,14 @@ fn waiting(inputs: &Inputs<'_>) -> Option<(Duration, Blocked)> {
 
 /// Ports of `range` that `connect()` can be handed: the range minus the
 /// reserved ports minus the ports held by listening (or bound) sockets
-/// (kernel.md §2), whether or not they are reserved yet.
+/// (docs/kernel.md §2), whether or not they are reserved yet.
 pub fn usable_ports(range: PortRange, reserved: &PortSet, listening: &PortSet) -> u32 {
     range.len() - reserved.union(listening).count_in(range)
 }
 
 /// Where the policy lets the range go: `floor..=ceiling`. The floor is the
 /// policy's (or the range as first found), never below
-/// `ip_unprivileged_port_start` (the kernel rejects that: kernel.md §1.3)
+/// `ip_unprivileged_port_start` (the kernel rejects that: docs/kernel.md §1.3)
 /// and never below 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
@@ -618,7 +618,7 @@ fn widen(obs: &Observation, policy: &Policy, bounds: Bounds, demand: u64) -> Opt
         low -= 1;
         capacity += free(low);
     }
-    // Ends of different parity (kernel.md §1.5): grow by one more port where
+    // Ends of different parity (docs/kernel.md §1.5): grow by one more port where
     // the bounds allow, else give one back without undoing the growth.
     if low % 2 == high % 2 {
         if high < ceiling {

@@ -747,7 +747,7 @@ proptest! {
     // A tenth of the cases: each is a series of up to 40 polls (40 plans).
     #![proptest_config(ProptestConfig::with_cases(cases().div_ceil(10)))]
 
-    /// Issue 13, the hold law: for any non-decreasing usage series, the
+    /// The hold law: for any non-decreasing usage series, the
     /// level is confirmed at the first poll at or after (first time at
     /// warning + hold), and from then on it is the poll's level: climbing
     /// to critical never restarts the hold. In advise mode the same polls

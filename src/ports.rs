@@ -149,7 +149,7 @@ impl PortRange {
     /// `connect()` scans ports of `low`'s parity first and drops one candidate
     /// when the count is odd; with ends of the same parity one port per
     /// destination can become unreachable (`__inet_hash_connect`,
-    /// net/ipv4/inet_hashtables.c; kernel.md §1.5). The kernel logs
+    /// net/ipv4/inet_hashtables.c; docs/kernel.md §1.5). The kernel logs
     /// "prefer different parity for start/end values" for such a write.
     pub fn has_same_parity(self) -> bool {
         self.low() % 2 == self.high() % 2
@@ -168,7 +168,7 @@ impl PortRange {
 
     /// The value to write to `/proc/sys/net/ipv4/ip_local_port_range`: plain
     /// decimal without leading zeros (a leading 0 is read as octal), one line
-    /// (kernel.md §1.2).
+    /// (docs/kernel.md §1.2).
     pub fn to_sysctl_value(self) -> String {
         format!("{} {}\n", self.low, self.high)
     }
@@ -349,7 +349,7 @@ impl PortSet {
 
     /// Parses the syntax of `ip_local_reserved_ports`: a comma-separated list
     /// of `N` or `A-B` with `A <= B`, no spaces inside; empty means no ports
-    /// (kernel.md §2.1). Port 0 is accepted because the kernel accepts it.
+    /// (docs/kernel.md §2.1). Port 0 is accepted because the kernel accepts it.
     pub fn parse(text: &str) -> Result<Self, PortError> {
         let mut set = PortSet::new();
         let text = text.trim_end_matches('\n');

@@ -1,4 +1,4 @@
-//! Remedies (issue 13): what else closes the gap when the range, within the
+//! Remedies: what else closes the gap when the range, within the
 //! policy's bounds, cannot hold a load. Each is a rule with a condition, a
 //! quantified effect (ports) and a stable id: the `PORTD_REMEDY` journal
 //! field, the catalog, `status --json` and `check --plan` use the same id.

@@ -1,7 +1,7 @@
 //! SIGTERM and SIGINT as a flag that code running on the event loop can
 //! read. The loop sees these signals through tokio, but only between two
 //! events; the writes of a change run on the loop, one after another, so
-//! they read this flag between steps and stop there (DESIGN.md: SIGTERM is
+//! they read this flag between steps and stop there (docs/DESIGN.md: SIGTERM is
 //! answered within two seconds).
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,5 @@
 //! What `systemd-sysctl` will apply at boot: the `sysctl.d` files it reads, in
-//! its order, and the assignments in them (kernel.md §7.2; sysctl.d(5);
+//! its order, and the assignments in them (docs/kernel.md §7.2; sysctl.d(5);
 //! systemd 252 `src/sysctl/sysctl.c` and `src/basic/conf-files.c`).
 //!
 //! Read-only. The actuator uses it to check that no later file overrides
@@ -46,7 +46,7 @@ pub const SYSCTL_D_DIRS: [&str; 4] = [
 /// symlink to `usr/lib` (merged /usr, Debian 12) it is not read.
 pub const SPLIT_USR_DIR: &str = "/lib/sysctl.d";
 
-/// Where portd's drop-in lives (kernel.md §7.3); policy names only the file.
+/// Where portd's drop-in lives (docs/kernel.md §7.3); policy names only the file.
 pub const DROPIN_DIR: &str = "/etc/sysctl.d";
 
 /// procps' configuration file. Debian links it in as

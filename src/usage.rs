@@ -1,4 +1,4 @@
-//! The usage model (DESIGN.md, "The usage model"): per-destination TCP usage,
+//! The usage model (docs/DESIGN.md, "The usage model"): per-destination TCP usage,
 //! the per-protocol pools, the headline and the hazards, aggregated from one
 //! streamed census.
 
@@ -12,7 +12,7 @@ use crate::kernel::{CONNECT_SLOWDOWN_FRACTION, TcpState};
 use crate::ports::{PortRange, PortSet, Ratio};
 
 /// What `connect()` shares a local port across: one destination
-/// (kernel.md §3.1, exhaustion is per (local address, remote address, remote port)).
+/// (docs/kernel.md §3.1, exhaustion is per (local address, remote address, remote port)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct DestKey {
     pub local: IpAddr,

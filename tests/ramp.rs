@@ -1,4 +1,4 @@
-//! The load ramps of issue 13 (`suite/ramp.rs`), in a test binary of their
+//! The load ramps (`suite/ramp.rs`, results in docs/ramps.md), in a test binary of their
 //! own: cargo runs test binaries one after another, and a ramp loads both
 //! cores for minutes, which would disturb the timing of the daemon tests in
 //! `tests/tests.rs` if they shared a run.

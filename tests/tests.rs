@@ -1,4 +1,5 @@
-//! portd's integration tests: one binary (STYLE.md), one module per area.
+//! portd's integration tests: one binary (one link step; docs/DESIGN.md,
+//! "Testing in a namespace"), one module per area.
 //!
 //! The modules live in `tests/suite/` because Cargo builds every `tests/*.rs`
 //! file as a test binary of its own.

@@ -17,7 +17,7 @@ use crate::ports::PortSet;
 pub use settings::KernelSettings;
 
 /// Transport protocols with a port space of their own. IPv4 and IPv6 share
-/// each one (kernel.md §1.1).
+/// each one (docs/kernel.md §1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {

@@ -1,4 +1,4 @@
-//! The netlink sock_diag source (kernel.md §5): `inet_diag` dumps of TCP and
+//! The netlink sock_diag source (docs/kernel.md §5): `inet_diag` dumps of TCP and
 //! UDP over a `NETLINK_SOCK_DIAG` socket, parsed in place from one receive
 //! buffer and handed to the visitor message by message. No text is formatted
 //! or parsed, and the kernel hands over about 250 sockets per `recv()`
@@ -78,7 +78,7 @@ const FILTER_RUNS: usize = 32;
 /// `1 << state` for ESTABLISHED (1) to CLOSING (11) and NEW_SYN_RECV (12):
 /// every state of a socket in the listening or established hash, as
 /// `/proc/net/tcp` lists them. Not `~0`: that adds `TCP_BOUND_INACTIVE` (13),
-/// which makes the kernel walk the bind hash too (kernel.md §5.2).
+/// which makes the kernel walk the bind hash too (docs/kernel.md §5.2).
 const TCP_STATES: u32 = 0x1ffe;
 const TCPF_LISTEN: u32 = 1 << 10;
 /// Bound-only sockets, walked via `bhash2` (Linux >= 6.8, commit

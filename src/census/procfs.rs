@@ -3,7 +3,7 @@
 //!
 //! A streaming reader of its own rather than `procfs::net::tcp()`: that one
 //! returns a `Vec` of entries and allocates a `String` per line (about 490 ns
-//! a line, 86 MiB at 1M sockets; crates.md §1), while this one reuses one
+//! a line, 86 MiB at 1M sockets, measured), while this one reuses one
 //! line buffer and hands each socket to the visitor as it is parsed.
 //!
 //! The kernel walks the whole established hash to produce any of the TCP
@@ -152,7 +152,7 @@ fn read_error(path: &Path, source: std::io::Error) -> CensusError {
     }
 }
 
-/// Parses one of `/proc/net/{tcp,tcp6,udp,udp6}` (format: kernel.md §4.2-4.3,
+/// Parses one of `/proc/net/{tcp,tcp6,udp,udp6}` (format: docs/kernel.md §4.2-4.3,
 /// `get_tcp4_sock()` in net/ipv4/tcp_ipv4.c).
 fn scan_inet_table(
     path: &Path,
@@ -288,7 +288,7 @@ pub fn parse_inet_row(line: &str, proto: Proto) -> Result<Socket, String> {
 
 /// `0100007F:1389` (IPv4) or 32 hex digits (IPv6) and a port in host-order
 /// hex. Each 8-digit group is a `__be32` printed as a host integer, so its
-/// native-endian bytes are the address bytes (kernel.md §4.2).
+/// native-endian bytes are the address bytes (docs/kernel.md §4.2).
 fn parse_endpoint(text: &str) -> Result<(IpAddr, u16), String> {
     let bad = || format!("bad address {text:?} (expected HEXADDR:HEXPORT)");
     let (addr, port) = text.split_once(':').ok_or_else(bad)?;

@@ -3,7 +3,7 @@
 //! [`Fresh`] opens each file anew (commands). [`KeptOpen`] keeps each file
 //! open and re-reads it with `pread` at offset 0: the kernel regenerates a
 //! `/proc/sys` or seq_file value on a read at offset 0, and the network
-//! namespace is fixed when the file is opened (kernel.md §4.1), which for
+//! namespace is fixed when the file is opened (docs/kernel.md §4.1), which for
 //! the daemon is its own and never changes. Looking up five `/proc/sys`
 //! paths anew each second was most of an idle poll's cost
 //! (docs/benchmarks.md, "Daemon").
@@ -18,7 +18,7 @@ use crate::fsutil;
 
 /// The longest value portd reads from one `/proc` file: an
 /// `ip_local_reserved_ports` that lists every other port prints about
-/// 200 KB (kernel.md §2.1).
+/// 200 KB (docs/kernel.md §2.1).
 pub const VALUE_MAX: usize = 256 * 1024;
 
 /// Reads a whole `/proc` value with one `read()` at offset 0 into `buf`: the

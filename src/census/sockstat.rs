@@ -1,5 +1,5 @@
 //! O(1) socket totals from `/proc/net/sockstat{,6}` and `Tcp: ActiveOpens`
-//! from `/proc/net/snmp` (kernel.md §4.4). Per network namespace.
+//! from `/proc/net/snmp` (docs/kernel.md §4.4). Per network namespace.
 
 use std::path::Path;
 

@@ -206,7 +206,7 @@ impl Daemon {
 }
 
 /// What the forecast adds to the reason of a widening: that it came before
-/// the hold, and what it overrode (issue 13).
+/// the hold, and what it overrode.
 pub(super) fn forecast_note(decision: &Decision) -> String {
     let mut note = String::new();
     if let Some(f) = &decision.urgent {

@@ -1,4 +1,4 @@
-//! The fast path (DESIGN.md): between full censuses, O(1) kernel counters
+//! The fast path (docs/DESIGN.md): between full censuses, O(1) kernel counters
 //! bound what any destination can hold. While those bounds stay below the
 //! warning level the census is skipped, up to the policy's maximum
 //! staleness. A pure function of the last census, the counters and the
@@ -150,7 +150,7 @@ pub(super) enum Next {
     Skip(Skip),
 }
 
-/// DESIGN.md: no destination can hold more than `TCP inuse + TCP6 inuse +
+/// docs/DESIGN.md: no destination can hold more than `TCP inuse + TCP6 inuse +
 /// tw` ports, nor more than its count at the last census plus the
 /// `connect()`s since (`ActiveOpens`); the UDP pool no more than the UDP
 /// sockets, the TCP pool no more than the TCP sockets. Raised or pending

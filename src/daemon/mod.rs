@@ -377,7 +377,7 @@ impl Daemon {
     }
 
     /// A census running longer than this is abandoned: the watchdog
-    /// interval (DESIGN.md), or without a watchdog three polls and at least
+    /// interval (docs/DESIGN.md), or without a watchdog three polls and at least
     /// 30 s.
     fn census_limit(&self, watchdog: Option<Duration>) -> Duration {
         watchdog.unwrap_or_else(|| (self.policy.interval * 3).max(Duration::from_secs(30)))

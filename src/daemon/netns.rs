@@ -1,4 +1,4 @@
-//! The daemon's watch over the other network namespaces (DESIGN.md,
+//! The daemon's watch over the other network namespaces (docs/DESIGN.md,
 //! "Other network namespaces"). Each poll while an alert is raised or
 //! pending there (else within its share of a core, budget.rs), off the
 //! event loop on the blocking pool: discovery (identity read once per namespace, kept by

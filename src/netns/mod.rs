@@ -1,4 +1,4 @@
-//! Other network namespaces (DESIGN.md, "Other network namespaces"):
+//! Other network namespaces (docs/DESIGN.md, "Other network namespaces"):
 //! discovery, who each belongs to, and the census of each.
 
 pub mod census;

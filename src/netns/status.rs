@@ -2,7 +2,7 @@
 //! headline and exit status from the worst. A namespace whose O(1) counters
 //! keep every destination below the warning level is reported from them
 //! without a census: every census walks the kernel's global socket hash
-//! (DESIGN.md, "Other network namespaces").
+//! (docs/DESIGN.md, "Other network namespaces").
 
 use std::fmt::Write as _;
 

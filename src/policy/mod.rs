@@ -73,7 +73,7 @@ pub struct Policy {
 const FOUR_A_HOUR: NonZeroU32 = NonZeroU32::new(4).expect("4 is not 0");
 
 impl Default for Policy {
-    /// Safe on a host nobody has inspected (DESIGN.md, "Default policy").
+    /// Safe on a host nobody has inspected (docs/DESIGN.md, "Default policy").
     fn default() -> Self {
         Policy {
             interval: Duration::from_secs(2),

@@ -1,4 +1,4 @@
-//! The failure witness (DESIGN.md "The failure witness"): counts failed
+//! The failure witness (docs/DESIGN.md "The failure witness"): counts failed
 //! ephemeral-port allocations in the kernel, per network namespace, kind,
 //! local address, destination or pool, and process name (the last pid is
 //! kept beside the count, so short-lived processes share one counter).

@@ -83,7 +83,7 @@ impl Running {
         update.new_failures
     }
 
-    /// Metric families, appended to the metrics file (DESIGN.md naming:
+    /// Metric families, appended to the metrics file (docs/DESIGN.md naming:
     /// counters end in `_total`; labels by comm, never by pid).
     pub fn metrics(&self) -> String {
         let mut out = String::new();

@@ -1,7 +1,7 @@
 #!/bin/sh
 # End-to-end test of portd.service under a real systemd as PID 1.
 #
-# Recipe (../shared/DESIGN.md, "systemd as PID 1"): systemd runs as PID 1 of
+# Recipe (docs/DESIGN.md, "systemd as PID 1"): systemd runs as PID 1 of
 # private pid, mount and network namespaces (and UTS, so that its hostname
 # setup cannot rename the machine), started by
 #     setsid unshare -pfmnu --mount-proc BOOT.sh

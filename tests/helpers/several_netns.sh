@@ -1,5 +1,5 @@
 #!/bin/sh
-# Several network namespaces for portd's container-host test (DESIGN.md,
+# Several network namespaces for portd's container-host test (docs/DESIGN.md,
 # "Several namespaces"). Run ONLY as
 #   unshare --pid --fork --mount-proc --net --mount sh several_netns.sh PORTD OUT [ACTIONS]
 # ACTIONS: a shell file sourced in place of the `portd status` runs below

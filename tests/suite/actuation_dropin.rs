@@ -5,7 +5,7 @@
 use super::actuation_util::{DROPIN, Ns, default_mounts, parse_dropin, state_range};
 use super::util::have_root;
 
-/// A new network namespace starts with these (kernel.md §1.1, §2.1).
+/// A new network namespace starts with these (docs/kernel.md §1.1, §2.1).
 const DEFAULT_RANGE: &str = "32768\t60999";
 
 /// Applies `apply` (a command taking the drop-in's path) in a fresh network

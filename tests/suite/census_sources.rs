@@ -1,5 +1,5 @@
 //! The two census sources, netlink sock_diag and procfs, give the same
-//! census of the same live sockets (DESIGN.md, "Census sources"); `auto`
+//! census of the same live sockets (docs/DESIGN.md, "Census sources"); `auto`
 //! picks netlink only for the live namespace; and the macro benchmark
 //! harness (examples/census_bench.rs) still builds and runs. Needs root.
 

@@ -1,4 +1,4 @@
-//! The fast path (DESIGN.md, "The usage model"): between full censuses
+//! The fast path (docs/DESIGN.md, "The usage model"): between full censuses
 //! `portd run` reads only `/proc/net/sockstat` and `Tcp: ActiveOpens`, and
 //! skips the census while they prove no destination can have reached the
 //! warning level, up to the policy's maximum staleness. Real sockets in a

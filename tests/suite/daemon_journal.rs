@@ -372,7 +372,7 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
         .into_iter()
         .filter(|e| *e != "usage-critical")
         .collect();
-    // Exhaustion is its own event (issue 13): once when it begins (the
+    // Exhaustion is its own event: once when it begins (the
     // plateau is shorter than its minute between repeats), once when it ends.
     assert_eq!(
         others,

@@ -120,7 +120,7 @@ fn status_and_check_show_the_live_view_while_the_daemon_runs() {
     );
     let human = stdout(&root, &["status"]);
     assert!(daemon_line(&human).starts_with(&running), "{human}");
-    // A steady load: the forecast sees nothing growing (issue 13).
+    // A steady load: the forecast sees nothing growing.
     assert!(
         daemon_line(&human).ends_with("s ago, nothing growing towards exhaustion"),
         "{human}"

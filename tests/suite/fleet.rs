@@ -411,10 +411,10 @@ pub const NOT_PORTD: &[&str] = &[
 ];
 pub const NOT_PORTD_PREFIXES: &[&str] = &["node_textfile_"];
 
-/// Metrics a dashboard panel may use before the issue adding them lands:
+/// Metrics a dashboard panel may use before the change adding them lands:
 /// (name, who adds it). The check reports each one used, and fails once
-/// portd declares it (then it belongs to the checked names). Empty since
-/// issues 13-15 landed.
+/// portd declares it (then it belongs to the checked names). Empty while
+/// portd declares every metric the rules and the dashboard use.
 pub const PENDING: &[(&str, &str)] = &[];
 
 /// The families a metrics file declares with `# TYPE`.

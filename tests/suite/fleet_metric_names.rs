@@ -188,13 +188,13 @@ fn the_name_check_fails_on_a_renamed_metric_and_reports_pending_ones() {
         ["portd_alert_levels is not declared by `portd run`'s metrics file, used by rule A"]
     );
 
-    let pending = [("portd_next_metric_seconds", "issue 99")];
+    let pending = [("portd_next_metric_seconds", "the next release")];
     let uses_it = used(&[("portd_next_metric_seconds", "panel 3")]);
     let waiting = check_names_with(&uses_it, &declared, &pending);
     assert!(waiting.passed());
     assert_eq!(
         waiting.pending_used,
-        ["portd_next_metric_seconds (issue 99), used by panel 3"]
+        ["portd_next_metric_seconds (the next release), used by panel 3"]
     );
     // Not pending: the same use fails.
     assert!(!check_names_with(&uses_it, &declared, &[]).passed());

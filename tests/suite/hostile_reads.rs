@@ -1,4 +1,4 @@
-//! Reading safely (issue 11, defects 1 and 8): a `/proc/sys` value is read
+//! Reading safely: a `/proc/sys` value is read
 //! whole in one read at offset 0, and a FIFO, device or oversized file where
 //! portd expects a regular file is refused at once, naming the file, instead
 //! of hanging `check`, `status` or the daemon.

@@ -1,5 +1,5 @@
 //! `ss -tuanH` as the tests read it, and the usage model counted from it with
-//! the test's own few lines (DESIGN.md, "The usage model"), never with
+//! the test's own few lines (docs/DESIGN.md, "The usage model"), never with
 //! portd's code: the reference that `portd status --json` must equal.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,7 +2,7 @@
 //! `proc/` (written by `generate.py` there) and `expected.json`, the
 //! reviewed output of `portd --root DIR status --json --top 0`. Nothing is
 //! ignored. `PORTD_BLESS=1` rewrites the expected files from portd's output:
-//! review every change by hand against DESIGN.md before committing it.
+//! review every change by hand against docs/DESIGN.md before committing it.
 
 use std::path::Path;
 

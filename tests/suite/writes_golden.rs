@@ -22,7 +22,7 @@
 //! `"<now>"`; text files line by line, with the drop-in's
 //! `# Written TIME by portd VERSION.` line normalised the same way.
 //! `PORTD_BLESS=1` rewrites `expected/` and `outcome.txt` from the run:
-//! review every change by hand against DESIGN.md before committing it.
+//! review every change by hand against docs/DESIGN.md before committing it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -220,7 +220,7 @@ fn tree_differences(
 /// What the daemon does after each poll's writes (`Daemon::retry_persist`):
 /// persist, and once the drop-in says what portd last wrote, record that
 /// it did and under which name. Mirrored here by hand until `State` owns
-/// that transition (issue 12, item 2); then this calls it.
+/// that transition; then this calls it.
 fn persist_as_the_daemon_does(host: &Host, dropin_name: &str, state: &mut State) -> String {
     let scan = match portd::sysctld::scan(host) {
         Ok(scan) => scan,

@@ -1,11 +1,12 @@
 //! The only code that writes to the system: `/proc/sys` values, portd's
 //! sysctl.d drop-in, and (through `state`) its state file.
 //!
-//! Rules (docs/kernel.md §1.2, §2.1, §7.3; docs/DESIGN.md "Safety rules"): reserved
-//! ports first (the complete list, one fd, offset 0), then the range (one
-//! write of `"low high\n"` at offset 0 of a fresh open); read both back; if
-//! the range write fails, restore the reserved list. The drop-in is written
-//! atomically and never where a later sysctl.d file would override it.
+//! Rules (docs/kernel.md §1.2, §2.1, §7.3; docs/DESIGN.md, "Safety rules
+//! for actuation"): reserved ports first (the complete list, one fd, offset
+//! 0), then the range (one write of `"low high\n"` at offset 0 of a fresh
+//! open); read both back; if the range write fails, restore the reserved
+//! list. The drop-in is written atomically and never where a later sysctl.d
+//! file would override it.
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -30,6 +30,7 @@ mod suite {
     mod daemon_notify;
     mod daemon_several_netns;
     mod daemon_util;
+    mod docs_links;
     mod fleet;
     mod fleet_dashboard;
     mod fleet_metric_names;

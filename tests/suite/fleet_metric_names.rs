@@ -2,7 +2,7 @@
 //! writes: declared (`# TYPE`) in the metrics file of a real `portd run` in a
 //! private network namespace under load, so the per-destination series and
 //! a range change exist. Names that are not portd's are allowed by a short
-//! list (fleet.rs NOT_PORTD); names of issues not landed yet are reported as
+//! list (fleet.rs NOT_PORTD); names of changes not landed yet are reported as
 //! pending (fleet.rs PENDING).
 
 use std::collections::{BTreeMap, BTreeSet};

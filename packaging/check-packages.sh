@@ -9,7 +9,7 @@
 #     conffile / %config(noreplace), both carry a changelog, and the
 #     maintainer scripts parse and do what each distribution expects;
 #   - the packaged unit passes `systemd-analyze verify` and its exposure
-#     (`systemd-analyze security`) is at most 1.5 (DESIGN.md "Privileges"),
+#     (`systemd-analyze security`) is at most 1.5 (docs/DESIGN.md, "Privileges"),
 #     with the containers.conf drop-in at most 2.5.
 # Usage: packaging/check-packages.sh
 set -eu

@@ -2,8 +2,10 @@
 //! `benches/...` path in README.md and docs/*.md names a file that exists;
 //! every source comment that cites the design or the kernel facts names
 //! docs/DESIGN.md (and a section it has) or docs/kernel.md (and a § heading
-//! it has); and no source file cites an issue number, which means nothing
-//! outside the tracker. Root-free: it reads files only.
+//! it has); and no source file (src/, tests/, benches/, examples/, and the
+//! packaging, unit and policy files shipped beside them) cites an issue
+//! number, which means nothing outside the tracker. Root-free: it reads
+//! files only.
 //!
 //! The checkers are pure functions of text, so the last tests feed them a
 //! broken link, a missing section and an issue number and see each reported.
@@ -40,11 +42,21 @@ fn text_files(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
 /// the checkers' test data, so the scans of the sources leave it out.
 const THIS_FILE: &str = "tests/suite/docs_links.rs";
 
-/// The source files the citation and issue-number rules apply to.
+/// The source files the citation and issue-number rules apply to: the code,
+/// its tests and benchmarks, and what is shipped beside it.
 fn sources() -> Vec<(String, String)> {
     let root = repo();
     let mut files = Vec::new();
-    for dir in ["src", "tests", "benches", "examples"] {
+    for dir in [
+        "src",
+        "tests",
+        "benches",
+        "examples",
+        "packaging",
+        "systemd",
+        "config",
+        ".ci",
+    ] {
         text_files(&root.join(dir), &mut files);
     }
     files

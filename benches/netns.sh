@@ -15,7 +15,7 @@
 #                   SOCKETS/2 loopback connections, census_bench workers of
 #                   at most 9,500 connections each: the open-file limit is
 #                   20,000 a process), default 0
-#   DAEMON_SECONDS  then `portd run --dry-run` at the shipped policy (10 s
+#   DAEMON_SECONDS  then `portd run --dry-run` at the shipped policy (2 s
 #                   interval) is measured for this long after a 30 s
 #                   warm-up: its CPU (utime + stime of the whole process,
 #                   ended threads included) and the censuses it took in the
@@ -83,7 +83,7 @@ if [ "$DAEMON_SECONDS" -gt 0 ]; then
     c1=$(cpu); o1=$(metric portd_censuses_total); n1=$(metric portd_netns_censuses_total)
     hz=$(getconf CLK_TCK)
     kill $D; wait $D || true
-    echo "daemon (portd run --dry-run, interval 10 s) over $DAEMON_SECONDS s after 30 s:" \
+    echo "daemon (portd run --dry-run, shipped interval) over $DAEMON_SECONDS s after 30 s:" \
         "other namespaces watched $w0, CPU $(( (c1 - c0) * 1000 / hz )) ms" \
         "= $(awk -v c=$((c1 - c0)) -v hz=$hz -v s=$DAEMON_SECONDS "BEGIN { printf \"%.3f\", 100 * c / hz / s }") % of a core;" \
         "censuses in the window: own $((o1 - o0)), other namespaces $((n1 - n0))" \

@@ -6,13 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 
 use super::actuation_util::{Ns, POLICY, STATE, default_mounts};
-use super::util::have_root;
+use super::util::require_root;
 
 #[test]
 fn a_state_from_a_day_ahead_holds_alerts_and_widening_no_longer_than_the_policy() {
-    if !have_root("a_state_from_a_day_ahead_holds_alerts_and_widening_no_longer_than_the_policy") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
     ns.write_file(
         POLICY,

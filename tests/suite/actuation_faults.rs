@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::actuation_util::{
     DROPIN, Daemon, Ns, POLICY, RANGE_KEY, STATE, default_mounts, state_range, wait_for,
 };
-use super::util::have_root;
+use super::util::require_root;
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
@@ -51,9 +51,7 @@ fn assert_persisted_later(ns: &mut Ns) {
 
 #[test]
 fn read_only_sysctl_d_is_reported_and_retried() {
-    if !have_root("read_only_sysctl_d_is_reported_and_retried") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "ro"), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon();
@@ -79,9 +77,7 @@ fn read_only_sysctl_d_is_reported_and_retried() {
 
 #[test]
 fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
-    if !have_root("full_sysctl_d_is_reported_and_leaves_no_partial_file") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "size=4k"), "40000 40099", "");
     // One page, all of it taken: creating the temp file works, writing fails.
     ns.sh("head -c 4096 /dev/zero > /etc/sysctl.d/filler");
@@ -132,9 +128,7 @@ fn assert_nothing_changed(ns: &mut Ns, range: &str, reserved: &str) {
 
 #[test]
 fn proc_sys_write_refused_eacces_changes_nothing() {
-    if !have_root("proc_sys_write_refused_eacces_changes_nothing") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     // portd as nobody: its state directory is writable, /proc/sys is not.
     ns.sh("mkdir -p /var/lib/portd && chown 65534:65534 /var/lib/portd");
@@ -168,9 +162,7 @@ fn proc_sys_write_refused_eacces_changes_nothing() {
 
 #[test]
 fn proc_sys_range_read_only_erofs_restores_the_reserved_ports() {
-    if !have_root("proc_sys_range_read_only_erofs_restores_the_reserved_ports") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
     // Only the range is read-only: the reserved ports are written first and
     // must be put back when the range write fails.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::actuation_util::{DROPIN, Ns, STATE, default_mounts, parse_dropin, wait_for};
-use super::util::{have_root, tests_dir};
+use super::util::{require_root, tests_dir};
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
@@ -63,9 +63,7 @@ fn recorded_not_confirmed() -> String {
 
 #[test]
 fn a_state_that_cannot_be_saved_means_nothing_is_written() {
-    if !have_root("a_state_that_cannot_be_saved_means_nothing_is_written") {
-        return;
-    }
+    require_root!();
     let mut mounts = default_mounts();
     for m in &mut mounts {
         if m.0 == "/var/lib" {
@@ -129,9 +127,7 @@ fn a_state_that_cannot_be_saved_means_nothing_is_written() {
 
 #[test]
 fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation() {
-    if !have_root("rollback_restores_the_originals_after_a_kill_between_record_and_confirmation") {
-        return;
-    }
+    require_root!();
     // The kernel has the planned values; the state only the record.
     let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
     ns.write_file(STATE, &recorded_not_confirmed());
@@ -156,9 +152,7 @@ fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation(
 
 #[test]
 fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
-    if !have_root("a_restart_after_a_kill_between_record_and_confirmation_does_not_yield") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
     ns.write_file(STATE, &recorded_not_confirmed());
     ns.listen(40120);
@@ -199,9 +193,7 @@ fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
 
 #[test]
 fn a_version_1_state_still_rolls_back_to_its_originals() {
-    if !have_root("a_version_1_state_still_rolls_back_to_its_originals") {
-        return;
-    }
+    require_root!();
     let v1 = std::fs::read_to_string(tests_dir().join("fixtures/state/v1.json")).unwrap();
     assert!(v1.contains("\"format_version\": 1"));
     let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
@@ -234,9 +226,7 @@ fn a_version_1_state_still_rolls_back_to_its_originals() {
 
 #[test]
 fn an_unreadable_state_is_reported_as_such_not_as_a_yield() {
-    if !have_root("an_unreadable_state_is_reported_as_such_not_as_a_yield") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(STATE, "not json\n");
     ns.connect(45);

@@ -4,7 +4,7 @@
 use std::process::Output;
 
 use super::actuation_util::{DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, state_range};
-use super::util::have_root;
+use super::util::require_root;
 
 const ADMIN_FILE: &str = "/etc/sysctl.d/50-admin.conf";
 
@@ -63,9 +63,7 @@ fn widened_by_portd() -> Ns {
 
 #[test]
 fn rollback_restores_the_original_values_and_keeps_the_admins_reservations() {
-    if !have_root("rollback_restores_the_original_values_and_keeps_the_admins_reservations") {
-        return;
-    }
+    require_root!();
     let mut ns = widened_by_portd();
     // The admin reserves one more port after portd's change.
     ns.set_sysctl(RESERVED_KEY, "40120,40130,40500\n");
@@ -112,9 +110,7 @@ fn rollback_restores_the_original_values_and_keeps_the_admins_reservations() {
 
 #[test]
 fn rollback_refuses_when_the_live_values_changed_unless_forced() {
-    if !have_root("rollback_refuses_when_the_live_values_changed_unless_forced") {
-        return;
-    }
+    require_root!();
     let mut ns = widened_by_portd();
     ns.set_sysctl(RANGE_KEY, "40000 40299");
     let state_before = ns.state();
@@ -150,9 +146,7 @@ fn rollback_refuses_when_the_live_values_changed_unless_forced() {
 
 #[test]
 fn a_rollback_stopped_part_way_says_so_and_a_second_one_finishes() {
-    if !have_root("a_rollback_stopped_part_way_says_so_and_a_second_one_finishes") {
-        return;
-    }
+    require_root!();
     let mut ns = widened_by_portd();
     // The range can be written, the reserved ports cannot.
     let reserved_file = format!("/proc/sys/{}", RESERVED_KEY.replace('.', "/"));

@@ -2,33 +2,20 @@
 //! no other. The writes are made slow with strace's syscall delay injection,
 //! on the two /proc/sys files only.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::actuation_util::{FAST_POLICY, Ns, POLICY, RESERVED_KEY, default_mounts, wait_for};
-use super::util::have_root;
+use super::util::{have_strace, require_root, test_name};
 
 /// How long each write to the range or the reserved ports takes.
 const SLOW: Duration = Duration::from_secs(3);
 
-fn have_strace(test: &str) -> bool {
-    if Command::new("strace").arg("-V").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs strace, and CI is set: refusing to skip it"
-    );
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP (needs strace): {test}");
-    false
-}
-
 #[test]
 fn sigterm_during_a_slow_write_starts_no_further_write() {
-    const TEST: &str = "sigterm_during_a_slow_write_starts_no_further_write";
     const LISTENER: u16 = 40010;
-    if !have_root(TEST) || !have_strace(TEST) {
+    require_root!();
+    if !have_strace(test_name!()) {
         return;
     }
     let mut ns = Ns::start(&default_mounts(), "40000 40009", "");

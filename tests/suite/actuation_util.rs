@@ -80,7 +80,12 @@ impl Ns {
             .arg(ns_link("net"))
             .arg(ns_link("mnt"))
             .arg(setup.to_string());
-        let (helper, _) = LineHelper::spawn("namespace helper", cmd, Duration::from_secs(5));
+        let (helper, _) = LineHelper::spawn(
+            "namespace helper",
+            cmd,
+            Duration::from_secs(5),
+            &["net", "mnt"],
+        );
         let mut ns = Ns { helper };
         ns.write_file(POLICY, FAST_POLICY);
         ns.listen(TARGET_PORT);

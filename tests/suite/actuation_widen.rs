@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use super::actuation_util::{Ns, default_mounts, state_range};
-use super::util::have_root;
+use super::util::require_root;
 
 #[test]
 fn widening_a_tiny_range_lets_failed_connections_succeed() {
-    if !have_root("widening_a_tiny_range_lets_failed_connections_succeed") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
     let (ports, err) = ns.connect(11);
     assert_eq!(ports.len(), 10, "the range holds 10 connections");
@@ -38,9 +36,7 @@ fn widening_a_tiny_range_lets_failed_connections_succeed() {
 #[test]
 fn a_service_port_in_the_new_span_is_reserved_and_can_be_bound_again() {
     const SERVICE: u16 = 40120;
-    if !have_root("a_service_port_in_the_new_span_is_reserved_and_can_be_bound_again") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.listen(SERVICE);
     let (ports, err) = ns.connect(45);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::actuation_util::{Ns, RANGE_KEY, default_mounts, wait_for};
-use super::util::have_root;
+use super::util::require_root;
 
 const ADMIN_RANGE: &str = "40000 40119";
 /// Polls that must pass without portd touching the admin's range (200 ms each).
@@ -15,9 +15,7 @@ const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
 
 #[test]
 fn an_admin_write_is_detected_and_portd_yields_until_reload() {
-    if !have_root("an_admin_write_is_detected_and_portd_yields_until_reload") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon();

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, status_of, write_policy};
-use super::util::have_root;
+use super::util::require_root;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -47,9 +47,7 @@ fn start(sandbox: &Sandbox, dir: &std::path::Path, policy_text: &str) -> (Portd,
 
 #[test]
 fn an_idle_namespace_skips_the_census_until_connections_ramp() {
-    if !have_root("an_idle_namespace_skips_the_census_until_connections_ramp") {
-        return;
-    }
+    require_root!();
     let mut sandbox = Sandbox::start(&SandboxOptions {
         range: "40000 40199",
         tw_reuse: 0,
@@ -109,9 +107,7 @@ fn an_idle_namespace_skips_the_census_until_connections_ramp() {
 
 #[test]
 fn an_idle_namespace_is_still_censused_at_the_maximum_staleness() {
-    if !have_root("an_idle_namespace_is_still_censused_at_the_maximum_staleness") {
-        return;
-    }
+    require_root!();
     let mut sandbox = Sandbox::start(&SandboxOptions {
         range: "40000 40199",
         tw_reuse: 0,

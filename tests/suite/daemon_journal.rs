@@ -18,7 +18,7 @@ use super::daemon_util::{
     Notify, Portd, Sandbox, SandboxOptions, catalog_ids, catalog_path, status_of, summary,
     write_policy,
 };
-use super::util::have_root;
+use super::util::require_root;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -110,9 +110,7 @@ reminder = "1h"
 
 #[test]
 fn auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition() {
-    if !have_root("auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition") {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -335,11 +333,7 @@ reminder = "1s"
 
 #[test]
 fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_reminders() {
-    if !have_root(
-        "advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_reminders",
-    ) {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -446,9 +440,7 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
 
 #[test]
 fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
-    if !have_root("explicit_journal_target_from_a_terminal_says_where_the_lines_go") {
-        return;
-    }
+    require_root!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -489,9 +481,7 @@ fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
 
 #[test]
 fn a_configuration_hazard_is_logged_once_when_it_appears() {
-    if !have_root("a_configuration_hazard_is_logged_once_when_it_appears") {
-        return;
-    }
+    require_root!();
     // Both ends even: the same-parity hazard from the first census on.
     let mut sandbox = Sandbox::start(&SandboxOptions {
         range: "40000 40200",

@@ -503,7 +503,12 @@ impl Sandbox {
             .arg(ns("net"))
             .arg(ns("mnt"))
             .arg(setup.to_string());
-        let (helper, _) = LineHelper::spawn("sandbox script", cmd, Duration::from_secs(8));
+        let (helper, _) = LineHelper::spawn(
+            "sandbox script",
+            cmd,
+            Duration::from_secs(8),
+            &["net", "mnt"],
+        );
         Sandbox { helper }
     }
 

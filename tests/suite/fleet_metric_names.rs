@@ -14,7 +14,7 @@ use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, write_policy};
 use super::fleet::{
     all_rules, check_names, check_names_with, dashboard, declared, used_metric_names,
 };
-use super::util::have_root;
+use super::util::require_root;
 
 /// `portd run` in auto mode in the sandbox, 100 connections held towards
 /// 127.0.0.1:5001 in a range of 200 (critical: portd widens), the failure
@@ -107,9 +107,7 @@ fn report_pending(pending: &[String]) {
 
 #[test]
 fn every_metric_of_the_rules_and_the_dashboard_is_declared_by_portd_run() {
-    if !have_root("every_metric_of_the_rules_and_the_dashboard_is_declared_by_portd_run") {
-        return;
-    }
+    require_root!();
     let text = metrics_under_load();
     let declared = declared(&text);
     assert!(declared.len() >= 25, "{declared:?}");

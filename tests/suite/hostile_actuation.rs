@@ -7,13 +7,11 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::actuation_util::{DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, default_mounts, wait_for};
-use super::util::have_root;
+use super::util::{have_strace, require_root, test_name};
 
 #[test]
 fn listeners_in_the_range_do_not_stop_the_widening() {
-    if !have_root("listeners_in_the_range_do_not_stop_the_widening") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     for port in 40000..40090 {
         ns.listen(port);
@@ -41,9 +39,7 @@ fn listeners_in_the_range_do_not_stop_the_widening() {
 
 #[test]
 fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
-    if !have_root("a_range_held_whole_by_listeners_gets_back_what_they_took") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     for port in 40000..=40099 {
         ns.listen(port);
@@ -65,9 +61,7 @@ fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
 
 #[test]
 fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
-    if !have_root("a_foreign_dropin_holds_the_widening_until_it_is_moved_aside") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(DROPIN, "# the admin's own\nnet.ipv4.tcp_fin_timeout = 30\n");
     ns.connect(45);
@@ -105,10 +99,7 @@ fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
 
 #[test]
 fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced() {
-    if !have_root("rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced")
-    {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon_until_persisted("40000-40099");
@@ -148,9 +139,7 @@ fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forc
 
 #[test]
 fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
-    if !have_root("forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon_until_persisted("40000-40099");
@@ -183,9 +172,7 @@ fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
 
 #[test]
 fn check_refuses_the_live_view_as_the_metrics_file() {
-    if !have_root("check_refuses_the_live_view_as_the_metrics_file") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(
         POLICY,
@@ -206,9 +193,7 @@ fn check_refuses_the_live_view_as_the_metrics_file() {
 
 #[test]
 fn a_symlink_at_the_runtime_directory_is_never_followed() {
-    if !have_root("a_symlink_at_the_runtime_directory_is_never_followed") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     // /run is the test's own tmpfs: the link points inside it.
     ns.sh("mkdir /run/elsewhere && ln -s /run/elsewhere /run/portd");
@@ -265,18 +250,9 @@ const STALL: Duration = Duration::from_secs(3);
 
 #[test]
 fn sigterm_during_a_stalled_write_adds_little_to_the_stall() {
-    const TEST: &str = "sigterm_during_a_stalled_write_adds_little_to_the_stall";
     const TRACE: &str = "/run/strace.txt";
-    if !have_root(TEST) {
-        return;
-    }
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        assert!(std::env::var_os("CI").is_none(), "{TEST} needs strace");
-        eprintln!("SKIP (needs strace): {TEST}");
+    require_root!();
+    if !have_strace(test_name!()) {
         return;
     }
     let ns = Ns::start(&default_mounts(), "40000 40099", "");

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use super::util::{copy_tree, have_root, portd, tests_dir};
+use super::util::{copy_tree, portd, require_root, tests_dir};
 
 /// A host tree with one fixture's fake `proc/` and no policy.
 fn host() -> tempfile::TempDir {
@@ -186,9 +186,7 @@ fn read(dir: &Path, name: &str) -> String {
 
 #[test]
 fn a_process_name_cannot_forge_the_plugin_line() {
-    if !have_root("a_process_name_cannot_forge_the_plugin_line") {
-        return;
-    }
+    require_root!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "name");
     assert!(run.status.success(), "{}", text(&run.stderr));
@@ -233,9 +231,7 @@ fn a_process_name_cannot_forge_the_plugin_line() {
 
 #[test]
 fn status_stays_critical_while_namespaces_come_and_go() {
-    if !have_root("status_stays_critical_while_namespaces_come_and_go") {
-        return;
-    }
+    require_root!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "churn");
     assert!(run.status.success(), "{}", text(&run.stderr));

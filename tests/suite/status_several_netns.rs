@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use super::util::{have_root, tests_dir};
+use super::util::{require_root, tests_dir};
 
 /// A file the helper wrote into the test's output directory.
 pub(super) fn read(dir: &Path, name: &str) -> String {
@@ -40,9 +40,7 @@ fn number(dir: &Path, name: &str) -> u64 {
 
 #[test]
 fn status_reports_every_namespace_worst_first_and_equal_to_ss() {
-    if !have_root("status_reports_every_namespace_worst_first_and_equal_to_ss") {
-        return;
-    }
+    require_root!();
     let out = tempfile::tempdir().unwrap();
     let run = several_netns(out.path(), None);
     assert!(

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::daemon_metrics::parse_textfile;
 use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, catalog_path, write_policy};
-use super::util::{have_root, tests_dir};
+use super::util::{require_root, tests_dir};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -156,9 +156,7 @@ fn said(sandbox: &Sandbox, text: &str) -> Vec<String> {
 
 #[test]
 fn portd_run_counts_every_failure_the_clients_saw() {
-    if !have_root("portd_run_counts_every_failure_the_clients_saw") {
-        return;
-    }
+    require_root!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
@@ -275,10 +273,7 @@ fn portd_run_counts_every_failure_the_clients_saw() {
 
 #[test]
 fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census() {
-    if !have_root("without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census")
-    {
-        return;
-    }
+    require_root!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(
@@ -346,9 +341,7 @@ sys.stdin.readline()
 fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
-    if !have_root("in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold") {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("portd.toml");
@@ -418,9 +411,7 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
 /// first EADDRNOTAVAIL, and the witness counts exactly that one failure.
 #[test]
 fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {
-    if !have_root("the_ramps_failure_in_advise_mode_is_counted_exactly_once") {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::util::{LineHelper, nsenter};
+use super::util::{LineHelper, nsenter, tests_dir};
 
 /// A unix datagram socket standing in for systemd's notify socket.
 pub struct Notify {
@@ -278,6 +278,9 @@ impl Drop for Portd {
 const SANDBOX: &str = r###"
 import ctypes, errno, json, os, shutil, signal, socket, subprocess, sys, threading, time
 
+import sandbox
+from sandbox import run, write
+
 DEADLINE = 150
 clients, accepted = [], []
 lock = threading.Lock()
@@ -293,13 +296,7 @@ def reply(obj):
 
 def stop_journald():
     global journald
-    if journald is not None and journald.poll() is None:
-        journald.terminate()  # our own child, by pid
-        try:
-            journald.wait(5)
-        except subprocess.TimeoutExpired:
-            journald.kill()
-            journald.wait()
+    sandbox.stop(journald)  # our own child, by pid
     journald = None
 
 
@@ -314,53 +311,8 @@ def on_alarm(signum, frame):
     os._exit(3)
 
 
-def check_private(outer_net, outer_mnt):
-    for kind, outer in (("net", outer_net), ("mnt", outer_mnt)):
-        own = os.readlink(f"/proc/self/ns/{kind}")
-        if own == outer:
-            fail(f"refusing to run: {kind} namespace {own} is the test's own")
-        try:
-            if own == os.readlink(f"/proc/1/ns/{kind}"):
-                fail(f"refusing to run: {kind} namespace {own} is PID 1's")
-        except OSError:
-            pass
-
-
-def run(*args):
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def pdeathsig():
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def start_journald():
-    global journald
-    os.makedirs("/run/systemd/journal", exist_ok=True)
-    os.makedirs("/run/systemd/journald.conf.d", exist_ok=True)
-    write("/run/systemd/journald.conf.d/50-portd-test.conf",
-          "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\n"
-          "ForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\n"
-          "RateLimitIntervalSec=0\n")
-    env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="warning")
-    journald = subprocess.Popen(["/usr/lib/systemd/systemd-journald"], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                preexec_fn=pdeathsig)
-    for _ in range(200):
-        if os.path.exists("/run/systemd/journal/socket"):
-            return journald.pid
-        if journald.poll() is not None:
-            fail(f"systemd-journald exited with {journald.returncode}")
-        time.sleep(0.025)
-    fail("systemd-journald did not create /run/systemd/journal/socket")
-
-
 def setup(opts):
+    global journald
     run("mount", "--make-rprivate", "/")
     # Everything portd writes, and every sysctl.d directory it reads.
     for path in ("/etc/sysctl.d", "/var/lib", "/run", "/usr/lib/sysctl.d"):
@@ -371,7 +323,8 @@ def setup(opts):
         run("mount", "-t", "tmpfs", "tmpfs", "/usr/lib/systemd/catalog")
         shutil.copy(opts["catalog"], "/usr/lib/systemd/catalog/portd.catalog")
     if opts.get("journald"):
-        facts["journald_pid"] = start_journald()
+        journald = sandbox.start_journald(fail)
+        facts["journald_pid"] = journald.pid
     run("ip", "link", "set", "lo", "up")
     write("/proc/sys/net/ipv4/ip_local_port_range", opts["range"])
     write("/proc/sys/net/ipv4/ip_local_reserved_ports", "\n")
@@ -453,7 +406,7 @@ def main():
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(DEADLINE)
     outer_net, outer_mnt, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    check_private(outer_net, outer_mnt)
+    sandbox.check_private(outer_net, outer_mnt, fail, "the test's own")
     facts = setup(opts)
     reply({"ready": True, "pid": os.getpid(), **facts})
     for line in sys.stdin:
@@ -502,7 +455,9 @@ impl Sandbox {
         cmd.args(["-n", "-m", "python3", "-u", "-c", SANDBOX])
             .arg(ns("net"))
             .arg(ns("mnt"))
-            .arg(setup.to_string());
+            .arg(setup.to_string())
+            // Where the script finds tests/helpers/sandbox.py.
+            .env("PYTHONPATH", tests_dir().join("helpers"));
         let (helper, _) = LineHelper::spawn(
             "sandbox script",
             cmd,

@@ -6,7 +6,6 @@
 //! advise mode; reminders instead of floods; reloads; the admin's change;
 //! the catalog's explanations under `journalctl -x`. Needs root.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,7 @@ use rustix::process::Signal;
 use serde_json::Value;
 
 use super::daemon_util::{
-    Notify, Portd, Sandbox, SandboxOptions, catalog_ids, catalog_path, status_of, summary,
-    write_policy,
+    Notify, Portd, Sandbox, catalog_ids, start_ready, status_of, summary, write_policy,
 };
 use super::util::require_root;
 
@@ -64,26 +62,12 @@ fn check_ids_and_priorities(alerts: &[Value]) {
 /// stderr connected "to the journal" as systemd does it: `JOURNAL_STREAM`
 /// names stderr's device and inode.
 fn start(sandbox: &Sandbox, dir: &Path, policy: &Path) -> (Portd, Notify) {
-    let notify = Notify::bind(dir);
-    let stderr = dir.join("stderr");
-    std::fs::write(&stderr, "").unwrap();
-    let meta = std::fs::metadata(&stderr).unwrap();
-    let mut cmd = sandbox.portd(&["--config", policy.to_str().unwrap(), "run"]);
-    cmd.env("NOTIFY_SOCKET", notify.path())
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
-    let portd = Portd::spawn(cmd, &stderr);
-    let mut notify = notify;
-    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
-    (portd, notify)
+    let cmd = sandbox.portd(&["--config", policy.to_str().unwrap(), "run"]);
+    start_ready(cmd, dir, true)
 }
 
 fn sandbox() -> Sandbox {
-    Sandbox::start(&SandboxOptions {
-        range: "40000 40199",
-        tw_reuse: 0,
-        journald: true,
-        catalog: Some(&catalog_path()),
-    })
+    Sandbox::with_range("40000 40199", true)
 }
 
 const AUTO: &str = r#"
@@ -483,12 +467,7 @@ fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
 fn a_configuration_hazard_is_logged_once_when_it_appears() {
     require_root!();
     // Both ends even: the same-parity hazard from the first census on.
-    let mut sandbox = Sandbox::start(&SandboxOptions {
-        range: "40000 40200",
-        tw_reuse: 0,
-        journald: true,
-        catalog: Some(&catalog_path()),
-    });
+    let mut sandbox = Sandbox::with_range("40000 40200", true);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     write_policy(&policy, ADVISE);

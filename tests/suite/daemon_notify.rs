@@ -240,11 +240,7 @@ fn a_census_that_outlives_the_watchdog_interval_is_abandoned_reported_and_retrie
             .any(|m| status_of(m).is_some_and(|s| s.starts_with("census stuck"))),
         "{later:?}"
     );
-    assert!(
-        portd.stderr().contains("census abandoned after"),
-        "{}",
-        portd.stderr()
-    );
+    portd.assert_stderr_has("census abandoned after");
 
     // A small table takes the big one's place; the census reading the big
     // one ends on its own. Its late result is discarded; the next census
@@ -256,11 +252,7 @@ fn a_census_that_outlives_the_watchdog_interval_is_abandoned_reported_and_retrie
     notify.wait_for("READY after the stuck census ended", 10 * SECOND, |m| {
         m.starts_with("READY=1\nSTATUS=usage 3.0%")
     });
-    assert!(
-        portd.stderr().contains("the abandoned census ended after"),
-        "{}",
-        portd.stderr()
-    );
+    portd.assert_stderr_has("the abandoned census ended after");
     assert!(portd.stop().0.success());
 }
 

@@ -7,6 +7,7 @@
 //! tmpfs over every directory portd writes or reads policy from, and every
 //! program that must see the sandbox runs under `nsenter -t PID -n -m`.
 
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -226,6 +227,12 @@ impl Portd {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Fails the test, showing the whole stderr, unless it contains `text`.
+    pub fn assert_stderr_has(&self, text: &str) {
+        let stderr = self.stderr();
+        assert!(stderr.contains(text), "no {text:?} in stderr:\n{stderr}");
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -256,6 +263,24 @@ impl Portd {
         });
         (status, sent.elapsed())
     }
+}
+
+/// Starts `cmd` (a `portd … run`) with a notify socket in `dir` and its
+/// stderr in `dir/stderr`; returns once portd says `READY=1`. With
+/// `journal_stream`, `JOURNAL_STREAM` names that file as systemd names the
+/// journal's stream, so portd takes its stderr for the journal.
+pub fn start_ready(mut cmd: Command, dir: &Path, journal_stream: bool) -> (Portd, Notify) {
+    let mut notify = Notify::bind(dir);
+    let stderr = dir.join("stderr");
+    cmd.env("NOTIFY_SOCKET", notify.path());
+    if journal_stream {
+        std::fs::write(&stderr, "").unwrap();
+        let meta = std::fs::metadata(&stderr).unwrap();
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    }
+    let portd = Portd::spawn(cmd, &stderr);
+    notify.wait_for("READY", Duration::from_secs(5), |m| m.contains("READY=1"));
+    (portd, notify)
 }
 
 impl Drop for Portd {
@@ -467,8 +492,32 @@ impl Sandbox {
         Sandbox { helper }
     }
 
+    /// A sandbox with the range `range` and `tcp_tw_reuse` 0; with
+    /// `journal`, a systemd-journald of its own and portd's catalog.
+    pub fn with_range(range: &str, journal: bool) -> Sandbox {
+        let catalog = catalog_path();
+        Sandbox::start(&SandboxOptions {
+            range,
+            tw_reuse: 0,
+            journald: journal,
+            catalog: journal.then_some(catalog.as_path()),
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.helper.pid()
+    }
+
+    /// Mounts a tracefs of the sandbox's own mount namespace, for the
+    /// failure witness (not mounted on the machine; a systemd host has it at
+    /// /sys/kernel/tracing).
+    pub fn mount_tracefs(&self) {
+        let out = self
+            .command("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .output()
+            .expect("mount tracefs");
+        assert!(out.status.success(), "mount tracefs: {out:?}");
     }
 
     pub fn request(&mut self, request: Value) -> Value {

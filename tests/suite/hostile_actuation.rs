@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::actuation_util::{DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, default_mounts, wait_for};
-use super::util::{have_strace, require_root, test_name};
+use super::util::{all_output, have_strace, require_root, test_name};
 
 #[test]
 fn listeners_in_the_range_do_not_stop_the_widening() {
@@ -179,11 +179,7 @@ fn check_refuses_the_live_view_as_the_metrics_file() {
         &format!("{FAST_POLICY}\n[metrics]\nfile = \"/run/portd/live.json\"\n"),
     );
     let out = ns.portd(&["check"]).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = all_output(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains("metrics.file: \"/run/portd/live.json\" is portd's live view"),
@@ -226,11 +222,7 @@ fn a_missing_root_is_a_usage_error_naming_the_path() {
             .env_remove("PORTD_ROOT")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = all_output(&out);
         assert_eq!(out.status.code(), Some(code), "{command}: {text}");
         assert!(
             text.contains(&format!("--root {missing_text}: No such file or directory")),

@@ -167,6 +167,15 @@ pub fn json_differences(path: &str, expected: &Value, actual: &Value, out: &mut 
     }
 }
 
+/// What a command printed, stdout then stderr, as one text.
+pub fn all_output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn stdout_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(

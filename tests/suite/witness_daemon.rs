@@ -10,14 +10,13 @@
 //! waiting for the policy's hold. Needs root.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::daemon_metrics::parse_textfile;
-use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, catalog_path, write_policy};
+use super::daemon_util::{Notify, Portd, Sandbox, start_ready, write_policy};
 use super::util::{require_root, tests_dir};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -32,20 +31,8 @@ mode = "advise"
 "#;
 
 fn sandbox() -> Sandbox {
-    let sandbox = Sandbox::start(&SandboxOptions {
-        range: "40000 40001",
-        tw_reuse: 0,
-        journald: true,
-        catalog: Some(&catalog_path()),
-    });
-    // tracefs of the sandbox's own mount namespace (not mounted on the
-    // machine; a systemd host has it at /sys/kernel/tracing).
-    let out = sandbox
-        .command("mount")
-        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-        .output()
-        .expect("mount tracefs");
-    assert!(out.status.success(), "mount tracefs: {out:?}");
+    let sandbox = Sandbox::with_range("40000 40001", true);
+    sandbox.mount_tracefs();
     sandbox
 }
 
@@ -58,10 +45,6 @@ fn start(sandbox: &Sandbox, dir: &Path, wrap: &[&str]) -> (Portd, Notify) {
         &policy,
         &format!("{ADVISE}\n[metrics]\nfile = \"{}\"\n", metrics.display()),
     );
-    let notify = Notify::bind(dir);
-    let stderr = dir.join("stderr");
-    std::fs::write(&stderr, "").expect("stderr file");
-    let meta = std::fs::metadata(&stderr).expect("stderr file");
     let mut cmd = match wrap.split_first() {
         Some((program, args)) => {
             let mut c = sandbox.command(program);
@@ -70,13 +53,8 @@ fn start(sandbox: &Sandbox, dir: &Path, wrap: &[&str]) -> (Portd, Notify) {
         }
         None => sandbox.command(env!("CARGO_BIN_EXE_portd")),
     };
-    cmd.args(["--config", policy.to_str().expect("utf-8 path"), "run"])
-        .env("NOTIFY_SOCKET", notify.path())
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
-    let portd = Portd::spawn(cmd, &stderr);
-    let mut notify = notify;
-    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
-    (portd, notify)
+    cmd.args(["--config", policy.to_str().expect("utf-8 path"), "run"]);
+    start_ready(cmd, dir, true)
 }
 
 /// Samples of the metrics file: (name, labels without "__") -> value.
@@ -346,13 +324,8 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("portd.toml");
     write_policy(&policy, AUTO_LONG_HOLD);
-    let notify = Notify::bind(dir.path());
-    let stderr = dir.path().join("stderr");
-    let mut cmd = sandbox.portd(&["--config", policy.to_str().expect("utf-8"), "run"]);
-    cmd.env("NOTIFY_SOCKET", notify.path());
-    let mut portd = Portd::spawn(cmd, &stderr);
-    let mut notify = notify;
-    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
+    let cmd = sandbox.portd(&["--config", policy.to_str().expect("utf-8"), "run"]);
+    let (mut portd, _notify) = start_ready(cmd, dir.path(), false);
 
     let mut client = sandbox
         .command("python3")

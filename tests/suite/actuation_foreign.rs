@@ -9,17 +9,13 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::actuation_util::{
-    DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, RESERVED_KEY, default_mounts, parse_dropin,
+    DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, RESERVED_KEY, default_mounts, parse_dropin, text,
     wait_for,
 };
 use super::util::require_root;
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Usage calls for a wider range with `sysctl.d/<name>` taken by a file
 /// that is not portd's: portd holds (a runtime change would not survive a
@@ -66,8 +62,7 @@ fn a_foreign_file_is_kept(ns: &mut Ns, name: &str) {
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
 
-    let out = ns.portd(&["rollback"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    ns.rollback_ok(&[], &[]);
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(listing(ns), before, "rollback changed {path}");
 }
@@ -123,9 +118,7 @@ fn a_new_persist_file_replaces_the_old_dropin_after_a_reload() {
     );
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
-    let out = ns.portd(&["rollback"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&format!("removed {new}")));
+    ns.rollback_ok(&[], &[&format!("removed {new}")]);
     assert_eq!(ns.read_file(new), None);
 }
 

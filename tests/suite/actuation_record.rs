@@ -4,7 +4,6 @@
 //! leaves a state that rollback and a restarted daemon read correctly; a
 //! version 1 state (today's released format) still rolls back.
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,14 +13,6 @@ use super::util::{require_root, tests_dir};
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn rollback(ns: &Ns) -> Output {
-    ns.portd(&["rollback"]).output().unwrap()
-}
 
 fn range_json(low: u16, high: u16) -> serde_json::Value {
     json!({"low": low, "high": high})
@@ -131,18 +122,13 @@ fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation(
     // The kernel has the planned values; the state only the record.
     let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
     ns.write_file(STATE, &recorded_not_confirmed());
-    let out = rollback(&ns);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for said in [
-        "restored ip_local_port_range 40000-40181 -> 40000-40099",
-        "removed portd's reserved ports 40120",
-    ] {
-        assert!(
-            stdout.contains(said),
-            "rollback must say {said:?}:\n{stdout}"
-        );
-    }
+    ns.rollback_ok(
+        &[],
+        &[
+            "restored ip_local_port_range 40000-40181 -> 40000-40099",
+            "removed portd's reserved ports 40120",
+        ],
+    );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     let state = ns.state();
@@ -184,8 +170,7 @@ fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("by someone else"), "{stderr}");
 
-    let out = rollback(&ns);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    ns.rollback_ok(&[], &[]);
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     assert_eq!(ns.read_file(DROPIN), None);
@@ -205,19 +190,14 @@ fn a_version_1_state_still_rolls_back_to_its_originals() {
          net.ipv4.ip_local_reserved_ports = 40120,40500\n\
          net.ipv4.ip_local_port_range = 40000 40181\n",
     );
-    let out = rollback(&ns);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for said in [
-        "restored ip_local_port_range 40000-40181 -> 40000-40099",
-        "removed portd's reserved ports 40120",
-        &format!("removed {DROPIN}"),
-    ] {
-        assert!(
-            stdout.contains(said),
-            "rollback must say {said:?}:\n{stdout}"
-        );
-    }
+    ns.rollback_ok(
+        &[],
+        &[
+            "restored ip_local_port_range 40000-40181 -> 40000-40099",
+            "removed portd's reserved ports 40120",
+            &format!("removed {DROPIN}"),
+        ],
+    );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     assert_eq!(ns.read_file(DROPIN), None);

@@ -8,7 +8,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ hold = "0s"
 cooldown = "0s"
 max_changes_per_hour = 100
 "#;
+
+/// What a command wrote, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 /// Directories covered by a fresh tmpfs in every test namespace: all that
 /// portd writes (the drop-in, its state and lock) and all sysctl.d
@@ -196,6 +201,28 @@ impl Ns {
     }
 
     /// `portd run` in the background, logging to stderr.
+    /// `portd rollback ARGS` in the namespace.
+    pub fn rollback(&self, args: &[&str]) -> Output {
+        let mut all = vec!["rollback"];
+        all.extend_from_slice(args);
+        self.portd(&all).output().unwrap()
+    }
+
+    /// `portd rollback ARGS`, which must exit 0 and say each of `said`;
+    /// its stdout.
+    pub fn rollback_ok(&self, args: &[&str], said: &[&str]) -> String {
+        let out = self.rollback(args);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        for said in said {
+            assert!(
+                stdout.contains(said),
+                "rollback must say {said:?}:\n{stdout}"
+            );
+        }
+        stdout
+    }
+
     pub fn start_daemon(&self) -> Daemon {
         Daemon::spawn(self.portd(&["run", "--log-target", "stderr"]))
     }

@@ -97,9 +97,10 @@ fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-#[test]
-fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced() {
-    require_root!();
+/// portd widens 40000-40099 and persists it; the admin sets 40000-40499
+/// (portd yields), reloads when busier still, and portd widens the admin's
+/// range; then portd stops.
+fn widened_after_an_admins_range() -> Ns {
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon_until_persisted("40000-40099");
@@ -116,15 +117,14 @@ fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forc
     );
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
+    ns
+}
 
-    let out = ns.portd(&["rollback"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+#[test]
+fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced() {
+    require_root!();
+    let mut ns = widened_after_an_admins_range();
+    let stdout = ns.rollback_ok(&[], &[]);
     assert_eq!(
         ns.range(),
         "40000 40499",
@@ -140,27 +140,8 @@ fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forc
 #[test]
 fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
     require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
-    ns.connect(45);
-    let mut daemon = ns.start_daemon_until_persisted("40000-40099");
-    ns.set_sysctl(RANGE_KEY, "40000 40499");
-    daemon.wait_line(&["until `systemctl reload portd`"], Duration::from_secs(10));
-    ns.connect(200);
-    daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40499 ->"],
-        Duration::from_secs(10),
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
-    let out = ns.portd(&["rollback", "--force"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut ns = widened_after_an_admins_range();
+    let stdout = ns.rollback_ok(&["--force"], &[]);
     assert_eq!(ns.range(), "40000 40099");
     assert!(
         stdout.contains(

@@ -59,8 +59,7 @@ fn dropin_applied_at_boot_gives_exactly_the_runtime_values() {
     assert_eq!((ports.len(), err), (45, None));
 
     let daemon = ns.start_daemon_until_persisted("40000-40099");
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 
     let runtime = (ns.sysctl(super::actuation_util::RANGE_KEY), ns.reserved());
     let (low, high) = runtime.0.split_once('\t').unwrap();

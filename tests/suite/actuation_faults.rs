@@ -55,10 +55,7 @@ fn read_only_sysctl_d_is_reported_and_retried() {
     let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "ro"), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40099");
     daemon.wait_line(
         &[DROPIN, "Read-only file system (os error 30)"],
         Duration::from_secs(10),
@@ -84,10 +81,7 @@ fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
     assert_eq!(ns.sh("stat -c %s /etc/sysctl.d/filler"), "4096\n");
     ns.connect(45);
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40099");
     daemon.wait_line(
         &[DROPIN, "No space left on device (os error 28)"],
         Duration::from_secs(10),

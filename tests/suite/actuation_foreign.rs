@@ -59,8 +59,7 @@ fn a_foreign_file_is_kept(ns: &mut Ns, name: &str) {
         )),
         "{report}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 
     ns.rollback_ok(&[], &[]);
     assert_eq!(ns.range(), "40000 40099");
@@ -116,8 +115,7 @@ fn a_new_persist_file_replaces_the_old_dropin_after_a_reload() {
         parse_dropin(&ns.read_file(new).expect("no new drop-in"))
             .contains(&(RANGE_KEY.to_string(), range)),
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     ns.rollback_ok(&[], &[&format!("removed {new}")]);
     assert_eq!(ns.read_file(new), None);
 }
@@ -128,8 +126,7 @@ fn a_dropin_without_reservations_leaves_runtime_reservations_alone() {
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let daemon = ns.start_daemon_until_persisted("40000-40099");
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     let dropin = ns.read_file(DROPIN).unwrap();
     let range = ns.range();
     assert_eq!(
@@ -185,6 +182,5 @@ fn the_dropins_reserved_ports_follow_another_files_reservations() {
         )),
         "{check}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }

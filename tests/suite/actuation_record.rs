@@ -98,10 +98,7 @@ fn a_state_that_cannot_be_saved_means_nothing_is_written() {
 
     // Space again: the record is saved, then the range widened.
     ns.sh("rm /var/lib/filler");
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40099");
     // Confirmed (saved just after the event is logged).
     let state = wait_for("the write to be confirmed", Duration::from_secs(5), || {
         ns.try_state()
@@ -112,8 +109,7 @@ fn a_state_that_cannot_be_saved_means_nothing_is_written() {
         json!({"range": range_json(40000, 40099), "reserved": ""}),
         "{state}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -166,8 +162,7 @@ fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
         )),
         "{dropin}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = daemon.stop_ok();
     assert!(!stderr.contains("by someone else"), "{stderr}");
 
     ns.rollback_ok(&[], &[]);
@@ -223,6 +218,5 @@ fn an_unreadable_state_is_reported_as_such_not_as_a_yield() {
     );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.read_file(STATE).as_deref(), Some("not json\n"));
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }

@@ -41,8 +41,7 @@ fn widened_by_portd() -> Ns {
     assert_eq!(ns.range(), "40000 40181");
     assert!(ns.read_file(DROPIN).is_some());
 
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     assert_eq!(ns.reserved(), "40120,40500");
     ns
 }

@@ -231,10 +231,13 @@ impl Ns {
     /// persisted the drop-in.
     pub fn start_daemon_until_persisted(&self, from: &str) -> Daemon {
         let mut daemon = self.start_daemon();
-        daemon.wait_line(
-            &[&format!("widened ip_local_port_range {from} ->")],
-            Duration::from_secs(10),
-        );
+        daemon.wait_widened(from);
+        self.wait_persisted();
+        daemon
+    }
+
+    /// Waits up to 10 s for the state to say the drop-in is persisted.
+    pub fn wait_persisted(&self) {
         wait_for(
             "the drop-in to be persisted",
             Duration::from_secs(10),
@@ -243,7 +246,19 @@ impl Ns {
                     .filter(|s| s["last_written"]["persisted"] == true)
             },
         );
-        daemon
+    }
+}
+
+/// An strace attached to a portd; its stderr stays open (and unread) until
+/// it is dropped.
+pub struct Strace {
+    child: Child,
+    _stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl Strace {
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
     }
 }
 
@@ -318,6 +333,45 @@ impl Daemon {
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// `strace` (built by the caller: `ns.command("strace").args(…)`)
+    /// attached to this portd with `-p`; returns once strace says it
+    /// traces it.
+    pub fn attach_strace(&self, strace: &mut Command) -> Strace {
+        let mut child = strace
+            .arg("-p")
+            .arg(self.pid().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // strace says "Process N attached" once it traces portd.
+        let mut attached = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut attached, &mut line).unwrap();
+        assert!(line.contains("attached"), "strace: {line}");
+        Strace {
+            child,
+            _stderr: attached,
+        }
+    }
+
+    /// Waits up to 10 s for the line saying portd widened the range `from`
+    /// ("40000-40099"); returns it.
+    pub fn wait_widened(&mut self, from: &str) -> String {
+        self.wait_line(
+            &[&format!("widened ip_local_port_range {from} ->")],
+            Duration::from_secs(10),
+        )
+    }
+
+    /// [`Daemon::stop`], which must exit 0; the whole stderr.
+    pub fn stop_ok(self) -> String {
+        let (code, stderr) = self.stop();
+        assert_eq!(code, Some(0), "{stderr}");
+        stderr
     }
 
     /// SIGTERM, then waits; returns the exit code and the whole stderr.

@@ -62,8 +62,7 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
     assert!(daemon.running());
 
     // A restart (a watchdog restart too) keeps the yield: it is in the state.
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     let mut daemon = ns.start_daemon();
     daemon.wait_line(
         &["starting: mode advise (yielded to the admin)"],
@@ -80,8 +79,7 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
         "portd changed the admin's range after a restart"
     );
     assert!(!daemon.stderr().contains("widened"), "{}", daemon.stderr());
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 
     // Rollback would undo the admin's range too: it refuses unless forced.
     let out = ns.portd(&["rollback"]).output().unwrap();
@@ -110,6 +108,5 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
     );
     assert_eq!(ns.state()["yielded"], serde_json::Value::Null);
     assert_ne!(ns.range(), ADMIN_RANGE);
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }

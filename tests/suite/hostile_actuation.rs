@@ -26,14 +26,10 @@ fn listeners_in_the_range_do_not_stop_the_widening() {
     assert!(!report.to_string().contains("fewer than"), "{report:#}");
 
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40099");
     let (more, err) = ns.connect(6);
     assert_eq!((more.len(), err), (6, None), "connections after widening");
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = daemon.stop_ok();
     assert!(!stderr.contains("fewer than"), "{stderr}");
 }
 
@@ -48,12 +44,8 @@ fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
     assert_eq!((ports.len(), err.as_deref()), (0, Some("EADDRNOTAVAIL")));
 
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.wait_widened("40000-40099");
+    daemon.stop_ok();
     // As many ports for connect() as the range had before the listeners came.
     let (more, err) = ns.connect(100);
     assert_eq!((more.len(), err), (100, None), "range now {}", ns.range());
@@ -81,20 +73,9 @@ fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
 
     ns.sh(&format!("mv {DROPIN} /etc/sysctl.d/60-portd.conf.admin"));
     daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    wait_for(
-        "the drop-in to be persisted",
-        Duration::from_secs(10),
-        || {
-            ns.try_state()
-                .filter(|s| s["last_written"]["persisted"] == true)
-        },
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.wait_widened("40000-40099");
+    ns.wait_persisted();
+    daemon.stop_ok();
 }
 
 /// portd widens 40000-40099 and persists it; the admin sets 40000-40499
@@ -111,12 +92,8 @@ fn widened_after_an_admins_range() -> Ns {
     let (more, err) = ns.connect(200);
     assert_eq!((more.len(), err), (200, None));
     daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40499 ->"],
-        Duration::from_secs(10),
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.wait_widened("40000-40499");
+    daemon.stop_ok();
     ns
 }
 
@@ -186,8 +163,7 @@ fn a_symlink_at_the_runtime_directory_is_never_followed() {
         "",
         "written through the link"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -233,26 +209,15 @@ fn sigterm_during_a_stalled_write_adds_little_to_the_stall() {
     daemon.wait_line(&["ready:"], Duration::from_secs(5));
     // Every rename portd makes (the live view's each poll, the state's, the
     // drop-in's) takes STALL, as on a stalled disk.
-    let mut strace = ns
-        .command("strace")
-        .args(["-f", "-o", TRACE, "-e", "trace=rename,renameat,renameat2"])
-        .arg(format!(
-            "-einject=rename,renameat,renameat2:delay_enter={}s",
-            STALL.as_secs()
-        ))
-        .arg("-p")
-        .arg(daemon.pid().to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // strace says "Process N attached" once it traces portd; the live view
-    // is renamed every poll (200 ms), so one is stalled a second later.
-    let mut attached = std::io::BufReader::new(strace.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut attached, &mut line).unwrap();
-    assert!(line.contains("attached"), "strace: {line}");
+    let mut strace = daemon.attach_strace(
+        ns.command("strace")
+            .args(["-f", "-o", TRACE, "-e", "trace=rename,renameat,renameat2"])
+            .arg(format!(
+                "-einject=rename,renameat,renameat2:delay_enter={}s",
+                STALL.as_secs()
+            )),
+    );
+    // The live view is renamed every poll (200 ms), so one is stalled a second later.
     std::thread::sleep(Duration::from_secs(1));
     let sent = std::time::Instant::now();
     daemon.signal(Signal::TERM);

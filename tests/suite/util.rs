@@ -118,6 +118,29 @@ pub fn tests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
 }
 
+/// A host tree with the fake `proc/` of the status fixture
+/// `01-two-destinations-tw-reuse-off` and no policy (built-in defaults).
+pub fn fixture_host() -> tempfile::TempDir {
+    let temp = tempfile::tempdir().unwrap();
+    copy_tree(
+        &tests_dir().join("fixtures/status/01-two-destinations-tw-reuse-off/proc"),
+        &temp.path().join("proc"),
+    );
+    temp
+}
+
+/// `sh tests/helpers/SCRIPT PORTD_BINARY` in a private PID, network and
+/// mount namespace with its own /proc (`unshare --pid --fork --mount-proc
+/// --net --mount`); the caller adds the script's other arguments.
+pub fn helper_in_private_namespaces(script: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
+        .arg(tests_dir().join("helpers").join(script))
+        .arg(env!("CARGO_BIN_EXE_portd"))
+        .env_remove("PORTD_ROOT");
+    cmd
+}
+
 /// Copies a fixture tree, so that nothing a run does can change the original.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

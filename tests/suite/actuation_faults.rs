@@ -22,6 +22,16 @@ fn mounts_with(path: &'static str, options: &'static str) -> Vec<(&'static str, 
     mounts
 }
 
+/// Starts portd, which widens 40000-40099 but fails to write the drop-in
+/// with `error`; then [`assert_widened_but_not_persisted`].
+fn widened_but_not_persisted(ns: &mut Ns, error: &str) -> Daemon {
+    let mut daemon = ns.start_daemon();
+    daemon.wait_widened("40000-40099");
+    daemon.wait_line(&[DROPIN, error], Duration::from_secs(10));
+    assert_widened_but_not_persisted(ns, &mut daemon);
+    daemon
+}
+
 /// Runtime widened, drop-in not written: state.json says what is live and
 /// that it is not persisted; the daemon still runs after several polls.
 fn assert_widened_but_not_persisted(ns: &mut Ns, daemon: &mut Daemon) {
@@ -54,13 +64,7 @@ fn read_only_sysctl_d_is_reported_and_retried() {
     require_root!();
     let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "ro"), "40000 40099", "");
     ns.connect(45);
-    let mut daemon = ns.start_daemon();
-    daemon.wait_widened("40000-40099");
-    daemon.wait_line(
-        &[DROPIN, "Read-only file system (os error 30)"],
-        Duration::from_secs(10),
-    );
-    assert_widened_but_not_persisted(&mut ns, &mut daemon);
+    let mut daemon = widened_but_not_persisted(&mut ns, "Read-only file system (os error 30)");
 
     ns.sh("mount -o remount,rw /etc/sysctl.d");
     assert_persisted_later(&mut ns);
@@ -80,13 +84,7 @@ fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
     ns.sh("head -c 4096 /dev/zero > /etc/sysctl.d/filler");
     assert_eq!(ns.sh("stat -c %s /etc/sysctl.d/filler"), "4096\n");
     ns.connect(45);
-    let mut daemon = ns.start_daemon();
-    daemon.wait_widened("40000-40099");
-    daemon.wait_line(
-        &[DROPIN, "No space left on device (os error 28)"],
-        Duration::from_secs(10),
-    );
-    assert_widened_but_not_persisted(&mut ns, &mut daemon);
+    let mut daemon = widened_but_not_persisted(&mut ns, "No space left on device (os error 28)");
     assert_eq!(
         ns.sh("ls -A /etc/sysctl.d"),
         "filler\n",

@@ -326,6 +326,14 @@ impl Daemon {
         }
     }
 
+    /// [`Daemon::wait_line`] for each of `lines` in turn, each within
+    /// `timeout`.
+    pub fn wait_lines(&mut self, lines: &[&str], timeout: Duration) {
+        for line in lines {
+            self.wait_line(&[line], timeout);
+        }
+    }
+
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -64,12 +64,11 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
     // A restart (a watchdog restart too) keeps the yield: it is in the state.
     daemon.stop_ok();
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["starting: mode advise (yielded to the admin)"],
-        Duration::from_secs(5),
-    );
-    daemon.wait_line(
-        &["would widen ip_local_port_range 40000-40119 ->"],
+    daemon.wait_lines(
+        &[
+            "starting: mode advise (yielded to the admin)",
+            "would widen ip_local_port_range 40000-40119 ->",
+        ],
         Duration::from_secs(5),
     );
     std::thread::sleep(SEVERAL_POLLS);
@@ -98,12 +97,11 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
         Duration::from_secs(5),
     );
     daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["the yield to the admin is cleared"],
-        Duration::from_secs(5),
-    );
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40119 ->"],
+    daemon.wait_lines(
+        &[
+            "the yield to the admin is cleared",
+            "widened ip_local_port_range 40000-40119 ->",
+        ],
         Duration::from_secs(5),
     );
     assert_eq!(ns.state()["yielded"], serde_json::Value::Null);

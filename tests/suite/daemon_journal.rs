@@ -14,7 +14,7 @@ use rustix::process::Signal;
 use serde_json::Value;
 
 use super::daemon_util::{
-    Notify, Portd, Sandbox, catalog_ids, start_ready, status_of, summary, write_policy,
+    Notify, Portd, Sandbox, catalog_ids, poll_policy, start_ready, status_of, summary, write_policy,
 };
 use super::util::require_root;
 
@@ -70,11 +70,8 @@ fn sandbox() -> Sandbox {
     Sandbox::with_range("40000 40199", true)
 }
 
+/// Tables of the auto-mode policy, after a 100 ms [poll].
 const AUTO: &str = r#"
-[poll]
-interval = "100ms"
-max_staleness = "1s"
-
 [thresholds]
 warning = 40
 critical = 50
@@ -100,7 +97,8 @@ fn auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition() {
     let policy = dir.path().join("policy.toml");
     let prom = dir.path().join("portd.prom");
     let valid = format!(
-        "{AUTO}\n[metrics]\nfile = {:?}\n",
+        "{}\n[metrics]\nfile = {:?}\n",
+        poll_policy("100ms", "1s", AUTO),
         prom.display().to_string()
     );
     write_policy(&policy, &valid);
@@ -300,11 +298,8 @@ fn explained_by_the_catalog(sandbox: &Sandbox, warning: &Value) {
     assert!(text.contains("portd status --processes"), "{text}");
 }
 
+/// Tables of the advise-mode policy, after a 100 ms [poll].
 const ADVISE: &str = r#"
-[poll]
-interval = "100ms"
-max_staleness = "1s"
-
 [thresholds]
 hold = "0s"
 
@@ -321,7 +316,7 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    write_policy(&policy, ADVISE);
+    write_policy(&policy, &poll_policy("100ms", "1s", ADVISE));
     let (mut portd, _notify) = start(&sandbox, dir.path(), &policy);
 
     // 100 connections a second towards 200 ports: the 201st fails.
@@ -428,7 +423,7 @@ fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
     let sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    write_policy(&policy, ADVISE);
+    write_policy(&policy, &poll_policy("100ms", "1s", ADVISE));
     let notify = Notify::bind(dir.path());
     let mut cmd = sandbox.portd(&[
         "--config",
@@ -470,7 +465,7 @@ fn a_configuration_hazard_is_logged_once_when_it_appears() {
     let mut sandbox = Sandbox::with_range("40000 40200", true);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    write_policy(&policy, ADVISE);
+    write_policy(&policy, &poll_policy("100ms", "1s", ADVISE));
     let (mut portd, mut notify) = start(&sandbox, dir.path(), &policy);
     sandbox_wait(&sandbox, "configuration-hazard", 1);
     // Censuses go on (max_staleness 1 s); the hazard is not logged again.

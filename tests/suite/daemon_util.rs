@@ -193,6 +193,12 @@ pub fn write_policy(path: &Path, text: &str) {
 
 /// A running `portd run`, its stderr kept in a file. Killed (by its pid) if
 /// the test ends without stopping it.
+/// A policy's text: a poll every `interval`, a census at least every
+/// `max_staleness`, then `tables` (more TOML tables).
+pub fn poll_policy(interval: &str, max_staleness: &str, tables: &str) -> String {
+    format!("[poll]\ninterval = \"{interval}\"\nmax_staleness = \"{max_staleness}\"\n{tables}")
+}
+
 pub struct Portd {
     child: Child,
     stderr: PathBuf,

@@ -16,19 +16,19 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::daemon_metrics::parse_textfile;
-use super::daemon_util::{Notify, Portd, Sandbox, start_ready, write_policy};
+use super::daemon_util::{Notify, Portd, Sandbox, poll_policy, start_ready, write_policy};
 use super::util::{require_root, tests_dir};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-const ADVISE: &str = r#"
-[poll]
-interval = "200ms"
-max_staleness = "1s"
-
-[widen]
-mode = "advise"
-"#;
+/// Fast polls (a census at least every second), advise mode, and `tables`.
+fn advise_policy(tables: &str) -> String {
+    poll_policy(
+        "200ms",
+        "1s",
+        &format!("\n[widen]\nmode = \"advise\"\n{tables}"),
+    )
+}
 
 fn sandbox() -> Sandbox {
     let sandbox = Sandbox::with_range("40000 40001", true);
@@ -43,7 +43,7 @@ fn start(sandbox: &Sandbox, dir: &Path, wrap: &[&str]) -> (Portd, Notify) {
     let policy = dir.join("portd.toml");
     write_policy(
         &policy,
-        &format!("{ADVISE}\n[metrics]\nfile = \"{}\"\n", metrics.display()),
+        &advise_policy(&format!("\n[metrics]\nfile = \"{}\"\n", metrics.display())),
     );
     let mut cmd = match wrap.split_first() {
         Some((program, args)) => {
@@ -284,11 +284,9 @@ fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_censu
     portd.stop();
 }
 
+/// Auto mode, no cooldown, and an hour's hold: only a witnessed failure can
+/// widen at once.
 const AUTO_LONG_HOLD: &str = r#"
-[poll]
-interval = "200ms"
-max_staleness = "1s"
-
 [thresholds]
 hold = "1h"
 
@@ -323,7 +321,7 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("portd.toml");
-    write_policy(&policy, AUTO_LONG_HOLD);
+    write_policy(&policy, &poll_policy("200ms", "1s", AUTO_LONG_HOLD));
     let cmd = sandbox.portd(&["--config", policy.to_str().expect("utf-8"), "run"]);
     let (mut portd, _notify) = start_ready(cmd, dir.path(), false);
 

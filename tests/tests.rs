@@ -35,6 +35,7 @@ mod suite {
     mod fleet_dashboard;
     mod fleet_metric_names;
     mod fleet_rules;
+    mod harness;
     mod hostile_actuation;
     mod hostile_churn;
     mod hostile_reads;

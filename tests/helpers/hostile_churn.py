@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from sandbox import run, start_journald, write
+
 NAMESPACES = 250
 CHURN = 8.0
 CRITICAL = 5
@@ -50,15 +52,6 @@ libc = ctypes.CDLL(None, use_errno=True)
 def die(message):
     sys.stderr.write(f"hostile_churn.py: {message}\n")
     sys.exit(1)
-
-
-def run(*args):
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(value)
 
 
 def pdeathsig():
@@ -107,26 +100,6 @@ def spawn(connections, lifetime, report):
     return pid
 
 
-def start_journald():
-    os.makedirs("/run/systemd/journal", exist_ok=True)
-    os.makedirs("/run/systemd/journald.conf.d", exist_ok=True)
-    write("/run/systemd/journald.conf.d/50-portd-test.conf",
-          "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\n"
-          "ForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\n"
-          "RateLimitIntervalSec=0\n")
-    env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="warning")
-    journald = subprocess.Popen(["/usr/lib/systemd/systemd-journald"], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                preexec_fn=pdeathsig)
-    for _ in range(200):
-        if os.path.exists("/run/systemd/journal/socket"):
-            return journald
-        if journald.poll() is not None:
-            die(f"systemd-journald exited with {journald.returncode}")
-        time.sleep(0.025)
-    die("systemd-journald did not create /run/systemd/journal/socket")
-
-
 def main():
     portd, out = sys.argv[1], sys.argv[2]
     if os.getpid() != 1 or os.readlink("/proc/1/ns/pid") != os.readlink("/proc/self/ns/pid"):
@@ -137,7 +110,7 @@ def main():
         if os.path.isdir(path):
             run("mount", "-t", "tmpfs", "tmpfs", path)
     lo_up()
-    journald = start_journald()
+    journald = start_journald(die, death=signal.SIGKILL)
     policy = os.path.join(out, "policy.toml")
     write(policy, f"""[poll]
 interval = "500ms"

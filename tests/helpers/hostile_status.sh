@@ -14,6 +14,7 @@
 set -eu
 PORTD=$1
 OUT=$2
+HELPERS=$(dirname "$0")
 MODE=$3
 [ "$(readlink /proc/1/ns/pid)" = "$(readlink /proc/self/ns/pid)" ] || { echo "not in a private PID namespace" >&2; exit 1; }
 [ "$$" = 1 ] || [ "$(cat /proc/1/comm)" != systemd ] || { echo "refusing: /proc is the machine's" >&2; exit 1; }
@@ -21,24 +22,6 @@ mount --make-rprivate /
 mount -t tmpfs tmpfs /run
 ip link set lo up
 : > "$OUT/defaults.toml"
-
-cat > "$OUT/hold.py" <<'PY'
-import socket, subprocess, sys, time
-low, high, n, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
-    f.write(f"{low} {high}\n")
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 9000)); srv.listen(128)
-held = []
-for _ in range(n):
-    c = socket.create_connection(("127.0.0.1", 9000)); a, _ = srv.accept(); held += [c, a]
-# Any user may name their process so (prctl PR_SET_NAME does the same).
-with open("/proc/self/comm", "wb") as f:
-    f.write(b"x|y=1\nOK - \x1b[2J")
-open(ready, "w").write("ready\n")
-time.sleep(90)
-PY
 
 cat > "$OUT/churn.py" <<'PY'
 import random, subprocess, sys, time
@@ -62,7 +45,7 @@ for p in live:
     p.wait()
 PY
 
-unshare -n python3 "$OUT/hold.py" 40000 40019 15 "$OUT/busy.ready" &
+unshare -n python3 "$HELPERS/hold.py" 40000 40019 15 "$OUT/busy.ready" hostile-name &
 BUSY=$!
 i=0
 until [ -e "$OUT/busy.ready" ]; do

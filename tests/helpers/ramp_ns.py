@@ -62,6 +62,8 @@ import subprocess
 import sys
 import time
 
+from sandbox import check_private, read, run, start_journald, stop, write
+
 PORT = 5001
 DEST = ("127.0.0.1", PORT)
 SAMPLE = 0.5
@@ -189,52 +191,6 @@ def client(load, rate, accel, plateau, duration, n_dests, hold_for):
 # --- the cell ------------------------------------------------------------------
 
 
-def check_private(outer_net, outer_mnt):
-    for kind, outer in (("net", outer_net), ("mnt", outer_mnt)):
-        own = os.readlink(f"/proc/self/ns/{kind}")
-        if own == outer:
-            sys.exit(f"refusing to run: {kind} namespace {own} is the caller's")
-        try:
-            if own == os.readlink(f"/proc/1/ns/{kind}"):
-                sys.exit(f"refusing to run: {kind} namespace {own} is PID 1's")
-        except OSError:
-            pass
-
-
-def run(*args):
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
-def start_journald():
-    os.makedirs("/run/systemd/journal", exist_ok=True)
-    os.makedirs("/run/systemd/journald.conf.d", exist_ok=True)
-    write("/run/systemd/journald.conf.d/50-portd-test.conf",
-          "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\n"
-          "ForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\n"
-          "RateLimitIntervalSec=0\n")
-    env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="warning")
-    j = subprocess.Popen(["/usr/lib/systemd/systemd-journald"], env=env,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         preexec_fn=pdeathsig)
-    for _ in range(400):
-        if os.path.exists("/run/systemd/journal/socket"):
-            return j
-        if j.poll() is not None:
-            sys.exit(f"systemd-journald exited with {j.returncode}")
-        time.sleep(0.025)
-    sys.exit("systemd-journald did not create /run/systemd/journal/socket")
-
-
 def setup(spec):
     run("mount", "--make-rprivate", "/")
     for path in ("/etc/sysctl.d", "/usr/lib/sysctl.d", "/var/lib", "/run"):
@@ -305,16 +261,6 @@ def journal():
     return entries
 
 
-def stop(p):
-    if p is not None and p.poll() is None:
-        p.terminate()  # our own child, by pid
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 ALERTS = ("usage-warning", "usage-critical")
 
 
@@ -324,7 +270,7 @@ def is_alert(event):
 
 def cell(spec):
     setup(spec)
-    journald = start_journald() if spec.get("portd") else None
+    journald = start_journald(sys.exit, tries=400, death=signal.SIGKILL) if spec.get("portd") else None
     portd = server = None
     clients = []
     try:
@@ -488,7 +434,7 @@ def main():
                int(n_dests), float(hold_for))
     else:
         outer_net, outer_mnt, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-        check_private(outer_net, outer_mnt)
+        check_private(outer_net, outer_mnt, sys.exit)
         signal.alarm(int(spec["duration"]) + int(spec.get("warmup", 3)) + 90)
         cell(spec)
 

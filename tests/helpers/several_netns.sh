@@ -10,36 +10,19 @@
 set -eu
 PORTD=$1
 OUT=$2
+HELPERS=$(dirname "$0")
 [ "$(readlink /proc/1/ns/pid)" = "$(readlink /proc/self/ns/pid)" ] || { echo "not in a private PID namespace" >&2; exit 1; }
 [ "$$" = 1 ] || [ "$(cat /proc/1/comm)" != systemd ] || { echo "refusing: /proc is the machine's" >&2; exit 1; }
 mount --make-rprivate /
 mount -t tmpfs tmpfs /run
 ip link set lo up
 
-# hold RANGE_LOW RANGE_HIGH CONNECTIONS READY_FILE: sets the range of the
-# namespace it runs in, listens on 127.0.0.1:9000 and keeps CONNECTIONS
-# connections to it open until killed (or 90 s).
-cat > "$OUT/hold.py" <<'PY'
-import socket, subprocess, sys, time
-low, high, n, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
-    f.write(f"{low} {high}\n")
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 9000)); srv.listen(128)
-held = []
-for _ in range(n):
-    c = socket.create_connection(("127.0.0.1", 9000)); a, _ = srv.accept(); held += [c, a]
-open(ready, "w").write("ready\n")
-time.sleep(90)
-PY
-
 # The busy namespace: an `unshare -n` child (a container's shape), 15 of 20 ports.
-unshare -n python3 "$OUT/hold.py" 40000 40019 15 "$OUT/busy.ready" &
+unshare -n python3 "$HELPERS/hold.py" 40000 40019 15 "$OUT/busy.ready" &
 BUSY=$!
 # A quiet named namespace: 3 connections in a range of 1000.
 ip netns add quiet
-ip netns exec quiet python3 "$OUT/hold.py" 45000 45999 3 "$OUT/quiet.ready" &
+ip netns exec quiet python3 "$HELPERS/hold.py" 45000 45999 3 "$OUT/quiet.ready" &
 QUIET=$!
 i=0
 while [ ! -e "$OUT/busy.ready" ] || [ ! -e "$OUT/quiet.ready" ]; do

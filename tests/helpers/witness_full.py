@@ -37,6 +37,9 @@ import subprocess
 import sys
 import time
 
+import sandbox
+from sandbox import run, write
+
 PR_SET_NAME = 15
 libc = ctypes.CDLL(None, use_errno=True)
 journald = None
@@ -51,15 +54,9 @@ def fail(message):
 
 def cleanup():
     for p in (portd, journald):
-        if p is not None and p.poll() is None:
-            if p is portd:
-                os.kill(p.pid, signal.SIGCONT)
-            p.terminate()  # our own children, by pid
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        if p is portd and p is not None and p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+        sandbox.stop(p)  # our own children, by pid
 
 
 def check_private(outer_net, outer_mnt):
@@ -70,16 +67,8 @@ def check_private(outer_net, outer_mnt):
             fail(f"refusing to run: the {kind} namespace is the test's own")
 
 
-def run(*args):
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(value)
-
-
 def setup(catalog):
+    global journald
     run("mount", "--make-rprivate", "/")
     for path in ("/run", "/etc/sysctl.d", "/var/lib", "/usr/lib/sysctl.d"):
         if os.path.isdir(path):
@@ -88,28 +77,10 @@ def setup(catalog):
     with open(catalog) as src:
         write("/usr/lib/systemd/catalog/portd.catalog", src.read())
     run("mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing")
-    start_journald()
+    journald = sandbox.start_journald(fail, death=None)
     run("ip", "link", "set", "lo", "up")
     write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001")
     write("/proc/sys/net/ipv4/ip_local_reserved_ports", "\n")
-
-
-def start_journald():
-    global journald
-    os.makedirs("/run/systemd/journal", exist_ok=True)
-    os.makedirs("/run/systemd/journald.conf.d", exist_ok=True)
-    write("/run/systemd/journald.conf.d/50-portd-test.conf",
-          "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\n"
-          "ForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\n"
-          "RateLimitIntervalSec=0\n")
-    env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="warning")
-    journald = subprocess.Popen(["/usr/lib/systemd/systemd-journald"], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        if os.path.exists("/run/systemd/journal/socket"):
-            return
-        time.sleep(0.025)
-    fail("systemd-journald did not create /run/systemd/journal/socket")
 
 
 POLICY = """

@@ -6,13 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 
 use super::actuation_util::{Ns, POLICY, STATE, default_mounts};
-use super::util::have_root;
+use super::util::require_root;
 
 #[test]
 fn a_state_from_a_day_ahead_holds_alerts_and_widening_no_longer_than_the_policy() {
-    if !have_root("a_state_from_a_day_ahead_holds_alerts_and_widening_no_longer_than_the_policy") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
     ns.write_file(
         POLICY,
@@ -56,17 +54,13 @@ max_changes_per_hour = 4
     assert!(warned.contains(STATE), "{warned}");
     // hold 1 s, cooldown 2 s from start: well within 10 s, not a day.
     daemon.wait_line(&["ephemeral ports critical"], Duration::from_secs(10));
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40009 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40009");
     let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(2),
         "widened {took:?} after start, before the cooldown of a change clamped to the start"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     let saved = ns.state();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::actuation_util::{
     DROPIN, Daemon, Ns, POLICY, RANGE_KEY, STATE, default_mounts, state_range, wait_for,
 };
-use super::util::have_root;
+use super::util::require_root;
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
@@ -20,6 +20,16 @@ fn mounts_with(path: &'static str, options: &'static str) -> Vec<(&'static str, 
         }
     }
     mounts
+}
+
+/// Starts portd, which widens 40000-40099 but fails to write the drop-in
+/// with `error`; then [`assert_widened_but_not_persisted`].
+fn widened_but_not_persisted(ns: &mut Ns, error: &str) -> Daemon {
+    let mut daemon = ns.start_daemon();
+    daemon.wait_widened("40000-40099");
+    daemon.wait_line(&[DROPIN, error], Duration::from_secs(10));
+    assert_widened_but_not_persisted(ns, &mut daemon);
+    daemon
 }
 
 /// Runtime widened, drop-in not written: state.json says what is live and
@@ -51,21 +61,10 @@ fn assert_persisted_later(ns: &mut Ns) {
 
 #[test]
 fn read_only_sysctl_d_is_reported_and_retried() {
-    if !have_root("read_only_sysctl_d_is_reported_and_retried") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "ro"), "40000 40099", "");
     ns.connect(45);
-    let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    daemon.wait_line(
-        &[DROPIN, "Read-only file system (os error 30)"],
-        Duration::from_secs(10),
-    );
-    assert_widened_but_not_persisted(&mut ns, &mut daemon);
+    let mut daemon = widened_but_not_persisted(&mut ns, "Read-only file system (os error 30)");
 
     ns.sh("mount -o remount,rw /etc/sysctl.d");
     assert_persisted_later(&mut ns);
@@ -79,24 +78,13 @@ fn read_only_sysctl_d_is_reported_and_retried() {
 
 #[test]
 fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
-    if !have_root("full_sysctl_d_is_reported_and_leaves_no_partial_file") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "size=4k"), "40000 40099", "");
     // One page, all of it taken: creating the temp file works, writing fails.
     ns.sh("head -c 4096 /dev/zero > /etc/sysctl.d/filler");
     assert_eq!(ns.sh("stat -c %s /etc/sysctl.d/filler"), "4096\n");
     ns.connect(45);
-    let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    daemon.wait_line(
-        &[DROPIN, "No space left on device (os error 28)"],
-        Duration::from_secs(10),
-    );
-    assert_widened_but_not_persisted(&mut ns, &mut daemon);
+    let mut daemon = widened_but_not_persisted(&mut ns, "No space left on device (os error 28)");
     assert_eq!(
         ns.sh("ls -A /etc/sysctl.d"),
         "filler\n",
@@ -132,9 +120,7 @@ fn assert_nothing_changed(ns: &mut Ns, range: &str, reserved: &str) {
 
 #[test]
 fn proc_sys_write_refused_eacces_changes_nothing() {
-    if !have_root("proc_sys_write_refused_eacces_changes_nothing") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     // portd as nobody: its state directory is writable, /proc/sys is not.
     ns.sh("mkdir -p /var/lib/portd && chown 65534:65534 /var/lib/portd");
@@ -168,9 +154,7 @@ fn proc_sys_write_refused_eacces_changes_nothing() {
 
 #[test]
 fn proc_sys_range_read_only_erofs_restores_the_reserved_ports() {
-    if !have_root("proc_sys_range_read_only_erofs_restores_the_reserved_ports") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
     // Only the range is read-only: the reserved ports are written first and
     // must be put back when the range write fails.

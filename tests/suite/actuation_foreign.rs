@@ -9,17 +9,13 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::actuation_util::{
-    DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, RESERVED_KEY, default_mounts, parse_dropin,
+    DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, RESERVED_KEY, default_mounts, parse_dropin, text,
     wait_for,
 };
-use super::util::have_root;
+use super::util::require_root;
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Usage calls for a wider range with `sysctl.d/<name>` taken by a file
 /// that is not portd's: portd holds (a runtime change would not survive a
@@ -63,20 +59,16 @@ fn a_foreign_file_is_kept(ns: &mut Ns, name: &str) {
         )),
         "{report}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 
-    let out = ns.portd(&["rollback"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    ns.rollback_ok(&[], &[]);
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(listing(ns), before, "rollback changed {path}");
 }
 
 #[test]
 fn an_admins_file_at_the_dropin_name_is_never_overwritten() {
-    if !have_root("an_admins_file_at_the_dropin_name_is_never_overwritten") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(DROPIN, "# the admin's own\nnet.ipv4.tcp_fin_timeout = 30\n");
     a_foreign_file_is_kept(&mut ns, "60-portd.conf");
@@ -84,9 +76,7 @@ fn an_admins_file_at_the_dropin_name_is_never_overwritten() {
 
 #[test]
 fn debians_sysctl_conf_link_as_persist_file_is_never_replaced() {
-    if !have_root("debians_sysctl_conf_link_as_persist_file_is_never_replaced") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(
         POLICY,
@@ -101,9 +91,7 @@ fn debians_sysctl_conf_link_as_persist_file_is_never_replaced() {
 
 #[test]
 fn a_new_persist_file_replaces_the_old_dropin_after_a_reload() {
-    if !have_root("a_new_persist_file_replaces_the_old_dropin_after_a_reload") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon_until_persisted("40000-40099");
@@ -127,24 +115,18 @@ fn a_new_persist_file_replaces_the_old_dropin_after_a_reload() {
         parse_dropin(&ns.read_file(new).expect("no new drop-in"))
             .contains(&(RANGE_KEY.to_string(), range)),
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
-    let out = ns.portd(&["rollback"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&format!("removed {new}")));
+    daemon.stop_ok();
+    ns.rollback_ok(&[], &[&format!("removed {new}")]);
     assert_eq!(ns.read_file(new), None);
 }
 
 #[test]
 fn a_dropin_without_reservations_leaves_runtime_reservations_alone() {
-    if !have_root("a_dropin_without_reservations_leaves_runtime_reservations_alone") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let daemon = ns.start_daemon_until_persisted("40000-40099");
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     let dropin = ns.read_file(DROPIN).unwrap();
     let range = ns.range();
     assert_eq!(
@@ -172,9 +154,7 @@ fn a_dropin_without_reservations_leaves_runtime_reservations_alone() {
 
 #[test]
 fn the_dropins_reserved_ports_follow_another_files_reservations() {
-    if !have_root("the_dropins_reserved_ports_follow_another_files_reservations") {
-        return;
-    }
+    require_root!();
     let admin = "/etc/sysctl.d/50-admin.conf";
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
     ns.write_file(admin, "net.ipv4.ip_local_reserved_ports = 40500\n");
@@ -202,6 +182,5 @@ fn the_dropins_reserved_ports_follow_another_files_reservations() {
         )),
         "{check}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }

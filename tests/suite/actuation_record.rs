@@ -4,24 +4,15 @@
 //! leaves a state that rollback and a restarted daemon read correctly; a
 //! version 1 state (today's released format) still rolls back.
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::actuation_util::{DROPIN, Ns, STATE, default_mounts, parse_dropin, wait_for};
-use super::util::{have_root, tests_dir};
+use super::util::{require_root, tests_dir};
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn rollback(ns: &Ns) -> Output {
-    ns.portd(&["rollback"]).output().unwrap()
-}
 
 fn range_json(low: u16, high: u16) -> serde_json::Value {
     json!({"low": low, "high": high})
@@ -63,9 +54,7 @@ fn recorded_not_confirmed() -> String {
 
 #[test]
 fn a_state_that_cannot_be_saved_means_nothing_is_written() {
-    if !have_root("a_state_that_cannot_be_saved_means_nothing_is_written") {
-        return;
-    }
+    require_root!();
     let mut mounts = default_mounts();
     for m in &mut mounts {
         if m.0 == "/var/lib" {
@@ -109,10 +98,7 @@ fn a_state_that_cannot_be_saved_means_nothing_is_written() {
 
     // Space again: the record is saved, then the range widened.
     ns.sh("rm /var/lib/filler");
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40099");
     // Confirmed (saved just after the event is logged).
     let state = wait_for("the write to be confirmed", Duration::from_secs(5), || {
         ns.try_state()
@@ -123,30 +109,22 @@ fn a_state_that_cannot_be_saved_means_nothing_is_written() {
         json!({"range": range_json(40000, 40099), "reserved": ""}),
         "{state}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }
 
 #[test]
 fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation() {
-    if !have_root("rollback_restores_the_originals_after_a_kill_between_record_and_confirmation") {
-        return;
-    }
+    require_root!();
     // The kernel has the planned values; the state only the record.
     let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
     ns.write_file(STATE, &recorded_not_confirmed());
-    let out = rollback(&ns);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for said in [
-        "restored ip_local_port_range 40000-40181 -> 40000-40099",
-        "removed portd's reserved ports 40120",
-    ] {
-        assert!(
-            stdout.contains(said),
-            "rollback must say {said:?}:\n{stdout}"
-        );
-    }
+    ns.rollback_ok(
+        &[],
+        &[
+            "restored ip_local_port_range 40000-40181 -> 40000-40099",
+            "removed portd's reserved ports 40120",
+        ],
+    );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     let state = ns.state();
@@ -156,9 +134,7 @@ fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation(
 
 #[test]
 fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
-    if !have_root("a_restart_after_a_kill_between_record_and_confirmation_does_not_yield") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
     ns.write_file(STATE, &recorded_not_confirmed());
     ns.listen(40120);
@@ -186,12 +162,10 @@ fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
         )),
         "{dropin}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = daemon.stop_ok();
     assert!(!stderr.contains("by someone else"), "{stderr}");
 
-    let out = rollback(&ns);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    ns.rollback_ok(&[], &[]);
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     assert_eq!(ns.read_file(DROPIN), None);
@@ -199,9 +173,7 @@ fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
 
 #[test]
 fn a_version_1_state_still_rolls_back_to_its_originals() {
-    if !have_root("a_version_1_state_still_rolls_back_to_its_originals") {
-        return;
-    }
+    require_root!();
     let v1 = std::fs::read_to_string(tests_dir().join("fixtures/state/v1.json")).unwrap();
     assert!(v1.contains("\"format_version\": 1"));
     let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
@@ -213,19 +185,14 @@ fn a_version_1_state_still_rolls_back_to_its_originals() {
          net.ipv4.ip_local_reserved_ports = 40120,40500\n\
          net.ipv4.ip_local_port_range = 40000 40181\n",
     );
-    let out = rollback(&ns);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for said in [
-        "restored ip_local_port_range 40000-40181 -> 40000-40099",
-        "removed portd's reserved ports 40120",
-        &format!("removed {DROPIN}"),
-    ] {
-        assert!(
-            stdout.contains(said),
-            "rollback must say {said:?}:\n{stdout}"
-        );
-    }
+    ns.rollback_ok(
+        &[],
+        &[
+            "restored ip_local_port_range 40000-40181 -> 40000-40099",
+            "removed portd's reserved ports 40120",
+            &format!("removed {DROPIN}"),
+        ],
+    );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     assert_eq!(ns.read_file(DROPIN), None);
@@ -234,9 +201,7 @@ fn a_version_1_state_still_rolls_back_to_its_originals() {
 
 #[test]
 fn an_unreadable_state_is_reported_as_such_not_as_a_yield() {
-    if !have_root("an_unreadable_state_is_reported_as_such_not_as_a_yield") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(STATE, "not json\n");
     ns.connect(45);
@@ -253,6 +218,5 @@ fn an_unreadable_state_is_reported_as_such_not_as_a_yield() {
     );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.read_file(STATE).as_deref(), Some("not json\n"));
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }

@@ -1,22 +1,12 @@
 //! `portd rollback` and the one-writer lock, against real sysctls in a
 //! private namespace.
 
-use std::process::Output;
-
-use super::actuation_util::{DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, state_range};
-use super::util::have_root;
+use super::actuation_util::{
+    DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, state_range, text,
+};
+use super::util::require_root;
 
 const ADMIN_FILE: &str = "/etc/sysctl.d/50-admin.conf";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn rollback(ns: &Ns, args: &[&str]) -> Output {
-    let mut all = vec!["rollback"];
-    all.extend_from_slice(args);
-    ns.portd(&all).output().unwrap()
-}
 
 /// A namespace where portd widened 40000-40099 (reserving its listener
 /// 40120 next to the admin's 40500) and persisted it, then stopped.
@@ -26,13 +16,9 @@ fn widened_by_portd() -> Ns {
     ns.listen(40120);
     ns.connect(45);
 
-    let nothing = rollback(&ns, &[]);
-    assert_eq!(nothing.status.code(), Some(0), "{}", text(&nothing.stderr));
-    assert!(
-        text(&nothing.stdout)
-            .contains("has not changed this host's port range; nothing to roll back"),
-        "{}",
-        text(&nothing.stdout)
+    ns.rollback_ok(
+        &[],
+        &["has not changed this host's port range; nothing to roll back"],
     );
 
     let daemon = ns.start_daemon_until_persisted("40000-40099");
@@ -55,34 +41,26 @@ fn widened_by_portd() -> Ns {
     assert_eq!(ns.range(), "40000 40181");
     assert!(ns.read_file(DROPIN).is_some());
 
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     assert_eq!(ns.reserved(), "40120,40500");
     ns
 }
 
 #[test]
 fn rollback_restores_the_original_values_and_keeps_the_admins_reservations() {
-    if !have_root("rollback_restores_the_original_values_and_keeps_the_admins_reservations") {
-        return;
-    }
+    require_root!();
     let mut ns = widened_by_portd();
     // The admin reserves one more port after portd's change.
     ns.set_sysctl(RESERVED_KEY, "40120,40130,40500\n");
 
-    let out = rollback(&ns, &[]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for said in [
-        "restored ip_local_port_range 40000-40181 -> 40000-40099",
-        "removed portd's reserved ports 40120",
-        &format!("removed {DROPIN}"),
-    ] {
-        assert!(
-            stdout.contains(said),
-            "rollback must say {said:?}:\n{stdout}"
-        );
-    }
+    ns.rollback_ok(
+        &[],
+        &[
+            "restored ip_local_port_range 40000-40181 -> 40000-40099",
+            "removed portd's reserved ports 40120",
+            &format!("removed {DROPIN}"),
+        ],
+    );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(
         ns.reserved(),
@@ -99,27 +77,19 @@ fn rollback_restores_the_original_values_and_keeps_the_admins_reservations() {
     assert_eq!(state["last_written"], serde_json::Value::Null, "{state}");
 
     // Nothing left to roll back: a clear no-op.
-    let again = rollback(&ns, &[]);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
-    assert!(
-        text(&again.stdout).contains("nothing to roll back"),
-        "{}",
-        text(&again.stdout)
-    );
+    ns.rollback_ok(&[], &["nothing to roll back"]);
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40130,40500");
 }
 
 #[test]
 fn rollback_refuses_when_the_live_values_changed_unless_forced() {
-    if !have_root("rollback_refuses_when_the_live_values_changed_unless_forced") {
-        return;
-    }
+    require_root!();
     let mut ns = widened_by_portd();
     ns.set_sysctl(RANGE_KEY, "40000 40299");
     let state_before = ns.state();
 
-    let out = rollback(&ns, &[]);
+    let out = ns.rollback(&[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -136,12 +106,9 @@ fn rollback_refuses_when_the_live_values_changed_unless_forced() {
     assert!(ns.read_file(DROPIN).is_some());
     assert_eq!(ns.state(), state_before);
 
-    let forced = rollback(&ns, &["--force"]);
-    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
-    assert!(
-        text(&forced.stdout).contains("restored ip_local_port_range 40000-40299 -> 40000-40099"),
-        "{}",
-        text(&forced.stdout)
+    ns.rollback_ok(
+        &["--force"],
+        &["restored ip_local_port_range 40000-40299 -> 40000-40099"],
     );
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
@@ -150,9 +117,7 @@ fn rollback_refuses_when_the_live_values_changed_unless_forced() {
 
 #[test]
 fn a_rollback_stopped_part_way_says_so_and_a_second_one_finishes() {
-    if !have_root("a_rollback_stopped_part_way_says_so_and_a_second_one_finishes") {
-        return;
-    }
+    require_root!();
     let mut ns = widened_by_portd();
     // The range can be written, the reserved ports cannot.
     let reserved_file = format!("/proc/sys/{}", RESERVED_KEY.replace('.', "/"));
@@ -160,7 +125,7 @@ fn a_rollback_stopped_part_way_says_so_and_a_second_one_finishes() {
         "mount --bind {reserved_file} {reserved_file} && mount -o remount,bind,ro {reserved_file}"
     ));
 
-    let out = rollback(&ns, &[]);
+    let out = ns.rollback(&[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     for said in [
@@ -184,13 +149,7 @@ fn a_rollback_stopped_part_way_says_so_and_a_second_one_finishes() {
 
     // Once the file is writable, a plain rollback (no --force) finishes.
     ns.sh(&format!("umount {reserved_file}"));
-    let out = rollback(&ns, &[]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(
-        stdout.contains("removed portd's reserved ports 40120"),
-        "{stdout}"
-    );
+    ns.rollback_ok(&[], &["removed portd's reserved ports 40120"]);
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     assert_eq!(ns.read_file(DROPIN), None);

@@ -2,33 +2,19 @@
 //! no other. The writes are made slow with strace's syscall delay injection,
 //! on the two /proc/sys files only.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::actuation_util::{FAST_POLICY, Ns, POLICY, RESERVED_KEY, default_mounts, wait_for};
-use super::util::have_root;
+use super::util::{have_strace, require_root, test_name};
 
 /// How long each write to the range or the reserved ports takes.
 const SLOW: Duration = Duration::from_secs(3);
 
-fn have_strace(test: &str) -> bool {
-    if Command::new("strace").arg("-V").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs strace, and CI is set: refusing to skip it"
-    );
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP (needs strace): {test}");
-    false
-}
-
 #[test]
 fn sigterm_during_a_slow_write_starts_no_further_write() {
-    const TEST: &str = "sigterm_during_a_slow_write_starts_no_further_write";
     const LISTENER: u16 = 40010;
-    if !have_root(TEST) || !have_strace(TEST) {
+    require_root!();
+    if !have_strace(test_name!()) {
         return;
     }
     let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
@@ -42,24 +28,13 @@ fn sigterm_during_a_slow_write_starts_no_further_write() {
     );
     let mut daemon = ns.start_daemon();
     daemon.wait_line(&["ready:"], Duration::from_secs(5));
-    let mut strace = ns
-        .command("strace")
-        .args(["-f", "-o", "/dev/null", "-e", "trace=write"])
-        .arg(format!("-einject=write:delay_enter={}s", SLOW.as_secs()))
-        .args(["-P", "/proc/sys/net/ipv4/ip_local_port_range"])
-        .args(["-P", "/proc/sys/net/ipv4/ip_local_reserved_ports"])
-        .arg("-p")
-        .arg(daemon.pid().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // strace says "Process N attached" once it traces portd.
-    let mut attached = std::io::BufReader::new(strace.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut attached, &mut line).unwrap();
-    assert!(line.contains("attached"), "strace: {line}");
+    let mut strace = daemon.attach_strace(
+        ns.command("strace")
+            .args(["-f", "-o", "/dev/null", "-e", "trace=write"])
+            .arg(format!("-einject=write:delay_enter={}s", SLOW.as_secs()))
+            .args(["-P", "/proc/sys/net/ipv4/ip_local_port_range"])
+            .args(["-P", "/proc/sys/net/ipv4/ip_local_reserved_ports"]),
+    );
 
     let (ports, _) = ns.connect(10);
     assert_eq!(ports.len(), 10);
@@ -86,10 +61,7 @@ fn sigterm_during_a_slow_write_starts_no_further_write() {
 
     // The next start settles what was recorded, then widens as usual.
     let mut again = ns.start_daemon();
-    again.wait_line(
-        &["widened ip_local_port_range 40000-40009 ->"],
-        Duration::from_secs(10),
-    );
+    again.wait_widened("40000-40009");
     // The confirmation is saved after the "widened" line; a SIGTERM in
     // between would (rightly) start no save, so wait for it first.
     wait_for(
@@ -97,7 +69,6 @@ fn sigterm_during_a_slow_write_starts_no_further_write() {
         Duration::from_secs(10),
         || ns.try_state().filter(|s| s["pending"].is_null()),
     );
-    let (code, stderr) = again.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    again.stop_ok();
     assert!(ns.sysctl(RESERVED_KEY).contains(&LISTENER.to_string()));
 }

@@ -8,7 +8,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ hold = "0s"
 cooldown = "0s"
 max_changes_per_hour = 100
 "#;
+
+/// What a command wrote, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 /// Directories covered by a fresh tmpfs in every test namespace: all that
 /// portd writes (the drop-in, its state and lock) and all sysctl.d
@@ -80,7 +85,12 @@ impl Ns {
             .arg(ns_link("net"))
             .arg(ns_link("mnt"))
             .arg(setup.to_string());
-        let (helper, _) = LineHelper::spawn("namespace helper", cmd, Duration::from_secs(5));
+        let (helper, _) = LineHelper::spawn(
+            "namespace helper",
+            cmd,
+            Duration::from_secs(5),
+            &["net", "mnt"],
+        );
         let mut ns = Ns { helper };
         ns.write_file(POLICY, FAST_POLICY);
         ns.listen(TARGET_PORT);
@@ -191,6 +201,28 @@ impl Ns {
     }
 
     /// `portd run` in the background, logging to stderr.
+    /// `portd rollback ARGS` in the namespace.
+    pub fn rollback(&self, args: &[&str]) -> Output {
+        let mut all = vec!["rollback"];
+        all.extend_from_slice(args);
+        self.portd(&all).output().unwrap()
+    }
+
+    /// `portd rollback ARGS`, which must exit 0 and say each of `said`;
+    /// its stdout.
+    pub fn rollback_ok(&self, args: &[&str], said: &[&str]) -> String {
+        let out = self.rollback(args);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        for said in said {
+            assert!(
+                stdout.contains(said),
+                "rollback must say {said:?}:\n{stdout}"
+            );
+        }
+        stdout
+    }
+
     pub fn start_daemon(&self) -> Daemon {
         Daemon::spawn(self.portd(&["run", "--log-target", "stderr"]))
     }
@@ -199,10 +231,13 @@ impl Ns {
     /// persisted the drop-in.
     pub fn start_daemon_until_persisted(&self, from: &str) -> Daemon {
         let mut daemon = self.start_daemon();
-        daemon.wait_line(
-            &[&format!("widened ip_local_port_range {from} ->")],
-            Duration::from_secs(10),
-        );
+        daemon.wait_widened(from);
+        self.wait_persisted();
+        daemon
+    }
+
+    /// Waits up to 10 s for the state to say the drop-in is persisted.
+    pub fn wait_persisted(&self) {
         wait_for(
             "the drop-in to be persisted",
             Duration::from_secs(10),
@@ -211,7 +246,19 @@ impl Ns {
                     .filter(|s| s["last_written"]["persisted"] == true)
             },
         );
-        daemon
+    }
+}
+
+/// An strace attached to a portd; its stderr stays open (and unread) until
+/// it is dropped.
+pub struct Strace {
+    child: Child,
+    _stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl Strace {
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
     }
 }
 
@@ -279,6 +326,14 @@ impl Daemon {
         }
     }
 
+    /// [`Daemon::wait_line`] for each of `lines` in turn, each within
+    /// `timeout`.
+    pub fn wait_lines(&mut self, lines: &[&str], timeout: Duration) {
+        for line in lines {
+            self.wait_line(&[line], timeout);
+        }
+    }
+
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -286,6 +341,45 @@ impl Daemon {
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// `strace` (built by the caller: `ns.command("strace").args(…)`)
+    /// attached to this portd with `-p`; returns once strace says it
+    /// traces it.
+    pub fn attach_strace(&self, strace: &mut Command) -> Strace {
+        let mut child = strace
+            .arg("-p")
+            .arg(self.pid().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // strace says "Process N attached" once it traces portd.
+        let mut attached = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut attached, &mut line).unwrap();
+        assert!(line.contains("attached"), "strace: {line}");
+        Strace {
+            child,
+            _stderr: attached,
+        }
+    }
+
+    /// Waits up to 10 s for the line saying portd widened the range `from`
+    /// ("40000-40099"); returns it.
+    pub fn wait_widened(&mut self, from: &str) -> String {
+        self.wait_line(
+            &[&format!("widened ip_local_port_range {from} ->")],
+            Duration::from_secs(10),
+        )
+    }
+
+    /// [`Daemon::stop`], which must exit 0; the whole stderr.
+    pub fn stop_ok(self) -> String {
+        let (code, stderr) = self.stop();
+        assert_eq!(code, Some(0), "{stderr}");
+        stderr
     }
 
     /// SIGTERM, then waits; returns the exit code and the whole stderr.

@@ -4,31 +4,25 @@
 use std::time::Duration;
 
 use super::actuation_util::{Ns, default_mounts, state_range};
-use super::util::have_root;
+use super::util::require_root;
 
 #[test]
 fn widening_a_tiny_range_lets_failed_connections_succeed() {
-    if !have_root("widening_a_tiny_range_lets_failed_connections_succeed") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
     let (ports, err) = ns.connect(11);
     assert_eq!(ports.len(), 10, "the range holds 10 connections");
     assert_eq!(err.as_deref(), Some("EADDRNOTAVAIL"), "the 11th must fail");
 
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40009 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40009");
     let (more, err) = ns.connect(20);
     assert_eq!((more.len(), err), (20, None), "connections after widening");
     assert!(more.iter().all(|p| (40000..=65535).contains(p)), "{more:?}");
     assert!(more.iter().any(|&p| p > 40009), "{more:?}");
     assert!(daemon.running());
     // 30 of 40 ports: portd may widen again before it stops.
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     assert_eq!(
         state_range(&ns.state()["last_written"]["range"]),
         ns.range()
@@ -38,9 +32,7 @@ fn widening_a_tiny_range_lets_failed_connections_succeed() {
 #[test]
 fn a_service_port_in_the_new_span_is_reserved_and_can_be_bound_again() {
     const SERVICE: u16 = 40120;
-    if !have_root("a_service_port_in_the_new_span_is_reserved_and_can_be_bound_again") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.listen(SERVICE);
     let (ports, err) = ns.connect(45);
@@ -55,8 +47,7 @@ fn a_service_port_in_the_new_span_is_reserved_and_can_be_bound_again() {
         line.contains(&format!("reserved {SERVICE} first")),
         "{line}"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     let range = ns.range();
     let high: u16 = range.split_once(' ').unwrap().1.parse().unwrap();
     assert!(

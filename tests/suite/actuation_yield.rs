@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::actuation_util::{Ns, RANGE_KEY, default_mounts, wait_for};
-use super::util::have_root;
+use super::util::require_root;
 
 const ADMIN_RANGE: &str = "40000 40119";
 /// Polls that must pass without portd touching the admin's range (200 ms each).
@@ -15,9 +15,7 @@ const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
 
 #[test]
 fn an_admin_write_is_detected_and_portd_yields_until_reload() {
-    if !have_root("an_admin_write_is_detected_and_portd_yields_until_reload") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon();
@@ -64,15 +62,13 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
     assert!(daemon.running());
 
     // A restart (a watchdog restart too) keeps the yield: it is in the state.
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["starting: mode advise (yielded to the admin)"],
-        Duration::from_secs(5),
-    );
-    daemon.wait_line(
-        &["would widen ip_local_port_range 40000-40119 ->"],
+    daemon.wait_lines(
+        &[
+            "starting: mode advise (yielded to the admin)",
+            "would widen ip_local_port_range 40000-40119 ->",
+        ],
         Duration::from_secs(5),
     );
     std::thread::sleep(SEVERAL_POLLS);
@@ -82,8 +78,7 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
         "portd changed the admin's range after a restart"
     );
     assert!(!daemon.stderr().contains("widened"), "{}", daemon.stderr());
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 
     // Rollback would undo the admin's range too: it refuses unless forced.
     let out = ns.portd(&["rollback"]).output().unwrap();
@@ -102,16 +97,14 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
         Duration::from_secs(5),
     );
     daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["the yield to the admin is cleared"],
-        Duration::from_secs(5),
-    );
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40119 ->"],
+    daemon.wait_lines(
+        &[
+            "the yield to the admin is cleared",
+            "widened ip_local_port_range 40000-40119 ->",
+        ],
         Duration::from_secs(5),
     );
     assert_eq!(ns.state()["yielded"], serde_json::Value::Null);
     assert_ne!(ns.range(), ADMIN_RANGE);
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }

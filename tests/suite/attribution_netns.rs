@@ -9,7 +9,7 @@
 
 use serde_json::{Value, json};
 
-use super::util::{Netns, have_root, stdout_json};
+use super::util::{Netns, require_root, stdout_json};
 
 fn attribution_of(report: &Value, remote_port: u16) -> Value {
     let d = report["destinations"]
@@ -35,9 +35,7 @@ fn status_with_processes(ns: &Netns) -> Value {
 
 #[test]
 fn attribution_names_process_of_other_user() {
-    if !have_root("attribution_names_process_of_other_user") {
-        return;
-    }
+    require_root!();
     let ns = Netns::start("attribution", &[]);
     let holder = &ns.ready["exec_holder"];
     assert_eq!(holder["uid"], 65534);
@@ -71,9 +69,7 @@ fn attribution_names_process_of_other_user() {
 fn attribution_reports_uid_of_process_that_dropped_privileges_without_exec() {
     // Daemon workers (nginx, sshd) setuid() without exec: they are not
     // dumpable, so /proc/PID is owned by root, yet they run as another user.
-    if !have_root("attribution_reports_uid_of_process_that_dropped_privileges_without_exec") {
-        return;
-    }
+    require_root!();
     let ns = Netns::start("attribution", &[]);
     let holder = &ns.ready["fork_holder"];
     assert_eq!(holder["uid"], 65534);

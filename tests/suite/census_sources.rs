@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use super::ss;
-use super::util::{Netns, have_root, portd, stdout_json, tests_dir};
+use super::util::{Netns, portd, require_root, stdout_json, test_name, tests_dir};
 
 /// `status --json --top 0` from one source, without its `source` field
 /// and the `daemon` object (a live view's age differs between two runs).
@@ -23,10 +23,7 @@ fn census(ns: &Netns, source: &str) -> Value {
     report
 }
 
-fn sources_agree(test: &str, tw_reuse: &str) {
-    if !have_root(test) {
-        return;
-    }
+fn sources_agree(tw_reuse: &str) {
     // Several destinations, TIME_WAIT and FIN_WAIT2, listeners inside the
     // range, UDP, IPv6 and v4-mapped peers (tests/helpers/netns_sockets.py).
     let ns = Netns::start("mixed", &[tw_reuse]);
@@ -65,13 +62,15 @@ fn sources_agree(test: &str, tw_reuse: &str) {
 #[test]
 fn netlink_and_procfs_give_the_same_census() {
     // tcp_tw_reuse=0: every TIME_WAIT counts.
-    sources_agree("netlink_and_procfs_give_the_same_census", "0");
+    require_root!();
+    sources_agree("0");
 }
 
 #[test]
 fn netlink_and_procfs_agree_on_reusable_time_wait() {
     // tcp_tw_reuse=2: loopback TIME_WAIT is reported apart.
-    sources_agree("netlink_and_procfs_agree_on_reusable_time_wait", "2");
+    require_root!();
+    sources_agree("2");
 }
 
 #[test]
@@ -98,9 +97,7 @@ fn auto_uses_netlink_live_and_procfs_under_a_fixture_root() {
         "{report:#}"
     );
 
-    if !have_root("auto_uses_netlink_live_and_procfs_under_a_fixture_root") {
-        return;
-    }
+    require_root!();
     let ns = Netns::start("mixed", &["0"]);
     let report = stdout_json(&ns.portd(&["status", "--json"]));
     assert_eq!(report["source"], "netlink", "{report:#}");
@@ -116,10 +113,8 @@ fn example(name: &str) -> Option<PathBuf> {
 
 #[test]
 fn benchmark_harness_runs_at_a_small_size() {
-    let test = "benchmark_harness_runs_at_a_small_size";
-    if !have_root(test) {
-        return;
-    }
+    require_root!();
+    let test = test_name!();
     let Some(bench) = example("census_bench") else {
         assert!(
             std::env::var_os("CI").is_none(),

@@ -57,7 +57,7 @@ fn entries() -> Vec<Entry> {
 
 /// The fields each event always sets (src/daemon.rs): the only ones its
 /// explanation may substitute, or journalctl -x would show `@NAME@` as is.
-fn always_set(kind: Kind) -> &'static [&'static str] {
+fn always_set(kind: Kind) -> Vec<&'static str> {
     const USAGE: &[&str] = &[
         "PORTD_EVENT",
         "PORTD_USAGE",
@@ -68,34 +68,18 @@ fn always_set(kind: Kind) -> &'static [&'static str] {
     ];
     match kind {
         Kind::UsageWarning | Kind::UsageCritical | Kind::UsageRecovered | Kind::ExhaustionEnded => {
-            USAGE
+            USAGE.to_vec()
         }
-        Kind::PortsExhausted => &[
-            "PORTD_EVENT",
-            "PORTD_USAGE",
-            "PORTD_USED",
-            "PORTD_CAPACITY",
-            "PORTD_RANGE_BEFORE",
-            "PORTD_REASON",
-            "PORTD_DESTINATION",
-        ],
-        Kind::RangeWidened | Kind::WideningBlocked => &[
-            "PORTD_EVENT",
-            "PORTD_USAGE",
-            "PORTD_USED",
-            "PORTD_CAPACITY",
-            "PORTD_RANGE_BEFORE",
-            "PORTD_RANGE_AFTER",
-            "PORTD_REASON",
-        ],
+        Kind::PortsExhausted => [USAGE, &["PORTD_DESTINATION"]].concat(),
+        Kind::RangeWidened | Kind::WideningBlocked => [USAGE, &["PORTD_RANGE_AFTER"]].concat(),
         Kind::ExternalChange | Kind::PersistFailed => {
-            &["PORTD_EVENT", "PORTD_RANGE_AFTER", "PORTD_REASON"]
+            vec!["PORTD_EVENT", "PORTD_RANGE_AFTER", "PORTD_REASON"]
         }
-        Kind::PolicyReloaded => &["PORTD_EVENT", "PORTD_POLICY"],
-        Kind::NetnsGone => &["PORTD_EVENT", "PORTD_NETNS", "PORTD_REASON"],
-        Kind::PolicyRejected => &["PORTD_EVENT", "PORTD_POLICY", "PORTD_REASON"],
-        Kind::ConfigurationHazard => &["PORTD_EVENT", "PORTD_RANGE_BEFORE", "PORTD_REASON"],
-        Kind::PortAllocationFailed => &[
+        Kind::PolicyReloaded => vec!["PORTD_EVENT", "PORTD_POLICY"],
+        Kind::NetnsGone => vec!["PORTD_EVENT", "PORTD_NETNS", "PORTD_REASON"],
+        Kind::PolicyRejected => vec!["PORTD_EVENT", "PORTD_POLICY", "PORTD_REASON"],
+        Kind::ConfigurationHazard => vec!["PORTD_EVENT", "PORTD_RANGE_BEFORE", "PORTD_REASON"],
+        Kind::PortAllocationFailed => vec![
             "PORTD_EVENT",
             "PORTD_DESTINATION",
             "PORTD_PROCESS",

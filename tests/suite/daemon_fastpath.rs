@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, status_of, write_policy};
-use super::util::have_root;
+use super::daemon_util::{Notify, Portd, Sandbox, start_ready, status_of, write_policy};
+use super::util::require_root;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -36,26 +36,14 @@ fn statuses(notify: &mut Notify, period: Duration) -> Vec<String> {
 fn start(sandbox: &Sandbox, dir: &std::path::Path, policy_text: &str) -> (Portd, Notify) {
     let policy = dir.join("policy.toml");
     write_policy(&policy, policy_text);
-    let notify = Notify::bind(dir);
-    let mut cmd = sandbox.portd(&["--config", policy.to_str().unwrap(), "run"]);
-    cmd.env("NOTIFY_SOCKET", notify.path());
-    let portd = Portd::spawn(cmd, &dir.join("stderr"));
-    let mut notify = notify;
-    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
-    (portd, notify)
+    let cmd = sandbox.portd(&["--config", policy.to_str().unwrap(), "run"]);
+    start_ready(cmd, dir, false)
 }
 
 #[test]
 fn an_idle_namespace_skips_the_census_until_connections_ramp() {
-    if !have_root("an_idle_namespace_skips_the_census_until_connections_ramp") {
-        return;
-    }
-    let mut sandbox = Sandbox::start(&SandboxOptions {
-        range: "40000 40199",
-        tw_reuse: 0,
-        journald: false,
-        catalog: None,
-    });
+    require_root!();
+    let mut sandbox = Sandbox::with_range("40000 40199", false);
     sandbox.ramp(10, 200);
     assert_eq!(sandbox.wait_ramp(), (10, None));
     let dir = tempfile::tempdir().unwrap();
@@ -99,25 +87,14 @@ fn an_idle_namespace_skips_the_census_until_connections_ramp() {
     let raised = statuses(&mut notify, 700 * Duration::from_millis(1));
     assert!(raised.len() >= 4, "{raised:#?}");
     assert!(!raised.iter().any(|s| is_skipped(s)), "{raised:#?}");
-    assert!(
-        portd.stderr().contains("ephemeral ports critical"),
-        "{}",
-        portd.stderr()
-    );
+    portd.assert_stderr_has("ephemeral ports critical");
     assert!(portd.stop().0.success());
 }
 
 #[test]
 fn an_idle_namespace_is_still_censused_at_the_maximum_staleness() {
-    if !have_root("an_idle_namespace_is_still_censused_at_the_maximum_staleness") {
-        return;
-    }
-    let mut sandbox = Sandbox::start(&SandboxOptions {
-        range: "40000 40199",
-        tw_reuse: 0,
-        journald: false,
-        catalog: None,
-    });
+    require_root!();
+    let mut sandbox = Sandbox::with_range("40000 40199", false);
     sandbox.ramp(5, 200);
     sandbox.wait_ramp();
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,6 @@
 //! advise mode; reminders instead of floods; reloads; the admin's change;
 //! the catalog's explanations under `journalctl -x`. Needs root.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,10 +14,9 @@ use rustix::process::Signal;
 use serde_json::Value;
 
 use super::daemon_util::{
-    Notify, Portd, Sandbox, SandboxOptions, catalog_ids, catalog_path, status_of, summary,
-    write_policy,
+    Notify, Portd, Sandbox, catalog_ids, poll_policy, start_ready, status_of, summary, write_policy,
 };
-use super::util::have_root;
+use super::util::require_root;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -64,33 +62,16 @@ fn check_ids_and_priorities(alerts: &[Value]) {
 /// stderr connected "to the journal" as systemd does it: `JOURNAL_STREAM`
 /// names stderr's device and inode.
 fn start(sandbox: &Sandbox, dir: &Path, policy: &Path) -> (Portd, Notify) {
-    let notify = Notify::bind(dir);
-    let stderr = dir.join("stderr");
-    std::fs::write(&stderr, "").unwrap();
-    let meta = std::fs::metadata(&stderr).unwrap();
-    let mut cmd = sandbox.portd(&["--config", policy.to_str().unwrap(), "run"]);
-    cmd.env("NOTIFY_SOCKET", notify.path())
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
-    let portd = Portd::spawn(cmd, &stderr);
-    let mut notify = notify;
-    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
-    (portd, notify)
+    let cmd = sandbox.portd(&["--config", policy.to_str().unwrap(), "run"]);
+    start_ready(cmd, dir, true)
 }
 
 fn sandbox() -> Sandbox {
-    Sandbox::start(&SandboxOptions {
-        range: "40000 40199",
-        tw_reuse: 0,
-        journald: true,
-        catalog: Some(&catalog_path()),
-    })
+    Sandbox::with_range("40000 40199", true)
 }
 
+/// Tables of the auto-mode policy, after a 100 ms [poll].
 const AUTO: &str = r#"
-[poll]
-interval = "100ms"
-max_staleness = "1s"
-
 [thresholds]
 warning = 40
 critical = 50
@@ -110,15 +91,14 @@ reminder = "1h"
 
 #[test]
 fn auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition() {
-    if !have_root("auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition") {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     let prom = dir.path().join("portd.prom");
     let valid = format!(
-        "{AUTO}\n[metrics]\nfile = {:?}\n",
+        "{}\n[metrics]\nfile = {:?}\n",
+        poll_policy("100ms", "1s", AUTO),
         prom.display().to_string()
     );
     write_policy(&policy, &valid);
@@ -318,11 +298,8 @@ fn explained_by_the_catalog(sandbox: &Sandbox, warning: &Value) {
     assert!(text.contains("portd status --processes"), "{text}");
 }
 
+/// Tables of the advise-mode policy, after a 100 ms [poll].
 const ADVISE: &str = r#"
-[poll]
-interval = "100ms"
-max_staleness = "1s"
-
 [thresholds]
 hold = "0s"
 
@@ -335,15 +312,11 @@ reminder = "1s"
 
 #[test]
 fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_reminders() {
-    if !have_root(
-        "advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_reminders",
-    ) {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    write_policy(&policy, ADVISE);
+    write_policy(&policy, &poll_policy("100ms", "1s", ADVISE));
     let (mut portd, _notify) = start(&sandbox, dir.path(), &policy);
 
     // 100 connections a second towards 200 ports: the 201st fails.
@@ -446,13 +419,11 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
 
 #[test]
 fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
-    if !have_root("explicit_journal_target_from_a_terminal_says_where_the_lines_go") {
-        return;
-    }
+    require_root!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    write_policy(&policy, ADVISE);
+    write_policy(&policy, &poll_policy("100ms", "1s", ADVISE));
     let notify = Notify::bind(dir.path());
     let mut cmd = sandbox.portd(&[
         "--config",
@@ -489,19 +460,12 @@ fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
 
 #[test]
 fn a_configuration_hazard_is_logged_once_when_it_appears() {
-    if !have_root("a_configuration_hazard_is_logged_once_when_it_appears") {
-        return;
-    }
+    require_root!();
     // Both ends even: the same-parity hazard from the first census on.
-    let mut sandbox = Sandbox::start(&SandboxOptions {
-        range: "40000 40200",
-        tw_reuse: 0,
-        journald: true,
-        catalog: Some(&catalog_path()),
-    });
+    let mut sandbox = Sandbox::with_range("40000 40200", true);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    write_policy(&policy, ADVISE);
+    write_policy(&policy, &poll_policy("100ms", "1s", ADVISE));
     let (mut portd, mut notify) = start(&sandbox, dir.path(), &policy);
     sandbox_wait(&sandbox, "configuration-hazard", 1);
     // Censuses go on (max_staleness 1 s); the hazard is not logged again.

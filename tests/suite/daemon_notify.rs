@@ -56,6 +56,20 @@ fn portd_cmd(
     cmd
 }
 
+/// [`portd_cmd`] started, with a notify socket in `dir` and its stderr
+/// kept in `dir/stderr`.
+fn start(
+    dir: &Path,
+    root: &Path,
+    watchdog_usec: Option<&str>,
+    watchdog_pid: Option<&str>,
+) -> (Notify, Portd) {
+    let notify = Notify::bind(dir);
+    let cmd = portd_cmd(root, &notify, watchdog_usec, watchdog_pid);
+    let portd = Portd::spawn(cmd, &dir.join("stderr"));
+    (notify, portd)
+}
+
 /// A fixture with three connections to 10.1.1.1:443 in 40000-40099 (3 %).
 fn quiet_root(dir: &Path) -> std::path::PathBuf {
     let root = dir.join("root");
@@ -80,11 +94,7 @@ fn index_of(seen: &[String], from: usize, pred: impl Fn(&str) -> bool) -> Option
 fn notify_sees_ready_status_watchdog_reloading_ready_stopping_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let root = quiet_root(dir.path());
-    let mut notify = Notify::bind(dir.path());
-    let mut portd = Portd::spawn(
-        portd_cmd(&root, &notify, Some("400000"), Some("self")),
-        &dir.path().join("stderr"),
-    );
+    let (mut notify, mut portd) = start(dir.path(), &root, Some("400000"), Some("self"));
 
     let first = notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
     assert_eq!(
@@ -152,11 +162,7 @@ fn watchdog_is_off_when_watchdog_pid_names_another_process_or_usec_is_zero() {
     for (usec, pid) in [("400000", Some("1")), ("0", None)] {
         let dir = tempfile::tempdir().unwrap();
         let root = quiet_root(dir.path());
-        let mut notify = Notify::bind(dir.path());
-        let mut portd = Portd::spawn(
-            portd_cmd(&root, &notify, Some(usec), pid),
-            &dir.path().join("stderr"),
-        );
+        let (mut notify, mut portd) = start(dir.path(), &root, Some(usec), pid);
         notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
         let got = notify.collect(Duration::from_millis(800));
         assert!(
@@ -192,12 +198,8 @@ fn slow_root(dir: &Path) -> std::path::PathBuf {
 fn sigterm_exits_0_within_two_seconds_while_a_census_runs() {
     let dir = tempfile::tempdir().unwrap();
     let root = slow_root(dir.path());
-    let mut notify = Notify::bind(dir.path());
     // No watchdog: the census would only be abandoned after 30 s.
-    let mut portd = Portd::spawn(
-        portd_cmd(&root, &notify, None, None),
-        &dir.path().join("stderr"),
-    );
+    let (mut notify, mut portd) = start(dir.path(), &root, None, None);
     std::thread::sleep(Duration::from_millis(300));
     assert!(portd.is_running(), "stderr:\n{}", portd.stderr());
     let (status, took) = portd.stop();
@@ -238,11 +240,7 @@ fn a_census_that_outlives_the_watchdog_interval_is_abandoned_reported_and_retrie
             .any(|m| status_of(m).is_some_and(|s| s.starts_with("census stuck"))),
         "{later:?}"
     );
-    assert!(
-        portd.stderr().contains("census abandoned after"),
-        "{}",
-        portd.stderr()
-    );
+    portd.assert_stderr_has("census abandoned after");
 
     // A small table takes the big one's place; the census reading the big
     // one ends on its own. Its late result is discarded; the next census
@@ -254,11 +252,7 @@ fn a_census_that_outlives_the_watchdog_interval_is_abandoned_reported_and_retrie
     notify.wait_for("READY after the stuck census ended", 10 * SECOND, |m| {
         m.starts_with("READY=1\nSTATUS=usage 3.0%")
     });
-    assert!(
-        portd.stderr().contains("the abandoned census ended after"),
-        "{}",
-        portd.stderr()
-    );
+    portd.assert_stderr_has("the abandoned census ended after");
     assert!(portd.stop().0.success());
 }
 
@@ -269,11 +263,7 @@ fn a_failed_census_is_reported_and_retried_never_fatal() {
     let tcp = root.join("proc/net/tcp");
     let good = std::fs::read_to_string(&tcp).unwrap();
     std::fs::write(&tcp, format!("{good}   3: not a socket line\n")).unwrap();
-    let mut notify = Notify::bind(dir.path());
-    let mut portd = Portd::spawn(
-        portd_cmd(&root, &notify, None, None),
-        &dir.path().join("stderr"),
-    );
+    let (mut notify, mut portd) = start(dir.path(), &root, None, None);
     notify.wait_for("census failed", 3 * SECOND, |m| {
         status_of(m).is_some_and(|s| s.starts_with("census failed, will retry:"))
     });
@@ -295,11 +285,7 @@ fn a_policy_with_errors_on_sighup_is_rejected_and_the_old_one_stays() {
     let dir = tempfile::tempdir().unwrap();
     let root = quiet_root(dir.path());
     let policy = root.join("policy.toml");
-    let mut notify = Notify::bind(dir.path());
-    let mut portd = Portd::spawn(
-        portd_cmd(&root, &notify, None, None),
-        &dir.path().join("stderr"),
-    );
+    let (mut notify, mut portd) = start(dir.path(), &root, None, None);
     notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
 
     // Asks for auto mode and a 5 s interval, with a syntax error.
@@ -352,11 +338,7 @@ fn huge_bad_policy() -> String {
 fn sigterm_right_after_sighup_with_a_huge_bad_policy_stops_within_two_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let root = quiet_root(dir.path());
-    let mut notify = Notify::bind(dir.path());
-    let mut portd = Portd::spawn(
-        portd_cmd(&root, &notify, None, None),
-        &dir.path().join("stderr"),
-    );
+    let (mut notify, mut portd) = start(dir.path(), &root, None, None);
     notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
     write_policy(&root.join("policy.toml"), &huge_bad_policy());
     portd.signal(Signal::HUP);
@@ -371,11 +353,7 @@ fn a_huge_bad_policy_on_sighup_is_rejected_with_a_capped_list_and_polls_go_on() 
     let dir = tempfile::tempdir().unwrap();
     let root = quiet_root(dir.path());
     let policy = root.join("policy.toml");
-    let mut notify = Notify::bind(dir.path());
-    let mut portd = Portd::spawn(
-        portd_cmd(&root, &notify, None, None),
-        &dir.path().join("stderr"),
-    );
+    let (mut notify, mut portd) = start(dir.path(), &root, None, None);
     notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
     write_policy(&policy, &huge_bad_policy());
     portd.signal(Signal::HUP);

@@ -10,13 +10,11 @@
 use serde_json::Value;
 
 use super::status_several_netns::{read, several_netns};
-use super::util::{have_root, tests_dir};
+use super::util::{require_root, tests_dir};
 
 #[test]
 fn the_daemon_alerts_on_another_namespace_names_it_and_writes_nothing() {
-    if !have_root("the_daemon_alerts_on_another_namespace_names_it_and_writes_nothing") {
-        return;
-    }
+    require_root!();
     let out = tempfile::tempdir().unwrap();
     let run = several_netns(
         out.path(),

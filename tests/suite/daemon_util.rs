@@ -7,6 +7,7 @@
 //! tmpfs over every directory portd writes or reads policy from, and every
 //! program that must see the sandbox runs under `nsenter -t PID -n -m`.
 
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::util::{LineHelper, nsenter};
+use super::util::{LineHelper, nsenter, tests_dir};
 
 /// A unix datagram socket standing in for systemd's notify socket.
 pub struct Notify {
@@ -192,6 +193,12 @@ pub fn write_policy(path: &Path, text: &str) {
 
 /// A running `portd run`, its stderr kept in a file. Killed (by its pid) if
 /// the test ends without stopping it.
+/// A policy's text: a poll every `interval`, a census at least every
+/// `max_staleness`, then `tables` (more TOML tables).
+pub fn poll_policy(interval: &str, max_staleness: &str, tables: &str) -> String {
+    format!("[poll]\ninterval = \"{interval}\"\nmax_staleness = \"{max_staleness}\"\n{tables}")
+}
+
 pub struct Portd {
     child: Child,
     stderr: PathBuf,
@@ -226,6 +233,12 @@ impl Portd {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Fails the test, showing the whole stderr, unless it contains `text`.
+    pub fn assert_stderr_has(&self, text: &str) {
+        let stderr = self.stderr();
+        assert!(stderr.contains(text), "no {text:?} in stderr:\n{stderr}");
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -258,6 +271,24 @@ impl Portd {
     }
 }
 
+/// Starts `cmd` (a `portd … run`) with a notify socket in `dir` and its
+/// stderr in `dir/stderr`; returns once portd says `READY=1`. With
+/// `journal_stream`, `JOURNAL_STREAM` names that file as systemd names the
+/// journal's stream, so portd takes its stderr for the journal.
+pub fn start_ready(mut cmd: Command, dir: &Path, journal_stream: bool) -> (Portd, Notify) {
+    let mut notify = Notify::bind(dir);
+    let stderr = dir.join("stderr");
+    cmd.env("NOTIFY_SOCKET", notify.path());
+    if journal_stream {
+        std::fs::write(&stderr, "").unwrap();
+        let meta = std::fs::metadata(&stderr).unwrap();
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    }
+    let portd = Portd::spawn(cmd, &stderr);
+    notify.wait_for("READY", Duration::from_secs(5), |m| m.contains("READY=1"));
+    (portd, notify)
+}
+
 impl Drop for Portd {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -278,6 +309,9 @@ impl Drop for Portd {
 const SANDBOX: &str = r###"
 import ctypes, errno, json, os, shutil, signal, socket, subprocess, sys, threading, time
 
+import sandbox
+from sandbox import run, write
+
 DEADLINE = 150
 clients, accepted = [], []
 lock = threading.Lock()
@@ -293,13 +327,7 @@ def reply(obj):
 
 def stop_journald():
     global journald
-    if journald is not None and journald.poll() is None:
-        journald.terminate()  # our own child, by pid
-        try:
-            journald.wait(5)
-        except subprocess.TimeoutExpired:
-            journald.kill()
-            journald.wait()
+    sandbox.stop(journald)  # our own child, by pid
     journald = None
 
 
@@ -314,53 +342,8 @@ def on_alarm(signum, frame):
     os._exit(3)
 
 
-def check_private(outer_net, outer_mnt):
-    for kind, outer in (("net", outer_net), ("mnt", outer_mnt)):
-        own = os.readlink(f"/proc/self/ns/{kind}")
-        if own == outer:
-            fail(f"refusing to run: {kind} namespace {own} is the test's own")
-        try:
-            if own == os.readlink(f"/proc/1/ns/{kind}"):
-                fail(f"refusing to run: {kind} namespace {own} is PID 1's")
-        except OSError:
-            pass
-
-
-def run(*args):
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def pdeathsig():
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def start_journald():
-    global journald
-    os.makedirs("/run/systemd/journal", exist_ok=True)
-    os.makedirs("/run/systemd/journald.conf.d", exist_ok=True)
-    write("/run/systemd/journald.conf.d/50-portd-test.conf",
-          "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\n"
-          "ForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\n"
-          "RateLimitIntervalSec=0\n")
-    env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="warning")
-    journald = subprocess.Popen(["/usr/lib/systemd/systemd-journald"], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                preexec_fn=pdeathsig)
-    for _ in range(200):
-        if os.path.exists("/run/systemd/journal/socket"):
-            return journald.pid
-        if journald.poll() is not None:
-            fail(f"systemd-journald exited with {journald.returncode}")
-        time.sleep(0.025)
-    fail("systemd-journald did not create /run/systemd/journal/socket")
-
-
 def setup(opts):
+    global journald
     run("mount", "--make-rprivate", "/")
     # Everything portd writes, and every sysctl.d directory it reads.
     for path in ("/etc/sysctl.d", "/var/lib", "/run", "/usr/lib/sysctl.d"):
@@ -371,7 +354,8 @@ def setup(opts):
         run("mount", "-t", "tmpfs", "tmpfs", "/usr/lib/systemd/catalog")
         shutil.copy(opts["catalog"], "/usr/lib/systemd/catalog/portd.catalog")
     if opts.get("journald"):
-        facts["journald_pid"] = start_journald()
+        journald = sandbox.start_journald(fail)
+        facts["journald_pid"] = journald.pid
     run("ip", "link", "set", "lo", "up")
     write("/proc/sys/net/ipv4/ip_local_port_range", opts["range"])
     write("/proc/sys/net/ipv4/ip_local_reserved_ports", "\n")
@@ -453,7 +437,7 @@ def main():
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(DEADLINE)
     outer_net, outer_mnt, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    check_private(outer_net, outer_mnt)
+    sandbox.check_private(outer_net, outer_mnt, fail, "the test's own")
     facts = setup(opts)
     reply({"ready": True, "pid": os.getpid(), **facts})
     for line in sys.stdin:
@@ -502,13 +486,44 @@ impl Sandbox {
         cmd.args(["-n", "-m", "python3", "-u", "-c", SANDBOX])
             .arg(ns("net"))
             .arg(ns("mnt"))
-            .arg(setup.to_string());
-        let (helper, _) = LineHelper::spawn("sandbox script", cmd, Duration::from_secs(8));
+            .arg(setup.to_string())
+            // Where the script finds tests/helpers/sandbox.py.
+            .env("PYTHONPATH", tests_dir().join("helpers"));
+        let (helper, _) = LineHelper::spawn(
+            "sandbox script",
+            cmd,
+            Duration::from_secs(8),
+            &["net", "mnt"],
+        );
         Sandbox { helper }
+    }
+
+    /// A sandbox with the range `range` and `tcp_tw_reuse` 0; with
+    /// `journal`, a systemd-journald of its own and portd's catalog.
+    pub fn with_range(range: &str, journal: bool) -> Sandbox {
+        let catalog = catalog_path();
+        Sandbox::start(&SandboxOptions {
+            range,
+            tw_reuse: 0,
+            journald: journal,
+            catalog: journal.then_some(catalog.as_path()),
+        })
     }
 
     pub fn pid(&self) -> u32 {
         self.helper.pid()
+    }
+
+    /// Mounts a tracefs of the sandbox's own mount namespace, for the
+    /// failure witness (not mounted on the machine; a systemd host has it at
+    /// /sys/kernel/tracing).
+    pub fn mount_tracefs(&self) {
+        let out = self
+            .command("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .output()
+            .expect("mount tracefs");
+        assert!(out.status.success(), "mount tracefs: {out:?}");
     }
 
     pub fn request(&mut self, request: Value) -> Value {

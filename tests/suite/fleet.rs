@@ -13,6 +13,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use super::util::all_output;
+
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -45,14 +47,7 @@ pub fn run_promtool(promtool: &Path, args: &[&std::ffi::OsStr], dir: &Path) -> (
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), all_output(&out))
 }
 
 /// The files of `dir` whose names end in `suffix`, sorted.

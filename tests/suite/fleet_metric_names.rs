@@ -10,31 +10,21 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use super::daemon_metrics::parse_textfile;
-use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, write_policy};
+use super::daemon_util::{Sandbox, start_ready, write_policy};
 use super::fleet::{
     all_rules, check_names, check_names_with, dashboard, declared, used_metric_names,
 };
-use super::util::have_root;
+use super::util::require_root;
 
 /// `portd run` in auto mode in the sandbox, 100 connections held towards
 /// 127.0.0.1:5001 in a range of 200 (critical: portd widens), the failure
 /// witness on. Returns the metrics file once it shows the destination, the
 /// range change and the witness.
 fn metrics_under_load() -> String {
-    let mut sandbox = Sandbox::start(&SandboxOptions {
-        range: "40000 40199",
-        tw_reuse: 0,
-        journald: false,
-        catalog: None,
-    });
+    let mut sandbox = Sandbox::with_range("40000 40199", false);
     // The failure witness needs tracefs: the sandbox's own mount (as in
     // witness_daemon.rs), so that its families are declared too.
-    let out = sandbox
-        .command("mount")
-        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-        .output()
-        .expect("mount tracefs");
-    assert!(out.status.success(), "mount tracefs: {out:?}");
+    sandbox.mount_tracefs();
     sandbox.ramp(100, 500);
     assert_eq!(sandbox.wait_ramp(), (100, None));
     let dir = tempfile::tempdir().unwrap();
@@ -48,18 +38,14 @@ fn metrics_under_load() -> String {
             prom.display().to_string()
         ),
     );
-    let notify = Notify::bind(dir.path());
-    let mut cmd = sandbox.portd(&[
+    let cmd = sandbox.portd(&[
         "--config",
         policy.to_str().unwrap(),
         "run",
         "--log-target",
         "stderr",
     ]);
-    cmd.env("NOTIFY_SOCKET", notify.path());
-    let mut portd = Portd::spawn(cmd, &dir.path().join("stderr"));
-    let mut notify = notify;
-    notify.wait_for("READY", Duration::from_secs(5), |m| m.contains("READY=1"));
+    let (mut portd, _notify) = start_ready(cmd, dir.path(), false);
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&prom).unwrap_or_default();
@@ -107,9 +93,7 @@ fn report_pending(pending: &[String]) {
 
 #[test]
 fn every_metric_of_the_rules_and_the_dashboard_is_declared_by_portd_run() {
-    if !have_root("every_metric_of_the_rules_and_the_dashboard_is_declared_by_portd_run") {
-        return;
-    }
+    require_root!();
     let text = metrics_under_load();
     let declared = declared(&text);
     assert!(declared.len() >= 25, "{declared:?}");

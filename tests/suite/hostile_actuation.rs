@@ -7,13 +7,11 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::actuation_util::{DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, default_mounts, wait_for};
-use super::util::have_root;
+use super::util::{all_output, have_strace, require_root, test_name};
 
 #[test]
 fn listeners_in_the_range_do_not_stop_the_widening() {
-    if !have_root("listeners_in_the_range_do_not_stop_the_widening") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     for port in 40000..40090 {
         ns.listen(port);
@@ -28,22 +26,16 @@ fn listeners_in_the_range_do_not_stop_the_widening() {
     assert!(!report.to_string().contains("fewer than"), "{report:#}");
 
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
+    daemon.wait_widened("40000-40099");
     let (more, err) = ns.connect(6);
     assert_eq!((more.len(), err), (6, None), "connections after widening");
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = daemon.stop_ok();
     assert!(!stderr.contains("fewer than"), "{stderr}");
 }
 
 #[test]
 fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
-    if !have_root("a_range_held_whole_by_listeners_gets_back_what_they_took") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     for port in 40000..=40099 {
         ns.listen(port);
@@ -52,12 +44,8 @@ fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
     assert_eq!((ports.len(), err.as_deref()), (0, Some("EADDRNOTAVAIL")));
 
     let mut daemon = ns.start_daemon();
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.wait_widened("40000-40099");
+    daemon.stop_ok();
     // As many ports for connect() as the range had before the listeners came.
     let (more, err) = ns.connect(100);
     assert_eq!((more.len(), err), (100, None), "range now {}", ns.range());
@@ -65,9 +53,7 @@ fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
 
 #[test]
 fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
-    if !have_root("a_foreign_dropin_holds_the_widening_until_it_is_moved_aside") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(DROPIN, "# the admin's own\nnet.ipv4.tcp_fin_timeout = 30\n");
     ns.connect(45);
@@ -87,28 +73,15 @@ fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
 
     ns.sh(&format!("mv {DROPIN} /etc/sysctl.d/60-portd.conf.admin"));
     daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40099 ->"],
-        Duration::from_secs(10),
-    );
-    wait_for(
-        "the drop-in to be persisted",
-        Duration::from_secs(10),
-        || {
-            ns.try_state()
-                .filter(|s| s["last_written"]["persisted"] == true)
-        },
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.wait_widened("40000-40099");
+    ns.wait_persisted();
+    daemon.stop_ok();
 }
 
-#[test]
-fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced() {
-    if !have_root("rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced")
-    {
-        return;
-    }
+/// portd widens 40000-40099 and persists it; the admin sets 40000-40499
+/// (portd yields), reloads when busier still, and portd widens the admin's
+/// range; then portd stops.
+fn widened_after_an_admins_range() -> Ns {
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon_until_persisted("40000-40099");
@@ -119,21 +92,16 @@ fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forc
     let (more, err) = ns.connect(200);
     assert_eq!((more.len(), err), (200, None));
     daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40499 ->"],
-        Duration::from_secs(10),
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.wait_widened("40000-40499");
+    daemon.stop_ok();
+    ns
+}
 
-    let out = ns.portd(&["rollback"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+#[test]
+fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced() {
+    require_root!();
+    let mut ns = widened_after_an_admins_range();
+    let stdout = ns.rollback_ok(&[], &[]);
     assert_eq!(
         ns.range(),
         "40000 40499",
@@ -148,30 +116,9 @@ fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forc
 
 #[test]
 fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
-    if !have_root("forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped") {
-        return;
-    }
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
-    ns.connect(45);
-    let mut daemon = ns.start_daemon_until_persisted("40000-40099");
-    ns.set_sysctl(RANGE_KEY, "40000 40499");
-    daemon.wait_line(&["until `systemctl reload portd`"], Duration::from_secs(10));
-    ns.connect(200);
-    daemon.signal(Signal::HUP);
-    daemon.wait_line(
-        &["widened ip_local_port_range 40000-40499 ->"],
-        Duration::from_secs(10),
-    );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
-    let out = ns.portd(&["rollback", "--force"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    require_root!();
+    let mut ns = widened_after_an_admins_range();
+    let stdout = ns.rollback_ok(&["--force"], &[]);
     assert_eq!(ns.range(), "40000 40099");
     assert!(
         stdout.contains(
@@ -183,20 +130,14 @@ fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
 
 #[test]
 fn check_refuses_the_live_view_as_the_metrics_file() {
-    if !have_root("check_refuses_the_live_view_as_the_metrics_file") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     ns.write_file(
         POLICY,
         &format!("{FAST_POLICY}\n[metrics]\nfile = \"/run/portd/live.json\"\n"),
     );
     let out = ns.portd(&["check"]).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = all_output(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains("metrics.file: \"/run/portd/live.json\" is portd's live view"),
@@ -206,9 +147,7 @@ fn check_refuses_the_live_view_as_the_metrics_file() {
 
 #[test]
 fn a_symlink_at_the_runtime_directory_is_never_followed() {
-    if !have_root("a_symlink_at_the_runtime_directory_is_never_followed") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     // /run is the test's own tmpfs: the link points inside it.
     ns.sh("mkdir /run/elsewhere && ln -s /run/elsewhere /run/portd");
@@ -224,8 +163,7 @@ fn a_symlink_at_the_runtime_directory_is_never_followed() {
         "",
         "written through the link"
     );
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -241,11 +179,7 @@ fn a_missing_root_is_a_usage_error_naming_the_path() {
             .env_remove("PORTD_ROOT")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = all_output(&out);
         assert_eq!(out.status.code(), Some(code), "{command}: {text}");
         assert!(
             text.contains(&format!("--root {missing_text}: No such file or directory")),
@@ -265,18 +199,9 @@ const STALL: Duration = Duration::from_secs(3);
 
 #[test]
 fn sigterm_during_a_stalled_write_adds_little_to_the_stall() {
-    const TEST: &str = "sigterm_during_a_stalled_write_adds_little_to_the_stall";
     const TRACE: &str = "/run/strace.txt";
-    if !have_root(TEST) {
-        return;
-    }
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        assert!(std::env::var_os("CI").is_none(), "{TEST} needs strace");
-        eprintln!("SKIP (needs strace): {TEST}");
+    require_root!();
+    if !have_strace(test_name!()) {
         return;
     }
     let ns = Ns::start(&default_mounts(), "40000 40099", "");
@@ -284,26 +209,15 @@ fn sigterm_during_a_stalled_write_adds_little_to_the_stall() {
     daemon.wait_line(&["ready:"], Duration::from_secs(5));
     // Every rename portd makes (the live view's each poll, the state's, the
     // drop-in's) takes STALL, as on a stalled disk.
-    let mut strace = ns
-        .command("strace")
-        .args(["-f", "-o", TRACE, "-e", "trace=rename,renameat,renameat2"])
-        .arg(format!(
-            "-einject=rename,renameat,renameat2:delay_enter={}s",
-            STALL.as_secs()
-        ))
-        .arg("-p")
-        .arg(daemon.pid().to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // strace says "Process N attached" once it traces portd; the live view
-    // is renamed every poll (200 ms), so one is stalled a second later.
-    let mut attached = std::io::BufReader::new(strace.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut attached, &mut line).unwrap();
-    assert!(line.contains("attached"), "strace: {line}");
+    let mut strace = daemon.attach_strace(
+        ns.command("strace")
+            .args(["-f", "-o", TRACE, "-e", "trace=rename,renameat,renameat2"])
+            .arg(format!(
+                "-einject=rename,renameat,renameat2:delay_enter={}s",
+                STALL.as_secs()
+            )),
+    );
+    // The live view is renamed every poll (200 ms), so one is stalled a second later.
     std::thread::sleep(Duration::from_secs(1));
     let sent = std::time::Instant::now();
     daemon.signal(Signal::TERM);

@@ -16,7 +16,7 @@ use portd::ports::PortSet;
 
 use super::actuation_util::{DROPIN, Ns, RESERVED_KEY, default_mounts};
 use super::daemon_util::{Portd, conns_to, fake_proc, write_policy};
-use super::util::{have_root, portd, stdout_json};
+use super::util::{portd, require_root, stdout_json};
 
 /// 48 bytes: longer than the 32 that `std::fs::read_to_string` probes
 /// first, after which the kernel's `proc_do_large_bitmap()` answers the read
@@ -29,9 +29,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn status_reports_a_reserved_list_longer_than_32_bytes_exactly() {
-    if !have_root("status_reports_a_reserved_list_longer_than_32_bytes_exactly") {
-        return;
-    }
+    require_root!();
     let ns = Ns::start(&default_mounts(), "40000 40099", ADMIN_RESERVED);
     let out = ns.portd(&["status", "--json"]).output().unwrap();
     let report = stdout_json(&out);
@@ -43,9 +41,7 @@ fn status_reports_a_reserved_list_longer_than_32_bytes_exactly() {
 /// prints it, more than a page (the daemon's reader read 4096-byte chunks).
 #[test]
 fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
-    if !have_root("both_proc_readers_read_a_reserved_list_longer_than_a_page") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
     let mut expected = PortSet::new();
     for port in (40001..42000).step_by(2) {
@@ -84,9 +80,7 @@ fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
 /// rollback after it (before, rollback wrote back the cut list and exited 0).
 #[test]
 fn rollback_keeps_an_admins_reserved_list_longer_than_32_bytes() {
-    if !have_root("rollback_keeps_an_admins_reserved_list_longer_than_32_bytes") {
-        return;
-    }
+    require_root!();
     let mut ns = Ns::start(&default_mounts(), "40000 40099", ADMIN_RESERVED);
     ns.write_file(
         "/etc/sysctl.d/50-admin.conf",
@@ -95,8 +89,7 @@ fn rollback_keeps_an_admins_reserved_list_longer_than_32_bytes() {
     ns.listen(40120);
     ns.connect(45);
     let daemon = ns.start_daemon_until_persisted("40000-40099");
-    let (code, stderr) = daemon.stop();
-    assert_eq!(code, Some(0), "{stderr}");
+    daemon.stop_ok();
     let with_listener = "40010,40020,40120,50001,50003,50005,50007,50009,50011";
     assert_eq!(ns.reserved(), with_listener);
     let dropin = ns.read_file(DROPIN).unwrap();

@@ -5,17 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use super::util::{copy_tree, have_root, portd, tests_dir};
-
-/// A host tree with one fixture's fake `proc/` and no policy.
-fn host() -> tempfile::TempDir {
-    let temp = tempfile::tempdir().unwrap();
-    copy_tree(
-        &tests_dir().join("fixtures/status/01-two-destinations-tw-reuse-off/proc"),
-        &temp.path().join("proc"),
-    );
-    temp
-}
+use super::util::{fixture_host, helper_in_private_namespaces, portd, require_root};
 
 fn run(root: &Path, args: &[&str]) -> Output {
     portd()
@@ -33,7 +23,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn an_explicit_config_that_does_not_exist_is_an_error_naming_it() {
-    let root = host();
+    let root = fixture_host();
     let missing = root.path().join("etc/portd-typo.toml");
     let missing = missing.to_str().unwrap();
     let said = format!(
@@ -91,7 +81,7 @@ fn an_explicit_config_that_does_not_exist_is_an_error_naming_it() {
 
 #[test]
 fn the_default_config_may_be_absent() {
-    let root = host();
+    let root = fixture_host();
     let out = run(root.path(), &["status"]);
     assert_ne!(out.status.code(), Some(3), "{}", text(&out.stdout));
     assert!(
@@ -129,7 +119,7 @@ fn with_stdout_closed(root: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn status_with_stdout_closed_is_unknown_and_says_why() {
-    let root = host();
+    let root = fixture_host();
     for (args, code) in [
         (&["status"][..], 3),
         (&["status", "--json"], 3),
@@ -169,13 +159,9 @@ fn status_with_stdout_closed_is_unknown_and_says_why() {
 /// Runs tests/helpers/hostile_status.sh in a private PID, network and mount
 /// namespace with its own /proc and a tmpfs /run, writing into `out`.
 fn namespaces(out: &Path, mode: &str) -> Output {
-    Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
-        .arg(tests_dir().join("helpers/hostile_status.sh"))
-        .arg(env!("CARGO_BIN_EXE_portd"))
+    helper_in_private_namespaces("hostile_status.sh")
         .arg(out)
         .arg(mode)
-        .env_remove("PORTD_ROOT")
         .output()
         .unwrap()
 }
@@ -186,9 +172,7 @@ fn read(dir: &Path, name: &str) -> String {
 
 #[test]
 fn a_process_name_cannot_forge_the_plugin_line() {
-    if !have_root("a_process_name_cannot_forge_the_plugin_line") {
-        return;
-    }
+    require_root!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "name");
     assert!(run.status.success(), "{}", text(&run.stderr));
@@ -233,9 +217,7 @@ fn a_process_name_cannot_forge_the_plugin_line() {
 
 #[test]
 fn status_stays_critical_while_namespaces_come_and_go() {
-    if !have_root("status_stays_critical_while_namespaces_come_and_go") {
-        return;
-    }
+    require_root!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "churn");
     assert!(run.status.success(), "{}", text(&run.stderr));

@@ -5,17 +5,7 @@
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use super::util::{copy_tree, portd, tests_dir};
-
-/// A host tree with one fixture's fake `proc/` and no policy (built-in defaults).
-fn host() -> tempfile::TempDir {
-    let temp = tempfile::tempdir().unwrap();
-    copy_tree(
-        &tests_dir().join("fixtures/status/01-two-destinations-tw-reuse-off/proc"),
-        &temp.path().join("proc"),
-    );
-    temp
-}
+use super::util::{fixture_host, portd};
 
 /// `portd --root ROOT ARGS` with stdout on `/dev/full` (every write: ENOSPC).
 fn to_dev_full(root: &Path, args: &[&str]) -> Output {
@@ -44,7 +34,7 @@ fn assert_reported(args: &[&str], out: &Output, code: i32) {
 
 #[test]
 fn check_to_a_full_device_exits_2_and_says_why() {
-    let root = host();
+    let root = fixture_host();
     for args in [&["check"][..], &["check", "--json"]] {
         assert_reported(args, &to_dev_full(root.path(), args), 2);
     }
@@ -52,7 +42,7 @@ fn check_to_a_full_device_exits_2_and_says_why() {
 
 #[test]
 fn status_to_a_full_device_is_unknown_and_says_why() {
-    let root = host();
+    let root = fixture_host();
     for args in [&["status"][..], &["status", "--json"]] {
         assert_reported(args, &to_dev_full(root.path(), args), 3);
     }
@@ -60,7 +50,7 @@ fn status_to_a_full_device_is_unknown_and_says_why() {
 
 #[test]
 fn completions_help_and_version_to_a_full_device_exit_2_and_say_why() {
-    let root = host();
+    let root = fixture_host();
     for args in [&["completions", "bash"][..], &["--help"], &["--version"]] {
         assert_reported(args, &to_dev_full(root.path(), args), 2);
     }
@@ -69,14 +59,14 @@ fn completions_help_and_version_to_a_full_device_exit_2_and_say_why() {
 #[test]
 fn rollback_to_a_full_device_exits_2_and_says_why() {
     // No state: "nothing to roll back", which must still reach its reader.
-    let root = host();
+    let root = fixture_host();
     let args = &["rollback"][..];
     assert_reported(args, &to_dev_full(root.path(), args), 2);
 }
 
 #[test]
 fn a_reader_that_closed_the_pipe_is_not_an_error() {
-    let root = host();
+    let root = fixture_host();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let out = portd()

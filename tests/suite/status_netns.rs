@@ -8,7 +8,7 @@ use std::ops::RangeInclusive;
 use serde_json::{Value, json};
 
 use super::ss::{self, Dest, DestKey};
-use super::util::{Netns, have_root, stdout_json};
+use super::util::{Netns, require_root, stdout_json};
 
 /// What the `mixed` scenario of tests/helpers/netns_sockets.py sets.
 const RANGE: RangeInclusive<u16> = 40000..=40099;
@@ -83,10 +83,7 @@ fn level(usage: f64) -> i32 {
     }
 }
 
-fn status_agrees_with_ss(test: &str, tw_reuse: u8) {
-    if !have_root(test) {
-        return;
-    }
+fn status_agrees_with_ss(tw_reuse: u8) {
     let ns = Netns::start("mixed", &[&tw_reuse.to_string()]);
     let sysctl = |key: &str| {
         let out = ns
@@ -220,20 +217,20 @@ fn status_agrees_with_ss(test: &str, tw_reuse: u8) {
 #[test]
 fn status_matches_ss_exactly() {
     // tcp_tw_reuse=0: every TIME_WAIT holds its 4-tuple.
-    status_agrees_with_ss("status_matches_ss_exactly", 0);
+    require_root!();
+    status_agrees_with_ss(0);
 }
 
 #[test]
 fn status_matches_ss_with_loopback_time_wait_reuse() {
     // tcp_tw_reuse=2 (the default): loopback TIME_WAIT is reported apart.
-    status_agrees_with_ss("status_matches_ss_with_loopback_time_wait_reuse", 2);
+    require_root!();
+    status_agrees_with_ss(2);
 }
 
 #[test]
 fn exhaustion_is_reported_at_100_percent_before_eaddrnotavail() {
-    if !have_root("exhaustion_is_reported_at_100_percent_before_eaddrnotavail") {
-        return;
-    }
+    require_root!();
     // Range 40000-40009: ten connections to 127.0.0.1:5001 are open.
     let mut ns = Netns::start("exhaust", &[]);
     let ports: BTreeSet<u64> = ns.ready["ports"]

@@ -5,11 +5,11 @@
 //! each, and no namespace's settings change (needs root).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-use super::util::{have_root, tests_dir};
+use super::util::{helper_in_private_namespaces, require_root};
 
 /// A file the helper wrote into the test's output directory.
 pub(super) fn read(dir: &Path, name: &str) -> String {
@@ -20,10 +20,7 @@ pub(super) fn read(dir: &Path, name: &str) -> String {
 /// namespace with its own /proc, writing into `out`; `actions` is a script
 /// it runs once the namespaces hold their sockets.
 pub(super) fn several_netns(out: &Path, actions: Option<&Path>) -> Output {
-    Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
-        .arg(tests_dir().join("helpers/several_netns.sh"))
-        .arg(env!("CARGO_BIN_EXE_portd"))
+    helper_in_private_namespaces("several_netns.sh")
         .arg(out)
         .args(actions)
         .output()
@@ -40,9 +37,7 @@ fn number(dir: &Path, name: &str) -> u64 {
 
 #[test]
 fn status_reports_every_namespace_worst_first_and_equal_to_ss() {
-    if !have_root("status_reports_every_namespace_worst_first_and_equal_to_ss") {
-        return;
-    }
+    require_root!();
     let out = tempfile::tempdir().unwrap();
     let run = several_netns(out.path(), None);
     assert!(

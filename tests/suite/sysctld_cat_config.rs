@@ -17,7 +17,7 @@ use std::process::Command;
 use portd::host::Host;
 use portd::sysctld::{self, SysctlConf};
 
-use super::util::have_root;
+use super::util::require_root;
 
 const SYSTEMD_SYSCTL: &str = "/usr/lib/systemd/systemd-sysctl";
 const RANGE: &str = "net.ipv4.ip_local_port_range";
@@ -273,9 +273,7 @@ fn cat_config_assignments(
 
 #[test]
 fn scanner_agrees_with_systemd_sysctl_cat_config() {
-    if !have_root("scanner_agrees_with_systemd_sysctl_cat_config") {
-        return;
-    }
+    require_root!();
     assert!(
         Path::new(SYSTEMD_SYSCTL).exists(),
         "{SYSTEMD_SYSCTL} is missing: install systemd"

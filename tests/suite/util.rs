@@ -39,23 +39,106 @@ pub fn portd() -> Command {
     cmd
 }
 
-/// Tests that need root call this first and return when it says false. When
-/// `CI` is set they fail instead, so CI can never pass by skipping them.
-pub fn have_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
+/// The name of the test function it stands in (the last segment of the
+/// function's path), so that no test spells its own name by hand.
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = ::std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+
+/// The first line of a test that needs root: returns from the test, with a
+/// visible `SKIP` line naming it, when not root; fails it when `CI` is set,
+/// so CI can never pass by skipping it.
+macro_rules! require_root {
+    () => {
+        if !$crate::suite::util::have_root($crate::suite::util::test_name!()) {
+            return;
+        }
+    };
+}
+
+pub(crate) use {require_root, test_name};
+
+/// Whether `test` can run: true when `present` (root, a tool) is. When it is
+/// not, says `SKIP (needs NEEDS): TEST`; when `CI` is set it fails instead,
+/// so CI can never pass by skipping.
+pub fn can_run(test: &str, needs: &str, present: bool) -> bool {
+    if present {
         return true;
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "{test} needs root, and CI is set: refusing to skip it"
+        "{test} needs {needs}, and CI is set: refusing to skip it"
     );
     // Straight to the stderr handle: libtest captures eprintln! of passing tests.
-    let _ = writeln!(std::io::stderr(), "SKIP (needs root): {test}");
+    let _ = writeln!(std::io::stderr(), "SKIP (needs {needs}): {test}");
     false
+}
+
+/// Whether `test` can run as root: see [`can_run`] and [`require_root`].
+pub fn have_root(test: &str) -> bool {
+    can_run(test, "root", rustix::process::geteuid().is_root())
+}
+
+/// Whether `test` can run with strace: see [`can_run`].
+pub fn have_strace(test: &str) -> bool {
+    let present = Command::new("strace").arg("-V").output().is_ok();
+    can_run(test, "strace", present)
+}
+
+/// The namespace of `kind` (`net`, `mnt`) of the process at `proc`
+/// (`/proc/PID`, `/proc/self`), as its link reads: `net:[4026531840]`.
+fn namespace(proc: &str, kind: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("{proc}/ns/{kind}")).ok()
+}
+
+/// The guard of every sandbox, called before it writes anything: panics
+/// unless process `pid` is in a namespace of each of `kinds` other than the
+/// host's, that is other than this test process's and PID 1's.
+pub fn assert_private_namespaces(pid: u32, kinds: &[&str]) {
+    for kind in kinds {
+        let theirs = namespace(&format!("/proc/{pid}"), kind)
+            .unwrap_or_else(|| panic!("cannot read the {kind} namespace of process {pid}"));
+        for host in ["/proc/self", "/proc/1"] {
+            if let Some(ours) = namespace(host, kind) {
+                assert_ne!(
+                    theirs, ours,
+                    "process {pid} shares the {kind} namespace of {host}: refusing to write in it"
+                );
+            }
+        }
+    }
 }
 
 pub fn tests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
+}
+
+/// A host tree with the fake `proc/` of the status fixture
+/// `01-two-destinations-tw-reuse-off` and no policy (built-in defaults).
+pub fn fixture_host() -> tempfile::TempDir {
+    let temp = tempfile::tempdir().unwrap();
+    copy_tree(
+        &tests_dir().join("fixtures/status/01-two-destinations-tw-reuse-off/proc"),
+        &temp.path().join("proc"),
+    );
+    temp
+}
+
+/// `sh tests/helpers/SCRIPT PORTD_BINARY` in a private PID, network and
+/// mount namespace with its own /proc (`unshare --pid --fork --mount-proc
+/// --net --mount`); the caller adds the script's other arguments.
+pub fn helper_in_private_namespaces(script: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "sh"])
+        .arg(tests_dir().join("helpers").join(script))
+        .arg(env!("CARGO_BIN_EXE_portd"))
+        .env_remove("PORTD_ROOT");
+    cmd
 }
 
 /// Copies a fixture tree, so that nothing a run does can change the original.
@@ -107,6 +190,15 @@ pub fn json_differences(path: &str, expected: &Value, actual: &Value, out: &mut 
     }
 }
 
+/// What a command printed, stdout then stderr, as one text.
+pub fn all_output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn stdout_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -140,7 +232,8 @@ impl Netns {
             .arg(scenario)
             .arg(&outer)
             .args(args);
-        let (helper, ready) = LineHelper::spawn("socket helper", cmd, Duration::from_secs(5));
+        let (helper, ready) =
+            LineHelper::spawn("socket helper", cmd, Duration::from_secs(5), &["net"]);
         Netns { helper, ready }
     }
 
@@ -196,8 +289,15 @@ pub struct LineHelper {
 }
 
 impl LineHelper {
-    /// Starts `cmd` with piped stdio; returns it and its ready line.
-    pub fn spawn(name: &'static str, mut cmd: Command, grace: Duration) -> (LineHelper, Value) {
+    /// Starts `cmd` with piped stdio; returns it and its ready line. Before
+    /// the test can ask it for anything, asserts that it runs in namespaces
+    /// of each kind in `private` (`net`, `mnt`) other than the host's.
+    pub fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        grace: Duration,
+        private: &[&str],
+    ) -> (LineHelper, Value) {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -214,6 +314,9 @@ impl LineHelper {
         };
         let ready = helper.read_reply();
         assert_eq!(ready["ready"], true, "{name}: {ready}");
+        // The helper checked its own namespaces before its set-up wrote
+        // anything; this checks them again from outside, before any request.
+        assert_private_namespaces(helper.pid(), private);
         (helper, ready)
     }
 

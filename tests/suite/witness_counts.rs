@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::util::{have_root, tests_dir};
+use super::util::{require_root, tests_dir};
 
 /// examples/witness_count, built by `cargo test` beside the test binary.
 fn witness_example() -> PathBuf {
@@ -74,9 +74,7 @@ fn key(e: &Value, pid: &Value, comm: &Value) -> Key {
 
 #[test]
 fn witness_counts_exactly_what_clients_saw() {
-    if !have_root("witness_counts_exactly_what_clients_saw") {
-        return;
-    }
+    require_root!();
     let r = drive("", true);
     assert_eq!(r["started"]["path"], "syscall tracepoints", "{r:#}");
 
@@ -123,9 +121,7 @@ fn witness_counts_exactly_what_clients_saw() {
 
 #[test]
 fn witness_says_why_without_capabilities_or_tracefs() {
-    if !have_root("witness_says_why_without_capabilities_or_tracefs") {
-        return;
-    }
+    require_root!();
     let r = drive("setpriv --inh-caps=-all --bounding-set=-all --", true);
     let why = r["started"]["unavailable"]
         .as_str()

@@ -10,42 +10,29 @@
 //! waiting for the policy's hold. Needs root.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::daemon_metrics::parse_textfile;
-use super::daemon_util::{Notify, Portd, Sandbox, SandboxOptions, catalog_path, write_policy};
-use super::util::{have_root, tests_dir};
+use super::daemon_util::{Notify, Portd, Sandbox, poll_policy, start_ready, write_policy};
+use super::util::{require_root, tests_dir};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-const ADVISE: &str = r#"
-[poll]
-interval = "200ms"
-max_staleness = "1s"
-
-[widen]
-mode = "advise"
-"#;
+/// Fast polls (a census at least every second), advise mode, and `tables`.
+fn advise_policy(tables: &str) -> String {
+    poll_policy(
+        "200ms",
+        "1s",
+        &format!("\n[widen]\nmode = \"advise\"\n{tables}"),
+    )
+}
 
 fn sandbox() -> Sandbox {
-    let sandbox = Sandbox::start(&SandboxOptions {
-        range: "40000 40001",
-        tw_reuse: 0,
-        journald: true,
-        catalog: Some(&catalog_path()),
-    });
-    // tracefs of the sandbox's own mount namespace (not mounted on the
-    // machine; a systemd host has it at /sys/kernel/tracing).
-    let out = sandbox
-        .command("mount")
-        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-        .output()
-        .expect("mount tracefs");
-    assert!(out.status.success(), "mount tracefs: {out:?}");
+    let sandbox = Sandbox::with_range("40000 40001", true);
+    sandbox.mount_tracefs();
     sandbox
 }
 
@@ -56,12 +43,8 @@ fn start(sandbox: &Sandbox, dir: &Path, wrap: &[&str]) -> (Portd, Notify) {
     let policy = dir.join("portd.toml");
     write_policy(
         &policy,
-        &format!("{ADVISE}\n[metrics]\nfile = \"{}\"\n", metrics.display()),
+        &advise_policy(&format!("\n[metrics]\nfile = \"{}\"\n", metrics.display())),
     );
-    let notify = Notify::bind(dir);
-    let stderr = dir.join("stderr");
-    std::fs::write(&stderr, "").expect("stderr file");
-    let meta = std::fs::metadata(&stderr).expect("stderr file");
     let mut cmd = match wrap.split_first() {
         Some((program, args)) => {
             let mut c = sandbox.command(program);
@@ -70,13 +53,8 @@ fn start(sandbox: &Sandbox, dir: &Path, wrap: &[&str]) -> (Portd, Notify) {
         }
         None => sandbox.command(env!("CARGO_BIN_EXE_portd")),
     };
-    cmd.args(["--config", policy.to_str().expect("utf-8 path"), "run"])
-        .env("NOTIFY_SOCKET", notify.path())
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
-    let portd = Portd::spawn(cmd, &stderr);
-    let mut notify = notify;
-    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
-    (portd, notify)
+    cmd.args(["--config", policy.to_str().expect("utf-8 path"), "run"]);
+    start_ready(cmd, dir, true)
 }
 
 /// Samples of the metrics file: (name, labels without "__") -> value.
@@ -156,9 +134,7 @@ fn said(sandbox: &Sandbox, text: &str) -> Vec<String> {
 
 #[test]
 fn portd_run_counts_every_failure_the_clients_saw() {
-    if !have_root("portd_run_counts_every_failure_the_clients_saw") {
-        return;
-    }
+    require_root!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
@@ -275,10 +251,7 @@ fn portd_run_counts_every_failure_the_clients_saw() {
 
 #[test]
 fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census() {
-    if !have_root("without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census")
-    {
-        return;
-    }
+    require_root!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(
@@ -311,11 +284,9 @@ fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_censu
     portd.stop();
 }
 
+/// Auto mode, no cooldown, and an hour's hold: only a witnessed failure can
+/// widen at once.
 const AUTO_LONG_HOLD: &str = r#"
-[poll]
-interval = "200ms"
-max_staleness = "1s"
-
 [thresholds]
 hold = "1h"
 
@@ -346,20 +317,13 @@ sys.stdin.readline()
 fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
-    if !have_root("in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold") {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("portd.toml");
-    write_policy(&policy, AUTO_LONG_HOLD);
-    let notify = Notify::bind(dir.path());
-    let stderr = dir.path().join("stderr");
-    let mut cmd = sandbox.portd(&["--config", policy.to_str().expect("utf-8"), "run"]);
-    cmd.env("NOTIFY_SOCKET", notify.path());
-    let mut portd = Portd::spawn(cmd, &stderr);
-    let mut notify = notify;
-    notify.wait_for("READY", 5 * SECOND, |m| m.contains("READY=1"));
+    write_policy(&policy, &poll_policy("200ms", "1s", AUTO_LONG_HOLD));
+    let cmd = sandbox.portd(&["--config", policy.to_str().expect("utf-8"), "run"]);
+    let (mut portd, _notify) = start_ready(cmd, dir.path(), false);
 
     let mut client = sandbox
         .command("python3")
@@ -418,9 +382,7 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
 /// first EADDRNOTAVAIL, and the witness counts exactly that one failure.
 #[test]
 fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {
-    if !have_root("the_ramps_failure_in_advise_mode_is_counted_exactly_once") {
-        return;
-    }
+    require_root!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);

@@ -341,10 +341,16 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
         .iter()
         .filter(|e| e["PORTD_EVENT"] == "usage-critical")
         .collect();
-    let others: Vec<&str> = events(&alerts)
+    let mut others: Vec<&str> = events(&alerts)
         .into_iter()
         .filter(|e| *e != "usage-critical")
         .collect();
+    // The release closes 200 sockets one by one: a poll in the middle may
+    // see the way down through warning, which is true and allowed.
+    if let Some(ended) = others.iter().position(|e| *e == "exhaustion-ended") {
+        let after = others.split_off(ended + 1);
+        others.extend(after.into_iter().filter(|e| *e != "usage-warning"));
+    }
     // Exhaustion is its own event: once when it begins (the
     // plateau is shorter than its minute between repeats), once when it ends.
     assert_eq!(

@@ -11,6 +11,7 @@ mod act;
 mod budget;
 mod census_task;
 mod fastpath;
+mod journal;
 mod live_view;
 mod netns;
 mod reload;
@@ -24,8 +25,9 @@ use tokio::task::{JoinError, JoinHandle};
 
 use self::census_task::{CensusOutput, CensusResult, InFlight, ProcessLookup, join};
 use self::fastpath::{Baseline, Next, Pace};
+use self::live_view::Poll;
 use self::reload::{LoadedPolicy, join_reload};
-use self::report::{Poll, Report};
+use self::report::Report;
 use crate::actuator;
 use crate::authority::Authority;
 use crate::census::KernelSettings;
@@ -590,7 +592,7 @@ impl Daemon {
         self.witnessed = false;
         let exhausted = Exhausted::of(&usage, self.policy.tcp_pool_alerts);
         if let Some(event) = self.exhaustion.next(&exhausted, now) {
-            report::exhaustion(&usage, &event);
+            journal::exhaustion(&usage, &event);
         }
         self.report.level(&usage, &decision, processes.as_deref());
         self.report.hazards(&usage);

@@ -26,7 +26,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use super::budget::{CENSUS_SHARE, NETNS_LOOK_SHARE, NETNS_SHARE, Spent};
 use super::fastpath::{self, Baseline, Due, Next, Pace};
-use super::report::Once;
+use super::journal::Once;
 use crate::authority::{Authority, Why};
 use crate::census::KernelSettings;
 use crate::census::sockstat::Totals;

@@ -8,6 +8,7 @@ use super::{
 };
 use crate::fsutil;
 use crate::host::Host;
+use crate::ports::PortRange;
 use crate::sysctld;
 
 pub const NOTHING_TO_ROLL_BACK: &str =
@@ -58,23 +59,7 @@ pub fn rollback(
         ));
     }
     let mut done: Vec<String> = settled.into_iter().collect();
-    if let Some(first) = first_found.filter(|f| *f != target.range) {
-        done.push(format!(
-            "keeping {}, the range an administrator set after portd's first change, rather than \
-             {first}, the range portd first found (--force restores that)",
-            target.range
-        ));
-    } else if let Some(admin) = state
-        .admin
-        .as_ref()
-        .filter(|a| force && a.range != target.range)
-    {
-        done.push(format!(
-            "--force: restoring {}, the range portd first found; {}, the range an administrator \
-             set after portd's first change, is dropped",
-            target.range, admin.range
-        ));
-    }
+    done.extend(which_range(state, first_found, target.range, force));
     // Keep reservations made by anyone else; remove only portd's additions.
     let reserved = live.reserved_ports.difference(&state.added_reserved);
     // Narrow the range before un-reserving, so no port is ever inside the
@@ -99,29 +84,64 @@ pub fn rollback(
         ));
         state.reserved_restored(reserved);
     }
+    remove_dropin(host, state, dropin_name, &mut done)?;
+    state.rolled_back();
+    if done.is_empty() {
+        done.push("the live values were already the original ones".into());
+    }
+    Ok(done)
+}
+
+/// Which range the rollback restores when portd's first-found range and an
+/// administrator's later one differ, said in words.
+fn which_range(
+    state: &State,
+    first_found: Option<PortRange>,
+    target: PortRange,
+    force: bool,
+) -> Option<String> {
+    if let Some(first) = first_found.filter(|f| *f != target) {
+        Some(format!(
+            "keeping {target}, the range an administrator set after portd's first change, rather than \
+             {first}, the range portd first found (--force restores that)"
+        ))
+    } else {
+        state
+            .admin
+            .as_ref()
+            .filter(|a| force && a.range != target)
+            .map(|admin| {
+                format!(
+                    "--force: restoring {target}, the range portd first found; {}, the range an \
+                     administrator set after portd's first change, is dropped",
+                    admin.range
+                )
+            })
+    }
+}
+
+/// Removes portd's own drop-in and nothing else, adding what it did to `done`.
+fn remove_dropin(
+    host: &Host,
+    state: &State,
+    dropin_name: &str,
+    done: &mut Vec<String>,
+) -> Result<(), String> {
     let dir = host.path("/etc/sysctl.d");
     // The drop-in portd recorded writing; a version 1 state did not record
     // one, and the policy's name stands in.
-    let dropin_name = state
-        .dropin
-        .clone()
-        .unwrap_or_else(|| dropin_name.to_string());
-    let dropin_name = dropin_name.as_str();
+    let dropin_name = state.dropin.as_deref().unwrap_or(dropin_name);
     let path = dir.join(dropin_name);
     // The same judgement as persist's: a symlink (even to a file with
     // portd's header), a directory or an admin's file is never removed.
     match dropin_file(host, dropin_name) {
         DropinFile::Portd(_) => {
             fsutil::remove_in(&dir, dropin_name)
-                .map_err(|e| part_way(format!("cannot remove {}: {e}", path.display()), &done))?;
+                .map_err(|e| part_way(format!("cannot remove {}: {e}", path.display()), done))?;
             done.push(format!("removed {}", path.display()));
         }
         DropinFile::Foreign(why) => done.push(format!("left {} alone: {why}", path.display())),
         DropinFile::Absent => {}
     }
-    state.rolled_back();
-    if done.is_empty() {
-        done.push("the live values were already the original ones".into());
-    }
-    Ok(done)
+    Ok(())
 }

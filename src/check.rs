@@ -119,13 +119,7 @@ pub fn run(
     report.daemon = live::read(host, SystemTime::now());
     // One scan for every question asked of sysctl.d; an error is reported
     // once, here.
-    let scan = match sysctld::scan(host) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
-            None
-        }
-    };
+    let scan = scan_sysctld(host, &mut report);
     if let Some(scan) = &scan {
         boot_config(scan, &policy, &mut report);
     }
@@ -136,29 +130,10 @@ pub fn run(
             return report;
         }
     };
-    report.range = Some(settings.port_range);
-    report.reserved_ports = Some(settings.reserved_ports.to_sysctl_list());
-    report.unprivileged_port_start = Some(settings.unprivileged_port_start);
-    let state = match State::load(host) {
-        Ok(s) => s,
-        Err(e) => {
-            report.add(
-                Severity::Error,
-                format!("{e} (portd run would only advise until this is fixed)"),
-            );
-            State::default()
-        }
-    };
+    report.kernel(&settings);
+    let state = load_state(host, &mut report);
     dropin(host, scan.as_ref(), &policy, &state, &mut report);
-    if let Some(y) = &state.yielded {
-        report.add(
-            Severity::Warning,
-            format!(
-                "portd yielded to the admin ({}); it only advises until `systemctl reload portd`",
-                y.reason
-            ),
-        );
-    }
+    yielded_finding(&state, &mut report);
     let bounds = Bounds::of(
         &policy,
         state.initial_range,
@@ -195,7 +170,53 @@ pub fn run(
     report
 }
 
+/// sysctl.d read once for every question asked of it; an error is reported
+/// once, here.
+fn scan_sysctld(host: &Host, report: &mut Report) -> Option<Scan> {
+    match sysctld::scan(host) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
+            None
+        }
+    }
+}
+
+/// portd's state, or the defaults with an error when it cannot be read.
+fn load_state(host: &Host, report: &mut Report) -> State {
+    match State::load(host) {
+        Ok(s) => s,
+        Err(e) => {
+            report.add(
+                Severity::Error,
+                format!("{e} (portd run would only advise until this is fixed)"),
+            );
+            State::default()
+        }
+    }
+}
+
+/// A yield to the admin leaves portd advising only.
+fn yielded_finding(state: &State, report: &mut Report) {
+    if let Some(y) = &state.yielded {
+        report.add(
+            Severity::Warning,
+            format!(
+                "portd yielded to the admin ({}); it only advises until `systemctl reload portd`",
+                y.reason
+            ),
+        );
+    }
+}
+
 impl Report {
+    /// The live kernel values the report shows.
+    fn kernel(&mut self, settings: &KernelSettings) {
+        self.range = Some(settings.port_range);
+        self.reserved_ports = Some(settings.reserved_ports.to_sysctl_list());
+        self.unprivileged_port_start = Some(settings.unprivileged_port_start);
+    }
+
     fn new(policy_file: &Path) -> Report {
         Report {
             policy_file: policy_file.display().to_string(),

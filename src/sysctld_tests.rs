@@ -1,4 +1,5 @@
 use super::*;
+use std::fs;
 use std::os::unix::fs::symlink;
 
 const RANGE: &str = "net.ipv4.ip_local_port_range";

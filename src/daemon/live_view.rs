@@ -1,11 +1,43 @@
 //! The daemon's live view (live.rs), built from what the reporter knows
 //! at the end of a poll and written with the metrics.
 
-use std::time::SystemTime;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use super::LastCensus;
-use super::report::{Counters, Poll};
+use super::netns::Published;
+use crate::authority::Authority;
+use crate::host::Host;
 use crate::live::{self, Live};
+use crate::state::Change;
+
+/// Since start, for the metrics file.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub censuses: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub abandoned: u64,
+    pub changes: u64,
+}
+
+/// What the metrics file and the live view need besides the report's own
+/// counters.
+pub(super) struct Poll<'a> {
+    pub host: &'a Host,
+    pub metrics_file: Option<&'a Path>,
+    pub interval: Duration,
+    pub last: Option<&'a LastCensus>,
+    pub last_change: Option<&'a Change>,
+    pub authority: &'a Authority,
+    /// The failure witness (witness/runtime.rs), for the metrics and the
+    /// live view.
+    pub witness: &'a crate::witness::runtime::Running,
+    /// The other network namespaces (netns.rs).
+    pub netns: &'a Published,
+    /// `ActiveOpens` as this poll read it.
+    pub connect_attempts: Option<u64>,
+}
 
 /// The live view at the end of a poll.
 pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) -> Live {

@@ -10,11 +10,14 @@
 mod act;
 mod budget;
 mod census_task;
+mod decide;
 mod fastpath;
+mod journal;
 mod live_view;
 mod netns;
 mod reload;
 mod report;
+mod tick;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,27 +25,24 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{JoinError, JoinHandle};
 
-use self::census_task::{CensusOutput, CensusResult, InFlight, ProcessLookup, join};
-use self::fastpath::{Baseline, Next, Pace};
+use self::census_task::{CensusResult, InFlight, join};
+use self::fastpath::Pace;
+use self::live_view::Poll;
 use self::reload::{LoadedPolicy, join_reload};
-use self::report::{Poll, Report};
-use crate::actuator;
+use self::report::Report;
 use crate::authority::Authority;
-use crate::census::KernelSettings;
 use crate::census::reader::{Fresh, KeptOpen, ProcRead};
-use crate::census::sockstat;
-use crate::exhausted::{Exhausted, Exhaustion};
-use crate::forecast::{self, Forecast, Tracker};
+use crate::exhausted::Exhaustion;
+use crate::forecast::{Forecast, Tracker};
 use crate::fsutil::WriterLock;
 use crate::host::Host;
 use crate::level::{Exit, Level};
 use crate::notify;
-use crate::planner::{self, Decision, Inputs, Observation};
 use crate::policy::{self, Policy};
-use crate::remedy::{self, Remedy};
+use crate::remedy::Remedy;
 use crate::shutdown;
 use crate::state::State;
-use crate::usage::{Usage, UsageOptions};
+use crate::usage::Usage;
 use crate::witness::runtime::Running as Witness;
 
 pub struct RunOptions {
@@ -459,211 +459,6 @@ impl Daemon {
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.publish(p));
         }
-    }
-
-    /// One poll: cheap checks, then a census unless the bounds prove no
-    /// destination can have reached the warning level.
-    fn tick(&mut self) -> Option<InFlight> {
-        self.sysctld = act::PollScan::default();
-        let settings = match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
-            Ok(s) => s,
-            Err(e) => {
-                self.census_failed(&e.to_string());
-                return None;
-            }
-        };
-        self.settle_pending(&settings);
-        self.check_external_change(&settings);
-        // The drop-in is brought up to date every poll, not only after a
-        // full census (which the fast path may skip for long): a failed
-        // write is retried, and the reserved ports follow the other files.
-        self.retry_persist(self.clock.now());
-        let active_opens = sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok();
-        let counters = fastpath::Counters {
-            settings: &settings,
-            totals: sockstat::read_totals(&self.host, self.proc.as_mut()).ok(),
-            active_opens,
-            pace: self.pace.update(Instant::now(), active_opens),
-        };
-        let active_opens = counters.active_opens;
-        self.active_opens = active_opens;
-        let baseline = self
-            .last
-            .as_ref()
-            .map(|l| Baseline::of(&l.usage, l.active_opens, l.started.elapsed()));
-        let next = fastpath::next(
-            baseline.as_ref(),
-            &counters,
-            &self.policy,
-            &self.state.alert,
-        );
-        // The witness is read once per poll; a failure it saw is a reason
-        // to census (and act) now, whatever the fast path's bounds say.
-        self.witnessed |= self.witness.poll(Instant::now()) > 0;
-        let skipped = match (&next, self.witnessed) {
-            (Next::Skip(skip), false) => {
-                // The counters prove no destination reaches critical soon.
-                self.hurried = false;
-                Some(skip.to_string())
-            }
-            _ => self.census_waits(next),
-        };
-        if let Some(why) = skipped {
-            let authority = self.authority();
-            self.report_with(&authority, |r, p| r.census_skipped(&why, p));
-            return None;
-        }
-        let options = UsageOptions {
-            tcp_pool_in_headline: self.policy.tcp_pool_alerts,
-        };
-        let lookup = self.process_lookup();
-        Some(InFlight::spawn(
-            self.host.clone(),
-            settings,
-            options,
-            lookup,
-            active_opens,
-        ))
-    }
-
-    fn process_lookup(&self) -> ProcessLookup {
-        let alert = &self.state.alert;
-        ProcessLookup {
-            warning: self.policy.thresholds.warning(),
-            critical: self.policy.thresholds.critical(),
-            confirmed: alert.level,
-            reminder_due: alert.announced.is_some_and(|t| {
-                self.clock
-                    .now()
-                    .duration_since(t)
-                    .is_ok_and(|d| d >= self.policy.reminder)
-            }),
-        }
-    }
-
-    /// Why a census that may wait for its share of the CPU (budget.rs)
-    /// waits on this poll; `None` when it is taken.
-    fn census_waits(&self, next: Next) -> Option<String> {
-        let (Next::Census(due), false) = (next, self.witnessed) else {
-            return None;
-        };
-        let last = self.last.as_ref().filter(|_| due.may_wait())?;
-        let spent = budget::Spent {
-            started: last.started,
-            took: last.cpu,
-        };
-        let wait = spent.wait(Instant::now(), budget::CENSUS_SHARE)?;
-        Some(format!(
-            "census deferred {:.1}s: the last one took {:.0}ms of CPU, and censuses use at most {:.0}% of a core",
-            wait.as_secs_f64(),
-            last.cpu.as_secs_f64() * 1000.0,
-            budget::CENSUS_SHARE * 100.0
-        ))
-    }
-
-    /// observe (the census's result) → decide → write → record → report.
-    fn after_census(&mut self, result: CensusResult, started: Instant, active_opens: Option<u64>) {
-        let CensusOutput {
-            usage,
-            took,
-            cpu,
-            processes,
-        } = match result {
-            Ok(r) => r,
-            Err(e) => return self.census_failed(&e),
-        };
-        self.report.census_ok();
-        let now = self.clock.now();
-        if self.state.initial_range.is_none() {
-            self.state.initial_range = Some(usage.settings.port_range);
-            self.save_state();
-        }
-        let authority = self.authority();
-        self.tracker.update(&usage, now);
-        let forecast = self.tracker.forecast(&usage);
-        self.hurried = forecast::hurry(
-            &forecast,
-            self.policy.thresholds.critical(),
-            (self.policy.hold + self.policy.interval) * 4,
-        );
-        let decision = self.decide(&usage, &authority, now, &forecast);
-        self.witnessed = false;
-        let exhausted = Exhausted::of(&usage, self.policy.tcp_pool_alerts);
-        if let Some(event) = self.exhaustion.next(&exhausted, now) {
-            report::exhaustion(&usage, &event);
-        }
-        self.report.level(&usage, &decision, processes.as_deref());
-        self.report.hazards(&usage);
-        let alert_changed = self.state.alert != decision.alert;
-        self.state.alert = decision.alert.clone();
-        let (widened, blocked) = self.act(&usage, &decision, now);
-        self.retry_persist(now);
-        if alert_changed && !self.dry_run {
-            self.save_state();
-        }
-        let time_to_exhaustion =
-            forecast::soonest_exhaustion(&forecast, self.policy.tcp_pool_alerts);
-        let line = report::status_line(&usage, widened, &authority, time_to_exhaustion, blocked);
-        let remedies = decision.unfit.as_ref().map_or_else(Vec::new, |u| {
-            remedy::remedies(&remedy::situation(
-                &u.forecast,
-                u.demand,
-                u.room,
-                &usage,
-                processes.as_deref(),
-            ))
-        });
-        self.last = Some(LastCensus {
-            usage,
-            started,
-            active_opens,
-            // Wall clock, like `polled_at`: a scraper compares it with its own.
-            at: SystemTime::now(),
-            took,
-            cpu,
-            level: decision.alert.level,
-            blocked,
-            time_to_exhaustion,
-            remedies,
-            forecast,
-        });
-        self.report_with(&authority, |r, p| r.censused(&line, p));
-    }
-
-    /// The planner, pure: the census, the policy, the history, a pin and
-    /// the poll's authority in, a decision out.
-    fn decide(
-        &mut self,
-        usage: &Usage,
-        authority: &Authority,
-        now: SystemTime,
-        forecast: &[Forecast],
-    ) -> Decision {
-        let pin = match self.sysctld.get(&self.host) {
-            Ok(scan) => actuator::pin(scan, &self.policy.dropin_name),
-            Err(e) => {
-                tracing::warn!("cannot read sysctl.d files: {e}");
-                None
-            }
-        };
-        let observation = Observation {
-            foreign_dropin: actuator::foreign_dropin(
-                &self.host,
-                self.policy.persist,
-                &self.policy.dropin_name,
-            ),
-            ..Observation::from_usage(usage)
-        };
-        planner::plan(&Inputs {
-            observation: &observation,
-            policy: &self.policy,
-            history: &self.state.history(),
-            pin: pin.as_ref(),
-            now,
-            authority,
-            witnessed_failure: self.witnessed,
-            forecast,
-        })
     }
 }
 

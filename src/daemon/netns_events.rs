@@ -8,7 +8,7 @@ use crate::netns::Namespace;
 use crate::planner::{Action, Decision};
 use crate::usage::Usage;
 
-use super::super::report::{level_event, usage_fields};
+use super::super::journal::{level_event, usage_fields};
 
 /// The sysctl the advice is about.
 const RANGE_KEY: &str = "net.ipv4.ip_local_port_range";

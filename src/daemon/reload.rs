@@ -5,7 +5,7 @@
 use tokio::task::{JoinError, JoinHandle};
 
 use super::Daemon;
-use super::report;
+use super::{journal, report};
 use crate::notify;
 use crate::policy::{self, Policy};
 
@@ -49,9 +49,9 @@ impl Daemon {
                     self.save_state();
                 }
                 self.report.blocked.clear();
-                report::reloaded(&self.config, &self.authority(), cleared);
+                journal::reloaded(&self.config, &self.authority(), cleared);
             }
-            Err(e) => report::rejected(&self.config, &e),
+            Err(e) => journal::rejected(&self.config, &e),
         }
         let line = self.last.as_ref().map_or_else(
             || "reloaded".to_string(),

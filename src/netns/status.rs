@@ -17,7 +17,7 @@ use crate::policy::Thresholds;
 use crate::ports::Ratio;
 use crate::status::{self, Outcome, StatusOptions};
 use crate::untrusted;
-use crate::usage::UsageOptions;
+use crate::usage::{Usage, UsageOptions};
 
 use super::Namespace;
 
@@ -76,78 +76,84 @@ fn measure(
     };
     if !census
         && !ns.own
-        && let Some((totals, _)) = super::census::counters(host, ns)
-        && let Ok(settings) = super::census::settings(host, ns)
-        && let Some(q) = quiet(&settings, &totals, &opts.thresholds)
+        && let Some(section) = quiet_section(host, ns, opts)
     {
-        return Section {
-            ns: ns.clone(),
-            level: Level::Ok,
-            usage: q.usage.fraction(),
-            text: format!(
-                "PORTD OK - at most {} of {} ports towards any destination ({}; sockstat, no census)\nrange      {}\n",
-                q.bound, q.capacity, q.usage, settings.port_range
-            ),
-            json: serde_json::json!({
-                "status": Level::Ok,
-                "exit_code": Level::Ok.exit_code(),
-                "census": false,
-                "range": settings.port_range,
-                "bound": q,
-            }),
-        };
+        return section;
     }
-    let (level, fraction, text, json) = match super::census::take(host, ns, usage_options) {
-        Ok(usage) => {
-            let text = status::render(
-                &usage,
-                None,
-                daemon,
-                &StatusOptions {
-                    json: false,
-                    ..opts.clone()
-                },
-            );
-            let json = status::render(
-                &usage,
-                None,
-                daemon,
-                &StatusOptions {
-                    json: true,
-                    ..opts.clone()
-                },
-            );
-            let mut value = serde_json::from_str(&json.text).unwrap_or(serde_json::Value::Null);
-            let mut text = text;
-            if !ns.own {
-                text.text = text.text.replace(&daemon.line(), "");
-                if let Some(obj) = value.as_object_mut() {
-                    obj.remove("daemon");
-                }
-            }
-            (
-                text.level,
-                usage.headline.usage.fraction(),
-                text.text,
-                value,
-            )
-        }
-        Err(e) => {
-            let text = format!("PORTD UNKNOWN - {e}\n");
-            let json = serde_json::json!({
+    match super::census::take(host, ns, usage_options) {
+        Ok(usage) => census_section(&usage, ns, opts, daemon),
+        Err(e) => Section {
+            ns: ns.clone(),
+            level: Level::Unknown,
+            usage: 0.0,
+            text: format!("PORTD UNKNOWN - {e}\n"),
+            json: serde_json::json!({
                 "status": Level::Unknown,
                 "exit_code": Level::Unknown.exit_code(),
                 "error": e,
-            });
-            (Level::Unknown, 0.0, text, json)
-        }
+            }),
+        },
+    }
+}
+
+/// The quiet line of another namespace whose counters alone bound its
+/// usage under the thresholds, so no census is needed; `None` otherwise.
+fn quiet_section(host: &Host, ns: &Namespace, opts: &StatusOptions) -> Option<Section> {
+    let (totals, _) = super::census::counters(host, ns)?;
+    let settings = super::census::settings(host, ns).ok()?;
+    let q = quiet(&settings, &totals, &opts.thresholds)?;
+    Some(Section {
+        ns: ns.clone(),
+        level: Level::Ok,
+        usage: q.usage.fraction(),
+        text: format!(
+            "PORTD OK - at most {} of {} ports towards any destination ({}; sockstat, no census)\nrange      {}\n",
+            q.bound, q.capacity, q.usage, settings.port_range
+        ),
+        json: serde_json::json!({
+            "status": Level::Ok,
+            "exit_code": Level::Ok.exit_code(),
+            "census": false,
+            "range": settings.port_range,
+            "bound": q,
+        }),
+    })
+}
+
+/// The full report of a census, in text and JSON; another namespace's
+/// leaves out the daemon's line.
+fn census_section(
+    usage: &Usage,
+    ns: &Namespace,
+    opts: &StatusOptions,
+    daemon: &live::Daemon,
+) -> Section {
+    let render = |json: bool| {
+        status::render(
+            usage,
+            None,
+            daemon,
+            &StatusOptions {
+                json,
+                ..opts.clone()
+            },
+        )
     };
+    let mut text = render(false);
+    let json = render(true);
+    let mut value = serde_json::from_str(&json.text).unwrap_or(serde_json::Value::Null);
+    if !ns.own {
+        text.text = text.text.replace(&daemon.line(), "");
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("daemon");
+        }
+    }
     Section {
         ns: ns.clone(),
-        level,
-        usage: fraction,
-        text,
-        json,
+        level: text.level,
+        usage: usage.headline.usage.fraction(),
+        text: text.text,
+        json: value,
     }
 }
 

@@ -19,6 +19,7 @@ use toml::de::{DeTable, DeValue};
 use super::raw::{
     RawAlerts, RawMetrics, RawPersist, RawPolicy, RawPoll, RawThresholds, RawWiden, SectionName,
 };
+use super::values::bare;
 
 /// Where a diagnostic points in the file, 1-based; the column counts characters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -197,17 +198,6 @@ pub(super) fn position(text: &str, offset: usize) -> Position {
     Cursor::default().advance(text, offset)
 }
 
-/// A value as diagnostics show it: quoted, and cut after [`SHOWN_CHARS`]
-/// characters with its size, so a 5 MB value does not become a 5 MB line.
-pub(super) fn shown(text: &str) -> String {
-    match text.char_indices().nth(SHOWN_CHARS) {
-        None => format!("{text:?}"),
-        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
-    }
-}
-
-const SHOWN_CHARS: usize = 60;
-
 /// A diagnostic must stay one line whatever the file contains.
 fn one_line(message: &str) -> String {
     message.replace(['\n', '\r'], " ")
@@ -265,14 +255,6 @@ fn report_unknown(
             Some(key.span()),
             describe(&message.to_string(), Some(&path)),
         );
-    }
-}
-
-/// A key name as diagnostics show it inside backticks: cut like [`shown`].
-pub(super) fn bare(name: &str) -> String {
-    match name.char_indices().nth(SHOWN_CHARS) {
-        None => name.to_string(),
-        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
     }
 }
 

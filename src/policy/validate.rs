@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::diagnostics::{Report, shown};
+use super::diagnostics::Report;
 use super::raw::{
     Opt, RawAlerts, RawMetrics, RawPolicy, RawPoll, RawThresholds, RawWiden, Section,
 };
+use super::values::shown;
 use super::values::{HumanDuration, Percent, ProtectedEntry, ProtectedList};
 use super::{Floor, Policy, Thresholds};
 use crate::ports::{Port, PortRange, Ratio};

@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use toml::Spanned;
 
-use super::diagnostics::{bare, shown};
 use super::{Floor, Mode};
 use crate::ports::{Port, PortRange, Ratio};
 
@@ -495,5 +494,24 @@ impl Leaf for MetricsPath {
             // Normalized (no "//" or "/./"), so that portd's own files are recognized.
             Ok(MetricsPath(Some(path.components().collect())))
         })
+    }
+}
+
+/// A value as diagnostics show it: quoted, and cut after [`SHOWN_CHARS`]
+/// characters with its size, so a 5 MB value does not become a 5 MB line.
+pub(super) fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
+const SHOWN_CHARS: usize = 60;
+
+/// A key name as diagnostics show it inside backticks: cut like [`shown`].
+pub(super) fn bare(name: &str) -> String {
+    match name.char_indices().nth(SHOWN_CHARS) {
+        None => name.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
     }
 }

@@ -1,0 +1,115 @@
+//! The cheap part of a poll: the settings, the pending record, the admin's
+//! changes, the drop-in and the counters are read, and the fast path and
+//! the CPU budget say whether a census runs now (on the blocking pool) or
+//! the poll ends with the last census's line.
+
+use std::time::Instant;
+
+use super::census_task::{InFlight, ProcessLookup};
+use super::fastpath::{self, Baseline, Next};
+use super::{Daemon, act, budget};
+use crate::census::KernelSettings;
+use crate::census::sockstat;
+use crate::usage::UsageOptions;
+
+impl Daemon {
+    /// One poll: cheap checks, then a census unless the bounds prove no
+    /// destination can have reached the warning level.
+    pub(super) fn tick(&mut self) -> Option<InFlight> {
+        self.sysctld = act::PollScan::default();
+        let settings = match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.census_failed(&e.to_string());
+                return None;
+            }
+        };
+        self.settle_pending(&settings);
+        self.check_external_change(&settings);
+        // The drop-in is brought up to date every poll, not only after a
+        // full census (which the fast path may skip for long): a failed
+        // write is retried, and the reserved ports follow the other files.
+        self.retry_persist(self.clock.now());
+        let active_opens = sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok();
+        let counters = fastpath::Counters {
+            settings: &settings,
+            totals: sockstat::read_totals(&self.host, self.proc.as_mut()).ok(),
+            active_opens,
+            pace: self.pace.update(Instant::now(), active_opens),
+        };
+        let active_opens = counters.active_opens;
+        self.active_opens = active_opens;
+        let baseline = self
+            .last
+            .as_ref()
+            .map(|l| Baseline::of(&l.usage, l.active_opens, l.started.elapsed()));
+        let next = fastpath::next(
+            baseline.as_ref(),
+            &counters,
+            &self.policy,
+            &self.state.alert,
+        );
+        // The witness is read once per poll; a failure it saw is a reason
+        // to census (and act) now, whatever the fast path's bounds say.
+        self.witnessed |= self.witness.poll(Instant::now()) > 0;
+        let skipped = match (&next, self.witnessed) {
+            (Next::Skip(skip), false) => {
+                // The counters prove no destination reaches critical soon.
+                self.hurried = false;
+                Some(skip.to_string())
+            }
+            _ => self.census_waits(next),
+        };
+        if let Some(why) = skipped {
+            let authority = self.authority();
+            self.report_with(&authority, |r, p| r.census_skipped(&why, p));
+            return None;
+        }
+        let options = UsageOptions {
+            tcp_pool_in_headline: self.policy.tcp_pool_alerts,
+        };
+        let lookup = self.process_lookup();
+        Some(InFlight::spawn(
+            self.host.clone(),
+            settings,
+            options,
+            lookup,
+            active_opens,
+        ))
+    }
+
+    pub(super) fn process_lookup(&self) -> ProcessLookup {
+        let alert = &self.state.alert;
+        ProcessLookup {
+            warning: self.policy.thresholds.warning(),
+            critical: self.policy.thresholds.critical(),
+            confirmed: alert.level,
+            reminder_due: alert.announced.is_some_and(|t| {
+                self.clock
+                    .now()
+                    .duration_since(t)
+                    .is_ok_and(|d| d >= self.policy.reminder)
+            }),
+        }
+    }
+
+    /// Why a census that may wait for its share of the CPU (budget.rs)
+    /// waits on this poll; `None` when it is taken.
+    pub(super) fn census_waits(&self, next: Next) -> Option<String> {
+        let (Next::Census(due), false) = (next, self.witnessed) else {
+            return None;
+        };
+        let last = self.last.as_ref().filter(|_| due.may_wait())?;
+        let spent = budget::Spent {
+            started: last.started,
+            took: last.cpu,
+        };
+        let wait = spent.wait(Instant::now(), budget::CENSUS_SHARE)?;
+        Some(format!(
+            "census deferred {:.1}s: the last one took {:.0}ms of CPU, and censuses use at most {:.0}% of a core",
+            wait.as_secs_f64(),
+            last.cpu.as_secs_f64() * 1000.0,
+            budget::CENSUS_SHARE * 100.0
+        ))
+    }
+}

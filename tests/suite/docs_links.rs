@@ -413,6 +413,11 @@ fn every_link_and_docs_or_benches_path_in_the_readme_and_docs_resolves() {
         checked > 20,
         "only {checked} links and paths found: is the scan broken?"
     );
+    assert_none_broken(&problems);
+}
+
+/// Fails naming every problem found.
+fn assert_none_broken(problems: &[String]) {
     assert!(
         problems.is_empty(),
         "{} broken:\n{}",
@@ -458,12 +463,7 @@ fn every_design_and_kernel_citation_in_the_sources_resolves() {
         citations > 20,
         "only {citations} citations found: is the scan broken?"
     );
-    assert!(
-        problems.is_empty(),
-        "{} broken:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert_none_broken(&problems);
 }
 
 #[test]

@@ -8,13 +8,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use divan::{Bencher, black_box};
-use portd::census::netlink;
-use portd::census::procfs::{ProcfsSource, parse_inet_row};
-use portd::census::{KernelSettings, Proto, Scope, Socket, SocketSource};
-use portd::host::Host;
-use portd::kernel::{TcpState, TwReuse};
-use portd::ports::{PortRange, PortSet};
-use portd::usage::{Aggregator, UsageOptions};
+use portd::base::host::Host;
+use portd::base::kernel::{TcpState, TwReuse};
+use portd::base::ports::{PortRange, PortSet};
+use portd::observe::census::netlink;
+use portd::observe::census::procfs::{ProcfsSource, parse_inet_row};
+use portd::observe::census::{KernelSettings, Proto, Scope, Socket, SocketSource};
+use portd::observe::usage::{Aggregator, UsageOptions};
 
 fn main() {
     divan::main();

@@ -29,12 +29,12 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use portd::census::netlink::{NetlinkOptions, NetlinkSource};
-use portd::census::procfs::ProcfsSource;
-use portd::census::{KernelSettings, Scope, SocketSource};
-use portd::host::Host;
-use portd::ports::PortSet;
-use portd::usage::{UsageOptions, census_ports, take_census};
+use portd::base::host::Host;
+use portd::base::ports::PortSet;
+use portd::observe::census::netlink::{NetlinkOptions, NetlinkSource};
+use portd::observe::census::procfs::ProcfsSource;
+use portd::observe::census::{KernelSettings, Scope, SocketSource};
+use portd::observe::usage::{UsageOptions, census_ports, take_census};
 
 /// Connections per worker: two fds each, under the 20,000 open-file limit.
 const PAIRS_PER_WORKER: usize = 9_500;

@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use portd::host::Host;
-use portd::netns;
+use portd::base::host::Host;
+use portd::observe::netns;
 
 fn main() {
     let rounds: u32 = std::env::args()

@@ -9,11 +9,11 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use portd::actuator;
-use portd::host::Host;
-use portd::ports::{PortRange, PortSet};
-use portd::state::{State, Values, Written};
-use portd::sysctld;
+use portd::act::actuator;
+use portd::act::state::{State, Values, Written};
+use portd::base::host::Host;
+use portd::base::ports::{PortRange, PortSet};
+use portd::observe::sysctld;
 
 const DROPIN_NAME: &str = "60-portd.conf";
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 
-use portd::witness::{self, Witness};
+use portd::observe::witness::{self, Witness};
 use serde_json::json;
 
 fn main() {

@@ -2,10 +2,10 @@
 # Keeps the hand-written packaging in step with the code. Fails when
 #   - a subcommand or an option that `portd --help` shows is not in portd(8);
 #   - a section or key of config/portd.toml is not in portd.toml(5);
-#   - a MESSAGE_ID or a PORTD_* journal field of src/events.rs is not in
+#   - a MESSAGE_ID or a PORTD_* journal field of src/publish/events.rs is not in
 #     portd(8);
 #   - the drop-in header the maintainer scripts look for is not the one
-#     src/actuator.rs writes;
+#     src/act/actuator.rs writes;
 #   - a man page has roff warnings.
 # Usage: packaging/check-man.sh [PORTD_BINARY]  (default target/release/portd)
 set -eu
@@ -39,20 +39,20 @@ while IFS= read -r line; do
     esac
 done < config/portd.toml
 
-for id in $(grep -o '"[0-9a-f]\{32\}"' src/events.rs | tr -d '"'); do
+for id in $(grep -o '"[0-9a-f]\{32\}"' src/publish/events.rs | tr -d '"'); do
     grep -q "$id" "$man8" || fail "$man8 does not list MESSAGE_ID $id"
 done
 
-for field in $(grep -o '^ *portd_[a-z_]* =' src/events.rs | sed 's/ *=//; s/^ *//' | tr a-z A-Z); do
+for field in $(grep -o '^ *portd_[a-z_]* =' src/publish/events.rs | sed 's/ *=//; s/^ *//' | tr a-z A-Z); do
     grep -q "$field" "$man8" || fail "$man8 does not describe the journal field $field"
 done
 
-header=$(sed -n 's/^ *"\(# Managed by portd\..*\)";$/\1/p' src/actuator.rs)
-[ -n "$header" ] || fail "cannot find the drop-in header in src/actuator.rs"
+header=$(sed -n 's/^ *"\(# Managed by portd\..*\)";$/\1/p' src/act/actuator.rs)
+[ -n "$header" ] || fail "cannot find the drop-in header in src/act/actuator.rs"
 for script in packaging/debian/postrm packaging/rpm/postun.sh; do
     # The scripts hold it in double quotes, with the backquotes escaped.
     quoted=$(printf '%s' "$header" | sed 's/`/\\`/g')
-    grep -qF "header=\"$quoted\"" "$script" || fail "$script does not match the drop-in header of src/actuator.rs"
+    grep -qF "header=\"$quoted\"" "$script" || fail "$script does not match the drop-in header of src/act/actuator.rs"
 done
 
 for page in "$man8" "$man5"; do

@@ -6,16 +6,16 @@ use std::time::SystemTime;
 
 use super::Daemon;
 use super::report::{self, Report};
-use crate::actuator;
-use crate::census::KernelSettings;
-use crate::host::Host;
-use crate::level::Level;
-use crate::planner::{self, Action, Decision};
-use crate::ports::PortRange;
-use crate::shutdown;
-use crate::state::Values;
-use crate::sysctld::{self, Scan};
-use crate::usage::Usage;
+use crate::act::actuator;
+use crate::act::state::Values;
+use crate::base::host::Host;
+use crate::base::ports::PortRange;
+use crate::base::shutdown;
+use crate::judge::level::Level;
+use crate::judge::planner::{self, Action, Decision};
+use crate::observe::census::KernelSettings;
+use crate::observe::sysctld::{self, Scan};
+use crate::observe::usage::Usage;
 
 /// One sysctl.d scan a poll: read on the poll's first question (a poll
 /// that persists nothing and plans nothing reads no directory) and kept

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use tokio::task::{JoinError, JoinHandle};
 
-use crate::attribution;
-use crate::census::netlink::NetlinkOptions;
-use crate::census::{self, KernelSettings, SocketSource};
-use crate::host::Host;
-use crate::level::Level;
-use crate::ports::Ratio;
-use crate::usage::{self, Cause, Usage, UsageOptions};
+use crate::base::host::Host;
+use crate::base::ports::Ratio;
+use crate::judge::level::Level;
+use crate::observe::attribution;
+use crate::observe::census::netlink::NetlinkOptions;
+use crate::observe::census::{self, KernelSettings, SocketSource};
+use crate::observe::usage::{self, Cause, Usage, UsageOptions};
 
 /// What one census task hands back to the event loop.
 pub(super) struct CensusOutput {
@@ -144,7 +144,7 @@ fn describe_holders(processes: &[attribution::ProcessShare]) -> Option<String> {
         .iter()
         .take(SHOWN)
         .map(|p| {
-            let command = crate::untrusted::escape(&p.command);
+            let command = crate::base::untrusted::escape(&p.command);
             format!("{command}[{}] {} sockets", p.pid, p.sockets)
         })
         .collect();

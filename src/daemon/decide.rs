@@ -5,13 +5,13 @@ use std::time::{Instant, SystemTime};
 
 use super::census_task::{CensusOutput, CensusResult};
 use super::{Daemon, LastCensus, journal, report};
-use crate::actuator;
-use crate::authority::Authority;
-use crate::exhausted::Exhausted;
-use crate::forecast::{self, Forecast};
-use crate::planner::{self, Decision, Inputs, Observation};
-use crate::remedy;
-use crate::usage::Usage;
+use crate::act::actuator;
+use crate::judge::authority::Authority;
+use crate::judge::exhausted::Exhausted;
+use crate::judge::forecast::{self, Forecast};
+use crate::judge::planner::{self, Decision, Inputs, Observation};
+use crate::judge::remedy;
+use crate::observe::usage::Usage;
 
 impl Daemon {
     /// observe (the census's result) → decide → write → record → report.

@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use crate::authority::Authority;
-use crate::events::{self, Fields, Kind};
-use crate::exhausted;
-use crate::level::Level;
-use crate::planner::Decision;
+use crate::judge::authority::Authority;
+use crate::judge::exhausted;
+use crate::judge::level::Level;
+use crate::judge::planner::Decision;
+use crate::observe::usage::Usage;
 use crate::policy::file::PolicyError;
-use crate::usage::Usage;
+use crate::publish::events::{self, Fields, Kind};
 
 /// A condition reported once per distinct text, not once per poll.
 #[derive(Debug, Default)]
@@ -155,7 +155,7 @@ pub(super) fn rejected(config: &Path, error: &PolicyError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::AlertState;
+    use crate::judge::planner::AlertState;
 
     #[test]
     fn a_condition_is_reported_once_per_distinct_text() {
@@ -188,7 +188,7 @@ mod tests {
             },
             transition,
             remind,
-            action: crate::planner::Action::Nothing,
+            action: crate::judge::planner::Action::Nothing,
             urgent: None,
             overrode: None,
             unfit: None,

@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use super::LastCensus;
 use super::netns::Published;
-use crate::authority::Authority;
-use crate::host::Host;
-use crate::live::{self, Live};
-use crate::state::Change;
+use crate::act::state::Change;
+use crate::base::host::Host;
+use crate::judge::authority::Authority;
+use crate::publish::live::{self, Live};
 
 /// Since start, for the metrics file.
 #[derive(Default)]
@@ -32,7 +32,7 @@ pub(super) struct Poll<'a> {
     pub authority: &'a Authority,
     /// The failure witness (witness/runtime.rs), for the metrics and the
     /// live view.
-    pub witness: &'a crate::witness::runtime::Running,
+    pub witness: &'a crate::daemon::witness::Running,
     /// The other network namespaces (netns.rs).
     pub netns: &'a Published,
     /// `ActiveOpens` as this poll read it.

@@ -11,13 +11,13 @@ mod act;
 mod budget;
 mod census_task;
 mod decide;
-mod fastpath;
 mod journal;
 mod live_view;
 mod netns;
 mod reload;
 mod report;
 mod tick;
+mod witness;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,24 +26,24 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{JoinError, JoinHandle};
 
 use self::census_task::{CensusResult, InFlight, join};
-use self::fastpath::Pace;
 use self::live_view::Poll;
 use self::reload::{LoadedPolicy, join_reload};
 use self::report::Report;
-use crate::authority::Authority;
-use crate::census::reader::{Fresh, KeptOpen, ProcRead};
-use crate::exhausted::Exhaustion;
-use crate::forecast::{Forecast, Tracker};
-use crate::fsutil::WriterLock;
-use crate::host::Host;
-use crate::level::{Exit, Level};
-use crate::notify;
+use crate::act::state::State;
+use crate::base::fsutil::WriterLock;
+use crate::base::host::Host;
+use crate::base::shutdown;
+use crate::daemon::witness::Running as Witness;
+use crate::judge::authority::Authority;
+use crate::judge::exhausted::Exhaustion;
+use crate::judge::fastpath::Pace;
+use crate::judge::forecast::{Forecast, Tracker};
+use crate::judge::level::{Exit, Level};
+use crate::judge::remedy::Remedy;
+use crate::observe::census::reader::{Fresh, KeptOpen, ProcRead};
+use crate::observe::usage::Usage;
 use crate::policy::{self, Policy};
-use crate::remedy::Remedy;
-use crate::shutdown;
-use crate::state::State;
-use crate::usage::Usage;
-use crate::witness::runtime::Running as Witness;
+use crate::publish::notify;
 
 pub struct RunOptions {
     /// Decide as usual, log what would be done, write nothing.

@@ -25,19 +25,19 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::{JoinError, JoinHandle};
 
 use super::budget::{NETNS_LOOK_SHARE, NETNS_SHARE, Spent};
-use super::fastpath::{self, Baseline, Due, Next, Pace};
 use super::journal::Once;
-use crate::authority::{Authority, Why};
-use crate::census::KernelSettings;
-use crate::census::sockstat::Totals;
-use crate::host::Host;
-use crate::level::Level;
-use crate::live;
-use crate::netns::Namespace;
-use crate::netns::status::{Quiet, quiet};
-use crate::planner::{self, AlertState, History, Inputs, Observation};
+use crate::base::host::Host;
+use crate::commands::status_netns::{Quiet, quiet};
+use crate::judge::authority::{Authority, Why};
+use crate::judge::fastpath::{self, Baseline, Due, Next, Pace};
+use crate::judge::level::Level;
+use crate::judge::planner::{self, AlertState, History, Inputs, Observation};
+use crate::observe::census::KernelSettings;
+use crate::observe::census::sockstat::Totals;
+use crate::observe::netns::Namespace;
+use crate::observe::usage::Usage;
 use crate::policy::Policy;
-use crate::usage::Usage;
+use crate::publish::live;
 
 #[path = "netns_events.rs"]
 mod events;

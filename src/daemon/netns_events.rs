@@ -2,11 +2,11 @@
 //! a namespace's alert, with where and how to set its range, and the end of
 //! an alert whose namespace is gone.
 
-use crate::events::{self, Fields, Kind};
-use crate::level::Level;
-use crate::netns::Namespace;
-use crate::planner::{Action, Decision};
-use crate::usage::Usage;
+use crate::judge::level::Level;
+use crate::judge::planner::{Action, Decision};
+use crate::observe::netns::Namespace;
+use crate::observe::usage::Usage;
+use crate::publish::events::{self, Fields, Kind};
 
 use super::super::journal::{level_event, usage_fields};
 

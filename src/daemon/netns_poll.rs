@@ -6,16 +6,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::super::budget::{CENSUS_SHARE, Spent};
-use super::super::fastpath::{self, Baseline, Due};
 use super::{
     Censused, Known, Output, Read, Scope, Step, Watched, one_more, order, rank, refresh, scope,
     step,
 };
-use crate::census::KernelSettings;
-use crate::host::Host;
-use crate::netns::{self, Namespace};
+use crate::base::host::Host;
+use crate::judge::fastpath::{self, Baseline, Due};
+use crate::observe::census::KernelSettings;
+use crate::observe::netns::{self, Namespace};
+use crate::observe::usage::UsageOptions;
 use crate::policy::Policy;
-use crate::usage::UsageOptions;
 
 /// One poll of the other namespaces, on a blocking thread; `sweep`: read
 /// the settings of every namespace, not only of the new ones and those

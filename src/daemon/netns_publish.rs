@@ -3,8 +3,8 @@
 //! families of the metrics file, bounded to the worst few.
 
 use super::{Known, Published, TOP_NAMESPACES, Watched};
-use crate::live;
-use crate::metrics;
+use crate::publish::live;
+use crate::publish::metrics;
 
 /// Worst first: the confirmed level, then the usage.
 pub(super) fn ordered(known: &Known) -> Vec<&Watched> {

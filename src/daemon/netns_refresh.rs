@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 
 use super::{Known, Watched};
-use crate::host::Host;
-use crate::level::Level;
-use crate::netns::{self, discovery};
+use crate::base::host::Host;
+use crate::judge::level::Level;
+use crate::observe::netns::{self, discovery};
 
 use super::events::Gone;
 

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::refresh::later;
 use super::*;
-use crate::kernel::TwReuse;
-use crate::netns::identity::{Identity, Runtime};
-use crate::planner::{Action, Blocked, Decision, Plan};
-use crate::ports::{PortRange, PortSet, Ratio};
+use crate::base::kernel::TwReuse;
+use crate::base::ports::{PortRange, PortSet, Ratio};
+use crate::judge::planner::{Action, Blocked, Decision, Plan};
+use crate::observe::netns::identity::{Identity, Runtime};
 
 fn settings(low: u16, high: u16) -> KernelSettings {
     KernelSettings {

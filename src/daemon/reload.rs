@@ -6,8 +6,8 @@ use tokio::task::{JoinError, JoinHandle};
 
 use super::Daemon;
 use super::{journal, report};
-use crate::notify;
 use crate::policy::{self, Policy};
+use crate::publish::notify;
 
 /// A policy file read and checked on the blocking pool (a reload).
 pub(super) type LoadedPolicy = Result<(Policy, bool), policy::file::PolicyError>;

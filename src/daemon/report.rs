@@ -8,17 +8,17 @@ use std::time::{Duration, SystemTime};
 
 use super::journal::{Once, level_event, usage_fields};
 use super::live_view::{self, Counters, Poll};
-use crate::actuator::ActuateError;
-use crate::authority::Authority;
-use crate::census::KernelSettings;
-use crate::events::{self, Fields, Kind};
-use crate::live;
-use crate::metrics;
-use crate::notify;
-use crate::planner::{Blocked, Decision, Plan, Unfit};
-use crate::ports::PortRange;
-use crate::remedy;
-use crate::usage::{self, Usage};
+use crate::act::actuator::ActuateError;
+use crate::base::ports::PortRange;
+use crate::judge::authority::Authority;
+use crate::judge::planner::{Blocked, Decision, Plan, Unfit};
+use crate::judge::remedy;
+use crate::observe::census::KernelSettings;
+use crate::observe::usage::{self, Usage};
+use crate::publish::events::{self, Fields, Kind};
+use crate::publish::live;
+use crate::publish::metrics;
+use crate::publish::notify;
 
 /// The reporting half of the daemon: counters and what was reported.
 #[derive(Default)]
@@ -352,7 +352,7 @@ impl Report {
     /// SIGTERM neither is written: each is a write that can stall as long
     /// as the disk does, and both are rebuilt by the next run.
     pub fn publish(&mut self, poll: &Poll<'_>) {
-        if crate::shutdown::requested() {
+        if crate::base::shutdown::requested() {
             return;
         }
         self.metrics(poll);
@@ -427,9 +427,9 @@ mod tests {
     /// 900 TIME_WAIT of 950 ports towards 10.0.0.1:80, forecast to hold
     /// `demand` where the bounds allow 2000 ports, 1000 below critical.
     fn time_wait_heading_for(demand: u64) -> (Usage, Unfit) {
-        let usage = crate::forecast::tests::census(&[(1, 900, 50)]);
-        let forecast = crate::forecast::Forecast::flat(
-            crate::forecast::Target::Destination {
+        let usage = crate::judge::forecast::tests::census(&[(1, 900, 50)]);
+        let forecast = crate::judge::forecast::Forecast::flat(
+            crate::judge::forecast::Target::Destination {
                 destination: usage.destinations[0].key,
             },
             950,
@@ -477,7 +477,7 @@ mod tests {
         assert!(ids.unwrap().starts_with("connection-reuse,"));
         // The same demand from live connections (no TIME_WAIT, no steady
         // state): reuse frees nothing; more addresses help.
-        let live = crate::forecast::Forecast::flat(u.forecast.target, 950, 0, 1000);
+        let live = crate::judge::forecast::Forecast::flat(u.forecast.target, 950, 0, 1000);
         let (_, ids) = unfit_text(
             &usage,
             &Unfit {

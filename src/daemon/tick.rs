@@ -6,11 +6,11 @@
 use std::time::Instant;
 
 use super::census_task::{InFlight, ProcessLookup};
-use super::fastpath::{self, Baseline, Next};
 use super::{Daemon, act, budget};
-use crate::census::KernelSettings;
-use crate::census::sockstat;
-use crate::usage::UsageOptions;
+use crate::judge::fastpath::{self, Baseline, Next};
+use crate::observe::census::KernelSettings;
+use crate::observe::census::sockstat;
+use crate::observe::usage::UsageOptions;
 
 impl Daemon {
     /// One poll: cheap checks, then a census unless the bounds prove no

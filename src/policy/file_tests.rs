@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
+use crate::base::ports::{Port, PortRange, Ratio};
 use crate::policy::load::shell_quote;
 use crate::policy::{Floor, Mode, Thresholds};
-use crate::ports::{Port, PortRange, Ratio};
 
 const SHIPPED: &str = include_str!("../../config/portd.toml");
 const THREE_ERRORS: &str = include_str!("../../tests/fixtures/policy/three-errors.toml");

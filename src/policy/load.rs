@@ -9,7 +9,7 @@ use std::path::Path;
 use super::Policy;
 use super::diagnostics::{Diagnostic, PolicyError, position};
 use super::file::parse;
-use crate::fsutil;
+use crate::base::fsutil;
 
 /// Reads, checks (owner and mode, see [`check_file_safety`]) and parses the
 /// policy file. A missing file is an error here; see [`load_or_default`].

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::ports::{Port, PortRange, Ratio};
+use crate::base::ports::{Port, PortRange, Ratio};
 
 pub use thresholds::{ThresholdError, Thresholds};
 

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::ports::Ratio;
+use crate::base::ports::Ratio;
 
 /// `0 < clear <= warning <= critical <= 100 %`; [`Thresholds::new`], the
 /// policy's rule, also keeps clear strictly below warning.

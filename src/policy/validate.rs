@@ -14,7 +14,7 @@ use super::raw::{
 use super::values::shown;
 use super::values::{HumanDuration, Percent, ProtectedEntry, ProtectedList};
 use super::{Floor, Policy, Thresholds};
-use crate::ports::{Port, PortRange, Ratio};
+use crate::base::ports::{Port, PortRange, Ratio};
 
 fn value<T, U>(raw: &Opt<T>, convert: impl FnOnce(&T) -> U, default: U) -> U {
     raw.as_ref().map_or(default, |v| convert(v.get_ref()))

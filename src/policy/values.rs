@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use toml::Spanned;
 
 use super::{Floor, Mode};
-use crate::ports::{Port, PortRange, Ratio};
+use crate::base::ports::{Port, PortRange, Ratio};
 
 /// A TOML scalar, as a leaf sees it.
 enum Scalar<'a> {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use portd::actuator::dropin_text;
-use portd::ports::{PortRange, PortSet};
+use portd::act::actuator::dropin_text;
+use portd::base::ports::{PortRange, PortSet};
 
 use super::actuation_util::parse_dropin;
 

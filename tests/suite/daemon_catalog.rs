@@ -1,5 +1,5 @@
 //! `packaging/portd.catalog`, the journal message catalog: one entry for
-//! every MESSAGE_ID of `src/events.rs`, each in journalctl's format, naming
+//! every MESSAGE_ID of `src/publish/events.rs`, each in journalctl's format, naming
 //! only fields its event always sets, and compiled by `journalctl
 //! --update-catalog`. The compile runs with `--root` on a temporary tree, so
 //! the machine's catalog database is never touched. (The journald tests in
@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use portd::events::Kind;
+use portd::publish::events::Kind;
 
 use super::daemon_util::catalog_path;
 
@@ -111,7 +111,7 @@ fn every_event_kind_has_exactly_one_catalog_entry_and_there_are_no_others() {
     let stale: Vec<_> = unique.difference(&kinds).collect();
     assert!(
         stale.is_empty(),
-        "entries for no event of src/events.rs: {stale:?}"
+        "entries for no event of src/publish/events.rs: {stale:?}"
     );
 }
 

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use portd::events::Kind;
+use portd::publish::events::Kind;
 use rustix::process::Signal;
 use serde_json::Value;
 

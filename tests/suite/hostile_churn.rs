@@ -134,7 +134,7 @@ fn every_namespace_that_reaches_critical_is_alerted_and_closed_when_it_vanishes(
         );
         assert_eq!(
             field(closed, "MESSAGE_ID"),
-            portd::events::Kind::NetnsGone.message_id()
+            portd::publish::events::Kind::NetnsGone.message_id()
         );
         assert_eq!(field(closed, "PRIORITY"), "5", "{closed:#}");
         assert!(

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use portd::census::reader::{Fresh, KeptOpen, ProcRead};
-use portd::ports::PortSet;
+use portd::base::ports::PortSet;
+use portd::observe::census::reader::{Fresh, KeptOpen, ProcRead};
 
 use super::actuation_util::{DROPIN, Ns, RESERVED_KEY, default_mounts};
 use super::daemon_util::{Portd, conns_to, fake_proc, write_policy};

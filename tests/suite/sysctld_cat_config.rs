@@ -14,8 +14,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use portd::host::Host;
-use portd::sysctld::{self, SysctlConf};
+use portd::base::host::Host;
+use portd::observe::sysctld::{self, SysctlConf};
 
 use super::util::require_root;
 

@@ -30,13 +30,13 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use portd::actuator::{self, Persisted};
-use portd::census::KernelSettings;
-use portd::host::Host;
-use portd::planner::Plan;
+use portd::act::actuator::{self, Persisted};
+use portd::act::state::State;
+use portd::base::host::Host;
+use portd::base::ports::{PortRange, PortSet, Ratio};
+use portd::judge::planner::Plan;
+use portd::observe::census::KernelSettings;
 use portd::policy;
-use portd::ports::{PortRange, PortSet, Ratio};
-use portd::state::State;
 
 use super::util::{copy_tree, json_differences, portd, tests_dir};
 
@@ -222,7 +222,7 @@ fn tree_differences(
 /// it did and under which name. Mirrored here by hand until `State` owns
 /// that transition; then this calls it.
 fn persist_as_the_daemon_does(host: &Host, dropin_name: &str, state: &mut State) -> String {
-    let scan = match portd::sysctld::scan(host) {
+    let scan = match portd::observe::sysctld::scan(host) {
         Ok(scan) => scan,
         Err(e) => return format!("persist refused: {e}\n"),
     };

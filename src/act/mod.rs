@@ -1,0 +1,8 @@
+//! The one writer: the actuator, the only code that writes `/proc/sys` and
+//! `/etc/sysctl.d`, and the state file that remembers what portd found and
+//! changed, so that `rollback` can restore it.
+//!
+//! May import `base`, `policy`, `observe` and `judge`.
+
+pub mod actuator;
+pub mod state;

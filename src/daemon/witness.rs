@@ -1,0 +1,409 @@
+//! The witness as the daemon runs it: started once (saying once which path
+//! it uses, or why none), read once per poll, and rendered for the journal
+//! (first failure per destination or pool), the metrics file and the live
+//! view. The daemon calls [`Running::start`], [`Running::poll`],
+//! [`Running::metrics`] and [`Running::live`]; nothing else of it.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use crate::observe::witness::tally::{self, Row, Tally};
+use crate::observe::witness::{FailureKey, Witness};
+use crate::publish::events::{self, Fields, Kind};
+use crate::publish::live;
+
+pub struct Running {
+    witness: Option<Witness>,
+    /// The path in use, or why there is none (said once at start).
+    pub describe: String,
+    tally: Tally,
+    read_error: Option<String>,
+}
+
+impl Running {
+    /// Starts the witness when portd watches the live host; `fixture` is
+    /// the reason it does not (a test's host root). The caller says
+    /// [`Running::describe`] once.
+    pub fn start(fixture: Option<&str>) -> Running {
+        let (witness, describe) = match fixture {
+            Some(why) => (None, format!("failure witness off: {why}")),
+            None => match Witness::start() {
+                Ok(w) => {
+                    let d = format!(
+                        "failure witness on: {} ({})",
+                        w.path().as_str(),
+                        w.path().blind_spots()
+                    );
+                    (Some(w), d)
+                }
+                Err(e) => (
+                    None,
+                    format!("failure witness off: {e}; portd works from the socket census alone"),
+                ),
+            },
+        };
+        Running {
+            witness,
+            describe,
+            tally: Tally::default(),
+            read_error: None,
+        }
+    }
+
+    pub fn active(&self) -> bool {
+        self.witness.is_some()
+    }
+
+    /// Reads the kernel's counters once; journals the first failure per
+    /// destination (TCP) or pool. Returns the failures new since the last
+    /// poll: a reason for the daemon to act at once.
+    pub fn poll(&mut self, now: Instant) -> u64 {
+        let Some(w) = &mut self.witness else {
+            return 0;
+        };
+        let reading = match w.read() {
+            Ok(r) => {
+                if self.read_error.take().is_some() {
+                    tracing::info!("the failure witness's counters are readable again");
+                }
+                r
+            }
+            Err(e) => {
+                if self.read_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("cannot read the failure witness's counters: {e}");
+                    self.read_error = Some(e);
+                }
+                return 0;
+            }
+        };
+        let update = self.tally.observe(&reading, now);
+        for first in &update.first_per_target {
+            alert(first);
+        }
+        update.new_failures
+    }
+
+    /// Metric families, appended to the metrics file (docs/DESIGN.md naming:
+    /// counters end in `_total`; labels by comm, never by pid).
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP portd_witness_active Whether the failure witness counts failed port allocations (1) or not (0).\n\
+             # TYPE portd_witness_active gauge\nportd_witness_active {}",
+            u8::from(self.active())
+        );
+        if !self.active() {
+            return out;
+        }
+        out.push_str(&families(&self.tally.families(), self.tally.dropped));
+        out
+    }
+
+    /// For the daemon's live view (`status`): the path, and failures in the
+    /// last minute and since start per destination/pool and process.
+    pub fn live(&self, now: Instant) -> live::Witness {
+        let mut rows = self.tally.rows(now);
+        rows.sort_by(|a, b| {
+            (b.last_minute, b.total)
+                .cmp(&(a.last_minute, a.total))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        let not_listed = rows.len().saturating_sub(live::WITNESS_ROWS);
+        live::Witness {
+            active: self.active(),
+            describe: self.describe.clone(),
+            failures_total: self.tally.total(),
+            last_minute_total: rows.iter().map(|r| r.last_minute).sum(),
+            dropped_total: self.tally.dropped,
+            failures: rows.iter().take(live::WITNESS_ROWS).map(live_row).collect(),
+            failures_not_listed: not_listed,
+        }
+    }
+}
+
+/// The counter families: at most [`tally::TOP_SERIES`] keys each, the rest
+/// in one row whose labels all read `other` (labels carry the comm, never
+/// the pid; an empty comm: counted per destination or pool alone because
+/// the witness's per-process map was full).
+fn families(rows: &[tally::Family; tally::FAMILIES], dropped: u64) -> String {
+    let names: [(&str, &str); tally::FAMILIES] = [
+        (
+            "portd_connect_failures_total",
+            "TCP connect() calls that failed with EADDRNOTAVAIL because no local port was free, per destination and process name (at most {TOP} series, the rest in one row labelled other).",
+        ),
+        (
+            "portd_bind_failures_total",
+            "bind(address, 0) calls that failed with EADDRINUSE because no local port was free, per pool and process name (at most {TOP} series, the rest in one row labelled other).",
+        ),
+        (
+            "portd_udp_autobind_failures_total",
+            "UDP connect()/sendto() on an unbound socket that failed with EAGAIN because no local port was free, per pool and process name (at most {TOP} series, the rest in one row labelled other).",
+        ),
+    ];
+    let mut out = String::new();
+    for (i, (name, help)) in names.iter().enumerate() {
+        let help = help.replace("{TOP}", &tally::TOP_SERIES.to_string());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        // Keys that differ only by namespace share labels: summed.
+        let mut sums: std::collections::BTreeMap<String, u64> = Default::default();
+        for (key, v) in &rows[i].shown {
+            *sums.entry(labels(key)).or_default() += v;
+        }
+        for (labels, v) in sums {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+        if rows[i].other > 0 {
+            let other = if i == 0 {
+                "{local=\"other\",remote=\"other\",remote_port=\"other\",comm=\"other\"}"
+            } else {
+                "{proto=\"other\",local=\"other\",comm=\"other\"}"
+            };
+            let _ = writeln!(out, "{name}{other} {}", rows[i].other);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP portd_witness_dropped_total Failures the witness could not count (its maps of counters were full) or may have missed (counted after their generation was drained).\n\
+         # TYPE portd_witness_dropped_total counter\nportd_witness_dropped_total {dropped}"
+    );
+    out
+}
+
+fn live_row(r: &Row) -> live::WitnessedFailure {
+    live::WitnessedFailure {
+        kind: r.key.kind.as_str().into(),
+        errno: r.key.kind.errno().into(),
+        netns: r.key.netns,
+        protocol: r.key.protocol.into(),
+        local: r.key.local.to_string(),
+        destination: r.key.destination.map(|d| d.to_string()),
+        target: r.key.target(),
+        pid: r.pid,
+        // Counted per destination alone: the last process seen.
+        comm: r.key.comm.clone().unwrap_or_else(|| r.process.clone()),
+        total: r.total,
+        last_minute: r.last_minute,
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The labels of one key.
+fn labels(k: &FailureKey) -> String {
+    let comm = escape(k.comm.as_deref().unwrap_or_default());
+    match k.destination {
+        Some(d) => format!(
+            "{{local=\"{}\",remote=\"{}\",remote_port=\"{}\",comm=\"{comm}\"}}",
+            escape(&k.local.to_string()),
+            escape(&d.ip().to_string()),
+            d.port(),
+        ),
+        None => format!(
+            "{{proto=\"{}\",local=\"{}\",comm=\"{comm}\"}}",
+            k.protocol,
+            escape(&k.local.to_string()),
+        ),
+    }
+}
+
+/// The first failure towards a destination (or in a pool): one journal
+/// entry naming the process.
+fn alert(first: &Row) {
+    let (k, count) = (&first.key, first.total);
+    let comm = crate::base::untrusted::escape(&first.process);
+    let process = match first.pid {
+        Some(pid) => format!("{comm} (pid {pid})"),
+        None => format!("{comm} (pid not visible from portd)"),
+    };
+    let message = format!(
+        "port allocation failed: {} got {} {} time(s) for {}{}",
+        process,
+        k.kind.errno(),
+        count,
+        k.target(),
+        match k.kind {
+            crate::observe::witness::Kind::TcpConnect => " (connect: no free local port)",
+            crate::observe::witness::Kind::Bind0 => " (bind to port 0: no free port)",
+            crate::observe::witness::Kind::UdpAutobind => " (UDP autobind: no free port)",
+        }
+    );
+    events::emit(
+        Kind::PortAllocationFailed,
+        &message,
+        &Fields {
+            destination: Some(k.target()),
+            process: Some(process),
+            used: Some(count),
+            reason: Some(k.kind.errno().to_string()),
+            ..Fields::default()
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::witness::{Count, Kind as WKind, Reading};
+
+    fn key(kind: WKind, dest: Option<&str>, comm: &str) -> FailureKey {
+        FailureKey {
+            netns: 1,
+            kind,
+            local: "0.0.0.0".parse().expect("addr"),
+            destination: dest.map(|d| d.parse().expect("addr")),
+            comm: Some(comm.into()),
+            protocol: if kind == WKind::TcpConnect {
+                "tcp"
+            } else {
+                "udp"
+            },
+        }
+    }
+
+    fn count(key: FailureKey, new: u64, pid: u32) -> Count {
+        Count {
+            process: key.comm.clone().unwrap_or_default(),
+            key,
+            new,
+            pid: Some(pid),
+        }
+    }
+
+    fn running() -> Running {
+        Running {
+            witness: None,
+            describe: "failure witness on: test".into(),
+            tally: Tally::default(),
+            read_error: None,
+        }
+    }
+
+    #[test]
+    fn metrics_count_per_process_name_and_carry_no_pid_label() {
+        let mut r = running();
+        let reading = Reading {
+            counts: vec![
+                count(key(WKind::TcpConnect, Some("10.0.0.1:443"), "curl"), 3, 10),
+                count(key(WKind::TcpConnect, Some("10.0.0.1:443"), "curl"), 4, 11),
+                count(key(WKind::UdpAutobind, None, "dig"), 2, 12),
+            ],
+            ..Reading::default()
+        };
+        let now = Instant::now();
+        r.tally.observe(&reading, now);
+        // Inactive: only the gauge.
+        assert_eq!(r.metrics().lines().last(), Some("portd_witness_active 0"));
+        let text = families(&r.tally.families(), 0);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "portd_connect_failures_total{local=\"0.0.0.0\",remote=\"10.0.0.1\",remote_port=\"443\",comm=\"curl\"} 7",
+                "portd_udp_autobind_failures_total{proto=\"udp\",local=\"0.0.0.0\",comm=\"dig\"} 2",
+                "portd_witness_dropped_total 0",
+            ]
+        );
+        assert!(!text.contains("pid"));
+    }
+
+    #[test]
+    fn metrics_show_the_top_keys_and_one_other_row_per_family() {
+        let mut r = running();
+        let keys: Vec<FailureKey> = (0..30)
+            .map(|i| key(WKind::TcpConnect, Some("10.0.0.1:443"), &format!("w{i:02}")))
+            .collect();
+        let mut counts: Vec<Count> = keys.iter().map(|k| count(k.clone(), 2, 10)).collect();
+        let mut pool = key(WKind::UdpAutobind, None, "dig");
+        pool.comm = None; // counted per pool alone
+        counts.push(count(pool, 1, 12));
+        r.tally.observe(
+            &Reading {
+                counts,
+                ..Reading::default()
+            },
+            Instant::now(),
+        );
+        let text = families(&r.tally.families(), 3);
+        let connect: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("portd_connect_failures_total"))
+            .collect();
+        assert_eq!(connect.len(), tally::TOP_SERIES + 1, "{text}");
+        assert_eq!(
+            connect.last().copied(),
+            Some(
+                "portd_connect_failures_total{local=\"other\",remote=\"other\",remote_port=\"other\",comm=\"other\"} 20"
+            )
+        );
+        let sum: u64 = connect
+            .iter()
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .expect("sample")
+                    .1
+                    .parse::<u64>()
+                    .expect("value")
+            })
+            .sum();
+        assert_eq!(sum, 60, "every failure counted once");
+        assert!(
+            text.contains(
+                "portd_udp_autobind_failures_total{proto=\"udp\",local=\"0.0.0.0\",comm=\"\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("portd_witness_dropped_total 3"));
+    }
+
+    #[test]
+    fn the_live_view_lists_the_latest_and_largest_first_within_the_limit() {
+        let mut r = running();
+        let t0 = Instant::now();
+        let old = key(WKind::TcpConnect, Some("10.0.0.1:443"), "old");
+        r.tally.observe(
+            &Reading {
+                counts: vec![count(old, 100, 10)],
+                ..Reading::default()
+            },
+            t0,
+        );
+        let mut counts = Vec::new();
+        for i in 0..60u16 {
+            let dest = format!("10.0.1.{}:80", i + 1);
+            counts.push(count(
+                key(WKind::TcpConnect, Some(&dest), "new"),
+                u64::from(i) + 1,
+                20,
+            ));
+        }
+        let later = t0 + std::time::Duration::from_secs(90);
+        r.tally.observe(
+            &Reading {
+                counts,
+                ..Reading::default()
+            },
+            later,
+        );
+        let v = r.live(later);
+        assert_eq!(v.failures_total, 100 + (1..=60).sum::<u64>());
+        assert_eq!(
+            v.last_minute_total,
+            (1..=60).sum::<u64>(),
+            "the old 100 left the minute"
+        );
+        assert_eq!(v.failures.len(), live::WITNESS_ROWS);
+        assert_eq!(v.failures_not_listed, 61 - live::WITNESS_ROWS);
+        assert_eq!(v.failures[0].target, "10.0.1.60:80");
+        assert_eq!(v.failures[0].last_minute, 60);
+        assert_eq!(v.failures[0].pid, Some(20));
+        assert!(
+            v.failures.iter().all(|f| f.comm == "new"),
+            "the old key is left out last"
+        );
+    }
+}

@@ -19,6 +19,7 @@ mod suite {
     mod actuation_util;
     mod actuation_widen;
     mod actuation_yield;
+    mod architecture;
     mod attribution_netns;
     mod census_sources;
     mod check_cli;

@@ -11,4 +11,5 @@ pub(crate) mod fastpath;
 pub(crate) mod forecast;
 pub(crate) mod level;
 pub mod planner;
+pub(crate) mod quiet;
 pub(crate) mod remedy;

@@ -119,6 +119,23 @@ fn read_optional_number(
     }
 }
 
+/// The settings unit tests start from: the range `low..=high`, these ports
+/// reserved, the kernel's defaults for the rest.
+#[cfg(test)]
+pub(crate) fn for_tests(low: u16, high: u16, reserved: &[u16]) -> KernelSettings {
+    let mut reserved_ports = PortSet::new();
+    for p in reserved {
+        reserved_ports.insert(*p);
+    }
+    KernelSettings {
+        port_range: PortRange::new(low, high).expect("a test range"),
+        reserved_ports,
+        unprivileged_port_start: 1024,
+        tcp_tw_reuse: TwReuse::LoopbackOnly,
+        tcp_timestamps: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

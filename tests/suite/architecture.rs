@@ -48,7 +48,7 @@ fn architecture_md() -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The import table of ARCHITECTURE.md: the rows between the
+/// The import table of docs/ARCHITECTURE.md: the rows between the
 /// `<!-- import rules -->` and `<!-- end import rules -->` markers, each
 /// `| `part` | `other`, `other` |` (or `—` for none).
 fn import_table(doc: &str) -> Result<BTreeMap<String, BTreeSet<String>>, String> {

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use portd::base::ports::PortSet;
 use portd::observe::census::reader::{Fresh, KeptOpen, ProcRead};
 
-use super::actuation_util::{DROPIN, Ns, RESERVED_KEY, default_mounts};
-use super::daemon_util::{Portd, conns_to, fake_proc, write_policy};
-use super::util::{portd, require_root, stdout_json};
+use super::portd_child::Portd;
+use super::sandbox::{DROPIN, RESERVED_KEY, Sandbox};
+use super::util::{conns_to, fake_proc, portd, root_test, stdout_json, write_policy};
 
 /// 48 bytes: longer than the 32 that `std::fs::read_to_string` probes
 /// first, after which the kernel's `proc_do_large_bitmap()` answers the read
@@ -29,8 +29,8 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn status_reports_a_reserved_list_longer_than_32_bytes_exactly() {
-    require_root!();
-    let ns = Ns::start(&default_mounts(), "40000 40099", ADMIN_RESERVED);
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", ADMIN_RESERVED);
     let out = ns.portd(&["status", "--json"]).output().unwrap();
     let report = stdout_json(&out);
     assert_eq!(report["reserved_ports"], ADMIN_RESERVED, "{report:#}");
@@ -41,8 +41,8 @@ fn status_reports_a_reserved_list_longer_than_32_bytes_exactly() {
 /// prints it, more than a page (the daemon's reader read 4096-byte chunks).
 #[test]
 fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     let mut expected = PortSet::new();
     for port in (40001..42000).step_by(2) {
         expected.insert(port);
@@ -80,8 +80,8 @@ fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
 /// rollback after it (before, rollback wrote back the cut list and exited 0).
 #[test]
 fn rollback_keeps_an_admins_reserved_list_longer_than_32_bytes() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", ADMIN_RESERVED);
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", ADMIN_RESERVED);
     ns.write_file(
         "/etc/sysctl.d/50-admin.conf",
         &format!("{RESERVED_KEY} = {ADMIN_RESERVED}\n"),

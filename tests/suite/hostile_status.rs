@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use super::util::{fixture_host, helper_in_private_namespaces, portd, require_root};
+use super::util::{fixture_host, helper_in_private_namespaces, portd, root_test};
 
 fn run(root: &Path, args: &[&str]) -> Output {
     portd()
@@ -172,7 +172,7 @@ fn read(dir: &Path, name: &str) -> String {
 
 #[test]
 fn a_process_name_cannot_forge_the_plugin_line() {
-    require_root!();
+    root_test!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "name");
     assert!(run.status.success(), "{}", text(&run.stderr));
@@ -217,7 +217,7 @@ fn a_process_name_cannot_forge_the_plugin_line() {
 
 #[test]
 fn status_stays_critical_while_namespaces_come_and_go() {
-    require_root!();
+    root_test!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "churn");
     assert!(run.status.success(), "{}", text(&run.stderr));

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::daemon_metrics::parse_textfile;
-use super::daemon_util::{Notify, Portd, Sandbox, poll_policy, start_ready, write_policy};
-use super::util::{require_root, tests_dir};
+use super::portd_child::{Notify, Portd, start_ready};
+use super::sandbox::Sandbox;
+use super::util::{own_comm, poll_policy, root_test, tests_dir, write_policy};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -134,7 +135,7 @@ fn said(sandbox: &Sandbox, text: &str) -> Vec<String> {
 
 #[test]
 fn portd_run_counts_every_failure_the_clients_saw() {
-    require_root!();
+    root_test!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
@@ -251,7 +252,7 @@ fn portd_run_counts_every_failure_the_clients_saw() {
 
 #[test]
 fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census() {
-    require_root!();
+    root_test!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(
@@ -317,8 +318,8 @@ sys.stdin.readline()
 fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
-    require_root!();
-    let mut sandbox = sandbox();
+    root_test!();
+    let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("portd.toml");
     write_policy(&policy, &poll_policy("200ms", "1s", AUTO_LONG_HOLD));
@@ -382,7 +383,7 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
 /// first EADDRNOTAVAIL, and the witness counts exactly that one failure.
 #[test]
 fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {
-    require_root!();
+    root_test!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
@@ -391,7 +392,11 @@ fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {
     let want: BTreeMap<(String, String), f64> = [(
         (
             "portd_connect_failures_total".to_string(),
-            "comm=python3,local=0.0.0.0,remote=127.0.0.1,remote_port=5001".to_string(),
+            // The ramp's connect()s are the test process's own.
+            format!(
+                "comm={},local=0.0.0.0,remote=127.0.0.1,remote_port=5001",
+                own_comm()
+            ),
         ),
         1.0,
     )]

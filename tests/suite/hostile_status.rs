@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use super::util::{fixture_host, helper_in_private_namespaces, portd, root_test};
+use super::util::{fixture_host, helper_in_private_namespaces, portd, read, root_test, text};
 
 fn run(root: &Path, args: &[&str]) -> Output {
     portd()
@@ -15,10 +15,6 @@ fn run(root: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
@@ -164,10 +160,6 @@ fn namespaces(out: &Path, mode: &str) -> Output {
         .arg(mode)
         .output()
         .unwrap()
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 #[test]

@@ -210,6 +210,7 @@ fn spawn_holder(pid_namespace: bool) -> (Child, u32) {
     cmd.args(["--", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null());
+    die_with_the_test(&mut cmd);
     let holder = cmd.spawn().expect("cannot start unshare");
     let unshare = holder.id();
     let cat = wait_for(
@@ -229,6 +230,22 @@ fn spawn_holder(pid_namespace: bool) -> (Child, u32) {
         },
     );
     (holder, cat)
+}
+
+/// `cmd` gets SIGKILL when the test thread that starts it ends, should the
+/// test die before the sandbox's drop stops it.
+fn die_with_the_test(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
 }
 
 /// The sockets a sandbox holds; dropping them closes them.
@@ -339,8 +356,7 @@ impl Sandbox {
         let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)).unwrap();
         let on_top = mountinfo
             .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(path))
-            .next_back()
+            .rfind(|l| l.split(' ').nth(4) == Some(path))
             .unwrap_or_else(|| panic!("{path} is not mounted:\n{mountinfo}"));
         assert!(
             on_top.contains(" - tmpfs "),
@@ -455,14 +471,13 @@ impl Sandbox {
              ForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\nRateLimitIntervalSec=0\n",
         );
         std::fs::create_dir_all(self.host_path("/run/systemd/journal")).unwrap();
-        let journald = self
-            .command("/usr/lib/systemd/systemd-journald")
-            .env("SYSTEMD_LOG_TARGET", "console")
+        let mut cmd = self.command("/usr/lib/systemd/systemd-journald");
+        cmd.env("SYSTEMD_LOG_TARGET", "console")
             .env("SYSTEMD_LOG_LEVEL", "warning")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("cannot start systemd-journald");
+            .stdout(Stdio::null());
+        die_with_the_test(&mut cmd);
+        let journald = cmd.spawn().expect("cannot start systemd-journald");
         self.journald = Some(journald);
         let socket = self.host_path("/run/systemd/journal/socket");
         wait_for("journald's socket", Duration::from_secs(5), || {

@@ -212,6 +212,11 @@ pub fn own_comm() -> String {
     comm.trim_end().to_string()
 }
 
+/// The file `name` under `dir`, which must be there.
+pub fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// What a command wrote, as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

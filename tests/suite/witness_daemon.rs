@@ -379,7 +379,7 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     portd.stop();
 }
 
-/// The ramp harness (daemon_util.rs) in advise mode: the ramp ends at its
+/// The sandbox's ramp (sandbox.rs) in advise mode: the ramp ends at its
 /// first EADDRNOTAVAIL, and the witness counts exactly that one failure.
 #[test]
 fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {

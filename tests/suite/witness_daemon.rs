@@ -123,6 +123,19 @@ fn failures(s: &BTreeMap<(String, String), f64>) -> BTreeMap<(String, String), f
 }
 
 /// The journal's messages (of any process in the sandbox) containing `text`.
+/// tests/helpers/witness_clients.py's clients of 5101 and 5102 in the
+/// sandbox, which must succeed.
+fn run_clients(sandbox: &Sandbox) -> std::process::Output {
+    let out = sandbox
+        .command("python3")
+        .arg(tests_dir().join("helpers/witness_clients.py"))
+        .args(["clients", "5101", "5102"])
+        .output()
+        .expect("run clients");
+    assert!(out.status.success(), "clients: {out:?}");
+    out
+}
+
 fn said(sandbox: &Sandbox, text: &str) -> Vec<String> {
     sandbox
         .journal()
@@ -140,13 +153,7 @@ fn portd_run_counts_every_failure_the_clients_saw() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
 
-    let out = sandbox
-        .command("python3")
-        .arg(tests_dir().join("helpers/witness_clients.py"))
-        .args(["clients", "5101", "5102"])
-        .output()
-        .expect("run clients");
-    assert!(out.status.success(), "clients: {out:?}");
+    let out = run_clients(&sandbox);
     let clients: Value = serde_json::from_slice(&out.stdout).expect("clients json");
     let want = expected(&clients);
     let total: f64 = want.values().sum();
@@ -260,13 +267,7 @@ fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_censu
         dir.path(),
         &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"],
     );
-    let out = sandbox
-        .command("python3")
-        .arg(tests_dir().join("helpers/witness_clients.py"))
-        .args(["clients", "5101", "5102"])
-        .output()
-        .expect("run clients");
-    assert!(out.status.success(), "clients: {out:?}");
+    run_clients(&sandbox);
     std::thread::sleep(SECOND);
     let all = samples(dir.path());
     assert_eq!(

@@ -5,6 +5,8 @@
 //! file as a test binary of its own.
 
 mod suite {
+    pub mod portd_child;
+    pub mod sandbox;
     pub mod ss;
     pub mod util;
 
@@ -16,7 +18,6 @@ mod suite {
     mod actuation_record;
     mod actuation_rollback;
     mod actuation_stop;
-    mod actuation_util;
     mod actuation_widen;
     mod actuation_yield;
     mod architecture;
@@ -30,7 +31,6 @@ mod suite {
     mod daemon_metrics;
     mod daemon_notify;
     mod daemon_several_netns;
-    mod daemon_util;
     mod docs_links;
     mod fleet;
     mod fleet_dashboard;

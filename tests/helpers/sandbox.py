@@ -1,8 +1,8 @@
 """What the namespace helpers share: the guard that refuses the caller's
 namespaces, small process and file verbs, and a systemd-journald of the
 sandbox's own. Imported by the scripts in this folder (their folder is on
-sys.path when run as `python3 tests/helpers/NAME.py`) and by the sandbox
-script of tests/suite/daemon_util.rs (through PYTHONPATH).
+sys.path when run as `python3 tests/helpers/NAME.py`). The Rust tests' own
+sandbox is tests/suite/sandbox.rs.
 """
 
 import ctypes

@@ -5,13 +5,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
-use super::actuation_util::{Ns, POLICY, STATE, default_mounts};
-use super::util::require_root;
+use super::sandbox::{POLICY, STATE, Sandbox};
+use super::util::root_test;
 
 #[test]
 fn a_state_from_a_day_ahead_holds_alerts_and_widening_no_longer_than_the_policy() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40009", "");
     ns.write_file(
         POLICY,
         r#"

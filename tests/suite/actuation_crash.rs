@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use super::util::parse_dropin;
 use portd::act::actuator::dropin_text;
 use portd::base::ports::{PortRange, PortSet};
-
-use super::actuation_util::parse_dropin;
 
 const CYCLES: usize = 200;
 /// Longest wait before the kill: a few hundred writes at most.

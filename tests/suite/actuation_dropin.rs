@@ -2,15 +2,15 @@
 //! runtime: applied by the real `sysctl -p` and by the real systemd-sysctl
 //! in a fresh network namespace (whose values are the kernel's defaults).
 
-use super::actuation_util::{DROPIN, Ns, default_mounts, parse_dropin, state_range};
-use super::util::require_root;
+use super::sandbox::{DROPIN, Sandbox};
+use super::util::{parse_dropin, root_test, state_range};
 
 /// A new network namespace starts with these (docs/kernel.md §1.1, §2.1).
 const DEFAULT_RANGE: &str = "32768\t60999";
 
 /// Applies `apply` (a command taking the drop-in's path) in a fresh network
 /// namespace that sees the test's mounts; returns (values before, after).
-fn apply_in_fresh_netns(ns: &Ns, apply: &str) -> (String, String) {
+fn apply_in_fresh_netns(ns: &Sandbox, apply: &str) -> (String, String) {
     let script = format!(
         r#"set -e
 own=$(readlink /proc/self/ns/net)
@@ -46,10 +46,10 @@ cat /proc/sys/net/ipv4/ip_local_port_range /proc/sys/net/ipv4/ip_local_reserved_
 
 #[test]
 fn dropin_applied_at_boot_gives_exactly_the_runtime_values() {
-    require_root!();
+    root_test!();
     // An admin's reservation, set at runtime and in an earlier sysctl.d file,
     // and a service listening inside the span the widening opens.
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
+    let ns = Sandbox::actuation("40000 40099", "40500");
     ns.write_file(
         "/etc/sysctl.d/50-admin.conf",
         "net.ipv4.ip_local_reserved_ports = 40500\n",
@@ -61,7 +61,7 @@ fn dropin_applied_at_boot_gives_exactly_the_runtime_values() {
     let daemon = ns.start_daemon_until_persisted("40000-40099");
     daemon.stop_ok();
 
-    let runtime = (ns.sysctl(super::actuation_util::RANGE_KEY), ns.reserved());
+    let runtime = (ns.sysctl(super::sandbox::RANGE_KEY), ns.reserved());
     let (low, high) = runtime.0.split_once('\t').unwrap();
     assert_eq!(low, "40000", "{runtime:?}");
     assert!(high.parse::<u16>().unwrap() > 40120, "{runtime:?}");

@@ -4,27 +4,16 @@
 
 use std::time::Duration;
 
-use super::actuation_util::{
-    DROPIN, Daemon, Ns, POLICY, RANGE_KEY, STATE, default_mounts, state_range, wait_for,
-};
-use super::util::require_root;
+use super::portd_child::{Portd, wait_for};
+use super::sandbox::{DROPIN, POLICY, RANGE_KEY, STATE, Sandbox};
+use super::util::{root_test, state_range};
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
 
-fn mounts_with(path: &'static str, options: &'static str) -> Vec<(&'static str, &'static str)> {
-    let mut mounts = default_mounts();
-    for m in &mut mounts {
-        if m.0 == path {
-            m.1 = options;
-        }
-    }
-    mounts
-}
-
 /// Starts portd, which widens 40000-40099 but fails to write the drop-in
 /// with `error`; then [`assert_widened_but_not_persisted`].
-fn widened_but_not_persisted(ns: &mut Ns, error: &str) -> Daemon {
+fn widened_but_not_persisted(ns: &mut Sandbox, error: &str) -> Portd {
     let mut daemon = ns.start_daemon();
     daemon.wait_widened("40000-40099");
     daemon.wait_line(&[DROPIN, error], Duration::from_secs(10));
@@ -34,9 +23,9 @@ fn widened_but_not_persisted(ns: &mut Ns, error: &str) -> Daemon {
 
 /// Runtime widened, drop-in not written: state.json says what is live and
 /// that it is not persisted; the daemon still runs after several polls.
-fn assert_widened_but_not_persisted(ns: &mut Ns, daemon: &mut Daemon) {
+fn assert_widened_but_not_persisted(ns: &mut Sandbox, daemon: &mut Portd) {
     std::thread::sleep(SEVERAL_POLLS);
-    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    assert!(daemon.is_running(), "portd exited:\n{}", daemon.stderr());
     let state = ns.state();
     let written = &state["last_written"];
     assert_eq!(state_range(&written["range"]), ns.range(), "{state}");
@@ -46,7 +35,7 @@ fn assert_widened_but_not_persisted(ns: &mut Ns, daemon: &mut Daemon) {
 }
 
 /// Once the fault is gone, the drop-in is written at a later poll.
-fn assert_persisted_later(ns: &mut Ns) {
+fn assert_persisted_later(ns: &mut Sandbox) {
     wait_for("the drop-in to be written", Duration::from_secs(10), || {
         ns.try_state()
             .filter(|s| s["last_written"]["persisted"] == true)
@@ -61,8 +50,11 @@ fn assert_persisted_later(ns: &mut Ns) {
 
 #[test]
 fn read_only_sysctl_d_is_reported_and_retried() {
-    require_root!();
-    let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "ro"), "40000 40099", "");
+    root_test!();
+    let mut ns = Sandbox::builder()
+        .actuation("40000 40099", "")
+        .tmpfs("/etc/sysctl.d", "ro")
+        .start();
     ns.connect(45);
     let mut daemon = widened_but_not_persisted(&mut ns, "Read-only file system (os error 30)");
 
@@ -73,13 +65,16 @@ fn read_only_sysctl_d_is_reported_and_retried() {
         &["the drop-in", DROPIN, "is written again"],
         Duration::from_secs(5),
     );
-    assert!(daemon.running());
+    assert!(daemon.is_running());
 }
 
 #[test]
 fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
-    require_root!();
-    let mut ns = Ns::start(&mounts_with("/etc/sysctl.d", "size=4k"), "40000 40099", "");
+    root_test!();
+    let mut ns = Sandbox::builder()
+        .actuation("40000 40099", "")
+        .tmpfs("/etc/sysctl.d", "size=4k")
+        .start();
     // One page, all of it taken: creating the temp file works, writing fails.
     ns.sh("head -c 4096 /dev/zero > /etc/sysctl.d/filler");
     assert_eq!(ns.sh("stat -c %s /etc/sysctl.d/filler"), "4096\n");
@@ -93,7 +88,7 @@ fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
 
     ns.sh("rm /etc/sysctl.d/filler");
     assert_persisted_later(&mut ns);
-    assert!(daemon.running());
+    assert!(daemon.is_running());
 }
 
 /// Nothing was changed: the live values are the original ones and the
@@ -101,7 +96,7 @@ fn full_sysctl_d_is_reported_and_leaves_no_partial_file() {
 /// recording it before each write and withdrawing the record when the write
 /// fails: a read between the two saves sees the record, so the state is
 /// read until it is between two attempts (or the record was never withdrawn).
-fn assert_nothing_changed(ns: &mut Ns, range: &str, reserved: &str) {
+fn assert_nothing_changed(ns: &mut Sandbox, range: &str, reserved: &str) {
     assert_eq!(ns.range(), range);
     assert_eq!(ns.reserved(), reserved);
     let mut state = ns.state();
@@ -120,8 +115,8 @@ fn assert_nothing_changed(ns: &mut Ns, range: &str, reserved: &str) {
 
 #[test]
 fn proc_sys_write_refused_eacces_changes_nothing() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let mut ns = Sandbox::actuation("40000 40099", "");
     // portd as nobody: its state directory is writable, /proc/sys is not.
     ns.sh("mkdir -p /var/lib/portd && chown 65534:65534 /var/lib/portd");
     ns.listen(40120);
@@ -137,7 +132,7 @@ fn proc_sys_write_refused_eacces_changes_nothing() {
     ])
     .arg(env!("CARGO_BIN_EXE_portd"))
     .args(["--config", POLICY, "run", "--log-target", "stderr"]);
-    let mut daemon = Daemon::spawn(cmd);
+    let mut daemon = ns.spawn_daemon(cmd);
     let line = daemon.wait_line(
         &[
             "could not widen 40000-40099 ->",
@@ -147,15 +142,15 @@ fn proc_sys_write_refused_eacces_changes_nothing() {
         Duration::from_secs(10),
     );
     std::thread::sleep(SEVERAL_POLLS);
-    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    assert!(daemon.is_running(), "portd exited:\n{}", daemon.stderr());
     assert!(ns.read_file(STATE).is_some(), "{line}");
     assert_nothing_changed(&mut ns, "40000 40099", "");
 }
 
 #[test]
 fn proc_sys_range_read_only_erofs_restores_the_reserved_ports() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
+    root_test!();
+    let mut ns = Sandbox::actuation("40000 40099", "40500");
     // Only the range is read-only: the reserved ports are written first and
     // must be put back when the range write fails.
     let range_file = format!("/proc/sys/{}", RANGE_KEY.replace('.', "/"));
@@ -178,6 +173,6 @@ fn proc_sys_range_read_only_erofs_restores_the_reserved_ports() {
         "{line}"
     );
     std::thread::sleep(SEVERAL_POLLS);
-    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    assert!(daemon.is_running(), "portd exited:\n{}", daemon.stderr());
     assert_nothing_changed(&mut ns, "40000 40099", "40500");
 }

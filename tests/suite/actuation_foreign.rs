@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use super::actuation_util::{
-    DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, RESERVED_KEY, default_mounts, parse_dropin, text,
-    wait_for,
-};
-use super::util::require_root;
+use super::portd_child::wait_for;
+use super::sandbox::{DROPIN, FAST_POLICY, POLICY, RANGE_KEY, RESERVED_KEY, Sandbox};
+use super::util::{parse_dropin, root_test, text};
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
@@ -22,9 +20,9 @@ const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
 /// reboot), says why once, and leaves the file exactly as `listing` shows
 /// it (`ls -l` of the name and `cat` through it), before and after a
 /// rollback.
-fn a_foreign_file_is_kept(ns: &mut Ns, name: &str) {
+fn a_foreign_file_is_kept(ns: &mut Sandbox, name: &str) {
     let path = format!("/etc/sysctl.d/{name}");
-    let listing = |ns: &mut Ns| ns.sh(&format!("ls -l {path} | cut -d' ' -f1,9-; cat {path}"));
+    let listing = |ns: &mut Sandbox| ns.sh(&format!("ls -l {path} | cut -d' ' -f1,9-; cat {path}"));
     let before = listing(ns);
     ns.connect(45);
     let mut daemon = ns.start_daemon();
@@ -68,16 +66,16 @@ fn a_foreign_file_is_kept(ns: &mut Ns, name: &str) {
 
 #[test]
 fn an_admins_file_at_the_dropin_name_is_never_overwritten() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let mut ns = Sandbox::actuation("40000 40099", "");
     ns.write_file(DROPIN, "# the admin's own\nnet.ipv4.tcp_fin_timeout = 30\n");
     a_foreign_file_is_kept(&mut ns, "60-portd.conf");
 }
 
 #[test]
 fn debians_sysctl_conf_link_as_persist_file_is_never_replaced() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let mut ns = Sandbox::actuation("40000 40099", "");
     ns.write_file(
         POLICY,
         &format!("{FAST_POLICY}\n[persist]\nfile = \"99-sysctl.conf\"\n"),
@@ -91,8 +89,8 @@ fn debians_sysctl_conf_link_as_persist_file_is_never_replaced() {
 
 #[test]
 fn a_new_persist_file_replaces_the_old_dropin_after_a_reload() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon_until_persisted("40000-40099");
     assert_eq!(ns.state()["dropin"], "60-portd.conf");
@@ -122,8 +120,8 @@ fn a_new_persist_file_replaces_the_old_dropin_after_a_reload() {
 
 #[test]
 fn a_dropin_without_reservations_leaves_runtime_reservations_alone() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.connect(45);
     let daemon = ns.start_daemon_until_persisted("40000-40099");
     daemon.stop_ok();
@@ -154,14 +152,14 @@ fn a_dropin_without_reservations_leaves_runtime_reservations_alone() {
 
 #[test]
 fn the_dropins_reserved_ports_follow_another_files_reservations() {
-    require_root!();
+    root_test!();
     let admin = "/etc/sysctl.d/50-admin.conf";
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
+    let ns = Sandbox::actuation("40000 40099", "40500");
     ns.write_file(admin, "net.ipv4.ip_local_reserved_ports = 40500\n");
     ns.listen(40120);
     ns.connect(45);
     let daemon = ns.start_daemon_until_persisted("40000-40099");
-    let reserved_line = |ns: &Ns| {
+    let reserved_line = |ns: &Sandbox| {
         parse_dropin(&ns.read_file(DROPIN).unwrap_or_default())
             .into_iter()
             .find(|(k, _)| k == RESERVED_KEY)

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::actuation_util::{DROPIN, Ns, STATE, default_mounts, parse_dropin, wait_for};
-use super::util::{require_root, tests_dir};
+use super::portd_child::wait_for;
+use super::sandbox::{DROPIN, STATE, Sandbox};
+use super::util::{parse_dropin, root_test, tests_dir};
 
 /// Polls that must pass with the daemon still running (200 ms each).
 const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
@@ -54,14 +55,11 @@ fn recorded_not_confirmed() -> String {
 
 #[test]
 fn a_state_that_cannot_be_saved_means_nothing_is_written() {
-    require_root!();
-    let mut mounts = default_mounts();
-    for m in &mut mounts {
-        if m.0 == "/var/lib" {
-            m.1 = "size=12k";
-        }
-    }
-    let mut ns = Ns::start(&mounts, "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::builder()
+        .actuation("40000 40099", "")
+        .tmpfs("/var/lib", "size=12k")
+        .start();
     // The policy file takes one page; a filler takes the rest, so the
     // state's temp file is created but cannot be written. (Three pages: once
     // the filler is gone, the state and its next temp file need one each.)
@@ -84,7 +82,7 @@ fn a_state_that_cannot_be_saved_means_nothing_is_written() {
         assert!(line.contains(said), "must say {said:?}: {line}");
     }
     std::thread::sleep(SEVERAL_POLLS);
-    assert!(daemon.running(), "portd exited:\n{}", daemon.stderr());
+    assert!(daemon.is_running(), "portd exited:\n{}", daemon.stderr());
     assert_eq!(ns.range(), "40000 40099", "written without a record");
     assert_eq!(ns.reserved(), "");
     assert_eq!(ns.read_file(DROPIN), None);
@@ -114,9 +112,9 @@ fn a_state_that_cannot_be_saved_means_nothing_is_written() {
 
 #[test]
 fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation() {
-    require_root!();
+    root_test!();
     // The kernel has the planned values; the state only the record.
-    let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
+    let ns = Sandbox::actuation("40000 40181", "40120,40500");
     ns.write_file(STATE, &recorded_not_confirmed());
     ns.rollback_ok(
         &[],
@@ -134,8 +132,8 @@ fn rollback_restores_the_originals_after_a_kill_between_record_and_confirmation(
 
 #[test]
 fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40181", "40120,40500");
     ns.write_file(STATE, &recorded_not_confirmed());
     ns.listen(40120);
     ns.connect(45);
@@ -173,10 +171,10 @@ fn a_restart_after_a_kill_between_record_and_confirmation_does_not_yield() {
 
 #[test]
 fn a_version_1_state_still_rolls_back_to_its_originals() {
-    require_root!();
+    root_test!();
     let v1 = std::fs::read_to_string(tests_dir().join("fixtures/state/v1.json")).unwrap();
     assert!(v1.contains("\"format_version\": 1"));
-    let mut ns = Ns::start(&default_mounts(), "40000 40181", "40120,40500");
+    let ns = Sandbox::actuation("40000 40181", "40120,40500");
     ns.write_file(STATE, &v1);
     // The drop-in a version 1 portd wrote (its state did not record the name).
     ns.write_file(
@@ -201,8 +199,8 @@ fn a_version_1_state_still_rolls_back_to_its_originals() {
 
 #[test]
 fn an_unreadable_state_is_reported_as_such_not_as_a_yield() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.write_file(STATE, "not json\n");
     ns.connect(45);
     let mut daemon = ns.start_daemon();

@@ -1,17 +1,15 @@
 //! `portd rollback` and the one-writer lock, against real sysctls in a
 //! private namespace.
 
-use super::actuation_util::{
-    DROPIN, Ns, RANGE_KEY, RESERVED_KEY, default_mounts, state_range, text,
-};
-use super::util::require_root;
+use super::sandbox::{DROPIN, RANGE_KEY, RESERVED_KEY, Sandbox};
+use super::util::{root_test, state_range, text};
 
 const ADMIN_FILE: &str = "/etc/sysctl.d/50-admin.conf";
 
 /// A namespace where portd widened 40000-40099 (reserving its listener
 /// 40120 next to the admin's 40500) and persisted it, then stopped.
-fn widened_by_portd() -> Ns {
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "40500");
+fn widened_by_portd() -> Sandbox {
+    let ns = Sandbox::actuation("40000 40099", "40500");
     ns.write_file(ADMIN_FILE, "net.ipv4.ip_local_reserved_ports = 40500\n");
     ns.listen(40120);
     ns.connect(45);
@@ -48,8 +46,8 @@ fn widened_by_portd() -> Ns {
 
 #[test]
 fn rollback_restores_the_original_values_and_keeps_the_admins_reservations() {
-    require_root!();
-    let mut ns = widened_by_portd();
+    root_test!();
+    let ns = widened_by_portd();
     // The admin reserves one more port after portd's change.
     ns.set_sysctl(RESERVED_KEY, "40120,40130,40500\n");
 
@@ -84,8 +82,8 @@ fn rollback_restores_the_original_values_and_keeps_the_admins_reservations() {
 
 #[test]
 fn rollback_refuses_when_the_live_values_changed_unless_forced() {
-    require_root!();
-    let mut ns = widened_by_portd();
+    root_test!();
+    let ns = widened_by_portd();
     ns.set_sysctl(RANGE_KEY, "40000 40299");
     let state_before = ns.state();
 
@@ -117,8 +115,8 @@ fn rollback_refuses_when_the_live_values_changed_unless_forced() {
 
 #[test]
 fn a_rollback_stopped_part_way_says_so_and_a_second_one_finishes() {
-    require_root!();
-    let mut ns = widened_by_portd();
+    root_test!();
+    let ns = widened_by_portd();
     // The range can be written, the reserved ports cannot.
     let reserved_file = format!("/proc/sys/{}", RESERVED_KEY.replace('.', "/"));
     ns.sh(&format!(

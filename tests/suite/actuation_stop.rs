@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::actuation_util::{FAST_POLICY, Ns, POLICY, RESERVED_KEY, default_mounts, wait_for};
-use super::util::{have_strace, require_root, test_name};
+use super::portd_child::wait_for;
+use super::sandbox::{FAST_POLICY, POLICY, RESERVED_KEY, Sandbox};
+use super::util::{have_strace, root_test, test_name};
 
 /// How long each write to the range or the reserved ports takes.
 const SLOW: Duration = Duration::from_secs(3);
@@ -13,11 +14,11 @@ const SLOW: Duration = Duration::from_secs(3);
 #[test]
 fn sigterm_during_a_slow_write_starts_no_further_write() {
     const LISTENER: u16 = 40010;
-    require_root!();
+    root_test!();
     if !have_strace(test_name!()) {
         return;
     }
-    let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
+    let ns = Sandbox::actuation("40000 40009", "");
     // A service in the span the range will grow over: its port is reserved
     // first, so a widening is two kernel writes.
     ns.listen(LISTENER);
@@ -47,7 +48,7 @@ fn sigterm_during_a_slow_write_starts_no_further_write() {
     let sent = Instant::now();
     daemon.signal(rustix::process::Signal::TERM);
     let exited = wait_for("portd to exit", Duration::from_secs(15), || {
-        (!daemon.running()).then(Instant::now)
+        (!daemon.is_running()).then(Instant::now)
     });
     let took = exited - sent;
     let _ = strace.wait();

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use super::actuation_util::{Ns, default_mounts, state_range};
-use super::util::require_root;
+use super::sandbox::Sandbox;
+use super::util::{root_test, state_range};
 
 #[test]
 fn widening_a_tiny_range_lets_failed_connections_succeed() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40009", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40009", "");
     let (ports, err) = ns.connect(11);
     assert_eq!(ports.len(), 10, "the range holds 10 connections");
     assert_eq!(err.as_deref(), Some("EADDRNOTAVAIL"), "the 11th must fail");
@@ -20,7 +20,7 @@ fn widening_a_tiny_range_lets_failed_connections_succeed() {
     assert_eq!((more.len(), err), (20, None), "connections after widening");
     assert!(more.iter().all(|p| (40000..=65535).contains(p)), "{more:?}");
     assert!(more.iter().any(|&p| p > 40009), "{more:?}");
-    assert!(daemon.running());
+    assert!(daemon.is_running());
     // 30 of 40 ports: portd may widen again before it stops.
     daemon.stop_ok();
     assert_eq!(
@@ -32,8 +32,8 @@ fn widening_a_tiny_range_lets_failed_connections_succeed() {
 #[test]
 fn a_service_port_in_the_new_span_is_reserved_and_can_be_bound_again() {
     const SERVICE: u16 = 40120;
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.listen(SERVICE);
     let (ports, err) = ns.connect(45);
     assert_eq!((ports.len(), err), (45, None));

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use super::actuation_util::{Ns, RANGE_KEY, default_mounts, wait_for};
-use super::util::require_root;
+use super::portd_child::wait_for;
+use super::sandbox::{RANGE_KEY, Sandbox};
+use super::util::root_test;
 
 const ADMIN_RANGE: &str = "40000 40119";
 /// Polls that must pass without portd touching the admin's range (200 ms each).
@@ -15,8 +16,8 @@ const SEVERAL_POLLS: Duration = Duration::from_millis(1500);
 
 #[test]
 fn an_admin_write_is_detected_and_portd_yields_until_reload() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon();
     let widened = daemon.wait_line(
@@ -59,7 +60,7 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
     );
     std::thread::sleep(SEVERAL_POLLS);
     assert_eq!(ns.range(), ADMIN_RANGE, "portd changed the admin's range");
-    assert!(daemon.running());
+    assert!(daemon.is_running());
 
     // A restart (a watchdog restart too) keeps the yield: it is in the state.
     daemon.stop_ok();

@@ -8,13 +8,15 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use super::sandbox::Sandbox;
 use super::ss;
-use super::util::{Netns, portd, require_root, stdout_json, test_name, tests_dir};
+use super::status_netns::mixed;
+use super::util::{portd, root_test, stdout_json, test_name, tests_dir};
 
 /// `status --json --top 0` from one source, without its `source` field
 /// and the `daemon` object (a live view's age differs between two runs).
-fn census(ns: &Netns, source: &str) -> Value {
-    let out = ns.portd(&["--source", source, "status", "--json", "--top", "0"]);
+fn census(ns: &Sandbox, source: &str) -> Value {
+    let out = ns.portd_output(&["--source", source, "status", "--json", "--top", "0"]);
     let mut report = stdout_json(&out);
     assert_eq!(report["source"], source, "{report:#}");
     report.as_object_mut().unwrap().remove("source");
@@ -25,8 +27,8 @@ fn census(ns: &Netns, source: &str) -> Value {
 
 fn sources_agree(tw_reuse: &str) {
     // Several destinations, TIME_WAIT and FIN_WAIT2, listeners inside the
-    // range, UDP, IPv6 and v4-mapped peers (tests/helpers/netns_sockets.py).
-    let ns = Netns::start("mixed", &[tw_reuse]);
+    // range, UDP, IPv6 and v4-mapped peers (status_netns.rs).
+    let ns = mixed(tw_reuse);
     let before = ss::parse(&ns.ss(&["-tuanH"]));
     let netlink = census(&ns, "netlink");
     let procfs = census(&ns, "procfs");
@@ -62,14 +64,14 @@ fn sources_agree(tw_reuse: &str) {
 #[test]
 fn netlink_and_procfs_give_the_same_census() {
     // tcp_tw_reuse=0: every TIME_WAIT counts.
-    require_root!();
+    root_test!();
     sources_agree("0");
 }
 
 #[test]
 fn netlink_and_procfs_agree_on_reusable_time_wait() {
     // tcp_tw_reuse=2: loopback TIME_WAIT is reported apart.
-    require_root!();
+    root_test!();
     sources_agree("2");
 }
 
@@ -97,9 +99,9 @@ fn auto_uses_netlink_live_and_procfs_under_a_fixture_root() {
         "{report:#}"
     );
 
-    require_root!();
-    let ns = Netns::start("mixed", &["0"]);
-    let report = stdout_json(&ns.portd(&["status", "--json"]));
+    root_test!();
+    let ns = mixed("0");
+    let report = stdout_json(&ns.portd_output(&["status", "--json"]));
     assert_eq!(report["source"], "netlink", "{report:#}");
 }
 
@@ -113,7 +115,7 @@ fn example(name: &str) -> Option<PathBuf> {
 
 #[test]
 fn benchmark_harness_runs_at_a_small_size() {
-    require_root!();
+    root_test!();
     let test = test_name!();
     let Some(bench) = example("census_bench") else {
         assert!(

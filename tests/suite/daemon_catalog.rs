@@ -9,9 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
+use super::util::catalog_path;
 use portd::publish::events::Kind;
-
-use super::daemon_util::catalog_path;
 
 struct Entry {
     id: String,

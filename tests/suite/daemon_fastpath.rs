@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use super::daemon_util::{Notify, Portd, Sandbox, start_ready, status_of, write_policy};
-use super::util::require_root;
+use super::portd_child::{Notify, Portd, start_ready, status_of};
+use super::sandbox::Sandbox;
+use super::util::{root_test, write_policy};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -42,7 +43,7 @@ fn start(sandbox: &Sandbox, dir: &std::path::Path, policy_text: &str) -> (Portd,
 
 #[test]
 fn an_idle_namespace_skips_the_census_until_connections_ramp() {
-    require_root!();
+    root_test!();
     let mut sandbox = Sandbox::with_range("40000 40199", false);
     sandbox.ramp(10, 200);
     assert_eq!(sandbox.wait_ramp(), (10, None));
@@ -93,7 +94,7 @@ fn an_idle_namespace_skips_the_census_until_connections_ramp() {
 
 #[test]
 fn an_idle_namespace_is_still_censused_at_the_maximum_staleness() {
-    require_root!();
+    root_test!();
     let mut sandbox = Sandbox::with_range("40000 40199", false);
     sandbox.ramp(5, 200);
     sandbox.wait_ramp();

@@ -13,10 +13,9 @@ use portd::publish::events::Kind;
 use rustix::process::Signal;
 use serde_json::Value;
 
-use super::daemon_util::{
-    Notify, Portd, Sandbox, catalog_ids, poll_policy, start_ready, status_of, summary, write_policy,
-};
-use super::util::require_root;
+use super::portd_child::{Notify, Portd, start_ready, status_of};
+use super::sandbox::Sandbox;
+use super::util::{catalog_ids, poll_policy, root_test, summary, write_policy};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -91,7 +90,7 @@ reminder = "1h"
 
 #[test]
 fn auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition() {
-    require_root!();
+    root_test!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -187,7 +186,7 @@ fn auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition() {
     else {
         unreachable!()
     };
-    let holder = format!("[{}] ", sandbox.pid());
+    let holder = format!("[{}] ", std::process::id());
     for (e, capacity) in [(warn1, 200), (warn2, range_size(widen1)), (crit, 400)] {
         assert_eq!(field(e, "PORTD_CAPACITY"), capacity.to_string(), "{e:#}");
         assert!(field(e, "PORTD_USAGE").ends_with('%'), "{e:#}");
@@ -199,7 +198,7 @@ fn auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition() {
             field(e, "PORTD_REASON"),
             "destination 127.0.0.1 -> 127.0.0.1:5001"
         );
-        // The process that holds the sockets: the sandbox script.
+        // The process that holds the sockets: the test itself (its sandbox).
         assert!(field(e, "PORTD_PROCESS").contains(&holder), "{e:#}");
         assert!(e.get("PORTD_REMINDER").is_none(), "{e:#}");
     }
@@ -312,7 +311,7 @@ reminder = "1s"
 
 #[test]
 fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_reminders() {
-    require_root!();
+    root_test!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -425,7 +424,7 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
 
 #[test]
 fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
-    require_root!();
+    root_test!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -466,9 +465,9 @@ fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
 
 #[test]
 fn a_configuration_hazard_is_logged_once_when_it_appears() {
-    require_root!();
+    root_test!();
     // Both ends even: the same-parity hazard from the first census on.
-    let mut sandbox = Sandbox::with_range("40000 40200", true);
+    let sandbox = Sandbox::with_range("40000 40200", true);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     write_policy(&policy, &poll_policy("100ms", "1s", ADVISE));

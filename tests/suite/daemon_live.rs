@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use super::daemon_util::{Notify, Portd, conns_to, fake_proc, write_policy};
-use super::util::portd;
+use super::portd_child::{Notify, Portd};
+use super::util::{conns_to, fake_proc, portd, write_policy};
 
 const SECOND: Duration = Duration::from_secs(1);
 

@@ -2,13 +2,13 @@
 //! policy names one: valid text format, the values of the census, bounded
 //! label cardinality, atomic replacement. Fake `/proc` trees, no root.
 
+use super::portd_child::{Notify, Portd};
+use super::util::{FakeConn, conns_to, fake_proc, write_policy};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
-
-use super::daemon_util::{FakeConn, Notify, Portd, conns_to, fake_proc, write_policy};
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]

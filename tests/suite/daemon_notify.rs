@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::portd_child::{Notify, Portd, status_of};
+use super::util::{conns_to, fake_proc, write_policy};
 use rustix::process::Signal;
-
-use super::daemon_util::{Notify, Portd, conns_to, fake_proc, status_of, write_policy};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -246,7 +246,7 @@ fn a_census_that_outlives_the_watchdog_interval_is_abandoned_reported_and_retrie
     // one ends on its own. Its late result is discarded; the next census
     // reads the small table and portd becomes ready.
     let tcp = root.join("proc/net/tcp");
-    let table = super::daemon_util::tcp_table(&conns_to([10, 1, 1, 1], 443, 40000, 3));
+    let table = super::util::tcp_table(&conns_to([10, 1, 1, 1], 443, 40000, 3));
     std::fs::write(root.join("tcp.new"), &table).unwrap();
     std::fs::rename(root.join("tcp.new"), &tcp).unwrap();
     notify.wait_for("READY after the stuck census ended", 10 * SECOND, |m| {

@@ -10,11 +10,11 @@
 use serde_json::Value;
 
 use super::status_several_netns::{read, several_netns};
-use super::util::{require_root, tests_dir};
+use super::util::{root_test, tests_dir};
 
 #[test]
 fn the_daemon_alerts_on_another_namespace_names_it_and_writes_nothing() {
-    require_root!();
+    root_test!();
     let out = tempfile::tempdir().unwrap();
     let run = several_netns(
         out.path(),

@@ -10,11 +10,12 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use super::daemon_metrics::parse_textfile;
-use super::daemon_util::{Sandbox, start_ready, write_policy};
 use super::fleet::{
     all_rules, check_names, check_names_with, dashboard, declared, used_metric_names,
 };
-use super::util::require_root;
+use super::portd_child::start_ready;
+use super::sandbox::Sandbox;
+use super::util::{root_test, write_policy};
 
 /// `portd run` in auto mode in the sandbox, 100 connections held towards
 /// 127.0.0.1:5001 in a range of 200 (critical: portd widens), the failure
@@ -93,7 +94,7 @@ fn report_pending(pending: &[String]) {
 
 #[test]
 fn every_metric_of_the_rules_and_the_dashboard_is_declared_by_portd_run() {
-    require_root!();
+    root_test!();
     let text = metrics_under_load();
     let declared = declared(&text);
     assert!(declared.len() >= 25, "{declared:?}");

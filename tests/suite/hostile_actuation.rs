@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use super::actuation_util::{DROPIN, FAST_POLICY, Ns, POLICY, RANGE_KEY, default_mounts, wait_for};
-use super::util::{all_output, have_strace, require_root, test_name};
+use super::portd_child::wait_for;
+use super::sandbox::{DROPIN, FAST_POLICY, POLICY, RANGE_KEY, Sandbox};
+use super::util::{all_output, have_strace, root_test, test_name};
 
 #[test]
 fn listeners_in_the_range_do_not_stop_the_widening() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     for port in 40000..40090 {
         ns.listen(port);
     }
@@ -35,8 +36,8 @@ fn listeners_in_the_range_do_not_stop_the_widening() {
 
 #[test]
 fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     for port in 40000..=40099 {
         ns.listen(port);
     }
@@ -53,8 +54,8 @@ fn a_range_held_whole_by_listeners_gets_back_what_they_took() {
 
 #[test]
 fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.write_file(DROPIN, "# the admin's own\nnet.ipv4.tcp_fin_timeout = 30\n");
     ns.connect(45);
     let mut daemon = ns.start_daemon();
@@ -81,8 +82,8 @@ fn a_foreign_dropin_holds_the_widening_until_it_is_moved_aside() {
 /// portd widens 40000-40099 and persists it; the admin sets 40000-40499
 /// (portd yields), reloads when busier still, and portd widens the admin's
 /// range; then portd stops.
-fn widened_after_an_admins_range() -> Ns {
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+fn widened_after_an_admins_range() -> Sandbox {
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.connect(45);
     let mut daemon = ns.start_daemon_until_persisted("40000-40099");
     // The admin sets a range of their own: portd yields.
@@ -99,8 +100,8 @@ fn widened_after_an_admins_range() -> Ns {
 
 #[test]
 fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forced() {
-    require_root!();
-    let mut ns = widened_after_an_admins_range();
+    root_test!();
+    let ns = widened_after_an_admins_range();
     let stdout = ns.rollback_ok(&[], &[]);
     assert_eq!(
         ns.range(),
@@ -116,8 +117,8 @@ fn rollback_keeps_the_range_an_admin_set_before_portds_last_widening_unless_forc
 
 #[test]
 fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
-    require_root!();
-    let mut ns = widened_after_an_admins_range();
+    root_test!();
+    let ns = widened_after_an_admins_range();
     let stdout = ns.rollback_ok(&["--force"], &[]);
     assert_eq!(ns.range(), "40000 40099");
     assert!(
@@ -130,8 +131,8 @@ fn forced_rollback_restores_the_first_range_and_says_the_admins_is_dropped() {
 
 #[test]
 fn check_refuses_the_live_view_as_the_metrics_file() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     ns.write_file(
         POLICY,
         &format!("{FAST_POLICY}\n[metrics]\nfile = \"/run/portd/live.json\"\n"),
@@ -147,8 +148,8 @@ fn check_refuses_the_live_view_as_the_metrics_file() {
 
 #[test]
 fn a_symlink_at_the_runtime_directory_is_never_followed() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     // /run is the test's own tmpfs: the link points inside it.
     ns.sh("mkdir /run/elsewhere && ln -s /run/elsewhere /run/portd");
     let mut daemon = ns.start_daemon();
@@ -200,11 +201,11 @@ const STALL: Duration = Duration::from_secs(3);
 #[test]
 fn sigterm_during_a_stalled_write_adds_little_to_the_stall() {
     const TRACE: &str = "/run/strace.txt";
-    require_root!();
+    root_test!();
     if !have_strace(test_name!()) {
         return;
     }
-    let ns = Ns::start(&default_mounts(), "40000 40099", "");
+    let ns = Sandbox::actuation("40000 40099", "");
     let mut daemon = ns.start_daemon();
     daemon.wait_line(&["ready:"], Duration::from_secs(5));
     // Every rename portd makes (the live view's each poll, the state's, the
@@ -222,7 +223,7 @@ fn sigterm_during_a_stalled_write_adds_little_to_the_stall() {
     let sent = std::time::Instant::now();
     daemon.signal(Signal::TERM);
     let exited = wait_for("portd to exit", Duration::from_secs(20), || {
-        (!daemon.running()).then(std::time::Instant::now)
+        (!daemon.is_running()).then(std::time::Instant::now)
     });
     let took = exited - sent;
     let _ = strace.wait();

@@ -7,16 +7,11 @@
 //! its measurement. Needs root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-use super::util::{require_root, tests_dir};
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
+use super::util::{read, root_test, tests_dir};
 
 fn field<'a>(entry: &'a Value, name: &str) -> &'a str {
     entry[name].as_str().unwrap_or("")
@@ -24,7 +19,7 @@ fn field<'a>(entry: &'a Value, name: &str) -> &'a str {
 
 #[test]
 fn every_namespace_that_reaches_critical_is_alerted_and_closed_when_it_vanishes() {
-    require_root!();
+    root_test!();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path();
     let run = Command::new("unshare")

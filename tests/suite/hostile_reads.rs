@@ -4,7 +4,7 @@
 //! of hanging `check`, `status` or the daemon.
 //!
 //! The reserved-port tests write sysctls, so they run in a private network
-//! and mount namespace (actuation_util.rs) and need root; the others use
+//! and mount namespace (sandbox.rs) and need root; the others use
 //! fixture trees (`--root`) and need nothing.
 
 use std::path::Path;
@@ -14,23 +14,19 @@ use std::time::{Duration, Instant};
 use portd::base::ports::PortSet;
 use portd::observe::census::reader::{Fresh, KeptOpen, ProcRead};
 
-use super::actuation_util::{DROPIN, Ns, RESERVED_KEY, default_mounts};
-use super::daemon_util::{Portd, conns_to, fake_proc, write_policy};
-use super::util::{portd, require_root, stdout_json};
+use super::portd_child::Portd;
+use super::sandbox::{DROPIN, RESERVED_KEY, Sandbox};
+use super::util::{conns_to, fake_proc, portd, root_test, stdout_json, text, write_policy};
 
 /// 48 bytes: longer than the 32 that `std::fs::read_to_string` probes
 /// first, after which the kernel's `proc_do_large_bitmap()` answers the read
 /// at offset 32 with end of file (the list was read as "50,40010,...").
 const ADMIN_RESERVED: &str = "40010,40020,50001,50003,50005,50007,50009,50011";
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[test]
 fn status_reports_a_reserved_list_longer_than_32_bytes_exactly() {
-    require_root!();
-    let ns = Ns::start(&default_mounts(), "40000 40099", ADMIN_RESERVED);
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", ADMIN_RESERVED);
     let out = ns.portd(&["status", "--json"]).output().unwrap();
     let report = stdout_json(&out);
     assert_eq!(report["reserved_ports"], ADMIN_RESERVED, "{report:#}");
@@ -41,8 +37,8 @@ fn status_reports_a_reserved_list_longer_than_32_bytes_exactly() {
 /// prints it, more than a page (the daemon's reader read 4096-byte chunks).
 #[test]
 fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", "");
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
     let mut expected = PortSet::new();
     for port in (40001..42000).step_by(2) {
         expected.insert(port);
@@ -52,13 +48,8 @@ fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
     ns.set_sysctl(RESERVED_KEY, &format!("{list}\n"));
 
     // /proc/sys/net resolves in the network namespace of the thread that
-    // opens it: read from a thread moved into the test's namespace.
-    let netns = std::fs::File::open(format!("/proc/{}/ns/net", ns.pid())).unwrap();
-    let reads = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a valid descriptor; it changes only this thread.
-        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    // opens it: read from a thread moved into the sandbox's namespace.
+    let reads = ns.in_net(|| {
         let path = Path::new("/proc/sys/net/ipv4/ip_local_reserved_ports");
         let mut kept = KeptOpen::default();
         [
@@ -67,9 +58,7 @@ fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
             // Again through the file and the buffer it keeps.
             kept.read_text(path).unwrap(),
         ]
-    })
-    .join()
-    .unwrap();
+    });
     for (read, got) in ["Fresh", "KeptOpen", "KeptOpen again"].iter().zip(reads) {
         assert_eq!(got.len(), list.len() + 1, "{read}: {got:?}");
         assert_eq!(PortSet::parse(&got).unwrap(), expected, "{read}");
@@ -80,8 +69,8 @@ fn both_proc_readers_read_a_reserved_list_longer_than_a_page() {
 /// rollback after it (before, rollback wrote back the cut list and exited 0).
 #[test]
 fn rollback_keeps_an_admins_reserved_list_longer_than_32_bytes() {
-    require_root!();
-    let mut ns = Ns::start(&default_mounts(), "40000 40099", ADMIN_RESERVED);
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", ADMIN_RESERVED);
     ns.write_file(
         "/etc/sysctl.d/50-admin.conf",
         &format!("{RESERVED_KEY} = {ADMIN_RESERVED}\n"),

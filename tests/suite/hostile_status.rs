@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use super::util::{fixture_host, helper_in_private_namespaces, portd, require_root};
+use super::util::{fixture_host, helper_in_private_namespaces, portd, read, root_test, text};
 
 fn run(root: &Path, args: &[&str]) -> Output {
     portd()
@@ -15,10 +15,6 @@ fn run(root: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
@@ -166,13 +162,9 @@ fn namespaces(out: &Path, mode: &str) -> Output {
         .unwrap()
 }
 
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 #[test]
 fn a_process_name_cannot_forge_the_plugin_line() {
-    require_root!();
+    root_test!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "name");
     assert!(run.status.success(), "{}", text(&run.stderr));
@@ -217,7 +209,7 @@ fn a_process_name_cannot_forge_the_plugin_line() {
 
 #[test]
 fn status_stays_critical_while_namespaces_come_and_go() {
-    require_root!();
+    root_test!();
     let out = tempfile::tempdir().unwrap();
     let run = namespaces(out.path(), "churn");
     assert!(run.status.success(), "{}", text(&run.stderr));

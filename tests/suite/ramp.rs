@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-use super::util::{require_root, tests_dir};
+use super::util::{root_test, tests_dir};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -179,7 +179,7 @@ fn assert_load_driven(run: &Value, load: &Load, duration: f64) {
 
 #[test]
 fn ramp_auto_widens_before_any_connect_fails() {
-    require_root!();
+    root_test!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
     let exhaust = 3.0 * slowest_reaction();
@@ -215,7 +215,7 @@ fn ramp_auto_widens_before_any_connect_fails() {
 
 #[test]
 fn ramp_advise_warns_below_half() {
-    require_root!();
+    root_test!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
     let exhaust = 3.0 * slowest_reaction();
@@ -305,7 +305,7 @@ fn seconds_at_or_above(run: &Value, share: f64, capacity: f64) -> usize {
 
 #[test]
 fn a_burst_to_45_percent_that_drains_within_the_hold_raises_nothing() {
-    require_root!();
+    root_test!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
     // Opened at once, held 15 s (half the shipped hold), then reset; the
@@ -327,7 +327,7 @@ fn a_burst_to_45_percent_that_drains_within_the_hold_raises_nothing() {
 
 #[test]
 fn a_flat_30_percent_load_raises_nothing() {
-    require_root!();
+    root_test!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
     // TIME_WAIT at a constant rate: it fills for 60 s to rate x 60 = 30 %,
@@ -348,7 +348,7 @@ fn a_flat_30_percent_load_raises_nothing() {
 
 #[test]
 fn a_high_total_rate_over_many_destinations_raises_nothing() {
-    require_root!();
+    root_test!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let capacity = f64::from(RANGE.1 - RANGE.0 + 1);
     // 20 destinations at 30 % each: 200 connects/s, six times the range in
@@ -373,7 +373,7 @@ fn a_high_total_rate_over_many_destinations_raises_nothing() {
 
 #[test]
 fn a_load_beyond_the_bounds_is_warned_with_a_remedy_below_half() {
-    require_root!();
+    root_test!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // A range already at the shipped ceiling (65535): no widening can help
     // 300 connects/s, which needs 18 000 ports in TIME_WAIT; it passes 50 %

@@ -2,15 +2,111 @@
 //! checked against `ss` for the same namespace (needs root).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::ops::RangeInclusive;
 
 use serde_json::{Value, json};
 
+use super::sandbox::{RANGE_KEY, RESERVED_KEY, Sandbox};
 use super::ss::{self, Dest, DestKey};
-use super::util::{Netns, require_root, stdout_json};
+use super::util::{root_test, stdout_json};
 
-/// What the `mixed` scenario of tests/helpers/netns_sockets.py sets.
+/// Several destinations in every interesting state, in a sandbox with the
+/// range 40000-40099, reserved ports 40007-40008 and 50000 and this
+/// `tcp_tw_reuse`: TIME_WAIT, FIN_WAIT2 (held and orphaned), CLOSE_WAIT,
+/// SYN_SENT, listeners inside the range, UDP, IPv6 and v4-mapped peers.
+pub fn mixed(tw_reuse: &str) -> Sandbox {
+    let ns = Sandbox::builder()
+        .range("40000 40099")
+        .sysctl(RESERVED_KEY, "40007-40008,50000")
+        .sysctl("net.ipv4.tcp_tw_reuse", tw_reuse)
+        .sysctl("net.ipv4.tcp_timestamps", "1")
+        .start();
+    // 10.9.9.0/24 routed into lo from 10.9.9.1 but not local: SYNs to it
+    // get no answer.
+    ns.ip(&["addr", "add", "10.9.9.1/32", "dev", "lo"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.9.9.0/24",
+        "dev",
+        "lo",
+        "src",
+        "10.9.9.1",
+    ]);
+    let at = |addr: &str| -> SocketAddr { addr.parse().unwrap() };
+    // Listeners first, so that connect() never hands out their ports.
+    let l5001 = ns.listen_on(at("127.0.0.1:5001"), false);
+    let l5002 = ns.listen_on(at("127.0.0.2:5002"), false);
+    let l5003 = ns.listen_on(at("[::1]:5003"), false);
+    let l5004 = ns.listen_on(at("[::]:5004"), true);
+    let l5005 = ns.listen_on(at("127.0.0.1:5005"), false);
+    let l5007 = ns.listen_on(at("10.9.9.1:5007"), false);
+    let l5008 = ns.listen_on(at("0.0.0.0:5008"), false);
+    let in_range = ns.listen_on(at("[::]:40050"), true); // inside the range
+    let reserved = ns.listen_on(at("127.0.0.1:40007"), false); // and reserved
+    let udp_server = at("127.0.0.1:5353");
+    ns.udp(udp_server, Some(udp_server), None);
+
+    let v4_any = at("0.0.0.0:0");
+    let v6_any = at("[::]:0");
+    let hold = |to: &str, from: Option<&str>, listener: &TcpListener, n| {
+        for _ in 0..n {
+            let (client, peer) = ns
+                .connect_from(at(to), from.map(at), Some(listener))
+                .unwrap();
+            ns.hold(client.into());
+            ns.hold(peer.unwrap().into());
+        }
+    };
+    hold("127.0.0.1:5001", None, &l5001, 30);
+    hold("[::ffff:127.0.0.1]:5001", None, &l5001, 4); // v4-mapped: listed in tcp6
+    hold("127.0.0.2:5002", None, &l5002, 5);
+    hold("127.0.0.2:5002", Some("127.0.0.3:0"), &l5002, 3); // another local address
+    hold("[::1]:5003", None, &l5003, 3);
+    hold("127.0.0.1:5004", None, &l5004, 4); // IPv4 clients of a dual-stack listener
+    hold("127.0.0.1:40050", None, &in_range, 3); // accepted inside the range
+    hold("[::1]:40050", None, &in_range, 2);
+    hold("127.0.0.1:40007", None, &reserved, 2);
+
+    let time_wait = |to: &str, from: Option<&str>, listener: &TcpListener, n| {
+        for _ in 0..n {
+            ns.client_time_wait(at(to), from.map(at), listener);
+        }
+    };
+    time_wait("127.0.0.1:5005", None, &l5005, 6);
+    time_wait("[::1]:5003", None, &l5003, 2);
+    time_wait("[::ffff:127.0.0.1]:5005", None, &l5005, 2);
+    // Not loopback: never reusable under tcp_tw_reuse=2.
+    time_wait("10.9.9.1:5007", None, &l5007, 3);
+    // Only the remote end is loopback: reusable under 2.
+    time_wait("127.0.0.1:5008", Some("10.9.9.1:0"), &l5008, 2);
+    for _ in 0..2 {
+        ns.client_fin_wait2(at("127.0.0.1:5005"), &l5005);
+    }
+    ns.orphaned_fin_wait2(at("127.0.0.1:5005"), &l5005);
+    for _ in 0..2 {
+        ns.client_close_wait(at("127.0.0.1:5005"), &l5005);
+    }
+    ns.syn_sent(at("10.9.9.2:80"));
+    ns.syn_sent(at("[::ffff:10.9.9.2]:80"));
+
+    // Fixed ports before automatic ones, which could take them.
+    ns.udp(v4_any, Some(at("127.0.0.1:40060")), None);
+    ns.udp(v4_any, Some(at("127.0.0.1:40008")), None); // reserved, bound explicitly
+    for _ in 0..4 {
+        ns.udp(v4_any, None, Some(udp_server));
+    }
+    for _ in 0..2 {
+        ns.udp(v6_any, None, Some(at("[::1]:5353")));
+    }
+    ns.udp(v4_any, Some(v4_any), None);
+    // Let the last FIN/ACKs land, so the census and ss see settled states.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ns
+}
+
+/// What [`mixed`] sets.
 const RANGE: RangeInclusive<u16> = 40000..=40099;
 const RESERVED: [u16; 3] = [40007, 40008, 50000];
 /// Thresholds that make the scenario's headline (34 of 97) a warning.
@@ -84,21 +180,13 @@ fn level(usage: f64) -> i32 {
 }
 
 fn status_agrees_with_ss(tw_reuse: u8) {
-    let ns = Netns::start("mixed", &[&tw_reuse.to_string()]);
-    let sysctl = |key: &str| {
-        let out = ns
-            .command("cat")
-            .arg(format!("/proc/sys/net/ipv4/{key}"))
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap()
-    };
-    assert_eq!(sysctl("ip_local_port_range"), "40000\t40099\n");
-    assert_eq!(sysctl("ip_local_reserved_ports"), "40007-40008,50000\n");
-    assert_eq!(sysctl("tcp_tw_reuse"), format!("{tw_reuse}\n"));
+    let ns = mixed(&tw_reuse.to_string());
+    assert_eq!(ns.sysctl(RANGE_KEY), "40000\t40099");
+    assert_eq!(ns.sysctl(RESERVED_KEY), "40007-40008,50000");
+    assert_eq!(ns.sysctl("net.ipv4.tcp_tw_reuse"), tw_reuse.to_string());
 
     let before = ss::parse(&ns.ss(&["-tuanH"]));
-    let out = ns.portd(&[
+    let out = ns.portd_output(&[
         "status",
         "--json",
         "--top",
@@ -217,32 +305,36 @@ fn status_agrees_with_ss(tw_reuse: u8) {
 #[test]
 fn status_matches_ss_exactly() {
     // tcp_tw_reuse=0: every TIME_WAIT holds its 4-tuple.
-    require_root!();
+    root_test!();
     status_agrees_with_ss(0);
 }
 
 #[test]
 fn status_matches_ss_with_loopback_time_wait_reuse() {
     // tcp_tw_reuse=2 (the default): loopback TIME_WAIT is reported apart.
-    require_root!();
+    root_test!();
     status_agrees_with_ss(2);
 }
 
 #[test]
 fn exhaustion_is_reported_at_100_percent_before_eaddrnotavail() {
-    require_root!();
+    root_test!();
     // Range 40000-40009: ten connections to 127.0.0.1:5001 are open.
-    let mut ns = Netns::start("exhaust", &[]);
-    let ports: BTreeSet<u64> = ns.ready["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap())
-        .collect();
+    // In a PID namespace of its own too: the namespaces of other processes
+    // that status may look at are then the sandbox's only.
+    let ns = Sandbox::builder()
+        .pid_namespace()
+        .range("40000 40009")
+        .reserved("")
+        .listen(5001)
+        .start();
+    let (ports, failed) = ns.connect(10);
+    assert_eq!(failed, None, "the 10th connect() should succeed");
+    let ports: BTreeSet<u16> = ports.into_iter().collect();
     assert_eq!(ports, (40000..=40009).collect());
 
-    let full = |ns: &Netns, when: &str| {
-        let out = ns.portd(&["status", "--json", "--top", "0"]);
+    let full = |ns: &Sandbox, when: &str| {
+        let out = ns.portd_output(&["status", "--json", "--top", "0"]);
         let report = stdout_json(&out);
         let dest = &report["destinations"][0];
         assert_eq!(
@@ -265,10 +357,11 @@ fn exhaustion_is_reported_at_100_percent_before_eaddrnotavail() {
     };
     full(&ns, "after the 10th connect()");
 
-    let eleventh = ns.request("connect");
+    let eleventh = ns.connect(1);
     assert_eq!(
-        eleventh["errno"], 99,
-        "the 11th connect() should fail with EADDRNOTAVAIL: {eleventh}"
+        eleventh,
+        (vec![], Some("EADDRNOTAVAIL".to_string())),
+        "the 11th connect() should fail with EADDRNOTAVAIL"
     );
     full(&ns, "after the failed 11th connect()");
 }

@@ -9,7 +9,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use super::util::{helper_in_private_namespaces, require_root};
+use super::util::{helper_in_private_namespaces, root_test};
 
 /// A file the helper wrote into the test's output directory.
 pub(super) fn read(dir: &Path, name: &str) -> String {
@@ -37,7 +37,7 @@ fn number(dir: &Path, name: &str) -> u64 {
 
 #[test]
 fn status_reports_every_namespace_worst_first_and_equal_to_ss() {
-    require_root!();
+    root_test!();
     let out = tempfile::tempdir().unwrap();
     let run = several_netns(out.path(), None);
     assert!(

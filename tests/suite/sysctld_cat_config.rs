@@ -17,7 +17,7 @@ use std::process::Command;
 use portd::base::host::Host;
 use portd::observe::sysctld::{self, SysctlConf};
 
-use super::util::require_root;
+use super::util::root_test;
 
 const SYSTEMD_SYSCTL: &str = "/usr/lib/systemd/systemd-sysctl";
 const RANGE: &str = "net.ipv4.ip_local_port_range";
@@ -273,7 +273,7 @@ fn cat_config_assignments(
 
 #[test]
 fn scanner_agrees_with_systemd_sysctl_cat_config() {
-    require_root!();
+    root_test!();
     assert!(
         Path::new(SYSTEMD_SYSCTL).exists(),
         "{SYSTEMD_SYSCTL} is missing: install systemd"

@@ -1,23 +1,19 @@
-//! The harness: the portd binary, the root rule, fixture trees, and private
-//! network namespaces holding real sockets.
+//! The harness: the portd binary, the root rule, the namespace guard, fixture
+//! trees (real ones and fake `/proc` trees) and policies. The namespaces
+//! themselves are the sandbox's (`sandbox.rs`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// `program` run by `nsenter` in the namespaces of process `pid`: its
-/// network namespace, and its mount namespace too with `mount`. Without the
-/// variables through which portd would take the caller's root, journal or
-/// service manager for its own.
-pub fn nsenter(pid: u32, mount: bool, program: impl AsRef<std::ffi::OsStr>) -> Command {
+/// `program` run by `nsenter` in the `namespaces` (`-n`, `-m`, `-p`) of
+/// process `pid`. Without the variables through which portd would take the
+/// caller's root, journal or service manager for its own.
+pub fn nsenter(pid: u32, namespaces: &[&str], program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg("-t").arg(pid.to_string()).arg("-n");
-    if mount {
-        cmd.arg("-m");
-    }
+    cmd.arg("-t").arg(pid.to_string()).args(namespaces);
     cmd.arg("--").arg(program);
     for var in [
         "PORTD_ROOT",
@@ -53,7 +49,7 @@ macro_rules! test_name {
 /// The first line of a test that needs root: returns from the test, with a
 /// visible `SKIP` line naming it, when not root; fails it when `CI` is set,
 /// so CI can never pass by skipping it.
-macro_rules! require_root {
+macro_rules! root_test {
     () => {
         if !$crate::suite::util::have_root($crate::suite::util::test_name!()) {
             return;
@@ -61,7 +57,7 @@ macro_rules! require_root {
     };
 }
 
-pub(crate) use {require_root, test_name};
+pub(crate) use {root_test, test_name};
 
 /// Whether `test` can run: true when `present` (root, a tool) is. When it is
 /// not, says `SKIP (needs NEEDS): TEST`; when `CI` is set it fails instead,
@@ -79,7 +75,7 @@ pub fn can_run(test: &str, needs: &str, present: bool) -> bool {
     false
 }
 
-/// Whether `test` can run as root: see [`can_run`] and [`require_root`].
+/// Whether `test` can run as root: see [`can_run`] and [`root_test`].
 pub fn have_root(test: &str) -> bool {
     can_run(test, "root", rustix::process::geteuid().is_root())
 }
@@ -209,157 +205,148 @@ pub fn stdout_json(out: &Output) -> Value {
     })
 }
 
-/// A private network namespace, created by `unshare -n` for
-/// `tests/helpers/netns_sockets.py`, which sets its sysctls, opens the
-/// sockets of a scenario and holds them until this value is dropped.
-pub struct Netns {
-    helper: LineHelper,
-    /// The helper's report once its sockets are open.
-    pub ready: Value,
+/// The name (`comm`) of this test process, as portd reports the process
+/// that holds a sandbox's sockets.
+pub fn own_comm() -> String {
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    comm.trim_end().to_string()
 }
 
-impl Netns {
-    pub fn start(scenario: &str, args: &[&str]) -> Netns {
-        // The helper refuses to touch any sysctl if it finds itself in this
-        // namespace, i.e. if `unshare -n` did not give it a new one.
-        let outer = std::fs::read_link("/proc/self/ns/net").unwrap();
-        let script = tests_dir().join("helpers/netns_sockets.py");
-        let mut cmd = Command::new("unshare");
-        cmd.arg("-n")
-            .arg("python3")
-            .arg("-u")
-            .arg(&script)
-            .arg(scenario)
-            .arg(&outer)
-            .args(args);
-        let (helper, ready) =
-            LineHelper::spawn("socket helper", cmd, Duration::from_secs(5), &["net"]);
-        Netns { helper, ready }
-    }
-
-    /// The helper's pid: a process inside the namespace.
-    pub fn pid(&self) -> u32 {
-        self.helper.pid()
-    }
-
-    /// Sends one request line to the helper and returns its answer.
-    pub fn request(&mut self, request: &str) -> Value {
-        self.helper.request(request)
-    }
-
-    /// `program` run inside the namespace (`nsenter -t PID -n`).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        nsenter(self.pid(), false, program)
-    }
-
-    /// `portd ARGS` inside the namespace.
-    pub fn portd(&self, args: &[&str]) -> Output {
-        let out = self
-            .command(env!("CARGO_BIN_EXE_portd"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.stderr.is_empty(),
-            "portd wrote to stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// `ss ARGS` inside the namespace; its stdout.
-    pub fn ss(&self, args: &[&str]) -> String {
-        let out = self.command("ss").args(args).output().unwrap();
-        assert!(out.status.success(), "ss failed: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    }
+/// The file `name` under `dir`, which must be there.
+pub fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// A helper process the test talks to in JSON lines over its stdin and
-/// stdout: its first line reports `"ready": true`, every request gets one
-/// reply, and an `"error"` reply fails the test. Dropping it closes its
-/// stdin, which tells it to stop (and release its sockets and namespaces);
-/// it is killed by pid if it lingers past its grace period.
-pub struct LineHelper {
-    name: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    grace: Duration,
+/// What a command wrote, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
-impl LineHelper {
-    /// Starts `cmd` with piped stdio; returns it and its ready line. Before
-    /// the test can ask it for anything, asserts that it runs in namespaces
-    /// of each kind in `private` (`net`, `mnt`) other than the host's.
-    pub fn spawn(
-        name: &'static str,
-        mut cmd: Command,
-        grace: Duration,
-        private: &[&str],
-    ) -> (LineHelper, Value) {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the {name} ({cmd:?}): {e}"));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut helper = LineHelper {
-            name,
-            child,
-            stdin,
-            stdout,
-            grace,
-        };
-        let ready = helper.read_reply();
-        assert_eq!(ready["ready"], true, "{name}: {ready}");
-        // The helper checked its own namespaces before its set-up wrote
-        // anything; this checks them again from outside, before any request.
-        assert_private_namespaces(helper.pid(), private);
-        (helper, ready)
-    }
-
-    /// The helper's pid (a process inside its namespaces).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn request(&mut self, request: impl std::fmt::Display) -> Value {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{request}").unwrap();
-        stdin.flush().unwrap();
-        self.read_reply()
-    }
-
-    fn read_reply(&mut self) -> Value {
-        let name = self.name;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "the {name} exited without a reply");
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad {name} line {line:?}: {e}"));
-        if let Some(e) = v.get("error") {
-            panic!(
-                "{name} failed: {}",
-                e.as_str().map_or_else(|| e.to_string(), str::to_string)
-            );
-        }
-        v
-    }
+/// An IPv4 TCP socket as `/proc/net/tcp` shows it.
+pub struct FakeConn {
+    pub local: [u8; 4],
+    pub local_port: u16,
+    pub remote: [u8; 4],
+    pub remote_port: u16,
+    /// The kernel's state code: 0x01 ESTABLISHED, 0x06 TIME_WAIT.
+    pub state: u8,
 }
 
-impl Drop for LineHelper {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let deadline = Instant::now() + self.grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Writes a fake `proc/` under `root`: the sysctls `KernelSettings` reads and
+/// the four socket tables, with `conns` in `net/tcp`. No sockstat or snmp, so
+/// portd takes a full census on every poll.
+pub fn fake_proc(root: &Path, range: (u16, u16), conns: &[FakeConn]) {
+    let sys = root.join("proc/sys/net/ipv4");
+    std::fs::create_dir_all(&sys).unwrap();
+    for (name, value) in [
+        ("ip_local_port_range", format!("{}\t{}\n", range.0, range.1)),
+        ("ip_local_reserved_ports", "\n".to_string()),
+        ("ip_unprivileged_port_start", "1024\n".to_string()),
+        ("tcp_tw_reuse", "0\n".to_string()),
+        ("tcp_timestamps", "1\n".to_string()),
+    ] {
+        std::fs::write(sys.join(name), value).unwrap();
     }
+    let net = root.join("proc/net");
+    std::fs::create_dir_all(&net).unwrap();
+    std::fs::write(net.join("tcp"), tcp_table(conns)).unwrap();
+    let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    std::fs::write(net.join("tcp6"), v6).unwrap();
+    let udp = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops            \n";
+    std::fs::write(net.join("udp"), udp).unwrap();
+    std::fs::write(net.join("udp6"), v6).unwrap();
+}
+
+pub fn tcp_table(conns: &[FakeConn]) -> String {
+    let hex = |a: [u8; 4], port: u16| format!("{:08X}:{port:04X}", u32::from_le_bytes(a));
+    let mut text = String::from(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+    );
+    for (i, c) in conns.iter().enumerate() {
+        text.push_str(&format!(
+            "{i:4}: {} {} {:02X} 00000000:00000000 00:00000000 00000000     0        0 {} 1 0000000000000000 20 4 30 10 -1\n",
+            hex(c.local, c.local_port),
+            hex(c.remote, c.remote_port),
+            c.state,
+            // TIME_WAIT sockets have no inode.
+            if c.state == 0x06 { 0 } else { 50000 + i }
+        ));
+    }
+    text
+}
+
+/// `n` connections from 10.0.0.5 to `remote`:`remote_port`, on ports from `first`.
+pub fn conns_to(remote: [u8; 4], remote_port: u16, first: u16, n: u16) -> Vec<FakeConn> {
+    (0..n)
+        .map(|i| FakeConn {
+            local: [10, 0, 0, 5],
+            local_port: first + i,
+            remote,
+            remote_port,
+            state: 0x01,
+        })
+        .collect()
+}
+
+/// Writes a policy file (mode 0644: portd refuses group/other-writable ones).
+pub fn write_policy(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// A policy's text: a poll every `interval`, a census at least every
+/// `max_staleness`, then `tables` (more TOML tables).
+pub fn poll_policy(interval: &str, max_staleness: &str, tables: &str) -> String {
+    format!("[poll]\ninterval = \"{interval}\"\nmax_staleness = \"{max_staleness}\"\n{tables}")
+}
+
+/// One line per alert: event, priority, message (for failure messages).
+pub fn summary(alerts: &[Value]) -> String {
+    alerts
+        .iter()
+        .map(|e| {
+            format!(
+                "  {} p{} {}",
+                e["PORTD_EVENT"].as_str().unwrap_or("?"),
+                e["PRIORITY"].as_str().unwrap_or("?"),
+                e["MESSAGE"].as_str().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `MESSAGE_ID`s of `packaging/portd.catalog`.
+pub fn catalog_ids() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/portd.catalog");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("-- "))
+        .map(|id| id.trim().to_string())
+        .collect()
+}
+
+pub fn catalog_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/portd.catalog")
+}
+
+/// The (low, high) of a range in state.json's form (`{"low": L, "high": H}`).
+pub fn state_range(v: &Value) -> String {
+    format!("{} {}", v["low"], v["high"])
+}
+
+/// The `key = value` assignments of a sysctl.d file, in order; panics on
+/// any line that is neither a comment, blank, nor an assignment.
+pub fn parse_dropin(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not an assignment: {l:?} in\n{text}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::util::{require_root, tests_dir};
+use super::util::{root_test, tests_dir};
 
 /// examples/witness_count, built by `cargo test` beside the test binary.
 fn witness_example() -> PathBuf {
@@ -74,7 +74,7 @@ fn key(e: &Value, pid: &Value, comm: &Value) -> Key {
 
 #[test]
 fn witness_counts_exactly_what_clients_saw() {
-    require_root!();
+    root_test!();
     let r = drive("", true);
     assert_eq!(r["started"]["path"], "syscall tracepoints", "{r:#}");
 
@@ -121,7 +121,7 @@ fn witness_counts_exactly_what_clients_saw() {
 
 #[test]
 fn witness_says_why_without_capabilities_or_tracefs() {
-    require_root!();
+    root_test!();
     let r = drive("setpriv --inh-caps=-all --bounding-set=-all --", true);
     let why = r["started"]["unavailable"]
         .as_str()

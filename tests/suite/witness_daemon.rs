@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::daemon_metrics::parse_textfile;
-use super::daemon_util::{Notify, Portd, Sandbox, poll_policy, start_ready, write_policy};
-use super::util::{require_root, tests_dir};
+use super::portd_child::{Notify, Portd, start_ready};
+use super::sandbox::Sandbox;
+use super::util::{own_comm, poll_policy, root_test, tests_dir, write_policy};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -122,6 +123,19 @@ fn failures(s: &BTreeMap<(String, String), f64>) -> BTreeMap<(String, String), f
 }
 
 /// The journal's messages (of any process in the sandbox) containing `text`.
+/// tests/helpers/witness_clients.py's clients of 5101 and 5102 in the
+/// sandbox, which must succeed.
+fn run_clients(sandbox: &Sandbox) -> std::process::Output {
+    let out = sandbox
+        .command("python3")
+        .arg(tests_dir().join("helpers/witness_clients.py"))
+        .args(["clients", "5101", "5102"])
+        .output()
+        .expect("run clients");
+    assert!(out.status.success(), "clients: {out:?}");
+    out
+}
+
 fn said(sandbox: &Sandbox, text: &str) -> Vec<String> {
     sandbox
         .journal()
@@ -134,18 +148,12 @@ fn said(sandbox: &Sandbox, text: &str) -> Vec<String> {
 
 #[test]
 fn portd_run_counts_every_failure_the_clients_saw() {
-    require_root!();
+    root_test!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
 
-    let out = sandbox
-        .command("python3")
-        .arg(tests_dir().join("helpers/witness_clients.py"))
-        .args(["clients", "5101", "5102"])
-        .output()
-        .expect("run clients");
-    assert!(out.status.success(), "clients: {out:?}");
+    let out = run_clients(&sandbox);
     let clients: Value = serde_json::from_slice(&out.stdout).expect("clients json");
     let want = expected(&clients);
     let total: f64 = want.values().sum();
@@ -251,7 +259,7 @@ fn portd_run_counts_every_failure_the_clients_saw() {
 
 #[test]
 fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_census() {
-    require_root!();
+    root_test!();
     let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(
@@ -259,13 +267,7 @@ fn without_capabilities_portd_says_once_the_witness_is_off_and_runs_on_the_censu
         dir.path(),
         &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"],
     );
-    let out = sandbox
-        .command("python3")
-        .arg(tests_dir().join("helpers/witness_clients.py"))
-        .args(["clients", "5101", "5102"])
-        .output()
-        .expect("run clients");
-    assert!(out.status.success(), "clients: {out:?}");
+    run_clients(&sandbox);
     std::thread::sleep(SECOND);
     let all = samples(dir.path());
     assert_eq!(
@@ -317,8 +319,8 @@ sys.stdin.readline()
 fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
-    require_root!();
-    let mut sandbox = sandbox();
+    root_test!();
+    let sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("portd.toml");
     write_policy(&policy, &poll_policy("200ms", "1s", AUTO_LONG_HOLD));
@@ -378,11 +380,11 @@ fn in_auto_mode_a_witnessed_failure_widens_at_once_without_the_hold() {
     portd.stop();
 }
 
-/// The ramp harness (daemon_util.rs) in advise mode: the ramp ends at its
+/// The sandbox's ramp (sandbox.rs) in advise mode: the ramp ends at its
 /// first EADDRNOTAVAIL, and the witness counts exactly that one failure.
 #[test]
 fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {
-    require_root!();
+    root_test!();
     let mut sandbox = sandbox();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut portd, _notify) = start(&sandbox, dir.path(), &[]);
@@ -391,7 +393,11 @@ fn the_ramps_failure_in_advise_mode_is_counted_exactly_once() {
     let want: BTreeMap<(String, String), f64> = [(
         (
             "portd_connect_failures_total".to_string(),
-            "comm=python3,local=0.0.0.0,remote=127.0.0.1,remote_port=5001".to_string(),
+            // The ramp's connect()s are the test process's own.
+            format!(
+                "comm={},local=0.0.0.0,remote=127.0.0.1,remote_port=5001",
+                own_comm()
+            ),
         ),
         1.0,
     )]

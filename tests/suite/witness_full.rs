@@ -16,8 +16,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::daemon_util::catalog_path;
-use super::util::{require_root, tests_dir};
+use super::util::{catalog_path, root_test, tests_dir};
 
 /// Series of one failure family in the metrics file: the documented cap
 /// (portd(8), FAILURE WITNESS) plus the `other` row.
@@ -102,7 +101,7 @@ fn assert_new_destination_seen(phase: &Value, dest: &str, stderr: &str) {
 
 #[test]
 fn a_full_minute_of_short_lived_failing_processes_leaves_the_witness_seeing() {
-    require_root!();
+    root_test!();
     let dir = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
     let r = run_helper(dir.path());

@@ -123,7 +123,7 @@ type Known = HashMap<u64, Watched>;
 /// What the live view and the metrics file show of the other namespaces.
 #[derive(Default)]
 pub(super) struct Published {
-    pub namespaces: Vec<live::Namespace>,
+    pub namespaces: Vec<live::NamespaceView>,
     pub note: Option<String>,
     /// `portd_netns_*` families, appended to the metrics file.
     pub metrics: String,

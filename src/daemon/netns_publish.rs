@@ -33,14 +33,14 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
     let namespaces = list
         .iter()
         .take(live::NAMESPACES_SHOWN)
-        .map(|w| live::Namespace {
+        .map(|w| live::NamespaceView {
             inode: w.ns.inode,
             label: w.ns.label.clone(),
             container: w.ns.identity.container(),
             pod: w.ns.identity.pod.clone(),
             enter: w.ns.enter.clone(),
             level: measured(w).then_some(w.alert.level),
-            headline: w.last.as_ref().map(|l| live::Headline {
+            headline: w.last.as_ref().map(|l| live::HeadlineView {
                 usage: l.usage.headline.usage.fraction(),
                 used: l.usage.headline.used,
                 capacity: l.usage.headline.capacity,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::journal::{Once, level_event, usage_fields};
-use super::live_view::{self, Counters, Poll};
+use super::live_view::{self, Poll, PollCounters};
 use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
 use crate::judge::authority::Authority;
@@ -25,7 +25,7 @@ use crate::publish::notify;
 pub(super) struct Report {
     /// READY=1 was sent (after the first census).
     pub ready: bool,
-    pub counters: Counters,
+    pub counters: PollCounters,
     /// Why widening is held, or the last write error.
     pub blocked: Once,
     pub persist_error: Once,

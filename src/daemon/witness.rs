@@ -102,7 +102,7 @@ impl Running {
 
     /// For the daemon's live view (`status`): the path, and failures in the
     /// last minute and since start per destination/pool and process.
-    pub fn live(&self, now: Instant) -> live::Witness {
+    pub fn live(&self, now: Instant) -> live::WitnessView {
         let mut rows = self.tally.rows(now);
         rows.sort_by(|a, b| {
             (b.last_minute, b.total)
@@ -110,7 +110,7 @@ impl Running {
                 .then_with(|| a.key.cmp(&b.key))
         });
         let not_listed = rows.len().saturating_sub(live::WITNESS_ROWS);
-        live::Witness {
+        live::WitnessView {
             active: self.active(),
             describe: self.describe.clone(),
             failures_total: self.tally.total(),
@@ -227,9 +227,9 @@ fn alert(first: &Row) {
         count,
         k.target(),
         match k.kind {
-            crate::observe::witness::Kind::TcpConnect => " (connect: no free local port)",
-            crate::observe::witness::Kind::Bind0 => " (bind to port 0: no free port)",
-            crate::observe::witness::Kind::UdpAutobind => " (UDP autobind: no free port)",
+            crate::observe::witness::FailureKind::TcpConnect => " (connect: no free local port)",
+            crate::observe::witness::FailureKind::Bind0 => " (bind to port 0: no free port)",
+            crate::observe::witness::FailureKind::UdpAutobind => " (UDP autobind: no free port)",
         }
     );
     events::emit(
@@ -248,7 +248,7 @@ fn alert(first: &Row) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::witness::{Count, Kind as WKind, Reading};
+    use crate::observe::witness::{FailureCount, FailureKind as WKind, Reading};
 
     fn key(kind: WKind, dest: Option<&str>, comm: &str) -> FailureKey {
         FailureKey {
@@ -265,8 +265,8 @@ mod tests {
         }
     }
 
-    fn count(key: FailureKey, new: u64, pid: u32) -> Count {
-        Count {
+    fn count(key: FailureKey, new: u64, pid: u32) -> FailureCount {
+        FailureCount {
             process: key.comm.clone().unwrap_or_default(),
             key,
             new,
@@ -317,7 +317,7 @@ mod tests {
         let keys: Vec<FailureKey> = (0..30)
             .map(|i| key(WKind::TcpConnect, Some("10.0.0.1:443"), &format!("w{i:02}")))
             .collect();
-        let mut counts: Vec<Count> = keys.iter().map(|k| count(k.clone(), 2, 10)).collect();
+        let mut counts: Vec<FailureCount> = keys.iter().map(|k| count(k.clone(), 2, 10)).collect();
         let mut pool = key(WKind::UdpAutobind, None, "dig");
         pool.comm = None; // counted per pool alone
         counts.push(count(pool, 1, 12));

@@ -125,8 +125,8 @@ type Known = HashMap<u64, Watched>;
 pub(super) struct Published {
     pub namespaces: Vec<live::NamespaceView>,
     pub note: Option<String>,
-    /// `portd_netns_*` families, appended to the metrics file.
-    pub metrics: String,
+    /// The rows of the `portd_netns_*` families; none before the first poll.
+    pub metrics: Option<crate::publish::metrics::NetnsRows>,
 }
 
 /// The daemon's side of the watch.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::observe::witness::Witness;
 use crate::observe::witness::tally::{self, Row, Tally};
-use crate::publish::events::{self, Fields, Kind};
+use crate::publish::events::Entry;
 use crate::publish::live;
 use crate::publish::metrics;
 
@@ -166,35 +166,7 @@ fn live_row(r: &Row) -> live::WitnessedFailure {
 /// The first failure towards a destination (or in a pool): one journal
 /// entry naming the process.
 fn alert(first: &Row) {
-    let (k, count) = (&first.key, first.total);
-    let comm = crate::base::untrusted::escape(&first.process);
-    let process = match first.pid {
-        Some(pid) => format!("{comm} (pid {pid})"),
-        None => format!("{comm} (pid not visible from portd)"),
-    };
-    let message = format!(
-        "port allocation failed: {} got {} {} time(s) for {}{}",
-        process,
-        k.kind.errno(),
-        count,
-        k.target(),
-        match k.kind {
-            crate::observe::witness::FailureKind::TcpConnect => " (connect: no free local port)",
-            crate::observe::witness::FailureKind::Bind0 => " (bind to port 0: no free port)",
-            crate::observe::witness::FailureKind::UdpAutobind => " (UDP autobind: no free port)",
-        }
-    );
-    events::emit(
-        Kind::PortAllocationFailed,
-        &message,
-        &Fields {
-            destination: Some(k.target()),
-            process: Some(process),
-            used: Some(count),
-            reason: Some(k.kind.errno().to_string()),
-            ..Fields::default()
-        },
-    );
+    Entry::allocation_failed(first).emit();
 }
 
 #[cfg(test)]

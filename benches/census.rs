@@ -13,7 +13,7 @@ use portd::base::kernel::{TcpState, TwReuse};
 use portd::base::ports::{PortRange, PortSet};
 use portd::observe::census::netlink;
 use portd::observe::census::procfs::{ProcfsSource, parse_inet_row};
-use portd::observe::census::{KernelSettings, Proto, Scope, Socket, SocketSource};
+use portd::observe::census::{KernelSettings, Proto, ScanScope, Socket, SocketSource};
 use portd::observe::usage::{Aggregator, UsageOptions};
 
 fn main() {
@@ -154,7 +154,7 @@ fn procfs_scan_files(bencher: Bencher, n: usize) {
         .bench(|| {
             let mut count = 0usize;
             ProcfsSource::new(&host)
-                .scan(Scope::Ports(&PortSet::all()), &mut |s| {
+                .scan(ScanScope::Ports(&PortSet::all()), &mut |s| {
                     black_box(s);
                     count += 1;
                 })

@@ -33,7 +33,7 @@ use portd::base::host::Host;
 use portd::base::ports::PortSet;
 use portd::observe::census::netlink::{NetlinkOptions, NetlinkSource};
 use portd::observe::census::procfs::ProcfsSource;
-use portd::observe::census::{KernelSettings, Scope, SocketSource};
+use portd::observe::census::{KernelSettings, ScanScope, SocketSource};
 use portd::observe::usage::{UsageOptions, census_ports, take_census};
 
 /// Connections per worker: two fds each, under the 20,000 open-file limit.
@@ -856,11 +856,11 @@ fn in_process(runs: usize) -> Res<Vec<InProc>> {
                 }
                 Mode::ScanCensusPorts => {
                     let ports = census_ports(&settings);
-                    ctx(source.scan(Scope::Ports(&ports), &mut |_| n += 1), name)?;
+                    ctx(source.scan(ScanScope::Ports(&ports), &mut |_| n += 1), name)?;
                 }
                 Mode::ScanEverything => {
                     let ports = PortSet::all();
-                    ctx(source.scan(Scope::Ports(&ports), &mut |_| n += 1), name)?;
+                    ctx(source.scan(ScanScope::Ports(&ports), &mut |_| n += 1), name)?;
                 }
             }
             sockets = n;

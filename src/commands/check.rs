@@ -27,7 +27,7 @@ use crate::publish::live;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+pub enum FindingSeverity {
     Info,
     Warning,
     Error,
@@ -35,7 +35,7 @@ pub enum Severity {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
-    pub severity: Severity,
+    pub severity: FindingSeverity,
     pub message: String,
 }
 
@@ -51,7 +51,7 @@ pub struct BootKey {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub struct CheckReport {
     pub policy_file: String,
     pub policy_found: bool,
     /// `PATH:LINE:COLUMN: message` lines of a rejected policy file.
@@ -69,31 +69,31 @@ pub struct Report {
     pub plan: Option<planner::Decision>,
     /// What the running daemon knows (live.rs), or why nothing.
     #[serde(serialize_with = "daemon_report")]
-    pub daemon: live::Daemon,
+    pub daemon: live::DaemonView,
     /// With the plan, at the warning level or above: what else closes the
     /// gap (remedy.rs), the first whose effect closes it first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remedies: Vec<crate::judge::remedy::Remedy>,
 }
 
-fn daemon_report<S: serde::Serializer>(d: &live::Daemon, s: S) -> Result<S::Ok, S::Error> {
+fn daemon_report<S: serde::Serializer>(d: &live::DaemonView, s: S) -> Result<S::Ok, S::Error> {
     serde::Serialize::serialize(&d.report(), s)
 }
 
-impl Report {
+impl CheckReport {
     /// 0 fine, 1 warnings, 2 errors.
     pub fn exit(&self) -> Exit {
         if !self.policy_errors.is_empty() {
             return Exit::Critical;
         }
         match self.findings.iter().map(|f| f.severity).max() {
-            Some(Severity::Error) => Exit::Critical,
-            Some(Severity::Warning) => Exit::Warning,
+            Some(FindingSeverity::Error) => Exit::Critical,
+            Some(FindingSeverity::Warning) => Exit::Warning,
             _ => Exit::Ok,
         }
     }
 
-    fn add(&mut self, severity: Severity, message: impl Into<String>) {
+    fn add(&mut self, severity: FindingSeverity, message: impl Into<String>) {
         self.findings.push(Finding {
             severity,
             message: message.into(),
@@ -113,8 +113,8 @@ pub fn run(
     policy: Result<(Policy, bool), PolicyError>,
     source: &dyn SocketSource,
     opts: &CheckOptions,
-) -> Report {
-    let mut report = Report::new(policy_file);
+) -> CheckReport {
+    let mut report = CheckReport::new(policy_file);
     let policy = report.policy(policy_file, policy);
     report.daemon = live::read(host, SystemTime::now());
     // One scan for every question asked of sysctl.d; an error is reported
@@ -126,7 +126,7 @@ pub fn run(
     let settings = match KernelSettings::read(host) {
         Ok(s) => s,
         Err(e) => {
-            report.add(Severity::Error, e.to_string());
+            report.add(FindingSeverity::Error, e.to_string());
             return report;
         }
     };
@@ -148,7 +148,7 @@ pub fn run(
     let usage = match usage::take_census(source, settings.clone(), options) {
         Ok(u) => u,
         Err(e) => {
-            report.add(Severity::Error, format!("census failed: {e}"));
+            report.add(FindingSeverity::Error, format!("census failed: {e}"));
             return report;
         }
     };
@@ -172,23 +172,23 @@ pub fn run(
 
 /// sysctl.d read once for every question asked of it; an error is reported
 /// once, here.
-fn scan_sysctld(host: &Host, report: &mut Report) -> Option<Scan> {
+fn scan_sysctld(host: &Host, report: &mut CheckReport) -> Option<Scan> {
     match sysctld::scan(host) {
         Ok(s) => Some(s),
         Err(e) => {
-            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
+            report.add(FindingSeverity::Error, format!("cannot read sysctl.d: {e}"));
             None
         }
     }
 }
 
 /// portd's state, or the defaults with an error when it cannot be read.
-fn load_state(host: &Host, report: &mut Report) -> State {
+fn load_state(host: &Host, report: &mut CheckReport) -> State {
     match State::load(host) {
         Ok(s) => s,
         Err(e) => {
             report.add(
-                Severity::Error,
+                FindingSeverity::Error,
                 format!("{e} (portd run would only advise until this is fixed)"),
             );
             State::default()
@@ -197,10 +197,10 @@ fn load_state(host: &Host, report: &mut Report) -> State {
 }
 
 /// A yield to the admin leaves portd advising only.
-fn yielded_finding(state: &State, report: &mut Report) {
+fn yielded_finding(state: &State, report: &mut CheckReport) {
     if let Some(y) = &state.yielded {
         report.add(
-            Severity::Warning,
+            FindingSeverity::Warning,
             format!(
                 "portd yielded to the admin ({}); it only advises until `systemctl reload portd`",
                 y.reason
@@ -209,7 +209,7 @@ fn yielded_finding(state: &State, report: &mut Report) {
     }
 }
 
-impl Report {
+impl CheckReport {
     /// The live kernel values the report shows.
     fn kernel(&mut self, settings: &KernelSettings) {
         self.range = Some(settings.port_range);
@@ -217,8 +217,8 @@ impl Report {
         self.unprivileged_port_start = Some(settings.unprivileged_port_start);
     }
 
-    fn new(policy_file: &Path) -> Report {
-        Report {
+    fn new(policy_file: &Path) -> CheckReport {
+        CheckReport {
             policy_file: policy_file.display().to_string(),
             policy_found: false,
             policy_errors: Vec::new(),
@@ -231,7 +231,7 @@ impl Report {
             listeners_in_span: Vec::new(),
             findings: Vec::new(),
             plan: None,
-            daemon: live::Daemon::NotRunning(live::NotRunning::Absent),
+            daemon: live::DaemonView::NotRunning(live::NotRunning::Absent),
             remedies: Vec::new(),
         }
     }
@@ -248,7 +248,7 @@ impl Report {
                 self.policy_found = found;
                 if !found {
                     self.add(
-                        Severity::Info,
+                        FindingSeverity::Info,
                         format!(
                             "{} does not exist: the built-in defaults apply",
                             policy_file.display()
@@ -271,7 +271,7 @@ fn bounds_findings(
     policy: &Policy,
     settings: &KernelSettings,
     bounds: Bounds,
-    report: &mut Report,
+    report: &mut CheckReport,
 ) {
     let range = settings.port_range;
     let unprivileged = settings.unprivileged_port_start;
@@ -279,7 +279,7 @@ fn bounds_findings(
         && p < unprivileged
     {
         report.add(
-            Severity::Warning,
+            FindingSeverity::Warning,
             format!(
                 "widen.floor {p} is below ip_unprivileged_port_start {unprivileged}: the kernel refuses such a range, so portd stops at {unprivileged}"
             ),
@@ -287,7 +287,7 @@ fn bounds_findings(
     }
     if bounds.outside(range) {
         report.add(
-            Severity::Warning,
+            FindingSeverity::Warning,
             format!(
                 "the range {range} lies outside the policy's bounds {}-{}: portd will not change it",
                 bounds.floor, bounds.ceiling
@@ -299,7 +299,7 @@ fn bounds_findings(
 
 /// What the census judged ([`usage::Hazard`]) about the range's setup,
 /// listeners in the span portd may open, and a range with no usable port.
-fn usage_findings(usage: &usage::Usage, report: &mut Report) {
+fn usage_findings(usage: &usage::Usage, report: &mut CheckReport) {
     report.listeners_in_range = usage.listeners_in_range.clone();
     report.listeners_in_span = usage
         .listening_ports
@@ -312,12 +312,12 @@ fn usage_findings(usage: &usage::Usage, report: &mut Report) {
             hazard,
             usage::Hazard::SameParity { .. } | usage::Hazard::ListenersInRange { .. }
         ) {
-            report.add(Severity::Warning, hazard.to_string());
+            report.add(FindingSeverity::Warning, hazard.to_string());
         }
     }
     if !report.listeners_in_span.is_empty() {
         report.add(
-            Severity::Info,
+            FindingSeverity::Info,
             format!(
                 "services listen on {} port(s) inside the span the policy may open ({}); portd reserves them before the range grows over them",
                 report.listeners_in_span.len(),
@@ -327,7 +327,7 @@ fn usage_findings(usage: &usage::Usage, report: &mut Report) {
     }
     if let usage::Cause::NoUsablePorts { .. } = &usage.headline.cause {
         report.add(
-            Severity::Error,
+            FindingSeverity::Error,
             format!(
                 "{}: every connect() fails with EADDRNOTAVAIL; remove ports of the range from \
                  ip_local_reserved_ports or widen the range",
@@ -386,7 +386,13 @@ fn plan_now(
 /// it did not write), an old one left by an earlier `persist.file`, and
 /// the reserved ports it sets (none said when sysctl.d could not be read:
 /// `run` reported that).
-fn dropin(host: &Host, scan: Option<&Scan>, policy: &Policy, state: &State, report: &mut Report) {
+fn dropin(
+    host: &Host,
+    scan: Option<&Scan>,
+    policy: &Policy,
+    state: &State,
+    report: &mut CheckReport,
+) {
     if !policy.persist {
         return;
     }
@@ -395,7 +401,7 @@ fn dropin(host: &Host, scan: Option<&Scan>, policy: &Policy, state: &State, repo
     let current = match actuator::dropin_file(host, &policy.dropin_name) {
         DropinFile::Foreign(why) => {
             report.add(
-                Severity::Error,
+                FindingSeverity::Error,
                 format!(
                     "persist.file names {}, which portd did not write: {why}; portd refuses to overwrite it, so a change it makes would not survive a reboot (set persist.file to another name, or move the file aside)",
                     path.display()
@@ -410,7 +416,7 @@ fn dropin(host: &Host, scan: Option<&Scan>, policy: &Policy, state: &State, repo
         && matches!(actuator::dropin_file(host, old), DropinFile::Portd(_))
     {
         report.add(
-            Severity::Info,
+            FindingSeverity::Info,
             format!(
                 "{} is portd's drop-in of an earlier persist.file: portd removes it when it next writes {}",
                 dir.join(old).display(),
@@ -426,13 +432,13 @@ fn dropin(host: &Host, scan: Option<&Scan>, policy: &Policy, state: &State, repo
     {
         Ok(r) => r,
         Err(e) => {
-            report.add(Severity::Error, format!("cannot read sysctl.d: {e}"));
+            report.add(FindingSeverity::Error, format!("cannot read sysctl.d: {e}"));
             return;
         }
     };
     let wanted = if reserved.is_empty() {
         report.add(
-            Severity::Info,
+            FindingSeverity::Info,
             format!(
                 "portd's drop-in {} does not set {key}: portd reserved no ports, so the other sysctl.d files and runtime reservations stand",
                 path.display()
@@ -441,7 +447,7 @@ fn dropin(host: &Host, scan: Option<&Scan>, policy: &Policy, state: &State, repo
         None
     } else {
         report.add(
-            Severity::Info,
+            FindingSeverity::Info,
             format!(
                 "portd's drop-in {} sets {key} = {} (the other sysctl.d files' reservations and portd's {})",
                 path.display(),
@@ -457,7 +463,7 @@ fn dropin(host: &Host, scan: Option<&Scan>, policy: &Policy, state: &State, repo
 }
 
 /// portd's drop-in on disk no longer sets the reserved ports it should.
-fn stale_dropin(path: &Path, text: &str, wanted: Option<String>, report: &mut Report) {
+fn stale_dropin(path: &Path, text: &str, wanted: Option<String>, report: &mut CheckReport) {
     let key = kernel::KEY_RESERVED_PORTS;
     let on_disk = text
         .lines()
@@ -466,7 +472,7 @@ fn stale_dropin(path: &Path, text: &str, wanted: Option<String>, report: &mut Re
         .map(|(_, v)| v.trim().to_string());
     if on_disk != wanted {
         report.add(
-            Severity::Info,
+            FindingSeverity::Info,
             format!(
                 "{} sets {key} = {:?}, no longer what it should: the running portd rewrites it at its next poll",
                 path.display(),
@@ -485,7 +491,7 @@ fn reservations_in_span(
     settings: &KernelSettings,
     listening: &PortSet,
     bounds: Bounds,
-    report: &mut Report,
+    report: &mut CheckReport,
 ) {
     let range = settings.port_range;
     let Some(widest) = bounds.widest(range) else {
@@ -501,7 +507,7 @@ fn reservations_in_span(
     let widest_usable = planner::usable_ports(widest, &reserved, listening);
     if widest_usable == now && widest != range {
         report.add(
-            Severity::Warning,
+            FindingSeverity::Warning,
             format!(
                 "widening cannot add a usable port: every port of the span the policy may open \
                  (outside {range}, up to {widest}) is reserved, protected or listened on"
@@ -525,7 +531,7 @@ fn reservations_in_span(
         format!("widen.protected [{}]", entries.join(", "))
     };
     report.add(
-        Severity::Error,
+        FindingSeverity::Error,
         format!(
             "{what} would leave {widest_usable} usable ephemeral ports in {widest}, the widest \
              range the policy allows, against the {now} now: portd will not widen (reserving \
@@ -534,12 +540,15 @@ fn reservations_in_span(
     );
 }
 
-fn boot_config(scan: &Scan, policy: &Policy, report: &mut Report) {
+fn boot_config(scan: &Scan, policy: &Policy, report: &mut CheckReport) {
     for w in &scan.warnings {
-        report.add(Severity::Info, format!("systemd-sysctl will warn: {w}"));
+        report.add(
+            FindingSeverity::Info,
+            format!("systemd-sysctl will warn: {w}"),
+        );
     }
     for s in &scan.skipped {
-        report.add(Severity::Warning, format!("sysctl.d entry {s}"));
+        report.add(FindingSeverity::Warning, format!("sysctl.d entry {s}"));
     }
     for key in [kernel::KEY_RESERVED_PORTS, kernel::KEY_PORT_RANGE] {
         let overrides: Vec<String> = scan
@@ -549,7 +558,7 @@ fn boot_config(scan: &Scan, policy: &Policy, report: &mut Report) {
             .collect();
         if !overrides.is_empty() {
             report.add(
-                Severity::Warning,
+                FindingSeverity::Warning,
                 format!(
                     "{key} is set after portd's drop-in {} by {}: a change portd makes would not survive a reboot, so portd will only advise",
                     policy.dropin_name,
@@ -572,7 +581,7 @@ fn boot_config(scan: &Scan, policy: &Policy, report: &mut Report) {
     }
 }
 
-pub fn render_human(r: &Report) -> String {
+pub fn render_human(r: &CheckReport) -> String {
     let mut out = String::new();
     for e in &r.policy_errors {
         let _ = writeln!(out, "{e}");
@@ -623,9 +632,9 @@ pub fn render_human(r: &Report) -> String {
     let _ = writeln!(out, "{}", r.daemon.line());
     for f in &r.findings {
         let label = match f.severity {
-            Severity::Info => "note",
-            Severity::Warning => "WARNING",
-            Severity::Error => "ERROR",
+            FindingSeverity::Info => "note",
+            FindingSeverity::Warning => "WARNING",
+            FindingSeverity::Error => "ERROR",
         };
         let _ = writeln!(out, "{label}: {}", f.message);
     }
@@ -642,7 +651,7 @@ pub fn render_human(r: &Report) -> String {
 }
 
 /// The plan and the remedies of `check --plan`.
-fn render_plan(r: &Report, out: &mut String) {
+fn render_plan(r: &CheckReport, out: &mut String) {
     if let Some(d) = &r.plan {
         let _ = writeln!(
             out,

@@ -31,17 +31,17 @@ pub struct StatusOptions {
 }
 
 #[derive(Serialize)]
-struct Thresholds {
+struct ThresholdsShown {
     warning: Ratio,
     critical: Ratio,
 }
 
 #[derive(Serialize)]
-struct Report<'a> {
+struct StatusReport<'a> {
     schema_version: u32,
     status: Level,
     exit_code: u8,
-    thresholds: Thresholds,
+    thresholds: ThresholdsShown,
     #[serde(flatten)]
     usage: ReportUsage<'a>,
     destination_count: usize,
@@ -50,7 +50,7 @@ struct Report<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     attribution_note: Option<&'static str>,
     /// The daemon's live view (live.rs), or why there is none.
-    daemon: live::Report<'a>,
+    daemon: live::DaemonReport<'a>,
 }
 
 #[derive(Serialize)]
@@ -154,7 +154,7 @@ const ATTRIBUTION_NOTE: &str =
 pub fn render(
     usage: &Usage,
     attribution: Option<&[DestAttribution]>,
-    daemon: &live::Daemon,
+    daemon: &live::DaemonView,
     opts: &StatusOptions,
 ) -> Outcome {
     let level = Level::of(
@@ -164,11 +164,11 @@ pub fn render(
     );
     let shown = top(usage, opts.top);
     let text = if opts.json {
-        let report = Report {
+        let report = StatusReport {
             schema_version: SCHEMA_VERSION,
             status: level,
             exit_code: level.exit_code(),
-            thresholds: Thresholds {
+            thresholds: ThresholdsShown {
                 warning: opts.thresholds.warning(),
                 critical: opts.thresholds.critical(),
             },
@@ -414,7 +414,7 @@ mod tests {
             thresholds: policy::Policy::default().thresholds,
             tcp_pool_in_headline: false,
         };
-        let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+        let none = live::DaemonView::NotRunning(live::NotRunning::Absent);
         let text = render(&usage, Some(&attribution), &none, &opts).text;
         assert!(
             text.contains("pid 8 (x\\x7cy=1\\x0aOK - \\x1b[2J, uid 1000) holds 1\n"),

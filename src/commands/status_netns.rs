@@ -17,7 +17,7 @@ use crate::publish::live;
 use crate::observe::netns::Namespace;
 
 /// One namespace's part of the report.
-struct Section {
+struct NetnsSection {
     ns: Namespace,
     level: Level,
     /// Its headline usage (a fraction), or the bound its counters give:
@@ -35,8 +35,8 @@ fn measure(
     ns: &Namespace,
     opts: &StatusOptions,
     census: bool,
-    daemon: &live::Daemon,
-) -> Section {
+    daemon: &live::DaemonView,
+) -> NetnsSection {
     let usage_options = UsageOptions {
         tcp_pool_in_headline: opts.tcp_pool_in_headline,
     };
@@ -48,7 +48,7 @@ fn measure(
     }
     match crate::observe::netns::census::take(host, ns, usage_options) {
         Ok(usage) => census_section(&usage, ns, opts, daemon),
-        Err(e) => Section {
+        Err(e) => NetnsSection {
             ns: ns.clone(),
             level: Level::Unknown,
             usage: 0.0,
@@ -64,11 +64,11 @@ fn measure(
 
 /// The quiet line of another namespace whose counters alone bound its
 /// usage under the thresholds, so no census is needed; `None` otherwise.
-fn quiet_section(host: &Host, ns: &Namespace, opts: &StatusOptions) -> Option<Section> {
+fn quiet_section(host: &Host, ns: &Namespace, opts: &StatusOptions) -> Option<NetnsSection> {
     let (totals, _) = crate::observe::netns::census::counters(host, ns)?;
     let settings = crate::observe::netns::census::settings(host, ns).ok()?;
     let q = quiet(&settings, &totals, &opts.thresholds)?;
-    Some(Section {
+    Some(NetnsSection {
         ns: ns.clone(),
         level: Level::Ok,
         usage: q.usage.fraction(),
@@ -92,8 +92,8 @@ fn census_section(
     usage: &Usage,
     ns: &Namespace,
     opts: &StatusOptions,
-    daemon: &live::Daemon,
-) -> Section {
+    daemon: &live::DaemonView,
+) -> NetnsSection {
     let render = |json: bool| {
         status::render(
             usage,
@@ -114,7 +114,7 @@ fn census_section(
             obj.remove("daemon");
         }
     }
-    Section {
+    NetnsSection {
         ns: ns.clone(),
         level: text.level,
         usage: usage.headline.usage.fraction(),
@@ -132,8 +132,8 @@ fn measure_or_gone(
     ns: &Namespace,
     opts: &StatusOptions,
     census: bool,
-    daemon: &live::Daemon,
-) -> Option<Section> {
+    daemon: &live::DaemonView,
+) -> Option<NetnsSection> {
     let section = measure(host, ns, opts, census, daemon);
     if section.level != Level::Unknown || !ns.is_gone(host) {
         return Some(section);
@@ -146,9 +146,9 @@ fn measure_or_gone(
 /// The worst section: by [`Level::rank`] (a measured critical outranks a
 /// namespace that could not be measured), then by usage; the first of
 /// equals (portd's own namespace comes first).
-fn worst(sections: &[Section]) -> Option<&Section> {
+fn worst(sections: &[NetnsSection]) -> Option<&NetnsSection> {
     sections.iter().reduce(|worst, s| {
-        let key = |s: &Section| (s.level.rank(), s.usage);
+        let key = |s: &NetnsSection| (s.level.rank(), s.usage);
         if key(s).partial_cmp(&key(worst)) == Some(std::cmp::Ordering::Greater) {
             s
         } else {
@@ -177,7 +177,7 @@ pub fn run(
 ) -> Outcome {
     let daemon = live::read(host, std::time::SystemTime::now());
     let mut vanished = 0;
-    let sections: Vec<Section> = namespaces
+    let sections: Vec<NetnsSection> = namespaces
         .iter()
         .filter_map(|ns| {
             let section = measure_or_gone(host, ns, opts, census_all, &daemon);
@@ -212,7 +212,7 @@ pub fn run(
     Outcome { text, level }
 }
 
-fn json(sections: &[Section], level: Level, note: Option<&str>) -> String {
+fn json(sections: &[NetnsSection], level: Level, note: Option<&str>) -> String {
     // The first section's report stays at the top level (portd's own
     // namespace, or the one --netns picked), as without namespaces.
     let mut top = sections
@@ -244,7 +244,7 @@ fn json(sections: &[Section], level: Level, note: Option<&str>) -> String {
     format!("{top:#}\n")
 }
 
-fn human(sections: &[Section], worst: &Section, note: Option<&str>) -> String {
+fn human(sections: &[NetnsSection], worst: &NetnsSection, note: Option<&str>) -> String {
     let mut out = headline(worst, sections.len());
     out.push('\n');
     for s in sections {
@@ -269,7 +269,7 @@ fn human(sections: &[Section], worst: &Section, note: Option<&str>) -> String {
 
 /// The worst namespace's first line, naming it when there are several (its
 /// label is escaped display text: the line stays one line with one `|`).
-fn headline(worst: &Section, sections: usize) -> String {
+fn headline(worst: &NetnsSection, sections: usize) -> String {
     let first = worst.text.lines().next().unwrap_or_default();
     if worst.ns.own || sections == 1 {
         first.to_string()
@@ -313,7 +313,7 @@ pub fn with_daemon_view(host: &Host, outcome: Outcome, json: bool) -> Outcome {
     raise_to_worst(&daemon, outcome, json)
 }
 
-fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Outcome {
+fn raise_to_worst(daemon: &live::DaemonView, mut outcome: Outcome, json: bool) -> Outcome {
     let Some(worst) = live::worst_namespace(daemon) else {
         return outcome;
     };
@@ -376,20 +376,20 @@ mod tests {
 
     #[test]
     fn the_daemon_view_of_a_worse_namespace_is_the_headline() {
-        let ns = |inode, level| live::Namespace {
+        let ns = |inode, level| live::NamespaceView {
             inode,
             label: format!("netns n{inode}"),
             level: Some(level),
-            headline: Some(live::Headline {
+            headline: Some(live::HeadlineView {
                 usage: 0.75,
                 used: 15,
                 capacity: 20,
                 cause: "destination 127.0.0.1 -> 127.0.0.1:9000".into(),
                 level: Some(level),
             }),
-            ..live::Namespace::default()
+            ..live::NamespaceView::default()
         };
-        let daemon = live::Daemon::Running {
+        let daemon = live::DaemonView::Running {
             live: Box::new(live::Live {
                 namespaces: vec![ns(7, Level::Warning), ns(9, Level::Critical)],
                 ..live::Live::default()
@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(v["exit_code"], 2);
         assert_eq!(v["worst_namespace"]["inode"], 9);
         // No daemon: nothing changes.
-        let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+        let none = live::DaemonView::NotRunning(live::NotRunning::Absent);
         assert_eq!(
             raise_to_worst(&none, own(Level::Ok), false).level,
             Level::Ok
@@ -487,17 +487,17 @@ mod tests {
         fn any_process_name_leaves_the_plugin_line_one_line_with_one_pipe(
             comm in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)
         ) {
-            let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+            let none = live::DaemonView::NotRunning(live::NotRunning::Absent);
             let critical = status::render(&critical_usage(), None, &none, &options());
             proptest::prop_assert_eq!(critical.level, Level::Critical);
-            let own = Section {
+            let own = NetnsSection {
                 ns: Namespace { own: true, label: "host".into(), ..named_by(b"portd") },
                 level: Level::Ok,
                 usage: 0.0,
                 text: "PORTD OK - 0.00% ... | usage=0.00%;80;90;0;100\n".into(),
                 json: serde_json::Value::Null,
             };
-            let worst = Section {
+            let worst = NetnsSection {
                 ns: named_by(&comm),
                 level: critical.level,
                 usage: 0.9,
@@ -517,8 +517,8 @@ mod tests {
         }
     }
 
-    fn section(label: &str, level: Level, usage: f64) -> Section {
-        Section {
+    fn section(label: &str, level: Level, usage: f64) -> NetnsSection {
+        NetnsSection {
             ns: Namespace {
                 label: label.into(),
                 ..named_by(b"x")
@@ -581,7 +581,7 @@ mod tests {
             pid: Some(8),
             ..named_by(b"x")
         };
-        let none = live::Daemon::NotRunning(live::NotRunning::Absent);
+        let none = live::DaemonView::NotRunning(live::NotRunning::Absent);
         // A fixture root cannot be entered: unknown, but still there.
         let s = measure_or_gone(&host, &ns, &options(), false, &none).unwrap();
         assert_eq!((s.level, s.ns.pid), (Level::Unknown, Some(8)));

@@ -29,7 +29,7 @@ pub(super) struct CensusOutput {
 pub(super) type CensusResult = Result<CensusOutput, String>;
 
 /// A census running on the blocking pool.
-pub(super) struct InFlight {
+pub(super) struct CensusInFlight {
     pub handle: JoinHandle<CensusResult>,
     pub started: Instant,
     /// `Tcp: ActiveOpens` read before the census began, so that the bound
@@ -37,7 +37,7 @@ pub(super) struct InFlight {
     pub active_opens: Option<u64>,
 }
 
-impl InFlight {
+impl CensusInFlight {
     pub fn spawn(
         host: Host,
         settings: KernelSettings,
@@ -45,7 +45,7 @@ impl InFlight {
         lookup: ProcessLookup,
         active_opens: Option<u64>,
     ) -> Self {
-        InFlight {
+        CensusInFlight {
             handle: tokio::task::spawn_blocking(move || {
                 census_task(&host, settings, options, lookup)
             }),
@@ -56,7 +56,7 @@ impl InFlight {
 }
 
 /// Waits for the census in `slot`; forever when there is none (a `select!` arm).
-pub(super) async fn join(slot: &mut Option<InFlight>) -> Result<CensusResult, JoinError> {
+pub(super) async fn join(slot: &mut Option<CensusInFlight>) -> Result<CensusResult, JoinError> {
     match slot {
         Some(census) => (&mut census.handle).await,
         None => std::future::pending().await,

@@ -1,17 +1,15 @@
-//! The daemon's journal entries that keep no reporting state, shared by the
-//! poll and the watch over the other namespaces: the usage fields, the
-//! level event, exhaustion, a policy reloaded or rejected, and the "report
-//! once" rule that keeps a condition from being logged on every poll.
+//! The daemon's journal entries that keep no reporting state (exhaustion, a
+//! policy reloaded or rejected: publish/events.rs builds them), and the
+//! "report once" rule that keeps a condition from being logged on every
+//! poll, shared by the poll and the watch over the other namespaces.
 
 use std::path::Path;
 
 use crate::judge::authority::Authority;
 use crate::judge::exhausted;
-use crate::judge::level::Level;
-use crate::judge::planner::Decision;
 use crate::observe::usage::Usage;
 use crate::policy::file::PolicyError;
-use crate::publish::events::{self, Fields, Kind};
+use crate::publish::events::Entry;
 
 /// A condition reported once per distinct text, not once per poll.
 #[derive(Debug, Default)]
@@ -35,127 +33,22 @@ impl Once {
     }
 }
 
-/// The usage fields of a journal entry: headline, busiest destinations,
-/// range and cause (the daemon's and every namespace's alerts).
-pub(super) fn usage_fields(usage: &Usage) -> Fields {
-    let worst: Vec<String> = usage
-        .destinations
-        .iter()
-        .take(3)
-        .map(|d| format!("{} ({}, {})", d.key, d.usage, d.used))
-        .collect();
-    Fields {
-        usage: Some(usage.headline.usage.to_string()),
-        used: Some(usage.headline.used),
-        capacity: Some(usage.headline.capacity),
-        destination: (!worst.is_empty()).then(|| worst.join("; ")),
-        range_before: Some(usage.settings.port_range),
-        reason: Some(usage.headline.cause.to_string()),
-        ..Fields::default()
-    }
-}
-
-/// "ephemeral ports warning", with its kind and whether it is a reminder:
-/// one entry per transition of the confirmed level, and a reminder at the
-/// policy's interval while it stays raised; never one per poll.
-pub(super) fn level_event(d: &Decision) -> Option<(Kind, &'static str, bool)> {
-    Some(match (d.transition, d.alert.level) {
-        (Some(_), Level::Critical) => (Kind::UsageCritical, "ephemeral ports critical", false),
-        (Some((Level::Critical, _)), Level::Warning) => (
-            Kind::UsageWarning,
-            "ephemeral ports down from critical to warning",
-            false,
-        ),
-        (Some(_), Level::Warning) => (Kind::UsageWarning, "ephemeral ports warning", false),
-        (Some((from, _)), Level::Ok) if from > Level::Ok => {
-            (Kind::UsageRecovered, "ephemeral ports recovered", false)
-        }
-        (None, Level::Critical) if d.remind => {
-            (Kind::UsageCritical, "ephemeral ports still critical", true)
-        }
-        (None, Level::Warning) if d.remind => {
-            (Kind::UsageWarning, "ephemeral ports still warning", true)
-        }
-        _ => return None,
-    })
-}
-
 /// Exhaustion (exhausted.rs): one entry for every exhausted target.
 pub(super) fn exhaustion(usage: &Usage, event: &exhausted::Event) {
-    match event {
-        exhausted::Event::Exhausted {
-            targets,
-            first,
-            worsened,
-        } => {
-            let what = if *first {
-                "ephemeral ports exhausted"
-            } else if *worsened {
-                "ephemeral port exhaustion worsened"
-            } else {
-                "ephemeral ports still exhausted"
-            };
-            events::emit(
-                Kind::PortsExhausted,
-                &format!(
-                    "{what}: connect() fails now with EADDRNOTAVAIL towards {}; range {}",
-                    targets.join("; "),
-                    usage.settings.port_range
-                ),
-                &Fields {
-                    destination: Some(targets.join("; ")),
-                    reminder: !*first && !*worsened,
-                    ..usage_fields(usage)
-                },
-            );
-        }
-        exhausted::Event::Recovered => events::emit(
-            Kind::ExhaustionEnded,
-            &format!(
-                "ephemeral ports no longer exhausted: {} ({}/{}) at most",
-                usage.headline.usage, usage.headline.used, usage.headline.capacity
-            ),
-            &usage_fields(usage),
-        ),
-    }
+    Entry::exhaustion(usage, event).emit();
 }
 
 pub(super) fn reloaded(config: &Path, authority: &Authority, yield_cleared: bool) {
-    events::emit(
-        Kind::PolicyReloaded,
-        &format!(
-            "policy reloaded from {}: mode {}{}",
-            config.display(),
-            authority.describe(),
-            if yield_cleared {
-                "; the yield to the admin is cleared"
-            } else {
-                ""
-            }
-        ),
-        &Fields {
-            policy: Some(config.display().to_string()),
-            ..Fields::default()
-        },
-    );
+    Entry::policy_reloaded(config, authority, yield_cleared).emit();
 }
 
 pub(super) fn rejected(config: &Path, error: &PolicyError) {
-    events::emit(
-        Kind::PolicyRejected,
-        &format!("policy rejected, the previous one stays in force:\n{error}"),
-        &Fields {
-            policy: Some(config.display().to_string()),
-            reason: Some(error.to_string()),
-            ..Fields::default()
-        },
-    );
+    Entry::policy_rejected(config, error).emit();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::planner::AlertState;
 
     #[test]
     fn a_condition_is_reported_once_per_distinct_text() {
@@ -177,45 +70,5 @@ mod tests {
             once.is_new("cannot write metrics"),
             "reported again after it cleared"
         );
-    }
-
-    fn decision(transition: Option<(Level, Level)>, level: Level, remind: bool) -> Decision {
-        Decision {
-            raw_level: level,
-            alert: AlertState {
-                level,
-                ..AlertState::default()
-            },
-            transition,
-            remind,
-            action: crate::judge::planner::Action::Nothing,
-            urgent: None,
-            overrode: None,
-            unfit: None,
-        }
-    }
-
-    #[test]
-    fn the_journal_hears_of_level_transitions_and_reminders_only() {
-        let what = |d: &Decision| level_event(d).map(|(_, what, reminder)| (what, reminder));
-        use Level::{Critical, Ok, Warning};
-        assert_eq!(
-            what(&decision(Some((Ok, Warning)), Warning, false)),
-            Some(("ephemeral ports warning", false))
-        );
-        assert_eq!(
-            what(&decision(Some((Critical, Warning)), Warning, false)),
-            Some(("ephemeral ports down from critical to warning", false))
-        );
-        assert_eq!(
-            what(&decision(Some((Warning, Ok)), Ok, false)),
-            Some(("ephemeral ports recovered", false))
-        );
-        assert_eq!(
-            what(&decision(None, Critical, true)),
-            Some(("ephemeral ports still critical", true))
-        );
-        assert_eq!(what(&decision(None, Warning, false)), None);
-        assert_eq!(what(&decision(None, Ok, true)), None);
     }
 }

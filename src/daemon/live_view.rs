@@ -13,7 +13,7 @@ use crate::publish::live::{self, Live};
 
 /// Since start, for the metrics file.
 #[derive(Default)]
-pub(super) struct Counters {
+pub(super) struct PollCounters {
     pub censuses: u64,
     pub skipped: u64,
     pub failed: u64,
@@ -40,7 +40,7 @@ pub(super) struct Poll<'a> {
 }
 
 /// The live view at the end of a poll.
-pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) -> Live {
+pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime) -> Live {
     let a = poll.authority;
     Live {
         format_version: live::FORMAT_VERSION,
@@ -49,7 +49,7 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
         start_time: live::process(std::process::id()).map(|p| p.start_time),
         namespaces_of_daemon: Some(live::Namespaces::of_this_process()),
         interval_seconds: poll.interval.as_secs_f64(),
-        authority: live::Authority {
+        authority: live::AuthorityView {
             mode: a.mode_label().into(),
             advise_reason: a.reason_label().into(),
             // A widening held for a reason the admin must see to (a pin, a
@@ -63,7 +63,7 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
         },
         headline: poll.last.map(|l| {
             let h = &l.usage.headline;
-            live::Headline {
+            live::HeadlineView {
                 usage: h.usage.fraction(),
                 used: h.used,
                 capacity: h.capacity,
@@ -79,7 +79,7 @@ pub(super) fn snapshot(counters: &Counters, poll: &Poll<'_>, now: SystemTime) ->
             failed_total: counters.failed,
             abandoned_total: counters.abandoned,
         },
-        last_change: poll.last_change.map(|c| live::Change {
+        last_change: poll.last_change.map(|c| live::ChangeView {
             at: live::unix_seconds(c.at),
             from: Some(c.from),
             to: Some(c.to),
@@ -100,7 +100,7 @@ fn outlook(l: &LastCensus, connect_attempts: Option<u64>) -> live::Outlook {
         targets: l
             .forecast
             .iter()
-            .map(|f| live::Target {
+            .map(|f| live::TargetView {
                 target: f.target.to_string(),
                 used: f.used,
                 capacity: f.capacity,
@@ -113,7 +113,7 @@ fn outlook(l: &LastCensus, connect_attempts: Option<u64>) -> live::Outlook {
         remedies: l
             .remedies
             .iter()
-            .map(|r| live::Remedy {
+            .map(|r| live::RemedyView {
                 id: r.id.to_string(),
                 effect: r.effect,
                 closes_gap: r.closes_gap,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{JoinError, JoinHandle};
 
-use self::census_task::{CensusResult, InFlight, join};
+use self::census_task::{CensusInFlight, CensusResult, join};
 use self::live_view::Poll;
 use self::reload::{LoadedPolicy, join_reload};
 use self::report::Report;
@@ -146,10 +146,10 @@ struct LastCensus {
 /// The tasks the event loop waits on besides signals and timers.
 #[derive(Default)]
 struct Tasks {
-    census: Option<InFlight>,
+    census: Option<CensusInFlight>,
     /// A census abandoned after the limit keeps its thread until it ends;
     /// no new one starts meanwhile, so stuck reads cannot pile up.
-    abandoned: Option<InFlight>,
+    abandoned: Option<CensusInFlight>,
     /// The policy is read and checked off the loop (a hostile file can
     /// take long): signals and the watchdog are served meanwhile.
     reloading: Option<JoinHandle<LoadedPolicy>>,

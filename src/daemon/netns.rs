@@ -123,10 +123,10 @@ type Known = HashMap<u64, Watched>;
 /// What the live view and the metrics file show of the other namespaces.
 #[derive(Default)]
 pub(super) struct Published {
-    pub namespaces: Vec<live::Namespace>,
+    pub namespaces: Vec<live::NamespaceView>,
     pub note: Option<String>,
-    /// `portd_netns_*` families, appended to the metrics file.
-    pub metrics: String,
+    /// The rows of the `portd_netns_*` families; none before the first poll.
+    pub metrics: Option<crate::publish::metrics::NetnsRows>,
 }
 
 /// The daemon's side of the watch.

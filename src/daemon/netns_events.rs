@@ -6,9 +6,7 @@ use crate::judge::level::Level;
 use crate::judge::planner::{Action, Decision};
 use crate::observe::netns::Namespace;
 use crate::observe::usage::Usage;
-use crate::publish::events::{self, Fields, Kind};
-
-use super::super::journal::{level_event, usage_fields};
+use crate::publish::events::Entry;
 
 /// The sysctl the advice is about.
 const RANGE_KEY: &str = "net.ipv4.ip_local_port_range";
@@ -67,43 +65,11 @@ pub(super) fn advice(ns: &Namespace, decision: &Decision) -> Option<String> {
     ))
 }
 
-/// `base` with the fields that name the namespace.
-pub(super) fn in_namespace(ns: &Namespace, base: Fields) -> Fields {
-    Fields {
-        netns: Some(format!("net:[{}]", ns.inode)),
-        container: ns.identity.container(),
-        pod: ns
-            .identity
-            .pod
-            .clone()
-            .or_else(|| ns.identity.pod_uid.clone()),
-        ..base
-    }
-}
-
 /// The journal entry for a change of a namespace's confirmed level.
 pub(super) fn alert(ns: &Namespace, usage: &Usage, d: &Decision, advice: Option<&str>) {
-    let Some((kind, what, reminder)) = level_event(d) else {
-        return;
-    };
-    let advice = advice.map(|a| format!("; {a}")).unwrap_or_default();
-    events::emit(
-        kind,
-        &format!(
-            "{what} in {} (net:[{}], enter: {}): {} of ephemeral ports in use ({}/{}), worst: {}{advice}",
-            ns.label,
-            ns.inode,
-            ns.enter,
-            usage.headline.usage,
-            usage.headline.used,
-            usage.headline.capacity,
-            usage.headline.cause
-        ),
-        &Fields {
-            reminder,
-            ..in_namespace(ns, usage_fields(usage))
-        },
-    );
+    if let Some(entry) = Entry::namespace_level(ns, usage, d, advice) {
+        entry.emit();
+    }
 }
 
 /// A namespace that had a raised alert and is gone: its process exited (or
@@ -118,30 +84,5 @@ pub(in super::super) struct Gone {
 /// The journal entry that closes the alert of a namespace that is gone: no
 /// recovery follows, and its reminders stop.
 pub(super) fn gone(g: &Gone) {
-    let ns = &g.ns;
-    let level = g.level.label().to_ascii_lowercase();
-    let last = g
-        .usage
-        .as_ref()
-        .map(|u| {
-            format!(
-                "; last census {} ({}/{}), worst: {}",
-                u.headline.usage, u.headline.used, u.headline.capacity, u.headline.cause
-            )
-        })
-        .unwrap_or_default();
-    let base = g.usage.as_ref().map(usage_fields).unwrap_or_default();
-    events::emit(
-        Kind::NetnsGone,
-        &format!(
-            "ephemeral port alert ended in {} (net:[{}]): the namespace is gone; it was {level}{last}",
-            ns.label, ns.inode
-        ),
-        &Fields {
-            reason: Some(format!(
-                "the namespace is gone while {level}: no process or /run/netns name holds it"
-            )),
-            ..in_namespace(ns, base)
-        },
-    );
+    Entry::namespace_gone(&g.ns, g.level, g.usage.as_ref()).emit();
 }

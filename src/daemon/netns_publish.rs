@@ -1,6 +1,6 @@
 //! What the watch over the other network namespaces publishes: the
 //! namespaces in the live view, worst first, and the `portd_netns_*`
-//! families of the metrics file, bounded to the worst few.
+//! rows of the metrics file, bounded to the worst few.
 
 use super::{Known, Published, TOP_NAMESPACES, Watched};
 use crate::publish::live;
@@ -33,14 +33,14 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
     let namespaces = list
         .iter()
         .take(live::NAMESPACES_SHOWN)
-        .map(|w| live::Namespace {
+        .map(|w| live::NamespaceView {
             inode: w.ns.inode,
             label: w.ns.label.clone(),
             container: w.ns.identity.container(),
             pod: w.ns.identity.pod.clone(),
             enter: w.ns.enter.clone(),
             level: measured(w).then_some(w.alert.level),
-            headline: w.last.as_ref().map(|l| live::Headline {
+            headline: w.last.as_ref().map(|l| live::HeadlineView {
                 usage: l.usage.headline.usage.fraction(),
                 used: l.usage.headline.used,
                 capacity: l.usage.headline.capacity,
@@ -58,7 +58,7 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
         .collect();
     Published {
         namespaces,
-        metrics: metrics_text(&list, known.len(), censuses),
+        metrics: Some(metrics_rows(&list, known.len(), censuses)),
         note,
     }
 }
@@ -68,66 +68,32 @@ pub(super) fn measured(w: &Watched) -> bool {
     w.last.is_some() || w.quiet.is_some()
 }
 
-/// `portd_netns_*`: the top [`TOP_NAMESPACES`] of those measured,
-/// labelled `netns`, `container`, `pod` (never `namespace`, never a pid).
-pub(super) fn metrics_text(list: &[&Watched], watched: usize, censuses: u64) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let top: Vec<&Watched> = list
+/// The rows of `portd_netns_*`: the top [`TOP_NAMESPACES`] of those
+/// measured, worst first.
+pub(super) fn metrics_rows(list: &[&Watched], watched: usize, censuses: u64) -> metrics::NetnsRows {
+    let top = list
         .iter()
         .copied()
         .filter(|w| measured(w))
         .take(TOP_NAMESPACES)
+        .map(|w| metrics::NetnsRow {
+            inode: w.ns.inode,
+            container: w.ns.identity.container().unwrap_or_default(),
+            pod: w
+                .ns
+                .identity
+                .pod
+                .clone()
+                .or_else(|| w.ns.identity.pod_uid.clone())
+                .unwrap_or_default(),
+            usage: usage_of(w),
+            used: w.last.as_ref().map_or(0, |l| l.usage.headline.used),
+            level: w.alert.level,
+        })
         .collect();
-    let labels = |w: &Watched| {
-        format!(
-            "{{netns=\"net:[{}]\",container=\"{}\",pod=\"{}\"}}",
-            w.ns.inode,
-            metrics::label(&w.ns.identity.container().unwrap_or_default()),
-            metrics::label(
-                w.ns.identity
-                    .pod
-                    .as_deref()
-                    .or(w.ns.identity.pod_uid.as_deref())
-                    .unwrap_or_default()
-            )
-        )
-    };
-    let mut family = |name: &str, kind: &str, help: &str, f: &dyn Fn(&Watched) -> f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for w in &top {
-            let _ = writeln!(out, "{name}{} {}", labels(w), f(w));
-        }
-    };
-    family(
-        "portd_netns_usage_ratio",
-        "gauge",
-        "Worst destination or pool usage in another network namespace (0-1): its last census, or the bound its counters give when none was needed (top 20 namespaces).",
-        &usage_of,
-    );
-    family(
-        "portd_netns_used_ports",
-        "gauge",
-        "Ports in use by the worst destination or pool of another network namespace at its last census (0 without one).",
-        &|w| {
-            w.last
-                .as_ref()
-                .map_or(0.0, |l| l.usage.headline.used as f64)
-        },
-    );
-    family(
-        "portd_netns_alert_level",
-        "gauge",
-        "Confirmed level of another network namespace (hold and hysteresis applied): 0 ok, 1 warning, 2 critical.",
-        &|w| f64::from(w.alert.level.exit_code()),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP portd_netns_watched Other network namespaces portd watches.\n# TYPE portd_netns_watched gauge\nportd_netns_watched {watched}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP portd_netns_censuses_total Censuses of other network namespaces since portd started.\n# TYPE portd_netns_censuses_total counter\nportd_netns_censuses_total {censuses}"
-    );
-    out
+    metrics::NetnsRows {
+        top,
+        watched,
+        censuses,
+    }
 }

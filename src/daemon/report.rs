@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::journal::{Once, level_event, usage_fields};
-use super::live_view::{self, Counters, Poll};
+use super::journal::Once;
+use super::live_view::{self, Poll, PollCounters};
 use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
 use crate::judge::authority::Authority;
@@ -15,7 +15,7 @@ use crate::judge::planner::{Blocked, Decision, Plan, Unfit};
 use crate::judge::remedy;
 use crate::observe::census::KernelSettings;
 use crate::observe::usage::{self, Usage};
-use crate::publish::events::{self, Fields, Kind};
+use crate::publish::events::{self, Fields, Kind, level_event};
 use crate::publish::live;
 use crate::publish::metrics;
 use crate::publish::notify;
@@ -25,7 +25,7 @@ use crate::publish::notify;
 pub(super) struct Report {
     /// READY=1 was sent (after the first census).
     pub ready: bool,
-    pub counters: Counters,
+    pub counters: PollCounters,
     /// Why widening is held, or the last write error.
     pub blocked: Once,
     pub persist_error: Once,
@@ -143,7 +143,7 @@ impl Report {
                 reminder,
                 time_to_exhaustion: time_to_exhaustion.map(|t| t.ceil() as u64),
                 remedy,
-                ..usage_fields(usage)
+                ..Fields::usage(usage)
             },
         );
     }
@@ -190,7 +190,7 @@ impl Report {
                 range_before: Some(usage.settings.port_range),
                 range_after: plan.map(|p| p.to),
                 reason: Some(reason.to_string()),
-                ..usage_fields(usage)
+                ..Fields::usage(usage)
             },
         );
     }
@@ -213,7 +213,7 @@ impl Report {
                 range_before: Some(plan.from),
                 range_after: Some(plan.to),
                 reason: Some(reason.to_string()),
-                ..usage_fields(usage)
+                ..Fields::usage(usage)
             },
         );
     }
@@ -230,7 +230,7 @@ impl Report {
                 range_before: Some(plan.from),
                 range_after: Some(plan.to),
                 reason: Some(e.to_string()),
-                ..usage_fields(usage)
+                ..Fields::usage(usage)
             },
         );
     }

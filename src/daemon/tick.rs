@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::census_task::{InFlight, ProcessLookup};
+use super::census_task::{CensusInFlight, ProcessLookup};
 use super::{Daemon, act, budget};
 use crate::judge::fastpath::{self, Baseline, Next};
 use crate::observe::census::KernelSettings;
@@ -15,7 +15,7 @@ use crate::observe::usage::UsageOptions;
 impl Daemon {
     /// One poll: cheap checks, then a census unless the bounds prove no
     /// destination can have reached the warning level.
-    pub(super) fn tick(&mut self) -> Option<InFlight> {
+    pub(super) fn tick(&mut self) -> Option<CensusInFlight> {
         self.sysctld = act::PollScan::default();
         let settings = match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
             Ok(s) => s,
@@ -69,7 +69,7 @@ impl Daemon {
             tcp_pool_in_headline: self.policy.tcp_pool_alerts,
         };
         let lookup = self.process_lookup();
-        Some(InFlight::spawn(
+        Some(CensusInFlight::spawn(
             self.host.clone(),
             settings,
             options,

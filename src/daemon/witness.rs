@@ -1,16 +1,16 @@
 //! The witness as the daemon runs it: started once (saying once which path
 //! it uses, or why none), read once per poll, and rendered for the journal
-//! (first failure per destination or pool), the metrics file and the live
-//! view. The daemon calls [`Running::start`], [`Running::poll`],
+//! (first failure per destination or pool), the metrics file's rows and the
+//! live view. The daemon calls [`Running::start`], [`Running::poll`],
 //! [`Running::metrics`] and [`Running::live`]; nothing else of it.
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
+use crate::observe::witness::Witness;
 use crate::observe::witness::tally::{self, Row, Tally};
-use crate::observe::witness::{FailureKey, Witness};
-use crate::publish::events::{self, Fields, Kind};
+use crate::publish::events::Entry;
 use crate::publish::live;
+use crate::publish::metrics;
 
 pub struct Running {
     witness: Option<Witness>,
@@ -83,26 +83,17 @@ impl Running {
         update.new_failures
     }
 
-    /// Metric families, appended to the metrics file (docs/DESIGN.md naming:
-    /// counters end in `_total`; labels by comm, never by pid).
-    pub fn metrics(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP portd_witness_active Whether the failure witness counts failed port allocations (1) or not (0).\n\
-             # TYPE portd_witness_active gauge\nportd_witness_active {}",
-            u8::from(self.active())
-        );
+    /// The rows of the metrics file's witness families.
+    pub fn metrics(&self) -> metrics::WitnessRows {
         if !self.active() {
-            return out;
+            return metrics::WitnessRows::default();
         }
-        out.push_str(&families(&self.tally.families(), self.tally.dropped));
-        out
+        counted(&self.tally)
     }
 
     /// For the daemon's live view (`status`): the path, and failures in the
     /// last minute and since start per destination/pool and process.
-    pub fn live(&self, now: Instant) -> live::Witness {
+    pub fn live(&self, now: Instant) -> live::WitnessView {
         let mut rows = self.tally.rows(now);
         rows.sort_by(|a, b| {
             (b.last_minute, b.total)
@@ -110,7 +101,7 @@ impl Running {
                 .then_with(|| a.key.cmp(&b.key))
         });
         let not_listed = rows.len().saturating_sub(live::WITNESS_ROWS);
-        live::Witness {
+        live::WitnessView {
             active: self.active(),
             describe: self.describe.clone(),
             failures_total: self.tally.total(),
@@ -122,52 +113,37 @@ impl Running {
     }
 }
 
-/// The counter families: at most [`tally::TOP_SERIES`] keys each, the rest
-/// in one row whose labels all read `other` (labels carry the comm, never
-/// the pid; an empty comm: counted per destination or pool alone because
-/// the witness's per-process map was full).
-fn families(rows: &[tally::Family; tally::FAMILIES], dropped: u64) -> String {
-    let names: [(&str, &str); tally::FAMILIES] = [
-        (
-            "portd_connect_failures_total",
-            "TCP connect() calls that failed with EADDRNOTAVAIL because no local port was free, per destination and process name (at most {TOP} series, the rest in one row labelled other).",
-        ),
-        (
-            "portd_bind_failures_total",
-            "bind(address, 0) calls that failed with EADDRINUSE because no local port was free, per pool and process name (at most {TOP} series, the rest in one row labelled other).",
-        ),
-        (
-            "portd_udp_autobind_failures_total",
-            "UDP connect()/sendto() on an unbound socket that failed with EAGAIN because no local port was free, per pool and process name (at most {TOP} series, the rest in one row labelled other).",
-        ),
-    ];
-    let mut out = String::new();
-    for (i, (name, help)) in names.iter().enumerate() {
-        let help = help.replace("{TOP}", &tally::TOP_SERIES.to_string());
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        // Keys that differ only by namespace share labels: summed.
-        let mut sums: std::collections::BTreeMap<String, u64> = Default::default();
-        for (key, v) in &rows[i].shown {
-            *sums.entry(labels(key)).or_default() += v;
-        }
-        for (labels, v) in sums {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-        if rows[i].other > 0 {
-            let other = if i == 0 {
-                "{local=\"other\",remote=\"other\",remote_port=\"other\",comm=\"other\"}"
-            } else {
-                "{proto=\"other\",local=\"other\",comm=\"other\"}"
-            };
-            let _ = writeln!(out, "{name}{other} {}", rows[i].other);
-        }
+/// The rows of an active witness: its three families and what it could
+/// not count.
+fn counted(tally: &Tally) -> metrics::WitnessRows {
+    let [connect, bind, udp_autobind] = tally.families().map(|f| failure_rows(&f));
+    metrics::WitnessRows {
+        active: true,
+        connect,
+        bind,
+        udp_autobind,
+        dropped: tally.dropped,
     }
-    let _ = writeln!(
-        out,
-        "# HELP portd_witness_dropped_total Failures the witness could not count (its maps of counters were full) or may have missed (counted after their generation was drained).\n\
-         # TYPE portd_witness_dropped_total counter\nportd_witness_dropped_total {dropped}"
-    );
-    out
+}
+
+/// One family's rows: at most [`tally::TOP_SERIES`] keys, the rest
+/// counted as `other` (an empty comm: counted per destination or pool
+/// alone because the witness's per-process map was full).
+fn failure_rows(family: &tally::Family) -> metrics::FailureRows {
+    metrics::FailureRows {
+        shown: family
+            .shown
+            .iter()
+            .map(|(k, count)| metrics::FailureRow {
+                local: k.local,
+                destination: k.destination,
+                protocol: k.protocol,
+                comm: k.comm.clone().unwrap_or_default(),
+                count: *count,
+            })
+            .collect(),
+        other: family.other,
+    }
 }
 
 fn live_row(r: &Row) -> live::WitnessedFailure {
@@ -187,68 +163,16 @@ fn live_row(r: &Row) -> live::WitnessedFailure {
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The labels of one key.
-fn labels(k: &FailureKey) -> String {
-    let comm = escape(k.comm.as_deref().unwrap_or_default());
-    match k.destination {
-        Some(d) => format!(
-            "{{local=\"{}\",remote=\"{}\",remote_port=\"{}\",comm=\"{comm}\"}}",
-            escape(&k.local.to_string()),
-            escape(&d.ip().to_string()),
-            d.port(),
-        ),
-        None => format!(
-            "{{proto=\"{}\",local=\"{}\",comm=\"{comm}\"}}",
-            k.protocol,
-            escape(&k.local.to_string()),
-        ),
-    }
-}
-
 /// The first failure towards a destination (or in a pool): one journal
 /// entry naming the process.
 fn alert(first: &Row) {
-    let (k, count) = (&first.key, first.total);
-    let comm = crate::base::untrusted::escape(&first.process);
-    let process = match first.pid {
-        Some(pid) => format!("{comm} (pid {pid})"),
-        None => format!("{comm} (pid not visible from portd)"),
-    };
-    let message = format!(
-        "port allocation failed: {} got {} {} time(s) for {}{}",
-        process,
-        k.kind.errno(),
-        count,
-        k.target(),
-        match k.kind {
-            crate::observe::witness::Kind::TcpConnect => " (connect: no free local port)",
-            crate::observe::witness::Kind::Bind0 => " (bind to port 0: no free port)",
-            crate::observe::witness::Kind::UdpAutobind => " (UDP autobind: no free port)",
-        }
-    );
-    events::emit(
-        Kind::PortAllocationFailed,
-        &message,
-        &Fields {
-            destination: Some(k.target()),
-            process: Some(process),
-            used: Some(count),
-            reason: Some(k.kind.errno().to_string()),
-            ..Fields::default()
-        },
-    );
+    Entry::allocation_failed(first).emit();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::witness::{Count, Kind as WKind, Reading};
+    use crate::observe::witness::{FailureCount, FailureKey, FailureKind as WKind, Reading};
 
     fn key(kind: WKind, dest: Option<&str>, comm: &str) -> FailureKey {
         FailureKey {
@@ -265,8 +189,8 @@ mod tests {
         }
     }
 
-    fn count(key: FailureKey, new: u64, pid: u32) -> Count {
-        Count {
+    fn count(key: FailureKey, new: u64, pid: u32) -> FailureCount {
+        FailureCount {
             process: key.comm.clone().unwrap_or_default(),
             key,
             new,
@@ -297,12 +221,14 @@ mod tests {
         let now = Instant::now();
         r.tally.observe(&reading, now);
         // Inactive: only the gauge.
-        assert_eq!(r.metrics().lines().last(), Some("portd_witness_active 0"));
-        let text = families(&r.tally.families(), 0);
+        let inactive = metrics::text(&metrics::witness(&r.metrics()));
+        assert_eq!(inactive.lines().last(), Some("portd_witness_active 0"));
+        let text = metrics::text(&metrics::witness(&counted(&r.tally)));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
             [
+                "portd_witness_active 1",
                 "portd_connect_failures_total{local=\"0.0.0.0\",remote=\"10.0.0.1\",remote_port=\"443\",comm=\"curl\"} 7",
                 "portd_udp_autobind_failures_total{proto=\"udp\",local=\"0.0.0.0\",comm=\"dig\"} 2",
                 "portd_witness_dropped_total 0",
@@ -317,7 +243,7 @@ mod tests {
         let keys: Vec<FailureKey> = (0..30)
             .map(|i| key(WKind::TcpConnect, Some("10.0.0.1:443"), &format!("w{i:02}")))
             .collect();
-        let mut counts: Vec<Count> = keys.iter().map(|k| count(k.clone(), 2, 10)).collect();
+        let mut counts: Vec<FailureCount> = keys.iter().map(|k| count(k.clone(), 2, 10)).collect();
         let mut pool = key(WKind::UdpAutobind, None, "dig");
         pool.comm = None; // counted per pool alone
         counts.push(count(pool, 1, 12));
@@ -328,7 +254,8 @@ mod tests {
             },
             Instant::now(),
         );
-        let text = families(&r.tally.families(), 3);
+        r.tally.dropped = 3;
+        let text = metrics::text(&metrics::witness(&counted(&r.tally)));
         let connect: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("portd_connect_failures_total"))

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::base::host::Host;
-use crate::observe::census::{CensusError, Scope, SocketSource};
+use crate::observe::census::{CensusError, ScanScope, SocketSource};
 use crate::observe::usage::{Counting, DestKey, Usage, counting};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -41,7 +41,7 @@ pub fn attribute(
     let index: HashMap<DestKey, usize> = top.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let mut result = vec![DestAttribution::default(); top.len()];
     let mut inodes: HashMap<u64, usize> = HashMap::new();
-    source.scan(Scope::Ports(&usage.usable), &mut |s| {
+    source.scan(ScanScope::Ports(&usage.usable), &mut |s| {
         // Reusable TIME_WAIT sockets are not in `used`, so not attributed either.
         let Counting::Holds(key) = counting(&usage.usable, &usage.settings, s) else {
             return;

@@ -146,21 +146,21 @@ pub(super) fn load(
     }
     match read_target(host, path, &target)? {
         // sysctl.c's parse_file() ignores ENOENT.
-        Found::Missing => Ok((file(FileState::Dangling), None)),
-        Found::Device => Ok((file(FileState::Masked), None)),
-        Found::Skip(reason) => {
+        TargetRead::Missing => Ok((file(FileState::Dangling), None)),
+        TargetRead::Device => Ok((file(FileState::Masked), None)),
+        TargetRead::Skip(reason) => {
             skipped.push(Skipped {
                 path: path.to_path_buf(),
                 reason,
             });
             Ok((file(FileState::Skipped), None))
         }
-        Found::Text(text) => Ok((file(FileState::Parsed), Some(text))),
+        TargetRead::Text(text) => Ok((file(FileState::Parsed), Some(text))),
     }
 }
 
 /// What a resolved sysctl.d entry is on disk.
-enum Found {
+enum TargetRead {
     Text(Vec<u8>),
     Missing,
     /// A character device: `/dev/null` masks, and none is read.
@@ -171,7 +171,7 @@ enum Found {
 
 /// Reads the regular file at `target` (the resolved `path`), never opening
 /// anything else: a FIFO would block the open, a directory fails the read.
-fn read_target(host: &Host, path: &Path, target: &Path) -> Result<Found, SysctldError> {
+fn read_target(host: &Host, path: &Path, target: &Path) -> Result<TargetRead, SysctldError> {
     let real = on_disk(host, target);
     let error = |source| SysctldError::ReadFile {
         file: path.to_path_buf(),
@@ -179,12 +179,12 @@ fn read_target(host: &Host, path: &Path, target: &Path) -> Result<Found, Sysctld
         source,
     };
     let kind = match fs::metadata(&real) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TargetRead::Missing),
         Err(e) => return Err(error(e)),
         Ok(meta) => meta.file_type(),
     };
     if kind.is_char_device() {
-        return Ok(Found::Device);
+        return Ok(TargetRead::Device);
     }
     if !kind.is_file() {
         let what = if kind.is_dir() {
@@ -198,10 +198,10 @@ fn read_target(host: &Host, path: &Path, target: &Path) -> Result<Found, Sysctld
         } else {
             "of an unknown type"
         };
-        return Ok(Found::Skip(format!("{what}, not a regular file")));
+        return Ok(TargetRead::Skip(format!("{what}, not a regular file")));
     }
     crate::base::fsutil::read_regular(&real, FILE_MAX_BYTES)
-        .map(Found::Text)
+        .map(TargetRead::Text)
         .map_err(error)
 }
 
@@ -229,11 +229,11 @@ pub(super) fn sysctl_conf(
         });
     }
     let text = match read_target(host, path, &target)? {
-        Found::Text(text) => text,
-        Found::Missing => return Ok(SysctlConf::Absent),
+        TargetRead::Text(text) => text,
+        TargetRead::Missing => return Ok(SysctlConf::Absent),
         // procps reads `/dev/null` as an empty file.
-        Found::Device => Vec::new(),
-        Found::Skip(reason) => {
+        TargetRead::Device => Vec::new(),
+        TargetRead::Skip(reason) => {
             skipped.push(Skipped {
                 path: path.to_path_buf(),
                 reason,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::base::kernel::{CONNECT_SLOWDOWN_FRACTION, TcpState};
 use crate::base::ports::{PortRange, PortSet, Ratio};
-use crate::observe::census::{CensusError, KernelSettings, Proto, Scope, Socket, SocketSource};
+use crate::observe::census::{CensusError, KernelSettings, Proto, ScanScope, Socket, SocketSource};
 
 /// What `connect()` shares a local port across: one destination
 /// (docs/kernel.md §3.1, exhaustion is per (local address, remote address, remote port)).
@@ -267,14 +267,14 @@ pub fn take_census(
     options: UsageOptions,
 ) -> Result<Usage, CensusError> {
     let mut listen_ports = PortSet::new();
-    source.scan(Scope::Listeners, &mut |s| {
+    source.scan(ScanScope::Listeners, &mut |s| {
         if s.proto == Proto::Tcp && s.state == TcpState::Listen {
             listen_ports.insert(s.local_port);
         }
     })?;
     let mut agg = Aggregator::new(settings, listen_ports);
     let ports = agg.poolable.clone();
-    source.scan(Scope::Ports(&ports), &mut |s| agg.visit(s))?;
+    source.scan(ScanScope::Ports(&ports), &mut |s| agg.visit(s))?;
     Ok(agg.finish(source.name(), source.sees_bound_only(), options))
 }
 

@@ -103,7 +103,7 @@ impl PolicyError {
 }
 
 /// Collects the diagnostics of one file.
-pub(super) struct Report<'a> {
+pub(super) struct DiagnosticReport<'a> {
     pub(super) path: &'a Path,
     pub(super) text: &'a str,
     /// (byte offset, message), sorted into file order at the end.
@@ -118,7 +118,7 @@ pub(super) struct Report<'a> {
 /// message) is cut, so that one diagnostic stays one readable line.
 const MESSAGE_MAX: usize = 1000;
 
-impl Report<'_> {
+impl DiagnosticReport<'_> {
     pub(super) fn error(&mut self, span: Option<Range<usize>>, message: String) {
         let offset = span.map_or(0, |s| s.start);
         let mut message = one_line(&message);
@@ -206,7 +206,7 @@ fn one_line(message: &str) -> String {
 /// Reports every key the schema does not have and removes it, in one pass
 /// over the document: serde would stop at the first, and deserializing again
 /// after each one is quadratic in their number.
-pub(super) fn drop_unknown_keys(document: &mut DeTable<'_>, report: &mut Report<'_>) {
+pub(super) fn drop_unknown_keys(document: &mut DeTable<'_>, report: &mut DiagnosticReport<'_>) {
     let top = fields_of::<RawPolicy>();
     report_unknown(document, &[], top, report);
     keep_only(document, top);
@@ -240,7 +240,7 @@ fn report_unknown(
     table: &DeTable<'_>,
     outer: &[String],
     fields: &'static [&'static str],
-    report: &mut Report<'_>,
+    report: &mut DiagnosticReport<'_>,
 ) {
     for (key, _) in table.iter() {
         let name: &str = key.get_ref();
@@ -311,7 +311,7 @@ fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
 /// the key it points at is dropped and the rest is deserialized again.
 pub(super) fn deserialize_all(
     document: &mut Spanned<DeTable<'_>>,
-    report: &mut Report<'_>,
+    report: &mut DiagnosticReport<'_>,
 ) -> RawPolicy {
     loop {
         let error = match RawPolicy::deserialize(toml::de::Deserializer::from(document.clone())) {

@@ -16,7 +16,7 @@ use std::path::Path;
 use toml::de::DeTable;
 
 use super::Policy;
-use super::diagnostics::{Report, deserialize_all, drop_unknown_keys};
+use super::diagnostics::{DiagnosticReport, deserialize_all, drop_unknown_keys};
 use super::validate::validate;
 
 pub use super::diagnostics::{DIAGNOSTICS_KEPT, Diagnostic, PolicyError, Position};
@@ -31,7 +31,7 @@ pub use super::validate::{INTERVAL_MIN, REMINDER_MIN};
 /// runs at most once per known key; positions are computed in one pass
 /// over the text at the end.
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
-    let mut report = Report {
+    let mut report = DiagnosticReport {
         path,
         text,
         found: Vec::new(),

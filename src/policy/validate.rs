@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::diagnostics::Report;
+use super::diagnostics::DiagnosticReport;
 use super::raw::{
     Opt, RawAlerts, RawMetrics, RawPolicy, RawPoll, RawThresholds, RawWiden, Section,
 };
@@ -20,7 +20,7 @@ fn value<T, U>(raw: &Opt<T>, convert: impl FnOnce(&T) -> U, default: U) -> U {
     raw.as_ref().map_or(default, |v| convert(v.get_ref()))
 }
 
-pub(super) fn validate(raw: RawPolicy, report: &mut Report<'_>) -> Policy {
+pub(super) fn validate(raw: RawPolicy, report: &mut DiagnosticReport<'_>) -> Policy {
     let RawPolicy {
         poll: Section(poll),
         thresholds: Section(thresholds),
@@ -62,7 +62,7 @@ pub(super) fn validate(raw: RawPolicy, report: &mut Report<'_>) -> Policy {
 }
 
 /// `metrics.file` must not name a file portd or the kernel keeps.
-fn check_metrics_file(report: &mut Report<'_>, metrics: &RawMetrics) {
+fn check_metrics_file(report: &mut DiagnosticReport<'_>, metrics: &RawMetrics) {
     if let Some(metrics_file) = &metrics.file
         && let Some(path) = &metrics_file.get_ref().0
         && let Some(owner) = portd_file(path, report.path)
@@ -82,7 +82,7 @@ fn check_metrics_file(report: &mut Report<'_>, metrics: &RawMetrics) {
 /// broken relation is reported against the key the file sets; the
 /// [`Thresholds`] constructor then holds the same rules for every caller.
 fn percentages(
-    report: &mut Report<'_>,
+    report: &mut DiagnosticReport<'_>,
     thresholds: &RawThresholds,
     widen: &RawWiden,
 ) -> (Thresholds, Ratio) {
@@ -128,7 +128,7 @@ fn percentages(
 }
 
 /// `widen.floor` and `widen.ceiling`: the floor at most the ceiling.
-fn bounds(report: &mut Report<'_>, widen: &RawWiden) -> (Floor, Port) {
+fn bounds(report: &mut DiagnosticReport<'_>, widen: &RawWiden) -> (Floor, Port) {
     let d = Policy::default();
     let floor = value(&widen.floor, |f| f.0, d.floor);
     let ceiling = value(&widen.ceiling, |c| c.0, d.ceiling);
@@ -156,7 +156,7 @@ pub const REMINDER_MIN: Duration = Duration::from_secs(1);
 /// least every `max_staleness` is only possible at a poll, so it is at
 /// least `poll.interval`; a reminder more often than the polls that
 /// could send it means every poll.
-fn check_durations(report: &mut Report<'_>, poll: &RawPoll, alerts: &RawAlerts) {
+fn check_durations(report: &mut DiagnosticReport<'_>, poll: &RawPoll, alerts: &RawAlerts) {
     let d = Policy::default();
     let interval = value(&poll.interval, |v| v.0, d.interval);
     let show = |d: Duration| humantime::format_duration(d).to_string();
@@ -212,7 +212,7 @@ fn check_durations(report: &mut Report<'_>, poll: &RawPoll, alerts: &RawAlerts) 
 }
 
 /// The entries of `widen.protected`, reporting every bad one.
-fn protected_ranges(report: &mut Report<'_>, list: &ProtectedList) -> Vec<PortRange> {
+fn protected_ranges(report: &mut DiagnosticReport<'_>, list: &ProtectedList) -> Vec<PortRange> {
     let mut ranges = Vec::with_capacity(list.0.len());
     for entry in &list.0 {
         match &entry.get_ref().0 {
@@ -315,7 +315,7 @@ enum Order {
 /// Checks `lower < higher` (or `<=`) and blames the key the file sets:
 /// `lower` if it sets both.
 fn check_order(
-    report: &mut Report<'_>,
+    report: &mut DiagnosticReport<'_>,
     lower: &PercentKey<'_>,
     higher: &PercentKey<'_>,
     order: Order,

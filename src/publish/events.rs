@@ -2,8 +2,24 @@
 //! (explained in `packaging/portd.catalog`), a priority by severity and
 //! `PORTD_*` fields. Logged through `tracing`; `logging.rs` decides whether
 //! they go to the journal natively or to stderr as readable lines.
+//!
+//! The daemon says what happened; the entries are built here: [`Fields`]
+//! and its builders ([`Fields::usage`], [`Fields::in_namespace`]) give every
+//! entry its `PORTD_*` fields, and one [`Entry`] constructor per event
+//! gives its kind, text and fields.
+
+use std::path::Path;
 
 use crate::base::ports::PortRange;
+use crate::judge::authority::Authority;
+use crate::judge::exhausted;
+use crate::judge::level::Level;
+use crate::judge::planner::Decision;
+use crate::observe::netns::Namespace;
+use crate::observe::usage::Usage;
+use crate::observe::witness::FailureKind;
+use crate::observe::witness::tally::Row;
+use crate::policy::file::PolicyError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -186,6 +202,247 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
     }
 }
 
+impl Fields {
+    /// The usage fields: headline, busiest destinations, range and cause
+    /// (the daemon's and every namespace's alerts).
+    pub fn usage(usage: &Usage) -> Fields {
+        let worst: Vec<String> = usage
+            .destinations
+            .iter()
+            .take(3)
+            .map(|d| format!("{} ({}, {})", d.key, d.usage, d.used))
+            .collect();
+        Fields {
+            usage: Some(usage.headline.usage.to_string()),
+            used: Some(usage.headline.used),
+            capacity: Some(usage.headline.capacity),
+            destination: (!worst.is_empty()).then(|| worst.join("; ")),
+            range_before: Some(usage.settings.port_range),
+            reason: Some(usage.headline.cause.to_string()),
+            ..Fields::default()
+        }
+    }
+
+    /// These fields, naming another network namespace: `net:[INODE]`, its
+    /// container and its pod (or the pod's uid).
+    pub fn in_namespace(self, ns: &Namespace) -> Fields {
+        Fields {
+            netns: Some(format!("net:[{}]", ns.inode)),
+            container: ns.identity.container(),
+            pod: ns
+                .identity
+                .pod
+                .clone()
+                .or_else(|| ns.identity.pod_uid.clone()),
+            ..self
+        }
+    }
+}
+
+/// "ephemeral ports warning", with its kind and whether it is a reminder:
+/// one entry per transition of the confirmed level, and a reminder at the
+/// policy's interval while it stays raised; never one per poll.
+pub fn level_event(d: &Decision) -> Option<(Kind, &'static str, bool)> {
+    Some(match (d.transition, d.alert.level) {
+        (Some(_), Level::Critical) => (Kind::UsageCritical, "ephemeral ports critical", false),
+        (Some((Level::Critical, _)), Level::Warning) => (
+            Kind::UsageWarning,
+            "ephemeral ports down from critical to warning",
+            false,
+        ),
+        (Some(_), Level::Warning) => (Kind::UsageWarning, "ephemeral ports warning", false),
+        (Some((from, _)), Level::Ok) if from > Level::Ok => {
+            (Kind::UsageRecovered, "ephemeral ports recovered", false)
+        }
+        (None, Level::Critical) if d.remind => {
+            (Kind::UsageCritical, "ephemeral ports still critical", true)
+        }
+        (None, Level::Warning) if d.remind => {
+            (Kind::UsageWarning, "ephemeral ports still warning", true)
+        }
+        _ => return None,
+    })
+}
+
+/// One journal entry, ready to be written.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub kind: Kind,
+    pub message: String,
+    pub fields: Fields,
+}
+
+impl Entry {
+    pub fn emit(&self) {
+        emit(self.kind, &self.message, &self.fields);
+    }
+
+    /// Exhaustion (exhausted.rs): it began, worsened, goes on, or ended.
+    pub fn exhaustion(usage: &Usage, event: &exhausted::Event) -> Entry {
+        match event {
+            exhausted::Event::Exhausted {
+                targets,
+                first,
+                worsened,
+            } => {
+                let what = if *first {
+                    "ephemeral ports exhausted"
+                } else if *worsened {
+                    "ephemeral port exhaustion worsened"
+                } else {
+                    "ephemeral ports still exhausted"
+                };
+                Entry {
+                    kind: Kind::PortsExhausted,
+                    message: format!(
+                        "{what}: connect() fails now with EADDRNOTAVAIL towards {}; range {}",
+                        targets.join("; "),
+                        usage.settings.port_range
+                    ),
+                    fields: Fields {
+                        destination: Some(targets.join("; ")),
+                        reminder: !*first && !*worsened,
+                        ..Fields::usage(usage)
+                    },
+                }
+            }
+            exhausted::Event::Recovered => Entry {
+                kind: Kind::ExhaustionEnded,
+                message: format!(
+                    "ephemeral ports no longer exhausted: {} ({}/{}) at most",
+                    usage.headline.usage, usage.headline.used, usage.headline.capacity
+                ),
+                fields: Fields::usage(usage),
+            },
+        }
+    }
+
+    pub fn policy_reloaded(config: &Path, authority: &Authority, yield_cleared: bool) -> Entry {
+        Entry {
+            kind: Kind::PolicyReloaded,
+            message: format!(
+                "policy reloaded from {}: mode {}{}",
+                config.display(),
+                authority.describe(),
+                if yield_cleared {
+                    "; the yield to the admin is cleared"
+                } else {
+                    ""
+                }
+            ),
+            fields: Fields {
+                policy: Some(config.display().to_string()),
+                ..Fields::default()
+            },
+        }
+    }
+
+    pub fn policy_rejected(config: &Path, error: &PolicyError) -> Entry {
+        Entry {
+            kind: Kind::PolicyRejected,
+            message: format!("policy rejected, the previous one stays in force:\n{error}"),
+            fields: Fields {
+                policy: Some(config.display().to_string()),
+                reason: Some(error.to_string()),
+                ..Fields::default()
+            },
+        }
+    }
+
+    /// The first failure towards a destination (or in a pool) the witness
+    /// saw, naming the process.
+    pub fn allocation_failed(first: &Row) -> Entry {
+        let (k, count) = (&first.key, first.total);
+        let comm = crate::base::untrusted::escape(&first.process);
+        let process = match first.pid {
+            Some(pid) => format!("{comm} (pid {pid})"),
+            None => format!("{comm} (pid not visible from portd)"),
+        };
+        let message = format!(
+            "port allocation failed: {} got {} {} time(s) for {}{}",
+            process,
+            k.kind.errno(),
+            count,
+            k.target(),
+            match k.kind {
+                FailureKind::TcpConnect => " (connect: no free local port)",
+                FailureKind::Bind0 => " (bind to port 0: no free port)",
+                FailureKind::UdpAutobind => " (UDP autobind: no free port)",
+            }
+        );
+        Entry {
+            kind: Kind::PortAllocationFailed,
+            message,
+            fields: Fields {
+                destination: Some(k.target()),
+                process: Some(process),
+                used: Some(count),
+                reason: Some(k.kind.errno().to_string()),
+                ..Fields::default()
+            },
+        }
+    }
+
+    /// A change of another namespace's confirmed level (or a reminder),
+    /// with `advice`: where and how to set its range.
+    pub fn namespace_level(
+        ns: &Namespace,
+        usage: &Usage,
+        d: &Decision,
+        advice: Option<&str>,
+    ) -> Option<Entry> {
+        let (kind, what, reminder) = level_event(d)?;
+        let advice = advice.map(|a| format!("; {a}")).unwrap_or_default();
+        Some(Entry {
+            kind,
+            message: format!(
+                "{what} in {} (net:[{}], enter: {}): {} of ephemeral ports in use ({}/{}), worst: {}{advice}",
+                ns.label,
+                ns.inode,
+                ns.enter,
+                usage.headline.usage,
+                usage.headline.used,
+                usage.headline.capacity,
+                usage.headline.cause
+            ),
+            fields: Fields {
+                reminder,
+                ..Fields::usage(usage).in_namespace(ns)
+            },
+        })
+    }
+
+    /// The end of the alert of a namespace that is gone, at `level`, with
+    /// its last census when it had one.
+    pub fn namespace_gone(ns: &Namespace, level: Level, usage: Option<&Usage>) -> Entry {
+        let level = level.label().to_ascii_lowercase();
+        let last = usage
+            .map(|u| {
+                format!(
+                    "; last census {} ({}/{}), worst: {}",
+                    u.headline.usage, u.headline.used, u.headline.capacity, u.headline.cause
+                )
+            })
+            .unwrap_or_default();
+        Entry {
+            kind: Kind::NetnsGone,
+            message: format!(
+                "ephemeral port alert ended in {} (net:[{}]): the namespace is gone; it was {level}{last}",
+                ns.label, ns.inode
+            ),
+            fields: Fields {
+                reason: Some(format!(
+                    "the namespace is gone while {level}: no process or /run/netns name holds it"
+                )),
+                ..usage
+                    .map(Fields::usage)
+                    .unwrap_or_default()
+                    .in_namespace(ns)
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +466,182 @@ mod tests {
     fn every_kind_is_listed_once() {
         let names: std::collections::BTreeSet<_> = Kind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), Kind::ALL.len());
+    }
+
+    use crate::judge::forecast::tests::census;
+    use crate::judge::planner::AlertState;
+    use crate::observe::netns::Identity;
+    use crate::observe::witness::FailureKey;
+
+    fn decision(transition: Option<(Level, Level)>, level: Level, remind: bool) -> Decision {
+        Decision {
+            raw_level: level,
+            alert: AlertState {
+                level,
+                ..AlertState::default()
+            },
+            transition,
+            remind,
+            action: crate::judge::planner::Action::Nothing,
+            urgent: None,
+            overrode: None,
+            unfit: None,
+        }
+    }
+
+    #[test]
+    fn the_journal_hears_of_level_transitions_and_reminders_only() {
+        let what = |d: &Decision| level_event(d).map(|(_, what, reminder)| (what, reminder));
+        use Level::{Critical, Ok, Warning};
+        assert_eq!(
+            what(&decision(Some((Ok, Warning)), Warning, false)),
+            Some(("ephemeral ports warning", false))
+        );
+        assert_eq!(
+            what(&decision(Some((Critical, Warning)), Warning, false)),
+            Some(("ephemeral ports down from critical to warning", false))
+        );
+        assert_eq!(
+            what(&decision(Some((Warning, Ok)), Ok, false)),
+            Some(("ephemeral ports recovered", false))
+        );
+        assert_eq!(
+            what(&decision(None, Critical, true)),
+            Some(("ephemeral ports still critical", true))
+        );
+        assert_eq!(what(&decision(None, Warning, false)), None);
+        assert_eq!(what(&decision(None, Ok, true)), None);
+    }
+
+    fn namespace(identity: Identity) -> Namespace {
+        Namespace {
+            inode: 4026532999,
+            pid: Some(42),
+            comm: None,
+            processes: 1,
+            names: Vec::new(),
+            own: false,
+            identity,
+            label: "pod shop/checkout".into(),
+            enter: "nsenter -t 42 -n".into(),
+        }
+    }
+
+    #[test]
+    fn the_usage_fields_name_the_headline_and_the_three_busiest_destinations() {
+        let usage = census(&[(1, 300, 20), (2, 10, 5), (3, 0, 2), (4, 0, 1)]);
+        let f = Fields::usage(&usage);
+        assert_eq!(f.usage.as_deref(), Some("32.0%"), "{f:?}");
+        assert_eq!((f.used, f.capacity), (Some(320), Some(1000)));
+        let destinations = f.destination.expect("destinations");
+        assert_eq!(destinations.split("; ").count(), 3, "{destinations}");
+        assert!(
+            destinations.starts_with("10.0.0.1 -> 10.0.0.1:80 (32.0%, 320)"),
+            "{destinations}"
+        );
+        assert_eq!(f.range_before, Some(usage.settings.port_range));
+        assert_eq!(f.reason, Some(usage.headline.cause.to_string()));
+        assert!(!f.reminder && f.netns.is_none() && f.range_after.is_none());
+    }
+
+    #[test]
+    fn an_entry_about_another_namespace_names_it_by_netns_container_and_pod() {
+        let pod = namespace(Identity {
+            pod_uid: Some("uid-1".into()),
+            ..Identity::default()
+        });
+        let f = Fields::default().in_namespace(&pod);
+        assert_eq!(f.netns.as_deref(), Some("net:[4026532999]"));
+        assert_eq!((f.container, f.pod.as_deref()), (None, Some("uid-1")));
+
+        let usage = census(&[(1, 300, 20)]);
+        let d = decision(Some((Level::Ok, Level::Warning)), Level::Warning, false);
+        let e = Entry::namespace_level(&pod, &usage, &d, Some("set it")).expect("a transition");
+        assert_eq!(e.kind, Kind::UsageWarning);
+        assert!(e.message.starts_with("ephemeral ports warning in pod shop/checkout (net:[4026532999], enter: nsenter -t 42 -n): 32.0% of ephemeral ports in use (320/1000)"), "{}", e.message);
+        assert!(e.message.ends_with("; set it"));
+        assert_eq!(e.fields.used, Some(320));
+        assert_eq!(e.fields.netns.as_deref(), Some("net:[4026532999]"));
+
+        let gone = Entry::namespace_gone(&pod, Level::Critical, None);
+        assert_eq!(gone.kind, Kind::NetnsGone);
+        assert_eq!(
+            gone.fields.reason.as_deref(),
+            Some("the namespace is gone while critical: no process or /run/netns name holds it")
+        );
+        assert_eq!(
+            (gone.fields.usage, gone.fields.pod.as_deref()),
+            (None, Some("uid-1"))
+        );
+    }
+
+    #[test]
+    fn a_failed_allocation_names_the_process_the_error_and_the_destination() {
+        let row = Row {
+            key: FailureKey {
+                netns: 1,
+                kind: FailureKind::TcpConnect,
+                local: "0.0.0.0".parse().expect("addr"),
+                destination: Some("10.0.0.9:443".parse().expect("addr")),
+                comm: Some("curl".into()),
+                protocol: "tcp",
+            },
+            total: 3,
+            last_minute: 3,
+            pid: None,
+            process: "cu\nrl".into(),
+        };
+        let e = Entry::allocation_failed(&row);
+        assert_eq!(e.kind, Kind::PortAllocationFailed);
+        let process = e.fields.process.as_deref().expect("process");
+        assert!(
+            process.ends_with(" (pid not visible from portd)") && !process.contains('\n'),
+            "{process}"
+        );
+        assert_eq!(e.fields.destination.as_deref(), Some("10.0.0.9:443"));
+        assert_eq!(
+            (e.fields.used, e.fields.reason.as_deref()),
+            (Some(3), Some("EADDRNOTAVAIL"))
+        );
+        assert!(
+            e.message.ends_with(
+                "got EADDRNOTAVAIL 3 time(s) for 10.0.0.9:443 (connect: no free local port)"
+            ),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn exhaustion_repeats_are_reminders_and_its_end_carries_the_usage() {
+        let usage = census(&[(1, 300, 20)]);
+        let repeat = exhausted::Event::Exhausted {
+            targets: vec!["a".into(), "b".into()],
+            first: false,
+            worsened: false,
+        };
+        let e = Entry::exhaustion(&usage, &repeat);
+        assert_eq!(e.kind, Kind::PortsExhausted);
+        assert!(e.fields.reminder);
+        assert_eq!(e.fields.destination.as_deref(), Some("a; b"));
+        assert!(e.message.starts_with("ephemeral ports still exhausted: "));
+        let ended = Entry::exhaustion(&usage, &exhausted::Event::Recovered);
+        assert_eq!(
+            (ended.kind, ended.fields.reminder),
+            (Kind::ExhaustionEnded, false)
+        );
+        assert_eq!(ended.fields.used, Some(320));
+    }
+
+    #[test]
+    fn a_reload_names_the_policy_file() {
+        let e = Entry::policy_reloaded(Path::new("/etc/portd.toml"), &Authority::Write, true);
+        assert_eq!(e.kind, Kind::PolicyReloaded);
+        assert_eq!(e.fields.policy.as_deref(), Some("/etc/portd.toml"));
+        assert!(
+            e.message.ends_with("; the yield to the admin is cleared"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -65,17 +65,17 @@ pub struct Live {
     pub namespaces_of_daemon: Option<Namespaces>,
     /// The policy's poll interval: the view is fresh for two of them.
     pub interval_seconds: f64,
-    pub authority: Authority,
+    pub authority: AuthorityView,
     /// The last census's headline; none before the first census.
-    pub headline: Option<Headline>,
+    pub headline: Option<HeadlineView>,
     pub census: Census,
     /// The last change portd made to the range, from its state.
-    pub last_change: Option<Change>,
+    pub last_change: Option<ChangeView>,
     /// The failure witness (witness/): whether it runs and what it saw.
-    pub witness: Option<Witness>,
+    pub witness: Option<WitnessView>,
     /// The other network namespaces the daemon watches (its own is the
     /// headline above), worst first, at most [`NAMESPACES_SHOWN`].
-    pub namespaces: Vec<Namespace>,
+    pub namespaces: Vec<NamespaceView>,
     /// What the daemon cannot see of the other namespaces, and why.
     pub namespaces_note: Option<String>,
     /// Rates and forecasts of the last census (forecast.rs); none before
@@ -86,7 +86,7 @@ pub struct Live {
 /// The failure witness in the live view.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Witness {
+pub struct WitnessView {
     pub active: bool,
     /// `failure witness on: PATH (what it cannot see)` or why it is off.
     pub describe: String,
@@ -103,7 +103,7 @@ pub struct Witness {
     pub failures_not_listed: usize,
 }
 
-/// The most rows of [`Witness::failures`] in the live view.
+/// The most rows of [`WitnessView::failures`] in the live view.
 pub const WITNESS_ROWS: usize = 50;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -133,7 +133,7 @@ pub const NAMESPACES_SHOWN: usize = 50;
 /// Another network namespace as the daemon sees it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Namespace {
+pub struct NamespaceView {
     pub inode: u64,
     /// The pod, the container, the netns name, the unit or the process.
     pub label: String,
@@ -145,7 +145,7 @@ pub struct Namespace {
     pub level: Option<Level>,
     /// Its last census's headline; none while its counters alone show it
     /// below the warning level.
-    pub headline: Option<Headline>,
+    pub headline: Option<HeadlineView>,
     /// The bound its counters give when no census was needed.
     pub bound: Option<String>,
     /// What to change, and where, while it is raised.
@@ -164,15 +164,15 @@ pub struct Outlook {
     /// namespace since boot (a counter; its rate is the connection rate).
     pub connect_attempts_total: Option<u64>,
     /// The top destinations by usage and by growth, and the pools.
-    pub targets: Vec<Target>,
+    pub targets: Vec<TargetView>,
     /// For a load the policy's bounds cannot hold: what else closes the
     /// gap (remedy.rs ids, as PORTD_REMEDY and `check --plan`).
-    pub remedies: Vec<Remedy>,
+    pub remedies: Vec<RemedyView>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Target {
+pub struct TargetView {
     /// `destination 10.0.0.1 -> 10.0.0.2:80`, `UDP pool`, `TCP bind(0) pool`.
     pub target: String,
     pub used: u64,
@@ -188,7 +188,7 @@ pub struct Target {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Remedy {
+pub struct RemedyView {
     pub id: String,
     /// Ports it frees or adds.
     pub effect: u64,
@@ -199,7 +199,7 @@ pub struct Remedy {
 /// May the daemon write, and if not, why (authority.rs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Authority {
+pub struct AuthorityView {
     /// `auto`, `advise` or `dry-run`, as the metrics' `mode` label.
     pub mode: String,
     /// Why portd only advises (`policy`, `dry-run`, `yielded`,
@@ -211,7 +211,7 @@ pub struct Authority {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Headline {
+pub struct HeadlineView {
     /// A fraction: 0.45 is 45 %.
     pub usage: f64,
     pub used: u64,
@@ -237,7 +237,7 @@ pub struct Census {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Change {
+pub struct ChangeView {
     pub at: f64,
     pub from: Option<PortRange>,
     pub to: Option<PortRange>,
@@ -270,7 +270,7 @@ pub fn write(host: &Host, live: &Live) -> io::Result<()> {
 
 /// What `status` and `check` know of the daemon.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Daemon {
+pub enum DaemonView {
     /// A live view fresher than two polls.
     Running { live: Box<Live>, age: Duration },
     /// No live view, or one at least two polls old.
@@ -350,7 +350,7 @@ pub fn fresh(live: &Live, now: SystemTime) -> Result<Duration, NotRunning> {
 
 /// What `status --json` and `check --json` show as `daemon`.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report<'a> {
+pub struct DaemonReport<'a> {
     pub running: bool,
     /// Seconds since the live view was written, when it was read.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -362,22 +362,22 @@ pub struct Report<'a> {
     pub live: Option<&'a Live>,
 }
 
-impl Daemon {
-    pub fn report(&self) -> Report<'_> {
+impl DaemonView {
+    pub fn report(&self) -> DaemonReport<'_> {
         match self {
-            Daemon::Running { live, age } => Report {
+            DaemonView::Running { live, age } => DaemonReport {
                 running: true,
                 age_seconds: Some((age.as_millis() as f64) / 1000.0),
                 reason: None,
                 live: Some(live),
             },
-            Daemon::NotRunning(why) => Report {
+            DaemonView::NotRunning(why) => DaemonReport {
                 running: false,
                 age_seconds: None,
                 reason: Some(why.to_string()),
                 live: None,
             },
-            Daemon::Unreadable(why) => Report {
+            DaemonView::Unreadable(why) => DaemonReport {
                 running: false,
                 age_seconds: None,
                 reason: Some(why.clone()),
@@ -389,7 +389,7 @@ impl Daemon {
     /// One line for the human outputs of `status` and `check`.
     pub fn line(&self) -> String {
         match self {
-            Daemon::Running { live, age } => {
+            DaemonView::Running { live, age } => {
                 let census = match live.census.last_at {
                     Some(at) => format!(
                         "last census {}s ago",
@@ -415,10 +415,10 @@ impl Daemon {
                 line.push_str(&namespaces_lines(live));
                 line
             }
-            Daemon::NotRunning(why) => {
+            DaemonView::NotRunning(why) => {
                 format!("daemon: not running ({why}): no rates, no witnessed failures")
             }
-            Daemon::Unreadable(why) => {
+            DaemonView::Unreadable(why) => {
                 format!("daemon: unknown ({why}): no rates, no witnessed failures")
             }
         }
@@ -426,7 +426,7 @@ impl Daemon {
 }
 
 /// The witness's lines under the daemon line of `status` and `check`.
-fn witness_lines(out: &mut String, w: &Witness) {
+fn witness_lines(out: &mut String, w: &WitnessView) {
     use std::fmt::Write as _;
     if !w.active {
         let _ = write!(out, "\n{}", escape(&w.describe));
@@ -502,16 +502,16 @@ fn namespaces_lines(live: &Live) -> String {
 }
 
 /// The worst level the daemon holds for another namespace, with it.
-pub fn worst_namespace(daemon: &Daemon) -> Option<&Namespace> {
+pub fn worst_namespace(daemon: &DaemonView) -> Option<&NamespaceView> {
     match daemon {
         // By level, then usage; the first of equals. The file's order is
         // not trusted.
-        Daemon::Running { live, .. } => live
+        DaemonView::Running { live, .. } => live
             .namespaces
             .iter()
             .filter(|n| n.level.is_some())
             .reduce(|worst, n| {
-                let key = |n: &Namespace| {
+                let key = |n: &NamespaceView| {
                     (
                         n.level.map_or(0, Level::rank),
                         n.headline.as_ref().map_or(0.0, |h| h.usage),

@@ -58,7 +58,7 @@ fn a_stale_view_says_how_old_it_is() {
         "its live view /run/portd/live.json is 95s old, older than two polls of 30s"
     );
     assert_eq!(
-        Daemon::NotRunning(why).line(),
+        DaemonView::NotRunning(why).line(),
         "daemon: not running (its live view /run/portd/live.json is 95s old, older than two polls of 30s): no rates, no witnessed failures"
     );
 }
@@ -69,7 +69,7 @@ fn written_views_read_back_fresh_under_the_host_root() {
     let host = Host::new(dir.path());
     assert_eq!(
         read(&host, at(1000.0)),
-        Daemon::NotRunning(NotRunning::Absent)
+        DaemonView::NotRunning(NotRunning::Absent)
     );
     let mut l = live(1000.0, 5.0);
     l.census.last_at = Some(997.0);
@@ -82,7 +82,7 @@ fn written_views_read_back_fresh_under_the_host_root() {
     let daemon = read(&host, at(1002.0));
     assert_eq!(
         daemon,
-        Daemon::Running {
+        DaemonView::Running {
             live: Box::new(l.clone()),
             age: Duration::from_secs(2)
         }
@@ -96,7 +96,7 @@ fn written_views_read_back_fresh_under_the_host_root() {
     );
     assert!(matches!(
         read(&host, at(1011.0)),
-        Daemon::NotRunning(NotRunning::Stale { .. })
+        DaemonView::NotRunning(NotRunning::Stale { .. })
     ));
 }
 
@@ -118,12 +118,12 @@ fn another_format_version_or_garbage_is_unreadable_not_running() {
     let mut l = live(1000.0, 5.0);
     l.format_version = 2;
     write(&host, &l).unwrap();
-    let Daemon::Unreadable(why) = read(&host, at(1000.0)) else {
+    let DaemonView::Unreadable(why) = read(&host, at(1000.0)) else {
         panic!("format 2 read as portd's");
     };
     assert!(why.contains("format_version 2"), "{why}");
     std::fs::write(dir.path().join("run/portd/live.json"), "{").unwrap();
-    assert!(matches!(read(&host, at(1000.0)), Daemon::Unreadable(_)));
+    assert!(matches!(read(&host, at(1000.0)), DaemonView::Unreadable(_)));
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn the_forecast_reads_back_and_the_line_says_when_ports_run_out() {
     l.forecast = Some(Outlook {
         time_to_exhaustion_seconds: Some(42.4),
         connect_attempts_total: Some(123_456),
-        targets: vec![Target {
+        targets: vec![TargetView {
             target: "destination 10.0.0.1 -> 10.0.0.2:80".into(),
             used: 9000,
             capacity: 28232,
@@ -141,7 +141,7 @@ fn the_forecast_reads_back_and_the_line_says_when_ports_run_out() {
             steady_state: Some(28300),
             time_to_exhaustion_seconds: Some(42.4),
         }],
-        remedies: vec![Remedy {
+        remedies: vec![RemedyView {
             id: "connection-reuse".into(),
             effect: 9000,
             closes_gap: true,
@@ -151,7 +151,7 @@ fn the_forecast_reads_back_and_the_line_says_when_ports_run_out() {
     let text = serde_json::to_string(&l).unwrap();
     let back: Live = serde_json::from_str(&text).unwrap();
     assert_eq!(back, l);
-    let running = Daemon::Running {
+    let running = DaemonView::Running {
         live: Box::new(l),
         age: Duration::from_secs(1),
     };
@@ -167,24 +167,24 @@ fn the_forecast_reads_back_and_the_line_says_when_ports_run_out() {
 
 #[test]
 fn the_worst_namespace_of_a_view_is_the_one_with_the_highest_usage_at_the_worst_level() {
-    let ns = |inode, level, usage| Namespace {
+    let ns = |inode, level, usage| NamespaceView {
         inode,
         level: Some(level),
-        headline: Some(Headline {
+        headline: Some(HeadlineView {
             usage,
-            ..Headline::default()
+            ..HeadlineView::default()
         }),
-        ..Namespace::default()
+        ..NamespaceView::default()
     };
-    let daemon = Daemon::Running {
+    let daemon = DaemonView::Running {
         live: Box::new(Live {
             namespaces: vec![
                 ns(1, Level::Warning, 0.85),
                 ns(2, Level::Critical, 0.95),
                 ns(3, Level::Critical, 0.91),
-                Namespace {
+                NamespaceView {
                     inode: 4,
-                    ..Namespace::default()
+                    ..NamespaceView::default()
                 },
             ],
             ..Live::default()
@@ -204,7 +204,7 @@ fn a_killed_daemon_is_not_running_however_fresh_its_view() {
     let daemon = read(&host, SystemTime::now());
     assert_eq!(
         daemon,
-        Daemon::NotRunning(NotRunning::Exited { pid: l.pid })
+        DaemonView::NotRunning(NotRunning::Exited { pid: l.pid })
     );
     assert_eq!(
         daemon.line(),
@@ -228,7 +228,7 @@ fn a_pid_that_names_another_process_or_a_zombie_is_not_the_daemon() {
             Namespaces::default(),
             other(start + 1, false)
         ),
-        Daemon::NotRunning(NotRunning::Replaced { pid })
+        DaemonView::NotRunning(NotRunning::Replaced { pid })
     );
     assert_eq!(
         judge(
@@ -237,7 +237,7 @@ fn a_pid_that_names_another_process_or_a_zombie_is_not_the_daemon() {
             Namespaces::default(),
             other(start, true)
         ),
-        Daemon::NotRunning(NotRunning::Exited { pid })
+        DaemonView::NotRunning(NotRunning::Exited { pid })
     );
     assert!(matches!(
         judge(
@@ -246,7 +246,7 @@ fn a_pid_that_names_another_process_or_a_zombie_is_not_the_daemon() {
             Namespaces::default(),
             other(start, false)
         ),
-        Daemon::Running { .. }
+        DaemonView::Running { .. }
     ));
 }
 
@@ -271,7 +271,7 @@ fn a_view_from_far_in_the_future_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::new(dir.path());
     write(&host, &live(now() + 3600.0, 5.0)).unwrap();
-    let Daemon::Unreadable(why) = read(&host, SystemTime::now()) else {
+    let DaemonView::Unreadable(why) = read(&host, SystemTime::now()) else {
         panic!("a view an hour ahead was trusted");
     };
     assert!(
@@ -282,7 +282,7 @@ fn a_view_from_far_in_the_future_is_set_aside() {
     write(&host, &live(now() + 8.0, 5.0)).unwrap();
     assert!(matches!(
         read(&host, SystemTime::now()),
-        Daemon::Running { .. }
+        DaemonView::Running { .. }
     ));
 }
 
@@ -294,7 +294,7 @@ fn a_view_others_could_write_is_set_aside() {
     write(&host, &live(now(), 5.0)).unwrap();
     let file = path(&host);
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let Daemon::Unreadable(why) = read(&host, SystemTime::now()) else {
+    let DaemonView::Unreadable(why) = read(&host, SystemTime::now()) else {
         panic!("a world-writable view was trusted");
     };
     assert!(
@@ -304,11 +304,11 @@ fn a_view_others_could_write_is_set_aside() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert!(matches!(
         read(&host, SystemTime::now()),
-        Daemon::Running { .. }
+        DaemonView::Running { .. }
     ));
     if rustix::process::geteuid().is_root() {
         std::os::unix::fs::chown(&file, Some(4321), None).unwrap();
-        let Daemon::Unreadable(why) = read(&host, SystemTime::now()) else {
+        let DaemonView::Unreadable(why) = read(&host, SystemTime::now()) else {
             panic!("another user's view was trusted");
         };
         assert!(
@@ -323,7 +323,7 @@ fn lists_are_capped_on_read_and_texts_escaped_on_print() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::new(dir.path());
     let mut l = live(now(), 5.0);
-    l.witness = Some(Witness {
+    l.witness = Some(WitnessView {
         active: true,
         failures: (0..300)
             .map(|_| WitnessedFailure {
@@ -331,7 +331,7 @@ fn lists_are_capped_on_read_and_texts_escaped_on_print() {
                 ..WitnessedFailure::default()
             })
             .collect(),
-        ..Witness::default()
+        ..WitnessView::default()
     });
     // Compact, as a forger would write it: 9000 rows fit in the read limit.
     write(&host, &Live::default()).unwrap();
@@ -341,7 +341,7 @@ fn lists_are_capped_on_read_and_texts_escaped_on_print() {
         .collect();
     std::fs::write(path(&host), serde_json::to_vec(&value).unwrap()).unwrap();
     let daemon = read(&host, SystemTime::now());
-    let Daemon::Running { live, .. } = &daemon else {
+    let DaemonView::Running { live, .. } = &daemon else {
         panic!("{daemon:?}");
     };
     assert_eq!(live.namespaces.len(), NAMESPACES_SHOWN);
@@ -376,13 +376,13 @@ fn a_view_from_another_network_or_pid_namespace_is_set_aside() {
     let alive = |_| process(std::process::id());
     assert!(matches!(
         judge(l.clone(), SystemTime::now(), ours, alive),
-        Daemon::Running { .. }
+        DaemonView::Running { .. }
     ));
     let elsewhere = |net: u64, pid: u64| Namespaces {
         net: ours.net.map(|n| n + net),
         pid: ours.pid.map(|p| p + pid),
     };
-    let Daemon::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(1, 0), alive)
+    let DaemonView::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(1, 0), alive)
     else {
         panic!("a view of another network namespace was trusted");
     };
@@ -390,7 +390,7 @@ fn a_view_from_another_network_or_pid_namespace_is_set_aside() {
         why.contains("set aside: its daemon watches network namespace net:["),
         "{why}"
     );
-    let Daemon::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(0, 1), alive)
+    let DaemonView::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(0, 1), alive)
     else {
         panic!("a pid of another PID namespace was checked here");
     };
@@ -405,6 +405,6 @@ fn a_view_from_another_network_or_pid_namespace_is_set_aside() {
     };
     assert!(matches!(
         judge(old, SystemTime::now(), elsewhere(1, 1), alive),
-        Daemon::Running { .. }
+        DaemonView::Running { .. }
     ));
 }

@@ -1,15 +1,25 @@
 //! Prometheus text format for node_exporter's textfile collector, written
 //! atomically after each poll when the policy names a metrics file.
 //! Example alerting rules: `packaging/prometheus/portd-alerts.yml`.
+//!
+//! Every family of the file is rendered here, from typed rows the daemon
+//! fills ([`Snapshot`], [`WitnessRows`], [`NetnsRows`]): one writer for
+//! `# HELP`, `# TYPE` and the samples, one escaper for label values.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::base::fsutil;
 use crate::judge::authority::Authority;
 use crate::judge::level::Level;
-use crate::observe::usage::{DestUsage, Usage};
+use crate::observe::usage::{DestUsage, Pool, Usage};
+use crate::observe::witness::tally::TOP_SERIES;
+
+mod format;
+pub use format::{MetricFamily, MetricType, Sample, Value, text};
 
 /// Destinations exported with labels: bounded, so a host with 100k
 /// destinations does not explode the series count.
@@ -38,13 +48,12 @@ pub struct Snapshot<'a> {
     /// Whether portd may write, and if not, why: the `mode` and
     /// `advise_reason` labels of `portd_info` and `portd_yielded`.
     pub authority: &'a Authority,
-    /// The failure witness's families, rendered by witness/runtime.rs and
-    /// appended as they are.
-    pub witness: &'a str,
-    /// The families of the other network namespaces
-    /// (`portd_netns_*{netns,container,pod}`, src/daemon/netns.rs),
-    /// appended as they are; empty when there are none.
-    pub netns: &'a str,
+    /// The failure witness's counters (src/daemon/witness.rs fills them).
+    pub witness: &'a WitnessRows,
+    /// The other network namespaces (`portd_netns_*{netns,container,pod}`,
+    /// src/daemon/netns_publish.rs fills them); `None` before their first
+    /// poll, when no family of theirs is written.
+    pub netns: &'a Option<NetnsRows>,
     /// Seconds until the first destination or pool runs out at the last
     /// census's forecast (forecast.rs); `None` when nothing is growing.
     pub time_to_exhaustion: Option<f64>,
@@ -52,12 +61,67 @@ pub struct Snapshot<'a> {
     pub connect_attempts_total: Option<u64>,
 }
 
-/// A label value, escaped for the text format.
-pub fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The failure witness's rows: whether it counts, and when it does, the
+/// three failure families (at most [`TOP_SERIES`] keys each) and what it
+/// could not count.
+#[derive(Debug, Default)]
+pub struct WitnessRows {
+    pub active: bool,
+    /// TCP connect() failures, per destination and process name.
+    pub connect: FailureRows,
+    /// bind(address, 0) failures, per pool and process name.
+    pub bind: FailureRows,
+    /// UDP autobind failures, per pool and process name.
+    pub udp_autobind: FailureRows,
+    pub dropped: u64,
+}
+
+/// One failure family: the keys shown and the rest in one `other` row.
+#[derive(Debug, Default)]
+pub struct FailureRows {
+    pub shown: Vec<FailureRow>,
+    pub other: u64,
+}
+
+/// Failures under one key. Labelled by the process name, never its pid;
+/// rows whose labels are equal (keys that differ only by namespace) are
+/// summed.
+#[derive(Debug)]
+pub struct FailureRow {
+    pub local: IpAddr,
+    /// TCP connect only: labels `remote` and `remote_port`; a pool (none)
+    /// is labelled by `proto`.
+    pub destination: Option<SocketAddr>,
+    pub protocol: &'static str,
+    /// Empty when the witness counted per destination or pool alone.
+    pub comm: String,
+    pub count: u64,
+}
+
+/// The other network namespaces: the worst few measured, and the counts.
+#[derive(Debug, Default)]
+pub struct NetnsRows {
+    /// Worst first, already bounded.
+    pub top: Vec<NetnsRow>,
+    pub watched: usize,
+    pub censuses: u64,
+}
+
+/// One namespace, labelled `netns`, `container`, `pod` (never `namespace`,
+/// never a pid).
+#[derive(Debug)]
+pub struct NetnsRow {
+    pub inode: u64,
+    pub container: String,
+    /// The pod's name, or its uid; empty outside a pod.
+    pub pod: String,
+    /// Its last census's headline usage, or the bound its counters give.
+    pub usage: f64,
+    /// Ports in use by its worst destination or pool at its last census
+    /// (0 without one).
+    pub used: u64,
+    /// Its confirmed level.
+    pub level: Level,
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -65,257 +129,389 @@ fn unix_seconds(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Writes families of samples: `# HELP`, `# TYPE`, then `name{labels} value`.
-struct Out(String);
-
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(self.0, "{name}{labels} {v}");
-        }
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, v: f64) {
-        self.family(name, "gauge", help, &[(String::new(), v)]);
-    }
-
-    fn counter(&mut self, name: &str, help: &str, v: u64) {
-        self.family(name, "counter", help, &[(String::new(), v as f64)]);
-    }
-}
-
-fn dest_labels(d: &DestUsage) -> String {
-    format!(
-        "{{local=\"{}\",remote=\"{}\",remote_port=\"{}\"}}",
-        label(&d.key.local.to_string()),
-        label(&d.key.remote.to_string()),
-        d.key.remote_port
-    )
-}
-
-// A flat list of metric families in the order the file shows them: each
-// block is one family's HELP, TYPE and samples; splitting it would only
-// scatter the file's layout over helpers.
-#[allow(clippy::too_many_lines)]
+/// The metrics file: every family in the order the file shows them.
 pub fn render(s: &Snapshot<'_>) -> String {
-    let u = s.usage;
-    let mut out = Out(String::new());
-    info(&mut out, s.authority);
+    let mut families = vec![info(s.authority)];
+    families.extend(range(s.usage, s.level));
+    families.extend(destinations(s.usage));
+    families.extend(pools(s.usage));
+    families.extend(census(s));
+    families.push(yielded(s.authority));
+    families.extend(witness(s.witness));
+    if let Some(rows) = s.netns {
+        families.extend(netns(rows));
+    }
+    families.extend(forecast(s));
+    text(&families)
+}
+
+/// The range, its capacity and the headline.
+fn range(u: &Usage, level: Level) -> Vec<MetricFamily> {
     let range = u.settings.port_range;
-    out.gauge(
-        "portd_range_low",
-        "Low end of net.ipv4.ip_local_port_range.",
-        f64::from(range.low()),
-    );
-    out.gauge(
-        "portd_range_high",
-        "High end of net.ipv4.ip_local_port_range.",
-        f64::from(range.high()),
-    );
-    out.gauge(
-        "portd_range_ports",
-        "Ports in the range.",
-        f64::from(u.range_size),
-    );
-    out.gauge(
-        "portd_reserved_ports_in_range",
-        "Ports of the range in net.ipv4.ip_local_reserved_ports.",
-        f64::from(u.reserved_in_range),
-    );
-    out.gauge(
-        "portd_capacity_ports",
-        "Ports connect() can hand out towards one destination (range minus reserved and listening ports).",
-        u.capacity as f64,
-    );
-    out.gauge(
-        "portd_headline_usage_ratio",
-        "Worst per-destination or UDP pool usage (0-1).",
-        u.headline.usage.fraction(),
-    );
-    out.gauge(
-        "portd_headline_used_ports",
-        "Ports in use by the worst destination or pool.",
-        u.headline.used as f64,
-    );
-    out.gauge(
-        "portd_alert_level",
-        "Confirmed headline level (hold and hysteresis applied): 0 ok, 1 warning, 2 critical.",
-        f64::from(s.level.exit_code()),
-    );
-    out.gauge(
-        "portd_destinations",
-        "Distinct (local address, remote address, remote port) destinations using the range.",
-        u.destinations.len() as f64,
-    );
+    vec![
+        MetricFamily::one_gauge(
+            "portd_range_low",
+            "Low end of net.ipv4.ip_local_port_range.",
+            f64::from(range.low()),
+        ),
+        MetricFamily::one_gauge(
+            "portd_range_high",
+            "High end of net.ipv4.ip_local_port_range.",
+            f64::from(range.high()),
+        ),
+        MetricFamily::one_gauge(
+            "portd_range_ports",
+            "Ports in the range.",
+            f64::from(u.range_size),
+        ),
+        MetricFamily::one_gauge(
+            "portd_reserved_ports_in_range",
+            "Ports of the range in net.ipv4.ip_local_reserved_ports.",
+            f64::from(u.reserved_in_range),
+        ),
+        MetricFamily::one_gauge(
+            "portd_capacity_ports",
+            "Ports connect() can hand out towards one destination (range minus reserved and listening ports).",
+            u.capacity as f64,
+        ),
+        MetricFamily::one_gauge(
+            "portd_headline_usage_ratio",
+            "Worst per-destination or UDP pool usage (0-1).",
+            u.headline.usage.fraction(),
+        ),
+        MetricFamily::one_gauge(
+            "portd_headline_used_ports",
+            "Ports in use by the worst destination or pool.",
+            u.headline.used as f64,
+        ),
+        MetricFamily::one_gauge(
+            "portd_alert_level",
+            "Confirmed headline level (hold and hysteresis applied): 0 ok, 1 warning, 2 critical.",
+            f64::from(level.exit_code()),
+        ),
+        MetricFamily::one_gauge(
+            "portd_destinations",
+            "Distinct (local address, remote address, remote port) destinations using the range.",
+            u.destinations.len() as f64,
+        ),
+    ]
+}
+
+/// The top [`TOP_DESTINATIONS`] destinations, labelled by local address,
+/// remote address and remote port.
+fn destinations(u: &Usage) -> Vec<MetricFamily> {
     let top = &u.destinations[..u.destinations.len().min(TOP_DESTINATIONS)];
-    out.family(
-        "portd_destination_used_ports",
-        "gauge",
-        "Ports in use towards one of the top destinations (at most 10 are listed).",
-        &top.iter()
-            .map(|d| (dest_labels(d), d.used as f64))
-            .collect::<Vec<_>>(),
-    );
-    out.family(
-        "portd_destination_usage_ratio",
-        "gauge",
-        "Usage of one of the top destinations (0-1).",
-        &top.iter()
-            .map(|d| (dest_labels(d), d.usage.fraction()))
-            .collect::<Vec<_>>(),
-    );
+    let labels = |d: &DestUsage| {
+        vec![
+            ("local", d.key.local.to_string()),
+            ("remote", d.key.remote.to_string()),
+            ("remote_port", d.key.remote_port.to_string()),
+        ]
+    };
+    let per_destination = |f: &dyn Fn(&DestUsage) -> f64| {
+        top.iter()
+            .map(|d| Sample::labelled(labels(d), Value::Real(f(d))))
+            .collect()
+    };
+    vec![
+        MetricFamily::gauge(
+            "portd_destination_used_ports",
+            "Ports in use towards one of the top destinations (at most 10 are listed).",
+            per_destination(&|d| d.used as f64),
+        ),
+        MetricFamily::gauge(
+            "portd_destination_usage_ratio",
+            "Usage of one of the top destinations (0-1).",
+            per_destination(&|d| d.usage.fraction()),
+        ),
+    ]
+}
+
+/// The pools of each protocol, and TIME_WAIT.
+fn pools(u: &Usage) -> Vec<MetricFamily> {
     let pools = [
         ("tcp", &u.pools.tcp),
         ("udp", &u.pools.udp),
         ("sctp", &u.pools.sctp),
     ];
-    let per_pool = |f: &dyn Fn(&crate::observe::usage::Pool) -> f64| {
+    let per_pool = |f: &dyn Fn(&Pool) -> f64| {
         pools
             .iter()
-            .map(|(p, pool)| (format!("{{proto=\"{p}\"}}"), f(pool)))
-            .collect::<Vec<_>>()
+            .map(|(p, pool)| Sample::labelled(vec![("proto", (*p).into())], Value::Real(f(pool))))
+            .collect()
     };
-    out.family(
-        "portd_pool_used_ports",
-        "gauge",
-        "Distinct local ports of the range in use, per protocol.",
-        &per_pool(&|p| p.used as f64),
-    );
-    out.family(
-        "portd_pool_capacity_ports",
-        "gauge",
-        "Ports of the range a pool can use, per protocol.",
-        &per_pool(&|p| p.capacity as f64),
-    );
-    out.family(
-        "portd_pool_usage_ratio",
-        "gauge",
-        "Pool usage per protocol (0-1).",
-        &per_pool(&|p| p.usage.fraction()),
-    );
-    out.gauge(
-        "portd_time_wait_in_range_sockets",
-        "TCP sockets in TIME_WAIT on unreserved ports of the range (the only ones the census reads).",
-        u.time_wait_in_range as f64,
-    );
-    out.gauge(
-        "portd_reusable_time_wait_sockets",
-        "TIME_WAIT sockets in the range that tcp_tw_reuse lets connect() reuse (not counted as used).",
-        u.reusable_time_wait as f64,
-    );
-    out.gauge(
-        "portd_census_duration_seconds",
-        "Time the last full census took.",
-        s.census_duration.as_secs_f64(),
-    );
-    out.gauge(
-        "portd_census_timestamp_seconds",
-        "When the last full census was taken (Unix time).",
-        unix_seconds(s.census_at),
-    );
-    out.gauge(
-        "portd_poll_timestamp_seconds",
-        "When portd last polled, with or without a census (Unix time).",
-        unix_seconds(s.polled_at),
-    );
-    out.counter(
-        "portd_censuses_total",
-        "Full censuses taken since portd started.",
-        s.censuses_total,
-    );
-    out.counter(
-        "portd_census_skipped_total",
-        "Polls that skipped the census because the O(1) bounds stayed below the warning level.",
-        s.census_skipped_total,
-    );
-    out.family(
-        "portd_census_failures_total",
-        "counter",
-        "Censuses that failed (error) or outlived the watchdog interval (abandoned).",
-        &[
-            (
-                "{reason=\"error\"}".to_string(),
-                s.census_failed_total as f64,
-            ),
-            (
-                "{reason=\"abandoned\"}".to_string(),
-                s.census_abandoned_total as f64,
-            ),
-        ],
-    );
-    out.counter(
-        "portd_range_changes_total",
-        "Range changes portd made since it started.",
-        s.changes_total,
-    );
+    vec![
+        MetricFamily::gauge(
+            "portd_pool_used_ports",
+            "Distinct local ports of the range in use, per protocol.",
+            per_pool(&|p| p.used as f64),
+        ),
+        MetricFamily::gauge(
+            "portd_pool_capacity_ports",
+            "Ports of the range a pool can use, per protocol.",
+            per_pool(&|p| p.capacity as f64),
+        ),
+        MetricFamily::gauge(
+            "portd_pool_usage_ratio",
+            "Pool usage per protocol (0-1).",
+            per_pool(&|p| p.usage.fraction()),
+        ),
+        MetricFamily::one_gauge(
+            "portd_time_wait_in_range_sockets",
+            "TCP sockets in TIME_WAIT on unreserved ports of the range (the only ones the census reads).",
+            u.time_wait_in_range as f64,
+        ),
+        MetricFamily::one_gauge(
+            "portd_reusable_time_wait_sockets",
+            "TIME_WAIT sockets in the range that tcp_tw_reuse lets connect() reuse (not counted as used).",
+            u.reusable_time_wait as f64,
+        ),
+    ]
+}
+
+/// The census's timing and counters, the changes made and why widening is
+/// held.
+fn census(s: &Snapshot<'_>) -> Vec<MetricFamily> {
+    let failures = |reason: &str, n: u64| {
+        Sample::labelled(vec![("reason", reason.into())], Value::Real(n as f64))
+    };
+    let mut families = vec![
+        MetricFamily::one_gauge(
+            "portd_census_duration_seconds",
+            "Time the last full census took.",
+            s.census_duration.as_secs_f64(),
+        ),
+        MetricFamily::one_gauge(
+            "portd_census_timestamp_seconds",
+            "When the last full census was taken (Unix time).",
+            unix_seconds(s.census_at),
+        ),
+        MetricFamily::one_gauge(
+            "portd_poll_timestamp_seconds",
+            "When portd last polled, with or without a census (Unix time).",
+            unix_seconds(s.polled_at),
+        ),
+        MetricFamily::one_counter(
+            "portd_censuses_total",
+            "Full censuses taken since portd started.",
+            s.censuses_total,
+        ),
+        MetricFamily::one_counter(
+            "portd_census_skipped_total",
+            "Polls that skipped the census because the O(1) bounds stayed below the warning level.",
+            s.census_skipped_total,
+        ),
+        MetricFamily::counter(
+            "portd_census_failures_total",
+            "Censuses that failed (error) or outlived the watchdog interval (abandoned).",
+            vec![
+                failures("error", s.census_failed_total),
+                failures("abandoned", s.census_abandoned_total),
+            ],
+        ),
+        MetricFamily::one_counter(
+            "portd_range_changes_total",
+            "Range changes portd made since it started.",
+            s.changes_total,
+        ),
+    ];
     if let Some(at) = s.last_change_at {
-        out.gauge(
+        families.push(MetricFamily::one_gauge(
             "portd_last_change_timestamp_seconds",
             "When portd last changed the range (Unix time).",
             unix_seconds(at),
-        );
+        ));
     }
-    out.family(
+    let (reason, held) = s.widening_blocked.map_or(("", 0.0), |r| (r, 1.0));
+    families.push(MetricFamily::gauge(
         "portd_widening_blocked",
-        "gauge",
         "1 while usage calls for a wider range that portd may not or cannot write; reason says why.",
-        &[match s.widening_blocked {
-            Some(reason) => (format!("{{reason=\"{}\"}}", label(reason)), 1.0),
-            None => ("{reason=\"\"}".to_string(), 0.0),
-        }],
-    );
-    yielded(&mut out, s.authority);
-    out.0.push_str(s.witness);
-    out.0.push_str(s.netns);
-    forecast(&mut out, s);
-    out.0
+        vec![Sample::labelled(
+            vec![("reason", reason.into())],
+            Value::Real(held),
+        )],
+    ));
+    families
 }
 
 /// The forecast's time to exhaustion (`+Inf` when nothing grows towards it)
 /// and the connection attempts as a counter, for `rate()`.
-fn forecast(out: &mut Out, s: &Snapshot<'_>) {
-    let _ = writeln!(
-        out.0,
-        "# HELP portd_time_to_exhaustion_seconds Seconds until the first destination or pool runs out at the growth of the last censuses (+Inf when none is growing towards it).\n\
-         # TYPE portd_time_to_exhaustion_seconds gauge\n\
-         portd_time_to_exhaustion_seconds {}",
-        s.time_to_exhaustion
-            .map_or_else(|| "+Inf".to_string(), |t| t.to_string())
-    );
+fn forecast(s: &Snapshot<'_>) -> Vec<MetricFamily> {
+    let mut families = vec![MetricFamily::one_gauge(
+        "portd_time_to_exhaustion_seconds",
+        "Seconds until the first destination or pool runs out at the growth of the last censuses (+Inf when none is growing towards it).",
+        s.time_to_exhaustion.unwrap_or(f64::INFINITY),
+    )];
     if let Some(n) = s.connect_attempts_total {
-        out.counter(
+        families.push(MetricFamily::one_counter(
             "portd_connect_attempts_total",
             "TCP connect() attempts in the namespace (Tcp: ActiveOpens of /proc/net/snmp); rate() gives connections per second.",
             n,
-        );
+        ));
     }
+    families
 }
 
 /// `portd_info`: what portd may do now, as the STATUS line says it.
-fn info(out: &mut Out, authority: &Authority) {
-    out.family(
+fn info(authority: &Authority) -> MetricFamily {
+    MetricFamily::gauge(
         "portd_info",
-        "gauge",
         "portd's version and mode (auto, advise, dry-run); advise_reason says why it only advises (policy, dry-run, yielded, state-unreadable).",
-        &[(
-            format!(
-                "{{version=\"{}\",mode=\"{}\",advise_reason=\"{}\"}}",
-                env!("CARGO_PKG_VERSION"),
-                authority.mode_label(),
-                authority.reason_label()
-            ),
-            1.0,
+        vec![Sample::labelled(
+            vec![
+                ("version", env!("CARGO_PKG_VERSION").into()),
+                ("mode", authority.mode_label().into()),
+                ("advise_reason", authority.reason_label().into()),
+            ],
+            Value::Real(1.0),
         )],
-    );
+    )
 }
 
-fn yielded(out: &mut Out, authority: &Authority) {
-    out.gauge(
+fn yielded(authority: &Authority) -> MetricFamily {
+    MetricFamily::one_gauge(
         "portd_yielded",
         "1 while portd yields to an admin who changed the range (advise only until a reload).",
         f64::from(u8::from(authority.yielded())),
-    );
+    )
+}
+
+/// The witness's families (docs/DESIGN.md naming: counters end in
+/// `_total`; labels by comm, never by pid): whether it is active, and
+/// while it is, its failures and what it could not count.
+pub fn witness(w: &WitnessRows) -> Vec<MetricFamily> {
+    let mut families = vec![MetricFamily::gauge(
+        "portd_witness_active",
+        "Whether the failure witness counts failed port allocations (1) or not (0).",
+        vec![Sample::new(Value::Int(u64::from(w.active)))],
+    )];
+    if !w.active {
+        return families;
+    }
+    families.extend([
+        failures(
+            "portd_connect_failures_total",
+            "TCP connect() calls that failed with EADDRNOTAVAIL because no local port was free, per destination and process name",
+            &w.connect,
+            true,
+        ),
+        failures(
+            "portd_bind_failures_total",
+            "bind(address, 0) calls that failed with EADDRINUSE because no local port was free, per pool and process name",
+            &w.bind,
+            false,
+        ),
+        failures(
+            "portd_udp_autobind_failures_total",
+            "UDP connect()/sendto() on an unbound socket that failed with EAGAIN because no local port was free, per pool and process name",
+            &w.udp_autobind,
+            false,
+        ),
+        MetricFamily::counter(
+            "portd_witness_dropped_total",
+            "Failures the witness could not count (its maps of counters were full) or may have missed (counted after their generation was drained).",
+            vec![Sample::new(Value::Int(w.dropped))],
+        ),
+    ]);
+    families
+}
+
+/// One failure family: rows with equal labels summed, in the order of
+/// their labels, then the rest in one row whose labels all read `other`
+/// (with the destination's labels when `by_destination`).
+fn failures(
+    name: &'static str,
+    help: &str,
+    rows: &FailureRows,
+    by_destination: bool,
+) -> MetricFamily {
+    let mut sums: BTreeMap<String, Sample> = BTreeMap::new();
+    for row in &rows.shown {
+        let sample = Sample::labelled(failure_labels(row), Value::Int(0));
+        let sum = sums.entry(sample.label_text()).or_insert(sample);
+        if let Value::Int(n) = &mut sum.value {
+            *n += row.count;
+        }
+    }
+    let mut samples: Vec<Sample> = sums.into_values().collect();
+    if rows.other > 0 {
+        let names: &[&'static str] = if by_destination {
+            &["local", "remote", "remote_port", "comm"]
+        } else {
+            &["proto", "local", "comm"]
+        };
+        let other = names.iter().map(|n| (*n, "other".to_string())).collect();
+        samples.push(Sample::labelled(other, Value::Int(rows.other)));
+    }
+    MetricFamily {
+        name,
+        kind: MetricType::Counter,
+        help: Cow::Owned(format!(
+            "{help} (at most {TOP_SERIES} series, the rest in one row labelled other)."
+        )),
+        samples,
+    }
+}
+
+fn failure_labels(row: &FailureRow) -> Vec<(&'static str, String)> {
+    match row.destination {
+        Some(d) => vec![
+            ("local", row.local.to_string()),
+            ("remote", d.ip().to_string()),
+            ("remote_port", d.port().to_string()),
+            ("comm", row.comm.clone()),
+        ],
+        None => vec![
+            ("proto", row.protocol.into()),
+            ("local", row.local.to_string()),
+            ("comm", row.comm.clone()),
+        ],
+    }
+}
+
+/// `portd_netns_*`: the namespaces' usage, ports and level, how many are
+/// watched and their censuses.
+pub fn netns(n: &NetnsRows) -> Vec<MetricFamily> {
+    let per_namespace = |f: &dyn Fn(&NetnsRow) -> f64| {
+        n.top
+            .iter()
+            .map(|r| {
+                let labels = vec![
+                    ("netns", format!("net:[{}]", r.inode)),
+                    ("container", r.container.clone()),
+                    ("pod", r.pod.clone()),
+                ];
+                Sample::labelled(labels, Value::Real(f(r)))
+            })
+            .collect()
+    };
+    vec![
+        MetricFamily::gauge(
+            "portd_netns_usage_ratio",
+            "Worst destination or pool usage in another network namespace (0-1): its last census, or the bound its counters give when none was needed (top 20 namespaces).",
+            per_namespace(&|r| r.usage),
+        ),
+        MetricFamily::gauge(
+            "portd_netns_used_ports",
+            "Ports in use by the worst destination or pool of another network namespace at its last census (0 without one).",
+            per_namespace(&|r| r.used as f64),
+        ),
+        MetricFamily::gauge(
+            "portd_netns_alert_level",
+            "Confirmed level of another network namespace (hold and hysteresis applied): 0 ok, 1 warning, 2 critical.",
+            per_namespace(&|r| f64::from(r.level.exit_code())),
+        ),
+        MetricFamily::gauge(
+            "portd_netns_watched",
+            "Other network namespaces portd watches.",
+            vec![Sample::new(Value::Int(n.watched as u64))],
+        ),
+        MetricFamily::counter(
+            "portd_netns_censuses_total",
+            "Censuses of other network namespaces since portd started.",
+            vec![Sample::new(Value::Int(n.censuses))],
+        ),
+    ]
 }
 
 pub fn write(path: &Path, s: &Snapshot<'_>) -> std::io::Result<()> {
@@ -405,10 +601,7 @@ mod tests {
     }
 
     fn authority_lines(authority: &Authority) -> String {
-        let mut out = Out(String::new());
-        info(&mut out, authority);
-        yielded(&mut out, authority);
-        out.0
+        text(&[info(authority), yielded(authority)])
             .lines()
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.replace(env!("CARGO_PKG_VERSION"), "V"))
@@ -446,5 +639,136 @@ mod tests {
                 "{authority:?}"
             );
         }
+    }
+
+    fn failure(destination: Option<&str>, comm: &str, count: u64) -> FailureRow {
+        FailureRow {
+            local: "10.0.0.1".parse().expect("addr"),
+            destination: destination.map(|d| d.parse().expect("addr")),
+            protocol: if destination.is_some() { "tcp" } else { "udp" },
+            comm: comm.into(),
+            count,
+        }
+    }
+
+    fn samples(families: &[MetricFamily]) -> Vec<String> {
+        text(families)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn witness_rows_with_equal_labels_are_summed_and_the_rest_is_one_other_row() {
+        let rows = WitnessRows {
+            active: true,
+            connect: FailureRows {
+                // The same destination and comm in two namespaces.
+                shown: vec![
+                    failure(Some("10.0.0.9:443"), "cu\"rl", 3),
+                    failure(Some("10.0.0.2:80"), "curl", 1),
+                    failure(Some("10.0.0.9:443"), "cu\"rl", 4),
+                ],
+                other: 20,
+            },
+            bind: FailureRows::default(),
+            udp_autobind: FailureRows {
+                shown: vec![failure(None, "", 2)],
+                other: 0,
+            },
+            dropped: 5,
+        };
+        assert_eq!(
+            samples(&witness(&rows)),
+            [
+                "portd_witness_active 1",
+                "portd_connect_failures_total{local=\"10.0.0.1\",remote=\"10.0.0.2\",remote_port=\"80\",comm=\"curl\"} 1",
+                "portd_connect_failures_total{local=\"10.0.0.1\",remote=\"10.0.0.9\",remote_port=\"443\",comm=\"cu\\\"rl\"} 7",
+                "portd_connect_failures_total{local=\"other\",remote=\"other\",remote_port=\"other\",comm=\"other\"} 20",
+                "portd_udp_autobind_failures_total{proto=\"udp\",local=\"10.0.0.1\",comm=\"\"} 2",
+                "portd_witness_dropped_total 5",
+            ]
+        );
+        let help = text(&witness(&rows));
+        assert!(help.contains(&format!("(at most {TOP_SERIES} series, the rest in one row labelled other).\n# TYPE portd_bind_failures_total counter\n")), "{help}");
+        assert_eq!(
+            samples(&witness(&WitnessRows::default())),
+            ["portd_witness_active 0"]
+        );
+    }
+
+    #[test]
+    fn netns_rows_are_labelled_netns_container_pod_never_a_pid() {
+        let rows = NetnsRows {
+            top: vec![NetnsRow {
+                inode: 7,
+                container: "containerd:0123456789ab".into(),
+                pod: "shop/\"checkout\"".into(),
+                usage: 0.6,
+                used: 600,
+                level: Level::Critical,
+            }],
+            watched: 31,
+            censuses: 3,
+        };
+        let labels = "{netns=\"net:[7]\",container=\"containerd:0123456789ab\",pod=\"shop/\\\"checkout\\\"\"}";
+        assert_eq!(
+            samples(&netns(&rows)),
+            [
+                format!("portd_netns_usage_ratio{labels} 0.6"),
+                format!("portd_netns_used_ports{labels} 600"),
+                format!("portd_netns_alert_level{labels} 2"),
+                "portd_netns_watched 31".into(),
+                "portd_netns_censuses_total 3".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_file_has_every_family_once_and_the_others_only_with_their_rows() {
+        let usage = crate::judge::forecast::tests::census(&[(1, 10, 5)]);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_765_000_000);
+        let (witness, netns) = (WitnessRows::default(), Some(NetnsRows::default()));
+        let mut s = Snapshot {
+            usage: &usage,
+            level: Level::Ok,
+            changes_total: 0,
+            census_duration: Duration::from_millis(2),
+            census_at: at,
+            polled_at: at,
+            censuses_total: 1,
+            census_skipped_total: 0,
+            census_failed_total: 0,
+            census_abandoned_total: 0,
+            last_change_at: None,
+            widening_blocked: None,
+            authority: &Authority::Write,
+            witness: &witness,
+            netns: &None,
+            time_to_exhaustion: None,
+            connect_attempts_total: None,
+        };
+        let names = |s: &Snapshot<'_>| -> Vec<String> {
+            render(s)
+                .lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+                .collect()
+        };
+        let without = names(&s);
+        assert_eq!(without.first().map(String::as_str), Some("portd_info"));
+        assert_eq!(
+            without.last().map(String::as_str),
+            Some("portd_time_to_exhaustion_seconds")
+        );
+        assert!(render(&s).ends_with("portd_time_to_exhaustion_seconds +Inf\n"));
+        assert!(render(&s).contains("portd_widening_blocked{reason=\"\"} 0\n"));
+        assert!(!without.iter().any(|n| n.starts_with("portd_netns_")));
+        s.netns = &netns;
+        let with = names(&s);
+        assert_eq!(with.len(), without.len() + 5, "{with:?}");
+        let unique: std::collections::BTreeSet<&String> = with.iter().collect();
+        assert_eq!(unique.len(), with.len(), "each family once");
     }
 }

@@ -59,7 +59,7 @@ pub const UNSPECIFIED_V6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// What a scan should report.
 #[derive(Clone, Copy, Debug)]
-pub enum Scope<'a> {
+pub enum ScanScope<'a> {
     /// TCP listeners on any port (a cheap first pass: they decide which
     /// sockets are accepted connections rather than ephemeral usage, and
     /// which ports a wider range would grow over).
@@ -79,7 +79,8 @@ pub trait SocketSource {
     /// Whether it can see sockets that are bound but neither listening nor
     /// connected (procfs cannot).
     fn sees_bound_only(&self) -> bool;
-    fn scan(&self, scope: Scope<'_>, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError>;
+    fn scan(&self, scope: ScanScope<'_>, visit: &mut dyn FnMut(&Socket))
+    -> Result<(), CensusError>;
 }
 
 /// Which source a census uses (`portd --source`, hidden: for benchmarks and

@@ -5,7 +5,7 @@
 //! instead of the 27 of a `/proc/net/tcp` read (docs/benchmarks.md).
 //!
 //! A census asks only for the sockets on ports the range can hand out
-//! ([`Scope::Ports`]); a small filter program of `inet_diag_bc_op`s
+//! ([`ScanScope::Ports`]); a small filter program of `inet_diag_bc_op`s
 //! (`INET_DIAG_REQ_BYTECODE`) has the kernel leave the others out before it
 //! fills their messages, which is most of the cost of a dump. Sockets the
 //! program lets through beyond the set are dropped here, so the census is
@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
-use super::{CensusError, Proto, Scope, Socket, SocketSource, normalise};
+use super::{CensusError, Proto, ScanScope, Socket, SocketSource, normalise};
 use crate::base::host::Host;
 use crate::base::kernel::TcpState;
 use crate::base::ports::{PortRange, PortSet};
@@ -211,12 +211,16 @@ impl SocketSource for NetlinkSource {
         self.options.bound_inactive && self.bound_inactive_supported
     }
 
-    fn scan(&self, scope: Scope<'_>, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
+    fn scan(
+        &self,
+        scope: ScanScope<'_>,
+        visit: &mut dyn FnMut(&Socket),
+    ) -> Result<(), CensusError> {
         let mut conn = Conn::new()?;
         let ports = match scope {
             // Only the listening hash is walked for this mask.
-            Scope::Listeners => return self.scan_tcp(&mut conn, TCPF_LISTEN, &[], visit),
-            Scope::Ports(ports) => ports,
+            ScanScope::Listeners => return self.scan_tcp(&mut conn, TCPF_LISTEN, &[], visit),
+            ScanScope::Ports(ports) => ports,
         };
         let filter = match port_filter(ports) {
             Filter::Nothing => return Ok(()),

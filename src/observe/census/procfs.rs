@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use super::{CensusError, Proto, Scope, Socket, SocketSource, UNSPECIFIED_V6, normalise};
+use super::{CensusError, Proto, ScanScope, Socket, SocketSource, UNSPECIFIED_V6, normalise};
 use crate::base::fsutil;
 use crate::base::host::Host;
 use crate::base::kernel::TcpState;
@@ -53,19 +53,23 @@ impl SocketSource for ProcfsSource {
         false
     }
 
-    fn scan(&self, scope: Scope<'_>, visit: &mut dyn FnMut(&Socket)) -> Result<(), CensusError> {
+    fn scan(
+        &self,
+        scope: ScanScope<'_>,
+        visit: &mut dyn FnMut(&Socket),
+    ) -> Result<(), CensusError> {
         // A kernel built or booted without IPv6 has no tcp6/udp6; tcp/udp always exist.
         let tcp = [("tcp", true), ("tcp6", false)]
             .into_iter()
             .zip(&self.read_whole);
         let ports = match scope {
-            Scope::Listeners => {
+            ScanScope::Listeners => {
                 for ((file, required), whole) in tcp {
                     scan_listeners(&self.net.join(file), required, whole, visit)?;
                 }
                 return Ok(());
             }
-            Scope::Ports(ports) => ports,
+            ScanScope::Ports(ports) => ports,
         };
         // Every row is parsed, so a malformed one is reported wherever it is.
         let mut visit = |s: &Socket| {
@@ -463,7 +467,7 @@ mod tests {
         dir
     }
 
-    fn ports(source: &ProcfsSource, scope: Scope<'_>) -> Vec<u16> {
+    fn ports(source: &ProcfsSource, scope: ScanScope<'_>) -> Vec<u16> {
         let mut ports = Vec::new();
         source
             .scan(scope, &mut |s| ports.push(s.local_port))
@@ -476,15 +480,18 @@ mod tests {
         let small = format!("{}{}", row(0, 8080, 0, 0x0A), row(1, 40500, 8080, 0x01));
         let dir = fixture(&small);
         let source = ProcfsSource::new(&Host::new(dir.path()));
-        assert_eq!(ports(&source, Scope::Listeners), [5001, 8080]);
+        assert_eq!(ports(&source, ScanScope::Listeners), [5001, 8080]);
         // The full scan that follows parses what the listeners scan read.
         let tcp6 = dir.path().join("proc/net/tcp6");
         std::fs::write(&tcp6, HEADER).unwrap();
-        let all = ports(&source, Scope::Ports(&PortSet::all()));
+        let all = ports(&source, ScanScope::Ports(&PortSet::all()));
         assert_eq!(all.len(), 1002);
         assert_eq!(&all[1000..], [8080, 40500]);
         // Taken once: the next full scan reads the file.
-        assert_eq!(ports(&source, Scope::Ports(&PortSet::all())).len(), 1000);
+        assert_eq!(
+            ports(&source, ScanScope::Ports(&PortSet::all())).len(),
+            1000
+        );
     }
 
     #[test]
@@ -495,20 +502,20 @@ mod tests {
         some.insert_range(PortRange::new(40100, 40102).unwrap());
         some.insert(50000);
         assert_eq!(
-            ports(&source, Scope::Ports(&some)),
+            ports(&source, ScanScope::Ports(&some)),
             [40100, 40101, 40102, 50000]
         );
-        assert!(ports(&source, Scope::Ports(&PortSet::new())).is_empty());
+        assert!(ports(&source, ScanScope::Ports(&PortSet::new())).is_empty());
     }
 
     #[test]
     fn a_large_table_is_read_again_by_the_full_scan() {
         let dir = fixture("");
         let source = ProcfsSource::new(&Host::new(dir.path()));
-        assert_eq!(ports(&source, Scope::Listeners), [5001]);
+        assert_eq!(ports(&source, ScanScope::Listeners), [5001]);
         let tcp = dir.path().join("proc/net/tcp");
         std::fs::write(&tcp, format!("{HEADER}{}", row(0, 6000, 0, 0x0A))).unwrap();
-        assert_eq!(ports(&source, Scope::Ports(&PortSet::all())), [6000]);
+        assert_eq!(ports(&source, ScanScope::Ports(&PortSet::all())), [6000]);
     }
 
     proptest::proptest! {
@@ -547,7 +554,7 @@ mod tests {
             bytes.extend(rows.join(&b'\n'));
             std::fs::write(net.join(file), &bytes).unwrap();
             let source = ProcfsSource::new(&Host::new(dir.path()));
-            if let Err(e) = source.scan(Scope::Ports(&PortSet::all()), &mut |_| {}) {
+            if let Err(e) = source.scan(ScanScope::Ports(&PortSet::all()), &mut |_| {}) {
                 let e = e.to_string();
                 let at = format!("{}:", net.join(file).display());
                 proptest::prop_assert!(e.starts_with(&at), "{}", e);

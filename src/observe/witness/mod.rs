@@ -59,7 +59,7 @@ const TRACEPOINTS: [(&str, &str); 3] = [
 
 /// What failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
+pub enum FailureKind {
     /// TCP `connect()` on a socket without a local port: EADDRNOTAVAIL.
     TcpConnect,
     /// `bind(addr, 0)`: EADDRINUSE.
@@ -68,29 +68,29 @@ pub enum Kind {
     UdpAutobind,
 }
 
-impl Kind {
+impl FailureKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::TcpConnect => "tcp_connect",
-            Kind::Bind0 => "bind0",
-            Kind::UdpAutobind => "udp_autobind",
+            FailureKind::TcpConnect => "tcp_connect",
+            FailureKind::Bind0 => "bind0",
+            FailureKind::UdpAutobind => "udp_autobind",
         }
     }
 
     /// The error the caller saw.
     pub fn errno(self) -> &'static str {
         match self {
-            Kind::TcpConnect => "EADDRNOTAVAIL",
-            Kind::Bind0 => "EADDRINUSE",
-            Kind::UdpAutobind => "EAGAIN",
+            FailureKind::TcpConnect => "EADDRNOTAVAIL",
+            FailureKind::Bind0 => "EADDRINUSE",
+            FailureKind::UdpAutobind => "EAGAIN",
         }
     }
 
-    fn from_raw(v: u8) -> Option<Kind> {
+    fn from_raw(v: u8) -> Option<FailureKind> {
         match v {
-            1 => Some(Kind::TcpConnect),
-            2 => Some(Kind::Bind0),
-            3 => Some(Kind::UdpAutobind),
+            1 => Some(FailureKind::TcpConnect),
+            2 => Some(FailureKind::Bind0),
+            3 => Some(FailureKind::UdpAutobind),
             _ => None,
         }
     }
@@ -102,7 +102,7 @@ impl Kind {
 pub struct FailureKey {
     /// Network namespace inode.
     pub netns: u64,
-    pub kind: Kind,
+    pub kind: FailureKind,
     /// The local address the socket was bound to (unspecified: the route
     /// chooses); for bind(0), the address asked for.
     pub local: IpAddr,
@@ -128,7 +128,7 @@ impl FailureKey {
 
 /// Failures under one key since the previous read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Count {
+pub struct FailureCount {
     pub key: FailureKey,
     /// Failures since the previous read.
     pub new: u64,
@@ -143,7 +143,7 @@ pub struct Count {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reading {
     /// What is new since the previous read (the maps are drained).
-    pub counts: Vec<Count>,
+    pub counts: Vec<FailureCount>,
     /// Failures not counted since the witness started, because both its
     /// maps were full, plus those counted into a generation that may have
     /// been drained already (at most missed).
@@ -239,10 +239,10 @@ fn addr(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
 
 /// The key; `per_process`: from the map keyed by process name too.
 fn decode(raw: &RawKey, per_process: bool) -> Option<FailureKey> {
-    let kind = Kind::from_raw(raw.kind)?;
+    let kind = FailureKind::from_raw(raw.kind)?;
     let local = addr(raw.family, &raw.laddr)?;
     let destination = match kind {
-        Kind::TcpConnect => Some(SocketAddr::new(addr(raw.family, &raw.daddr)?, raw.dport)),
+        FailureKind::TcpConnect => Some(SocketAddr::new(addr(raw.family, &raw.daddr)?, raw.dport)),
         _ => None,
     };
     Some(FailureKey {
@@ -412,7 +412,7 @@ impl Witness {
                 continue;
             };
             if new > 0 && self.watched.contains(&key.netns) {
-                reading.counts.push(Count {
+                reading.counts.push(FailureCount {
                     key,
                     new,
                     pid: (value.pid != 0).then_some(value.pid),

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{FailureKey, Kind, Reading};
+use super::{FailureKey, FailureKind, Reading};
 
 pub const WINDOW: Duration = Duration::from_secs(60);
 
@@ -27,11 +27,11 @@ pub const TOP_SERIES: usize = 20;
 /// The metric families: TCP connect, bind(0), UDP autobind.
 pub const FAMILIES: usize = 3;
 
-pub fn family(kind: Kind) -> usize {
+pub fn family(kind: FailureKind) -> usize {
     match kind {
-        Kind::TcpConnect => 0,
-        Kind::Bind0 => 1,
-        Kind::UdpAutobind => 2,
+        FailureKind::TcpConnect => 0,
+        FailureKind::Bind0 => 1,
+        FailureKind::UdpAutobind => 2,
     }
 }
 
@@ -274,12 +274,12 @@ fn baseline(s: &Series, now: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::witness::{Count, Kind};
+    use crate::observe::witness::{FailureCount, FailureKind};
 
     fn key(dest: &str, comm: &str) -> FailureKey {
         FailureKey {
             netns: 1,
-            kind: Kind::TcpConnect,
+            kind: FailureKind::TcpConnect,
             local: "0.0.0.0".parse().expect("addr"),
             destination: Some(dest.parse().expect("addr")),
             comm: Some(comm.into()),
@@ -292,7 +292,7 @@ mod tests {
         Reading {
             counts: counts
                 .iter()
-                .map(|(k, n)| Count {
+                .map(|(k, n)| FailureCount {
                     key: (*k).clone(),
                     new: *n,
                     pid: Some(7),

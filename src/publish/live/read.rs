@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DIR, Daemon, FILE, FORMAT_VERSION, LONGEST_INTERVAL, Live, NAMESPACES_SHOWN, NotRunning,
+    DIR, DaemonView, FILE, FORMAT_VERSION, LONGEST_INTERVAL, Live, NAMESPACES_SHOWN, NotRunning,
     READ_LIMIT, WITNESS_ROWS, fresh, path, unix_seconds,
 };
 use crate::base::fsutil;
@@ -58,7 +58,7 @@ pub fn process(pid: u32) -> Option<Process> {
 
 /// Reads the live view of `host` and judges it against `now` and the
 /// processes of this machine.
-pub fn read(host: &Host, now: SystemTime) -> Daemon {
+pub fn read(host: &Host, now: SystemTime) -> DaemonView {
     read_with(host, now, Namespaces::of_this_process(), process)
 }
 
@@ -69,14 +69,14 @@ pub fn read_with(
     now: SystemTime,
     here: Namespaces,
     processes: impl Fn(u32) -> Option<Process>,
-) -> Daemon {
+) -> DaemonView {
     let path = path(host);
     let file = match fsutil::open_regular(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Daemon::NotRunning(NotRunning::Absent);
+            return DaemonView::NotRunning(NotRunning::Absent);
         }
-        Err(e) => return Daemon::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
+        Err(e) => return DaemonView::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
     };
     let text = match file
         .metadata()
@@ -84,18 +84,18 @@ pub fn read_with(
     {
         Ok((meta, text)) => {
             if let Err(why) = trusted_file(&meta, rustix::process::geteuid().as_raw()) {
-                return Daemon::Unreadable(format!("{DIR}/{FILE} set aside: {why}"));
+                return DaemonView::Unreadable(format!("{DIR}/{FILE} set aside: {why}"));
             }
             text
         }
-        Err(e) => return Daemon::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
+        Err(e) => return DaemonView::Unreadable(format!("cannot read {DIR}/{FILE}: {e}")),
     };
     let live: Live = match serde_json::from_slice(&text) {
         Ok(l) => l,
-        Err(e) => return Daemon::Unreadable(format!("{DIR}/{FILE}: {e}")),
+        Err(e) => return DaemonView::Unreadable(format!("{DIR}/{FILE}: {e}")),
     };
     if live.format_version != FORMAT_VERSION {
-        return Daemon::Unreadable(format!(
+        return DaemonView::Unreadable(format!(
             "{DIR}/{FILE} has format_version {}; this portd reads {FORMAT_VERSION}",
             live.format_version
         ));
@@ -128,18 +128,18 @@ pub fn judge(
     now: SystemTime,
     here: Namespaces,
     processes: impl Fn(u32) -> Option<Process>,
-) -> Daemon {
+) -> DaemonView {
     if let Some(theirs) = live.namespaces_of_daemon {
         let differ = |a: Option<u64>, b: Option<u64>| a.zip(b).is_some_and(|(a, b)| a != b);
         if differ(theirs.net, here.net) {
-            return Daemon::Unreadable(format!(
+            return DaemonView::Unreadable(format!(
                 "{DIR}/{FILE} set aside: its daemon watches network namespace net:[{}], not this one (net:[{}])",
                 theirs.net.unwrap_or_default(),
                 here.net.unwrap_or_default()
             ));
         }
         if differ(theirs.pid, here.pid) {
-            return Daemon::Unreadable(format!(
+            return DaemonView::Unreadable(format!(
                 "{DIR}/{FILE} set aside: its daemon runs in another PID namespace (pid:[{}], this is pid:[{}]), where its pid {} cannot be checked",
                 theirs.pid.unwrap_or_default(),
                 here.pid.unwrap_or_default(),
@@ -150,26 +150,26 @@ pub fn judge(
     let ahead = live.written_at - unix_seconds(now);
     let interval = live.interval_seconds.clamp(0.0, LONGEST_INTERVAL);
     if ahead > 2.0 * interval && ahead > 1.0 {
-        return Daemon::Unreadable(format!(
+        return DaemonView::Unreadable(format!(
             "{DIR}/{FILE} set aside: written {ahead:.0}s ahead of this host's clock, more than two polls of {}",
             humantime::format_duration(Duration::try_from_secs_f64(interval).unwrap_or_default())
         ));
     }
     match processes(live.pid) {
-        Some(p) if p.zombie => return Daemon::NotRunning(NotRunning::Exited { pid: live.pid }),
+        Some(p) if p.zombie => return DaemonView::NotRunning(NotRunning::Exited { pid: live.pid }),
         Some(p) if live.start_time.is_some_and(|t| t != p.start_time) => {
-            return Daemon::NotRunning(NotRunning::Replaced { pid: live.pid });
+            return DaemonView::NotRunning(NotRunning::Replaced { pid: live.pid });
         }
         Some(_) => {}
-        None => return Daemon::NotRunning(NotRunning::Exited { pid: live.pid }),
+        None => return DaemonView::NotRunning(NotRunning::Exited { pid: live.pid }),
     }
     cap(&mut live);
     match fresh(&live, now) {
-        Ok(age) => Daemon::Running {
+        Ok(age) => DaemonView::Running {
             live: Box::new(live),
             age,
         },
-        Err(why) => Daemon::NotRunning(why),
+        Err(why) => DaemonView::NotRunning(why),
     }
 }
 

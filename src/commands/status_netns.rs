@@ -6,49 +6,15 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
-
 use crate::base::host::Host;
-use crate::base::ports::Ratio;
 use crate::base::untrusted;
 use crate::commands::status::{self, Outcome, StatusOptions};
 use crate::judge::level::Level;
-use crate::observe::census::KernelSettings;
-use crate::observe::census::sockstat::Totals;
+use crate::judge::netns::quiet;
 use crate::observe::usage::{Usage, UsageOptions};
-use crate::policy::Thresholds;
 use crate::publish::live;
 
 use crate::observe::netns::Namespace;
-
-/// At most `bound` of at least `capacity` ports towards any destination,
-/// from the namespace's counters alone.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Quiet {
-    pub bound: u64,
-    pub capacity: u64,
-    pub usage: Ratio,
-}
-
-/// `Some` when the counters prove every destination and pool below the
-/// warning level. The capacity is a lower bound: the range minus the
-/// reserved ports minus every TCP socket (each listener in the range is
-/// one of them).
-pub fn quiet(settings: &KernelSettings, totals: &Totals, thresholds: &Thresholds) -> Option<Quiet> {
-    let range = settings.port_range;
-    let poolable =
-        u64::from(range.len()).saturating_sub(u64::from(settings.reserved_ports.count_in(range)));
-    let capacity = poolable.saturating_sub(totals.tcp_inuse);
-    let bound = totals.tcp_bound().max(totals.udp_inuse);
-    let usage = Ratio::of(bound, capacity);
-    let ok =
-        capacity > 0 && Level::of(usage, thresholds.warning(), thresholds.critical()) == Level::Ok;
-    ok.then_some(Quiet {
-        bound,
-        capacity,
-        usage,
-    })
-}
 
 /// One namespace's part of the report.
 struct Section {
@@ -405,6 +371,8 @@ fn raise_to_worst(daemon: &live::Daemon, mut outcome: Outcome, json: bool) -> Ou
 mod tests {
     use super::*;
     use crate::base::ports::{PortRange, PortSet};
+    use crate::observe::census::KernelSettings;
+    use crate::observe::census::sockstat::Totals;
 
     fn settings(low: u16, high: u16, reserved: &[u16]) -> KernelSettings {
         let mut reserved_ports = PortSet::new();

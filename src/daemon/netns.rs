@@ -1,6 +1,6 @@
 //! The daemon's watch over the other network namespaces (docs/DESIGN.md,
 //! "Other network namespaces"): the actor around the pure machine
-//! (judge/netns.rs), which says when to look, what to read and census,
+//! (judge/netns/), which says when to look, what to read and census,
 //! and what each namespace's level and advice are. The actor does the
 //! I/O: each poll the machine lets look (every poll while an alert is
 //! raised or pending there, else within its share of a core, budget.rs),

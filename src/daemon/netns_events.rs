@@ -1,6 +1,6 @@
 //! What the watch over the other network namespaces writes to the journal:
 //! a namespace's alert, with where and how to set its range (the advice,
-//! judge/netns.rs), and the end of an alert whose namespace is gone.
+//! judge/netns/advice.rs), and the end of an alert whose namespace is gone.
 
 use crate::judge::level::Level;
 use crate::judge::planner::Decision;

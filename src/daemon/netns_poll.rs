@@ -1,6 +1,6 @@
 //! One poll of the other namespaces, on a blocking thread: discovery, the
 //! counters of every namespace, the settings the machine wants read, and
-//! the censuses it orders (judge/netns.rs decides; this file reads).
+//! the censuses it orders (judge/netns/ decides; this file reads).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

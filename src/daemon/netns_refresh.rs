@@ -1,7 +1,7 @@
 //! Discovery for the watch over the other network namespaces: which
 //! processes are in which namespace, what is worth reading to tell a reused
 //! inode from the namespace it was, and the names of the new ones; the
-//! machine (judge/netns.rs, `refresh`) keeps, follows and ends them.
+//! machine (judge/netns/, `refresh`) keeps, follows and ends them.
 
 use crate::base::host::Host;
 use crate::judge::netns::{self, Known, Sighting};

@@ -1,7 +1,7 @@
 //! The daemon's watch over other namespaces without root: what it
 //! publishes (the metrics, worst first and bounded) and discovery's refresh
 //! against a fixture `/proc` (the machine's rules are tested in
-//! judge/netns_tests.rs).
+//! judge/netns/tests.rs).
 
 use super::refresh::refresh;
 use super::*;

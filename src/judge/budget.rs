@@ -12,7 +12,7 @@
 //! O(1) counters) waits for its 5 % only while no alert is raised or
 //! pending there and no census that cannot wait was left over; the sweep
 //! that reads every namespace's settings again, with the censuses that can
-//! wait (stale, missing counters), for its 1 % (judge/netns.rs).
+//! wait (stale, missing counters), for its 1 % (judge/netns/pacing.rs).
 
 use std::time::{Duration, Instant};
 

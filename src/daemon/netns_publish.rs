@@ -2,31 +2,10 @@
 //! namespaces in the live view, worst first, and the `portd_netns_*`
 //! rows of the metrics file, bounded to the worst few.
 
-use super::{Known, Published, TOP_NAMESPACES, Watched};
+use super::Published;
+use crate::judge::netns::{Known, TOP_NAMESPACES, Watched, measured, ordered, usage_of};
 use crate::publish::live;
 use crate::publish::metrics;
-
-/// Worst first: the confirmed level, then the usage.
-pub(super) fn ordered(known: &Known) -> Vec<&Watched> {
-    let mut list: Vec<&Watched> = known.values().collect();
-    list.sort_by(|a, b| {
-        b.alert
-            .level
-            .cmp(&a.alert.level)
-            .then(usage_of(b).total_cmp(&usage_of(a)))
-            .then(a.ns.inode.cmp(&b.ns.inode))
-    });
-    list
-}
-
-/// The last census's headline usage, or the counters' bound.
-pub(super) fn usage_of(w: &Watched) -> f64 {
-    match (&w.last, &w.quiet) {
-        (Some(l), _) => l.usage.headline.usage.fraction(),
-        (None, Some(q)) => q.usage.fraction(),
-        (None, None) => 0.0,
-    }
-}
 
 pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Published {
     let list = ordered(known);
@@ -61,11 +40,6 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
         metrics: Some(metrics_rows(&list, known.len(), censuses)),
         note,
     }
-}
-
-/// Its last census or its counters' bound is known.
-pub(super) fn measured(w: &Watched) -> bool {
-    w.last.is_some() || w.quiet.is_some()
 }
 
 /// The rows of `portd_netns_*`: the top [`TOP_NAMESPACES`] of those

@@ -6,10 +6,12 @@
 //! May import `base`, `policy` and `observe`'s data types.
 
 pub(crate) mod authority;
+pub(crate) mod budget;
 pub(crate) mod exhausted;
 pub(crate) mod fastpath;
 pub(crate) mod forecast;
 pub(crate) mod level;
+pub(crate) mod netns;
 pub mod planner;
 pub(crate) mod quiet;
 pub(crate) mod remedy;

@@ -1,9 +1,11 @@
 //! Other network namespaces (docs/DESIGN.md, "Other network namespaces"):
-//! discovery, who each belongs to, and the census of each.
+//! discovery, whether portd may watch them from where it runs, who each
+//! belongs to, and the census of each.
 
 pub mod census;
 pub mod discovery;
 pub mod identity;
+pub mod scope;
 
 use serde::Serialize;
 

@@ -91,7 +91,6 @@ impl Daemon {
             &reason,
         ) {
             Ok(()) => {
-                self.recensus = true;
                 self.report.widened(usage, plan, &reason);
                 self.save_state();
                 true

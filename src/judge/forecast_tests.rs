@@ -196,8 +196,10 @@ fn the_tcp_pool_counts_only_when_the_policy_alerts_on_it() {
         ..Forecast::flat(Target::TcpPool, 50, 0, 100)
     };
     let all = [tcp];
-    let mut policy = Policy::default();
-    policy.tcp_pool_alerts = false;
+    let mut policy = Policy {
+        tcp_pool_alerts: false,
+        ..Policy::default()
+    };
     let counting = Counting::of(&all, &policy);
     assert_eq!(counting.iter().count(), 0);
     assert_eq!(counting.soonest_exhaustion(), None);

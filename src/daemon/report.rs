@@ -12,6 +12,7 @@ use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
 use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
+use crate::judge::forecast::Forecast;
 use crate::judge::planner::{Blocked, Plan, Unfit};
 use crate::judge::remedy::Remedy;
 use crate::observe::census::KernelSettings;
@@ -64,6 +65,19 @@ pub(super) fn status_line(
     )
 }
 
+/// "TARGET gains N ports/s, runs out in Ts": a forecast that decided,
+/// with its own time to exhaustion (`then` joins the two).
+pub(super) fn gains(f: &Forecast, then: &str) -> String {
+    format!(
+        "{} gains {:.0} ports/s{}",
+        f.target,
+        f.growth_per_second,
+        f.time_to_exhaustion
+            .map(|t| format!("{then} runs out in {t:.0}s"))
+            .unwrap_or_default()
+    )
+}
+
 /// A stable short name for why widening is held (metrics label, dedup key).
 pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
     match reason {
@@ -112,14 +126,7 @@ fn level_entry(
         .map(|p| format!("; held by {p}"))
         .unwrap_or_default();
     let forecast = match (&d.urgent, d.transition) {
-        (Some(f), Some(_)) => format!(
-            "; confirmed before the hold: {} gains {:.0} ports/s{}",
-            f.target,
-            f.growth_per_second,
-            f.time_to_exhaustion
-                .map(|t| format!(" and runs out in {t:.0}s"))
-                .unwrap_or_default()
-        ),
+        (Some(f), Some(_)) => format!("; confirmed before the hold: {}", gains(f, " and")),
         _ => String::new(),
     };
     let (unfit, remedy) = match (&d.unfit, kind) {

@@ -357,7 +357,7 @@ fn plan_now(
     );
     let assessment = assess::assess(
         &mut assess::Memory::default(),
-        &assess::Inputs {
+        &assess::Evidence {
             usage,
             processes: None,
             policy,

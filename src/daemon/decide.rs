@@ -89,7 +89,7 @@ impl Daemon {
             actuator::foreign_dropin(&self.host, self.policy.persist, &self.policy.dropin_name);
         assess::assess(
             &mut self.judgement,
-            &assess::Inputs {
+            &assess::Evidence {
                 usage,
                 processes,
                 policy: &self.policy,

@@ -3,12 +3,12 @@
 //! forecasts and the time to exhaustion, the planner's decision with its
 //! levels, the remedies, the exhaustion entry and whether to poll faster);
 //! after a fast-path look, [`Memory::look`] says whether the census is
-//! skipped. The forecasts that count are [`Counting`]'s, the horizon is
+//! skipped. The forecasts that count are [`Counted`]'s, the horizon is
 //! [`horizon`]'s. No I/O, the time is an input: every channel (journal,
 //! STATUS, live view, metrics, `status`, `check --plan`) renders the same
 //! assessment, so none can differ from another for one census.
 //!
-//! [`Counting`]: crate::judge::forecast::Counting
+//! [`Counted`]: crate::judge::forecast::Counted
 //! [`horizon`]: crate::judge::forecast::horizon
 
 use std::time::{Instant, SystemTime};
@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use crate::judge::authority::Authority;
 use crate::judge::exhausted::{self, Exhausted, Exhaustion};
 use crate::judge::fastpath::{Next, Pace, Skip};
-use crate::judge::forecast::{Counting, Forecast, Tracker, horizon};
+use crate::judge::forecast::{Counted, Forecast, Tracker, horizon};
 use crate::judge::level::Level;
 use crate::judge::planner::{self, Decision, ForeignDropin, History, Observation, Pin};
 use crate::judge::remedy::{self, Remedy};
@@ -92,7 +92,7 @@ impl Memory {
 }
 
 /// What a census is judged with.
-pub struct Inputs<'a> {
+pub struct Evidence<'a> {
     pub usage: &'a Usage,
     /// Who holds the headline's sockets, when the census looked (for the
     /// remedies' advice).
@@ -140,22 +140,22 @@ impl Assessment {
 
 /// Judges one census: the memory takes it in (rates, the exhaustion
 /// reported, a witnessed failure now accounted for).
-pub fn assess(memory: &mut Memory, inputs: &Inputs<'_>) -> Assessment {
-    let (usage, policy) = (inputs.usage, inputs.policy);
-    let forecast = if inputs.single {
+pub fn assess(memory: &mut Memory, evidence: &Evidence<'_>) -> Assessment {
+    let (usage, policy) = (evidence.usage, evidence.policy);
+    let forecast = if evidence.single {
         Vec::new()
     } else {
-        memory.tracker.update(usage, inputs.now);
+        memory.tracker.update(usage, evidence.now);
         memory.tracker.forecast(usage)
     };
-    let counting = Counting::of(&forecast, policy);
-    let hurry = counting.reaches(
+    let counted = Counted::of(&forecast, policy);
+    let hurry = counted.reaches(
         policy.thresholds.critical(),
         horizon(policy) * HURRY_HORIZONS,
     );
-    let time_to_exhaustion = counting.soonest_exhaustion();
-    let mut history = inputs.history.clone();
-    if inputs.single {
+    let time_to_exhaustion = counted.soonest_exhaustion();
+    let mut history = evidence.history.clone();
+    if evidence.single {
         history.alert.level = Level::of(
             usage.headline.usage,
             policy.thresholds.warning(),
@@ -163,16 +163,16 @@ pub fn assess(memory: &mut Memory, inputs: &Inputs<'_>) -> Assessment {
         );
     }
     let observation = Observation {
-        foreign_dropin: inputs.foreign_dropin.clone(),
+        foreign_dropin: evidence.foreign_dropin.clone(),
         ..Observation::from_usage(usage)
     };
     let planned = planner::Inputs {
         observation: &observation,
         policy,
         history: &history,
-        pin: inputs.pin,
-        now: inputs.now,
-        authority: inputs.authority,
+        pin: evidence.pin,
+        now: evidence.now,
+        authority: evidence.authority,
         witnessed_failure: std::mem::take(&mut memory.witnessed),
         forecast: &forecast,
     };
@@ -183,18 +183,18 @@ pub fn assess(memory: &mut Memory, inputs: &Inputs<'_>) -> Assessment {
             u.demand,
             u.room,
             usage,
-            inputs.processes,
+            evidence.processes,
         )),
-        None if inputs.single && history.alert.level >= Level::Warning => {
+        None if evidence.single && history.alert.level >= Level::Warning => {
             remedy::for_headline(usage, planned.room_at_bounds())
         }
         None => Vec::new(),
     };
     let exhausted = Exhausted::of(usage, policy.tcp_pool_alerts);
-    let exhausted = if inputs.single {
+    let exhausted = if evidence.single {
         None
     } else {
-        memory.exhaustion.next(&exhausted, inputs.now)
+        memory.exhaustion.next(&exhausted, evidence.now)
     };
     memory.hurry = hurry;
     Assessment {

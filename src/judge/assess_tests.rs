@@ -75,7 +75,7 @@ impl Series {
     pub fn census(&mut self, secs: u64, usage: &Usage) -> Assessment {
         let a = assess(
             &mut self.memory,
-            &Inputs {
+            &Evidence {
                 usage,
                 processes: None,
                 policy: &self.policy,
@@ -179,7 +179,7 @@ fn polls_hurry_exactly_while_a_counting_forecast_reaches_critical_within_four_ho
         assert_eq!(series.memory.hurry(), reaches, "{per_second}/s");
         let critical = policy.thresholds.critical();
         assert_eq!(
-            Counting::of(&a.forecast, &policy).reaches(critical, horizon(&policy) * 4),
+            Counted::of(&a.forecast, &policy).reaches(critical, horizon(&policy) * 4),
             reaches
         );
     }
@@ -227,7 +227,7 @@ fn a_single_look_holds_the_level_it_sees_and_remembers_nothing() {
     let mut memory = Memory::default();
     let a = assess(
         &mut memory,
-        &Inputs {
+        &Evidence {
             usage: &usage,
             processes: None,
             policy: &policy,

@@ -287,14 +287,14 @@ pub fn horizon(policy: &Policy) -> Duration {
 /// when the policy says so). The one definition the decision, the time to
 /// exhaustion and the hurry all take their forecasts from.
 #[derive(Clone, Copy, Debug)]
-pub struct Counting<'a> {
+pub struct Counted<'a> {
     all: &'a [Forecast],
     tcp_pool: bool,
 }
 
-impl<'a> Counting<'a> {
+impl<'a> Counted<'a> {
     pub fn of(all: &'a [Forecast], policy: &Policy) -> Self {
-        Counting {
+        Counted {
             all,
             tcp_pool: policy.tcp_pool_alerts,
         }

@@ -174,7 +174,7 @@ fn counting_forecasts_reach_critical_only_when_growth_gets_there_in_time() {
     let fs = tr.forecast(&u);
     // 10/s from 110: critical (500) in 39 s, steady state 600.
     let half = Ratio::whole_percent(50);
-    let counting = Counting::of(&fs, &policy);
+    let counting = Counted::of(&fs, &policy);
     assert!(counting.reaches(half, Duration::from_secs(40)));
     assert!(!counting.reaches(half, Duration::from_secs(30)));
     assert!(
@@ -185,7 +185,7 @@ fn counting_forecasts_reach_critical_only_when_growth_gets_there_in_time() {
     let mut tr2 = Tracker::default();
     tr2.update(&flat, t(0.0));
     tr2.update(&flat, t(5.0));
-    assert!(!Counting::of(&tr2.forecast(&flat), &policy).reaches(half, Duration::from_secs(3600)));
+    assert!(!Counted::of(&tr2.forecast(&flat), &policy).reaches(half, Duration::from_secs(3600)));
 }
 
 #[test]
@@ -200,12 +200,12 @@ fn the_tcp_pool_counts_only_when_the_policy_alerts_on_it() {
         tcp_pool_alerts: false,
         ..Policy::default()
     };
-    let counting = Counting::of(&all, &policy);
+    let counting = Counted::of(&all, &policy);
     assert_eq!(counting.iter().count(), 0);
     assert_eq!(counting.soonest_exhaustion(), None);
     assert!(!counting.reaches(Ratio::whole_percent(60), Duration::from_secs(60)));
     policy.tcp_pool_alerts = true;
-    let counting = Counting::of(&all, &policy);
+    let counting = Counted::of(&all, &policy);
     assert_eq!(counting.soonest_exhaustion(), Some(5.0));
     assert!(counting.reaches(Ratio::whole_percent(60), Duration::from_secs(60)));
 }

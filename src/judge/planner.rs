@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::base::ports::{PortRange, PortSet, Ratio};
 use crate::judge::authority::{Authority, Why};
-use crate::judge::forecast::{Counting, Forecast, Target, horizon};
+use crate::judge::forecast::{Counted, Forecast, Target, horizon};
 use crate::judge::level::Level;
 use crate::observe::usage::{Headline, Usage};
 use crate::policy::{Floor, Policy};
@@ -191,7 +191,7 @@ impl Inputs<'_> {
     /// Forecasts of what counts towards alerts (the TCP pool only when
     /// the policy says so), with growth seen on two censuses in a row.
     fn sustained(&self) -> impl Iterator<Item = &Forecast> {
-        Counting::of(self.forecast, self.policy).sustained()
+        Counted::of(self.forecast, self.policy).sustained()
     }
 
     /// The first forecast to reach critical, when it does so sooner than

@@ -16,8 +16,9 @@ use crate::act::state::State;
 use crate::base::host::Host;
 use crate::base::kernel;
 use crate::base::ports::{PortRange, PortSet};
-use crate::judge::level::{Exit, Level};
-use crate::judge::planner::{self, Action, Bounds, Inputs, Observation};
+use crate::judge::assess;
+use crate::judge::level::Exit;
+use crate::judge::planner::{self, Action, Bounds};
 use crate::observe::census::{KernelSettings, SocketSource};
 use crate::observe::sysctld::{self, Scan};
 use crate::observe::usage::{self, UsageOptions};
@@ -338,7 +339,8 @@ fn usage_findings(usage: &usage::Usage, report: &mut CheckReport) {
 }
 
 /// What the daemon would do on a poll now, with the level already held,
-/// and the remedies at the warning level or above.
+/// and the remedies at the warning level or above: the daemon's own
+/// judgement (judge/assess.rs) of a single look.
 fn plan_now(
     host: &Host,
     scan: Option<&Scan>,
@@ -347,39 +349,27 @@ fn plan_now(
     usage: &usage::Usage,
 ) -> (planner::Decision, Vec<crate::judge::remedy::Remedy>) {
     let pin = scan.and_then(|scan| actuator::pin(scan, &policy.dropin_name));
-    let mut history = state.history();
-    history.alert.level = Level::of(
-        usage.headline.usage,
-        policy.thresholds.warning(),
-        policy.thresholds.critical(),
-    );
     let authority = crate::judge::authority::Authority::of(
         policy.mode,
         false,
         None,
         state.yielded.as_ref().map(|y| y.reason.as_str()),
     );
-    let observation = Observation {
-        foreign_dropin: actuator::foreign_dropin(host, policy.persist, &policy.dropin_name),
-        ..Observation::from_usage(usage)
-    };
-    let inputs = Inputs {
-        observation: &observation,
-        policy,
-        history: &history,
-        pin: pin.as_ref(),
-        now: SystemTime::now(),
-        authority: &authority,
-        witnessed_failure: false,
-        forecast: &[],
-    };
-    let decision = planner::plan(&inputs);
-    let remedies = if history.alert.level >= Level::Warning {
-        crate::judge::remedy::for_headline(usage, inputs.room_at_bounds())
-    } else {
-        Vec::new()
-    };
-    (decision, remedies)
+    let assessment = assess::assess(
+        &mut assess::Memory::default(),
+        &assess::Evidence {
+            usage,
+            processes: None,
+            policy,
+            history: &state.history(),
+            pin: pin.as_ref(),
+            foreign_dropin: actuator::foreign_dropin(host, policy.persist, &policy.dropin_name),
+            now: SystemTime::now(),
+            authority: &authority,
+            single: true,
+        },
+    );
+    (assessment.decision, assessment.remedies)
 }
 
 /// portd's drop-in: whether portd may write it (it never overwrites a file

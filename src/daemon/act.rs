@@ -91,7 +91,6 @@ impl Daemon {
             &reason,
         ) {
             Ok(()) => {
-                self.recensus = true;
                 self.report.widened(usage, plan, &reason);
                 self.save_state();
                 true
@@ -210,14 +209,7 @@ impl Daemon {
 pub(super) fn forecast_note(decision: &Decision) -> String {
     let mut note = String::new();
     if let Some(f) = &decision.urgent {
-        note.push_str(&format!(
-            "; forecast: {} gains {:.0} ports/s{}",
-            f.target,
-            f.growth_per_second,
-            f.time_to_exhaustion
-                .map(|t| format!(", runs out in {t:.0}s"))
-                .unwrap_or_default()
-        ));
+        note.push_str(&format!("; forecast: {}", report::gains(f, ",")));
     }
     if let Some(o) = &decision.overrode {
         note.push_str("; ");

@@ -1,26 +1,25 @@
-//! A poll after its census: observe (the census's result) → decide (the
-//! planner) → write and record (act.rs) → report (report.rs).
+//! A poll after its census: observe (the census's result) → assess
+//! (judge/assess.rs, pure) → act and record (act.rs) → publish (report.rs).
 
 use std::time::{Instant, SystemTime};
 
 use super::census_task::{CensusOutput, CensusResult};
 use super::{Daemon, LastCensus, journal, report};
 use crate::act::actuator;
+use crate::judge::assess::{self, Assessment};
 use crate::judge::authority::Authority;
-use crate::judge::exhausted::Exhausted;
-use crate::judge::forecast::{self, Forecast};
-use crate::judge::planner::{self, Decision, Inputs, Observation};
-use crate::judge::remedy;
 use crate::observe::usage::Usage;
 
 impl Daemon {
-    /// observe (the census's result) → decide → write → record → report.
+    /// observe (the census's result) → assess → act → record → publish.
+    /// True when the range was widened: the next census then comes at
+    /// once, so STATUS and the metrics show the usage of the new range.
     pub(super) fn after_census(
         &mut self,
         result: CensusResult,
         started: Instant,
         active_opens: Option<u64>,
-    ) {
+    ) -> bool {
         let CensusOutput {
             usage,
             took,
@@ -28,7 +27,10 @@ impl Daemon {
             processes,
         } = match result {
             Ok(r) => r,
-            Err(e) => return self.census_failed(&e),
+            Err(e) => {
+                self.census_failed(&e);
+                return false;
+            }
         };
         self.report.census_ok();
         let now = self.clock.now();
@@ -37,40 +39,21 @@ impl Daemon {
             self.save_state();
         }
         let authority = self.authority();
-        self.tracker.update(&usage, now);
-        let forecast = self.tracker.forecast(&usage);
-        self.hurried = forecast::hurry(
-            &forecast,
-            self.policy.thresholds.critical(),
-            (self.policy.hold + self.policy.interval) * 4,
-        );
-        let decision = self.decide(&usage, &authority, now, &forecast);
-        self.witnessed = false;
-        let exhausted = Exhausted::of(&usage, self.policy.tcp_pool_alerts);
-        if let Some(event) = self.exhaustion.next(&exhausted, now) {
-            journal::exhaustion(&usage, &event);
+        let assessment = self.assess(&usage, processes.as_deref(), &authority, now);
+        if let Some(event) = &assessment.exhausted {
+            journal::exhaustion(&usage, event);
         }
-        self.report.level(&usage, &decision, processes.as_deref());
+        self.report.level(&usage, &assessment, processes.as_deref());
         self.report.hazards(&usage);
+        let decision = &assessment.decision;
         let alert_changed = self.state.alert != decision.alert;
         self.state.alert = decision.alert.clone();
-        let (widened, blocked) = self.act(&usage, &decision, now);
+        let (widened, blocked) = self.act(&usage, decision, now);
         self.retry_persist(now);
         if alert_changed && !self.dry_run {
             self.save_state();
         }
-        let time_to_exhaustion =
-            forecast::soonest_exhaustion(&forecast, self.policy.tcp_pool_alerts);
-        let line = report::status_line(&usage, widened, &authority, time_to_exhaustion, blocked);
-        let remedies = decision.unfit.as_ref().map_or_else(Vec::new, |u| {
-            remedy::remedies(&remedy::situation(
-                &u.forecast,
-                u.demand,
-                u.room,
-                &usage,
-                processes.as_deref(),
-            ))
-        });
+        let line = report::status_line(&usage, widened, &authority, &assessment, blocked);
         self.last = Some(LastCensus {
             usage,
             started,
@@ -79,24 +62,22 @@ impl Daemon {
             at: SystemTime::now(),
             took,
             cpu,
-            level: decision.alert.level,
             blocked,
-            time_to_exhaustion,
-            remedies,
-            forecast,
+            assessment,
         });
         self.report_with(&authority, |r, p| r.censused(&line, p));
+        widened.is_some()
     }
 
-    /// The planner, pure: the census, the policy, the history, a pin and
-    /// the poll's authority in, a decision out.
-    pub(super) fn decide(
+    /// The judgement, pure (judge/assess.rs): the census, the policy, the
+    /// history, a pin and the poll's authority in, the assessment out.
+    fn assess(
         &mut self,
         usage: &Usage,
+        processes: Option<&str>,
         authority: &Authority,
         now: SystemTime,
-        forecast: &[Forecast],
-    ) -> Decision {
+    ) -> Assessment {
         let pin = match self.sysctld.get(&self.host) {
             Ok(scan) => actuator::pin(scan, &self.policy.dropin_name),
             Err(e) => {
@@ -104,23 +85,21 @@ impl Daemon {
                 None
             }
         };
-        let observation = Observation {
-            foreign_dropin: actuator::foreign_dropin(
-                &self.host,
-                self.policy.persist,
-                &self.policy.dropin_name,
-            ),
-            ..Observation::from_usage(usage)
-        };
-        planner::plan(&Inputs {
-            observation: &observation,
-            policy: &self.policy,
-            history: &self.state.history(),
-            pin: pin.as_ref(),
-            now,
-            authority,
-            witnessed_failure: self.witnessed,
-            forecast,
-        })
+        let foreign_dropin =
+            actuator::foreign_dropin(&self.host, self.policy.persist, &self.policy.dropin_name);
+        assess::assess(
+            &mut self.judgement,
+            &assess::Evidence {
+                usage,
+                processes,
+                policy: &self.policy,
+                history: &self.state.history(),
+                pin: pin.as_ref(),
+                foreign_dropin,
+                now,
+                authority,
+                single: false,
+            },
+        )
     }
 }

@@ -8,6 +8,7 @@ use super::LastCensus;
 use super::netns::Published;
 use crate::act::state::Change;
 use crate::base::host::Host;
+use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
 use crate::publish::live::{self, Live};
 
@@ -68,7 +69,7 @@ pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime
                 used: h.used,
                 capacity: h.capacity,
                 cause: h.cause.to_string(),
-                level: Some(l.level),
+                level: Some(l.assessment.level()),
             }
         }),
         census: live::Census {
@@ -88,16 +89,18 @@ pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime
         witness: Some(poll.witness.live(std::time::Instant::now())),
         namespaces: poll.netns.namespaces.clone(),
         namespaces_note: poll.netns.note.clone(),
-        forecast: poll.last.map(|l| outlook(l, poll.connect_attempts)),
+        forecast: poll
+            .last
+            .map(|l| outlook(&l.assessment, poll.connect_attempts)),
     }
 }
 
-/// The forecast of the last census, for `status`.
-fn outlook(l: &LastCensus, connect_attempts: Option<u64>) -> live::Outlook {
+/// The forecast of the last census's assessment, for `status`.
+pub(super) fn outlook(a: &Assessment, connect_attempts: Option<u64>) -> live::Outlook {
     live::Outlook {
-        time_to_exhaustion_seconds: l.time_to_exhaustion,
+        time_to_exhaustion_seconds: a.time_to_exhaustion,
         connect_attempts_total: connect_attempts,
-        targets: l
+        targets: a
             .forecast
             .iter()
             .map(|f| live::TargetView {
@@ -110,7 +113,7 @@ fn outlook(l: &LastCensus, connect_attempts: Option<u64>) -> live::Outlook {
                 time_to_exhaustion_seconds: f.time_to_exhaustion,
             })
             .collect(),
-        remedies: l
+        remedies: a
             .remedies
             .iter()
             .map(|r| live::RemedyView {

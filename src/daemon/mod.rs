@@ -3,9 +3,10 @@
 //! a slow one can be abandoned and SIGTERM is never kept waiting.
 //!
 //! A poll reads as observe (the kernel settings and O(1) counters, then a
-//! census unless the fast path proves it unneeded) → decide (the planner,
-//! pure, with the poll's [`Authority`]) → write (the actuator) → record (the
-//! state) → report (report.rs: STATUS, journal, metrics).
+//! census unless the fast path proves it unneeded) → assess (judge/assess.rs,
+//! pure, with the poll's [`Authority`]) → act (the actuator) → record (the
+//! state) → publish (report.rs: STATUS, journal, metrics, live view), each
+//! channel rendering the same assessment.
 
 mod act;
 mod budget;
@@ -34,12 +35,9 @@ use crate::base::fsutil::WriterLock;
 use crate::base::host::Host;
 use crate::base::shutdown;
 use crate::daemon::witness::Running as Witness;
+use crate::judge::assess::{self, Assessment};
 use crate::judge::authority::Authority;
-use crate::judge::exhausted::Exhaustion;
-use crate::judge::fastpath::Pace;
-use crate::judge::forecast::{Forecast, Tracker};
-use crate::judge::level::{Exit, Level};
-use crate::judge::remedy::Remedy;
+use crate::judge::level::Exit;
 use crate::observe::census::reader::{Fresh, KeptOpen, ProcRead};
 use crate::observe::usage::Usage;
 use crate::policy::{self, Policy};
@@ -132,15 +130,10 @@ struct LastCensus {
     took: Duration,
     /// CPU time of that census (budget.rs).
     cpu: Duration,
-    level: Level,
     /// Why the range was not widened although usage called for it.
     blocked: Option<&'static str>,
-    /// Seconds until the first destination or pool runs out (forecast.rs).
-    time_to_exhaustion: Option<f64>,
-    /// The forecast of this census, and the remedies for a load beyond
-    /// the policy's bounds (remedy.rs).
-    forecast: Vec<Forecast>,
-    remedies: Vec<Remedy>,
+    /// The judgement of this census, which every channel renders.
+    assessment: Assessment,
 }
 
 /// The tasks the event loop waits on besides signals and timers.
@@ -191,20 +184,12 @@ struct Daemon {
     /// Set when the state file could not be read: portd then never writes.
     state_unreadable: Option<String>,
     last: Option<LastCensus>,
-    /// Growth rates from successive censuses (forecast.rs).
-    tracker: Tracker,
+    /// What the judgement remembers between looks (judge/assess.rs): the
+    /// rates, the exhaustion reported, a witnessed failure not yet decided
+    /// on, whether polls hurry.
+    judgement: assess::Memory,
     /// `Tcp: ActiveOpens` as the last poll read it (a metrics counter).
     active_opens: Option<u64>,
-    /// The `connect()` rate between polls (fastpath.rs).
-    pace: Pace,
-    /// What exhaustion was reported last (exhausted.rs).
-    exhaustion: Exhaustion,
-    /// A forecast reaches critical soon: poll every [`HURRIED`] instead of
-    /// the policy's interval until it no longer does.
-    hurried: bool,
-    /// Set after a change of the range: census again at once, so STATUS and
-    /// the metrics show the usage of the new range.
-    recensus: bool,
     report: Report,
     /// The poll's sysctl.d scan, read at most once a poll (on its first
     /// question) and asked every question of it.
@@ -213,10 +198,8 @@ struct Daemon {
     /// (census/reader.rs); opened anew under a fixture root, whose files a
     /// test may replace.
     proc: Box<dyn ProcRead>,
-    /// The failure witness (witness/runtime.rs), and whether it saw a
-    /// failure that no decision has taken into account yet.
+    /// The failure witness (witness/runtime.rs).
     witness: Witness,
-    witnessed: bool,
     /// The other network namespaces (netns.rs).
     netns: netns::Watch,
 }
@@ -251,17 +234,12 @@ impl Daemon {
             state,
             state_unreadable,
             last: None,
-            tracker: Tracker::default(),
-            hurried: false,
-            exhaustion: Exhaustion::default(),
+            judgement: assess::Memory::default(),
             active_opens: None,
-            pace: Pace::default(),
-            recensus: false,
             report: Report::default(),
             sysctld: act::PollScan::default(),
             proc,
             witness: Witness::start((!live_host).then_some("the host root is a fixture tree")),
-            witnessed: false,
             netns: netns::Watch::default(),
         }
     }
@@ -317,7 +295,13 @@ impl Daemon {
                 _ = tokio::time::sleep_until(deadline.into()), if tasks.census.is_some() => {
                     self.abandon(&mut tasks, limit);
                 }
-                result = join(&mut tasks.census) => self.census_ended(&mut tasks, result),
+                result = join(&mut tasks.census) => {
+                    // After a widening: census again at once, so STATUS
+                    // and the metrics show the usage of the new range.
+                    if self.census_ended(&mut tasks, result) {
+                        poll_tick.reset_immediately();
+                    }
+                }
                 _ = join(&mut tasks.abandoned) => abandoned_ended(&mut tasks),
                 out = netns::join(&mut tasks.netns) => {
                     tasks.netns = None;
@@ -325,9 +309,6 @@ impl Daemon {
                     self.netns_ended(out);
                 }
                 _ = poll_tick.tick(), if tasks.census.is_none() => self.poll(&mut tasks, limit),
-            }
-            if std::mem::take(&mut self.recensus) {
-                poll_tick.reset_immediately();
             }
             // A policy reload may change the interval; a forecast hurries it.
             if poll_tick.period() != self.poll_period() {
@@ -361,7 +342,7 @@ impl Daemon {
     }
 
     fn poll_period(&self) -> Duration {
-        if self.hurried {
+        if self.judgement.hurry() {
             HURRIED.min(self.policy.interval)
         } else {
             self.policy.interval
@@ -424,11 +405,16 @@ impl Daemon {
         }
     }
 
-    fn census_ended(&mut self, tasks: &mut Tasks, result: Result<CensusResult, JoinError>) {
-        if let Some(c) = tasks.census.take() {
-            match result {
-                Ok(r) => self.after_census(r, c.started, c.active_opens),
-                Err(e) => self.census_failed(&format!("census task failed: {e}")),
+    /// True when the census's poll widened the range.
+    fn census_ended(&mut self, tasks: &mut Tasks, result: Result<CensusResult, JoinError>) -> bool {
+        let Some(c) = tasks.census.take() else {
+            return false;
+        };
+        match result {
+            Ok(r) => self.after_census(r, c.started, c.active_opens),
+            Err(e) => {
+                self.census_failed(&format!("census task failed: {e}"));
+                false
             }
         }
     }

@@ -55,15 +55,7 @@ impl Daemon {
         }
         let line = self.last.as_ref().map_or_else(
             || "reloaded".to_string(),
-            |l| {
-                report::status_line(
-                    &l.usage,
-                    None,
-                    &self.authority(),
-                    l.time_to_exhaustion,
-                    None,
-                )
-            },
+            |l| report::status_line(&l.usage, None, &self.authority(), &l.assessment, None),
         );
         if self.report.ready {
             notify::ready(&line);

@@ -10,9 +10,11 @@ use super::journal::Once;
 use super::live_view::{self, Poll, PollCounters};
 use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
+use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
-use crate::judge::planner::{Blocked, Decision, Plan, Unfit};
-use crate::judge::remedy;
+use crate::judge::forecast::Forecast;
+use crate::judge::planner::{Blocked, Plan, Unfit};
+use crate::judge::remedy::Remedy;
 use crate::observe::census::KernelSettings;
 use crate::observe::usage::{self, Usage};
 use crate::publish::events::{self, Fields, Kind, level_event};
@@ -37,13 +39,14 @@ pub(super) struct Report {
     hazards: Vec<String>,
 }
 
-/// One line: headline usage, range, mode (sd_notify STATUS), and why a
-/// widening the usage calls for is held (advise mode says so already).
+/// One line: headline usage, the assessment's time to exhaustion, range,
+/// mode (sd_notify STATUS), and why a widening the usage calls for is held
+/// (advise mode says so already).
 pub(super) fn status_line(
     usage: &Usage,
     widened: Option<PortRange>,
     authority: &Authority,
-    time_to_exhaustion: Option<f64>,
+    assessment: &Assessment,
     held: Option<&str>,
 ) -> String {
     format!(
@@ -52,12 +55,26 @@ pub(super) fn status_line(
         usage.headline.used,
         usage.headline.capacity,
         usage.headline.cause,
-        time_to_exhaustion.map_or_else(String::new, |t| format!("; runs out in {t:.0}s")),
+        (assessment.time_to_exhaustion)
+            .map_or_else(String::new, |t| format!("; runs out in {t:.0}s")),
         usage.settings.port_range,
         widened.map_or_else(String::new, |to| format!(" widened to {to}")),
         authority.describe(),
         held.filter(|h| *h != "advise")
             .map_or_else(String::new, |h| format!("; widening held: {h}")),
+    )
+}
+
+/// "TARGET gains N ports/s, runs out in Ts": a forecast that decided,
+/// with its own time to exhaustion (`then` joins the two).
+pub(super) fn gains(f: &Forecast, then: &str) -> String {
+    format!(
+        "{} gains {:.0} ports/s{}",
+        f.target,
+        f.growth_per_second,
+        f.time_to_exhaustion
+            .map(|t| format!("{then} runs out in {t:.0}s"))
+            .unwrap_or_default()
     )
 }
 
@@ -78,10 +95,8 @@ pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
 }
 
 /// "; does not fit ...; remedy: ..." and the remedy ids, for a load the
-/// policy's bounds cannot hold.
-fn unfit_text(usage: &Usage, u: &Unfit, processes: Option<&str>) -> (String, Option<String>) {
-    let situation = remedy::situation(&u.forecast, u.demand, u.room, usage, processes);
-    let remedies = remedy::remedies(&situation);
+/// policy's bounds cannot hold (the assessment's remedies for it).
+fn unfit_text(u: &Unfit, remedies: &[Remedy]) -> (String, Option<String>) {
     let text = format!(
         "; {} does not fit below the critical level: forecast {} ports, {} of the {} the policy's floor and ceiling allow{}",
         u.forecast.target,
@@ -97,55 +112,47 @@ fn unfit_text(usage: &Usage, u: &Unfit, processes: Option<&str>) -> (String, Opt
     (text, (!ids.is_empty()).then(|| ids.join(",")))
 }
 
+/// The journal entry for a change of the confirmed level, if any: its
+/// kind, message and fields.
+fn level_entry(
+    usage: &Usage,
+    a: &Assessment,
+    processes: Option<&str>,
+) -> Option<(Kind, String, Fields)> {
+    let d = &a.decision;
+    let (kind, what, reminder) = level_event(d)?;
+    let processes = processes.filter(|_| kind != Kind::UsageRecovered);
+    let held_by = processes
+        .map(|p| format!("; held by {p}"))
+        .unwrap_or_default();
+    let forecast = match (&d.urgent, d.transition) {
+        (Some(f), Some(_)) => format!("; confirmed before the hold: {}", gains(f, " and")),
+        _ => String::new(),
+    };
+    let (unfit, remedy) = match (&d.unfit, kind) {
+        (Some(u), Kind::UsageWarning | Kind::UsageCritical) => unfit_text(u, &a.remedies),
+        _ => (String::new(), None),
+    };
+    let message = format!(
+        "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}{forecast}{unfit}",
+        usage.headline.usage, usage.headline.used, usage.headline.capacity, usage.headline.cause
+    );
+    let fields = Fields {
+        process: processes.map(str::to_string),
+        reminder,
+        time_to_exhaustion: a.time_to_exhaustion.map(|t| t.ceil() as u64),
+        remedy,
+        ..Fields::usage(usage)
+    };
+    Some((kind, message, fields))
+}
+
 impl Report {
     /// The journal entry for a change of the confirmed level, if any.
-    pub fn level(&self, usage: &Usage, d: &Decision, processes: Option<&str>) {
-        let Some((kind, what, reminder)) = level_event(d) else {
-            return;
-        };
-        let processes = processes.filter(|_| kind != Kind::UsageRecovered);
-        let held_by = processes
-            .map(|p| format!("; held by {p}"))
-            .unwrap_or_default();
-        let forecast = match (&d.urgent, d.transition) {
-            (Some(f), Some(_)) => format!(
-                "; confirmed before the hold: {} gains {:.0} ports/s{}",
-                f.target,
-                f.growth_per_second,
-                f.time_to_exhaustion
-                    .map(|t| format!(" and runs out in {t:.0}s"))
-                    .unwrap_or_default()
-            ),
-            _ => String::new(),
-        };
-        let (unfit, remedy) = match (&d.unfit, kind) {
-            (Some(u), Kind::UsageWarning | Kind::UsageCritical) => unfit_text(usage, u, processes),
-            _ => (String::new(), None),
-        };
-        let message = format!(
-            "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}{forecast}{unfit}",
-            usage.headline.usage,
-            usage.headline.used,
-            usage.headline.capacity,
-            usage.headline.cause
-        );
-        let time_to_exhaustion = d
-            .urgent
-            .iter()
-            .chain(d.unfit.iter().map(|u| &u.forecast))
-            .filter_map(|f| f.time_to_exhaustion)
-            .reduce(f64::min);
-        events::emit(
-            kind,
-            &message,
-            &Fields {
-                process: processes.map(str::to_string),
-                reminder,
-                time_to_exhaustion: time_to_exhaustion.map(|t| t.ceil() as u64),
-                remedy,
-                ..Fields::usage(usage)
-            },
-        );
+    pub fn level(&self, usage: &Usage, a: &Assessment, processes: Option<&str>) {
+        if let Some((kind, message, fields)) = level_entry(usage, a, processes) {
+            events::emit(kind, &message, &fields);
+        }
     }
 
     /// Reports each configuration hazard once, when a census first finds
@@ -327,7 +334,7 @@ impl Report {
                     &last.usage,
                     None,
                     poll.authority,
-                    last.time_to_exhaustion,
+                    &last.assessment,
                     last.blocked,
                 )
             ));
@@ -387,7 +394,7 @@ impl Report {
         let witness = poll.witness.metrics();
         let snapshot = metrics::Snapshot {
             usage: &last.usage,
-            level: last.level,
+            level: last.assessment.level(),
             changes_total: self.counters.changes,
             census_duration: last.took,
             census_at: last.at,
@@ -401,7 +408,7 @@ impl Report {
             authority: poll.authority,
             witness: &witness,
             netns: &poll.netns.metrics,
-            time_to_exhaustion: last.time_to_exhaustion,
+            time_to_exhaustion: last.assessment.time_to_exhaustion,
             connect_attempts_total: poll.connect_attempts,
         };
         match metrics::write(path, &snapshot) {
@@ -423,6 +430,14 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::judge::remedy;
+
+    /// The journal's text for `u`, with the remedies the assessment names
+    /// for it.
+    fn unfit_journal(usage: &Usage, u: &Unfit) -> (String, Option<String>) {
+        let situation = remedy::situation(&u.forecast, u.demand, u.room, usage, None);
+        unfit_text(u, &remedy::remedies(&situation))
+    }
 
     /// 900 TIME_WAIT of 950 ports towards 10.0.0.1:80, forecast to hold
     /// `demand` where the bounds allow 2000 ports, 1000 below critical.
@@ -449,7 +464,7 @@ mod tests {
     fn a_load_beyond_the_bounds_names_its_remedies_first_that_closes_the_gap_first() {
         // Forecast 1500 where the bounds allow 2000 ports.
         let (usage, u) = time_wait_heading_for(1500);
-        let (text, ids) = unfit_text(&usage, &u, None);
+        let (text, ids) = unfit_journal(&usage, &u);
         assert!(
             text.contains(
                 "does not fit below the critical level: forecast 1500 ports, 1000 of the 2000"
@@ -469,7 +484,7 @@ mod tests {
         // TIME_WAIT would not close the gap; the ~29 950 of the steady state
         // do.
         let (usage, u) = time_wait_heading_for(30_000);
-        let (text, ids) = unfit_text(&usage, &u, None);
+        let (text, ids) = unfit_journal(&usage, &u);
         assert!(
             text.contains("remedy connection-reuse: ") && text.contains("29950 ports held"),
             "{text}"
@@ -478,18 +493,37 @@ mod tests {
         // The same demand from live connections (no TIME_WAIT, no steady
         // state): reuse frees nothing; more addresses help.
         let live = crate::judge::forecast::Forecast::flat(u.forecast.target, 950, 0, 1000);
-        let (_, ids) = unfit_text(
+        let (_, ids) = unfit_journal(
             &usage,
             &Unfit {
                 forecast: live,
                 ..u
             },
-            None,
         );
         let ids = ids.unwrap();
         assert!(
             !ids.contains("connection-reuse") && ids.starts_with("source-addresses"),
             "{ids}"
         );
+    }
+
+    #[test]
+    fn the_journal_the_status_line_and_the_live_view_give_one_time_to_exhaustion() {
+        use crate::judge::assess::tests::Series;
+        // 100, 170, 240 of 1000 ports: runs out in 10.9 s, critical in
+        // 3.7 s, so the warning is confirmed before the hold (a journal
+        // entry).
+        let mut series = Series::new(crate::policy::Policy::default());
+        let (usage, a) = series.ramp(70, 3);
+        let t = a.time_to_exhaustion.expect("a time to exhaustion");
+        let line = status_line(&usage, None, &series.authority, &a, None);
+        assert!(line.contains(&format!("; runs out in {t:.0}s;")), "{line}");
+        let (kind, _, fields) = level_entry(&usage, &a, None).expect("a journal entry");
+        assert_eq!(kind, Kind::UsageWarning);
+        assert_eq!(fields.time_to_exhaustion, Some(t.ceil() as u64));
+        let outlook = super::live_view::outlook(&a, None);
+        assert_eq!(outlook.time_to_exhaustion_seconds, Some(t));
+        // The metrics file takes the same field of the same assessment
+        // (`Report::metrics`).
     }
 }

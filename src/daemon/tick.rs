@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use super::census_task::{CensusInFlight, ProcessLookup};
 use super::{Daemon, act, budget};
-use crate::judge::fastpath::{self, Baseline, Next};
+use crate::judge::assess::Look;
+use crate::judge::fastpath::{self, Baseline};
 use crate::observe::census::KernelSettings;
 use crate::observe::census::sockstat;
 use crate::observe::usage::UsageOptions;
@@ -35,7 +36,7 @@ impl Daemon {
             settings: &settings,
             totals: sockstat::read_totals(&self.host, self.proc.as_mut()).ok(),
             active_opens,
-            pace: self.pace.update(Instant::now(), active_opens),
+            pace: self.judgement.pace(Instant::now(), active_opens),
         };
         let active_opens = counters.active_opens;
         self.active_opens = active_opens;
@@ -51,14 +52,13 @@ impl Daemon {
         );
         // The witness is read once per poll; a failure it saw is a reason
         // to census (and act) now, whatever the fast path's bounds say.
-        self.witnessed |= self.witness.poll(Instant::now()) > 0;
-        let skipped = match (&next, self.witnessed) {
-            (Next::Skip(skip), false) => {
-                // The counters prove no destination reaches critical soon.
-                self.hurried = false;
-                Some(skip.to_string())
-            }
-            _ => self.census_waits(next),
+        if self.witness.poll(Instant::now()) > 0 {
+            self.judgement.witnessed();
+        }
+        let skipped = match self.judgement.look(next) {
+            Look::Skip(skip) => Some(skip.to_string()),
+            Look::MayWait => self.census_waits(),
+            Look::Census => None,
         };
         if let Some(why) = skipped {
             let authority = self.authority();
@@ -95,11 +95,8 @@ impl Daemon {
 
     /// Why a census that may wait for its share of the CPU (budget.rs)
     /// waits on this poll; `None` when it is taken.
-    pub(super) fn census_waits(&self, next: Next) -> Option<String> {
-        let (Next::Census(due), false) = (next, self.witnessed) else {
-            return None;
-        };
-        let last = self.last.as_ref().filter(|_| due.may_wait())?;
+    pub(super) fn census_waits(&self) -> Option<String> {
+        let last = self.last.as_ref()?;
         let spent = budget::Spent {
             started: last.started,
             took: last.cpu,

@@ -216,7 +216,7 @@ pub(crate) fn next(
         let gained = n.min(totals.tcp_bound()) as f64;
         let age = last.age.as_secs_f64().max(1.0);
         let rate = (gained / age).max(now.pace.unwrap_or(0.0));
-        let ahead = (policy.hold + policy.interval).as_secs_f64();
+        let ahead = crate::judge::forecast::horizon(policy).as_secs_f64();
         let projected = last.worst as f64 + gained + rate * ahead;
         if projected >= policy.thresholds.critical().fraction() * last.capacity as f64 {
             return Next::Census(Due::Growing);

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::base::ports::Ratio;
 use crate::observe::usage::{DestKey, Usage};
+use crate::policy::Policy;
 
 /// How long a TIME_WAIT socket holds its port (`TCP_TIMEWAIT_LEN`, docs/kernel.md §3.4).
 pub const TIME_WAIT_SECS: f64 = 60.0;
@@ -273,25 +274,60 @@ impl Tracker {
     }
 }
 
-/// Whether a target of `forecasts` grows fast enough to reach `critical`
-/// within `within`: the daemon then takes its censuses about every second,
-/// so the rate is measured before the hold would have passed.
-pub fn hurry(forecasts: &[Forecast], critical: Ratio, within: Duration) -> bool {
-    forecasts.iter().any(|f| {
-        f.growth_per_second > 0.0
-            && f.time_to(critical)
-                .is_some_and(|t| t < within.as_secs_f64())
-    })
+/// How far ahead a decision looks: the hold plus one poll, the time the
+/// next confirmation of a level takes (docs/DESIGN.md, "Acting in time").
+/// A forecast that reaches critical within it confirms the level before
+/// the hold; a trend of live connections is followed this far.
+pub fn horizon(policy: &Policy) -> Duration {
+    policy.hold + policy.interval
 }
 
-/// Seconds until the first target runs out (the TCP pool only when it
-/// counts towards alerts); `None` when none is growing towards it.
-pub fn soonest_exhaustion(forecasts: &[Forecast], tcp_pool: bool) -> Option<f64> {
-    forecasts
-        .iter()
-        .filter(|f| tcp_pool || f.target != Target::TcpPool)
-        .filter_map(|f| f.time_to_exhaustion)
-        .reduce(f64::min)
+/// The forecasts that count: those of the targets that count towards
+/// alerts (every destination and the UDP pool; the TCP `bind(0)` pool only
+/// when the policy says so). The one definition the decision, the time to
+/// exhaustion and the hurry all take their forecasts from.
+#[derive(Clone, Copy, Debug)]
+pub struct Counted<'a> {
+    all: &'a [Forecast],
+    tcp_pool: bool,
+}
+
+impl<'a> Counted<'a> {
+    pub fn of(all: &'a [Forecast], policy: &Policy) -> Self {
+        Counted {
+            all,
+            tcp_pool: policy.tcp_pool_alerts,
+        }
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = &'a Forecast> {
+        self.all
+            .iter()
+            .filter(move |f| self.tcp_pool || f.target != Target::TcpPool)
+    }
+
+    /// Those with growth seen on two censuses in a row: what the planner
+    /// acts on before the hold.
+    pub fn sustained(self) -> impl Iterator<Item = &'a Forecast> {
+        self.iter()
+            .filter(|f| f.sustained && f.growth_per_second > 0.0)
+    }
+
+    /// Seconds until the first of them runs out; `None` when none is
+    /// growing towards it.
+    pub fn soonest_exhaustion(self) -> Option<f64> {
+        self.iter()
+            .filter_map(|f| f.time_to_exhaustion)
+            .reduce(f64::min)
+    }
+
+    /// Whether one of them grows fast enough to reach `level` within
+    /// `within`.
+    pub fn reaches(self, level: Ratio, within: Duration) -> bool {
+        self.iter().any(|f| {
+            f.growth_per_second > 0.0 && f.time_to(level).is_some_and(|t| t < within.as_secs_f64())
+        })
+    }
 }
 
 /// Rises at once with growth; falls towards it with the decay.

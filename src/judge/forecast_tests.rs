@@ -165,7 +165,8 @@ fn concurrency_follows_the_trend() {
 }
 
 #[test]
-fn polls_hurry_only_for_growth_that_reaches_critical_soon() {
+fn counting_forecasts_reach_critical_only_when_growth_gets_there_in_time() {
+    let policy = Policy::default();
     let mut tr = Tracker::default();
     tr.update(&census(&[(1, 100, 0), (2, 300, 0)]), t(0.0));
     let u = census(&[(1, 110, 0), (2, 300, 0)]);
@@ -173,19 +174,38 @@ fn polls_hurry_only_for_growth_that_reaches_critical_soon() {
     let fs = tr.forecast(&u);
     // 10/s from 110: critical (500) in 39 s, steady state 600.
     let half = Ratio::whole_percent(50);
-    assert!(hurry(&fs, half, Duration::from_secs(40)));
-    assert!(!hurry(&fs, half, Duration::from_secs(30)));
+    let counting = Counted::of(&fs, &policy);
+    assert!(counting.reaches(half, Duration::from_secs(40)));
+    assert!(!counting.reaches(half, Duration::from_secs(30)));
     assert!(
-        (soonest_exhaustion(&fs, false).is_none()),
+        (counting.soonest_exhaustion().is_none()),
         "levels off at 60%"
     );
     let flat = census(&[(1, 110, 0), (2, 300, 0)]);
     let mut tr2 = Tracker::default();
     tr2.update(&flat, t(0.0));
     tr2.update(&flat, t(5.0));
-    assert!(!hurry(
-        &tr2.forecast(&flat),
-        half,
-        Duration::from_secs(3600)
-    ));
+    assert!(!Counted::of(&tr2.forecast(&flat), &policy).reaches(half, Duration::from_secs(3600)));
+}
+
+#[test]
+fn the_tcp_pool_counts_only_when_the_policy_alerts_on_it() {
+    let tcp = Forecast {
+        growth_per_second: 10.0,
+        time_to_exhaustion: Some(5.0),
+        ..Forecast::flat(Target::TcpPool, 50, 0, 100)
+    };
+    let all = [tcp];
+    let mut policy = Policy {
+        tcp_pool_alerts: false,
+        ..Policy::default()
+    };
+    let counting = Counted::of(&all, &policy);
+    assert_eq!(counting.iter().count(), 0);
+    assert_eq!(counting.soonest_exhaustion(), None);
+    assert!(!counting.reaches(Ratio::whole_percent(60), Duration::from_secs(60)));
+    policy.tcp_pool_alerts = true;
+    let counting = Counted::of(&all, &policy);
+    assert_eq!(counting.soonest_exhaustion(), Some(5.0));
+    assert!(counting.reaches(Ratio::whole_percent(60), Duration::from_secs(60)));
 }

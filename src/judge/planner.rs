@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::base::ports::{PortRange, PortSet, Ratio};
 use crate::judge::authority::{Authority, Why};
-use crate::judge::forecast::{Forecast, Target};
+use crate::judge::forecast::{Counted, Forecast, Target, horizon};
 use crate::judge::level::Level;
 use crate::observe::usage::{Headline, Usage};
 use crate::policy::{Floor, Policy};
@@ -191,16 +191,13 @@ impl Inputs<'_> {
     /// Forecasts of what counts towards alerts (the TCP pool only when
     /// the policy says so), with growth seen on two censuses in a row.
     fn sustained(&self) -> impl Iterator<Item = &Forecast> {
-        let tcp_pool = self.policy.tcp_pool_alerts;
-        self.forecast.iter().filter(move |f| {
-            f.sustained && f.growth_per_second > 0.0 && (tcp_pool || f.target != Target::TcpPool)
-        })
+        Counted::of(self.forecast, self.policy).sustained()
     }
 
     /// The first forecast to reach critical, when it does so sooner than
     /// the hold plus one poll.
     fn urgent(&self) -> Option<Forecast> {
-        let within = (self.policy.hold + self.policy.interval).as_secs_f64();
+        let within = horizon(self.policy).as_secs_f64();
         let critical = self.policy.thresholds.critical();
         self.sustained()
             .filter_map(|f| f.time_to(critical).map(|t| (t, f)))
@@ -279,7 +276,7 @@ impl Inputs<'_> {
     fn heading(&self, f: &Forecast) -> u64 {
         match f.steady_state {
             Some(steady) => steady.max(f.used),
-            None => f.expected(self.policy.hold + self.policy.interval),
+            None => f.expected(horizon(self.policy)),
         }
     }
 }

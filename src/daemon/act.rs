@@ -209,7 +209,10 @@ impl Daemon {
 pub(super) fn forecast_note(decision: &Decision) -> String {
     let mut note = String::new();
     if let Some(f) = &decision.urgent {
-        note.push_str(&format!("; forecast: {}", report::gains(f, ",")));
+        note.push_str(&format!(
+            "; forecast: {}",
+            crate::publish::events::gains(f, ",")
+        ));
     }
     if let Some(o) = &decision.overrode {
         note.push_str("; ");

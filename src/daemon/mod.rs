@@ -9,7 +9,6 @@
 //! channel rendering the same assessment.
 
 mod act;
-mod budget;
 mod census_task;
 mod decide;
 mod journal;

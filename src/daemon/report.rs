@@ -12,12 +12,10 @@ use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
 use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
-use crate::judge::forecast::Forecast;
-use crate::judge::planner::{Blocked, Plan, Unfit};
-use crate::judge::remedy::Remedy;
+use crate::judge::planner::{Blocked, Plan};
 use crate::observe::census::KernelSettings;
 use crate::observe::usage::{self, Usage};
-use crate::publish::events::{self, Fields, Kind, level_event};
+use crate::publish::events::Entry;
 use crate::publish::live;
 use crate::publish::metrics;
 use crate::publish::notify;
@@ -65,19 +63,6 @@ pub(super) fn status_line(
     )
 }
 
-/// "TARGET gains N ports/s, runs out in Ts": a forecast that decided,
-/// with its own time to exhaustion (`then` joins the two).
-pub(super) fn gains(f: &Forecast, then: &str) -> String {
-    format!(
-        "{} gains {:.0} ports/s{}",
-        f.target,
-        f.growth_per_second,
-        f.time_to_exhaustion
-            .map(|t| format!("{then} runs out in {t:.0}s"))
-            .unwrap_or_default()
-    )
-}
-
 /// A stable short name for why widening is held (metrics label, dedup key).
 pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
     match reason {
@@ -94,64 +79,11 @@ pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
     }
 }
 
-/// "; does not fit ...; remedy: ..." and the remedy ids, for a load the
-/// policy's bounds cannot hold (the assessment's remedies for it).
-fn unfit_text(u: &Unfit, remedies: &[Remedy]) -> (String, Option<String>) {
-    let text = format!(
-        "; {} does not fit below the critical level: forecast {} ports, {} of the {} the policy's floor and ceiling allow{}",
-        u.forecast.target,
-        u.demand,
-        u.room,
-        u.capacity_at_bounds,
-        remedies
-            .first()
-            .map(|r| format!("; remedy {}: {}", r.id, r.advice))
-            .unwrap_or_default()
-    );
-    let ids: Vec<&str> = remedies.iter().map(|r| r.id.as_str()).collect();
-    (text, (!ids.is_empty()).then(|| ids.join(",")))
-}
-
-/// The journal entry for a change of the confirmed level, if any: its
-/// kind, message and fields.
-fn level_entry(
-    usage: &Usage,
-    a: &Assessment,
-    processes: Option<&str>,
-) -> Option<(Kind, String, Fields)> {
-    let d = &a.decision;
-    let (kind, what, reminder) = level_event(d)?;
-    let processes = processes.filter(|_| kind != Kind::UsageRecovered);
-    let held_by = processes
-        .map(|p| format!("; held by {p}"))
-        .unwrap_or_default();
-    let forecast = match (&d.urgent, d.transition) {
-        (Some(f), Some(_)) => format!("; confirmed before the hold: {}", gains(f, " and")),
-        _ => String::new(),
-    };
-    let (unfit, remedy) = match (&d.unfit, kind) {
-        (Some(u), Kind::UsageWarning | Kind::UsageCritical) => unfit_text(u, &a.remedies),
-        _ => (String::new(), None),
-    };
-    let message = format!(
-        "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}{forecast}{unfit}",
-        usage.headline.usage, usage.headline.used, usage.headline.capacity, usage.headline.cause
-    );
-    let fields = Fields {
-        process: processes.map(str::to_string),
-        reminder,
-        time_to_exhaustion: a.time_to_exhaustion.map(|t| t.ceil() as u64),
-        remedy,
-        ..Fields::usage(usage)
-    };
-    Some((kind, message, fields))
-}
-
 impl Report {
     /// The journal entry for a change of the confirmed level, if any.
     pub fn level(&self, usage: &Usage, a: &Assessment, processes: Option<&str>) {
-        if let Some((kind, message, fields)) = level_entry(usage, a, processes) {
-            events::emit(kind, &message, &fields);
+        if let Some(entry) = Entry::level(usage, a, processes) {
+            entry.emit();
         }
     }
 
@@ -166,80 +98,28 @@ impl Report {
             .map(ToString::to_string)
             .collect();
         for hazard in now.iter().filter(|h| !self.hazards.contains(h)) {
-            events::emit(
-                Kind::ConfigurationHazard,
-                &format!("configuration hazard: {hazard}"),
-                &Fields {
-                    range_before: Some(usage.settings.port_range),
-                    reason: Some(hazard.clone()),
-                    ..Fields::default()
-                },
-            );
+            Entry::hazard(usage, hazard).emit();
         }
         self.hazards = now;
     }
 
     pub fn held(&mut self, usage: &Usage, plan: Option<&Plan>, reason: &Blocked) {
-        if !self.blocked.is_new(blocked_kind(reason)) {
-            return;
+        if self.blocked.is_new(blocked_kind(reason)) {
+            Entry::held(usage, plan, reason).emit();
         }
-        let message = match plan {
-            Some(p) => format!("would widen ip_local_port_range {p}, but {reason}"),
-            None => format!(
-                "cannot widen ip_local_port_range {}: {reason}",
-                usage.settings.port_range
-            ),
-        };
-        events::emit(
-            Kind::WideningBlocked,
-            &message,
-            &Fields {
-                range_before: Some(usage.settings.port_range),
-                range_after: plan.map(|p| p.to),
-                reason: Some(reason.to_string()),
-                ..Fields::usage(usage)
-            },
-        );
     }
 
     pub fn widened(&mut self, usage: &Usage, plan: &Plan, reason: &str) {
         self.blocked.clear();
         self.counters.changes += 1;
-        let reserved = if plan.newly_reserved.is_empty() {
-            String::new()
-        } else {
-            format!("; reserved {} first", plan.newly_reserved)
-        };
-        events::emit(
-            Kind::RangeWidened,
-            &format!(
-                "widened ip_local_port_range {} -> {} ({}; expected usage {}){reserved}",
-                plan.from, plan.to, reason, plan.expected_usage
-            ),
-            &Fields {
-                range_before: Some(plan.from),
-                range_after: Some(plan.to),
-                reason: Some(reason.to_string()),
-                ..Fields::usage(usage)
-            },
-        );
+        Entry::widened(usage, plan, reason).emit();
     }
 
     /// Reported once per distinct error, not on every poll.
     pub fn write_failed(&mut self, usage: &Usage, plan: &Plan, e: &ActuateError) {
-        if !self.blocked.is_new(&format!("write failed: {e}")) {
-            return;
+        if self.blocked.is_new(&format!("write failed: {e}")) {
+            Entry::write_failed(usage, plan, &e.to_string()).emit();
         }
-        events::emit(
-            Kind::WideningBlocked,
-            &format!("could not widen {} -> {}: {e}", plan.from, plan.to),
-            &Fields {
-                range_before: Some(plan.from),
-                range_after: Some(plan.to),
-                reason: Some(e.to_string()),
-                ..Fields::usage(usage)
-            },
-        );
     }
 
     /// The drop-in is written (again); `removed`: an old one it replaced.
@@ -261,38 +141,13 @@ impl Report {
 
     /// `was_persisted`: an earlier drop-in holds the range already.
     pub fn persist_failed(&mut self, range: PortRange, was_persisted: bool, error: &str) {
-        if !self.persist_error.is_new(error) {
-            return;
+        if self.persist_error.is_new(error) {
+            Entry::persist_failed(range, was_persisted, error).emit();
         }
-        let what = if was_persisted {
-            "the drop-in cannot be brought up to date"
-        } else {
-            "the runtime change is in place but will not survive a reboot"
-        };
-        events::emit(
-            Kind::PersistFailed,
-            &format!("{what}: {error}"),
-            &Fields {
-                reason: Some(error.to_string()),
-                range_after: Some(range),
-                ..Fields::default()
-            },
-        );
     }
 
     pub fn external_change(reason: &str, written: Option<PortRange>, live: &KernelSettings) {
-        events::emit(
-            Kind::ExternalChange,
-            &format!(
-                "{reason}; portd stops changing the range (advise only) until `systemctl reload portd`"
-            ),
-            &Fields {
-                range_before: written,
-                range_after: Some(live.port_range),
-                reason: Some(reason.to_string()),
-                ..Fields::default()
-            },
-        );
+        Entry::external_change(reason, written, live.port_range).emit();
     }
 
     pub fn census_ok(&mut self) {
@@ -430,7 +285,9 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::judge::planner::Unfit;
     use crate::judge::remedy;
+    use crate::publish::events::{Kind, unfit_text};
 
     /// The journal's text for `u`, with the remedies the assessment names
     /// for it.
@@ -518,9 +375,9 @@ mod tests {
         let t = a.time_to_exhaustion.expect("a time to exhaustion");
         let line = status_line(&usage, None, &series.authority, &a, None);
         assert!(line.contains(&format!("; runs out in {t:.0}s;")), "{line}");
-        let (kind, _, fields) = level_entry(&usage, &a, None).expect("a journal entry");
-        assert_eq!(kind, Kind::UsageWarning);
-        assert_eq!(fields.time_to_exhaustion, Some(t.ceil() as u64));
+        let entry = Entry::level(&usage, &a, None).expect("a journal entry");
+        assert_eq!(entry.kind, Kind::UsageWarning);
+        assert_eq!(entry.fields.time_to_exhaustion, Some(t.ceil() as u64));
         let outlook = super::live_view::outlook(&a, None);
         assert_eq!(outlook.time_to_exhaustion_seconds, Some(t));
         // The metrics file takes the same field of the same assessment

@@ -6,8 +6,9 @@
 use std::time::Instant;
 
 use super::census_task::{CensusInFlight, ProcessLookup};
-use super::{Daemon, act, budget};
+use super::{Daemon, act};
 use crate::judge::assess::Look;
+use crate::judge::budget;
 use crate::judge::fastpath::{self, Baseline};
 use crate::observe::census::KernelSettings;
 use crate::observe::census::sockstat;

@@ -11,10 +11,13 @@
 use std::path::Path;
 
 use crate::base::ports::PortRange;
+use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
 use crate::judge::exhausted;
+use crate::judge::forecast::Forecast;
 use crate::judge::level::Level;
-use crate::judge::planner::Decision;
+use crate::judge::planner::{Blocked, Decision, Plan, Unfit};
+use crate::judge::remedy::Remedy;
 use crate::observe::netns::Namespace;
 use crate::observe::usage::Usage;
 use crate::observe::witness::FailureKind;
@@ -264,6 +267,37 @@ pub fn level_event(d: &Decision) -> Option<(Kind, &'static str, bool)> {
     })
 }
 
+/// "TARGET gains N ports/s, runs out in Ts": a forecast that decided,
+/// with its own time to exhaustion (`then` joins the two).
+pub fn gains(f: &Forecast, then: &str) -> String {
+    format!(
+        "{} gains {:.0} ports/s{}",
+        f.target,
+        f.growth_per_second,
+        f.time_to_exhaustion
+            .map(|t| format!("{then} runs out in {t:.0}s"))
+            .unwrap_or_default()
+    )
+}
+
+/// "; does not fit ...; remedy: ..." and the remedy ids, for a load the
+/// policy's bounds cannot hold (the assessment's remedies for it).
+pub(crate) fn unfit_text(u: &Unfit, remedies: &[Remedy]) -> (String, Option<String>) {
+    let text = format!(
+        "; {} does not fit below the critical level: forecast {} ports, {} of the {} the policy's floor and ceiling allow{}",
+        u.forecast.target,
+        u.demand,
+        u.room,
+        u.capacity_at_bounds,
+        remedies
+            .first()
+            .map(|r| format!("; remedy {}: {}", r.id, r.advice))
+            .unwrap_or_default()
+    );
+    let ids: Vec<&str> = remedies.iter().map(|r| r.id.as_str()).collect();
+    (text, (!ids.is_empty()).then(|| ids.join(",")))
+}
+
 /// One journal entry, ready to be written.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -275,6 +309,152 @@ pub struct Entry {
 impl Entry {
     pub fn emit(&self) {
         emit(self.kind, &self.message, &self.fields);
+    }
+
+    /// A change of the confirmed level, if the decision makes one: the
+    /// usage, who holds the ports, the forecast that confirmed it before the
+    /// hold, and for a load the bounds cannot hold the remedies; the
+    /// assessment's one time to exhaustion.
+    pub fn level(usage: &Usage, a: &Assessment, processes: Option<&str>) -> Option<Entry> {
+        let d = &a.decision;
+        let (kind, what, reminder) = level_event(d)?;
+        let processes = processes.filter(|_| kind != Kind::UsageRecovered);
+        let held_by = processes
+            .map(|p| format!("; held by {p}"))
+            .unwrap_or_default();
+        let forecast = match (&d.urgent, d.transition) {
+            (Some(f), Some(_)) => format!("; confirmed before the hold: {}", gains(f, " and")),
+            _ => String::new(),
+        };
+        let (unfit, remedy) = match (&d.unfit, kind) {
+            (Some(u), Kind::UsageWarning | Kind::UsageCritical) => unfit_text(u, &a.remedies),
+            _ => (String::new(), None),
+        };
+        Some(Entry {
+            kind,
+            message: format!(
+                "{what}: {} of ephemeral ports in use ({}/{}), worst: {}{held_by}{forecast}{unfit}",
+                usage.headline.usage,
+                usage.headline.used,
+                usage.headline.capacity,
+                usage.headline.cause
+            ),
+            fields: Fields {
+                process: processes.map(str::to_string),
+                reminder,
+                time_to_exhaustion: a.time_to_exhaustion.map(|t| t.ceil() as u64),
+                remedy,
+                ..Fields::usage(usage)
+            },
+        })
+    }
+
+    /// A configuration hazard a census found (same parity, listeners inside
+    /// the range).
+    pub fn hazard(usage: &Usage, hazard: &str) -> Entry {
+        Entry {
+            kind: Kind::ConfigurationHazard,
+            message: format!("configuration hazard: {hazard}"),
+            fields: Fields {
+                range_before: Some(usage.settings.port_range),
+                reason: Some(hazard.to_string()),
+                ..Fields::default()
+            },
+        }
+    }
+
+    /// A widening the usage calls for is held: the plan, if there is one,
+    /// and why.
+    pub fn held(usage: &Usage, plan: Option<&Plan>, reason: &Blocked) -> Entry {
+        let message = match plan {
+            Some(p) => format!("would widen ip_local_port_range {p}, but {reason}"),
+            None => format!(
+                "cannot widen ip_local_port_range {}: {reason}",
+                usage.settings.port_range
+            ),
+        };
+        Entry {
+            kind: Kind::WideningBlocked,
+            message,
+            fields: Fields {
+                range_before: Some(usage.settings.port_range),
+                range_after: plan.map(|p| p.to),
+                reason: Some(reason.to_string()),
+                ..Fields::usage(usage)
+            },
+        }
+    }
+
+    /// The range was widened, for `reason`.
+    pub fn widened(usage: &Usage, plan: &Plan, reason: &str) -> Entry {
+        let reserved = if plan.newly_reserved.is_empty() {
+            String::new()
+        } else {
+            format!("; reserved {} first", plan.newly_reserved)
+        };
+        Entry {
+            kind: Kind::RangeWidened,
+            message: format!(
+                "widened ip_local_port_range {} -> {} ({}; expected usage {}){reserved}",
+                plan.from, plan.to, reason, plan.expected_usage
+            ),
+            fields: Fields {
+                range_before: Some(plan.from),
+                range_after: Some(plan.to),
+                reason: Some(reason.to_string()),
+                ..Fields::usage(usage)
+            },
+        }
+    }
+
+    /// The write of a planned widening failed with `error`.
+    pub fn write_failed(usage: &Usage, plan: &Plan, error: &str) -> Entry {
+        Entry {
+            kind: Kind::WideningBlocked,
+            message: format!("could not widen {} -> {}: {error}", plan.from, plan.to),
+            fields: Fields {
+                range_before: Some(plan.from),
+                range_after: Some(plan.to),
+                reason: Some(error.to_string()),
+                ..Fields::usage(usage)
+            },
+        }
+    }
+
+    /// The drop-in for `range` could not be written; `was_persisted`: an
+    /// earlier drop-in holds the range already.
+    pub fn persist_failed(range: PortRange, was_persisted: bool, error: &str) -> Entry {
+        let what = if was_persisted {
+            "the drop-in cannot be brought up to date"
+        } else {
+            "the runtime change is in place but will not survive a reboot"
+        };
+        Entry {
+            kind: Kind::PersistFailed,
+            message: format!("{what}: {error}"),
+            fields: Fields {
+                reason: Some(error.to_string()),
+                range_after: Some(range),
+                ..Fields::default()
+            },
+        }
+    }
+
+    /// Someone else changed the range (from `written`, portd's, to `live`):
+    /// portd yields.
+    pub fn external_change(reason: &str, written: Option<PortRange>, live: PortRange) -> Entry {
+        Entry {
+            kind: Kind::ExternalChange,
+            message: format!(
+                "{reason}; portd stops changing the range (advise only) until `systemctl reload portd`"
+            ),
+            fields: Fields {
+                range_before: written,
+                range_after: Some(live),
+                reason: Some(reason.to_string()),
+                ..Fields::default()
+            },
+        }
     }
 
     /// Exhaustion (exhausted.rs): it began, worsened, goes on, or ended.

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-
 use crate::judge::authority::{Authority, Why};
 use crate::judge::budget::{CENSUS_SHARE, Spent};
 use crate::judge::fastpath::{self, Baseline, Due, Next, Pace};

@@ -118,13 +118,13 @@ pub fn unknown(error: &str, json: bool) -> Outcome {
     }
 }
 
-type Measured = (Usage, Option<Vec<DestAttribution>>);
+type UsageAndHolders = (Usage, Option<Vec<DestAttribution>>);
 
 fn measure(
     host: &Host,
     source: &dyn SocketSource,
     opts: &StatusOptions,
-) -> Result<Measured, String> {
+) -> Result<UsageAndHolders, String> {
     let settings = KernelSettings::read(host).map_err(|e| e.to_string())?;
     let usage = usage::take_census(
         source,

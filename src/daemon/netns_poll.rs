@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::events::Gone;
 use super::refresh::refresh;
 use crate::base::host::Host;
-use crate::judge::netns::{self, Known, Read, Reading, SettingsRead};
+use crate::judge::netns::{self, Known, NetnsReading, Read, SettingsRead};
 use crate::observe::netns::scope::{Scope, scope};
 use crate::observe::netns::{self as observe, Namespace};
 use crate::observe::usage::{Usage, UsageOptions};
@@ -125,7 +125,7 @@ pub(super) fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) 
 /// counted only if the pid is still in it), and the settings of those the
 /// machine wants read, from one thread entering each in turn. A namespace
 /// whose process exited since discovery has no reading.
-fn read(host: &Host, known: &Known, sweep: bool) -> HashMap<u64, Reading> {
+fn read(host: &Host, known: &Known, sweep: bool) -> HashMap<u64, NetnsReading> {
     let mut inodes: Vec<u64> = known.keys().copied().collect();
     inodes.sort_unstable();
     let mut counters: HashMap<u64, Read> = HashMap::new();
@@ -178,7 +178,7 @@ fn read(host: &Host, known: &Known, sweep: bool) -> HashMap<u64, Reading> {
         .into_iter()
         .map(|(inode, counters)| {
             let settings = settings.remove(&inode).unwrap_or(SettingsRead::Kept);
-            (inode, Reading { counters, settings })
+            (inode, NetnsReading { counters, settings })
         })
         .collect()
 }

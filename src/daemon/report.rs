@@ -366,11 +366,11 @@ mod tests {
 
     #[test]
     fn the_journal_the_status_line_and_the_live_view_give_one_time_to_exhaustion() {
-        use crate::judge::assess::tests::Series;
+        use crate::judge::assess::tests::CensusSeries;
         // 100, 170, 240 of 1000 ports: runs out in 10.9 s, critical in
         // 3.7 s, so the warning is confirmed before the hold (a journal
         // entry).
-        let mut series = Series::new(crate::policy::Policy::default());
+        let mut series = CensusSeries::new(crate::policy::Policy::default());
         let (usage, a) = series.ramp(70, 3);
         let t = a.time_to_exhaustion.expect("a time to exhaustion");
         let line = status_line(&usage, None, &series.authority, &a, None);

@@ -50,17 +50,17 @@ fn t(secs: u64) -> SystemTime {
 
 /// The daemon's censuses of one namespace, one a second: its memory and
 /// the alert state it records.
-pub(crate) struct Series {
+pub(crate) struct CensusSeries {
     pub memory: Memory,
     pub policy: Policy,
     pub history: History,
     pub authority: Authority,
 }
 
-impl Series {
+impl CensusSeries {
     pub fn new(policy: Policy) -> Self {
         let authority = Authority::of(Mode::Advise, false, None, None);
-        Series {
+        CensusSeries {
             memory: Memory::default(),
             policy: Policy {
                 mode: Mode::Advise,
@@ -107,7 +107,7 @@ impl Series {
 #[test]
 fn the_time_to_exhaustion_is_the_soonest_of_the_counting_forecasts() {
     // 100, 170, 240 of 1000 ports: 70 a second, 760 left, 10.9 s.
-    let (_, a) = Series::new(Policy::default()).ramp(70, 3);
+    let (_, a) = CensusSeries::new(Policy::default()).ramp(70, 3);
     let soonest = a
         .forecast
         .iter()
@@ -127,7 +127,7 @@ fn the_time_to_exhaustion_is_the_soonest_of_the_counting_forecasts() {
 /// A TCP `bind(0)` pool running out in 4.9 s beside a destination that
 /// holds 10 ports and does not grow.
 fn pool_ramp(tcp_pool_alerts: bool) -> Assessment {
-    let mut series = Series::new(Policy {
+    let mut series = CensusSeries::new(Policy {
         tcp_pool_alerts,
         ..Policy::default()
     });
@@ -170,7 +170,7 @@ fn polls_hurry_exactly_while_a_counting_forecast_reaches_critical_within_four_ho
     let window = (horizon(&policy) * HURRY_HORIZONS).as_secs_f64();
     assert_eq!(window, 128.0);
     for per_second in 1..=12u16 {
-        let mut series = Series::new(policy.clone());
+        let mut series = CensusSeries::new(policy.clone());
         let (_, a) = series.ramp(per_second, 2);
         // From 100 + g at g a second: critical (500) in (400 - g) / g.
         let g = f64::from(per_second);
@@ -184,14 +184,14 @@ fn polls_hurry_exactly_while_a_counting_forecast_reaches_critical_within_four_ho
         );
     }
     // 4 a second: critical in 99 s. A flat series never hurries.
-    assert!(Series::new(policy.clone()).ramp(4, 2).1.hurry);
-    assert!(!Series::new(policy.clone()).ramp(3, 2).1.hurry);
-    assert!(!Series::new(policy).ramp(0, 5).1.hurry);
+    assert!(CensusSeries::new(policy.clone()).ramp(4, 2).1.hurry);
+    assert!(!CensusSeries::new(policy.clone()).ramp(3, 2).1.hurry);
+    assert!(!CensusSeries::new(policy).ramp(0, 5).1.hurry);
 }
 
 #[test]
 fn a_skip_ends_the_hurry_and_a_witnessed_failure_is_never_skipped_nor_put_off() {
-    let mut series = Series::new(Policy::default());
+    let mut series = CensusSeries::new(Policy::default());
     series.ramp(70, 3);
     assert!(series.memory.hurry());
     let skip = Skip {
@@ -245,7 +245,7 @@ fn a_single_look_holds_the_level_it_sees_and_remembers_nothing() {
     assert_eq!(a.exhausted, None);
     // The same census in the daemon's series: its first census holds
     // nothing yet (the hold runs) and names no remedy without a rate.
-    let d = Series::new(policy).census(0, &usage);
+    let d = CensusSeries::new(policy).census(0, &usage);
     assert_eq!(d.level(), Level::Ok);
     assert!(d.remedies.is_empty());
 }

@@ -3,7 +3,8 @@
 //! every `crate::` path in a source file names its own part or one the table
 //! allows; no two files import each other round a circle; and the size
 //! limits hold (700 lines a source file up to its first `#[cfg(test)]`, 500
-//! in the daemon loop). Root-free: it reads files only.
+//! in the daemon loop); and no type name is defined twice. Root-free: it
+//! reads files only.
 //!
 //! The checkers are pure functions of text, so the last tests feed them a
 //! forbidden import, a circle and an unnamed file and see each reported.
@@ -299,6 +300,63 @@ fn source_files_keep_their_size_limits() {
         }
     }
     assert!(over.is_empty(), "{}", over.join("\n"));
+}
+
+/// The type names a source file defines: `struct`, `enum` and `trait` items
+/// at any depth, and `type` aliases at the top level (an indented `type X =`
+/// is a trait's associated type).
+fn type_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let item = trimmed
+            .strip_prefix("pub(crate) ")
+            .or_else(|| trimmed.strip_prefix("pub(super) "))
+            .or_else(|| trimmed.strip_prefix("pub "))
+            .unwrap_or(trimmed);
+        let top = line.len() == trimmed.len();
+        for keyword in ["struct ", "enum ", "trait ", "type "] {
+            if keyword == "type " && !top {
+                continue;
+            }
+            if let Some(rest) = item.strip_prefix(keyword) {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_type_name_is_defined_in_two_modules() {
+    let mut defined: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (rel, text) in read_src() {
+        for name in type_names(&text) {
+            defined.entry(name).or_default().push(format!("src/{rel}"));
+        }
+    }
+    let twice: Vec<String> = defined
+        .into_iter()
+        .filter(|(_, files)| files.len() > 1)
+        .map(|(name, files)| format!("{name}: {}", files.join(", ")))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "type names defined more than once:\n{}",
+        twice.join("\n")
+    );
+    assert_eq!(
+        type_names(
+            "pub struct A;\nenum B {}\nimpl X for Y {\n    type Error = E;\n}\ntype C = u8;\n"
+        ),
+        ["A", "B", "C"]
+    );
 }
 
 #[test]

@@ -258,7 +258,7 @@ pub(crate) enum SettingsRead {
 }
 
 /// One poll's reading of a namespace still there.
-pub(crate) struct Reading {
+pub(crate) struct NetnsReading {
     pub counters: Read,
     pub settings: SettingsRead,
 }
@@ -287,7 +287,7 @@ pub(crate) struct Measured {
 /// word: the next discovery tells whether it is gone.
 pub(crate) fn measure(
     known: &mut Known,
-    mut readings: HashMap<u64, Reading>,
+    mut readings: HashMap<u64, NetnsReading>,
     policy: &Policy,
     now: Instant,
 ) -> Measured {
@@ -318,7 +318,7 @@ impl Watched {
     /// read (what could not be read is not shown as it was).
     fn measure(
         &mut self,
-        r: Reading,
+        r: NetnsReading,
         policy: &Policy,
         now: Instant,
     ) -> Result<Option<(Due, Option<Duration>)>, bool> {

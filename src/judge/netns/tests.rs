@@ -450,8 +450,8 @@ fn discovery_keeps_follows_and_ends_namespaces_and_tells_a_reused_inode() {
     assert!(known.values().all(|w| w.seen == Some(100.0)));
 }
 
-fn reading(tcp_inuse: u64, settings: SettingsRead) -> Reading {
-    Reading {
+fn reading(tcp_inuse: u64, settings: SettingsRead) -> NetnsReading {
+    NetnsReading {
         counters: Some((totals(tcp_inuse, 0, 0), Some(100))),
         settings,
     }

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::act::state::Pending;
-use crate::base::kernel::TwReuse;
 use crate::base::ports::Ratio;
 
 const DROPIN: &str = "60-portd.conf";
@@ -41,11 +40,8 @@ fn fixture(live_range: &str, live_reserved: &str) -> (tempfile::TempDir, Host) {
 
 fn settings(range: PortRange, reserved: &str) -> KernelSettings {
     KernelSettings {
-        port_range: range,
         reserved_ports: ports(reserved),
-        unprivileged_port_start: 1024,
-        tcp_tw_reuse: TwReuse::from_sysctl(2),
-        tcp_timestamps: true,
+        ..crate::observe::census::settings::for_tests(range.low(), range.high(), &[])
     }
 }
 

@@ -6,17 +6,9 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::base::kernel::TwReuse;
-use crate::base::ports::{PortRange, PortSet};
 
 fn settings(low: u16, high: u16) -> KernelSettings {
-    KernelSettings {
-        port_range: PortRange::new(low, high).unwrap(),
-        reserved_ports: PortSet::new(),
-        unprivileged_port_start: 1024,
-        tcp_tw_reuse: TwReuse::from_sysctl(2),
-        tcp_timestamps: true,
-    }
+    crate::observe::census::settings::for_tests(low, high, &[])
 }
 
 fn baseline(settings: &KernelSettings, worst: u64, active_opens: Option<u64>) -> Baseline<'_> {

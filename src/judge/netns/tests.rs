@@ -8,20 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::pacing::looks;
 use super::*;
-use crate::base::kernel::TwReuse;
 use crate::base::ports::{PortRange, PortSet, Ratio};
 use crate::judge::forecast::tests::census;
 use crate::judge::planner::{Action, Blocked, Plan};
 use crate::observe::netns::identity::{Identity, Runtime};
 
 pub(crate) fn settings(low: u16, high: u16) -> KernelSettings {
-    KernelSettings {
-        port_range: PortRange::new(low, high).unwrap(),
-        reserved_ports: PortSet::new(),
-        unprivileged_port_start: 1024,
-        tcp_tw_reuse: TwReuse::from_sysctl(2),
-        tcp_timestamps: true,
-    }
+    crate::observe::census::settings::for_tests(low, high, &[])
 }
 
 fn totals(tcp_inuse: u64, tcp_tw: u64, udp_inuse: u64) -> Totals {

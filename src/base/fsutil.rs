@@ -248,7 +248,6 @@ fn file_type_name(kind: rustix::fs::FileType) -> &'static str {
 /// `portd rollback` take it so that there is one writer.
 pub struct WriterLock {
     _fd: OwnedFd,
-    pub path: PathBuf,
 }
 
 /// Why the writer lock was not taken.
@@ -288,7 +287,7 @@ impl WriterLock {
         )
         .map_err(|e| failed("open", &path)(e.into()))?;
         match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(WriterLock { _fd: fd, path }),
+            Ok(()) => Ok(WriterLock { _fd: fd }),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held { path }),
             Err(e) => Err(failed("lock", &path)(e.into())),
         }

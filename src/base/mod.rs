@@ -5,7 +5,7 @@
 //!
 //! Imports nothing of the crate's other parts.
 
-pub mod fsutil;
+pub(crate) mod fsutil;
 pub mod host;
 pub mod kernel;
 pub mod ports;

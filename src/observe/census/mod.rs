@@ -4,8 +4,8 @@
 pub mod netlink;
 pub mod procfs;
 pub mod reader;
-pub mod settings;
-pub mod sockstat;
+pub(crate) mod settings;
+pub(crate) mod sockstat;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};

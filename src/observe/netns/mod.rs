@@ -4,8 +4,8 @@
 
 pub mod census;
 pub mod discovery;
-pub mod identity;
-pub mod scope;
+pub(crate) mod identity;
+pub(crate) mod scope;
 
 use serde::Serialize;
 

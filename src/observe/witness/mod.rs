@@ -36,7 +36,7 @@
 //! The programs fire machine-wide; only namespaces portd watches are put in
 //! the `watch_netns` map, so other namespaces are never counted.
 
-pub mod tally;
+pub(crate) mod tally;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -54,7 +54,7 @@ fn entries() -> Vec<Entry> {
     entries
 }
 
-/// The fields each event always sets (src/daemon.rs): the only ones its
+/// The fields each event always sets (the `Entry` constructors of src/publish/events.rs): the only ones its
 /// explanation may substitute, or journalctl -x would show `@NAME@` as is.
 fn always_set(kind: Kind) -> Vec<&'static str> {
     const USAGE: &[&str] = &[

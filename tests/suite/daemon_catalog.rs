@@ -54,8 +54,9 @@ fn entries() -> Vec<Entry> {
     entries
 }
 
-/// The fields each event always sets (the `Entry` constructors of src/publish/events.rs): the only ones its
-/// explanation may substitute, or journalctl -x would show `@NAME@` as is.
+/// The fields each event always sets (the `Entry` constructors of
+/// src/publish/events.rs): the only ones its explanation may substitute, or
+/// journalctl -x would show `@NAME@` as is.
 fn always_set(kind: Kind) -> Vec<&'static str> {
     const USAGE: &[&str] = &[
         "PORTD_EVENT",

@@ -31,6 +31,25 @@ pub(crate) struct Baseline<'a> {
 }
 
 impl<'a> Baseline<'a> {
+    /// A baseline for unit tests: 1000 ports in every pool.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        settings: &'a KernelSettings,
+        worst: u64,
+        active_opens: Option<u64>,
+        age: Duration,
+    ) -> Self {
+        Baseline {
+            settings,
+            worst,
+            capacity: 1000,
+            udp_capacity: 1000,
+            tcp_capacity: 1000,
+            active_opens,
+            age,
+        }
+    }
+
     pub fn of(usage: &'a Usage, active_opens: Option<u64>, age: Duration) -> Self {
         Baseline {
             settings: &usage.settings,

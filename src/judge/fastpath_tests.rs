@@ -12,15 +12,7 @@ fn settings(low: u16, high: u16) -> KernelSettings {
 }
 
 fn baseline(settings: &KernelSettings, worst: u64, active_opens: Option<u64>) -> Baseline<'_> {
-    Baseline {
-        settings,
-        worst,
-        capacity: 1000,
-        udp_capacity: 1000,
-        tcp_capacity: 1000,
-        active_opens,
-        age: Duration::from_secs(10),
-    }
+    Baseline::for_tests(settings, worst, active_opens, Duration::from_secs(10))
 }
 
 fn totals(tcp_inuse: u64, tcp_tw: u64, udp_inuse: u64) -> Totals {

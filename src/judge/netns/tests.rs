@@ -35,15 +35,7 @@ fn counters(settings: &KernelSettings, totals: Totals) -> fastpath::Counters<'_>
 }
 
 fn baseline(settings: &KernelSettings, worst: u64, age: Duration) -> Baseline<'_> {
-    Baseline {
-        settings,
-        worst,
-        capacity: 1000,
-        udp_capacity: 1000,
-        tcp_capacity: 1000,
-        active_opens: Some(100),
-        age,
-    }
+    Baseline::for_tests(settings, worst, Some(100), age)
 }
 
 pub(crate) fn raised(level: Level) -> AlertState {

@@ -12,11 +12,13 @@ process has its own /proc; "-" where the caller may not read them). It refuses t
 sysctl unless its namespaces differ from all of them.
 
 SPEC is JSON: ramp_ns.py's keys (portd, policy, mode, range, load, rate,
-plateau, hold_for, stop_at, destinations, duration, dir) and
+accel, plateau, hold_for, stop_at, destinations, workers, duration, dir) and
   "rules": [PATH...],    the shipped rule files (packaging/prometheus/*.yml)
   "preopen": bool,       start the clients (the step) before portd, so a
                          pool is open when portd first looks (churn)
-  "settle": S            seconds portd runs, scraped, before the step (3)
+  "settle": S,           seconds portd runs, scraped, before the step (3)
+  "linger": S            seconds the alerts are still read after the load's
+                         end (held connections stay open) (0)
 
 Set up as ramp_ns.py's (tmpfs over /etc/sysctl.d, /usr/lib/sysctl.d,
 /var/lib and /run, a journald of the sandbox's own, lo up, tcp_tw_reuse=0,
@@ -154,11 +156,18 @@ def cell(spec):
         def step_now():
             nonlocal step
             step = time.monotonic()
-            clients.append(spawn_role([
-                "client", spec["load"], str(spec.get("rate", 0)), str(spec.get("accel", 0)),
-                str(spec.get("plateau", 0)), str(spec["duration"]), str(n_dests),
-                str(spec.get("hold_for", 0)), *ramp_ns.client_stop(spec)]))
-            os.set_blocking(clients[-1].stdout.fileno(), False)
+            # As ramp_ns.py: held loads spread over processes of at most
+            # MAX_FDS_PER_CLIENT descriptors, the rate over `workers`.
+            n = spec.get("workers", 1)
+            if spec["load"] in ("concurrency", "burst", "churn"):
+                n = max(1, -(-spec["plateau"] // ramp_ns.MAX_FDS_PER_CLIENT))
+            for _ in range(n):
+                clients.append(spawn_role([
+                    "client", spec["load"], str(spec.get("rate", 0) / n),
+                    str(spec.get("accel", 0) / n), str(spec.get("plateau", 0) // n),
+                    str(spec["duration"]), str(n_dests), str(spec.get("hold_for", 0)),
+                    *ramp_ns.client_stop(spec)]))
+                os.set_blocking(clients[-1].stdout.fileno(), False)
 
         step = None
         if spec.get("preopen"):
@@ -205,7 +214,13 @@ def cell(spec):
         peak = 0
         buffers = ["" for _ in clients]
         done = 0
-        while done < len(clients):
+        linger_until = None
+        while True:
+            if done >= len(clients):
+                if linger_until is None:
+                    linger_until = time.monotonic() + spec.get("linger", 0)
+                if time.monotonic() >= linger_until:
+                    break
             t = time.monotonic() - step
             step_wall = time.time() - t
             r = api.get("/api/v1/alerts")
@@ -249,7 +264,7 @@ def cell(spec):
             for name, p in procs:
                 if p.poll() is not None:
                     sys.exit(f"{name} exited with {p.returncode} during the run")
-            if t > spec["duration"] + 30:
+            if t > spec["duration"] + spec.get("linger", 0) + 30:
                 sys.exit("the clients did not finish in time")
             time.sleep(max(0.0, 1.0 - (time.monotonic() - step - t)))
         entries = ramp_ns.journal()
@@ -299,7 +314,10 @@ def main():
     check_private(outer, sys.exit)
     if os.getpid() != 1:
         sys.exit("refusing to run: not PID 1 of a private PID namespace")
-    signal.alarm(int(spec["duration"]) + int(spec.get("settle", 3)) + 150)
+    # PID 1 of a namespace ignores a signal it has no handler for, SIGALRM too.
+    signal.signal(signal.SIGALRM, lambda *_: sys.exit("prom_ns.py: out of time"))
+    signal.alarm(int(spec["duration"]) + int(spec.get("settle", 3))
+                 + int(spec.get("linger", 0)) + 150)
     cell(spec)
 
 

@@ -338,3 +338,52 @@ fn prometheus_a_single_witnessed_failure_fires_its_rule() {
     assert_eq!(run["failed_connects"], 1, "{}", brief(&run));
     assert_failure_witnessed(&run, "a single failure");
 }
+
+/// One cell of `benches/ramp.py`'s matrix on the default range: `tw-R` (R
+/// connects/s, each leaving a TIME_WAIT, two clients, 70 s) or `conc-N`
+/// (long-lived connections at 1000/s up to N, 55 s).
+fn matrix_cell(name: &str) -> Value {
+    let (kind, n) = name
+        .split_once('-')
+        .unwrap_or_else(|| panic!("{name}: not tw-R or conc-N"));
+    let n: u64 = n
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}: not tw-R or conc-N"));
+    let mut load = match kind {
+        "tw" => json!({"load": "time_wait", "rate": n, "workers": 2, "duration": 70}),
+        "conc" => json!({"load": "concurrency", "rate": 1000, "plateau": n, "duration": 55}),
+        _ => panic!("{name}: not tw-R or conc-N"),
+    };
+    load["range"] = json!("32768 60999");
+    // A load that runs out near its end: read on long enough to see the
+    // witnessed failure's rule.
+    load["linger"] = json!(WITNESS_DELAY + 2.0);
+    cell(name, load)
+}
+
+#[test]
+#[ignore = "by hand: benches/ramp.py's matrix through Prometheus, about 10 minutes \
+            (PORTD_PROM_CELLS=tw-500,conc-30000 for a subset)"]
+fn prometheus_the_ramp_matrix_pages_before_the_first_failure() {
+    require_prometheus!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cells = std::env::var("PORTD_PROM_CELLS").unwrap_or_else(|_| {
+        "tw-300,tw-500,tw-540,tw-600,tw-1000,tw-2000,conc-30000,conc-34000".into()
+    });
+    let mut late = Vec::new();
+    for name in cells.split(',') {
+        let run = matrix_cell(name);
+        // A load that never ran out has nothing to be late for.
+        if run["first_failure"].is_null() {
+            continue;
+        }
+        let result = std::panic::catch_unwind(|| {
+            assert_paged_in_time(&run, name);
+            assert_failure_witnessed(&run, name);
+        });
+        if result.is_err() {
+            late.push(name.to_string());
+        }
+    }
+    assert!(late.is_empty(), "not paged in time: {late:?}");
+}

@@ -92,7 +92,11 @@ fn cell(name: &str, load: Value) -> Value {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "prom_ns.py failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "prom_ns.py failed: {stderr}{}",
+        logs(dir.path())
+    );
     let mut run: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("prom_ns.py printed no summary ({e}); stderr: {stderr}"));
     run["cell"] = json!(name);
@@ -108,6 +112,19 @@ fn cell(name: &str, load: Value) -> Value {
     // Straight to the stderr handle (libtest captures eprintln!).
     let _ = writeln!(std::io::stderr(), "{}", rows(&run));
     run
+}
+
+/// The last lines of the children's logs in `dir`, for failure messages.
+fn logs(dir: &std::path::Path) -> String {
+    ["portd.stderr", "node_exporter.log", "prometheus.log"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            format!("\n--- {name} (last lines)\n{tail}")
+        })
+        .collect()
 }
 
 /// Seconds from the step, or "never".

@@ -267,7 +267,6 @@ fn prometheus_steady_low_usage_fires_nothing() {
 }
 
 #[test]
-#[ignore = "fails until the forecast is revised between censuses: see docs/ramps.md"]
 fn prometheus_burst_then_hold_fires_nothing() {
     require_prometheus!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -23,7 +23,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use super::ramp::SERIAL;
-use super::util::{can_run, require_root, tests_dir};
+use super::util::{can_run, root_test, tests_dir};
 
 /// The namespace's range for most loads: 2000 ports.
 const RANGE: &str = "40000 41999";
@@ -55,7 +55,7 @@ fn have_prometheus(test: &str) -> bool {
 
 macro_rules! require_prometheus {
     () => {
-        require_root!();
+        root_test!();
         if !have_prometheus(super::util::test_name!()) {
             return;
         }

@@ -26,6 +26,7 @@ mod suite {
     mod check_cli;
     mod daemon_catalog;
     mod daemon_fastpath;
+    mod daemon_forecast;
     mod daemon_journal;
     mod daemon_live;
     mod daemon_metrics;

@@ -63,6 +63,7 @@ impl Daemon {
             took,
             cpu,
             blocked,
+            judged: assessment.clone(),
             assessment,
         });
         self.report_with(&authority, |r, p| r.censused(&line, p));

@@ -131,8 +131,12 @@ struct LastCensus {
     cpu: Duration,
     /// Why the range was not widened although usage called for it.
     blocked: Option<&'static str>,
-    /// The judgement of this census, which every channel renders.
+    /// The judgement of this census as it stands at the last poll, which
+    /// every channel renders: between censuses its forecast is revised
+    /// each poll from the counters (judge/assess.rs, `revise`).
     assessment: Assessment,
+    /// The judgement as the census made it: what each revision starts from.
+    judged: Assessment,
 }
 
 /// The tasks the event loop waits on besides signals and timers.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::census_task::{CensusInFlight, ProcessLookup};
 use super::{Daemon, act};
-use crate::judge::assess::Look;
+use crate::judge::assess::{self, Look};
 use crate::judge::budget;
 use crate::judge::fastpath::{self, Baseline};
 use crate::observe::census::KernelSettings;
@@ -62,6 +62,7 @@ impl Daemon {
             Look::Census => None,
         };
         if let Some(why) = skipped {
+            self.revise_forecast(&counters);
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.census_skipped(&why, p));
             return None;
@@ -77,6 +78,25 @@ impl Daemon {
             lookup,
             active_opens,
         ))
+    }
+
+    /// A poll without a census: the last census's forecast brought up to
+    /// now from the counters, so no channel shows a forecast that stays
+    /// fixed while time passes (judge/assess.rs, `revise`).
+    fn revise_forecast(&mut self, counters: &fastpath::Counters<'_>) {
+        let Some(last) = self.last.as_mut() else {
+            return;
+        };
+        let since = assess::Since {
+            age: last.started.elapsed(),
+            opened: match (last.active_opens, counters.active_opens) {
+                (Some(then), Some(now)) => now.checked_sub(then),
+                _ => None,
+            },
+            pace: counters.pace,
+            totals: counters.totals,
+        };
+        last.assessment = assess::revise(&last.judged, &self.policy, &since);
     }
 
     pub(super) fn process_lookup(&self) -> ProcessLookup {

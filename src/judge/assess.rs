@@ -3,7 +3,8 @@
 //! forecasts and the time to exhaustion, the planner's decision with its
 //! levels, the remedies, the exhaustion entry and whether to poll faster);
 //! after a fast-path look, [`Memory::look`] says whether the census is
-//! skipped. The forecasts that count are [`Counted`]'s, the horizon is
+//! skipped, and [`revise`] brings the last assessment's forecast up to the
+//! time of the look from the O(1) counters. The forecasts that count are [`Counted`]'s, the horizon is
 //! [`horizon`]'s. No I/O, the time is an input: every channel (journal,
 //! STATUS, live view, metrics, `status`, `check --plan`) renders the same
 //! assessment, so none can differ from another for one census.
@@ -11,15 +12,17 @@
 //! [`Counted`]: crate::judge::forecast::Counted
 //! [`horizon`]: crate::judge::forecast::horizon
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::base::ports::Ratio;
 use crate::judge::authority::Authority;
 use crate::judge::exhausted::{self, Exhausted, Exhaustion};
 use crate::judge::fastpath::{Next, Pace, Skip};
-use crate::judge::forecast::{Counted, Forecast, Tracker, horizon};
+use crate::judge::forecast::{Counted, Forecast, Target, Tracker, horizon};
 use crate::judge::level::Level;
 use crate::judge::planner::{self, Decision, ForeignDropin, History, Observation, Pin};
 use crate::judge::remedy::{self, Remedy};
+use crate::observe::census::sockstat::Totals;
 use crate::observe::usage::Usage;
 use crate::policy::Policy;
 
@@ -204,6 +207,85 @@ pub fn assess(memory: &mut Memory, evidence: &Evidence<'_>) -> Assessment {
         remedies,
         exhausted,
         hurry,
+    }
+}
+
+/// What the O(1) counters say at a poll that takes no census, measured
+/// from the census an assessment judged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Since {
+    /// Time since that census began.
+    pub age: Duration,
+    /// `connect()`s since it began (`ActiveOpens`).
+    pub opened: Option<u64>,
+    /// The `connect()` rate now, between the last two polls (fastpath.rs).
+    pub pace: Option<f64>,
+    /// The socket totals now (sockstat).
+    pub totals: Option<Totals>,
+}
+
+/// The census's assessment as it stands `since.age` later: the forecast
+/// lives in time between censuses. A destination gains a port only by a
+/// `connect()`, so its growth is at most the `connect()` rate now: no
+/// `connect()` since the last poll, no growth (no time to exhaustion);
+/// slower, a later time. The ports gained since the census are its rate
+/// over the time passed, at most the `connect()`s since and the sockets
+/// there are. The revision only lowers a rate: growth the counters see
+/// again is measured by a census (the fast path's `Due::Growing`). The
+/// decision, the remedies and the level stay the census's, and no
+/// exhaustion entry is called for again.
+pub fn revise(census: &Assessment, policy: &Policy, since: &Since) -> Assessment {
+    let forecast: Vec<Forecast> = census
+        .forecast
+        .iter()
+        .map(|f| revise_one(f, since))
+        .collect();
+    let counted = Counted::of(&forecast, policy);
+    Assessment {
+        time_to_exhaustion: counted.soonest_exhaustion(),
+        hurry: counted.reaches(
+            policy.thresholds.critical(),
+            horizon(policy) * HURRY_HORIZONS,
+        ),
+        forecast,
+        exhausted: None,
+        ..census.clone()
+    }
+}
+
+/// One target's forecast revised; `used` stays what the census counted.
+fn revise_one(f: &Forecast, since: &Since) -> Forecast {
+    let age = since.age.as_secs_f64();
+    let connects = matches!(f.target, Target::Destination { .. });
+    // The connect() rate bounds a destination's growth; the pools take
+    // ports by bind() too, which no O(1) counter counts.
+    let rate_now = since
+        .pace
+        .or_else(|| since.opened.map(|n| n as f64 / age.max(1.0)))
+        .filter(|_| connects);
+    let mut gained = f.growth_per_second * age;
+    if let (true, Some(n)) = (connects, since.opened) {
+        gained = gained.min(n as f64);
+    }
+    let bound = since.totals.map(|t| match f.target {
+        Target::UdpPool => t.udp_inuse,
+        _ => t.tcp_bound(),
+    });
+    let mut now_used = f.used as f64 + gained;
+    if let Some(b) = bound {
+        now_used = now_used.min(b as f64);
+    }
+    let growth = rate_now.map_or(f.growth_per_second, |r| f.growth_per_second.min(r));
+    let at_now = Forecast {
+        used: now_used.floor() as u64,
+        growth_per_second: growth,
+        ..*f
+    };
+    Forecast {
+        growth_per_second: growth,
+        time_to_exhaustion: at_now.time_to(Ratio::FULL),
+        sustained: f.sustained && growth > 0.0,
+        ..*f
     }
 }
 

@@ -249,3 +249,107 @@ fn a_single_look_holds_the_level_it_sees_and_remembers_nothing() {
     assert_eq!(d.level(), Level::Ok);
     assert!(d.remedies.is_empty());
 }
+
+/// The counters `secs` after the census of a ramp of 70 a second that
+/// began at 100 (ActiveOpens counted `opened` since, the pace now `pace`).
+fn since(secs: f64, opened: u64, pace: f64) -> Since {
+    Since {
+        age: Duration::from_secs_f64(secs),
+        opened: Some(opened),
+        pace: Some(pace),
+        totals: None,
+    }
+}
+
+#[test]
+fn a_burst_then_held_runs_out_never_once_the_connects_stop() {
+    // 100, 170, 240 of 1000 ports: the census says 10.9 s.
+    let mut series = CensusSeries::new(Policy::default());
+    let (_, a) = series.ramp(70, 3);
+    assert!(a.time_to_exhaustion.is_some_and(|t| t < 11.0));
+    // A poll later, no connect() since the census: not growing.
+    let held = revise(&a, &series.policy, &since(1.0, 0, 0.0));
+    assert_eq!(held.time_to_exhaustion, None, "{held:?}");
+    // Destinations gain ports only by connect(); the pools, which bind()
+    // feeds too, count only when the policy says so.
+    assert!(
+        held.forecast
+            .iter()
+            .filter(|f| matches!(f.target, Target::Destination { .. }))
+            .all(|f| f.growth_per_second == 0.0 && !f.sustained)
+    );
+    assert!(!held.hurry);
+    // What the census decided stands; nothing is reported again.
+    assert_eq!(held.decision, a.decision);
+    assert_eq!(held.level(), a.level());
+    assert_eq!(held.exhausted, None);
+    // The ports of the burst are held: the census's count stays.
+    assert_eq!(held.forecast[0].used, a.forecast[0].used);
+}
+
+#[test]
+fn slower_growth_runs_out_later_and_the_same_growth_sooner_as_time_passes() {
+    let mut series = CensusSeries::new(Policy::default());
+    let (_, a) = series.ramp(70, 3);
+    let t0 = a.time_to_exhaustion.unwrap();
+    // Two seconds on at 10 connect()s a second: 20 gained, 740 left at 10/s.
+    let slower = revise(&a, &series.policy, &since(2.0, 20, 10.0));
+    let t = slower.time_to_exhaustion.unwrap();
+    assert!((t - 74.0).abs() < 1e-9, "{t}");
+    assert!(t > t0);
+    // At the census's own rate the time counts down with the clock.
+    let same = revise(&a, &series.policy, &since(2.0, 140, 70.0));
+    let t = same.time_to_exhaustion.unwrap();
+    assert!((t - (t0 - 2.0)).abs() < 0.1, "{t} vs {t0}");
+    // Faster connects never raise the census's rate: growth the counters
+    // see again is measured by a census.
+    let faster = revise(&a, &series.policy, &since(1.0, 200, 200.0));
+    assert!(
+        faster
+            .forecast
+            .iter()
+            .all(|f| f.growth_per_second <= 70.0 + 1e-9)
+    );
+    // Fewer sockets in the namespace than the census counted plus the
+    // rate: the totals bound the ports gained.
+    let bounded = Since {
+        totals: Some(crate::observe::census::sockstat::Totals {
+            tcp_inuse: 250,
+            tcp_tw: 0,
+            udp_inuse: 0,
+        }),
+        ..since(2.0, 140, 70.0)
+    };
+    let t = revise(&a, &series.policy, &bounded)
+        .time_to_exhaustion
+        .unwrap();
+    assert!((t - 750.0 / 70.0).abs() < 1e-9, "{t}");
+}
+
+#[test]
+fn renewed_growth_after_a_revised_hold_still_takes_a_census() {
+    // The revision publishes; the fast path still schedules the census
+    // that measures growth again.
+    let mut series = CensusSeries::new(Policy::default());
+    let (usage, a) = series.ramp(70, 3);
+    let held = revise(&a, &series.policy, &since(1.0, 0, 0.0));
+    assert_eq!(held.time_to_exhaustion, None);
+    let settings = usage.settings.clone();
+    let baseline = crate::judge::fastpath::Baseline::of(&usage, Some(1000), Duration::from_secs(3));
+    let counters = crate::judge::fastpath::Counters {
+        settings: &settings,
+        totals: Some(crate::observe::census::sockstat::Totals {
+            tcp_inuse: 400,
+            tcp_tw: 0,
+            udp_inuse: 0,
+        }),
+        active_opens: Some(1160),
+        pace: Some(80.0),
+    };
+    let alert = crate::judge::planner::AlertState::default();
+    let next = crate::judge::fastpath::next(Some(&baseline), &counters, &series.policy, &alert);
+    assert!(
+        matches!(next, Next::Census(Due::Growing | Due::BoundAtWarning)),
+        "{next:?}"
+    );
+}

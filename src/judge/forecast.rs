@@ -314,9 +314,14 @@ impl<'a> Counted<'a> {
     }
 
     /// Seconds until the first of them runs out; `None` when none is
-    /// growing towards it.
+    /// growing towards it. Only growth seen on two censuses in a row
+    /// counts, as for the planner ([`Counted::sustained`]): one census's
+    /// growth may be a burst that already ended (a pool opened at once and
+    /// held), and a time to exhaustion pages (the shipped
+    /// PortdExhaustionForecast, `for: 0m`).
     pub fn soonest_exhaustion(self) -> Option<f64> {
         self.iter()
+            .filter(|f| f.sustained)
             .filter_map(|f| f.time_to_exhaustion)
             .reduce(f64::min)
     }

@@ -193,6 +193,7 @@ fn the_tcp_pool_counts_only_when_the_policy_alerts_on_it() {
     let tcp = Forecast {
         growth_per_second: 10.0,
         time_to_exhaustion: Some(5.0),
+        sustained: true,
         ..Forecast::flat(Target::TcpPool, 50, 0, 100)
     };
     let all = [tcp];
@@ -208,4 +209,24 @@ fn the_tcp_pool_counts_only_when_the_policy_alerts_on_it() {
     let counting = Counted::of(&all, &policy);
     assert_eq!(counting.soonest_exhaustion(), Some(5.0));
     assert!(counting.reaches(Ratio::whole_percent(60), Duration::from_secs(60)));
+}
+
+#[test]
+fn one_census_of_growth_gives_no_time_to_exhaustion_two_in_a_row_do() {
+    // A pool of 30 opened at once between two censuses, then held: the
+    // census after it sees 30 a second once, which may be a burst that
+    // already ended.
+    let policy = Policy::default();
+    let mut tr = Tracker::default();
+    tr.update(&census(&[(1, 0, 0)]), t(0.0));
+    let burst = census(&[(1, 0, 30)]);
+    tr.update(&burst, t(1.0));
+    let once = tr.forecast(&burst);
+    assert!(once.iter().any(|f| f.time_to_exhaustion.is_some()));
+    assert_eq!(Counted::of(&once, &policy).soonest_exhaustion(), None);
+    // Growing again on the next census: a ramp, counted.
+    let ramp = census(&[(1, 0, 60)]);
+    tr.update(&ramp, t(2.0));
+    let twice = tr.forecast(&ramp);
+    assert!(Counted::of(&twice, &policy).soonest_exhaustion().is_some());
 }

@@ -13,13 +13,15 @@ SPEC is JSON:
    "policy": PATH,               config/portd.toml of the tree (shipped policy)
    "mode": "auto" | "advise",    the only key changed in it
    "range": "40000 41999",       net.ipv4.ip_local_port_range of the namespace
-   "load": "time_wait" | "concurrency" | "burst",
+   "load": "time_wait" | "concurrency" | "burst" | "churn",
    "rate": R,                    new connections/s at the step (time_wait, concurrency)
    "accel": A,                   optional: the rate grows by A/s every second
                                  instead (time_wait: a steadily rising load)
-   "plateau": N,                 concurrency, burst: connections held at the end
+   "plateau": N,                 concurrency, burst, churn: connections held at the end
    "hold_for": S,                burst: seconds the plateau is held before every
                                  connection is reset (SO_LINGER 0: no TIME_WAIT)
+   "stop_at": S,                 time_wait: no new connection after S seconds
+                                 (the TIME_WAIT sockets then drain)
    "destinations": N,            time_wait: the rate is spread round-robin over N
                                  destinations 127.0.0.1:5001..5000+N (1)
    "workers": N,                 time_wait: client processes sharing the rate (1)
@@ -38,7 +40,10 @@ In the concurrency load the clients hold their connections and the server
 leaves them in its accept queue (somaxconn raised in the namespace), so no
 process needs more than 20 000 descriptors. The burst load opens its plateau
 at once (as fast as one process can), holds it, then resets every connection,
-so the ports are free again at once.
+so the ports are free again at once. The churn load opens its plateau at
+once too, then replaces `rate` connections a second, oldest first, each
+closed with a reset (as when the upstream closes first: no TIME_WAIT on the
+client's side), so the pool keeps its size while connect()s go on.
 
 Prints one JSON line: the summary (times in seconds from the step, usage as
 ground truth counted with `ss` every half second, of the busiest destination
@@ -131,35 +136,51 @@ def reset_all(held):
     held.clear()
 
 
-def client(load, rate, accel, plateau, duration, n_dests, hold_for):
+def client(load, rate, accel, plateau, duration, n_dests, hold_for, stop_at=None):
     """Opens connections at the scheduled rate from now; one line per second:
-    {"t": second, "ok": n, "eaddrnotavail": n, "other": n, "errno": name}."""
+    {"t": second, "ok": n, "eaddrnotavail": n, "other": n, "errno": name,
+    "first_fail": the CLOCK_MONOTONIC time of the second's first
+    EADDRNOTAVAIL or null}."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     targets = dests(n_dests)
     start = time.monotonic()
     held = []
     opened = 0
-    sec, ok, fail, other, last_err = 0, 0, 0, 0, None
+    sec, ok, fail, other, last_err, first_fail = 0, 0, 0, 0, None, None
+    replaced = 0
     while True:
         now = time.monotonic() - start
         if now >= duration:
             break
         while now >= sec + 1:
-            out({"t": sec, "ok": ok, "eaddrnotavail": fail, "other": other, "errno": last_err})
-            sec, ok, fail, other, last_err = sec + 1, 0, 0, 0, None
+            out({"t": sec, "ok": ok, "eaddrnotavail": fail, "other": other, "errno": last_err,
+                 "first_fail": first_fail})
+            sec, ok, fail, other, last_err, first_fail = sec + 1, 0, 0, 0, None, None
         if load == "burst" and now >= hold_for:
             reset_all(held)
             time.sleep(0.05)
             continue
         # Connections due by now: rate*t, or accel*t^2/2 for a rising rate;
-        # a burst's plateau at once.
-        due = accel * now * now / 2 if accel else rate * now
+        # a burst's plateau at once; a churning pool's plateau plus its
+        # replacements.
+        t_due = now if stop_at is None else min(now, stop_at)
+        due = accel * t_due * t_due / 2 if accel else rate * t_due
         if load == "concurrency":
             due = min(due, plateau)
         elif load == "burst":
             due = plateau
+        elif load == "churn":
+            if held and opened >= plateau and replaced < int(rate * now):
+                c = held.pop(0)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+                replaced += 1
+            due = plateau + replaced
         if opened >= due:
+            if stop_at is not None and now >= stop_at:
+                time.sleep(0.05)
+                continue
             wait = (opened + 1 - due) / max(rate or accel * now, 1.0)
             time.sleep(min(max(wait, 0.0005), 0.05))
             continue
@@ -172,16 +193,19 @@ def client(load, rate, accel, plateau, duration, n_dests, hold_for):
             c.close()
             if e.errno == errno.EADDRNOTAVAIL:
                 fail += 1
+                if first_fail is None:
+                    first_fail = time.monotonic()
             else:
                 other += 1
             last_err = errno.errorcode.get(e.errno, str(e.errno))
             continue
         ok += 1
-        if load in ("concurrency", "burst"):
+        if load in ("concurrency", "burst", "churn"):
             held.append(c)
         else:
             c.close()  # first: the TIME_WAIT stays on this side
-    out({"t": sec, "ok": ok, "eaddrnotavail": fail, "other": other, "errno": last_err})
+    out({"t": sec, "ok": ok, "eaddrnotavail": fail, "other": other, "errno": last_err,
+         "first_fail": first_fail})
     out({"done": True})
     # Concurrency: hold until killed, so the ports stay in use until the end.
     if held:
@@ -214,6 +238,11 @@ def shipped_policy(spec):
     write(path, text)
     os.chmod(path, 0o644)
     return path
+
+
+def client_stop(spec):
+    """The client's optional last argument: when it stops opening."""
+    return [] if spec.get("stop_at") is None else [str(spec["stop_at"])]
 
 
 def spawn_role(args):
@@ -297,7 +326,7 @@ def cell(spec):
         duration = spec["duration"]
         rate, accel = spec.get("rate", 0), spec.get("accel", 0)
         n = spec.get("workers", 1)
-        if spec["load"] in ("concurrency", "burst"):
+        if spec["load"] in ("concurrency", "burst", "churn"):
             n = max(1, -(-spec["plateau"] // MAX_FDS_PER_CLIENT))
         step_wall = time.time()
         step = time.monotonic()
@@ -305,7 +334,7 @@ def cell(spec):
             clients.append(spawn_role([
                 "client", spec["load"], str(rate / n), str(accel / n),
                 str(spec.get("plateau", 0) // n), str(duration), str(n_dests),
-                str(spec.get("hold_for", 0))]))
+                str(spec.get("hold_for", 0)), *client_stop(spec)]))
         for c in clients:
             os.set_blocking(c.stdout.fileno(), False)
 
@@ -430,8 +459,9 @@ def main():
         serve(sys.argv[2] == "1", int(sys.argv[3]))
     elif role == "client":
         load, rate, accel, plateau, duration, n_dests, hold_for = sys.argv[2:9]
+        stop_at = float(sys.argv[9]) if len(sys.argv) > 9 else None
         client(load, float(rate), float(accel), int(plateau), float(duration),
-               int(n_dests), float(hold_for))
+               int(n_dests), float(hold_for), stop_at)
     else:
         outer_net, outer_mnt, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
         check_private(outer_net, outer_mnt, sys.exit)

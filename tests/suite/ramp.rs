@@ -30,7 +30,9 @@ use serde_json::{Value, json};
 
 use super::util::{root_test, tests_dir};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+/// One load at a time: the ramp tests and the Prometheus harness
+/// (`prom_alerts.rs`) take it.
+pub(super) static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The namespace's range: small, so the arithmetic works at modest rates.
 const RANGE: (u32, u32) = (40000, 41999);

@@ -43,13 +43,18 @@ pub(super) struct Report {
 
 /// The metrics file and the live view are rewritten when what they say
 /// changes, and otherwise once every `REFRESH`: an idle poll writes
-/// nothing. Not on change alone: each carries the time of the poll
-/// (`portd_poll_timestamp_seconds`, `written_at`), by which a scraper or
-/// `status` tells a daemon that runs from one that hangs; refreshed every
+/// nothing. What advances every poll by itself is not a change: the time
+/// of the poll (`portd_poll_timestamp_seconds`, `written_at`) and the count
+/// of polls that skipped the census. Not on change alone: by the time of
+/// the poll a scraper or `status` tells a daemon that runs from one that
+/// hangs; refreshed every
 /// 5 s it lags by at most that, far inside the staleness alert's 300 s and
 /// a usual 15 s scrape, and `status` judges the view fresh for two of
 /// these periods (live.rs).
 pub(super) const REFRESH: Duration = Duration::from_secs(5);
+
+/// The metrics that advance every poll by themselves.
+const EVERY_POLL: [&str; 2] = ["portd_poll_timestamp_seconds", "portd_census_skipped_total"];
 
 /// Whether content `new` is to be written, given what was last written and
 /// when: when it differs, or after [`REFRESH`].
@@ -249,11 +254,13 @@ impl Report {
         }
         let view = live_view::snapshot(&self.counters, poll, SystemTime::now());
         let now = Instant::now();
-        // What it says, the time of writing aside.
-        let said = live::Live {
+        // What it says, aside from what advances every poll by itself
+        // (see [`REFRESH`]).
+        let mut said = live::Live {
             written_at: 0.0,
             ..view.clone()
         };
+        said.census.skipped_total = 0;
         if !due(self.live_written.as_ref(), &said, now) {
             return;
         }
@@ -302,10 +309,10 @@ impl Report {
             connect_attempts_total: poll.connect_attempts,
         };
         let text = metrics::render(&snapshot);
-        // What it says, the poll's time aside.
+        // What it says, aside from what advances every poll by itself.
         let said: String = text
             .lines()
-            .filter(|l| !l.starts_with("portd_poll_timestamp_seconds"))
+            .filter(|l| !EVERY_POLL.iter().any(|m| l.starts_with(m)))
             .collect();
         let now = Instant::now();
         if !due(self.metrics_written.as_ref(), &said, now) {

@@ -39,7 +39,12 @@ and the total from wait4() after SIGTERM as a cross-check.
 
 Usage (root): idle.py [--polls 600] [--warmup 10] [--scenarios empty,sockets]
                       [--sockets 20000] [--dests 4] [--policy config/portd.toml]
-                      [--json FILE] [--serial] NAME=PORTD [NAME=PORTD ...]
+                      [--json FILE] [--serial] [--metrics] [--fsyncs]
+                      NAME=PORTD [NAME=PORTD ...]
+--metrics sets the policy's metrics file (/run/idle-bench/portd.prom);
+--fsyncs runs the daemon under `strace -f -c` and reports the fsync,
+fdatasync, sync_file_range and rename calls of the whole run (start-up
+included) and per poll, in "syscalls"; its CPU figures are then strace's.
 Prints one JSON line per cell as it ends, then a Markdown table.
 """
 
@@ -137,16 +142,35 @@ def sockstat():
         return next(line.strip() for line in f if line.startswith("TCP:"))
 
 
-def policy_file(src, d):
+def policy_file(src, d, metrics):
     text = open(src).read()
     for key, value in (("interval", '"1s"'), ("mode", '"advise"')):
         text, n = re.subn(rf'(?m)^{key} = .*$', f"{key} = {value}", text)
         if n != 1:
             sys.exit(f"{src}: expected one `{key} = ` line, found {n}")
+    if metrics:
+        # The shipped `[metrics]` has `file = ""` (none): write one here.
+        text, n = re.subn(r'(?m)^file = ""$', f'file = "{d}/portd.prom"', text)
+        if n != 1:
+            sys.exit(f'{src}: expected one `file = ""` line ([metrics]), found {n}')
     path = os.path.join(d, "portd.toml")
     write(path, text)
     os.chmod(path, 0o644)
     return path
+
+
+# What --fsyncs counts (strace -c), over the whole run.
+TRACED = ("fsync", "fdatasync", "sync_file_range", "rename", "renameat", "renameat2")
+
+
+def strace_calls(path):
+    """Calls per syscall from the summary of `strace -c -o PATH`."""
+    calls = {k: 0 for k in TRACED}
+    for line in open(path):
+        f = line.split()
+        if len(f) >= 5 and f[-1] in calls and f[3].isdigit():
+            calls[f[-1]] = int(f[3])
+    return calls
 
 
 def inner(spec):
@@ -159,7 +183,7 @@ def inner(spec):
     out["sockstat"] = sockstat()
     d = "/run/idle-bench"  # the namespace's own tmpfs
     os.makedirs(d)
-    policy = policy_file(spec["policy"], d)
+    policy = policy_file(spec["policy"], d, spec["metrics"])
     sock_path = os.path.join(d, "notify.sock")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(sock_path)
@@ -169,7 +193,12 @@ def inner(spec):
     env["NOTIFY_SOCKET"] = sock_path
     log = open(spec["log"], "w")
     t0 = time.monotonic()
-    daemon = subprocess.Popen([spec["portd"], "--config", policy, "run", "--log-target", "stderr"],
+    argv = [spec["portd"], "--config", policy, "run", "--log-target", "stderr"]
+    trace = os.path.join(d, "strace")
+    if spec["fsyncs"]:
+        # The CPU figures are then strace's, not the daemon's: count only.
+        argv = ["strace", "-f", "-qq", "-c", "-o", trace, "-e", "trace=" + ",".join(TRACED)] + argv
+    daemon = subprocess.Popen(argv,
                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                               preexec_fn=pdeathsig)
     pid = daemon.pid
@@ -201,7 +230,12 @@ def inner(spec):
     except (OSError, ValueError):
         pass
     threads = len(os.listdir(f"/proc/{pid}/task"))
-    daemon.send_signal(signal.SIGTERM)
+    if spec["fsyncs"]:
+        # strace waits for the daemon it started: end the daemon.
+        for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            os.kill(int(child), signal.SIGTERM)
+    else:
+        daemon.send_signal(signal.SIGTERM)
     _, status, ru = os.wait4(pid, 0)
     log.close()
     cpu = lambda k: marks[k][0]
@@ -230,6 +264,10 @@ def inner(spec):
     })
     if live:
         out["live_census"] = live.get("census")
+    if spec["fsyncs"]:
+        calls = strace_calls(trace)
+        out["syscalls"] = calls
+        out["syscalls_per_poll"] = {k: v / (warmup + n) for k, v in calls.items()}
     for w in workers:
         os.kill(w, signal.SIGKILL)
         os.waitpid(w, 0)
@@ -277,6 +315,11 @@ def main():
     p.add_argument("--policy", default=os.path.join(ROOT, "config/portd.toml"))
     p.add_argument("--json")
     p.add_argument("--serial", action="store_true")
+    p.add_argument("--metrics", action="store_true",
+                   help="the policy writes a metrics file (the shipped one writes none)")
+    p.add_argument("--fsyncs", action="store_true",
+                   help="run the daemon under strace -c and count fsyncs and renames "
+                        "(the CPU figures are then not the daemon's)")
     p.add_argument("binaries", nargs="*", metavar="NAME=PORTD")
     a = p.parse_args()
     if a.inner:
@@ -298,6 +341,7 @@ def main():
             cells.append({"name": name, "portd": path, "scenario": s, "polls": a.polls,
                           "warmup": a.warmup, "sockets": a.sockets, "dests": a.dests,
                           "policy": os.path.abspath(a.policy), "outer": outer,
+                          "metrics": a.metrics, "fsyncs": a.fsyncs,
                           "log": os.path.join(logs, f"{name}-{s}.log")})
     cmd = lambda c: ["unshare", "--pid", "--fork", "--mount-proc", "-n", "-m",
                      sys.executable, "-u", os.path.abspath(__file__), "--inner", json.dumps(c)]

@@ -12,7 +12,8 @@
 #
 # Options of benches/idle.py: --polls N (600), --warmup N (10 polls not
 # counted), --scenarios empty,sockets, --sockets 20000, --dests 4,
-# --json FILE, --serial.
+# --json FILE, --serial, --metrics (write a metrics file), --fsyncs (count
+# fsyncs and renames with strace -c; CPU figures then not the daemon's).
 set -eu
 [ "$(id -u)" -eq 0 ] || { echo "benches/idle.sh: needs root" >&2; exit 1; }
 cd "$(dirname "$0")/.."

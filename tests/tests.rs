@@ -42,6 +42,7 @@ mod suite {
     mod hostile_churn;
     mod hostile_reads;
     mod hostile_status;
+    mod live_owner;
     mod output_errors;
     mod status_errors;
     mod status_golden;

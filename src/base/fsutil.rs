@@ -4,6 +4,10 @@
 //! rename over the target, fsync the directory; everything is opened
 //! relative to the directory and never follows a symlink, so a crash leaves
 //! either the complete old or the complete new file (docs/kernel.md §7.3).
+//! Files rebuilt every poll (the metrics textfile, the live view) are
+//! replaced by the same rename without the fsyncs ([`replace_ephemeral_at`]):
+//! a reader never sees half a file, and a crash at worst loses the last
+//! version, which the next poll writes again.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -86,14 +90,57 @@ pub fn atomic_write_at(
     contents: &[u8],
     mode: u32,
 ) -> io::Result<()> {
+    replace_at(dirfd, dir, name, contents, mode, Durability::Durable)
+}
+
+/// Replaces `dir/name` atomically (a reader sees the old or the new file,
+/// never part of one) but without fsync: for a file rebuilt every poll,
+/// whose loss in a crash the next poll repairs. Never for the state or a
+/// drop-in ([`atomic_write`]).
+pub fn replace_ephemeral(dir: &Path, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
+    replace_ephemeral_at(&open_dir(dir)?, dir, name, contents, mode)
+}
+
+/// [`replace_ephemeral`] into a directory already opened.
+pub fn replace_ephemeral_at(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    replace_at(dirfd, dir, name, contents, mode, Durability::Ephemeral)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Durability {
+    /// fsync the file before the rename and the directory after it.
+    Durable,
+    /// The rename alone.
+    Ephemeral,
+}
+
+fn replace_at(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> io::Result<()> {
     let (fd, tmp) = create_temp(dirfd, dir, name, mode)?;
+    let durable = durability == Durability::Durable;
     let result = (|| -> io::Result<()> {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?; // not subject to umask
         let mut file = File::from(fd);
         file.write_all(contents)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         rustix::fs::renameat(dirfd, tmp.as_str(), dirfd, name)?;
-        rustix::fs::fsync(dirfd)?;
+        if durable {
+            rustix::fs::fsync(dirfd)?;
+        }
         Ok(())
     })();
     if result.is_err() {

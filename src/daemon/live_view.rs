@@ -38,6 +38,12 @@ pub(super) struct Poll<'a> {
     pub netns: &'a Published,
     /// `ActiveOpens` as this poll read it.
     pub connect_attempts: Option<u64>,
+    /// Writes the live view (and, through `metrics_file`, the metrics):
+    /// only the writer-lock holder does.
+    pub publishes: bool,
+    /// The policy file and the digest of what was read of it.
+    pub config: &'a Path,
+    pub policy_digest: Option<&'a str>,
 }
 
 /// The live view at the end of a poll.
@@ -50,6 +56,11 @@ pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime
         start_time: live::process(std::process::id()).map(|p| p.start_time),
         namespaces_of_daemon: Some(live::Namespaces::of_this_process()),
         interval_seconds: poll.interval.as_secs_f64(),
+        refresh_seconds: super::report::REFRESH.as_secs_f64(),
+        policy: Some(live::PolicyView {
+            path: poll.config.display().to_string(),
+            digest: poll.policy_digest.map(str::to_owned),
+        }),
         authority: live::AuthorityView {
             mode: a.mode_label().into(),
             advise_reason: a.reason_label().into(),

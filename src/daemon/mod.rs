@@ -52,6 +52,9 @@ pub struct RunOptions {
 
 /// Runs until SIGTERM/SIGINT. Returns the exit status.
 pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
+    // Before the file is read: an edit in between shows as a policy that
+    // differs from the one on disk (`status`), never the other way round.
+    let digest = crate::publish::live::policy_digest(&config);
     let policy = match policy::file::load_configured(&config, opts.config_required) {
         Ok((p, _)) => p,
         Err(e) => {
@@ -82,6 +85,11 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
     };
     let mut daemon = Daemon::new(host, config, policy, opts.dry_run);
     daemon.config_required = opts.config_required;
+    daemon.policy_digest = digest;
+    // Only the writer-lock holder publishes: a dry run beside it (another
+    // network namespace sharing /run/portd, say) must not replace its live
+    // view or its metrics file.
+    daemon.publishes = lock.is_some();
     let code = runtime.block_on(daemon.serve());
     // A census still running in a blocking thread must not delay the exit.
     runtime.shutdown_background();
@@ -182,7 +190,11 @@ struct Daemon {
     /// See [`RunOptions::config_required`].
     config_required: bool,
     policy: Policy,
+    /// `publish::live::policy_digest` of the policy file as last loaded.
+    policy_digest: Option<String>,
     dry_run: bool,
+    /// Writes the live view and the metrics file: the writer-lock holder.
+    publishes: bool,
     state: State,
     /// Set when the state file could not be read: portd then never writes.
     state_unreadable: Option<String>,
@@ -233,7 +245,9 @@ impl Daemon {
             config,
             config_required: false,
             policy,
+            policy_digest: None,
             dry_run,
+            publishes: false,
             state,
             state_unreadable,
             last: None,
@@ -383,7 +397,14 @@ impl Daemon {
         let poll = Poll {
             host: &self.host,
             witness: &self.witness,
-            metrics_file: self.policy.metrics_file.as_deref(),
+            metrics_file: self
+                .policy
+                .metrics_file
+                .as_deref()
+                .filter(|_| self.publishes),
+            publishes: self.publishes,
+            config: &self.config,
+            policy_digest: self.policy_digest.as_deref(),
             interval: self.policy.interval,
             last: self.last.as_ref(),
             last_change: self.state.changes.last(),

@@ -9,8 +9,12 @@ use super::{journal, report};
 use crate::policy::{self, Policy};
 use crate::publish::notify;
 
-/// A policy file read and checked on the blocking pool (a reload).
-pub(super) type LoadedPolicy = Result<(Policy, bool), policy::file::PolicyError>;
+/// A policy file read and checked on the blocking pool (a reload), with
+/// its digest taken just before (`publish::live::policy_digest`).
+pub(super) type LoadedPolicy = (
+    Option<String>,
+    Result<(Policy, bool), policy::file::PolicyError>,
+);
 
 /// Waits for the reload in `slot`; forever when there is none (a `select!` arm).
 pub(super) async fn join_reload(
@@ -29,21 +33,26 @@ impl Daemon {
         notify::reloading();
         let config = self.config.clone();
         let required = self.config_required;
-        tokio::task::spawn_blocking(move || policy::file::load_configured(&config, required))
+        tokio::task::spawn_blocking(move || {
+            let digest = crate::publish::live::policy_digest(&config);
+            (digest, policy::file::load_configured(&config, required))
+        })
     }
 
     /// The new policy or (if invalid) the old one with the file's
     /// `PATH:LINE:COL` errors in the journal, then `READY=1`.
     pub(super) fn reload(&mut self, loaded: Result<LoadedPolicy, JoinError>) {
-        let loaded = loaded.unwrap_or_else(|e| {
-            Err(policy::file::PolicyError::whole_file(
-                &self.config,
-                format!("checking the policy failed: {e}"),
-            ))
+        let (digest, loaded) = loaded.unwrap_or_else(|e| {
+            let why = format!("checking the policy failed: {e}");
+            (
+                None,
+                Err(policy::file::PolicyError::whole_file(&self.config, why)),
+            )
         });
         match loaded {
             Ok((policy, _)) => {
                 self.policy = policy;
+                self.policy_digest = digest;
                 let cleared = self.state.yielded.take().is_some();
                 if cleared {
                     self.save_state();

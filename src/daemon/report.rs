@@ -4,7 +4,7 @@
 //! view.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::Once;
 use super::live_view::{self, Poll, PollCounters};
@@ -35,6 +35,31 @@ pub(super) struct Report {
     /// The configuration hazards (same parity, listeners inside the range)
     /// of the last census, each reported once when it appears.
     hazards: Vec<String>,
+    /// What the metrics file and the live view last said, and when they
+    /// were written (see [`REFRESH`]).
+    metrics_written: Option<(String, Instant)>,
+    live_written: Option<(live::Live, Instant)>,
+}
+
+/// The metrics file and the live view are rewritten when what they say
+/// changes, and otherwise once every `REFRESH`: an idle poll writes
+/// nothing. What advances every poll by itself is not a change: the time
+/// of the poll (`portd_poll_timestamp_seconds`, `written_at`) and the count
+/// of polls that skipped the census. Not on change alone: by the time of
+/// the poll a scraper or `status` tells a daemon that runs from one that
+/// hangs; refreshed every
+/// 5 s it lags by at most that, far inside the staleness alert's 300 s and
+/// a usual 15 s scrape, and `status` judges the view fresh for two of
+/// these periods (live.rs).
+pub(super) const REFRESH: Duration = Duration::from_secs(5);
+
+/// The metrics that advance every poll by themselves.
+const EVERY_POLL: [&str; 2] = ["portd_poll_timestamp_seconds", "portd_census_skipped_total"];
+
+/// Whether content `new` is to be written, given what was last written and
+/// when: when it differs, or after [`REFRESH`].
+fn due<T: PartialEq>(last: Option<&(T, Instant)>, new: &T, now: Instant) -> bool {
+    last.is_none_or(|(old, at)| old != new || now.duration_since(*at) >= REFRESH)
 }
 
 /// One line: headline usage, the assessment's time to exhaustion, range,
@@ -221,11 +246,28 @@ impl Report {
         self.live(poll);
     }
 
-    /// `/run/portd/live.json` (live.rs), for `status` and `check`.
+    /// `/run/portd/live.json` (live.rs), for `status` and `check`: by the
+    /// writer-lock holder only, when it changes or after [`REFRESH`].
     pub fn live(&mut self, poll: &Poll<'_>) {
+        if !poll.publishes {
+            return;
+        }
         let view = live_view::snapshot(&self.counters, poll, SystemTime::now());
+        let now = Instant::now();
+        // What it says, aside from what advances every poll by itself
+        // (see [`REFRESH`]).
+        let mut said = live::Live {
+            written_at: 0.0,
+            ..view.clone()
+        };
+        said.census.skipped_total = 0;
+        if !due(self.live_written.as_ref(), &said, now) {
+            return;
+        }
+        self.live_written = None;
         match live::write(poll.host, &view) {
             Ok(()) => {
+                self.live_written = Some((said, now));
                 if self.live_error.clear() {
                     tracing::info!("the live view is written again");
                 }
@@ -266,8 +308,20 @@ impl Report {
             time_to_exhaustion: last.assessment.time_to_exhaustion,
             connect_attempts_total: poll.connect_attempts,
         };
-        match metrics::write(path, &snapshot) {
+        let text = metrics::render(&snapshot);
+        // What it says, aside from what advances every poll by itself.
+        let said: String = text
+            .lines()
+            .filter(|l| !EVERY_POLL.iter().any(|m| l.starts_with(m)))
+            .collect();
+        let now = Instant::now();
+        if !due(self.metrics_written.as_ref(), &said, now) {
+            return;
+        }
+        self.metrics_written = None;
+        match metrics::write(path, &text) {
             Ok(()) => {
+                self.metrics_written = Some((said, now));
                 if self.metrics_error.clear() {
                     tracing::info!("metrics are written to {} again", path.display());
                 }
@@ -285,6 +339,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchanged_output_is_rewritten_only_after_the_refresh_period() {
+        let t0 = Instant::now();
+        assert!(due(None, &"a", t0), "the first is written");
+        let last = ("a", t0);
+        assert!(!due(Some(&last), &"a", t0 + REFRESH / 2));
+        assert!(due(Some(&last), &"b", t0 + REFRESH / 2), "a change at once");
+        assert!(due(Some(&last), &"a", t0 + REFRESH));
+    }
     use crate::judge::planner::Unfit;
     use crate::judge::remedy;
     use crate::publish::events::{Kind, unfit_text};

@@ -63,8 +63,14 @@ pub struct Live {
     /// inodes): a view describes the network namespace it was written in,
     /// and its pid means something only in its PID namespace.
     pub namespaces_of_daemon: Option<Namespaces>,
-    /// The policy's poll interval: the view is fresh for two of them.
+    /// The policy's poll interval: the view is fresh for two of them (or
+    /// two of `refresh_seconds`, the longer).
     pub interval_seconds: f64,
+    /// The longest the daemon goes without rewriting the view while what
+    /// it says stays the same (0 in views of older versions: every poll).
+    pub refresh_seconds: f64,
+    /// The policy file the daemon runs, as it read it.
+    pub policy: Option<PolicyView>,
     pub authority: AuthorityView,
     /// The last census's headline; none before the first census.
     pub headline: Option<HeadlineView>,
@@ -196,6 +202,53 @@ pub struct RemedyView {
     pub advice: String,
 }
 
+/// The policy file a daemon runs: its path and a digest of the content it
+/// read (at start or at the last accepted reload), so `status` can tell
+/// when the file on disk has changed since.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyView {
+    pub path: String,
+    /// [`policy_digest`] of the file; none when it was absent (the
+    /// built-in defaults) or unreadable.
+    pub digest: Option<String>,
+}
+
+/// The digest of the policy file at `path` (the real path: a `--root`
+/// tree's policy is given by its full path), `fnv1a64:HEX` of its bytes;
+/// none when it cannot be read. It tells an edit apart, not an attacker:
+/// whoever can write the policy runs the daemon's policy anyway.
+pub fn policy_digest(path: &std::path::Path) -> Option<String> {
+    const MAX: u64 = 1024 * 1024; // as policy/load.rs reads at most
+    let bytes = fsutil::read_regular(path, MAX).ok()?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Some(format!("fnv1a64:{hash:016x}"))
+}
+
+impl Live {
+    /// When the policy file the daemon runs differs on disk from what it
+    /// read (its digest differs): what that means, for `status`.
+    pub fn policy_changed(&self) -> Option<String> {
+        let p = self.policy.as_ref()?;
+        let on_disk = policy_digest(std::path::Path::new(&p.path));
+        if on_disk == p.digest {
+            return None;
+        }
+        let path = escape(&p.path);
+        // Equal digests (both none: no file) returned above.
+        Some(match on_disk {
+            Some(_) => format!(
+                "the policy file {path} differs from the one the daemon runs (changed since it was read): reload the daemon (SIGHUP, systemctl reload portd) to apply it"
+            ),
+            None => format!(
+                "the policy file {path} the daemon runs is gone or unreadable now; the daemon keeps the policy it read"
+            ),
+        })
+    }
+}
+
 /// May the daemon write, and if not, why (authority.rs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -265,7 +318,8 @@ pub fn write(host: &Host, live: &Live) -> io::Result<()> {
     let dir = fsutil::open_own_dir(&path, 0o755)?;
     let mut text = serde_json::to_vec_pretty(live).map_err(io::Error::other)?;
     text.push(b'\n');
-    fsutil::atomic_write_at(&dir, &path, FILE, &text, 0o644)
+    // Rebuilt every poll: replaced by a rename, never fsynced (fsutil.rs).
+    fsutil::replace_ephemeral_at(&dir, &path, FILE, &text, 0o644)
 }
 
 /// What `status` and `check` know of the daemon.
@@ -330,11 +384,14 @@ pub use read::{Namespaces, process, read};
 use read::{Process, judge};
 
 /// The freshness rule: a live view counts while
-/// `written_at + 2 × interval ≥ now`. A view written in the future (a clock
+/// `written_at + 2 × max(interval, refresh) ≥ now`. A view written in the future (a clock
 /// set back) counts as written now, up to two polls ahead: see [`judge`].
 pub fn fresh(live: &Live, now: SystemTime) -> Result<Duration, NotRunning> {
     let now = unix_seconds(now);
-    let interval_seconds = live.interval_seconds.clamp(0.0, LONGEST_INTERVAL);
+    let interval_seconds = live
+        .interval_seconds
+        .max(live.refresh_seconds)
+        .clamp(0.0, LONGEST_INTERVAL);
     let age = (now - live.written_at).max(0.0);
     let age_d = Duration::try_from_secs_f64(age).unwrap_or(Duration::MAX);
     let interval = Duration::try_from_secs_f64(interval_seconds).unwrap_or(Duration::ZERO);
@@ -360,6 +417,9 @@ pub struct DaemonReport<'a> {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<&'a Live>,
+    /// When the policy file on disk differs from the one the daemon runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_changed: Option<String>,
 }
 
 impl DaemonView {
@@ -370,18 +430,21 @@ impl DaemonView {
                 age_seconds: Some((age.as_millis() as f64) / 1000.0),
                 reason: None,
                 live: Some(live),
+                policy_changed: live.policy_changed(),
             },
             DaemonView::NotRunning(why) => DaemonReport {
                 running: false,
                 age_seconds: None,
                 reason: Some(why.to_string()),
                 live: None,
+                policy_changed: None,
             },
             DaemonView::Unreadable(why) => DaemonReport {
                 running: false,
                 age_seconds: None,
                 reason: Some(why.clone()),
                 live: None,
+                policy_changed: None,
             },
         }
     }
@@ -409,6 +472,9 @@ impl DaemonView {
                     live.pid,
                     escape(&live.authority.describe)
                 );
+                if let Some(changed) = live.policy_changed() {
+                    line.push_str(&format!("\ndaemon: {changed}"));
+                }
                 if let Some(w) = &live.witness {
                     witness_lines(&mut line, w);
                 }

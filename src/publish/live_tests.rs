@@ -30,6 +30,62 @@ fn now() -> f64 {
 }
 
 #[test]
+fn a_view_rewritten_only_on_change_is_fresh_for_two_refresh_periods() {
+    let l = Live {
+        refresh_seconds: 5.0,
+        ..live(1000.0, 0.5)
+    };
+    assert_eq!(fresh(&l, at(1009.0)), Ok(Duration::from_secs(9)));
+    assert!(fresh(&l, at(1010.5)).is_err());
+}
+
+#[test]
+fn the_policy_digest_tells_an_edit_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portd.toml");
+    assert_eq!(policy_digest(&path), None);
+    std::fs::write(&path, "mode = \"advise\"\n").unwrap();
+    let before = policy_digest(&path).unwrap();
+    assert!(before.starts_with("fnv1a64:"), "{before}");
+    assert_eq!(policy_digest(&path), Some(before.clone()));
+    std::fs::write(&path, "mode = \"auto\"\n").unwrap();
+    assert_ne!(policy_digest(&path), Some(before));
+}
+
+#[test]
+fn status_says_when_the_policy_on_disk_differs_from_the_one_the_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portd.toml");
+    std::fs::write(&path, "mode = \"advise\"\n").unwrap();
+    let l = Live {
+        policy: Some(PolicyView {
+            path: path.display().to_string(),
+            digest: policy_digest(&path),
+        }),
+        ..live(now(), 5.0)
+    };
+    let view = |l: &Live| DaemonView::Running {
+        live: Box::new(l.clone()),
+        age: Duration::ZERO,
+    };
+    assert_eq!(l.policy_changed(), None);
+    assert!(!view(&l).line().contains("policy file"));
+    std::fs::write(&path, "mode = \"auto\"\n").unwrap();
+    let line = view(&l).line();
+    assert!(
+        line.contains("differs from the one the daemon runs"),
+        "{line}"
+    );
+    assert!(view(&l).report().policy_changed.is_some());
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        l.policy_changed()
+            .unwrap()
+            .contains("is gone or unreadable")
+    );
+}
+
+#[test]
 fn a_view_is_fresh_for_two_polls_and_no_longer() {
     let l = live(1000.0, 5.0);
     assert_eq!(fresh(&l, at(1000.0)), Ok(Duration::ZERO));
@@ -387,7 +443,7 @@ fn a_view_from_another_network_or_pid_namespace_is_set_aside() {
         panic!("a view of another network namespace was trusted");
     };
     assert!(
-        why.contains("set aside: its daemon watches network namespace net:["),
+        why.contains("set aside: it is the view of the daemon pid "),
         "{why}"
     );
     let DaemonView::Unreadable(why) = judge(l.clone(), SystemTime::now(), elsewhere(0, 1), alive)

@@ -514,7 +514,8 @@ pub fn netns(n: &NetnsRows) -> Vec<MetricFamily> {
     ]
 }
 
-pub fn write(path: &Path, s: &Snapshot<'_>) -> std::io::Result<()> {
+/// Replaces the metrics file at `path` with `text`, which [`render`] made.
+pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
     check_target(path)?;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
@@ -523,7 +524,8 @@ pub fn write(path: &Path, s: &Snapshot<'_>) -> std::io::Result<()> {
             "metrics path has no file name",
         )
     })?;
-    fsutil::atomic_write(dir, name, render(s).as_bytes(), 0o644)
+    // Rebuilt every poll: replaced by a rename, never fsynced (fsutil.rs).
+    fsutil::replace_ephemeral(dir, name, text.as_bytes(), 0o644)
 }
 
 /// The file is replaced by a rename: only a regular file, or nothing, may be

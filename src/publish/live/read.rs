@@ -133,7 +133,8 @@ pub fn judge(
         let differ = |a: Option<u64>, b: Option<u64>| a.zip(b).is_some_and(|(a, b)| a != b);
         if differ(theirs.net, here.net) {
             return DaemonView::Unreadable(format!(
-                "{DIR}/{FILE} set aside: its daemon watches network namespace net:[{}], not this one (net:[{}])",
+                "{DIR}/{FILE} set aside: it is the view of the daemon pid {} of network namespace net:[{}], not this one (net:[{}]), and no daemon of this one has written its own (a dry run writes none)",
+                live.pid,
                 theirs.net.unwrap_or_default(),
                 here.net.unwrap_or_default()
             ));
@@ -148,7 +149,10 @@ pub fn judge(
         }
     }
     let ahead = live.written_at - unix_seconds(now);
-    let interval = live.interval_seconds.clamp(0.0, LONGEST_INTERVAL);
+    let interval = live
+        .interval_seconds
+        .max(live.refresh_seconds)
+        .clamp(0.0, LONGEST_INTERVAL);
     if ahead > 2.0 * interval && ahead > 1.0 {
         return DaemonView::Unreadable(format!(
             "{DIR}/{FILE} set aside: written {ahead:.0}s ahead of this host's clock, more than two polls of {}",

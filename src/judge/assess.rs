@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::judge::authority::Authority;
 use crate::judge::exhausted::{self, Exhausted, Exhaustion};
-use crate::judge::fastpath::{Next, Pace, Skip};
+use crate::judge::fastpath::{Due, Next, Pace, Skip};
 use crate::judge::forecast::{Counted, Forecast, Tracker, horizon};
 use crate::judge::level::Level;
 use crate::judge::planner::{self, Decision, ForeignDropin, History, Observation, Pin};
@@ -85,7 +85,10 @@ impl Memory {
                 self.hurry = false;
                 Look::Skip(skip)
             }
-            Next::Census(due) if due.may_wait() => Look::MayWait,
+            // A raised alert is followed as often as the census budget
+            // allows (budget.rs): at 300k sockets a census every poll would
+            // cost a core's tenth for as long as the alert lasts.
+            Next::Census(due) if due.may_wait() || due == Due::AlertRaised => Look::MayWait,
             Next::Census(_) => Look::Census,
         }
     }

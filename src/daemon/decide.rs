@@ -40,6 +40,11 @@ impl Daemon {
         self.lookup_due = self.process_lookup().wanted(usage.headline.usage);
         let processes = self.holders.known(&usage).map(str::to_string);
         let assessment = self.assess(&usage, processes.as_deref(), &authority, now);
+        // benches/attribution.sh reads this: the census-to-decision latency.
+        tracing::debug!(
+            "census judged {:.1} ms after it began",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         if let Some(event) = &assessment.exhausted {
             journal::exhaustion(&usage, event);
         }

@@ -102,8 +102,8 @@ impl HolderCache {
             }
             self.read(host, *pid, *mark);
         }
-        let mut missing = self.missing(wanted);
-        if missing == 0 || pids.is_empty() {
+        let mut found = self.found(wanted);
+        if found.len() == wanted.len() || pids.is_empty() {
             return;
         }
         // The sweep: unchanged processes, from the cursor on, once round.
@@ -113,11 +113,12 @@ impl HolderCache {
                 self.last_cut = true;
                 return;
             }
-            let before = self.known(wanted);
             self.read(host, *pid, *mark);
             self.cursor = *pid;
-            missing = missing.saturating_sub(self.known(wanted).saturating_sub(before));
-            if missing == 0 {
+            if let Some(h) = self.processes.get(pid) {
+                found.extend(h.sockets.iter().filter(|i| wanted.contains(i)));
+            }
+            if found.len() == wanted.len() {
                 return;
             }
         }
@@ -149,28 +150,13 @@ impl HolderCache {
         );
     }
 
-    fn holders(&self) -> HashMap<u64, Vec<i32>> {
-        let mut map: HashMap<u64, Vec<i32>> = HashMap::new();
-        for (pid, h) in &self.processes {
-            for inode in &h.sockets {
-                map.entry(*inode).or_default().push(*pid);
-            }
-        }
-        map
-    }
-
-    fn known(&self, wanted: &HashSet<u64>) -> usize {
-        let held: HashSet<u64> = self
-            .processes
+    /// The sockets of `wanted` some process is known to hold.
+    fn found(&self, wanted: &HashSet<u64>) -> HashSet<u64> {
+        self.processes
             .values()
             .flat_map(|h| h.sockets.iter().copied())
             .filter(|i| wanted.contains(i))
-            .collect();
-        held.len()
-    }
-
-    fn missing(&self, wanted: &HashSet<u64>) -> usize {
-        wanted.len().saturating_sub(self.known(wanted))
+            .collect()
     }
 }
 
@@ -243,15 +229,14 @@ fn shares_of(
     inodes: &HashMap<u64, usize>,
     mut result: Vec<DestAttribution>,
 ) -> Vec<DestAttribution> {
-    let holders = cache.holders();
     let mut shares: BTreeMap<(usize, i32), ProcessShare> = BTreeMap::new();
-    for (inode, &i) in inodes {
-        let Some(pids) = holders.get(inode) else {
-            result[i].not_found += 1;
-            continue;
-        };
-        for pid in pids {
-            let held = &cache.processes[pid];
+    let mut found: HashSet<u64> = HashSet::new();
+    for (pid, held) in &cache.processes {
+        for inode in &held.sockets {
+            let Some(&i) = inodes.get(inode) else {
+                continue;
+            };
+            found.insert(*inode);
             shares
                 .entry((i, *pid))
                 .or_insert_with(|| ProcessShare {
@@ -261,6 +246,11 @@ fn shares_of(
                     sockets: 0,
                 })
                 .sockets += 1;
+        }
+    }
+    for (inode, &i) in inodes {
+        if !found.contains(inode) {
+            result[i].not_found += 1;
         }
     }
     for ((i, _), share) in shares {
@@ -313,7 +303,12 @@ mod tests {
     }
 
     fn holders_of(cache: &HolderCache, inode: u64) -> Vec<i32> {
-        let mut pids = cache.holders().remove(&inode).unwrap_or_default();
+        let mut pids: Vec<i32> = cache
+            .processes
+            .iter()
+            .filter(|(_, h)| h.sockets.contains(&inode))
+            .map(|(pid, _)| *pid)
+            .collect();
         pids.sort_unstable();
         pids
     }

@@ -12,8 +12,8 @@
 #   SOCKETS       sockets held open: both ends of SOCKETS/2 loopback
 #                 connections, census_bench workers of at most 9,500
 #                 connections each (the fd limit is 20,000 a process), 300000
-#   FDS           other open fds (/dev/null, benches/hold_fds.py) over 7
-#                 processes, measured at 0 and at FDS, default 120000
+#   FDS           the levels of other open fds measured, in order (/dev/null,
+#                 benches/hold_fds.py, over 7 processes), default "0 120000"
 #   SECONDS       each daemon runs this long after a 10 s warm-up, default 30
 #
 # The policy keeps every census's holders wanted: the headline (9,500 of
@@ -24,12 +24,12 @@ set -eu
 EX=$1
 BINS=$2
 SOCKETS=${3:-300000}
-FDS=${4:-120000}
+FDS=${4:-0 120000}
 SECONDS_=${5:-30}
 HERE=$(cd "$(dirname "$0")" && pwd)
 exec unshare --pid --fork --mount-proc --net --mount sh -c '
 set -eu
-EX='"'$EX'"' BINS='"'$BINS'"' SOCKETS='"$SOCKETS"' FDS='"$FDS"' S='"$SECONDS_"' HERE='"'$HERE'"'
+EX='"'$EX'"' BINS='"'$BINS'"' SOCKETS='"$SOCKETS"' FDS="'"$FDS"'" S='"$SECONDS_"' HERE='"'$HERE'"'
 mount --make-rprivate /
 mount -t tmpfs tmpfs /run
 for d in /var/lib /etc/sysctl.d /usr/lib/sysctl.d; do
@@ -66,7 +66,7 @@ target = 15
 file = "$B/metrics.prom"
 POLICY
 fds_now() { ls /proc/[0-9]*/fd 2>/dev/null | grep -c "^[0-9]"; }
-for extra in 0 $FDS; do
+for extra in $FDS; do
     holders=""
     if [ $extra -gt 0 ]; then
         k=0

@@ -1,6 +1,8 @@
 //! The census off the event loop: one task on the blocking pool, joined or
-//! abandoned by the loop, and the process lookup it does only when its
-//! result may start or renew an alert.
+//! abandoned by the loop; and the process lookup, done only when a census
+//! may start or renew an alert, after the census is judged (the judgement
+//! never waits on it), as a task of its own with a CPU budget and a cache
+//! of who holds which socket (observe/attribution.rs).
 
 use std::time::{Duration, Instant};
 
@@ -9,21 +11,19 @@ use tokio::task::{JoinError, JoinHandle};
 use crate::base::host::Host;
 use crate::base::ports::Ratio;
 use crate::judge::level::Level;
-use crate::observe::attribution;
+use crate::observe::attribution::{self, HolderCache};
 use crate::observe::census::netlink::NetlinkOptions;
-use crate::observe::census::{self, KernelSettings, SocketSource};
-use crate::observe::usage::{self, Cause, Usage, UsageOptions};
+use crate::observe::census::{self, KernelSettings};
+use crate::observe::usage::{self, Cause, DestKey, Usage, UsageOptions};
 
 /// What one census task hands back to the event loop.
 pub(super) struct CensusOutput {
     pub usage: Usage,
     pub took: Duration,
-    /// CPU time of the whole task (census and process lookup): what the
-    /// census budget counts (budget.rs); wall time would count waiting.
+    /// CPU time of the census: what the census budget counts (budget.rs),
+    /// with the process lookup that may follow; wall time would count
+    /// waiting.
     pub cpu: Duration,
-    /// Who holds the sockets of the headline destination; looked up only
-    /// when this census may start or renew an alert.
-    pub processes: Option<String>,
 }
 
 pub(super) type CensusResult = Result<CensusOutput, String>;
@@ -42,13 +42,10 @@ impl CensusInFlight {
         host: Host,
         settings: KernelSettings,
         options: UsageOptions,
-        lookup: ProcessLookup,
         active_opens: Option<u64>,
     ) -> Self {
         CensusInFlight {
-            handle: tokio::task::spawn_blocking(move || {
-                census_task(&host, settings, options, lookup)
-            }),
+            handle: tokio::task::spawn_blocking(move || census_task(&host, settings, options)),
             started: Instant::now(),
             active_opens,
         }
@@ -75,21 +72,16 @@ pub(super) struct ProcessLookup {
 
 impl ProcessLookup {
     /// `headline`: the headline usage of the census.
-    fn wanted(self, headline: Ratio) -> bool {
+    pub fn wanted(self, headline: Ratio) -> bool {
         let level = Level::of(headline, self.warning, self.critical);
         level >= Level::Warning && (level != self.confirmed || self.reminder_due)
     }
 }
 
 /// The census itself, on a blocking thread.
-fn census_task(
-    host: &Host,
-    settings: KernelSettings,
-    options: UsageOptions,
-    lookup: ProcessLookup,
-) -> CensusResult {
+fn census_task(host: &Host, settings: KernelSettings, options: UsageOptions) -> CensusResult {
     let started = Instant::now();
-    let cpu_before = thread_cpu();
+    let cpu_before = attribution::thread_cpu();
     // netlink sock_diag where the kernel has it: on a busy host a procfs
     // read restarts its walk and can take seconds (docs/benchmarks.md).
     // Bound-only sockets only matter to the bind(0) pool, and asking for
@@ -103,38 +95,97 @@ fn census_task(
     );
     let usage =
         usage::take_census(source.as_ref(), settings, options).map_err(|e| e.to_string())?;
-    let took = started.elapsed();
-    let processes = if lookup.wanted(usage.headline.usage) {
-        holders(host, source.as_ref(), &usage)
-    } else {
-        None
-    };
     Ok(CensusOutput {
         usage,
-        took,
-        cpu: thread_cpu().saturating_sub(cpu_before),
-        processes,
+        took: started.elapsed(),
+        cpu: attribution::thread_cpu().saturating_sub(cpu_before),
     })
 }
 
-/// CPU time of the calling thread (the census runs on one blocking-pool
-/// thread from start to end).
-fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
+/// CPU a lookup may spend reading `/proc/<pid>/fd` before it ends with
+/// what it found; the next one goes on from there. The cache makes a
+/// lookup cheap once warm: only new processes and changed fd tables are
+/// read (docs/benchmarks.md, "Attribution").
+const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
+
+/// Who holds the headline's sockets: the cache between lookups, the
+/// last answer, and a lookup that runs.
+#[derive(Default)]
+pub(super) struct Holders {
+    /// Away while a lookup runs with it.
+    cache: Option<HolderCache>,
+    /// The last lookup's destination and its "held by" text.
+    known: Option<(DestKey, String)>,
 }
 
-/// "nginx[812] 40 sockets, curl[77] 5 sockets": the processes holding the
-/// sockets of the headline destination, largest first.
-fn holders(host: &Host, source: &dyn SocketSource, usage: &Usage) -> Option<String> {
-    let Cause::Destination { destination } = &usage.headline.cause else {
-        return None;
-    };
-    let found = attribution::attribute(host, source, usage, &[*destination]).ok()?;
-    describe_holders(&found.first()?.processes)
+/// What a lookup hands back.
+pub(super) struct Lookup {
+    cache: HolderCache,
+    destination: DestKey,
+    holders: Option<String>,
+    pub cpu: Duration,
+}
+
+impl Holders {
+    /// The holders of the headline's destination as the last lookup found
+    /// them (at most a lookup old), for the judgement's advice.
+    pub fn known(&self, usage: &Usage) -> Option<&str> {
+        let Cause::Destination { destination } = &usage.headline.cause else {
+            return None;
+        };
+        match &self.known {
+            Some((d, text)) if d == destination => Some(text),
+            _ => None,
+        }
+    }
+
+    /// A lookup of the holders of `usage`'s headline destination, on the
+    /// blocking pool; `None` when the headline is no destination.
+    pub fn start(&mut self, host: &Host, usage: &Usage) -> Option<JoinHandle<Lookup>> {
+        let Cause::Destination { destination } = usage.headline.cause else {
+            return None;
+        };
+        let mut cache = self.cache.take().unwrap_or_default();
+        let (host, usage) = (host.clone(), usage.clone());
+        Some(tokio::task::spawn_blocking(move || {
+            let before = attribution::thread_cpu();
+            let source = census::best_source(&host);
+            let holders = attribution::attribute_cached(
+                &host,
+                source.as_ref(),
+                &usage,
+                &[destination],
+                &mut cache,
+                Some(LOOKUP_BUDGET),
+            )
+            .ok()
+            .and_then(|found| describe_holders(&found.first()?.processes));
+            Lookup {
+                cache,
+                destination,
+                holders,
+                cpu: attribution::thread_cpu().saturating_sub(before),
+            }
+        }))
+    }
+
+    /// The lookup ended: its cache is kept; the text it found, if any.
+    pub fn ended(&mut self, lookup: Option<Lookup>) -> Option<&str> {
+        let lookup = lookup?;
+        self.cache = Some(lookup.cache);
+        self.known = lookup.holders.map(|h| (lookup.destination, h));
+        self.known.as_ref().map(|(_, h)| h.as_str())
+    }
+}
+
+/// Waits for the lookup in `slot`; forever when there is none.
+pub(super) async fn join_lookup(
+    slot: &mut Option<JoinHandle<Lookup>>,
+) -> Result<Lookup, JoinError> {
+    match slot {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The journal's "held by" text: process names are escaped display text.

@@ -3,7 +3,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use super::census_task::{CensusOutput, CensusResult};
+use super::census_task::{CensusOutput, CensusResult, Lookup};
 use super::{Daemon, LastCensus, journal, report};
 use crate::act::actuator;
 use crate::judge::assess::{self, Assessment};
@@ -20,12 +20,7 @@ impl Daemon {
         started: Instant,
         active_opens: Option<u64>,
     ) -> bool {
-        let CensusOutput {
-            usage,
-            took,
-            cpu,
-            processes,
-        } = match result {
+        let CensusOutput { usage, took, cpu } = match result {
             Ok(r) => r,
             Err(e) => {
                 self.census_failed(&e);
@@ -39,11 +34,25 @@ impl Daemon {
             self.save_state();
         }
         let authority = self.authority();
+        // The judgement takes the holders a lookup already found, and never
+        // waits for one: the lookup this census may call for runs after it,
+        // and the entries of this census wait for it (census_task.rs).
+        self.lookup_due = self.process_lookup().wanted(usage.headline.usage);
+        let processes = self.holders.known(&usage).map(str::to_string);
         let assessment = self.assess(&usage, processes.as_deref(), &authority, now);
+        // benches/attribution.sh reads this: the census-to-decision latency.
+        tracing::debug!(
+            "census judged {:.1} ms after it began",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         if let Some(event) = &assessment.exhausted {
             journal::exhaustion(&usage, event);
         }
-        self.report.level(&usage, &assessment, processes.as_deref());
+        if self.lookup_due {
+            self.report.hold_back();
+        } else {
+            self.report.level(&usage, &assessment, processes.as_deref());
+        }
         self.report.hazards(&usage);
         let decision = &assessment.decision;
         let alert_changed = self.state.alert != decision.alert;
@@ -68,6 +77,20 @@ impl Daemon {
         });
         self.report_with(&authority, |r, p| r.censused(&line, p));
         widened.is_some()
+    }
+
+    /// The lookup of the holders ended (`None`: it failed, or there is
+    /// none): the entries it held back are written, the level entry naming
+    /// the holders found; its CPU counts in the census budget.
+    pub(super) fn lookup_ended(&mut self, lookup: Option<Lookup>) {
+        if let (Some(l), Some(last)) = (&lookup, &mut self.last) {
+            last.cpu += l.cpu;
+        }
+        let found = self.holders.ended(lookup).map(str::to_string);
+        if let Some(last) = &self.last {
+            self.report
+                .release(&last.usage, &last.assessment, found.as_deref());
+        }
     }
 
     /// The judgement, pure (judge/assess.rs): the census, the policy, the

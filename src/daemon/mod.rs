@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{JoinError, JoinHandle};
 
-use self::census_task::{CensusInFlight, CensusResult, join};
+use self::census_task::{CensusInFlight, CensusResult, Holders, Lookup, join, join_lookup};
 use self::live_view::Poll;
 use self::reload::{LoadedPolicy, join_reload};
 use self::report::Report;
@@ -161,6 +161,10 @@ struct Tasks {
     reload_again: bool,
     /// The poll of the other network namespaces (netns.rs).
     netns: Option<netns::InFlight>,
+    /// Who holds the last census's headline sockets (census_task.rs): no
+    /// poll starts until it ends, so the entries it holds back are that
+    /// census's.
+    lookup: Option<JoinHandle<Lookup>>,
 }
 
 struct Signals {
@@ -217,6 +221,10 @@ struct Daemon {
     witness: Witness,
     /// The other network namespaces (netns.rs).
     netns: netns::Watch,
+    /// Who holds the headline's sockets (census_task.rs).
+    holders: Holders,
+    /// The last census asked who holds its headline's sockets.
+    lookup_due: bool,
 }
 
 impl Daemon {
@@ -258,6 +266,8 @@ impl Daemon {
             proc,
             witness: Witness::start((!live_host).then_some("the host root is a fixture tree")),
             netns: netns::Watch::default(),
+            holders: Holders::default(),
+            lookup_due: false,
         }
     }
 
@@ -320,18 +330,26 @@ impl Daemon {
                     }
                 }
                 _ = join(&mut tasks.abandoned) => abandoned_ended(&mut tasks),
+                lookup = join_lookup(&mut tasks.lookup) => {
+                    tasks.lookup = None;
+                    self.lookup_ended(lookup.ok());
+                }
                 out = netns::join(&mut tasks.netns) => {
                     tasks.netns = None;
                     self.netns.finished();
                     self.netns_ended(out);
                 }
-                _ = poll_tick.tick(), if tasks.census.is_none() => self.poll(&mut tasks, limit),
+                _ = poll_tick.tick(), if tasks.census.is_none() && tasks.lookup.is_none() => {
+                    self.poll(&mut tasks, limit);
+                }
             }
             // A policy reload may change the interval; a forecast hurries it.
             if poll_tick.period() != self.poll_period() {
                 poll_tick = self.poll_timer();
             }
         }
+        // Entries a lookup still held back are written without holders.
+        self.lookup_ended(None);
         notify::stopping();
         tracing::info!("portd stopping");
         Exit::Ok
@@ -434,13 +452,23 @@ impl Daemon {
         let Some(c) = tasks.census.take() else {
             return false;
         };
-        match result {
+        let widened = match result {
             Ok(r) => self.after_census(r, c.started, c.active_opens),
             Err(e) => {
                 self.census_failed(&format!("census task failed: {e}"));
                 false
             }
+        };
+        if std::mem::take(&mut self.lookup_due) {
+            tasks.lookup = self
+                .last
+                .as_ref()
+                .and_then(|l| self.holders.start(&self.host, &l.usage));
+            if tasks.lookup.is_none() {
+                self.lookup_ended(None);
+            }
         }
+        widened
     }
 
     /// The poll timer fired: a poll, unless an abandoned census still runs.

@@ -39,6 +39,10 @@ pub(super) struct Report {
     /// were written (see [`REFRESH`]).
     metrics_written: Option<(String, Instant)>,
     live_written: Option<(live::Live, Instant)>,
+    /// The entries of a census whose level entry waits for the processes
+    /// that hold its sockets (census_task.rs): written in order, the level
+    /// entry first, once the lookup ends.
+    held_back: Option<Vec<Entry>>,
 }
 
 /// The metrics file and the live view are rewritten when what they say
@@ -106,9 +110,35 @@ pub(super) fn blocked_kind(reason: &Blocked) -> &'static str {
 
 impl Report {
     /// The journal entry for a change of the confirmed level, if any.
-    pub fn level(&self, usage: &Usage, a: &Assessment, processes: Option<&str>) {
+    pub fn level(&mut self, usage: &Usage, a: &Assessment, processes: Option<&str>) {
         if let Some(entry) = Entry::level(usage, a, processes) {
+            self.emit(entry);
+        }
+    }
+
+    /// The census's level entry waits for its holders: its other entries
+    /// wait behind it.
+    pub fn hold_back(&mut self) {
+        self.held_back.get_or_insert_with(Vec::new);
+    }
+
+    /// The holders are known (or the lookup is over): the level entry
+    /// (`Report::level`'s), then what waited behind it.
+    pub fn release(&mut self, usage: &Usage, a: &Assessment, processes: Option<&str>) {
+        let waiting = self.held_back.take();
+        if waiting.is_none() {
+            return;
+        }
+        self.level(usage, a, processes);
+        for entry in waiting.into_iter().flatten() {
             entry.emit();
+        }
+    }
+
+    fn emit(&mut self, entry: Entry) {
+        match &mut self.held_back {
+            Some(waiting) => waiting.push(entry),
+            None => entry.emit(),
         }
     }
 
@@ -122,28 +152,29 @@ impl Report {
             .filter(|h| !matches!(h, usage::Hazard::SlowdownMark { .. }))
             .map(ToString::to_string)
             .collect();
-        for hazard in now.iter().filter(|h| !self.hazards.contains(h)) {
-            Entry::hazard(usage, hazard).emit();
+        let new: Vec<&String> = now.iter().filter(|h| !self.hazards.contains(h)).collect();
+        for hazard in new {
+            self.emit(Entry::hazard(usage, hazard));
         }
         self.hazards = now;
     }
 
     pub fn held(&mut self, usage: &Usage, plan: Option<&Plan>, reason: &Blocked) {
         if self.blocked.is_new(blocked_kind(reason)) {
-            Entry::held(usage, plan, reason).emit();
+            self.emit(Entry::held(usage, plan, reason));
         }
     }
 
     pub fn widened(&mut self, usage: &Usage, plan: &Plan, reason: &str) {
         self.blocked.clear();
         self.counters.changes += 1;
-        Entry::widened(usage, plan, reason).emit();
+        self.emit(Entry::widened(usage, plan, reason));
     }
 
     /// Reported once per distinct error, not on every poll.
     pub fn write_failed(&mut self, usage: &Usage, plan: &Plan, e: &ActuateError) {
         if self.blocked.is_new(&format!("write failed: {e}")) {
-            Entry::write_failed(usage, plan, &e.to_string()).emit();
+            self.emit(Entry::write_failed(usage, plan, &e.to_string()));
         }
     }
 
@@ -167,7 +198,7 @@ impl Report {
     /// `was_persisted`: an earlier drop-in holds the range already.
     pub fn persist_failed(&mut self, range: PortRange, was_persisted: bool, error: &str) {
         if self.persist_error.is_new(error) {
-            Entry::persist_failed(range, was_persisted, error).emit();
+            self.emit(Entry::persist_failed(range, was_persisted, error));
         }
     }
 

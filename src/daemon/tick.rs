@@ -70,12 +70,10 @@ impl Daemon {
         let options = UsageOptions {
             tcp_pool_in_headline: self.policy.tcp_pool_alerts,
         };
-        let lookup = self.process_lookup();
         Some(CensusInFlight::spawn(
             self.host.clone(),
             settings,
             options,
-            lookup,
             active_opens,
         ))
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::base::ports::Ratio;
 use crate::judge::authority::Authority;
 use crate::judge::exhausted::{self, Exhausted, Exhaustion};
-use crate::judge::fastpath::{Next, Pace, Skip};
+use crate::judge::fastpath::{Due, Next, Pace, Skip};
 use crate::judge::forecast::{Counted, Forecast, Target, Tracker, horizon};
 use crate::judge::level::Level;
 use crate::judge::planner::{self, Decision, ForeignDropin, History, Observation, Pin};
@@ -88,7 +88,10 @@ impl Memory {
                 self.hurry = false;
                 Look::Skip(skip)
             }
-            Next::Census(due) if due.may_wait() => Look::MayWait,
+            // A raised alert is followed as often as the census budget
+            // allows (budget.rs): at 300k sockets a census every poll would
+            // cost a core's tenth for as long as the alert lasts.
+            Next::Census(due) if due.may_wait() || due == Due::AlertRaised => Look::MayWait,
             Next::Census(_) => Look::Census,
         }
     }

@@ -206,6 +206,10 @@ fn a_skip_ends_the_hurry_and_a_witnessed_failure_is_never_skipped_nor_put_off() 
     );
     assert_eq!(
         series.memory.look(Next::Census(Due::AlertRaised)),
+        Look::MayWait
+    );
+    assert_eq!(
+        series.memory.look(Next::Census(Due::AlertPending)),
         Look::Census
     );
     series.memory.witnessed();

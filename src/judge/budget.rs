@@ -4,8 +4,8 @@
 //! most `share` of the time since it began. Cheap runs are never held back
 //! (a census of a few thousand sockets takes milliseconds); a census of
 //! 300k sockets (about 0.2 s, docs/benchmarks.md) runs at most every 4 s at
-//! 5 %. Only work the counters merely suggest waits: a census for a raised
-//! or pending alert, the first census, changed settings, a stale census or
+//! 5 %. Only work the counters merely suggest, and the censuses that follow
+//! a raised alert, wait: a census for a pending alert, the first census, changed settings, a stale census or
 //! a witnessed failure never does (fastpath.rs, `Due::may_wait`). In
 //! another namespace the same holds for each namespace's census. The look
 //! that finds a namespace that comes, goes or climbs (discovery and the

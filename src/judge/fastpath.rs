@@ -137,9 +137,10 @@ pub(crate) enum Due {
 impl Due {
     /// Whether the census may wait for its share of the CPU (budget.rs):
     /// it is taken because the counters say usage *might* be high or
-    /// growing. A raised or pending alert is followed at every poll (its
-    /// reminders, its hold and its recovery are timed by the censuses), and
-    /// what portd does not know yet is never put off.
+    /// growing. A pending alert is followed at every poll (its hold is
+    /// timed by the censuses), a raised one as often as the budget allows
+    /// (judge/assess.rs, `Memory::look`), and what portd does not know yet
+    /// is never put off.
     pub fn may_wait(self) -> bool {
         matches!(self, Due::BoundAtWarning | Due::Growing)
     }

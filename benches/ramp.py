@@ -20,11 +20,26 @@ Loads that must raise nothing (not in the default matrix; --cells QUIET):
   burst-P P % of the range opened at once, held 15 s (half the hold), reset
   flat-P  TIME_WAIT at the rate that levels off at P % of the range (80 s)
   many-N  N destinations at 30 % each (N x 141 connections/s in all, 80 s)
+  hold-P  P % of the range opened at once and held to the end (80 s): a
+          deploy that opens its connection pool in a burst and keeps it
+  churn-P a pool of P % opened at the step, 100 connections a second replaced
+          (reset, oldest first) to the end: constant size, connect()s go on
+  swell-P TIME_WAIT for 54 s at the rate that reaches P % then (it would level
+          off a tenth higher), then drains (80 s)
+
+The forecast against the truth: a second table gives, for each cell, portd's
+time to exhaustion in the journal entry of its first alert against the time
+that was really left (the first failed connect() of the run without portd,
+minus the time of that alert; in advise mode also the run's own first
+failure), and for each mode the least time to exhaustion its live view showed
+(read every half second). A load that runs out wants the ratio within 0.5-2;
+a quiet load wants the least never under 300 s.
 
 Usage (as root, from the repository):
   cargo build --release --locked
   benches/ramp.py [--portd target/release/portd] [--cells tw-300,conc-30000]
                   [--json results.json] [--duration-tw 70] [--duration-conc 55]
+                  [--modes none,auto,advise]
   benches/ramp.py --table-from results.json      # the table again, from the JSON
 Runs about 30 minutes for the full matrix (one cell at a time: they must not
 share the CPU). Prints a Markdown table on stdout.
@@ -44,7 +59,10 @@ POLICY = os.path.join(ROOT, "config/portd.toml")
 RANGE = "32768 60999"
 CELLS = ["tw-300", "tw-500", "tw-540", "tw-600", "tw-1000", "tw-2000",
          "conc-30000", "conc-34000"]
-QUIET = ["burst-45", "flat-30", "many-8"]
+QUIET = ["burst-45", "flat-30", "many-8", "hold-35", "churn-30", "swell-35"]
+MODES = ["none", "auto", "advise"]
+CHURN_RATE = 100
+SWELL_FOR = 54
 CONC_RATE = 1000
 CAPACITY = 60999 - 32768 + 1
 
@@ -63,11 +81,19 @@ def run_cell(cell, portd, mode, args):
         spec.update(load="burst", plateau=n * CAPACITY // 100, hold_for=15, duration=55)
     elif kind == "flat":
         spec.update(load="time_wait", rate=n / 100 * CAPACITY / 60, workers=2, duration=80)
+    elif kind == "hold":
+        spec.update(load="burst", plateau=n * CAPACITY // 100, hold_for=80, duration=80)
+    elif kind == "churn":
+        spec.update(load="churn", plateau=n * CAPACITY // 100, rate=CHURN_RATE, duration=80)
+    elif kind == "swell":
+        spec.update(load="time_wait", rate=n / 100 * CAPACITY / SWELL_FOR, workers=2,
+                    stop_at=SWELL_FOR, duration=80)
     elif kind == "many":
         spec.update(load="time_wait", rate=n * 0.30 * CAPACITY / 60, destinations=n,
                     workers=2, duration=80)
     else:
-        sys.exit(f"{cell}: unknown load (tw-R, conc-N, burst-P, flat-P, many-N)")
+        sys.exit(f"{cell}: unknown load (tw-R, conc-N, burst-P, flat-P, many-N, hold-P, "
+                 "churn-P, swell-P)")
     with tempfile.TemporaryDirectory() as d:
         spec["dir"] = d
         ns = [os.readlink(f"/proc/self/ns/{k}") for k in ("net", "mnt")]
@@ -102,6 +128,9 @@ def demand(run):
 
 
 def row(cell, none, auto, advise):
+    none, auto, advise = (r or {} for r in (none, auto, advise))
+    if not (none and auto and advise):
+        return f"| {cell} | (the three modes are needed for this table) |"
     ff = none["first_failure"]
     need = demand(none)
     return "| " + " | ".join([
@@ -130,6 +159,50 @@ def remedy(run):
     return f"{at(ev)}: {ev['remedy']}"
 
 
+def failure_at(run):
+    """The first failed connect() of a run, in seconds from the step."""
+    if not run:
+        return None
+    exact = run.get("first_failure_exact")
+    return exact if exact is not None else run.get("first_failure")
+
+
+def seconds(x):
+    return "-" if x is None else ("none" if x == "none" else f"{x:.0f} s")
+
+
+def forecast_row(cell, none, auto, advise):
+    """portd's time to exhaustion against the truth (see the docstring)."""
+    truth = failure_at(none)
+    cols = [cell, seconds(truth)]
+    for run in (auto, advise):
+        alert = (run or {}).get("first_alert")
+        if not run:
+            cols += ["-"] * 4
+            continue
+        if not alert:
+            cols += ["never", "-", "-", seconds(run.get("forecast_min"))]
+            continue
+        said = alert.get("time_to_exhaustion")
+        said = None if said is None else float(said)
+        left = None if truth is None else truth - alert["t"]
+        ratio = "-" if said is None or not left or left <= 0 else f"{said / left:.2f}"
+        cols += [f"{alert['t']:.1f} s", "none" if said is None else f"{said:.0f} s",
+                 ratio if left is not None else "(no failure)", seconds(run.get("forecast_min"))]
+    own = failure_at(advise)
+    if advise and advise.get("first_alert") and own is not None:
+        said = advise["first_alert"].get("time_to_exhaustion")
+        left = own - advise["first_alert"]["t"]
+        cols.append(f"{own:.1f} s: {float(said) / left:.2f}" if said and left > 0 else f"{own:.1f} s")
+    else:
+        cols.append(seconds(own) if own is not None else "never")
+    return "| " + " | ".join(cols) + " |"
+
+
+FORECAST_HEADER = """| cell | truth: first failure without portd | auto: first alert | auto: time to exhaustion then (journal) | auto: ratio to the truth | auto: least time to exhaustion (live view) | advise: first alert | advise: time to exhaustion then | advise: ratio to the truth | advise: least time to exhaustion | advise: its own first failure: ratio |
+|---|---|---|---|---|---|---|---|---|---|---|"""
+
+
 HEADER = """| cell | attempts/s (no portd, mean) | peak usage without portd (ss) | demand: peak + failed | fits ceiling | first failure without portd | failed connects without portd | auto: first alert (usage) | auto: widening (usage) | auto: range after | auto: failed connects | advise: first alert (usage) | advise: first remedy named (usage) | advise: failed connects |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"""
 
@@ -144,6 +217,8 @@ def main():
     p.add_argument("--duration-conc", type=int, default=55)
     p.add_argument("--warmup", type=float, default=3,
                    help="seconds portd runs before the step (the phase of its polls)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="which of none,auto,advise to run (the first table wants all three)")
     p.add_argument("--table-from", metavar="JSON",
                    help="print the table of an earlier run's --json file and exit")
     args = p.parse_args()
@@ -151,9 +226,7 @@ def main():
         with open(args.table_from) as f:
             saved = json.load(f)
         print(f"commit {saved['commit']}, range {saved['range']}")
-        print(HEADER)
-        for r in saved["results"]:
-            print(row(r["cell"], r["none"], r["auto"], r["advise"]))
+        tables(saved["results"])
         return
     if os.geteuid() != 0:
         sys.exit("benches/ramp.py needs root (private namespaces)")
@@ -163,24 +236,34 @@ def main():
                             capture_output=True, text=True).stdout.strip()
     print(f"portd commit {commit}, range {RANGE}, policy {POLICY} (only mode set)",
           file=sys.stderr)
-    results, rows = [], []
+    results = []
     started = time.monotonic()
     cells = args.cells.replace("QUIET", ",".join(QUIET)).split(",")
     for cell in cells:
         runs = {}
-        for mode in (None, "auto", "advise"):
+        for mode in args.modes.split(","):
+            if mode not in MODES:
+                sys.exit(f"--modes: {mode}: not one of {','.join(MODES)}")
             t0 = time.monotonic()
-            runs[mode or "none"] = run_cell(cell, None if mode is None else args.portd,
-                                            mode, args)
-            print(f"{cell} {mode or 'no portd'}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
+            runs[mode] = run_cell(cell, None if mode == "none" else args.portd,
+                                  None if mode == "none" else mode, args)
+            print(f"{cell} {mode}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
         results.append({"cell": cell, **runs})
-        rows.append(row(cell, runs["none"], runs["auto"], runs["advise"]))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"commit": commit, "range": RANGE, "results": results}, f)
     print(f"commit {commit}; {time.monotonic() - started:.0f} s in all")
+    tables(results)
+
+
+def tables(results):
     print(HEADER)
-    print("\n".join(rows))
+    for r in results:
+        print(row(r["cell"], r.get("none"), r.get("auto"), r.get("advise")))
+    print()
+    print(FORECAST_HEADER)
+    for r in results:
+        print(forecast_row(r["cell"], r.get("none"), r.get("auto"), r.get("advise")))
 
 
 if __name__ == "__main__":

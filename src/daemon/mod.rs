@@ -29,6 +29,7 @@ use self::census_task::{CensusInFlight, CensusResult, Holders, Lookup, join, joi
 use self::live_view::Poll;
 use self::reload::{LoadedPolicy, join_reload};
 use self::report::Report;
+use self::tick::Clock;
 use crate::act::state::State;
 use crate::base::fsutil::WriterLock;
 use crate::base::host::Host;
@@ -95,29 +96,6 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
     runtime.shutdown_background();
     drop(lock);
     code
-}
-
-/// The daemon's time: the wall clock read once at start, advanced by the
-/// monotonic clock. A step of the wall clock during a run (NTP, an admin,
-/// a VM resumed from a snapshot) then neither stretches nor cuts a hold, a
-/// cooldown or the hourly cap; times stored by an earlier run that lie
-/// ahead of it are clamped when the state is loaded (State::clamp_future).
-struct Clock {
-    wall: SystemTime,
-    mono: Instant,
-}
-
-impl Clock {
-    fn start() -> Self {
-        Clock {
-            wall: SystemTime::now(),
-            mono: Instant::now(),
-        }
-    }
-
-    fn now(&self) -> SystemTime {
-        self.wall + self.mono.elapsed()
-    }
 }
 
 /// The poll interval while a forecast reaches critical soon (at most the

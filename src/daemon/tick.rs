@@ -1,9 +1,10 @@
 //! The cheap part of a poll: the settings, the pending record, the admin's
 //! changes, the drop-in and the counters are read, and the fast path and
 //! the CPU budget say whether a census runs now (on the blocking pool) or
-//! the poll ends with the last census's line.
+//! the poll ends with the last census's line. Also the daemon's clock, which
+//! times every poll.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::census_task::{CensusInFlight, ProcessLookup};
 use super::{Daemon, act};
@@ -13,6 +14,29 @@ use crate::judge::fastpath::{self, Baseline};
 use crate::observe::census::KernelSettings;
 use crate::observe::census::sockstat;
 use crate::observe::usage::UsageOptions;
+
+/// The daemon's time: the wall clock read once at start, advanced by the
+/// monotonic clock. A step of the wall clock during a run (NTP, an admin,
+/// a VM resumed from a snapshot) then neither stretches nor cuts a hold, a
+/// cooldown or the hourly cap; times stored by an earlier run that lie
+/// ahead of it are clamped when the state is loaded (State::clamp_future).
+pub(super) struct Clock {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl Clock {
+    pub(super) fn start() -> Self {
+        Clock {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    pub(super) fn now(&self) -> SystemTime {
+        self.wall + self.mono.elapsed()
+    }
+}
 
 impl Daemon {
     /// One poll: cheap checks, then a census unless the bounds prove no

@@ -49,7 +49,10 @@ Prints one JSON line: the summary (times in seconds from the step, usage as
 ground truth counted with `ss` every half second, of the busiest destination
 when there are several; "demand": the ports the load
 asked for, in use plus failed connects that would hold one; "fits": demand at
-most the capacity at the ceiling 65535) and a per-second timeline.
+most the capacity at the ceiling 65535; "first_failure_exact": the client's
+own clock at its first EADDRNOTAVAIL; "forecast": portd's time to exhaustion
+as its live view said it, read with each sample, each change listed, and
+"forecast_min", the least of them) and a per-second timeline.
 An alarm ends everything after the duration plus a margin.
 """
 
@@ -297,6 +300,21 @@ def is_alert(event):
     return event in ALERTS or "exhaust" in event
 
 
+LIVE = "/run/portd/live.json"
+
+
+def live_forecast():
+    """portd's time to exhaustion as its live view says it now: a number,
+    "none" (nothing grows towards running out) or None (no view yet)."""
+    try:
+        with open(LIVE) as f:
+            view = json.load(f)
+    except (OSError, ValueError):
+        return None
+    tte = (view.get("forecast") or {}).get("time_to_exhaustion_seconds")
+    return "none" if tte is None else tte
+
+
 def cell(spec):
     setup(spec)
     journald = start_journald(sys.exit, tries=400, death=signal.SIGKILL) if spec.get("portd") else None
@@ -339,7 +357,9 @@ def cell(spec):
             os.set_blocking(c.stdout.fileno(), False)
 
         samples = []  # (t, usage, low, high)
+        forecast = []  # (t, time to exhaustion) at each change of the live view's
         per_sec = {}  # second -> [ok, eaddrnotavail, other]
+        first_fail = None  # the clients' clock (CLOCK_MONOTONIC) at the first EADDRNOTAVAIL
         errnos = set()
         buffers = ["" for _ in clients]
         done = 0
@@ -348,6 +368,10 @@ def cell(spec):
             low, high = port_range()
             worst, total = usage_now(low0, high, n_dests)
             samples.append((round(t, 2), worst, low, high, total))
+            if portd is not None:
+                tte = live_forecast()
+                if tte is not None and (not forecast or forecast[-1][1] != tte):
+                    forecast.append((round(t, 2), tte))
             for i, c in enumerate(clients):
                 try:
                     chunk = c.stdout.read()
@@ -367,6 +391,8 @@ def cell(spec):
                     s[2] += m["other"]
                     if m["errno"]:
                         errnos.add(m["errno"])
+                    if m.get("first_fail") is not None:
+                        first_fail = min(first_fail or m["first_fail"], m["first_fail"])
             if t > duration + 30:
                 sys.exit("the clients did not finish in time")
             time.sleep(max(0.0, SAMPLE - (time.monotonic() - step - t)))
@@ -403,7 +429,8 @@ def cell(spec):
                 count, ratio = usage_at(t)
                 return {"t": round(t, 2), "event": e["PORTD_EVENT"], "usage": count,
                         "ratio": ratio, "portd_usage": e.get("PORTD_USAGE"),
-                        "remedy": e.get("PORTD_REMEDY"), "message": e.get("MESSAGE")}
+                        "remedy": e.get("PORTD_REMEDY"), "message": e.get("MESSAGE"),
+                        "time_to_exhaustion": e.get("PORTD_TIME_TO_EXHAUSTION")}
         return None
 
     widened = next(({"t": s[0], "range": f"{s[2]} {s[3]}"} for s in samples
@@ -440,6 +467,9 @@ def cell(spec):
         "first_remedy": first_with(lambda e: is_alert(e["PORTD_EVENT"]) and e.get("PORTD_REMEDY")),
         "range_changed": widened,
         "first_failure": first_failure,
+        "first_failure_exact": None if first_fail is None else round(first_fail - step, 2),
+        "forecast": forecast,
+        "forecast_min": min((v for _, v in forecast if v != "none"), default=None),
         "failed_connects": failures,
         "other_errors": sum(v[2] for v in per_sec.values()),
         "errnos": sorted(errnos),

@@ -338,12 +338,12 @@ fn prometheus_a_time_wait_load_that_runs_out_pages_before_the_first_failure() {
 }
 
 #[test]
-#[ignore = "fails until PortdPortAllocationFailures sees a series' first failure: see docs/ramps.md"]
 fn prometheus_a_single_witnessed_failure_fires_its_rule() {
     require_prometheus!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // 101 connections at once on 100 ports, held: exactly one connect()
-    // fails, and its series is born with that failure. (Not fewer ports:
+    // fails, and its series is born with that failure; the rule reads the
+    // namespace's total, at 0 before it, which increase() sees rise. (Not fewer ports:
     // on 10, the sockets of the scrape and of this harness's reads alone
     // grow the TCP pool's forecast to a page before the load starts.)
     let run = cell(

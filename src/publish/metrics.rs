@@ -138,6 +138,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     families.extend(census(s));
     families.push(yielded(s.authority));
     families.extend(witness(s.witness));
+    families.extend(allocation_failures(s.witness));
     if let Some(rows) = s.netns {
         families.extend(netns(rows));
     }
@@ -416,6 +417,26 @@ pub fn witness(w: &WitnessRows) -> Vec<MetricFamily> {
     families
 }
 
+/// Every failed allocation the witness counted in this namespace, one
+/// series without labels: the sum of the three families, `other` rows
+/// included. Written at 0 from the moment the witness is attached, so that
+/// `increase()` sees the first failure: a per-key series is born at its
+/// first failure (1), and `increase()` needs two samples of a series
+/// (docs/ramps.md, "The alert rules in a real Prometheus"). Absent while
+/// the witness is off, as the families it sums.
+pub fn allocation_failures(w: &WitnessRows) -> Option<MetricFamily> {
+    let family = |rows: &FailureRows| rows.shown.iter().map(|r| r.count).sum::<u64>() + rows.other;
+    w.active.then(|| {
+        MetricFamily::counter(
+            "portd_port_allocation_failures_total",
+            "Failed port allocations the witness counted (connect(), bind(address, 0), UDP autobind; the sum of their families), 0 from the moment it is attached.",
+            vec![Sample::new(Value::Int(
+                family(&w.connect) + family(&w.bind) + family(&w.udp_autobind),
+            ))],
+        )
+    })
+}
+
 /// One failure family: rows with equal labels summed, in the order of
 /// their labels, then the rest in one row whose labels all read `other`
 /// (with the destination's labels when `by_destination`).
@@ -692,11 +713,42 @@ mod tests {
                 "portd_witness_dropped_total 5",
             ]
         );
+        assert_eq!(
+            samples(&allocation_failures(&rows).into_iter().collect::<Vec<_>>()),
+            ["portd_port_allocation_failures_total 30"],
+            "the three families, other rows included, not the dropped"
+        );
         let help = text(&witness(&rows));
         assert!(help.contains(&format!("(at most {TOP_SERIES} series, the rest in one row labelled other).\n# TYPE portd_bind_failures_total counter\n")), "{help}");
         assert_eq!(
             samples(&witness(&WitnessRows::default())),
             ["portd_witness_active 0"]
+        );
+        assert!(allocation_failures(&WitnessRows::default()).is_none());
+    }
+
+    #[test]
+    fn the_total_of_allocation_failures_is_zero_from_the_moment_the_witness_is_attached() {
+        let attached = WitnessRows {
+            active: true,
+            ..WitnessRows::default()
+        };
+        assert_eq!(
+            samples(
+                &allocation_failures(&attached)
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            ),
+            ["portd_port_allocation_failures_total 0"]
+        );
+        let help = text(
+            &allocation_failures(&attached)
+                .into_iter()
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            help.contains("# TYPE portd_port_allocation_failures_total counter\n"),
+            "{help}"
         );
     }
 

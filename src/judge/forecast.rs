@@ -64,6 +64,23 @@ struct Rate {
     closes: f64,
     /// Censuses in a row that saw this target grow.
     growing: u32,
+    /// The growth per second between the last two censuses, and between
+    /// the two before: what [`Rate::sustained`] takes.
+    latest: f64,
+    previous: f64,
+}
+
+impl Rate {
+    /// The growth seen on the last two censuses in a row: the lesser of
+    /// their two spans' (and of the smoothed rate), or `None` before two
+    /// censuses in a row have seen growth. A pool opened at once and kept
+    /// grows on one span only; the ports it then gains or loses by churn
+    /// (a few a second) are not the burst's rate, which the smoothed rate
+    /// still remembers for [`DECAY_SECS`]. A load that slows for two
+    /// censuses is forecast at its slower rate.
+    fn sustained(&self) -> Option<f64> {
+        (self.growing >= 2).then(|| self.growth.min(self.latest).min(self.previous))
+    }
 }
 
 /// What the daemon remembers between censuses.
@@ -81,7 +98,9 @@ pub struct Forecast {
     pub used: u64,
     pub capacity: u64,
     pub usage: Ratio,
-    /// Ports gained per second (0 when not growing).
+    /// Ports gained per second (0 when not growing): when `sustained`, the
+    /// lesser of the last two censuses' growth; otherwise the smoothed rate,
+    /// which rises at once and decays over [`DECAY_SECS`].
     pub growth_per_second: f64,
     /// Connections closed per second towards it (new TIME_WAIT), a lower
     /// bound of its connection rate.
@@ -195,6 +214,8 @@ impl Tracker {
                 growth: blend(old.growth, growth, keep),
                 closes: blend(old.closes, closes, keep),
                 growing: if growth > 0.0 { old.growing + 1 } else { 0 },
+                latest: growth.max(0.0),
+                previous: old.latest,
             };
             rates.insert(*target, rate);
         }
@@ -257,17 +278,18 @@ impl Tracker {
         } else {
             None
         };
+        let sustained = rate.sustained();
         let mut f = Forecast {
             target,
             used,
             capacity,
             usage: Ratio::of(used, capacity),
-            growth_per_second: rate.growth,
+            growth_per_second: sustained.unwrap_or(rate.growth),
             connection_rate: rate.closes,
             time_wait,
             steady_state,
             time_to_exhaustion: None,
-            sustained: rate.growing >= 2,
+            sustained: sustained.is_some(),
         };
         f.time_to_exhaustion = f.time_to(Ratio::FULL);
         f

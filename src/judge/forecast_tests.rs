@@ -230,3 +230,44 @@ fn one_census_of_growth_gives_no_time_to_exhaustion_two_in_a_row_do() {
     let twice = tr.forecast(&ramp);
     assert!(Counted::of(&twice, &policy).soonest_exhaustion().is_some());
 }
+
+#[test]
+fn a_pool_that_churns_after_a_burst_is_not_forecast_at_the_bursts_rate() {
+    // As measured (benches/ramp.py churn-30): a pool opened at once, then
+    // 100 connections a second replaced; the censuses see it move by a
+    // port or two. Two such censuses in a row must not count the burst's rate,
+    // which the smoothed rate still remembers, as sustained growth.
+    let policy = Policy::default();
+    let mut tr = Tracker::default();
+    tr.update(&census(&[(1, 0, 0)]), t(0.0));
+    tr.update(&census(&[(1, 0, 300)]), t(2.0));
+    for (i, n) in [301u16, 303, 304, 306].into_iter().enumerate() {
+        let u = census(&[(1, 0, n)]);
+        tr.update(&u, t(3.0 + i as f64));
+        let f = of(&tr.forecast(&u), 1);
+        assert!(f.growth_per_second <= 2.0 || !f.sustained, "{f:?}");
+        let tte = Counted::of(&tr.forecast(&u), &policy).soonest_exhaustion();
+        assert!(tte.is_none_or(|t| t > 300.0), "census {i}: {tte:?}");
+    }
+}
+
+#[test]
+fn a_load_that_slows_is_forecast_at_its_slower_rate() {
+    // A client that connects 100 a second, then 30 once the range is
+    // half full (connect() slows there): two censuses at 30 a second
+    // forecast 30, not the smoothed rate still near 100.
+    let mut tr = Tracker::default();
+    for (i, n) in [300u16, 400, 500, 600, 630, 660].into_iter().enumerate() {
+        let u = census(&[(1, n, 0)]);
+        tr.update(&u, t(i as f64));
+        let rate = || of(&tr.forecast(&u), 1).growth_per_second;
+        match i {
+            2 | 3 => assert_eq!(rate(), 100.0, "census {i}"),
+            5 => {
+                assert_eq!(rate(), 30.0);
+                assert!(of(&tr.forecast(&u), 1).sustained);
+            }
+            _ => {}
+        }
+    }
+}

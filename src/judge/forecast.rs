@@ -64,22 +64,21 @@ struct Rate {
     closes: f64,
     /// Censuses in a row that saw this target grow.
     growing: u32,
-    /// The growth per second between the last two censuses, and between
-    /// the two before: what [`Rate::sustained`] takes.
+    /// The growth per second between the last two censuses: what
+    /// [`Rate::sustained`] takes.
     latest: f64,
-    previous: f64,
 }
 
 impl Rate {
-    /// The growth seen on the last two censuses in a row: the lesser of
-    /// their two spans' (and of the smoothed rate), or `None` before two
-    /// censuses in a row have seen growth. A pool opened at once and kept
-    /// grows on one span only; the ports it then gains or loses by churn
-    /// (a few a second) are not the burst's rate, which the smoothed rate
-    /// still remembers for [`DECAY_SECS`]. A load that slows for two
-    /// censuses is forecast at its slower rate.
+    /// The rate of growth seen on two censuses in a row: the last one's
+    /// (at most the smoothed rate), or `None` before two censuses in a row
+    /// have seen growth. A pool opened at once and kept grows on one span
+    /// only; the port or two it then gains by churn is not the burst's
+    /// rate, which the smoothed rate still remembers for [`DECAY_SECS`]. A
+    /// load that slows is forecast at its slower rate, and one that has
+    /// just begun at its rate, not at that of the span it began in.
     fn sustained(&self) -> Option<f64> {
-        (self.growing >= 2).then(|| self.growth.min(self.latest).min(self.previous))
+        (self.growing >= 2).then(|| self.growth.min(self.latest))
     }
 }
 
@@ -99,8 +98,8 @@ pub struct Forecast {
     pub capacity: u64,
     pub usage: Ratio,
     /// Ports gained per second (0 when not growing): when `sustained`, the
-    /// lesser of the last two censuses' growth; otherwise the smoothed rate,
-    /// which rises at once and decays over [`DECAY_SECS`].
+    /// growth since the census before; otherwise the smoothed rate, which
+    /// rises at once and decays over [`DECAY_SECS`].
     pub growth_per_second: f64,
     /// Connections closed per second towards it (new TIME_WAIT), a lower
     /// bound of its connection rate.
@@ -215,7 +214,6 @@ impl Tracker {
                 closes: blend(old.closes, closes, keep),
                 growing: if growth > 0.0 { old.growing + 1 } else { 0 },
                 latest: growth.max(0.0),
-                previous: old.latest,
             };
             rates.insert(*target, rate);
         }

@@ -271,3 +271,17 @@ fn a_load_that_slows_is_forecast_at_its_slower_rate() {
         }
     }
 }
+
+#[test]
+fn a_load_that_has_just_begun_is_forecast_at_its_rate_not_its_first_spans() {
+    // The step came halfway through the span before: that span saw half
+    // the rate; the forecast takes the last span's.
+    let mut tr = Tracker::default();
+    tr.update(&census(&[(1, 300, 0)]), t(0.0));
+    tr.update(&census(&[(1, 350, 0)]), t(1.0));
+    let u = census(&[(1, 450, 0)]);
+    tr.update(&u, t(2.0));
+    let f = of(&tr.forecast(&u), 1);
+    assert!(f.sustained);
+    assert_eq!(f.growth_per_second, 100.0);
+}

@@ -14,13 +14,15 @@
 //! end of the alert of a namespace that is gone, the live view and the
 //! metrics (netns_publish.rs).
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::{JoinError, JoinHandle};
 
 use super::journal::Once;
 use crate::base::host::Host;
+use crate::base::kernel;
 use crate::judge::netns::{Heard, Known, Pacing, Watched};
+use crate::observe::census::reader::{KeptOpen, ProcRead};
 use crate::policy::Policy;
 use crate::publish::live;
 
@@ -60,7 +62,22 @@ pub(super) struct Watch {
     unreadable: u32,
     /// When to look and sweep (the machine).
     pacing: Pacing,
+    /// Reads `/proc/loadavg` (the last pid handed out).
+    loadavg: KeptOpen,
+    /// When the running look began, and the last pid handed out then.
+    began: Option<(Instant, Option<u32>)>,
+    /// The last look found no other namespace, and nothing was left
+    /// pending: when it began and the last pid handed out then.
+    empty: Option<(Instant, u32)>,
 }
+
+/// While the last look found no other namespace and no process or thread
+/// has been created since it began, no namespace can have appeared but
+/// through a process that entered a new one itself (`unshare`, `setns`
+/// without a fork): looks are then spared for up to this long. Any
+/// process created (a container, `ip netns add`, `unshare` run from a
+/// shell: each forks) makes the next poll look.
+const UNCHANGED_FOR: Duration = Duration::from_secs(10);
 
 /// A poll of the other namespaces on the blocking pool.
 pub(super) struct InFlight {
@@ -82,7 +99,20 @@ impl Watch {
         if host.root() != std::path::Path::new("/") {
             return None;
         }
-        let sweep = self.pacing.start(Instant::now())?;
+        let now = Instant::now();
+        let last_pid = self
+            .loadavg
+            .read_text(&host.proc("loadavg"))
+            .ok()
+            .and_then(|t| kernel::loadavg_last_pid(&t));
+        if let (Some((at, pid)), Some(last)) = (self.empty, last_pid)
+            && pid == last
+            && now.duration_since(at) < UNCHANGED_FOR
+        {
+            return None;
+        }
+        let sweep = self.pacing.start(now)?;
+        self.began = Some((now, last_pid));
         let known = self.known.take().unwrap_or_default();
         let host = host.clone();
         let policy = policy.clone();
@@ -139,6 +169,7 @@ impl Watch {
                 // on the next poll, with no alert held.
                 tracing::error!("the poll of the other network namespaces failed: {e}");
                 self.pacing.ended(None);
+                (self.began, self.empty) = (None, None);
                 self.known = Some(Known::new());
                 return false;
             }
@@ -157,6 +188,10 @@ impl Watch {
         // or pending, or a census that cannot wait is left over.
         let urgent = out.left || known.values().any(Watched::unsettled);
         self.pacing.ended(Some((out.paced, urgent)));
+        self.empty = match self.began.take() {
+            Some((at, Some(pid))) if known.is_empty() && !urgent => Some((at, pid)),
+            _ => None,
+        };
         let note = self.note(out.note, out.unreadable, out.hidden);
         self.published = publish(&known, note, self.censuses);
         self.known = Some(known);

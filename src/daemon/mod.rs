@@ -76,9 +76,8 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // A blocking thread outlives the pauses between looks at the other
-        // namespaces (netns.rs): not one thread created per look.
-        .thread_keep_alive(KEEP_ALIVE)
+        // Blocking threads outlive the pauses between looks (netns.rs).
+        .thread_keep_alive(Duration::from_secs(60))
         .build()
     {
         Ok(rt) => rt,
@@ -104,9 +103,6 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
 /// The poll interval while a forecast reaches critical soon (at most the
 /// policy's interval).
 const HURRIED: Duration = Duration::from_secs(1);
-
-/// How long an idle blocking thread waits for work before it ends.
-const KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 /// Used where a timer must exist but never fire.
 const FAR: Duration = Duration::from_secs(3600);

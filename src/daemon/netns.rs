@@ -3,7 +3,9 @@
 //! (judge/netns/), which says when to look, what to read and census,
 //! and what each namespace's level and advice are. The actor does the
 //! I/O: each poll the machine lets look (every poll while an alert is
-//! raised or pending there, else within its share of a core, budget.rs),
+//! raised or pending there, else within its share of a core, budget.rs;
+//! spared while the last look found none and no process was created since,
+//! for at most `UNCHANGED_FOR`),
 //! off the event loop on the blocking pool (netns_poll.rs): discovery
 //! (identity read once per namespace, kept by inode; netns_refresh.rs),
 //! the O(1) counters of every namespace (`/proc/<pid>/net/sockstat`,

@@ -66,7 +66,10 @@ pub(super) struct Watch {
     pacing: Pacing,
     /// Reads `/proc/loadavg` (the last pid handed out).
     loadavg: KeptOpen,
-    /// When the running look began, and the last pid handed out then.
+    /// The last pid handed out, as the last poll read it.
+    last_pid: Option<u32>,
+    /// When the running look began, and the last pid handed out then if
+    /// none was handed out since the poll before.
     began: Option<(Instant, Option<u32>)>,
     /// The last look found no other namespace, and nothing was left
     /// pending: when it began and the last pid handed out then.
@@ -74,11 +77,12 @@ pub(super) struct Watch {
 }
 
 /// While the last look found no other namespace and no process or thread
-/// has been created since it began, no namespace can have appeared but
-/// through a process that entered a new one itself (`unshare`, `setns`
-/// without a fork): looks are then spared for up to this long. Any
-/// process created (a container, `ip netns add`, `unshare` run from a
-/// shell: each forks) makes the next poll look.
+/// has been created since the poll before it, no namespace can have
+/// appeared but through a process at least a poll old that entered a new
+/// one itself (`unshare`, `setns` without a fork): looks are then spared
+/// for up to this long. Any process created (a container, `ip netns add`,
+/// `unshare` run from a shell: each forks, then enters) makes the next two
+/// polls look, so one that enters a namespace just after its fork is seen.
 const UNCHANGED_FOR: Duration = Duration::from_secs(10);
 
 /// A poll of the other namespaces on the blocking pool.
@@ -107,14 +111,16 @@ impl Watch {
             .read_text(&host.proc("loadavg"))
             .ok()
             .and_then(|t| kernel::loadavg_last_pid(&t));
+        let previous = std::mem::replace(&mut self.last_pid, last_pid);
         if let (Some((at, pid)), Some(last)) = (self.empty, last_pid)
             && pid == last
             && now.duration_since(at) < UNCHANGED_FOR
         {
             return None;
         }
+        let settled = last_pid.filter(|p| previous == Some(*p));
         let sweep = self.pacing.start(now)?;
-        self.began = Some((now, last_pid));
+        self.began = Some((now, settled));
         let known = self.known.take().unwrap_or_default();
         let host = host.clone();
         let policy = policy.clone();

@@ -175,6 +175,14 @@ pub fn parse_proc_stat(stat: &[u8]) -> Option<ProcStat> {
     })
 }
 
+/// The last pid handed out in the reader's PID namespace: the fifth field
+/// of `/proc/loadavg` (`idr_get_cursor() - 1`, fs/proc/loadavg.c). It moves
+/// with every process and thread created in that namespace (from the
+/// host's: anywhere).
+pub fn loadavg_last_pid(loadavg: &str) -> Option<u32> {
+    loadavg.split_whitespace().nth(4)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +194,16 @@ mod tests {
         assert_eq!(TcpState::from_code(10), Some(TcpState::Listen));
         assert_eq!(TcpState::from_code(0), None);
         assert_eq!(TcpState::from_code(14), None);
+    }
+
+    #[test]
+    fn the_last_pid_is_the_fifth_field_of_loadavg() {
+        assert_eq!(
+            loadavg_last_pid("0.52 0.61 0.70 2/431 123456\n"),
+            Some(123456)
+        );
+        assert_eq!(loadavg_last_pid("0.52 0.61 0.70 2/431\n"), None);
+        let live = std::fs::read_to_string("/proc/loadavg").unwrap();
+        assert!(loadavg_last_pid(&live).is_some(), "{live}");
     }
 }

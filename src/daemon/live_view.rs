@@ -2,6 +2,7 @@
 //! at the end of a poll and written with the metrics.
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use super::LastCensus;
@@ -46,15 +47,29 @@ pub(super) struct Poll<'a> {
     pub policy_digest: Option<&'a str>,
 }
 
+/// This process's start time and namespaces, which do not change while it
+/// runs (the threads that enter other namespaces are not its main thread,
+/// which `/proc/self` names): read once, not on every poll.
+fn myself() -> (Option<u64>, live::Namespaces) {
+    static MYSELF: OnceLock<(Option<u64>, live::Namespaces)> = OnceLock::new();
+    *MYSELF.get_or_init(|| {
+        (
+            live::process(std::process::id()).map(|p| p.start_time),
+            live::Namespaces::of_this_process(),
+        )
+    })
+}
+
 /// The live view at the end of a poll.
 pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime) -> Live {
     let a = poll.authority;
+    let myself = myself();
     Live {
         format_version: live::FORMAT_VERSION,
         written_at: live::unix_seconds(now),
         pid: std::process::id(),
-        start_time: live::process(std::process::id()).map(|p| p.start_time),
-        namespaces_of_daemon: Some(live::Namespaces::of_this_process()),
+        start_time: myself.0,
+        namespaces_of_daemon: Some(myself.1),
         interval_seconds: poll.interval.as_secs_f64(),
         refresh_seconds: super::report::REFRESH.as_secs_f64(),
         policy: Some(live::PolicyView {

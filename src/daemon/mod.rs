@@ -76,6 +76,8 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Blocking threads outlive the pauses between looks (netns.rs).
+        .thread_keep_alive(Duration::from_secs(60))
         .build()
     {
         Ok(rt) => rt,

@@ -3,7 +3,9 @@
 //! (judge/netns/), which says when to look, what to read and census,
 //! and what each namespace's level and advice are. The actor does the
 //! I/O: each poll the machine lets look (every poll while an alert is
-//! raised or pending there, else within its share of a core, budget.rs),
+//! raised or pending there, else within its share of a core, budget.rs;
+//! spared while the last look found none and no process was created since,
+//! for at most `UNCHANGED_FOR`),
 //! off the event loop on the blocking pool (netns_poll.rs): discovery
 //! (identity read once per namespace, kept by inode; netns_refresh.rs),
 //! the O(1) counters of every namespace (`/proc/<pid>/net/sockstat`,
@@ -14,13 +16,15 @@
 //! end of the alert of a namespace that is gone, the live view and the
 //! metrics (netns_publish.rs).
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::{JoinError, JoinHandle};
 
 use super::journal::Once;
 use crate::base::host::Host;
+use crate::base::kernel;
 use crate::judge::netns::{Heard, Known, Pacing, Watched};
+use crate::observe::census::reader::{KeptOpen, ProcRead};
 use crate::policy::Policy;
 use crate::publish::live;
 
@@ -60,7 +64,26 @@ pub(super) struct Watch {
     unreadable: u32,
     /// When to look and sweep (the machine).
     pacing: Pacing,
+    /// Reads `/proc/loadavg` (the last pid handed out).
+    loadavg: KeptOpen,
+    /// The last pid handed out, as the last poll read it.
+    last_pid: Option<u32>,
+    /// When the running look began, and the last pid handed out then if
+    /// none was handed out since the poll before.
+    began: Option<(Instant, Option<u32>)>,
+    /// The last look found no other namespace, and nothing was left
+    /// pending: when it began and the last pid handed out then.
+    empty: Option<(Instant, u32)>,
 }
+
+/// While the last look found no other namespace and no process or thread
+/// has been created since the poll before it, no namespace can have
+/// appeared but through a process at least a poll old that entered a new
+/// one itself (`unshare`, `setns` without a fork): looks are then spared
+/// for up to this long. Any process created (a container, `ip netns add`,
+/// `unshare` run from a shell: each forks, then enters) makes the next two
+/// polls look, so one that enters a namespace just after its fork is seen.
+const UNCHANGED_FOR: Duration = Duration::from_secs(10);
 
 /// A poll of the other namespaces on the blocking pool.
 pub(super) struct InFlight {
@@ -82,7 +105,22 @@ impl Watch {
         if host.root() != std::path::Path::new("/") {
             return None;
         }
-        let sweep = self.pacing.start(Instant::now())?;
+        let now = Instant::now();
+        let last_pid = self
+            .loadavg
+            .read_text(&host.proc("loadavg"))
+            .ok()
+            .and_then(|t| kernel::loadavg_last_pid(&t));
+        let previous = std::mem::replace(&mut self.last_pid, last_pid);
+        if let (Some((at, pid)), Some(last)) = (self.empty, last_pid)
+            && pid == last
+            && now.duration_since(at) < UNCHANGED_FOR
+        {
+            return None;
+        }
+        let settled = last_pid.filter(|p| previous == Some(*p));
+        let sweep = self.pacing.start(now)?;
+        self.began = Some((now, settled));
         let known = self.known.take().unwrap_or_default();
         let host = host.clone();
         let policy = policy.clone();
@@ -139,6 +177,7 @@ impl Watch {
                 // on the next poll, with no alert held.
                 tracing::error!("the poll of the other network namespaces failed: {e}");
                 self.pacing.ended(None);
+                (self.began, self.empty) = (None, None);
                 self.known = Some(Known::new());
                 return false;
             }
@@ -157,6 +196,10 @@ impl Watch {
         // or pending, or a census that cannot wait is left over.
         let urgent = out.left || known.values().any(Watched::unsettled);
         self.pacing.ended(Some((out.paced, urgent)));
+        self.empty = match self.began.take() {
+            Some((at, Some(pid))) if known.is_empty() && !urgent => Some((at, pid)),
+            _ => None,
+        };
         let note = self.note(out.note, out.unreadable, out.hidden);
         self.published = publish(&known, note, self.censuses);
         self.known = Some(known);

@@ -153,10 +153,16 @@ fn read(host: &Host, known: &Known, sweep: bool) -> HashMap<u64, NetnsReading> {
         .filter_map(|i| known.get(i))
         .map(|w| &w.ns)
         .collect();
+    // None to read (the usual idle poll): no thread to enter them from.
+    let each = if list.is_empty() {
+        Vec::new()
+    } else {
+        observe::census::settings_each(host, &list)
+    };
     let mut settings: HashMap<u64, SettingsRead> = to_read
         .iter()
         .copied()
-        .zip(observe::census::settings_each(host, &list))
+        .zip(each)
         .map(|(inode, read)| {
             let read = match read {
                 Ok(s) => SettingsRead::Read(s),

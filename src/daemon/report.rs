@@ -3,7 +3,7 @@
 //! the "report once" rule of journal.rs), the metrics file and the live
 //! view.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::Once;
@@ -12,6 +12,7 @@ use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
 use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
+use crate::judge::level::Level;
 use crate::judge::planner::{Blocked, Plan};
 use crate::observe::census::KernelSettings;
 use crate::observe::usage::{self, Usage};
@@ -37,7 +38,7 @@ pub(super) struct Report {
     hazards: Vec<String>,
     /// What the metrics file and the live view last said, and when they
     /// were written (see [`REFRESH`]).
-    metrics_written: Option<(String, Instant)>,
+    metrics_written: Option<(MetricsSaid, Instant)>,
     live_written: Option<(live::Live, Instant)>,
     /// The entries of a census whose level entry waits for the processes
     /// that hold its sockets (census_task.rs): written in order, the level
@@ -57,8 +58,71 @@ pub(super) struct Report {
 /// these periods (live.rs).
 pub(super) const REFRESH: Duration = Duration::from_secs(5);
 
-/// The metrics that advance every poll by themselves.
-const EVERY_POLL: [&str; 2] = ["portd_poll_timestamp_seconds", "portd_census_skipped_total"];
+/// What the metrics file says, aside from what advances every poll by
+/// itself (`polled_at`, `census_skipped_total`; see [`REFRESH`]): the
+/// fields of the snapshot `metrics::render` renders, a function of that
+/// snapshot alone. Compared instead of the rendered text, so a poll whose
+/// metrics say nothing new renders nothing. Taken field by field: a field
+/// added to the snapshot does not build until it is added here. The
+/// census's usage is known by its time and duration (a new census makes a
+/// new one).
+#[derive(PartialEq)]
+struct MetricsSaid {
+    file: PathBuf,
+    census: (SystemTime, Duration),
+    level: Level,
+    /// Changes, censuses, failed and abandoned censuses.
+    totals: [u64; 4],
+    last_change_at: Option<SystemTime>,
+    widening_blocked: Option<String>,
+    authority: Authority,
+    witness: metrics::WitnessRows,
+    netns: Option<metrics::NetnsRows>,
+    time_to_exhaustion: Option<f64>,
+    connect_attempts_total: Option<u64>,
+}
+
+impl MetricsSaid {
+    fn of(file: &Path, s: &metrics::Snapshot<'_>) -> Self {
+        let metrics::Snapshot {
+            usage: _,
+            level,
+            changes_total,
+            census_duration,
+            census_at,
+            polled_at: _,
+            censuses_total,
+            census_skipped_total: _,
+            census_failed_total,
+            census_abandoned_total,
+            last_change_at,
+            widening_blocked,
+            authority,
+            witness,
+            netns,
+            time_to_exhaustion,
+            connect_attempts_total,
+        } = s;
+        MetricsSaid {
+            file: file.to_owned(),
+            census: (*census_at, *census_duration),
+            level: *level,
+            totals: [
+                *changes_total,
+                *censuses_total,
+                *census_failed_total,
+                *census_abandoned_total,
+            ],
+            last_change_at: *last_change_at,
+            widening_blocked: widening_blocked.map(str::to_owned),
+            authority: (*authority).clone(),
+            witness: (*witness).clone(),
+            netns: (*netns).clone(),
+            time_to_exhaustion: *time_to_exhaustion,
+            connect_attempts_total: *connect_attempts_total,
+        }
+    }
+}
 
 /// Whether content `new` is to be written, given what was last written and
 /// when: when it differs, or after [`REFRESH`].
@@ -283,19 +347,19 @@ impl Report {
         if !poll.publishes {
             return;
         }
-        let view = live_view::snapshot(&self.counters, poll, SystemTime::now());
+        let mut said = live_view::snapshot(&self.counters, poll, SystemTime::now());
         let now = Instant::now();
         // What it says, aside from what advances every poll by itself
-        // (see [`REFRESH`]).
-        let mut said = live::Live {
-            written_at: 0.0,
-            ..view.clone()
-        };
-        said.census.skipped_total = 0;
+        // (see [`REFRESH`]), set aside until it is written.
+        let written_at = std::mem::take(&mut said.written_at);
+        let skipped_total = std::mem::take(&mut said.census.skipped_total);
         if !due(self.live_written.as_ref(), &said, now) {
             return;
         }
         self.live_written = None;
+        let mut view = said.clone();
+        view.written_at = written_at;
+        view.census.skipped_total = skipped_total;
         match live::write(poll.host, &view) {
             Ok(()) => {
                 self.live_written = Some((said, now));
@@ -339,18 +403,13 @@ impl Report {
             time_to_exhaustion: last.assessment.time_to_exhaustion,
             connect_attempts_total: poll.connect_attempts,
         };
-        let text = metrics::render(&snapshot);
-        // What it says, aside from what advances every poll by itself.
-        let said: String = text
-            .lines()
-            .filter(|l| !EVERY_POLL.iter().any(|m| l.starts_with(m)))
-            .collect();
+        let said = MetricsSaid::of(path, &snapshot);
         let now = Instant::now();
         if !due(self.metrics_written.as_ref(), &said, now) {
             return;
         }
         self.metrics_written = None;
-        match metrics::write(path, &text) {
+        match metrics::write(path, &metrics::render(&snapshot)) {
             Ok(()) => {
                 self.metrics_written = Some((said, now));
                 if self.metrics_error.clear() {

@@ -64,7 +64,7 @@ pub struct Snapshot<'a> {
 /// The failure witness's rows: whether it counts, and when it does, the
 /// three failure families (at most [`TOP_SERIES`] keys each) and what it
 /// could not count.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WitnessRows {
     pub active: bool,
     /// TCP connect() failures, per destination and process name.
@@ -77,7 +77,7 @@ pub struct WitnessRows {
 }
 
 /// One failure family: the keys shown and the rest in one `other` row.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FailureRows {
     pub shown: Vec<FailureRow>,
     pub other: u64,
@@ -86,7 +86,7 @@ pub struct FailureRows {
 /// Failures under one key. Labelled by the process name, never its pid;
 /// rows whose labels are equal (keys that differ only by namespace) are
 /// summed.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FailureRow {
     pub local: IpAddr,
     /// TCP connect only: labels `remote` and `remote_port`; a pool (none)
@@ -99,7 +99,7 @@ pub struct FailureRow {
 }
 
 /// The other network namespaces: the worst few measured, and the counts.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NetnsRows {
     /// Worst first, already bounded.
     pub top: Vec<NetnsRow>,
@@ -109,7 +109,7 @@ pub struct NetnsRows {
 
 /// One namespace, labelled `netns`, `container`, `pod` (never `namespace`,
 /// never a pid).
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NetnsRow {
     pub inode: u64,
     pub container: String,

@@ -21,23 +21,57 @@ use crate::base::fsutil;
 /// 200 KB (docs/kernel.md §2.1).
 pub const VALUE_MAX: usize = 256 * 1024;
 
+/// What the first read of a file asks for. `/proc/sys` allocates and zeroes
+/// a kernel buffer of the size a read asks for (`proc_sys_call_handler`,
+/// fs/proc/proc_sysctl.c): asking for [`VALUE_MAX`] each time zeroed 1.3 MB
+/// of pages per poll, the largest part of an idle poll's CPU
+/// (docs/benchmarks.md, "Idle poll cost"). One byte under a page: the
+/// kernel's buffer is one byte longer than the read.
+const FIRST_READ: usize = 4096 - 1;
+
+/// The next size to ask for after a read that filled `size` bytes.
+fn larger(size: usize) -> usize {
+    ((size + 1) * 4 - 1).min(VALUE_MAX)
+}
+
+/// One `read()` at offset 0, retried when interrupted.
+fn read_at_start(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, 0) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// Reads a whole `/proc` value with one `read()` at offset 0 into `buf`: the
 /// kernel's `proc_do_large_bitmap()` (`ip_local_reserved_ports`, kernel/sysctl.c)
 /// returns end of file for a read at any other offset, so a second read
-/// would cut the value. A read that fills `buf` may have been cut: an error.
-fn read_value<'b>(file: &File, buf: &'b mut [u8]) -> io::Result<&'b str> {
+/// would cut the value. A read that fills what it asked for may have been
+/// cut: the value is read again at offset 0 (the kernel regenerates it)
+/// asking for about four times as much, up to [`VALUE_MAX`]; a read that
+/// fills that is an error. `size` is what to ask for first, and keeps what
+/// sufficed.
+fn read_value<'b>(file: &File, buf: &'b mut Vec<u8>, size: &mut usize) -> io::Result<&'b str> {
     let n = loop {
-        match file.read_at(buf, 0) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => break other?,
+        let want = (*size).clamp(1, VALUE_MAX);
+        if buf.len() < want {
+            buf.resize(want, 0);
         }
+        let n = read_at_start(file, &mut buf[..want])?;
+        if n < want {
+            break n;
+        }
+        if want == VALUE_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the value is {n} bytes or longer, more than portd reads from a /proc file"
+                ),
+            ));
+        }
+        *size = larger(want);
     };
-    if n == buf.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the value is {n} bytes or longer, more than portd reads from a /proc file"),
-        ));
-    }
     std::str::from_utf8(&buf[..n])
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
@@ -51,8 +85,8 @@ fn open(path: &Path) -> io::Result<File> {
 /// Reads one `/proc` value (a `/proc/sys` key, `sockstat`, `snmp`) from a
 /// fresh open, by the rule of [`read_value`].
 pub fn read_proc_value(path: &Path) -> io::Result<String> {
-    let mut buf = vec![0u8; VALUE_MAX];
-    read_value(&open(path)?, &mut buf).map(str::to_owned)
+    let (mut buf, mut size) = (Vec::new(), FIRST_READ);
+    read_value(&open(path)?, &mut buf, &mut size).map(str::to_owned)
 }
 
 pub trait ProcRead {
@@ -68,27 +102,25 @@ impl ProcRead for Fresh {
     }
 }
 
-/// Keeps files open between reads, and one buffer of [`VALUE_MAX`] bytes;
-/// a file that fails is closed and opened anew on the next read.
+/// Keeps files open between reads, each with the size its last read
+/// needed, and one buffer; a file that fails is closed and opened anew on
+/// the next read.
 #[derive(Default)]
 pub struct KeptOpen {
-    files: HashMap<PathBuf, File>,
+    files: HashMap<PathBuf, (File, usize)>,
     buf: Vec<u8>,
 }
 
 impl ProcRead for KeptOpen {
     fn read_text(&mut self, path: &Path) -> io::Result<String> {
-        let file = match self.files.get(path) {
+        let (file, size) = match self.files.get_mut(path) {
             Some(f) => f,
             None => {
                 let f = open(path)?;
-                self.files.entry(path.to_owned()).or_insert(f)
+                self.files.entry(path.to_owned()).or_insert((f, FIRST_READ))
             }
         };
-        if self.buf.len() != VALUE_MAX {
-            self.buf = vec![0u8; VALUE_MAX];
-        }
-        match read_value(file, &mut self.buf) {
+        match read_value(file, &mut self.buf, size) {
             Ok(text) => Ok(text.to_owned()),
             Err(e) => {
                 self.files.remove(path);
@@ -138,6 +170,28 @@ mod tests {
         ] {
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             assert!(err.to_string().contains("262144 bytes or longer"), "{err}");
+        }
+    }
+
+    /// A value as long as the first read or longer is read again at
+    /// offset 0, whole, and the next read asks for enough at once.
+    #[test]
+    fn a_value_longer_than_the_first_read_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v");
+        let mut r = KeptOpen::default();
+        for len in [
+            FIRST_READ - 1,
+            FIRST_READ,
+            FIRST_READ + 1,
+            larger(FIRST_READ) + 7,
+        ] {
+            let value = "7".repeat(len);
+            std::fs::write(&p, &value).unwrap();
+            assert_eq!(Fresh.read_text(&p).unwrap(), value, "{len}");
+            assert_eq!(r.read_text(&p).unwrap(), value, "{len}");
+            assert_eq!(r.read_text(&p).unwrap(), value, "{len}");
+            assert!(r.files[&p].1 > len, "{len}: asks for enough at once");
         }
     }
 

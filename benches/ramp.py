@@ -189,6 +189,7 @@ def forecast_row(cell, none, auto, advise):
         ratio = "-" if said is None or not left or left <= 0 else f"{said / left:.2f}"
         cols += [f"{alert['t']:.1f} s", "none" if said is None else f"{said:.0f} s",
                  ratio if left is not None else "(no failure)", seconds(run.get("forecast_min"))]
+    cols.append(over_the_run(advise, truth))
     own = failure_at(advise)
     if advise and advise.get("first_alert") and own is not None:
         said = advise["first_alert"].get("time_to_exhaustion")
@@ -199,8 +200,33 @@ def forecast_row(cell, none, auto, advise):
     return "| " + " | ".join(cols) + " |"
 
 
-FORECAST_HEADER = """| cell | truth: first failure without portd | auto: first alert | auto: time to exhaustion then (journal) | auto: ratio to the truth | auto: least time to exhaustion (live view) | advise: first alert | advise: time to exhaustion then | advise: ratio to the truth | advise: least time to exhaustion | advise: its own first failure: ratio |
-|---|---|---|---|---|---|---|---|---|---|---|"""
+def over_the_run(run, truth):
+    """The live view's forecast against the truth each second from the
+    first alert to 5 s before the failure: min / median / max of the ratio
+    of the time it said was left (its value when written, less the time
+    since) to the time that was left."""
+    alert = (run or {}).get("first_alert")
+    if not alert or truth is None:
+        return "-"
+    ratios = []
+    said = [(t, v) for t, v in run.get("forecast", [])]
+    s = alert["t"]
+    while s < truth - 5:
+        last = [(t, v) for t, v in said if t <= s]
+        if last and last[-1][1] != "none":
+            t0, v = last[-1]
+            ratios.append(max(0.0, t0 + v - s) / (truth - s))
+        elif last:
+            ratios.append(float("inf"))
+        s += 1
+    if not ratios:
+        return "-"
+    ratios.sort()
+    return " / ".join(f"{x:.2f}" for x in (ratios[0], ratios[len(ratios) // 2], ratios[-1]))
+
+
+FORECAST_HEADER = """| cell | truth: first failure without portd | auto: first alert | auto: time to exhaustion then (journal) | auto: ratio to the truth | auto: least time to exhaustion (live view) | advise: first alert | advise: time to exhaustion then | advise: ratio to the truth | advise: least time to exhaustion | advise: ratio each second until 5 s before the truth, min / median / max | advise: its own first failure: ratio |
+|---|---|---|---|---|---|---|---|---|---|---|---|"""
 
 
 HEADER = """| cell | attempts/s (no portd, mean) | peak usage without portd (ss) | demand: peak + failed | fits ceiling | first failure without portd | failed connects without portd | auto: first alert (usage) | auto: widening (usage) | auto: range after | auto: failed connects | advise: first alert (usage) | advise: first remedy named (usage) | advise: failed connects |

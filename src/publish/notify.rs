@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -40,8 +41,17 @@ fn send_now(path: &OsStr, message: &[u8]) -> io::Result<()> {
         }
         None => SocketAddr::from_pathname(path)?,
     };
-    let socket = UnixDatagram::unbound()?;
-    socket.set_nonblocking(true)?;
+    // One socket for the process: each send names its address, so a
+    // service manager that re-executes itself is still reached.
+    static SOCKET: OnceLock<UnixDatagram> = OnceLock::new();
+    let socket = match SOCKET.get() {
+        Some(socket) => socket,
+        None => {
+            let socket = UnixDatagram::unbound()?;
+            socket.set_nonblocking(true)?;
+            SOCKET.get_or_init(|| socket)
+        }
+    };
     let sent = socket.send_to_addr(message, &address)?;
     if sent == message.len() {
         Ok(())

@@ -14,6 +14,7 @@ mod decide;
 mod journal;
 mod live_view;
 mod netns;
+mod poll_timer;
 mod reload;
 mod report;
 mod tick;
@@ -27,6 +28,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use self::census_task::{CensusInFlight, CensusResult, Holders, Lookup, join, join_lookup};
 use self::live_view::Poll;
+use self::poll_timer::PollTimer;
 use self::reload::{LoadedPolicy, join_reload};
 use self::report::Report;
 use self::tick::Clock;
@@ -265,7 +267,13 @@ impl Daemon {
         // a stuck loop stops feeding it.
         let mut watchdog_tick =
             tokio::time::interval(watchdog.map_or(FAR, |w| (w / 2).max(Duration::from_millis(10))));
-        let mut poll_tick = self.poll_timer();
+        let mut poll_tick = match PollTimer::new(self.poll_period()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("portd: poll timer: {e}");
+                return Exit::Critical;
+            }
+        };
         poll_tick.reset_immediately();
         let mut tasks = Tasks::default();
         loop {
@@ -325,7 +333,7 @@ impl Daemon {
             }
             // A policy reload may change the interval; a forecast hurries it.
             if poll_tick.period() != self.poll_period() {
-                poll_tick = self.poll_timer();
+                poll_tick.restart(self.poll_period());
             }
         }
         // Entries a lookup still held back are written without holders.
@@ -362,14 +370,6 @@ impl Daemon {
         } else {
             self.policy.interval
         }
-    }
-
-    /// The next poll one period from now.
-    fn poll_timer(&self) -> tokio::time::Interval {
-        let period = self.poll_period();
-        let mut t = tokio::time::interval_at((Instant::now() + period).into(), period);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
     }
 
     /// A census running longer than this is abandoned: the watchdog

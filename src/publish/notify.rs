@@ -9,11 +9,12 @@
 //! service manager slow to read would stall the event loop, the watchdog
 //! included. A message that does not fit now is dropped instead.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -31,8 +32,25 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// The socket connected to the address last sent to: a send on it skips
+/// the lookup of the socket's path, the dearest part of a send.
+static CONNECTED: Mutex<Option<(OsString, UnixDatagram)>> = Mutex::new(None);
+
 /// One datagram to `path` (or the abstract socket `@name`), never waiting.
 fn send_now(path: &OsStr, message: &[u8]) -> io::Result<()> {
+    let mut connected = CONNECTED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((to, socket)) = connected.as_ref()
+        && to == path
+    {
+        match socket.send(message) {
+            Ok(sent) => return whole(sent, message),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            // The receiver is gone (a service manager that re-executed
+            // itself may bind the path anew): connect again.
+            Err(_) => {}
+        }
+    }
+    *connected = None;
     let address = match path.as_bytes().strip_prefix(b"@") {
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
@@ -42,7 +60,13 @@ fn send_now(path: &OsStr, message: &[u8]) -> io::Result<()> {
     };
     let socket = UnixDatagram::unbound()?;
     socket.set_nonblocking(true)?;
-    let sent = socket.send_to_addr(message, &address)?;
+    socket.connect_addr(&address)?;
+    let sent = socket.send(message);
+    *connected = Some((path.to_owned(), socket));
+    whole(sent?, message)
+}
+
+fn whole(sent: usize, message: &[u8]) -> io::Result<()> {
     if sent == message.len() {
         Ok(())
     } else {
@@ -116,6 +140,24 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+    }
+
+    #[test]
+    fn a_receiver_bound_anew_at_the_path_is_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let first = UnixDatagram::bind(&path).unwrap();
+        super::send_now(path.as_os_str(), b"STATUS=one\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = first.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=one\n");
+        // The service manager re-executed: its socket closed, bound anew.
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        let second = UnixDatagram::bind(&path).unwrap();
+        super::send_now(path.as_os_str(), b"STATUS=two\n").unwrap();
+        let n = second.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=two\n");
     }
 
     #[test]

@@ -167,7 +167,6 @@ def cell(spec):
                     str(spec.get("accel", 0) / n), str(spec.get("plateau", 0) // n),
                     str(spec["duration"]), str(n_dests), str(spec.get("hold_for", 0)),
                     *ramp_ns.client_stop(spec)]))
-                os.set_blocking(clients[-1].stdout.fileno(), False)
 
         step = None
         if spec.get("preopen"):
@@ -209,14 +208,11 @@ def cell(spec):
 
         alerts = {}  # "name severity" -> {"pending": t, "firing": t, "active_at": t}
         timeline = []
-        per_sec = {}
-        first_fail = None
+        reports = ramp_ns.Reports(clients)
         peak = 0
-        buffers = ["" for _ in clients]
-        done = 0
         linger_until = None
         while True:
-            if done >= len(clients):
+            if reports.all_done():
                 if linger_until is None:
                     linger_until = time.monotonic() + spec.get("linger", 0)
                 if time.monotonic() >= linger_until:
@@ -241,32 +237,14 @@ def cell(spec):
             peak = max(peak, worst)
             timeline.append({"t": round(t, 2), "usage": worst, "tte": tte, "level": level,
                              "alerts": seen})
-            for i, c in enumerate(clients):
-                try:
-                    chunk = c.stdout.read()
-                except (BlockingIOError, TypeError):
-                    chunk = None
-                if chunk:
-                    buffers[i] += chunk
-                while "\n" in buffers[i]:
-                    line, buffers[i] = buffers[i].split("\n", 1)
-                    m = json.loads(line)
-                    if m.get("done"):
-                        done += 1
-                        continue
-                    s = per_sec.setdefault(m["t"], [0, 0, 0])
-                    s[0] += m["ok"]
-                    s[1] += m["eaddrnotavail"]
-                    s[2] += m["other"]
-                    if m.get("first_fail") is not None:
-                        ff = m["first_fail"] - step
-                        first_fail = ff if first_fail is None else min(first_fail, ff)
+            reports.read()
             for name, p in procs:
                 if p.poll() is not None:
                     sys.exit(f"{name} exited with {p.returncode} during the run")
             if t > spec["duration"] + spec.get("linger", 0) + 30:
                 sys.exit("the clients did not finish in time")
             time.sleep(max(0.0, 1.0 - (time.monotonic() - step - t)))
+        per_sec, first_fail = reports.per_sec, reports.first_fail
         entries = ramp_ns.journal()
     finally:
         for p in clients:
@@ -283,7 +261,7 @@ def cell(spec):
         "pipeline_seconds": pipeline,
         "capacity": port_range_capacity(spec["range"]),
         "peak_usage": peak,
-        "first_failure": None if first_fail is None else round(first_fail, 3),
+        "first_failure": None if first_fail is None else round(first_fail - step, 3),
         "failed_connects": sum(v[1] for v in per_sec.values()),
         "other_errors": sum(v[2] for v in per_sec.values()),
         "alerts": alerts,

@@ -218,6 +218,51 @@ def client(load, rate, accel, plateau, duration, n_dests, hold_for, stop_at=None
 # --- the cell ------------------------------------------------------------------
 
 
+class Reports:
+    """What the clients report, one JSON line a second each (`client`):
+    per second [ok, eaddrnotavail, other], the errnos, the clients' clock
+    (CLOCK_MONOTONIC) at the first EADDRNOTAVAIL, and how many are done."""
+
+    def __init__(self, clients):
+        self.clients = clients
+        self.buffers = ["" for _ in clients]
+        self.per_sec = {}
+        self.errnos = set()
+        self.first_fail = None
+        self.done = 0
+        for c in clients:
+            os.set_blocking(c.stdout.fileno(), False)
+
+    def all_done(self):
+        return self.done >= len(self.clients)
+
+    def read(self):
+        """Takes in every whole line the clients have written."""
+        for i, c in enumerate(self.clients):
+            try:
+                chunk = c.stdout.read()
+            except (BlockingIOError, TypeError):
+                chunk = None
+            if chunk:
+                self.buffers[i] += chunk
+            while "\n" in self.buffers[i]:
+                line, self.buffers[i] = self.buffers[i].split("\n", 1)
+                self.take(json.loads(line))
+
+    def take(self, m):
+        if m.get("done"):
+            self.done += 1
+            return
+        s = self.per_sec.setdefault(m["t"], [0, 0, 0])
+        s[0] += m["ok"]
+        s[1] += m["eaddrnotavail"]
+        s[2] += m["other"]
+        if m["errno"]:
+            self.errnos.add(m["errno"])
+        if m.get("first_fail") is not None:
+            self.first_fail = min(self.first_fail or m["first_fail"], m["first_fail"])
+
+
 def setup(spec):
     run("mount", "--make-rprivate", "/")
     for path in ("/etc/sysctl.d", "/usr/lib/sysctl.d", "/var/lib", "/run"):
@@ -353,17 +398,11 @@ def cell(spec):
                 "client", spec["load"], str(rate / n), str(accel / n),
                 str(spec.get("plateau", 0) // n), str(duration), str(n_dests),
                 str(spec.get("hold_for", 0)), *client_stop(spec)]))
-        for c in clients:
-            os.set_blocking(c.stdout.fileno(), False)
+        reports = Reports(clients)
 
         samples = []  # (t, usage, low, high)
         forecast = []  # (t, time to exhaustion) at each change of the live view's
-        per_sec = {}  # second -> [ok, eaddrnotavail, other]
-        first_fail = None  # the clients' clock (CLOCK_MONOTONIC) at the first EADDRNOTAVAIL
-        errnos = set()
-        buffers = ["" for _ in clients]
-        done = 0
-        while done < len(clients):
+        while not reports.all_done():
             t = time.monotonic() - step
             low, high = port_range()
             worst, total = usage_now(low0, high, n_dests)
@@ -372,27 +411,7 @@ def cell(spec):
                 tte = live_forecast()
                 if tte is not None and (not forecast or forecast[-1][1] != tte):
                     forecast.append((round(t, 2), tte))
-            for i, c in enumerate(clients):
-                try:
-                    chunk = c.stdout.read()
-                except (BlockingIOError, TypeError):
-                    chunk = None
-                if chunk:
-                    buffers[i] += chunk
-                while "\n" in buffers[i]:
-                    line, buffers[i] = buffers[i].split("\n", 1)
-                    m = json.loads(line)
-                    if m.get("done"):
-                        done += 1
-                        continue
-                    s = per_sec.setdefault(m["t"], [0, 0, 0])
-                    s[0] += m["ok"]
-                    s[1] += m["eaddrnotavail"]
-                    s[2] += m["other"]
-                    if m["errno"]:
-                        errnos.add(m["errno"])
-                    if m.get("first_fail") is not None:
-                        first_fail = min(first_fail or m["first_fail"], m["first_fail"])
+            reports.read()
             if t > duration + 30:
                 sys.exit("the clients did not finish in time")
             time.sleep(max(0.0, SAMPLE - (time.monotonic() - step - t)))
@@ -406,6 +425,7 @@ def cell(spec):
         stop(server)
         stop(journald)
 
+    per_sec, errnos, first_fail = reports.per_sec, reports.errnos, reports.first_fail
     capacity0 = high0 - low0 + 1
     capacity_ceiling = 65535 - low0 + 1
 

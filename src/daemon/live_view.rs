@@ -13,6 +13,18 @@ use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
 use crate::publish::live::{self, Live};
 
+/// The metrics file and the live view are rewritten when what they say
+/// changes, and otherwise once every `REFRESH`: an idle poll writes
+/// nothing. What advances every poll by itself is not a change: the time
+/// of the poll (`portd_poll_timestamp_seconds`, `written_at`) and the count
+/// of polls that skipped the census. Not on change alone: by the time of
+/// the poll a scraper or `status` tells a daemon that runs from one that
+/// hangs; refreshed every 5 s it lags by at most that, far inside the
+/// staleness alert's 300 s and a usual 15 s scrape, and `status` judges
+/// the view fresh for two of these periods (publish/live.rs). The writes
+/// are report.rs's.
+pub(super) const REFRESH: Duration = Duration::from_secs(5);
+
 /// Since start, for the metrics file.
 #[derive(Default)]
 pub(super) struct PollCounters {
@@ -71,7 +83,7 @@ pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime
         start_time: myself.0,
         namespaces_of_daemon: Some(myself.1),
         interval_seconds: poll.interval.as_secs_f64(),
-        refresh_seconds: super::report::REFRESH.as_secs_f64(),
+        refresh_seconds: REFRESH.as_secs_f64(),
         policy: Some(live::PolicyView {
             path: poll.config.display().to_string(),
             digest: poll.policy_digest.map(str::to_owned),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::Once;
-use super::live_view::{self, Poll, PollCounters};
+use super::live_view::{self, Poll, PollCounters, REFRESH};
 use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
 use crate::judge::assess::Assessment;
@@ -45,18 +45,6 @@ pub(super) struct Report {
     /// entry first, once the lookup ends.
     held_back: Option<Vec<Entry>>,
 }
-
-/// The metrics file and the live view are rewritten when what they say
-/// changes, and otherwise once every `REFRESH`: an idle poll writes
-/// nothing. What advances every poll by itself is not a change: the time
-/// of the poll (`portd_poll_timestamp_seconds`, `written_at`) and the count
-/// of polls that skipped the census. Not on change alone: by the time of
-/// the poll a scraper or `status` tells a daemon that runs from one that
-/// hangs; refreshed every
-/// 5 s it lags by at most that, far inside the staleness alert's 300 s and
-/// a usual 15 s scrape, and `status` judges the view fresh for two of
-/// these periods (live.rs).
-pub(super) const REFRESH: Duration = Duration::from_secs(5);
 
 /// What the metrics file says, aside from what advances every poll by
 /// itself (`polled_at`, `census_skipped_total`; see [`REFRESH`]): the

@@ -178,10 +178,9 @@ impl Holders {
     }
 }
 
-/// Waits for the lookup in `slot`; forever when there is none.
-pub(super) async fn join_lookup(
-    slot: &mut Option<JoinHandle<Lookup>>,
-) -> Result<Lookup, JoinError> {
+/// Waits for the task in `slot` (a lookup, a reload); forever when there
+/// is none (a `select!` arm).
+pub(super) async fn join_task<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
     match slot {
         Some(handle) => handle.await,
         None => std::future::pending().await,

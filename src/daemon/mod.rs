@@ -26,10 +26,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{JoinError, JoinHandle};
 
-use self::census_task::{CensusInFlight, CensusResult, Holders, Lookup, join, join_lookup};
+use self::census_task::{CensusInFlight, CensusResult, Holders, Lookup, join, join_task};
 use self::live_view::Poll;
 use self::poll_timer::PollTimer;
-use self::reload::{LoadedPolicy, join_reload};
+use self::reload::LoadedPolicy;
 use self::report::Report;
 use self::tick::Clock;
 use crate::act::state::State;
@@ -298,7 +298,7 @@ impl Daemon {
                         tasks.reloading = Some(self.start_reload());
                     }
                 }
-                loaded = join_reload(&mut tasks.reloading) => {
+                loaded = join_task(&mut tasks.reloading) => {
                     tasks.reloading = None;
                     self.reload(loaded);
                     poll_tick.reset_immediately();
@@ -318,7 +318,7 @@ impl Daemon {
                     }
                 }
                 _ = join(&mut tasks.abandoned) => abandoned_ended(&mut tasks),
-                lookup = join_lookup(&mut tasks.lookup) => {
+                lookup = join_task(&mut tasks.lookup) => {
                     tasks.lookup = None;
                     self.lookup_ended(lookup.ok());
                 }

@@ -16,16 +16,6 @@ pub(super) type LoadedPolicy = (
     Result<(Policy, bool), policy::file::PolicyError>,
 );
 
-/// Waits for the reload in `slot`; forever when there is none (a `select!` arm).
-pub(super) async fn join_reload(
-    slot: &mut Option<JoinHandle<LoadedPolicy>>,
-) -> Result<LoadedPolicy, JoinError> {
-    match slot {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Daemon {
     /// SIGHUP: `RELOADING=1`, then the policy file is read and checked on
     /// the blocking pool; [`Daemon::reload`] takes the result.

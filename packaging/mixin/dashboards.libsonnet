@@ -189,7 +189,7 @@
         target('A', 'count(portd_poll_timestamp_seconds{%s})' % fleet, 'reporting'),
         target('B', 'count(portd_alert_level{%s} >= 1) or vector(0)' % fleet, 'warning or critical'),
         target('C', 'count(time() - portd_poll_timestamp_seconds{%s} > %d) or vector(0)' % [fleet, c.metricsStaleSeconds], 'not polling'),
-        target('D', 'count(portd_info{%s} unless portd_info{mode="auto"}) or vector(0)' % fleet, 'advise only'),
+        target('D', 'count(portd_info{%s, mode!="auto"}) or vector(0)' % fleet, 'advise only'),
       ],
       'short',
     ),

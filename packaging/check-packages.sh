@@ -99,8 +99,8 @@ check_payload() { # NAME ROOT: what is inside the files
     cmp -s "$root/usr/share/portd/grafana/portd.json" packaging/grafana/portd.json \
         || fail "$1: /usr/share/portd/grafana/portd.json is not packaging/grafana/portd.json"
     # The runbook every alert's runbook_url names (file:///usr/share/doc/portd/runbook.md#...).
-    cmp -s "$root/usr/share/doc/portd/runbook.md" docs/runbook.md \
-        || fail "$1: /usr/share/doc/portd/runbook.md is not docs/runbook.md"
+    runbook=usr/share/doc/portd/runbook.md
+    cmp -s "$root/$runbook" docs/runbook.md || fail "$1: /$runbook is not docs/runbook.md"
     grep -q 'runbook_url: "file:///usr/share/doc/portd/runbook.md#' "$root/usr/share/portd/prometheus/portd-alerts.yml" \
         || fail "$1: the packaged rules do not link to the packaged runbook"
     if command -v promtool >/dev/null 2>&1; then

@@ -152,20 +152,19 @@ fn variable_problems(vars: &[Value]) -> Vec<String> {
             ));
         }
     }
-    if let Some(v) = var("cluster") {
-        if v["includeAll"] != true || v["allValue"] != ".*" {
-            out.push(format!(
-                "variable `cluster`: without includeAll and allValue \".*\" a fleet without the label selects nothing: {v}"
-            ));
-        }
+    if let Some(v) = var("cluster")
+        && (v["includeAll"] != true || v["allValue"] != ".*")
+    {
+        out.push(format!(
+            "variable `cluster`: without includeAll and allValue \".*\" a fleet without the label selects nothing: {v}"
+        ));
     }
     // Each narrows the next: job within the cluster, instance within both.
-    if let (Some(job), Some(instance)) = (var("job"), var("instance")) {
-        if !variable_query(job).contains("cluster=~\"$cluster\"")
-            || !variable_query(instance).contains("job=~\"$job\"")
-        {
-            out.push("variables: job is not within $cluster, or instance not within $job".into());
-        }
+    if let (Some(job), Some(instance)) = (var("job"), var("instance"))
+        && (!variable_query(job).contains("cluster=~\"$cluster\"")
+            || !variable_query(instance).contains("job=~\"$job\""))
+    {
+        out.push("variables: job is not within $cluster, or instance not within $job".into());
     }
     out
 }

@@ -246,7 +246,7 @@
             ) > 0
           ||| % [keep(['instance', 'job']), sel('portd_port_allocation_failures_total')],
           '0m',
-          'critical',
+          c.allocationFailureSeverity,
           'Local ports ran out for clients ' + where + ': {{ $value | humanize }} failed calls in 5 m',
           |||
             connect(), bind() or a UDP send failed because no ephemeral port

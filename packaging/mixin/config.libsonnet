@@ -31,6 +31,10 @@
     metricsStaleSeconds: 300,  // PortdMetricsStale: 150 polls at the 2 s default
     censusStaleSeconds: 900,  // PortdCensusStale: three times max_staleness (5m)
     rangeChangesIn6h: 3,  // PortdRangeChangingOften
+    // PortdPortAllocationFailures pages at the first witnessed failure: a
+    // client's connect() or bind() failed for want of a port. Where a lone
+    // failure should not wake anyone, make it 'warning'.
+    allocationFailureSeverity: 'critical',
 
     // Each alert's runbook_url is this, '#' and the alert's name in lower
     // case (the heading's anchor in docs/runbook.md). The packages install

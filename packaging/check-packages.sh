@@ -53,6 +53,7 @@ common="\
 /usr/share/doc/portd/examples/attribution.conf 644
 /usr/share/doc/portd/examples/containers.conf 644
 /usr/share/doc/portd/examples/metrics.conf 644
+/usr/share/doc/portd/runbook.md 644
 /usr/share/fish/vendor_completions.d/portd.fish 644
 /usr/share/man/man5/portd.toml.5.gz 644
 /usr/share/man/man8/portd.8.gz 644
@@ -97,6 +98,11 @@ check_payload() { # NAME ROOT: what is inside the files
         || fail "$1: /usr/share/portd/prometheus/portd-alerts.yml is not packaging/prometheus/portd-alerts.yml"
     cmp -s "$root/usr/share/portd/grafana/portd.json" packaging/grafana/portd.json \
         || fail "$1: /usr/share/portd/grafana/portd.json is not packaging/grafana/portd.json"
+    # The runbook every alert's runbook_url names (file:///usr/share/doc/portd/runbook.md#...).
+    runbook=usr/share/doc/portd/runbook.md
+    cmp -s "$root/$runbook" docs/runbook.md || fail "$1: /$runbook is not docs/runbook.md"
+    grep -q 'runbook_url: "file:///usr/share/doc/portd/runbook.md#' "$root/usr/share/portd/prometheus/portd-alerts.yml" \
+        || fail "$1: the packaged rules do not link to the packaged runbook"
     if command -v promtool >/dev/null 2>&1; then
         promtool check rules "$root/usr/share/portd/prometheus/portd-alerts.yml" >/dev/null \
             || fail "$1: promtool check rules fails on the packaged rules"

@@ -393,7 +393,16 @@ pub fn issue_citations(text: &str) -> Vec<usize> {
     lines
 }
 
+/// A file of the repository. The packages install docs/ files under
+/// /usr/share/doc/portd/ (the runbook that the alert rules link to, also
+/// as a `file://` URL): such a path names the docs/ file of that name.
 fn exists_in_repo(path: &str) -> bool {
+    if let Some(name) = path
+        .trim_start_matches('/')
+        .strip_prefix("usr/share/doc/portd/")
+    {
+        return repo().join("docs").join(name).is_file();
+    }
     !path.starts_with("..") && repo().join(path).exists()
 }
 

@@ -257,8 +257,12 @@ pub fn substitute(expr: &str) -> String {
         ("$__range_ms", "3600000"),
         ("$__range", "1h"),
         ("${__range}", "1h"),
-        ("${host}", "web1:9100"),
-        ("$host", "web1:9100"),
+        ("${instance}", "web1:9100"),
+        ("$instance", "web1:9100"),
+        ("${job}", "node"),
+        ("$job", "node"),
+        ("${cluster}", ".*"),
+        ("$cluster", ".*"),
     ] {
         out = out.replace(var, value);
     }

@@ -192,8 +192,8 @@ fn a_changed_rule_fails_its_unit_test() {
     let original = super::fleet::repo().join("packaging/prometheus/portd-alerts.yml");
     let text = std::fs::read_to_string(original).unwrap();
     let changed = text.replace(
-        "time() - portd_poll_timestamp_seconds > 300",
-        "time() - portd_poll_timestamp_seconds > 3000",
+        "time() - portd_poll_timestamp_seconds{job=\"node\"} > 300",
+        "time() - portd_poll_timestamp_seconds{job=\"node\"} > 3000",
     );
     assert_ne!(
         changed, text,

@@ -24,6 +24,7 @@ mod suite {
     mod attribution_netns;
     mod census_sources;
     mod check_cli;
+    mod cli_conventions;
     mod daemon_catalog;
     mod daemon_fastpath;
     mod daemon_forecast;

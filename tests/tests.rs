@@ -45,6 +45,7 @@ mod suite {
     mod hostile_status;
     mod live_owner;
     mod output_errors;
+    mod readme_demo;
     mod status_errors;
     mod status_golden;
     mod status_netns;

@@ -2,7 +2,7 @@
 //! `<!-- demo:end -->`) run unchanged in the namespace recipe it is written
 //! for: private PID, network and mount namespaces with tmpfs over /run,
 //! /etc/sysctl.d and /var/lib (the sandbox, docs/DESIGN.md, "Testing in a
-//! namespace"), `portd` on the PATH. It must make its own load and show the
+//! namespace", which also covers /usr/lib/sysctl.d), `portd` on the PATH. It must make its own load and show the
 //! alert, the forecast and, in auto, the widening. Needs root and python3.
 
 use std::path::Path;

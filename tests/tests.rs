@@ -24,6 +24,7 @@ mod suite {
     mod attribution_netns;
     mod census_sources;
     mod check_cli;
+    mod cli_conventions;
     mod daemon_catalog;
     mod daemon_fastpath;
     mod daemon_forecast;
@@ -45,6 +46,7 @@ mod suite {
     mod live_owner;
     mod mixin;
     mod output_errors;
+    mod readme_demo;
     mod status_errors;
     mod status_golden;
     mod status_netns;

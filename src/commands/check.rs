@@ -51,8 +51,14 @@ pub struct BootKey {
     pub overrides_dropin: Vec<String>,
 }
 
+/// `check --json`'s `schema_version`: changes only when a field is removed
+/// or changes type; fields may be added (portd(8), `check --json`).
+pub const CHECK_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
+    /// [`CHECK_SCHEMA_VERSION`], first in the object.
+    pub schema_version: u32,
     pub policy_file: String,
     pub policy_found: bool,
     /// `PATH:LINE:COLUMN: message` lines of a rejected policy file.
@@ -220,6 +226,7 @@ impl CheckReport {
 
     fn new(policy_file: &Path) -> CheckReport {
         CheckReport {
+            schema_version: CHECK_SCHEMA_VERSION,
             policy_file: policy_file.display().to_string(),
             policy_found: false,
             policy_errors: Vec::new(),

@@ -27,24 +27,50 @@ use crate::policy::{self, Policy};
 use crate::publish::logging;
 use crate::publish::logging::LogTarget;
 
+/// `portd -V`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PORTD_BUILD_COMMIT_SHORT"),
+    ")"
+);
+
+/// `portd --version`: what the build knew about itself (build.rs), nothing
+/// guessed. The witness's BPF object is always embedded; whether it can be
+/// attached is decided at run time (portd(8), FAILURE WITNESS).
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit:  ",
+    env!("PORTD_BUILD_COMMIT"),
+    "\ntarget:  ",
+    env!("PORTD_BUILD_TARGET"),
+    "\nprofile: ",
+    env!("PORTD_BUILD_PROFILE"),
+    "\nrustc:   ",
+    env!("PORTD_BUILD_RUSTC"),
+    "\nwitness: BPF syscall tracepoints, object embedded",
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "portd",
-    version,
+    version = VERSION,
+    long_version = LONG_VERSION,
     about = "Keeps a host out of ephemeral-port exhaustion"
 )]
 pub struct Cli {
     /// Resolve every path (/proc, /etc, /var/lib/portd) under this directory
-    /// instead of / (for tests and fixture trees).
+    /// instead of / (fixture trees; hidden: not for operators).
     #[arg(
         long,
         global = true,
         value_name = "DIR",
         env = "PORTD_ROOT",
-        default_value = "/"
+        default_value = "/",
+        hide = true
     )]
     pub root: PathBuf,
-    /// Policy file (default: /etc/portd.toml under --root; built-in defaults if absent).
+    /// Policy file (default: /etc/portd.toml; built-in defaults if absent).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Socket source of `status` and `check` (benchmarks and source-comparison tests).
@@ -67,7 +93,10 @@ pub enum Command {
     },
     /// Validate the policy and inspect the host; exit 0 fine, 1 warnings, 2 errors.
     Check {
-        /// Machine-readable output.
+        /// Policy file to check, as with --config (default: /etc/portd.toml).
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Machine-readable output (with "schema_version").
         #[arg(long)]
         json: bool,
         /// Also show what the daemon would do now.
@@ -112,6 +141,31 @@ pub enum Command {
     },
 }
 
+/// `cmd` as the completion scripts offer it: without the hidden options and
+/// subcommands, which clap_complete would list (with their doc comments as
+/// value help). Built before clap propagates the global options, which it
+/// then does for the copy.
+fn offered(cmd: &clap::Command) -> clap::Command {
+    let mut copy = clap::Command::new(cmd.get_name().to_string())
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .map(offered),
+        );
+    if let Some(about) = cmd.get_about() {
+        copy = copy.about(about.clone());
+    }
+    if let Some(version) = cmd.get_version() {
+        copy = copy.version(version.to_string());
+    }
+    if let Some(version) = cmd.get_long_version() {
+        copy = copy.long_version(version.to_string());
+    }
+    copy.subcommand_required(cmd.is_subcommand_required_set())
+        .arg_required_else_help(cmd.is_arg_required_else_help_set())
+}
+
 /// A threshold in percent, under the policy file's rule for percentages.
 fn parse_percent(s: &str) -> Result<Ratio, String> {
     let v: f64 = s
@@ -148,9 +202,16 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> ExitCode {
     let host = Host::new(&cli.root);
-    let config = cli.config.clone().unwrap_or_else(|| host.policy_file());
+    // `check FILE` is `check --config FILE`.
+    let given = match &cli.command {
+        Command::Check {
+            file: Some(file), ..
+        } => Some(file.clone()),
+        _ => cli.config.clone(),
+    };
     // Only the default path may be absent.
-    let required = cli.config.is_some();
+    let required = given.is_some();
+    let config = given.unwrap_or_else(|| host.policy_file());
     match cli.command {
         Command::Run {
             dry_run,
@@ -171,14 +232,14 @@ fn run(cli: Cli) -> ExitCode {
             .into()
         }
         Command::Rollback { force } => rollback(&host, &config, required, force).into(),
-        Command::Check { json, plan } => {
+        Command::Check { json, plan, .. } => {
             check(&host, &config, required, cli.source, json, plan).into()
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             // Into memory first: clap_complete panics when its writer fails.
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "portd", &mut script);
+            clap_complete::generate(shell, &mut offered(&Cli::command()), "portd", &mut script);
             output(&script, Exit::Ok, Exit::Critical).into()
         }
         Command::Status {

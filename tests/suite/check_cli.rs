@@ -295,3 +295,100 @@ fn check_warns_when_the_span_portd_may_open_is_all_reserved() {
         "{text}"
     );
 }
+
+/// A policy outside the host tree's default path, as an operator keeps a
+/// draft beside the live one.
+fn draft_policy(dir: &Path, text: &str) -> std::path::PathBuf {
+    let draft = dir.join("draft.toml");
+    std::fs::write(&draft, text).unwrap();
+    std::fs::set_permissions(&draft, std::fs::Permissions::from_mode(0o644)).unwrap();
+    draft
+}
+
+#[test]
+fn check_file_checks_that_file_as_check_config_file_does() {
+    let dir = tempfile::tempdir().unwrap();
+    host(dir.path(), "40000\t40099\n");
+    for (text, exit) in [
+        ("[widen]\nmode = \"advise\"\n", 0),
+        ("[widen]\nmode = \"sometimes\"\n", 2),
+    ] {
+        let draft = draft_policy(dir.path(), text);
+        let draft = draft.to_str().unwrap();
+        for json in [false, true] {
+            let mut positional = vec!["check", draft];
+            let mut option = vec!["check", "--config", draft];
+            if json {
+                positional.push("--json");
+                option.push("--json");
+            }
+            let by_file = run(dir.path(), &positional);
+            let by_option = run(dir.path(), &option);
+            let shown = String::from_utf8_lossy(&by_file.stdout);
+            assert_eq!(by_file.status.code(), Some(exit), "{positional:?}: {shown}");
+            assert_eq!(by_file.status.code(), by_option.status.code());
+            assert_eq!(by_file.stdout, by_option.stdout, "{positional:?}");
+            assert!(shown.contains(draft), "{shown}");
+        }
+    }
+}
+
+#[test]
+fn check_of_the_shipped_policy_file_given_as_an_argument_is_not_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    host(dir.path(), "32768\t60999\n");
+    // The repository's copy may be owned by whoever cloned it: checked from
+    // a copy owned by the test's user, 0644, as the packages install it.
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portd.toml"))
+            .unwrap();
+    let draft = draft_policy(dir.path(), &shipped);
+    let out = run(dir.path(), &["check", draft.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_file_that_does_not_exist_or_with_config_too_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    host(dir.path(), "32768\t60999\n");
+    let missing = dir.path().join("typo.toml");
+    let missing = missing.to_str().unwrap();
+    let out = run(dir.path(), &["check", missing]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(missing));
+    let draft = draft_policy(dir.path(), "");
+    let draft = draft.to_str().unwrap();
+    let out = run(dir.path(), &["check", draft, "--config", draft]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_json_opens_with_its_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    host(dir.path(), "32768\t60999\n");
+    for args in [&["check", "--json"][..], &["check", "--json", "--plan"]] {
+        let out = run(dir.path(), args);
+        let v = stdout_json(&out);
+        assert_eq!(v["schema_version"], 1, "{v:#}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("{\n  \"schema_version\": 1,\n"),
+            "the schema version comes first"
+        );
+    }
+    // Also when the policy is refused: the schema says how to read the errors.
+    write_policy(dir.path(), "[widen]\nmode = 3\n");
+    let out = run(dir.path(), &["check", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout_json(&out)["schema_version"], 1);
+}

@@ -311,3 +311,7 @@ mod tests {
         assert_eq!(pod_cgroup_dir("0::/system.slice/nginx.service\n"), None);
     }
 }
+
+#[cfg(test)]
+#[path = "identity_tests.rs"]
+mod fixture_tests;

@@ -44,6 +44,12 @@ fn metrics_are_labelled_netns_container_pod_worst_first_and_bounded() {
     let p = publish(&known, None, 3);
     assert_eq!(p.namespaces.len(), 31);
     assert_eq!(p.namespaces[0].inode, 7, "worst first");
+    let view = &p.namespaces[0];
+    assert_eq!(
+        (view.pod.as_deref(), view.pod_namespace.as_deref()),
+        (Some("checkout"), Some("shop"))
+    );
+    assert_eq!(view.container.as_deref(), Some("containerd:0123456789ab"));
     // The labels and the text are publish/metrics.rs's (tested there).
     let m = p.metrics.as_ref().expect("rows after a poll");
     assert_eq!(

@@ -113,6 +113,8 @@ fn a_pod_is_found_by_its_names() {
     let pod = list.iter().find(|n| n.inode == 20).expect("the pod");
     assert!(pod.matches("shop/checkout-7f9c"));
     assert!(pod.matches("pod shop/checkout-7f9c, container envoy"));
+    assert!(pod.matches("envoy"), "a container's name");
+    assert!(!pod.matches("POD"), "the sandbox is no container of it");
     assert_eq!(
         pod.identity.runtime,
         Some(netns::identity::Runtime::Crio),

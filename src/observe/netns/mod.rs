@@ -40,9 +40,9 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// `--netns` matches the inode, a netns name, the container (full or
-    /// short id, with or without the runtime), the pod (`ns/name` or its
-    /// UID) or the label.
+    /// `--netns` matches the inode, a netns name, the container (its name,
+    /// full or short id, with or without the runtime), the pod (`ns/name`
+    /// or its UID) or the label.
     pub fn matches(&self, want: &str) -> bool {
         let id = &self.identity;
         want == self.inode.to_string()
@@ -52,6 +52,7 @@ impl Namespace {
             || id.pod.as_deref() == Some(want)
             || id.pod_uid.as_deref() == Some(want)
             || id.container().as_deref() == Some(want)
+            || id.containers.iter().any(|c| c == want)
             || id.unit.as_deref() == Some(want)
             || (want.len() >= 12
                 && id

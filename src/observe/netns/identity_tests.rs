@@ -1,8 +1,9 @@
 //! Golden tests of the names from each runtime's own files: a host root per
 //! runtime under `tests/fixtures/netns-names/` (each README cites the
 //! upstream source and version it follows), and for each namespace found
-//! there its label (the status line's and the live view's name), its
-//! metric labels and its journal fields. Hostile names (quotes, a newline,
+//! there its identity (as `status --json` shows it), its label (the status
+//! line's and the live view's name), its metric labels and its journal
+//! fields. Hostile names (quotes, a newline,
 //! a huge length, an oversized file) are tested from a temporary root.
 
 use std::fmt::Write as _;
@@ -78,6 +79,8 @@ fn render(root: &Path) -> String {
         };
         let pid = ns.pid.map_or("no pid".into(), |p| format!("pid {p}"));
         let _ = writeln!(out, "{} {pid}", shown(&inode));
+        let identity = serde_json::to_string(&ns.identity).expect("json");
+        let _ = writeln!(out, "identity: {identity}");
         let _ = writeln!(out, "label: {}", ns.label);
         let _ = writeln!(out, "metric: {}", shown(&metric_labels(ns)));
         for field in journal(ns) {

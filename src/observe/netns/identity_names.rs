@@ -41,6 +41,7 @@ const CONFIG_MAX_BYTES: u64 = 1024 * 1024;
 const STORE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// The most cgroups of one pod looked at, and the most names kept.
 const POD_ENTRIES_MAX: usize = 64;
+const PASSWD_MAX_BYTES: u64 = 4 * 1024 * 1024;
 const POD_CONTAINERS_MAX: usize = 8;
 
 const DOCKER_CONTAINERS: &str = "/var/lib/docker/containers";
@@ -96,7 +97,7 @@ pub fn complete(host: &Host, cgroup: &str, id: &mut Identity) {
     }
     let name = match id.runtime {
         Some(Runtime::Docker) => docker_name(host, &cid),
-        Some(Runtime::Podman) => podman_name(host, &cid),
+        Some(Runtime::Podman) => podman_name(host, &cid, cgroup),
         _ => None,
     };
     id.containers.extend(name);
@@ -245,9 +246,11 @@ fn docker_name(host: &Host, cid: &str) -> Option<String> {
 }
 
 /// Podman's name of `cid`: the first of its `names` in containers/storage's
-/// list (rootful storage; a rootless user's is in their home).
-fn podman_name(host: &Host, cid: &str) -> Option<String> {
-    [STORAGE_ROOT, STORAGE_RUN]
+/// list, rootful or of the rootless user whose systemd instance runs it.
+fn podman_name(host: &Host, cid: &str, cgroup: &str) -> Option<String> {
+    let mut roots = vec![STORAGE_ROOT.to_string(), STORAGE_RUN.to_string()];
+    roots.extend(rootless_storage(host, cgroup));
+    roots
         .iter()
         .flat_map(|root| storage_dirs(host, root))
         .flat_map(|dir| ["containers.json", "volatile-containers.json"].map(|f| dir.join(f)))
@@ -256,6 +259,27 @@ fn podman_name(host: &Host, cid: &str) -> Option<String> {
             let found = list.into_iter().find(|c| c.id == cid)?;
             found.names.first().map(|n| display_name(n))
         })
+}
+
+/// A rootless user's storage, `$HOME/.local/share/containers/storage`
+/// (go.podman.io/storage types/options.go with pkg/homedir `GetDataHome`;
+/// a user who set `XDG_DATA_HOME` elsewhere is not found): the user from
+/// the cgroup (`user@<uid>.service`), the home from `/etc/passwd`.
+fn rootless_storage(host: &Host, cgroup: &str) -> Option<String> {
+    let uid = cgroup.split(['/', '\n']).find_map(|part| {
+        part.strip_prefix("user@")?
+            .strip_suffix(".service")?
+            .parse::<u32>()
+            .ok()
+    })?;
+    let passwd = fsutil::read_regular_text(&host.path("/etc/passwd"), PASSWD_MAX_BYTES).ok()?;
+    let home = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let home = *fields.get(5)?;
+        (fields.get(2)?.parse::<u32>().ok()? == uid).then_some(home)
+    })?;
+    (home.starts_with('/') && !home.split('/').any(|p| p == ".."))
+        .then(|| format!("{home}/.local/share/containers/storage"))
 }
 
 /// The `<driver>-containers` directories of a containers/storage root

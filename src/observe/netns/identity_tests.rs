@@ -97,6 +97,7 @@ fn each_runtimes_fixture_gives_its_names_on_every_channel() {
         "docker-cgroupfs-v1",
         "podman-systemd-v2",
         "podman-cgroupfs-v1",
+        "podman-rootless-v2",
         "containerd-systemd-v2",
         "containerd-cgroupfs-v1",
         "crio-systemd-v2",

@@ -212,3 +212,74 @@ fn a_huge_name_is_cut_and_an_oversized_config_names_nothing() {
         "container docker:a1a1a1a1a1a1"
     );
 }
+
+#[test]
+fn a_pods_annotations_are_escaped_and_bounded_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = fixture("crio-cgroupfs-v1").join("root");
+    let copy = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let id = "4d".repeat(32);
+    let long = "c".repeat(300);
+    let config = serde_json::json!({
+        "ociVersion": "1.2.0",
+        "annotations": {
+            "io.kubernetes.pod.name": long,
+            "io.kubernetes.pod.namespace": "sh\"op\n",
+            "io.kubernetes.container.name": "env\u{1b}]0;oy\u{7}",
+            "io.kubernetes.cri-o.ContainerType": "container",
+        }
+    });
+    std::fs::write(
+        dir.path().join(format!(
+            "run/containers/storage/overlay-containers/{id}/userdata/config.json"
+        )),
+        config.to_string(),
+    )
+    .unwrap();
+    let (list, _) = netns::all(&Host::new(dir.path()));
+    let ns = list.iter().find(|n| n.inode == 20).expect("the pod");
+    // The pause's annotations (the lowest pid's) name the pod; its
+    // container is the other's, escaped.
+    assert_eq!(
+        ns.identity.containers,
+        vec!["env\\x1b]0;oy\\x07".to_string()]
+    );
+    assert_eq!(
+        ns.label,
+        "pod shop/checkout-7f9c, container env\\x1b]0;oy\\x07"
+    );
+
+    // The pod read from the container itself (the pause's files gone).
+    let pause = "3c".repeat(32);
+    std::fs::remove_dir_all(
+        dir.path()
+            .join(format!("run/containers/storage/overlay-containers/{pause}")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("proc/200/cgroup"),
+        format!("0::/kubepods/burstable/pod5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9/crio-{id}\n"),
+    )
+    .unwrap();
+    let (list, _) = netns::all(&Host::new(dir.path()));
+    let ns = list.iter().find(|n| n.inode == 20).expect("the pod");
+    let name = ns.identity.pod_name.as_deref().unwrap();
+    assert_eq!(
+        name,
+        format!("{}...", "c".repeat(netns::identity::NAME_MAX_CHARS))
+    );
+    assert_eq!(ns.identity.pod_namespace.as_deref(), Some("sh\"op\\x0a"));
+    assert!(!ns.label.chars().any(char::is_control), "{}", ns.label);
+    let labels = metric_labels(ns);
+    assert!(
+        labels.contains(",pod_namespace=\"sh\\\"op\\\\x0a\"}"),
+        "{labels}"
+    );
+    assert!(journal(ns).contains(&"PORTD_POD_NAMESPACE=sh\"op\\x0a".to_string()));
+}

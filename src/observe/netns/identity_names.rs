@@ -108,19 +108,19 @@ pub fn complete(host: &Host, cgroup: &str, id: &mut Identity) {
 /// pod's cgroup's children; this container's own name if they cannot be
 /// listed.
 fn pod(host: &Host, cgroup: &str, cid: &str, id: &mut Identity) {
-    let Some(kube) = kube(host, id.runtime, cid) else {
+    let Some(own) = kube(host, id.runtime, cid) else {
         return;
     };
-    id.runtime = id.runtime.or(kube.runtime);
-    if let (Some(ns), Some(name)) = (&kube.namespace, &kube.pod) {
+    id.runtime = id.runtime.or(own.runtime);
+    if let (Some(ns), Some(name)) = (&own.namespace, &own.pod) {
         id.set_pod(ns, name);
     }
     let mut names: Vec<String> = pod_containers(host, cgroup)
         .iter()
-        .filter_map(|c| kube_container(&self::kube(host, id.runtime, c)?))
+        .filter_map(|c| kube_container(&kube(host, id.runtime, c)?))
         .collect();
     if names.is_empty() {
-        names.extend(kube_container(&kube));
+        names.extend(kube_container(&own));
     }
     names.sort();
     names.dedup();

@@ -597,4 +597,55 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("proc/9")).unwrap();
         assert!(measure_or_gone(&host, &ns, &options(), false, &none).is_none());
     }
+
+    /// The status lines name a pod's namespace by the pod and its
+    /// container, a Docker container by its name (the fixtures of
+    /// tests/fixtures/netns-names, src/observe/netns/identity_tests.rs).
+    #[test]
+    fn the_status_lines_name_the_pod_and_container_the_runtimes_files_give() {
+        let root = |case: &str| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/netns-names")
+                .join(case)
+                .join("root")
+        };
+        for (case, inode, pid, name) in [
+            (
+                "crio-cgroupfs-v1",
+                20,
+                200,
+                "pod shop/checkout-7f9c, container envoy",
+            ),
+            ("docker-systemd-v2", 50, 500, "docker container api-1"),
+        ] {
+            let (list, _) = crate::observe::netns::all(&Host::new(root(case)));
+            let ns = list.into_iter().find(|n| n.inode == inode).expect(case);
+            let sections = [
+                section("host", Level::Ok, 0.1),
+                NetnsSection {
+                    ns,
+                    level: Level::Warning,
+                    usage: 0.8,
+                    text: "PORTD WARNING - 80.0% of ephemeral ports in use (800/1000)\n".into(),
+                    json: serde_json::Value::Null,
+                },
+            ];
+            let text = human(&sections, &sections[1], None);
+            let mut lines = text.lines();
+            assert_eq!(
+                lines.next(),
+                Some(
+                    format!("PORTD WARNING - {name}: 80.0% of ephemeral ports in use (800/1000)")
+                        .as_str()
+                ),
+                "{case}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "\n== {name} net:[{inode}] - enter: nsenter -t {pid} -n COMMAND\n"
+                )),
+                "{text}"
+            );
+        }
+    }
 }

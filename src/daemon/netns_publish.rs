@@ -15,8 +15,9 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
         .map(|w| live::NamespaceView {
             inode: w.ns.inode,
             label: w.ns.label.clone(),
-            container: w.ns.identity.container(),
-            pod: w.ns.identity.pod.clone(),
+            container: w.ns.identity.container_label(),
+            pod: w.ns.identity.pod_label(),
+            pod_namespace: w.ns.identity.pod_namespace.clone(),
             enter: w.ns.enter.clone(),
             level: measured(w).then_some(w.alert.level),
             headline: w.last.as_ref().map(|l| live::HeadlineView {
@@ -43,30 +44,41 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
 }
 
 /// The rows of `portd_netns_*`: the top [`TOP_NAMESPACES`] of those
-/// measured, worst first.
+/// measured, worst first, and the worst of the rest in one `other` row.
 pub(super) fn metrics_rows(list: &[&Watched], watched: usize, censuses: u64) -> metrics::NetnsRows {
-    let top = list
+    let used = |w: &Watched| w.last.as_ref().map_or(0, |l| l.usage.headline.used);
+    let measured: Vec<&Watched> = list.iter().copied().filter(|w| measured(w)).collect();
+    let (top, rest) = measured.split_at(measured.len().min(TOP_NAMESPACES));
+    let top = top
         .iter()
-        .copied()
-        .filter(|w| measured(w))
-        .take(TOP_NAMESPACES)
-        .map(|w| metrics::NetnsRow {
-            inode: w.ns.inode,
-            container: w.ns.identity.container().unwrap_or_default(),
-            pod: w
-                .ns
-                .identity
-                .pod
-                .clone()
-                .or_else(|| w.ns.identity.pod_uid.clone())
-                .unwrap_or_default(),
-            usage: usage_of(w),
-            used: w.last.as_ref().map_or(0, |l| l.usage.headline.used),
-            level: w.alert.level,
+        .map(|w| {
+            let id = &w.ns.identity;
+            metrics::NetnsRow {
+                inode: w.ns.inode,
+                container: id.container_label().unwrap_or_default(),
+                pod: id.pod_label().unwrap_or_default(),
+                pod_namespace: id.pod_namespace.clone().unwrap_or_default(),
+                usage: usage_of(w),
+                used: used(w),
+                level: w.alert.level,
+            }
         })
         .collect();
+    let other = rest
+        .iter()
+        .map(|w| metrics::NetnsOther {
+            usage: usage_of(w),
+            used: used(w),
+            level: w.alert.level,
+        })
+        .reduce(|a, b| metrics::NetnsOther {
+            usage: a.usage.max(b.usage),
+            used: a.used.max(b.used),
+            level: a.level.max(b.level),
+        });
     metrics::NetnsRows {
         top,
+        other,
         watched,
         censuses,
     }

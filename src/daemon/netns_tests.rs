@@ -31,12 +31,12 @@ fn watched(inode: u64, level: Level, usage: f64, identity: Identity) -> Watched 
 #[test]
 fn metrics_are_labelled_netns_container_pod_worst_first_and_bounded() {
     let mut known = Known::new();
-    let pod = Identity {
-        pod: Some("shop/checkout".into()),
+    let mut pod = Identity {
         runtime: Some(Runtime::Containerd),
         container_id: Some(ID.into()),
         ..Identity::default()
     };
+    pod.set_pod("shop", "checkout");
     known.insert(7, watched(7, Level::Critical, 60.0, pod));
     for i in 100..130 {
         known.insert(i, watched(i, Level::Ok, 1.0, Identity::default()));
@@ -44,6 +44,12 @@ fn metrics_are_labelled_netns_container_pod_worst_first_and_bounded() {
     let p = publish(&known, None, 3);
     assert_eq!(p.namespaces.len(), 31);
     assert_eq!(p.namespaces[0].inode, 7, "worst first");
+    let view = &p.namespaces[0];
+    assert_eq!(
+        (view.pod.as_deref(), view.pod_namespace.as_deref()),
+        (Some("checkout"), Some("shop"))
+    );
+    assert_eq!(view.container.as_deref(), Some("containerd:0123456789ab"));
     // The labels and the text are publish/metrics.rs's (tested there).
     let m = p.metrics.as_ref().expect("rows after a poll");
     assert_eq!(
@@ -51,9 +57,43 @@ fn metrics_are_labelled_netns_container_pod_worst_first_and_bounded() {
         (7, Level::Critical, 0)
     );
     assert_eq!(m.top[0].container, "containerd:0123456789ab");
-    assert_eq!(m.top[0].pod, "shop/checkout");
+    assert_eq!(
+        (m.top[0].pod.as_str(), m.top[0].pod_namespace.as_str()),
+        ("checkout", "shop")
+    );
     assert_eq!((m.watched, m.censuses), (31, 3));
     assert_eq!(m.top.len(), TOP_NAMESPACES);
+    assert!(m.other.is_some(), "the rest in one row");
+}
+
+#[test]
+fn past_the_top_the_namespaces_are_one_other_row_of_their_worst() {
+    let mut known = Known::new();
+    // N + 5 measured: the five least used go to the other row.
+    for i in 0..(TOP_NAMESPACES as u64 + 5) {
+        let level = if i == TOP_NAMESPACES as u64 + 1 {
+            Level::Warning
+        } else {
+            Level::Ok
+        };
+        let usage = 50.0 - i as f64;
+        known.insert(
+            1000 + i,
+            watched(1000 + i, level, usage, Identity::default()),
+        );
+    }
+    let m = publish(&known, None, 1).metrics.expect("rows");
+    assert_eq!(m.top.len(), TOP_NAMESPACES);
+    // Warnings rank first: the one at 29 % is in the top.
+    assert_eq!(m.top[0].inode, 1000 + TOP_NAMESPACES as u64 + 1);
+    let other = m.other.expect("an other row");
+    assert_eq!(other.level, Level::Ok);
+    assert!((other.usage - 0.31).abs() < 1e-9, "{}", other.usage);
+    assert_eq!(m.watched, TOP_NAMESPACES + 5);
+
+    let mut few = Known::new();
+    few.insert(1, watched(1, Level::Ok, 5.0, Identity::default()));
+    assert_eq!(publish(&few, None, 1).metrics.expect("rows").other, None);
 }
 
 /// A fixture `/proc` at 100 s after boot: portd in `net:[1]`, and each

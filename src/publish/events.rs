@@ -159,8 +159,12 @@ pub struct Fields {
     /// Another network namespace the event is about: `net:[INODE]` and
     /// what a person calls it (src/observe/netns/).
     pub netns: Option<String>,
+    /// The container's name (a pod's containers' names), else runtime
+    /// and short id.
     pub container: Option<String>,
+    /// The pod's name (else its uid) and its Kubernetes namespace.
     pub pod: Option<String>,
+    pub pod_namespace: Option<String>,
     /// Seconds until the first destination or pool runs out, when the
     /// forecast says it will.
     pub time_to_exhaustion: Option<u64>,
@@ -192,6 +196,7 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
                 portd_netns = f.netns.as_deref(),
                 portd_container = f.container.as_deref(),
                 portd_pod = f.pod.as_deref(),
+                portd_pod_namespace = f.pod_namespace.as_deref(),
                 portd_time_to_exhaustion = f.time_to_exhaustion,
                 portd_remedy = f.remedy.as_deref(),
                 "{message}"
@@ -227,16 +232,14 @@ impl Fields {
     }
 
     /// These fields, naming another network namespace: `net:[INODE]`, its
-    /// container and its pod (or the pod's uid).
+    /// container, its pod (or the pod's uid) and the pod's namespace
+    /// (display text: escaped and bounded where read).
     pub fn in_namespace(self, ns: &Namespace) -> Fields {
         Fields {
             netns: Some(format!("net:[{}]", ns.inode)),
-            container: ns.identity.container(),
-            pod: ns
-                .identity
-                .pod
-                .clone()
-                .or_else(|| ns.identity.pod_uid.clone()),
+            container: ns.identity.container_label(),
+            pod: ns.identity.pod_label(),
+            pod_namespace: ns.identity.pod_namespace.clone(),
             ..self
         }
     }

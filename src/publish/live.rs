@@ -143,8 +143,12 @@ pub struct NamespaceView {
     pub inode: u64,
     /// The pod, the container, the netns name, the unit or the process.
     pub label: String,
+    /// The container's name (a pod's containers' names), else runtime and
+    /// short id.
     pub container: Option<String>,
+    /// The pod's name (else its uid) and its Kubernetes namespace.
     pub pod: Option<String>,
+    pub pod_namespace: Option<String>,
     /// How to run a command inside it.
     pub enter: String,
     /// The level the daemon holds for it (hold and hysteresis applied).

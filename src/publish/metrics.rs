@@ -50,7 +50,8 @@ pub struct Snapshot<'a> {
     pub authority: &'a Authority,
     /// The failure witness's counters (src/daemon/witness.rs fills them).
     pub witness: &'a WitnessRows,
-    /// The other network namespaces (`portd_netns_*{netns,container,pod}`,
+    /// The other network namespaces (`portd_netns_*{netns,container,pod,
+    /// pod_namespace}`,
     /// src/daemon/netns_publish.rs fills them); `None` before their first
     /// poll, when no family of theirs is written.
     pub netns: &'a Option<NetnsRows>,
@@ -98,29 +99,47 @@ pub struct FailureRow {
     pub count: u64,
 }
 
-/// The other network namespaces: the worst few measured, and the counts.
+/// The other network namespaces: the worst few measured, the rest in one
+/// row (pods churn: the label sets stay bounded), and the counts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NetnsRows {
     /// Worst first, already bounded.
     pub top: Vec<NetnsRow>,
+    /// The measured namespaces past the top, in one row whose labels all
+    /// read `other`: the worst usage, ports and level among them.
+    pub other: Option<NetnsOther>,
     pub watched: usize,
     pub censuses: u64,
 }
 
-/// One namespace, labelled `netns`, `container`, `pod` (never `namespace`,
-/// never a pid).
+/// One namespace, labelled `netns`, `container`, `pod`, `pod_namespace`
+/// (never `namespace`, which Kubernetes' scrape targets carry, never a
+/// pid). The names are display text (escaped and bounded where read).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetnsRow {
     pub inode: u64,
+    /// The container's name (in a pod: its containers' names but the
+    /// sandbox's, comma-separated), else runtime and short id; empty
+    /// outside a container.
     pub container: String,
     /// The pod's name, or its uid; empty outside a pod.
     pub pod: String,
+    /// The pod's Kubernetes namespace; empty outside a pod or unknown.
+    pub pod_namespace: String,
     /// Its last census's headline usage, or the bound its counters give.
     pub usage: f64,
     /// Ports in use by its worst destination or pool at its last census
     /// (0 without one).
     pub used: u64,
     /// Its confirmed level.
+    pub level: Level,
+}
+
+/// The namespaces past the top: the worst of each value among them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetnsOther {
+    pub usage: f64,
+    pub used: u64,
     pub level: Level,
 }
 
@@ -494,22 +513,40 @@ fn failure_labels(row: &FailureRow) -> Vec<(&'static str, String)> {
 /// watched and their censuses.
 pub fn netns(n: &NetnsRows) -> Vec<MetricFamily> {
     let per_namespace = |f: &dyn Fn(&NetnsRow) -> f64| {
-        n.top
+        let mut samples: Vec<Sample> = n
+            .top
             .iter()
             .map(|r| {
                 let labels = vec![
                     ("netns", format!("net:[{}]", r.inode)),
                     ("container", r.container.clone()),
                     ("pod", r.pod.clone()),
+                    ("pod_namespace", r.pod_namespace.clone()),
                 ];
                 Sample::labelled(labels, Value::Real(f(r)))
             })
-            .collect()
+            .collect();
+        if let Some(o) = &n.other {
+            let row = NetnsRow {
+                inode: 0,
+                container: String::new(),
+                pod: String::new(),
+                pod_namespace: String::new(),
+                usage: o.usage,
+                used: o.used,
+                level: o.level,
+            };
+            let labels = ["netns", "container", "pod", "pod_namespace"]
+                .map(|name| (name, "other".to_string()))
+                .to_vec();
+            samples.push(Sample::labelled(labels, Value::Real(f(&row))));
+        }
+        samples
     };
     vec![
         MetricFamily::gauge(
             "portd_netns_usage_ratio",
-            "Worst destination or pool usage in another network namespace (0-1): its last census, or the bound its counters give when none was needed (top 20 namespaces).",
+            "Worst destination or pool usage in another network namespace (0-1): its last census, or the bound its counters give when none was needed (top 20 namespaces, the worst of the rest in one row labelled other).",
             per_namespace(&|r| r.usage),
         ),
         MetricFamily::gauge(
@@ -753,26 +790,36 @@ mod tests {
     }
 
     #[test]
-    fn netns_rows_are_labelled_netns_container_pod_never_a_pid() {
+    fn netns_rows_are_labelled_netns_container_pod_pod_namespace_never_a_pid() {
         let rows = NetnsRows {
             top: vec![NetnsRow {
                 inode: 7,
-                container: "containerd:0123456789ab".into(),
-                pod: "shop/\"checkout\"".into(),
+                container: "envoy".into(),
+                pod: "\"checkout\"".into(),
+                pod_namespace: "shop".into(),
                 usage: 0.6,
                 used: 600,
                 level: Level::Critical,
             }],
+            other: Some(NetnsOther {
+                usage: 0.3,
+                used: 300,
+                level: Level::Warning,
+            }),
             watched: 31,
             censuses: 3,
         };
-        let labels = "{netns=\"net:[7]\",container=\"containerd:0123456789ab\",pod=\"shop/\\\"checkout\\\"\"}";
+        let labels = "{netns=\"net:[7]\",container=\"envoy\",pod=\"\\\"checkout\\\"\",pod_namespace=\"shop\"}";
+        let other = "{netns=\"other\",container=\"other\",pod=\"other\",pod_namespace=\"other\"}";
         assert_eq!(
             samples(&netns(&rows)),
             [
                 format!("portd_netns_usage_ratio{labels} 0.6"),
+                format!("portd_netns_usage_ratio{other} 0.3"),
                 format!("portd_netns_used_ports{labels} 600"),
+                format!("portd_netns_used_ports{other} 300"),
                 format!("portd_netns_alert_level{labels} 2"),
+                format!("portd_netns_alert_level{other} 1"),
                 "portd_netns_watched 31".into(),
                 "portd_netns_censuses_total 3".into(),
             ]

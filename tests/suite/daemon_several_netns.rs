@@ -62,19 +62,23 @@ fn the_daemon_alerts_on_another_namespace_names_it_and_writes_nothing() {
     // The quiet namespace raises nothing.
     assert!(!err.contains("in netns quiet"), "{err}");
 
-    // Metrics labelled netns, container, pod; the busy one critical.
+    // Metrics labelled netns, container, pod, pod_namespace; the busy one
+    // critical.
     let metrics = read(dir, "metrics.txt");
     assert!(
         metrics.contains(&format!(
-            "portd_netns_alert_level{{netns=\"{busy_netns}\",container=\"\",pod=\"\"}} 2\n"
+            "portd_netns_alert_level{{netns=\"{busy_netns}\",container=\"\",pod=\"\",pod_namespace=\"\"}} 2\n"
         )),
         "{metrics}"
     );
     assert!(metrics.contains(&format!(
-        "portd_netns_used_ports{{netns=\"{busy_netns}\",container=\"\",pod=\"\"}} {busy_ss}\n"
+        "portd_netns_used_ports{{netns=\"{busy_netns}\",container=\"\",pod=\"\",pod_namespace=\"\"}} {busy_ss}\n"
     )));
     assert!(metrics.contains("portd_netns_watched 2\n"), "{metrics}");
-    assert!(!metrics.contains("namespace="), "{metrics}");
+    assert!(
+        !metrics.contains("{namespace=") && !metrics.contains(",namespace="),
+        "{metrics}"
+    );
 
     // The live view: the busy namespace first, with its census and advice;
     // the quiet one from its counters alone.

@@ -2,6 +2,7 @@
 //! or pod from a process's cgroup path (`/proc/<pid>/cgroup`, v1 and v2),
 //! the pod's namespace and name from `/var/log/pods`, or the systemd unit.
 //! Pure parsing plus one directory listing; tested with golden fixtures.
+//! The names the runtimes' own files give are read by `identity_names.rs`.
 
 use std::path::Path;
 
@@ -18,7 +19,7 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Runtime::Docker => "docker",
             Runtime::Containerd => "containerd",
@@ -41,9 +42,20 @@ pub struct Identity {
     /// The Kubernetes pod UID (with dashes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
-    /// `<namespace>/<name>` from `/var/log/pods`.
+    /// `<namespace>/<name>` from the runtime's config or `/var/log/pods`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's Kubernetes namespace (display text: escaped, bounded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    /// The pod's name (display text: escaped, bounded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// The container's name from its runtime's config (`api-1`), or in a
+    /// pod the names of its containers but the sandbox's (pause), sorted
+    /// (display text: escaped, bounded).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
 }
 
 impl Identity {
@@ -55,6 +67,46 @@ impl Identity {
             Some(r) => format!("{}:{short}", r.label()),
             None => short.to_string(),
         })
+    }
+
+    /// The `container` of a metric, journal entry or live view: the
+    /// names (`envoy`, `app,envoy`), else the runtime and short id.
+    pub fn container_label(&self) -> Option<String> {
+        if self.containers.is_empty() {
+            self.container()
+        } else {
+            Some(self.containers.join(","))
+        }
+    }
+
+    /// The `pod` of a metric or journal entry: the pod's name, else its
+    /// UID (the namespace is `pod_namespace`).
+    pub fn pod_label(&self) -> Option<String> {
+        self.pod_name.clone().or_else(|| self.pod_uid.clone())
+    }
+
+    /// Sets the pod's namespace and name (and `pod`, `<namespace>/<name>`)
+    /// from text another party wrote: escaped and bounded.
+    pub fn set_pod(&mut self, namespace: &str, name: &str) {
+        let (namespace, name) = (display_name(namespace), display_name(name));
+        self.pod = Some(format!("{namespace}/{name}"));
+        self.pod_namespace = Some(namespace);
+        self.pod_name = Some(name);
+    }
+}
+
+/// The most characters of a name portd shows: a Kubernetes object name's
+/// limit (a DNS subdomain, 253); longer ones end in `...`.
+pub const NAME_MAX_CHARS: usize = 253;
+
+/// A name from a file a container's owner controls, as display text: its
+/// control characters escaped (as a process name's), at most
+/// [`NAME_MAX_CHARS`] characters.
+pub fn display_name(raw: &str) -> String {
+    let shown = crate::base::untrusted::escape(raw);
+    match shown.char_indices().nth(NAME_MAX_CHARS) {
+        Some((at, _)) => format!("{}...", &shown[..at]),
+        None => shown,
     }
 }
 
@@ -136,8 +188,12 @@ fn pod_uid(part: &str) -> Option<String> {
     ok.then_some(uid)
 }
 
+/// `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
+/// `libpod-<id>.scope` (systemd driver), or `crio-<id>` and `libpod-<id>`
+/// (CRI-O's and Podman's cgroupfs driver: cri-o
+/// internal/config/cgmgr/cgroupfs_linux.go, podman libpod/container.go).
 fn container(part: &str) -> Option<(Runtime, &str)> {
-    let name = part.strip_suffix(".scope")?;
+    let name = part.strip_suffix(".scope").unwrap_or(part);
     let (runtime, id) = if let Some(id) = name.strip_prefix("docker-") {
         (Runtime::Docker, id)
     } else if let Some(id) = name.strip_prefix("cri-containerd-") {
@@ -153,21 +209,35 @@ fn container(part: &str) -> Option<(Runtime, &str)> {
     is_hex_id(id).then_some((runtime, id))
 }
 
+/// The container id a cgroup directory's name gives (a pod's children:
+/// `cri-containerd-<id>.scope`, `crio-<id>`, or `<id>` under cgroupfs).
+pub(super) fn container_in(part: &str) -> Option<&str> {
+    container(part)
+        .map(|(_, id)| id)
+        .or_else(|| is_hex_id(part).then_some(part))
+}
+
+/// Whether a cgroup directory's name is a pod's (`...-pod<uid>.slice`,
+/// `pod<uid>`).
+pub(super) fn is_pod_part(part: &str) -> bool {
+    pod_uid(part).is_some()
+}
+
 fn is_hex_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// `<namespace>/<name>` of the pod with `uid`, from the kubelet's log
+/// The namespace and name of the pod with `uid`, from the kubelet's log
 /// directory `/var/log/pods/<namespace>_<name>_<uid>` (Kubernetes names
 /// cannot contain `_`).
-pub fn pod_name(log_pods: &Path, uid: &str) -> Option<String> {
+pub fn pod_name(log_pods: &Path, uid: &str) -> Option<(String, String)> {
     let suffix = format!("_{uid}");
     std::fs::read_dir(log_pods).ok()?.flatten().find_map(|e| {
         let name = e.file_name();
         let name = name.to_str()?;
         let rest = name.strip_suffix(&suffix)?;
         let (ns, pod) = rest.split_once('_')?;
-        Some(format!("{ns}/{pod}"))
+        Some((ns.to_string(), pod.to_string()))
     })
 }
 
@@ -213,7 +283,7 @@ mod tests {
                     runtime: Some(Runtime::Containerd),
                     container_id: Some(ID.into()),
                     pod_uid: Some(UID.into()),
-                    pod: None,
+                    ..Identity::default()
                 },
             ),
             (
@@ -226,7 +296,7 @@ mod tests {
                     runtime: Some(Runtime::Crio),
                     container_id: Some(ID.into()),
                     pod_uid: Some(UID.into()),
-                    pod: None,
+                    ..Identity::default()
                 },
             ),
             (
@@ -295,8 +365,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            pod_name(dir.path(), UID).as_deref(),
-            Some("shop/checkout-7d9f")
+            pod_name(dir.path(), UID),
+            Some(("shop".into(), "checkout-7d9f".into()))
         );
         assert_eq!(
             pod_name(dir.path(), "11111111-1111-1111-1111-111111111111"),

@@ -5,6 +5,7 @@
 pub mod census;
 pub mod discovery;
 pub(crate) mod identity;
+pub(crate) mod identity_names;
 pub(crate) mod scope;
 
 use serde::Serialize;
@@ -39,9 +40,9 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// `--netns` matches the inode, a netns name, the container (full or
-    /// short id, with or without the runtime), the pod (`ns/name` or its
-    /// UID) or the label.
+    /// `--netns` matches the inode, a netns name, the container (its name,
+    /// full or short id, with or without the runtime), the pod (`ns/name`
+    /// or its UID) or the label.
     pub fn matches(&self, want: &str) -> bool {
         let id = &self.identity;
         want == self.inode.to_string()
@@ -51,6 +52,7 @@ impl Namespace {
             || id.pod.as_deref() == Some(want)
             || id.pod_uid.as_deref() == Some(want)
             || id.container().as_deref() == Some(want)
+            || id.containers.iter().any(|c| c == want)
             || id.unit.as_deref() == Some(want)
             || (want.len() >= 12
                 && id
@@ -100,12 +102,15 @@ impl Namespace {
 pub fn describe(host: &Host, found: &Found) -> Namespace {
     let (identity, comm) = match found.pid {
         Some(pid) => {
-            let cgroup = std::fs::read_to_string(host.proc(&format!("{pid}/cgroup")));
-            let mut id = cgroup
-                .map(|t| identity::from_cgroup(&t))
-                .unwrap_or_default();
-            if let Some(uid) = &id.pod_uid {
-                id.pod = identity::pod_name(&host.path("/var/log/pods"), uid);
+            let cgroup =
+                std::fs::read_to_string(host.proc(&format!("{pid}/cgroup"))).unwrap_or_default();
+            let mut id = identity::from_cgroup(&cgroup);
+            identity_names::complete(host, &cgroup, &mut id);
+            if let Some(uid) = &id.pod_uid
+                && id.pod.is_none()
+                && let Some((ns, name)) = identity::pod_name(&host.path("/var/log/pods"), uid)
+            {
+                id.set_pod(&ns, &name);
             }
             // Any bytes: a process names itself.
             let comm = std::fs::read(host.proc(&format!("{pid}/comm")))
@@ -115,9 +120,10 @@ pub fn describe(host: &Host, found: &Found) -> Namespace {
         }
         None => (Identity::default(), None),
     };
-    // Display text from what others named (a process, a cgroup, a netns):
-    // it reaches the plugin line, the journal and the terminal.
-    let label = untrusted::escape(label(found, &identity, comm.as_deref()));
+    // Display text from what others named (a process, a cgroup, a netns,
+    // a runtime's names, already escaped in `identity`): it reaches the
+    // plugin line, the journal and the terminal.
+    let label = label(found, &identity, comm.as_deref());
     let enter = match (found.pid, found.names.first()) {
         _ if found.own => "(portd's own namespace)".to_string(),
         (_, Some(name)) => format!("ip netns exec {} COMMAND", untrusted::escape(name)),
@@ -137,27 +143,39 @@ pub fn describe(host: &Host, found: &Found) -> Namespace {
     }
 }
 
+/// "pod shop/checkout-7f9c, container envoy", "docker container api-1",
+/// "container docker:0123456789ab", "netns blue", "unit x.service",
+/// "pid 8 (python3)": escaped display text.
 fn label(found: &Found, id: &Identity, comm: Option<&str>) -> String {
+    use untrusted::escape;
     if found.own {
         return "host".to_string();
     }
-    if let Some(pod) = &id.pod {
-        return format!("pod {pod}");
+    let containers = match id.containers.as_slice() {
+        [] => None,
+        [one] => Some(format!("container {one}")),
+        many => Some(format!("containers {}", many.join(","))),
+    };
+    if let Some(pod) = id.pod.as_ref().or(id.pod_uid.as_ref()) {
+        return match containers {
+            Some(c) => format!("pod {pod}, {c}"),
+            None => format!("pod {pod}"),
+        };
     }
-    if let Some(uid) = &id.pod_uid {
-        return format!("pod {uid}");
+    if let (Some(c), Some(runtime)) = (&containers, id.runtime) {
+        return format!("{} {c}", runtime.label());
     }
     if let Some(c) = id.container() {
         return format!("container {c}");
     }
     if let Some(name) = found.names.first() {
-        return format!("netns {name}");
+        return format!("netns {}", escape(name));
     }
     if let Some(unit) = &id.unit {
-        return format!("unit {unit}");
+        return format!("unit {}", escape(unit));
     }
     match (found.pid, comm) {
-        (Some(pid), Some(comm)) => format!("pid {pid} ({comm})"),
+        (Some(pid), Some(comm)) => format!("pid {pid} ({})", escape(comm)),
         (Some(pid), None) => format!("pid {pid}"),
         _ => format!("net:[{}]", found.inode),
     }

@@ -407,6 +407,16 @@ impl State {
         true
     }
 
+    /// A policy reload clears every yield, the host's and the other
+    /// namespaces'; true when there was one.
+    pub fn clear_yields(&mut self) -> bool {
+        let mut cleared = self.yielded.take().is_some();
+        for r in &mut self.namespaces {
+            cleared |= r.yielded.take().is_some();
+        }
+        cleared
+    }
+
     /// The record of the namespace `inode`.
     pub fn namespace(&self, inode: u64) -> Option<&NamespaceRecord> {
         self.namespaces.iter().find(|r| r.key.inode == inode)

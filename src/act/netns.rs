@@ -260,7 +260,10 @@ fn restore(view: &Host, r: &mut NamespaceRecord, force: bool) -> Result<Vec<Stri
     let reserved = live.reserved_ports.difference(&r.added_reserved);
     if reserved != live.reserved_ports {
         actuator::write_reserved(view, &reserved).map_err(|e| e.to_string())?;
-        done.push(format!("removed portd's reserved ports {}", r.added_reserved));
+        done.push(format!(
+            "removed portd's reserved ports {}",
+            r.added_reserved
+        ));
     }
     if done.is_empty() {
         done.push("the live values were already the original ones".into());

@@ -437,7 +437,11 @@ impl State {
     ) {
         self.namespaces
             .retain(|r| r.key.inode != key.inode || r.key.same(&key));
-        let index = match self.namespaces.iter().position(|r| r.key.inode == key.inode) {
+        let index = match self
+            .namespaces
+            .iter()
+            .position(|r| r.key.inode == key.inode)
+        {
             Some(i) => i,
             None => {
                 self.namespaces.push(NamespaceRecord {
@@ -982,7 +986,10 @@ mod tests {
         assert_eq!(s.format_version, FORMAT_VERSION);
         assert_eq!(s.admin.as_ref().map(|a| a.range), Some(range(40000, 40499)));
         assert!(s.namespaces.is_empty());
-        assert_eq!(s.rollback_target(false).map(|v| v.range), Some(range(40000, 40499)));
+        assert_eq!(
+            s.rollback_target(false).map(|v| v.range),
+            Some(range(40000, 40499))
+        );
         s.save(&host).unwrap();
         let text = std::fs::read_to_string(State::path(&host)).unwrap();
         assert!(text.contains("\"format_version\":4"), "{text}");
@@ -994,10 +1001,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = Host::new(dir.path());
         let mut s = State::default();
-        s.record_namespace_widening(key(4026532242, &["blue"]), found(), &widening(), at(100), "busy");
+        s.record_namespace_widening(
+            key(4026532242, &["blue"]),
+            found(),
+            &widening(),
+            at(100),
+            "busy",
+        );
         let r = s.namespace(4026532242).unwrap();
-        assert_eq!((r.original.clone(), r.last_written.clone()), (found(), None));
-        assert_eq!(r.pending.as_ref().map(|p| p.range), Some(range(40000, 40181)));
+        assert_eq!(
+            (r.original.clone(), r.last_written.clone()),
+            (found(), None)
+        );
+        assert_eq!(
+            r.pending.as_ref().map(|p| p.range),
+            Some(range(40000, 40181))
+        );
         assert_eq!(r.added_reserved, ports("40120"));
         s.confirm_namespace(4026532242);
         let later = Values {
@@ -1013,7 +1032,10 @@ mod tests {
         s.confirm_namespace(4026532242);
         let r = s.namespace(4026532242).unwrap();
         assert_eq!(r.original, found(), "the first values are kept");
-        assert_eq!(r.last_written.as_ref().map(|w| w.range), Some(range(40000, 40301)));
+        assert_eq!(
+            r.last_written.as_ref().map(|w| w.range),
+            Some(range(40000, 40301))
+        );
         assert_eq!(r.changes.len(), 2);
         assert_eq!(s.original, None, "the host's own values are not touched");
         s.save(&host).unwrap();

@@ -96,7 +96,10 @@ impl Daemon {
         };
         in_namespace(entry, &c.ns).emit();
         if let Err(e) = self.state.save(&self.host) {
-            tracing::error!("cannot save the state after a change in {}: {e}", c.ns.label);
+            tracing::error!(
+                "cannot save the state after a change in {}: {e}",
+                c.ns.label
+            );
         }
     }
 }

@@ -47,7 +47,7 @@ pub fn names_of(ns: &Namespace) -> Names<'_> {
 
 /// What a widening in another namespace came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Widening {
     /// The plan is in place.
     Widened,
     /// Someone else changed the values portd wrote there: portd stops
@@ -124,7 +124,7 @@ fn may_widen(
     plan: &Plan,
     policy: &Policy,
     now: SystemTime,
-) -> Option<Outcome> {
+) -> Option<Widening> {
     if let Some(r) = state
         .namespaces
         .iter_mut()
@@ -132,7 +132,7 @@ fn may_widen(
     {
         settle(r, live);
         if let Some(y) = &r.yielded {
-            return Some(Outcome::Held(format!("yielded: {}", y.reason)));
+            return Some(Widening::Held(format!("yielded: {}", y.reason)));
         }
         if let Some(reason) = changed_by_someone_else(r, live) {
             // The admin's values become the baseline, as on the host.
@@ -141,14 +141,14 @@ fn may_widen(
                 at: now,
                 reason: reason.clone(),
             });
-            return Some(Outcome::Yielded(reason));
+            return Some(Widening::Yielded(reason));
         }
         if let Some(why) = waiting(r, policy, now) {
-            return Some(Outcome::Held(why));
+            return Some(Widening::Held(why));
         }
     }
     (plan.from != live.port_range).then(|| {
-        Outcome::Held(format!(
+        Widening::Held(format!(
             "the range is {} now, not the {} the plan started from",
             live.port_range, plan.from
         ))
@@ -168,7 +168,7 @@ pub fn widen(
     policy: &Policy,
     now: SystemTime,
     reason: &str,
-) -> Result<Outcome, ActuateError> {
+) -> Result<Widening, ActuateError> {
     let outside = |e: String| ActuateError::Invalid(format!("{}: {e}", ns.label));
     let live = census::settings(host, ns).map_err(outside)?;
     let key = key_of(ns);
@@ -197,7 +197,7 @@ pub fn widen(
         return Err(outside(e));
     }
     state.confirm_namespace(ns.inode);
-    Ok(Outcome::Widened)
+    Ok(Widening::Widened)
 }
 
 /// `portd rollback` for the other namespaces: each recorded one that still

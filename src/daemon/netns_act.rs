@@ -8,7 +8,7 @@
 use std::time::SystemTime;
 
 use super::Daemon;
-use crate::act::netns::{self, Outcome};
+use crate::act::netns::{self, Widening};
 use crate::judge::level::Level;
 use crate::judge::planner::{Action, Blocked, Decision, Plan};
 use crate::observe::netns::Namespace;
@@ -84,11 +84,11 @@ impl Daemon {
             &reason,
         );
         let entry = match result {
-            Ok(Outcome::Widened) => Entry::widened(&c.usage, &c.plan, &reason),
-            Ok(Outcome::Yielded(why)) => {
+            Ok(Widening::Widened) => Entry::widened(&c.usage, &c.plan, &reason),
+            Ok(Widening::Yielded(why)) => {
                 Entry::external_change(&why, Some(c.plan.from), c.usage.settings.port_range)
             }
-            Ok(Outcome::Held(why)) => {
+            Ok(Widening::Held(why)) => {
                 tracing::debug!("not widening {} now: {why}", c.ns.label);
                 return;
             }

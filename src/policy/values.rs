@@ -377,9 +377,9 @@ pub(super) struct SelectorList(pub(super) Vec<Spanned<Checked<SelectorValue>>>);
 
 impl<'de> Deserialize<'de> for SelectorList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ListVisitor;
+        struct SelectorListVisitor;
 
-        impl<'de> Visitor<'de> for ListVisitor {
+        impl<'de> Visitor<'de> for SelectorListVisitor {
             type Value = SelectorList;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -395,7 +395,7 @@ impl<'de> Deserialize<'de> for SelectorList {
             }
         }
 
-        d.deserialize_seq(ListVisitor)
+        d.deserialize_seq(SelectorListVisitor)
     }
 }
 

@@ -8,7 +8,6 @@
 //! namespace and records its originals; `portd rollback` restores `sel`,
 //! or says it is gone when it is (needs root).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -70,14 +69,12 @@ fn two_loaded_namespaces() -> (Sandbox, u64) {
     ));
     let hold = tests_dir().join("helpers/hold.py");
     for name in ["sel", "other"] {
-        // Ended with the sandbox's PID namespace.
-        ns.command("ip")
-            .args(["netns", "exec", name, "python3"])
-            .arg(&hold)
-            .args(["40000", "40019", "15", &format!("{READY_DIR}/{name}.ready")])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        // In the background, ended with the sandbox's PID namespace.
+        ns.sh(&format!(
+            "ip netns exec {name} python3 {} 40000 40019 15 {READY_DIR}/{name}.ready \
+             </dev/null >/dev/null 2>&1 &",
+            hold.display()
+        ));
     }
     wait_for("the holders", Duration::from_secs(10), || {
         ["sel", "other"]

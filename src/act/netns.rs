@@ -33,15 +33,26 @@ pub fn key_of(ns: &Namespace) -> NamespaceKey {
     }
 }
 
-/// The names `namespaces.select` matches `ns` by.
-pub fn names_of(ns: &Namespace) -> Names<'_> {
+/// The names `namespaces.select` matches `ns` by: its netns names, its
+/// pod and the pod's namespace, and its container as the full id, the
+/// short id and `RUNTIME:SHORT-ID`.
+pub fn names_of(ns: &Namespace) -> Names {
     let id = &ns.identity;
-    let pod = id.pod.as_deref();
+    let container = id
+        .container_id
+        .iter()
+        .flat_map(|full| [full.clone(), full.chars().take(12).collect()])
+        .chain(id.container())
+        .collect();
     Names {
-        netns: ns.names.iter().map(String::as_str).collect(),
-        pod,
-        pod_namespace: pod.and_then(|p| p.split_once('/')).map(|(n, _)| n),
-        container: id.container_id.as_deref().into_iter().collect(),
+        netns: ns.names.clone(),
+        pod: id.pod.clone(),
+        pod_namespace: id
+            .pod
+            .as_deref()
+            .and_then(|p| p.split_once('/'))
+            .map(|(n, _)| n.to_string()),
+        container,
     }
 }
 

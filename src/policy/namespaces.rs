@@ -32,7 +32,7 @@ impl Default for NamespacePolicy {
 
 impl NamespacePolicy {
     /// The first selector that matches `names`, when `auto` may write there.
-    pub fn widens(&self, names: &Names<'_>) -> Option<&Selector> {
+    pub fn widens(&self, names: &Names) -> Option<&Selector> {
         if self.mode != Mode::Auto {
             return None;
         }
@@ -74,13 +74,13 @@ impl SelectorKind {
 
 /// The names of one namespace, as its identity gives them.
 #[derive(Clone, Debug, Default)]
-pub struct Names<'a> {
-    pub netns: Vec<&'a str>,
+pub struct Names {
+    pub netns: Vec<String>,
     /// `NAMESPACE/NAME`.
-    pub pod: Option<&'a str>,
-    pub pod_namespace: Option<&'a str>,
+    pub pod: Option<String>,
+    pub pod_namespace: Option<String>,
     /// Every name the container goes by.
-    pub container: Vec<&'a str>,
+    pub container: Vec<String>,
 }
 
 /// One `KIND:PATTERN` of `namespaces.select`.
@@ -125,14 +125,13 @@ impl Selector {
         })
     }
 
-    pub fn matches(&self, names: &Names<'_>) -> bool {
-        let any = |list: &[&str]| list.iter().any(|n| glob(&self.pattern, n));
+    pub fn matches(&self, names: &Names) -> bool {
+        let one = |name: &Option<String>| name.as_deref().is_some_and(|n| glob(&self.pattern, n));
+        let any = |list: &[String]| list.iter().any(|n| glob(&self.pattern, n));
         match self.kind {
             SelectorKind::Netns => any(&names.netns),
-            SelectorKind::Pod => names.pod.is_some_and(|p| glob(&self.pattern, p)),
-            SelectorKind::PodNamespace => {
-                names.pod_namespace.is_some_and(|p| glob(&self.pattern, p))
-            }
+            SelectorKind::Pod => one(&names.pod),
+            SelectorKind::PodNamespace => one(&names.pod_namespace),
             SelectorKind::Container => any(&names.container),
         }
     }
@@ -184,12 +183,13 @@ fn glob(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn names() -> Names<'static> {
+    fn names() -> Names {
+        let own = |list: &[&str]| list.iter().map(ToString::to_string).collect();
         Names {
-            netns: vec!["blue"],
-            pod: Some("shop/checkout-7f9c"),
-            pod_namespace: Some("shop"),
-            container: vec!["envoy", "containerd:0123456789ab"],
+            netns: own(&["blue"]),
+            pod: Some("shop/checkout-7f9c".into()),
+            pod_namespace: Some("shop".into()),
+            container: own(&["envoy", "containerd:0123456789ab"]),
         }
     }
 

@@ -570,7 +570,7 @@ sleep 3
 [ "$(prop ActiveState)/$(prop SubState)" = active/running ] || fail "portd is $(prop ActiveState)/$(prop SubState) after widening e2e-sel"
 timeout 30 nsenter -t "$pid" -m -p -n systemctl stop portd.service || fail "systemctl stop portd (selecting e2e-sel) failed"
 ns /usr/sbin/portd rollback >"$work/netns-rollback.out" 2>&1 || fail "portd rollback failed: $(cat "$work/netns-rollback.out")"
-grep -q "netns e2e-sel (${sel_netns}): restored ip_local_port_range 40000-$sel_high -> 40000-40019" "$work/netns-rollback.out" \
+grep -qF "netns e2e-sel (${sel_netns}): restored ip_local_port_range 40000-$sel_high -> 40000-40019" "$work/netns-rollback.out" \
     || fail "portd rollback did not restore e2e-sel: $(cat "$work/netns-rollback.out")"
 [ "$(named_values e2e-sel)" = "$sel_before" ] || fail "after rollback e2e-sel is '$(named_values e2e-sel)', not '$sel_before'"
 [ "$(named_values e2e-other)" = "$other_before" ] || fail "after rollback e2e-other is '$(named_values e2e-other)', not '$other_before'"

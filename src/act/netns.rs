@@ -263,6 +263,11 @@ fn restore(view: &Host, r: &mut NamespaceRecord, force: bool) -> Result<Vec<Stri
     let mut done = Vec::new();
     if live.port_range != r.original.range {
         actuator::write_range(view, r.original.range).map_err(|e| e.to_string())?;
+        // Recorded at once: should the next step fail, a second rollback
+        // takes the live range for portd's, not for someone else's.
+        if let Some(w) = &mut r.last_written {
+            w.range = r.original.range;
+        }
         done.push(format!(
             "restored ip_local_port_range {} -> {}",
             live.port_range, r.original.range
@@ -280,4 +285,174 @@ fn restore(view: &Host, r: &mut NamespaceRecord, force: bool) -> Result<Vec<Stri
         done.push("the live values were already the original ones".into());
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::state::Change;
+    use crate::base::ports::{PortRange, PortSet, Ratio};
+
+    fn range(low: u16, high: u16) -> PortRange {
+        PortRange::new(low, high).unwrap()
+    }
+
+    fn settings(r: PortRange, reserved: &str) -> KernelSettings {
+        KernelSettings {
+            port_range: r,
+            reserved_ports: PortSet::parse(reserved).unwrap(),
+            unprivileged_port_start: 1024,
+            tcp_tw_reuse: crate::base::kernel::TwReuse::Off,
+            tcp_timestamps: true,
+        }
+    }
+
+    fn key() -> NamespaceKey {
+        NamespaceKey {
+            inode: 4026532242,
+            names: vec!["sel".into()],
+            container_id: None,
+            pod_uid: None,
+            label: "netns sel".into(),
+        }
+    }
+
+    fn plan(from: PortRange, to: PortRange) -> Plan {
+        Plan {
+            from,
+            to,
+            reserved: PortSet::parse("40030").unwrap(),
+            newly_reserved: PortSet::parse("40030").unwrap(),
+            expected_usage: Ratio::from_percent(25.0).unwrap(),
+            reaches_target: true,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// A state in which portd widened `sel` 40000-40019 -> 40000-40059
+    /// (reserving 40030) at 1000 s.
+    fn widened_once() -> State {
+        let mut s = State::default();
+        let found = settings(range(40000, 40019), "");
+        let p = plan(range(40000, 40019), range(40000, 40059));
+        s.record_namespace_widening(key(), values(&found), &p, at(1000), "busy");
+        s.confirm_namespace(key().inode);
+        s
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            cooldown: Duration::from_secs(300),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_first_widening_may_go_when_the_plan_starts_from_the_live_range() {
+        let mut s = State::default();
+        let live = settings(range(40000, 40019), "");
+        let p = plan(range(40000, 40019), range(40000, 40059));
+        assert_eq!(may_widen(&mut s, &key(), &live, &p, &policy(), at(0)), None);
+        let moved = settings(range(40000, 40029), "");
+        assert!(matches!(
+            may_widen(&mut s, &key(), &moved, &p, &policy(), at(0)),
+            Some(Widening::Held(why)) if why.contains("40000-40029")
+        ));
+    }
+
+    #[test]
+    fn someone_elses_range_makes_portd_yield_there_and_stay_yielded() {
+        let mut s = widened_once();
+        let admin = settings(range(40000, 40499), "40030");
+        let p = plan(range(40000, 40499), range(40000, 40999));
+        let first = may_widen(&mut s, &key(), &admin, &p, &policy(), at(5000));
+        assert!(
+            matches!(&first, Some(Widening::Yielded(why)) if why.contains("changed from 40000-40059 (written by portd) to 40000-40499")),
+            "{first:?}"
+        );
+        let r = s.namespace(key().inode).unwrap();
+        assert_eq!(
+            r.last_written.as_ref().map(|w| w.range),
+            Some(range(40000, 40499))
+        );
+        assert_eq!(
+            r.original.range,
+            range(40000, 40019),
+            "rollback still knows"
+        );
+        assert!(matches!(
+            may_widen(&mut s, &key(), &admin, &p, &policy(), at(6000)),
+            Some(Widening::Held(why)) if why.starts_with("yielded: ")
+        ));
+        assert!(s.clear_yields());
+        assert_eq!(
+            may_widen(&mut s, &key(), &admin, &p, &policy(), at(6000)),
+            None
+        );
+    }
+
+    #[test]
+    fn removed_reservations_are_someone_elses_change_too() {
+        let mut s = widened_once();
+        let live = settings(range(40000, 40059), "");
+        let p = plan(range(40000, 40059), range(40000, 40099));
+        assert!(matches!(
+            may_widen(&mut s, &key(), &live, &p, &policy(), at(5000)),
+            Some(Widening::Yielded(why)) if why.contains("(40030) were removed")
+        ));
+    }
+
+    #[test]
+    fn the_cooldown_and_the_hourly_cap_count_per_namespace() {
+        let mut s = widened_once();
+        let live = settings(range(40000, 40059), "40030");
+        let p = plan(range(40000, 40059), range(40000, 40099));
+        assert!(matches!(
+            may_widen(&mut s, &key(), &live, &p, &policy(), at(1100)),
+            Some(Widening::Held(why)) if why.starts_with("cooldown")
+        ));
+        let r = &mut s.namespaces[0];
+        r.changes = (0..4)
+            .map(|i| Change {
+                at: at(1000 + i * 400),
+                from: range(40000, 40019),
+                to: range(40000, 40059),
+                reserved_added: PortSet::new(),
+                reason: String::new(),
+            })
+            .collect();
+        assert!(matches!(
+            may_widen(&mut s, &key(), &live, &p, &policy(), at(2800)),
+            Some(Widening::Held(why)) if why.contains("4 changes there in the last hour")
+        ));
+        assert_eq!(
+            may_widen(&mut s, &key(), &live, &p, &policy(), at(10_000)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_write_recorded_before_a_crash_is_settled_by_the_live_range() {
+        let mut s = State::default();
+        let found = settings(range(40000, 40019), "");
+        let p = plan(range(40000, 40019), range(40000, 40059));
+        s.record_namespace_widening(key(), values(&found), &p, at(1000), "busy");
+        let mut written = s.clone();
+        settle(
+            &mut written.namespaces[0],
+            &settings(range(40000, 40059), "40030"),
+        );
+        let r = &written.namespaces[0];
+        assert_eq!(
+            (r.pending.clone(), r.last_written.as_ref().map(|w| w.range)),
+            (None, Some(range(40000, 40059)))
+        );
+        settle(&mut s.namespaces[0], &found);
+        let r = &s.namespaces[0];
+        assert_eq!((r.pending.clone(), r.last_written.clone()), (None, None));
+        assert!(r.added_reserved.is_empty(), "never reserved");
+    }
 }

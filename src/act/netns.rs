@@ -34,24 +34,32 @@ pub fn key_of(ns: &Namespace) -> NamespaceKey {
 }
 
 /// The names `namespaces.select` matches `ns` by: its netns names, its
-/// pod and the pod's namespace, and its container as the full id, the
-/// short id and `RUNTIME:SHORT-ID`.
+/// pod and the pod's namespace, and its container by the names its runtime
+/// gives it (in a pod, each of its containers), the full id, the short id
+/// and `RUNTIME:SHORT-ID`.
 pub fn names_of(ns: &Namespace) -> Names {
     let id = &ns.identity;
     let container = id
-        .container_id
+        .containers
         .iter()
-        .flat_map(|full| [full.clone(), full.chars().take(12).collect()])
+        .cloned()
+        .chain(
+            id.container_id
+                .iter()
+                .flat_map(|full| [full.clone(), full.chars().take(12).collect()]),
+        )
         .chain(id.container())
         .collect();
+    let pod_namespace = id.pod_namespace.clone().or_else(|| {
+        id.pod
+            .as_deref()
+            .and_then(|p| p.split_once('/'))
+            .map(|(n, _)| n.to_string())
+    });
     Names {
         netns: ns.names.clone(),
         pod: id.pod.clone(),
-        pod_namespace: id
-            .pod
-            .as_deref()
-            .and_then(|p| p.split_once('/'))
-            .map(|(n, _)| n.to_string()),
+        pod_namespace,
         container,
     }
 }
@@ -454,5 +462,47 @@ mod tests {
         let r = &s.namespaces[0];
         assert_eq!((r.pending.clone(), r.last_written.clone()), (None, None));
         assert!(r.added_reserved.is_empty(), "never reserved");
+    }
+
+    /// A pod's namespace as the names engineer's identity gives it: the pod,
+    /// its Kubernetes namespace and its containers' names select it.
+    #[test]
+    fn a_pod_is_selected_by_its_namespace_its_name_and_its_containers_names() {
+        use crate::observe::netns::identity::Identity;
+        use crate::policy::Mode;
+        use crate::policy::namespaces::{NamespacePolicy, Selector};
+        let ns = Namespace {
+            inode: 4026532291,
+            pid: Some(4242),
+            comm: Some("envoy".into()),
+            processes: 3,
+            names: Vec::new(),
+            own: false,
+            identity: Identity {
+                container_id: Some("ab".repeat(32)),
+                pod: Some("shop/checkout-7f9c".into()),
+                pod_namespace: Some("shop".into()),
+                pod_name: Some("checkout-7f9c".into()),
+                containers: vec!["envoy".into(), "app".into()],
+                ..Identity::default()
+            },
+            label: "pod shop/checkout-7f9c".into(),
+            enter: String::new(),
+        };
+        let names = names_of(&ns);
+        let selects = |text: &str| {
+            NamespacePolicy {
+                mode: Mode::Auto,
+                select: vec![Selector::parse(text).unwrap()],
+            }
+            .widens(&names)
+            .is_some()
+        };
+        assert!(selects("pod_namespace:shop"));
+        assert!(selects("pod:shop/checkout-*"));
+        assert!(selects("container:envoy"));
+        assert!(selects("container:abababababab"));
+        assert!(!selects("container:redis"));
+        assert!(!selects("pod_namespace:kube-system"));
     }
 }

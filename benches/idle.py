@@ -215,7 +215,8 @@ def inner(spec):
     statuses, census_seen, last_status, at = 0, False, "", None
     try:
         while polls < warmup + n:
-            timeout = 120 if at is None else max(0.0, at - time.monotonic())
+            # (a timeout of 0 would make the socket non-blocking)
+            timeout = 120 if at is None else max(1e-4, at - time.monotonic())
             notify.settimeout(timeout)
             try:
                 msg = notify.recv(65536).decode(errors="replace")

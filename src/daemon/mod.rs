@@ -196,8 +196,7 @@ struct Daemon {
     /// The poll's sysctl.d scan, read at most once a poll (on its first
     /// question) and asked every question of it.
     sysctld: act::PollScan,
-    /// The kernel settings as last read, and when all of them were (the
-    /// polls between read the range alone, tick.rs).
+    /// The settings as last read, and when all were (tick.rs).
     settings: Option<(KernelSettings, Instant)>,
     /// Reads the /proc files of every poll: kept open on the live host
     /// (census/reader.rs); opened anew under a fixture root, whose files a

@@ -25,16 +25,19 @@ Scenarios:
 The daemon: `portd --config POLICY run --log-target stderr` (stderr to a
 file), POLICY = config/portd.toml as shipped with only `interval = "1s"`
 and `mode = "advise"` set; NOTIFY_SOCKET points at a datagram socket of the
-driver, which counts the STATUS messages (one per poll, "census skipped"
-when the fast path spared the census). The CPU of the daemon is read with
-clock_gettime on its process CPU clock (CLOCK_PROCESS_CPUTIME_ID of another
-process: the thread group's sum_exec_runtime, ns, ended threads included)
-when a STATUS arrives:
+driver. The CPU of the daemon is read with clock_gettime on its process CPU
+clock (CLOCK_PROCESS_CPUTIME_ID of another process: the thread group's
+sum_exec_runtime, ns, ended threads included). Polls are counted by the
+clock, not by STATUS messages (a daemon may send STATUS only when its text
+changes): the poll timer fires every second from the first census's poll,
+so the CPU is read at READY=1 and then half a second after each poll time,
+and each one-second window holds one poll:
   start-up  CPU at READY=1 (set-up, witness, the first census)
-  per poll  (CPU at STATUS WARMUP+POLLS - CPU at STATUS WARMUP) / POLLS,
+  per poll  (CPU at window WARMUP+POLLS - CPU at window WARMUP) / POLLS,
             censuses (max_staleness) included
-  one poll  CPU between two STATUS: the median and p10-p90 of the polls that
-            skipped the census, and each poll with a census
+  one poll  CPU of one window: the median and p10-p90 of the windows without
+            a census (no STATUS without "census skipped" in them), and each
+            window with a census
 and the total from wait4() after SIGTERM as a cross-check.
 
 Usage (root): idle.py [--polls 600] [--warmup 10] [--scenarios empty,sockets]
@@ -62,6 +65,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTEN_BASE = 5001
+INTERVAL = 1.0  # the policy's poll interval, seconds (policy_file)
 PER_WORKER = 9000
 
 
@@ -144,7 +148,7 @@ def sockstat():
 
 def policy_file(src, d, metrics):
     text = open(src).read()
-    for key, value in (("interval", '"1s"'), ("mode", '"advise"')):
+    for key, value in (("interval", f'"{INTERVAL:g}s"'), ("mode", '"advise"')):
         text, n = re.subn(rf'(?m)^{key} = .*$', f"{key} = {value}", text)
         if n != 1:
             sys.exit(f"{src}: expected one `{key} = ` line, found {n}")
@@ -202,28 +206,45 @@ def inner(spec):
                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                               preexec_fn=pdeathsig)
     pid = daemon.pid
-    polls, marks, steps = 0, {}, []  # steps: (CPU ns of the poll, census taken)
+    # Polls are counted by the clock, not by STATUS (sent only when its text
+    # changes): the poll timer fires every INTERVAL from the first census's
+    # poll, so the CPU is read half an interval after each poll time, and
+    # every window between two readings holds one poll.
+    polls, marks, steps = 0, {}, []  # steps: (CPU ns of the window, census in it)
     warmup, n = spec["warmup"], spec["polls"]
+    statuses, census_seen, last_status, at = 0, False, "", None
     try:
         while polls < warmup + n:
-            msg = notify.recv(65536).decode(errors="replace")
+            # (a timeout of 0 would make the socket non-blocking)
+            timeout = 120 if at is None else max(1e-4, at - time.monotonic())
+            notify.settimeout(timeout)
+            try:
+                msg = notify.recv(65536).decode(errors="replace")
+            except socket.timeout:
+                if at is None:
+                    raise
+                polls += 1
+                now = (process_cpu_ns(pid), time.monotonic())
+                if polls > warmup:
+                    steps.append((now[0] - prev[0], census_seen))
+                if polls == warmup:
+                    marks["from"] = now
+                prev, census_seen = now, False
+                at += INTERVAL
+                continue
             if "READY=1" in msg:
-                marks["ready"] = (process_cpu_ns(pid), time.monotonic())
+                marks["ready"] = prev = (process_cpu_ns(pid), time.monotonic())
+                at = marks["ready"][1] + INTERVAL / 2
             if "STATUS=" not in msg:
                 continue
-            polls += 1
-            now = (process_cpu_ns(pid), time.monotonic())
-            if polls > warmup:
-                steps.append((now[0] - prev[0], "census skipped" not in msg))
-            if polls == warmup:
-                marks["from"] = now
-            prev = now
+            statuses += 1
+            last_status = msg
+            census_seen |= "census skipped" not in msg and "READY=1" not in msg
         marks["to"] = prev
-        last_status = msg
     except socket.timeout:
         daemon.kill()
         daemon.wait()
-        sys.exit(f"{spec['name']}/{spec['scenario']}: no STATUS for 120 s after {polls} polls; log {spec['log']}")
+        sys.exit(f"{spec['name']}/{spec['scenario']}: no READY=1 in 120 s; log {spec['log']}")
     live = None
     try:
         live = json.load(open("/run/portd/live.json"))
@@ -260,6 +281,7 @@ def inner(spec):
         "exit_status": os.waitstatus_to_exitcode(status),
         "threads_at_end": threads,
         "wall_seconds": time.monotonic() - t0,
+        "statuses": statuses,
         "last_status": last_status.strip(),
     })
     if live:

@@ -59,14 +59,16 @@ pub(super) struct Poll<'a> {
     pub policy_digest: Option<&'a str>,
 }
 
-/// This process's start time and namespaces, which do not change while it
-/// runs (the threads that enter other namespaces are not its main thread,
-/// which `/proc/self` names): read once, not on every poll.
-fn myself() -> (Option<u64>, live::Namespaces) {
-    static MYSELF: OnceLock<(Option<u64>, live::Namespaces)> = OnceLock::new();
+/// This process's id, start time and namespaces, which do not change while
+/// it runs (the threads that enter other namespaces are not its main
+/// thread, which `/proc/self` names): read once, not on every poll.
+fn myself() -> (u32, Option<u64>, live::Namespaces) {
+    static MYSELF: OnceLock<(u32, Option<u64>, live::Namespaces)> = OnceLock::new();
     *MYSELF.get_or_init(|| {
+        let pid = std::process::id();
         (
-            live::process(std::process::id()).map(|p| p.start_time),
+            pid,
+            live::process(pid).map(|p| p.start_time),
             live::Namespaces::of_this_process(),
         )
     })
@@ -79,9 +81,9 @@ pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime
     Live {
         format_version: live::FORMAT_VERSION,
         written_at: live::unix_seconds(now),
-        pid: std::process::id(),
-        start_time: myself.0,
-        namespaces_of_daemon: Some(myself.1),
+        pid: myself.0,
+        start_time: myself.1,
+        namespaces_of_daemon: Some(myself.2),
         interval_seconds: poll.interval.as_secs_f64(),
         refresh_seconds: REFRESH.as_secs_f64(),
         policy: Some(live::PolicyView {

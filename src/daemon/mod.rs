@@ -41,6 +41,7 @@ use crate::daemon::witness::Running as Witness;
 use crate::judge::assess::{self, Assessment};
 use crate::judge::authority::Authority;
 use crate::judge::level::Exit;
+use crate::observe::census::KernelSettings;
 use crate::observe::census::reader::{Fresh, KeptOpen, ProcRead};
 use crate::observe::usage::Usage;
 use crate::policy::{self, Policy};
@@ -196,6 +197,8 @@ struct Daemon {
     /// The poll's sysctl.d scan, read at most once a poll (on its first
     /// question) and asked every question of it.
     sysctld: act::PollScan,
+    /// The settings as last read, and when all were (tick.rs).
+    settings: Option<(KernelSettings, Instant)>,
     /// Reads the /proc files of every poll: kept open on the live host
     /// (census/reader.rs); opened anew under a fixture root, whose files a
     /// test may replace.
@@ -246,6 +249,7 @@ impl Daemon {
             active_opens: None,
             report: Report::default(),
             sysctld: act::PollScan::default(),
+            settings: None,
             proc,
             witness: Witness::start((!live_host).then_some("the host root is a fixture tree")),
             netns: netns::Watch::default(),
@@ -433,6 +437,8 @@ impl Daemon {
         let Some(c) = tasks.census.take() else {
             return false;
         };
+        // The census may have written: the next poll reads every setting.
+        self.settings = None;
         let widened = match result {
             Ok(r) => self.after_census(r, c.started, c.active_opens),
             Err(e) => {

@@ -291,7 +291,7 @@ impl Report {
     pub fn census_skipped(&mut self, why: &str, poll: &Poll<'_>) {
         self.counters.skipped += 1;
         if let Some(last) = poll.last {
-            notify::status(&format!(
+            let line = format!(
                 "{} ({why})",
                 status_line(
                     &last.usage,
@@ -300,7 +300,9 @@ impl Report {
                     &last.assessment,
                     last.blocked,
                 )
-            ));
+            );
+            tracing::debug!("poll: {line}");
+            notify::status(&line);
         }
         self.publish(poll);
     }
@@ -309,6 +311,9 @@ impl Report {
     /// READY or STATUS finds them.
     pub fn censused(&mut self, line: &str, poll: &Poll<'_>) {
         self.publish(poll);
+        // STATUS= goes out only when it changes (notify.rs): each poll's
+        // line is on the debug log.
+        tracing::debug!("poll: {line}");
         if self.ready {
             notify::status(line);
         } else {

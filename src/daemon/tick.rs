@@ -15,6 +15,11 @@ use crate::observe::census::KernelSettings;
 use crate::observe::census::sockstat;
 use crate::observe::usage::UsageOptions;
 
+/// How long the settings besides the range are taken as read: a poll reads
+/// them again once their last read is this old, and before every census
+/// (docs/DESIGN.md, "Reading the settings").
+pub(super) const SETTINGS_WHOLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The daemon's time: the wall clock read once at start, advanced by the
 /// monotonic clock. A step of the wall clock during a run (NTP, an admin,
 /// a VM resumed from a snapshot) then neither stretches nor cuts a hold, a
@@ -43,13 +48,7 @@ impl Daemon {
     /// destination can have reached the warning level.
     pub(super) fn tick(&mut self) -> Option<CensusInFlight> {
         self.sysctld = act::PollScan::default();
-        let settings = match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
-            Ok(s) => s,
-            Err(e) => {
-                self.census_failed(&e.to_string());
-                return None;
-            }
-        };
+        let (settings, whole) = self.read_settings(Instant::now())?;
         self.settle_pending(&settings);
         self.check_external_change(&settings);
         // The drop-in is brought up to date every poll, not only after a
@@ -91,6 +90,18 @@ impl Daemon {
             self.report_with(&authority, |r, p| r.census_skipped(&why, p));
             return None;
         }
+        // A census (and any write after it) starts from every setting as
+        // read now, and a foreign change of any is seen before it.
+        let settings = if whole {
+            settings
+        } else {
+            let fresh = self.read_all_settings(Instant::now())?;
+            if fresh != settings {
+                self.settle_pending(&fresh);
+                self.check_external_change(&fresh);
+            }
+            fresh
+        };
         let options = UsageOptions {
             tcp_pool_in_headline: self.policy.tcp_pool_alerts,
         };
@@ -100,6 +111,46 @@ impl Daemon {
             options,
             active_opens,
         ))
+    }
+
+    /// The kernel settings for this poll, and whether all of them were read
+    /// now: the range every poll, the others when their last read is
+    /// [`SETTINGS_WHOLE`] old (docs/DESIGN.md, "Reading the settings"). A
+    /// failure is reported as a failed census.
+    fn read_settings(&mut self, now: Instant) -> Option<(KernelSettings, bool)> {
+        let Some((kept, _)) = self
+            .settings
+            .as_ref()
+            .filter(|(_, at)| now.duration_since(*at) < SETTINGS_WHOLE)
+        else {
+            return self.read_all_settings(now).map(|s| (s, true));
+        };
+        match KernelSettings::read_range_with(&self.host, self.proc.as_mut()) {
+            Ok(range) if range == kept.port_range => Some((kept.clone(), false)),
+            // A changed range: the others may have changed with it.
+            Ok(_) => self.read_all_settings(now).map(|s| (s, true)),
+            Err(e) => {
+                self.settings = None;
+                self.census_failed(&e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Every setting, read now and kept for the polls that read the range
+    /// alone.
+    fn read_all_settings(&mut self, now: Instant) -> Option<KernelSettings> {
+        match KernelSettings::read_with(&self.host, self.proc.as_mut()) {
+            Ok(s) => {
+                self.settings = Some((s.clone(), now));
+                Some(s)
+            }
+            Err(e) => {
+                self.settings = None;
+                self.census_failed(&e.to_string());
+                None
+            }
+        }
     }
 
     /// A poll without a census: the last census's forecast brought up to

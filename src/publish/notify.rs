@@ -8,6 +8,12 @@
 //! receiver's queue is full (`net.unix.max_dgram_qlen`, 10 by default): a
 //! service manager slow to read would stall the event loop, the watchdog
 //! included. A message that does not fit now is dropped instead.
+//!
+//! STATUS= is sent when its text changes, not on every poll: the service
+//! manager keeps the last text for `systemctl status`, and each datagram
+//! wakes it (and cost an idle poll about a tenth of its CPU,
+//! docs/benchmarks.md, "Idle poll cost"). Liveness is the watchdog's, fed
+//! on its own timer.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -19,16 +25,59 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-fn send(states: &[NotifyState<'_>]) {
+/// Sends `states` to the service manager, and with them `status`
+/// (already one line) as STATUS=; true when the datagram was sent.
+fn send(states: &[NotifyState<'_>], status: Option<&str>) -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|path| send_to(&path, states, status))
+}
+
+fn send_to(path: &OsStr, states: &[NotifyState<'_>], status: Option<&str>) -> bool {
+    let mut message = String::new();
+    for state in states
+        .iter()
+        .chain(status.map(NotifyState::Status).as_ref())
+    {
+        let _ = writeln!(message, "{state}");
+    }
+    match send_now(path, message.as_bytes()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("sd_notify {:?} failed: {e}", message.trim_end());
+            false
+        }
+    }
+}
+
+/// The STATUS= text the service manager has (the last one sent), and
+/// where it went: a status equal to it is not sent again. A message
+/// dropped (a full queue) leaves it as it was, so the next poll's status
+/// goes out.
+static STATUS_SENT: Mutex<Option<(OsString, String)>> = Mutex::new(None);
+
+/// Sends `states` with `status` (made one line), and remembers the status
+/// once sent.
+fn send_with_status(states: &[NotifyState<'_>], status: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
-    let mut message = String::new();
-    for state in states {
-        let _ = writeln!(message, "{state}");
+    let line = one_line(status);
+    if send_to(&path, states, Some(&line)) {
+        *STATUS_SENT.lock().unwrap_or_else(PoisonError::into_inner) = Some((path, line));
     }
-    if let Err(e) = send_now(&path, message.as_bytes()) {
-        tracing::debug!("sd_notify {:?} failed: {e}", message.trim_end());
+}
+
+/// STATUS= to `path`, unless it is the status last sent there.
+fn status_to(path: &OsStr, status: &str) {
+    let line = one_line(status);
+    let mut sent = STATUS_SENT.lock().unwrap_or_else(PoisonError::into_inner);
+    if sent
+        .as_ref()
+        .is_some_and(|(to, said)| to == path && *said == line)
+    {
+        return;
+    }
+    if send_to(path, &[], Some(&line)) {
+        *sent = Some((path.to_owned(), line));
     }
 }
 
@@ -75,11 +124,14 @@ fn whole(sent: usize, message: &[u8]) -> io::Result<()> {
 }
 
 pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
+    send_with_status(&[NotifyState::Ready], status);
 }
 
+/// STATUS=, when it differs from the status last sent.
 pub fn status(status: &str) {
-    send(&[NotifyState::Status(&one_line(status))]);
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        status_to(&path, status);
+    }
 }
 
 /// STATUS= is one line of the datagram: a newline would end it early.
@@ -88,24 +140,22 @@ fn one_line(text: &str) -> String {
 }
 
 pub fn watchdog() {
-    send(&[NotifyState::Watchdog]);
+    send(&[NotifyState::Watchdog], None);
 }
 
 /// `RELOADING=1` with `MONOTONIC_USEC` (required by systemd >= 253 for
 /// reload tracking, ignored by older ones).
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[
-            NotifyState::Reloading,
-            now,
-            NotifyState::Status("reloading policy"),
-        ]),
-        Err(_) => send(&[NotifyState::Reloading]),
+        Ok(now) => send_with_status(&[NotifyState::Reloading, now], "reloading policy"),
+        Err(_) => {
+            send(&[NotifyState::Reloading], None);
+        }
     }
 }
 
 pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    send_with_status(&[NotifyState::Stopping], "stopping");
 }
 
 /// The watchdog interval systemd expects: `WATCHDOG_USEC`, when
@@ -158,6 +208,30 @@ mod tests {
         super::send_now(path.as_os_str(), b"STATUS=two\n").unwrap();
         let n = second.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STATUS=two\n");
+    }
+
+    #[test]
+    fn a_status_is_sent_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        for line in ["usage 1%", "usage 1%", "usage 2%", "usage 2%", "usage 1%"] {
+            super::status_to(path.as_os_str(), line);
+        }
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while let Ok(n) = receiver.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(
+            got,
+            [
+                "STATUS=usage 1%\n",
+                "STATUS=usage 2%\n",
+                "STATUS=usage 1%\n"
+            ]
+        );
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! is detected and reported, and portd stops changing it, even under
 //! pressure and across a restart, until a policy reload (SIGHUP).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
 use super::portd_child::wait_for;
-use super::sandbox::{RANGE_KEY, Sandbox};
+use super::sandbox::{RANGE_KEY, RESERVED_KEY, Sandbox};
 use super::util::root_test;
 
 const ADMIN_RANGE: &str = "40000 40119";
@@ -107,5 +107,37 @@ fn an_admin_write_is_detected_and_portd_yields_until_reload() {
     );
     assert_eq!(ns.state()["yielded"], serde_json::Value::Null);
     assert_ne!(ns.range(), ADMIN_RANGE);
+    daemon.stop_ok();
+}
+
+/// Between censuses a poll reads the range alone and the other settings
+/// every 5 s (docs/DESIGN.md, "Reading the settings"): a port portd
+/// reserved and someone else removed, the range unchanged, is still seen
+/// within that, and portd yields.
+#[test]
+fn reserved_ports_removed_by_someone_else_are_seen_within_five_seconds() {
+    root_test!();
+    let ns = Sandbox::actuation("40000 40099", "");
+    // A service inside the span the widening opens: portd reserves its port.
+    ns.listen(40120);
+    ns.connect(45);
+    let mut daemon = ns.start_daemon_until_persisted("40000-40099");
+    assert_eq!(ns.reserved(), "40120");
+    let range = ns.range();
+
+    ns.set_sysctl(RESERVED_KEY, "\n");
+    let removed = Instant::now();
+    daemon.wait_line(
+        &["ports portd reserved (40120) were removed from ip_local_reserved_ports by someone else"],
+        Duration::from_secs(8),
+    );
+    let seen = removed.elapsed();
+    assert!(seen < Duration::from_millis(6500), "seen after {seen:?}");
+    wait_for("the yield in state.json", Duration::from_secs(5), || {
+        ns.try_state()?["yielded"]["reason"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert_eq!(ns.range(), range, "the range is left as it was");
     daemon.stop_ok();
 }

@@ -182,12 +182,13 @@ fn metrics_file_is_valid_prometheus_text_with_the_census_and_bounded_labels() {
     // Held open, so its inode cannot be freed and reused by the next version.
     let first = std::fs::File::open(&prom).unwrap();
     let first_inode = first.metadata().unwrap().ino();
-    // Two more polls.
-    notify.wait_for("STATUS", Duration::from_secs(2), |m| {
-        m.starts_with("STATUS=")
-    });
-    notify.wait_for("STATUS", Duration::from_secs(2), |m| {
-        m.starts_with("STATUS=")
+    // Two more polls (each takes a census here), which replace the file.
+    // STATUS= does not count them: it is sent only when it changes.
+    super::portd_child::wait_for("two more censuses", Duration::from_secs(2), || {
+        let text = std::fs::read_to_string(&prom).ok()?;
+        let samples = parse_textfile(&text);
+        let censuses = samples.iter().find(|s| s.name == "portd_censuses_total")?;
+        (censuses.value >= 3.0).then_some(())
     });
     let text = std::fs::read_to_string(&prom).unwrap();
     let second_inode = std::fs::metadata(&prom).unwrap().ino();

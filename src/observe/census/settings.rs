@@ -44,13 +44,7 @@ impl KernelSettings {
     /// As [`KernelSettings::read`], through `reader` (the daemon keeps the
     /// files open).
     pub fn read_with(host: &Host, reader: &mut dyn ProcRead) -> Result<Self, SettingsError> {
-        let range_path = host.proc_sys(kernel::KEY_PORT_RANGE);
-        let port_range = PortRange::parse(&read(reader, &range_path)?).map_err(|source| {
-            SettingsError::Ports {
-                path: range_path.clone(),
-                source,
-            }
-        })?;
+        let port_range = Self::read_range_with(host, reader)?;
         let reserved_path = host.proc_sys(kernel::KEY_RESERVED_PORTS);
         let reserved_ports = PortSet::parse(&read(reader, &reserved_path)?).map_err(|source| {
             SettingsError::Ports {
@@ -78,6 +72,18 @@ impl KernelSettings {
             tcp_tw_reuse,
             tcp_timestamps,
         })
+    }
+
+    /// `ip_local_port_range` alone, through `reader`: what the daemon
+    /// reads on a poll between two reads of every setting (docs/DESIGN.md,
+    /// "Reading the settings").
+    pub fn read_range_with(
+        host: &Host,
+        reader: &mut dyn ProcRead,
+    ) -> Result<PortRange, SettingsError> {
+        let path = host.proc_sys(kernel::KEY_PORT_RANGE);
+        PortRange::parse(&read(reader, &path)?)
+            .map_err(|source| SettingsError::Ports { path, source })
     }
 }
 

@@ -467,13 +467,16 @@ impl Daemon {
             None => tasks.census = self.tick(),
         }
         if tasks.netns.is_none() {
-            tasks.netns = self.netns.start(&self.host, &self.policy);
+            tasks.netns = self
+                .netns
+                .start(&self.host, &self.policy, &mut self.witness);
         }
     }
 
     /// The poll of the other namespaces ended (netns.rs).
     fn netns_ended(&mut self, out: Result<netns::Output, JoinError>) {
-        if self.netns.ended(out, &self.policy, self.clock.now()) {
+        let now = self.clock.now();
+        if self.netns.ended(out, &self.policy, now, &mut self.witness) {
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.publish(p));
         }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::{JoinError, JoinHandle};
 
 use super::journal::Once;
+use super::witness::Running as Witness;
 use crate::base::host::Host;
 use crate::base::kernel;
 use crate::judge::netns::{Heard, Known, Pacing, Watched};
@@ -100,10 +101,24 @@ pub(super) async fn join(slot: &mut Option<InFlight>) -> Result<Output, JoinErro
 
 impl Watch {
     /// Starts a poll of the other namespaces (none under a fixture root)
-    /// when the machine lets it look (`Pacing::start`).
-    pub fn start(&mut self, host: &Host, policy: &Policy) -> Option<InFlight> {
+    /// when the machine lets it look (`Pacing::start`): at once when the
+    /// witness saw a failure in one of them.
+    pub fn start(
+        &mut self,
+        host: &Host,
+        policy: &Policy,
+        witness: &mut Witness,
+    ) -> Option<InFlight> {
         if host.root() != std::path::Path::new("/") {
             return None;
+        }
+        if let Some(known) = &mut self.known {
+            for (inode, failures) in witness.take_others() {
+                if let Some(w) = known.get_mut(&inode) {
+                    w.witnessed(failures);
+                    self.pacing.hurry();
+                }
+            }
         }
         let now = Instant::now();
         let last_pid = self
@@ -139,7 +154,7 @@ impl Watch {
         let census = (c.started, c.took, c.active_opens);
         match w.censused(c.result, census, policy, now) {
             Heard::Measured {
-                decision,
+                assessment,
                 recovered,
             } => {
                 self.censuses += 1;
@@ -147,7 +162,10 @@ impl Watch {
                     tracing::info!("the census of {} works again", w.ns.label);
                 }
                 if let Some(last) = &w.last {
-                    alert(&w.ns, &last.usage, &decision, w.advice.as_deref());
+                    if let Some(event) = &assessment.exhausted {
+                        events::exhaustion(&w.ns, &last.usage, event);
+                    }
+                    alert(&w.ns, &last.usage, &assessment, w.advice.as_deref());
                 }
             }
             Heard::Failed { new } => {
@@ -169,6 +187,7 @@ impl Watch {
         out: Result<Output, JoinError>,
         policy: &Policy,
         now: SystemTime,
+        witness: &mut Witness,
     ) -> bool {
         let out = match out {
             Ok(o) => o,
@@ -200,6 +219,7 @@ impl Watch {
             Some((at, Some(pid))) if known.is_empty() && !urgent => Some((at, pid)),
             _ => None,
         };
+        witness.follow(&known.keys().copied().collect());
         let note = self.note(out.note, out.unreadable, out.hidden);
         self.published = publish(&known, note, self.censuses);
         self.known = Some(known);

@@ -33,6 +33,7 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
                 )
             }),
             advice: w.advice.clone(),
+            time_to_exhaustion_seconds: w.time_to_exhaustion(),
         })
         .collect();
     Published {
@@ -63,6 +64,7 @@ pub(super) fn metrics_rows(list: &[&Watched], watched: usize, censuses: u64) -> 
             usage: usage_of(w),
             used: w.last.as_ref().map_or(0, |l| l.usage.headline.used),
             level: w.alert.level,
+            time_to_exhaustion: w.time_to_exhaustion(),
         })
         .collect();
     metrics::NetnsRows {

@@ -122,6 +122,9 @@ pub struct NetnsRow {
     pub used: u64,
     /// Its confirmed level.
     pub level: Level,
+    /// Seconds until its first destination or pool runs out (`None`: not
+    /// growing towards it, `+Inf` in the file).
+    pub time_to_exhaustion: Option<f64>,
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -523,6 +526,11 @@ pub fn netns(n: &NetnsRows) -> Vec<MetricFamily> {
             per_namespace(&|r| f64::from(r.level.exit_code())),
         ),
         MetricFamily::gauge(
+            "portd_netns_time_to_exhaustion_seconds",
+            "Seconds until the first destination or pool of another network namespace runs out at the growth of its last censuses (+Inf when none is growing towards it; top 20 namespaces), as portd_time_to_exhaustion_seconds for portd's own.",
+            per_namespace(&|r| r.time_to_exhaustion.unwrap_or(f64::INFINITY)),
+        ),
+        MetricFamily::gauge(
             "portd_netns_watched",
             "Other network namespaces portd watches.",
             vec![Sample::new(Value::Int(n.watched as u64))],
@@ -762,6 +770,7 @@ mod tests {
                 usage: 0.6,
                 used: 600,
                 level: Level::Critical,
+                time_to_exhaustion: Some(41.5),
             }],
             watched: 31,
             censuses: 3,
@@ -773,6 +782,7 @@ mod tests {
                 format!("portd_netns_usage_ratio{labels} 0.6"),
                 format!("portd_netns_used_ports{labels} 600"),
                 format!("portd_netns_alert_level{labels} 2"),
+                format!("portd_netns_time_to_exhaustion_seconds{labels} 41.5"),
                 "portd_netns_watched 31".into(),
                 "portd_netns_censuses_total 3".into(),
             ]

@@ -38,6 +38,12 @@ impl Pacing {
         Some(sweep)
     }
 
+    /// The next poll looks whatever the budget (a failure was witnessed in
+    /// a namespace).
+    pub fn hurry(&mut self) {
+        self.urgent = true;
+    }
+
     /// The look that was running ended.
     pub fn finished(&mut self) {
         self.ended_look = self.running_since.take();

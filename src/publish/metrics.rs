@@ -831,7 +831,7 @@ mod tests {
         assert!(!without.iter().any(|n| n.starts_with("portd_netns_")));
         s.netns = &netns;
         let with = names(&s);
-        assert_eq!(with.len(), without.len() + 5, "{with:?}");
+        assert_eq!(with.len(), without.len() + 6, "{with:?}");
         let unique: std::collections::BTreeSet<&String> = with.iter().collect();
         assert_eq!(unique.len(), with.len(), "each family once");
     }

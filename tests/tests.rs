@@ -43,6 +43,7 @@ mod suite {
     mod hostile_reads;
     mod hostile_status;
     mod live_owner;
+    mod netns_forecast;
     mod output_errors;
     mod status_errors;
     mod status_golden;

@@ -40,7 +40,7 @@ mod refresh;
 
 use events::alert;
 pub(super) use poll::Output;
-use poll::{Censused, poll};
+use poll::{Censused, Kept, poll};
 use publish::publish;
 
 /// What the live view and the metrics file show of the other namespaces.
@@ -57,6 +57,9 @@ pub(super) struct Published {
 pub(super) struct Watch {
     /// `None` while a poll's task holds it.
     known: Option<Known>,
+    /// The files kept open per namespace; `None` while a poll's task holds
+    /// them, or before the first.
+    files: Option<Kept>,
     pub published: Published,
     /// What portd cannot see, reported once.
     note: Once,
@@ -85,6 +88,32 @@ pub(super) struct Watch {
 /// `unshare` run from a shell: each forks, then enters) makes the next two
 /// polls look, so one that enters a namespace just after its fork is seen.
 const UNCHANGED_FOR: Duration = Duration::from_secs(10);
+
+/// Descriptors each namespace's kept files take at most
+/// (observe/netns/census.rs, `Files`: three counters, five settings).
+const FILES_PER_NAMESPACE: u64 = 8;
+
+/// For how many namespaces files are kept open: those within half the
+/// open-file limit, which is raised to its hard limit first (systemd's soft
+/// default, 1024, is kept for programs that use select(); portd uses none).
+/// Beyond, a namespace's files are opened for each poll.
+fn namespaces_kept_open() -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            },
+        );
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20);
+    usize::try_from(soft / 2 / FILES_PER_NAMESPACE).unwrap_or(usize::MAX)
+}
 
 /// A poll of the other namespaces on the blocking pool.
 pub(super) struct InFlight {
@@ -137,10 +166,14 @@ impl Watch {
         let sweep = self.pacing.start(now)?;
         self.began = Some((now, settled));
         let known = self.known.take().unwrap_or_default();
+        let files = self.files.take().unwrap_or_else(|| Kept {
+            files: std::collections::HashMap::new(),
+            most: namespaces_kept_open(),
+        });
         let host = host.clone();
         let policy = policy.clone();
         Some(InFlight {
-            handle: tokio::task::spawn_blocking(move || poll(&host, known, &policy, sweep)),
+            handle: tokio::task::spawn_blocking(move || poll(&host, known, files, &policy, sweep)),
         })
     }
 
@@ -206,6 +239,7 @@ impl Watch {
             events::gone(g);
         }
         let mut known = out.known;
+        self.files = Some(out.files);
         for c in out.censused {
             if let Some(w) = known.get_mut(&c.inode) {
                 self.censused(w, c, policy, now);

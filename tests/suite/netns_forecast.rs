@@ -7,8 +7,9 @@
 //! first alert comes from its forecast, before it holds half its range (the
 //! count `ss` sees inside it right after the alert, an upper bound of the
 //! count at the alert), and carries its time to exhaustion: in the journal
-//! entry (field and text), in the live view and in `portd status` (needs
-//! root).
+//! entry (field and text), in the live view and in `portd status`. And the
+//! failure witness counts the failures of a namespace the daemon watches,
+//! keyed by that namespace (needs root).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -27,13 +28,13 @@ use super::util::{root_test, summary, tests_dir, text};
 const CHILD: &str = r#"
 set -eu
 ip link set lo up
-echo "40000 40999" > /proc/sys/net/ipv4/ip_local_port_range
+echo "$2" > /proc/sys/net/ipv4/ip_local_port_range
 echo 4096 > /proc/sys/net/core/somaxconn
 readlink /proc/self/ns/net
 echo $$
 python3 -u "$1" server 0 1 > /dev/null &
 sleep 0.3
-exec python3 -u "$1" client concurrency 15 0 1000 120 1 0
+exec python3 -u "$1" client concurrency 15 0 "$3" 120 1 0
 "#;
 
 fn field<'a>(entry: &'a Value, name: &str) -> &'a str {
@@ -63,11 +64,14 @@ fn held(sandbox: &Sandbox, pid: &str) -> usize {
         .count()
 }
 
-fn start_child(sandbox: &Sandbox) -> (Child, String, String) {
+/// The child namespace with `range`, its client holding up to `plateau`
+/// connections: the child, its `net:[INODE]` and its pid in the sandbox.
+fn start_child(sandbox: &Sandbox, range: &str, plateau: u32) -> (Child, String, String) {
     let mut child = sandbox
         .command("unshare")
         .args(["-n", "sh", "-c", CHILD, "sh"])
         .arg(tests_dir().join("helpers/ramp_ns.py"))
+        .args([range, &plateau.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -94,7 +98,7 @@ fn a_ramp_in_another_namespace_is_alerted_before_half_its_range_with_a_time_to_e
     wait_for("the live view", Duration::from_secs(10), || {
         sandbox.read_file("/run/portd/live.json")
     });
-    let (mut child, netns, pid) = start_child(&sandbox);
+    let (mut child, netns, pid) = start_child(&sandbox, "40000 40999", 1000);
 
     let alert = wait_for(
         "the child namespace's first alert",
@@ -147,5 +151,44 @@ fn a_ramp_in_another_namespace_is_alerted_before_half_its_range_with_a_time_to_e
         status.contains(&format!("{netns} ")) && status.contains("runs out in "),
         "{status}"
     );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn the_witness_counts_the_failures_of_another_namespace_by_that_namespace() {
+    root_test!();
+    let sandbox = Sandbox::builder()
+        .pid_namespace()
+        .journald()
+        .policy(include_str!("../../config/portd.toml"))
+        .start();
+    sandbox.mount_tracefs();
+    let daemon = sandbox.spawn_daemon(sandbox.portd(&["run", "--log-target", "journal"]));
+    wait_for("the live view", Duration::from_secs(10), || {
+        sandbox.read_file("/run/portd/live.json")
+    });
+    // 20 ports, 30 connections asked for: the last ones fail.
+    let (mut child, netns, _) = start_child(&sandbox, "40000 40019", 30);
+    let inode: u64 = netns
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap();
+    let live = wait_for(
+        "the witness to count the child namespace's failures",
+        Duration::from_secs(30),
+        || {
+            let live: Value =
+                serde_json::from_str(&sandbox.read_file("/run/portd/live.json")?).ok()?;
+            let failures = live["witness"]["failures"].as_array()?;
+            failures
+                .iter()
+                .any(|f| f["netns"] == inode && f["errno"] == "EADDRNOTAVAIL")
+                .then_some(live)
+        },
+    );
+    stop_child(&mut child, rustix::process::Signal::KILL);
+    let err = daemon.stderr();
+    assert_eq!(live["witness"]["active"], true, "{live:#}");
     assert!(!err.contains("panicked"), "{err}");
 }

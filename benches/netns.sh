@@ -15,8 +15,10 @@
 #                   SOCKETS/2 loopback connections, census_bench workers of
 #                   at most 9,500 connections each: the open-file limit is
 #                   20,000 a process), default 0
-#   DAEMON_SECONDS  then `portd run --dry-run` at the shipped policy (2 s
-#                   interval) is measured for this long after a 30 s
+#   DAEMON_SECONDS  then `portd run` at the shipped policy (2 s interval) but
+#                   for `[widen] mode = "advise"` (nothing written; a dry
+#                   run writes no metrics file) is measured for this long
+#                   after a 30 s
 #                   warm-up: its CPU (utime + stime of the whole process,
 #                   ended threads included) and the censuses it took in the
 #                   window (portd_censuses_total, portd_netns_censuses_total
@@ -34,7 +36,8 @@ EX='"'$EX'"' N='"$N"' ROUNDS='"$ROUNDS"' SOCKETS='"$SOCKETS"'
 DAEMON_SECONDS='"$DAEMON_SECONDS"' PORTD='"'$PORTD'"'
 mount --make-rprivate /
 mount -t tmpfs tmpfs /run
-# Nothing of the machine is read or written by the daemon below (dry run).
+# Nothing of the machine is read or written by the daemon below (advise
+# mode; /run, /var/lib and the sysctl.d directories are tmpfs mounts here).
 for d in /var/lib /etc/sysctl.d /usr/lib/sysctl.d; do
     [ -d "$d" ] && mount -t tmpfs tmpfs "$d"
 done
@@ -71,10 +74,11 @@ sleep 1
 echo "load average at start: $(cut -d" " -f1-3 /proc/loadavg)"
 $EX/netns_poll $ROUNDS
 if [ "$DAEMON_SECONDS" -gt 0 ]; then
-    printf "[metrics]\nfile = \"%s\"\n" $B/metrics.prom > $B/policy.toml
-    "$PORTD" --config $B/policy.toml run --dry-run 2> $B/daemon.err &
+    printf "[widen]\nmode = \"advise\"\n[metrics]\nfile = \"%s\"\n" $B/metrics.prom > $B/policy.toml
+    "$PORTD" --config $B/policy.toml run 2> $B/daemon.err &
     D=$!
     sleep 30
+    [ -s $B/metrics.prom ] || { echo "no metrics file:" >&2; cat $B/daemon.err >&2; exit 1; }
     cpu() { awk "{ print \$14 + \$15 }" /proc/$D/stat; }
     metric() { awk -v m="$1" "\$1 == m { print \$2 }" $B/metrics.prom; }
     c0=$(cpu); o0=$(metric portd_censuses_total); n0=$(metric portd_netns_censuses_total)
@@ -83,7 +87,7 @@ if [ "$DAEMON_SECONDS" -gt 0 ]; then
     c1=$(cpu); o1=$(metric portd_censuses_total); n1=$(metric portd_netns_censuses_total)
     hz=$(getconf CLK_TCK)
     kill $D; wait $D || true
-    echo "daemon (portd run --dry-run, shipped interval) over $DAEMON_SECONDS s after 30 s:" \
+    echo "daemon (portd run, advise, shipped interval) over $DAEMON_SECONDS s after 30 s:" \
         "other namespaces watched $w0, CPU $(( (c1 - c0) * 1000 / hz )) ms" \
         "= $(awk -v c=$((c1 - c0)) -v hz=$hz -v s=$DAEMON_SECONDS "BEGIN { printf \"%.3f\", 100 * c / hz / s }") % of a core;" \
         "censuses in the window: own $((o1 - o0)), other namespaces $((n1 - n0))" \

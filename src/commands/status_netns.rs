@@ -143,6 +143,30 @@ fn measure_or_gone(
     (section.level != Level::Unknown || !other.is_gone(host)).then_some(section)
 }
 
+/// Another namespace's section with the daemon's forecast for it, when
+/// the daemon holds one: a single look has no rate, the daemon's
+/// successive censuses do (its live view, `time_to_exhaustion_seconds`).
+fn with_forecast(mut section: NetnsSection, daemon: &live::DaemonView) -> NetnsSection {
+    let live::DaemonView::Running { live, .. } = daemon else {
+        return section;
+    };
+    let Some(t) = live
+        .namespaces
+        .iter()
+        .find(|n| n.inode == section.ns.inode && !section.ns.own)
+        .and_then(|n| n.time_to_exhaustion_seconds)
+    else {
+        return section;
+    };
+    section.text.push_str(&format!(
+        "forecast   runs out in {t:.0}s at the present growth (the daemon's)\n"
+    ));
+    if let Some(obj) = section.json.as_object_mut() {
+        obj.insert("time_to_exhaustion_seconds".into(), t.into());
+    }
+    section
+}
+
 /// The worst section: by [`Level::rank`] (a measured critical outranks a
 /// namespace that could not be measured), then by usage; the first of
 /// equals (portd's own namespace comes first).
@@ -182,7 +206,7 @@ pub fn run(
         .filter_map(|ns| {
             let section = measure_or_gone(host, ns, opts, census_all, &daemon);
             vanished += u32::from(section.is_none());
-            section
+            section.map(|s| with_forecast(s, &daemon))
         })
         .collect();
     let Some(worst) = worst(&sections) else {
@@ -358,10 +382,14 @@ fn raise_to_worst(daemon: &live::DaemonView, mut outcome: Outcome, json: bool) -
             None => (first, String::new()),
         };
         outcome.text = format!(
-            "PORTD {} - {} net:[{}]: {what} (the daemon's view){perfdata}\n{own}\n{rest}",
+            "PORTD {} - {} net:[{}]: {what}{} (the daemon's view){perfdata}\n{own}\n{rest}",
             level.label(),
             untrusted::escape(&worst.label),
             worst.inode,
+            worst
+                .time_to_exhaustion_seconds
+                .map(|t| format!(", runs out in {t:.0}s"))
+                .unwrap_or_default(),
         );
     }
     outcome

@@ -474,13 +474,16 @@ impl Daemon {
             None => tasks.census = self.tick(),
         }
         if tasks.netns.is_none() {
-            tasks.netns = self.netns.start(&self.host, &self.policy);
+            tasks.netns = self
+                .netns
+                .start(&self.host, &self.policy, &mut self.witness);
         }
     }
 
     /// The poll of the other namespaces ended (netns.rs).
     fn netns_ended(&mut self, out: Result<netns::Output, JoinError>) {
-        let changed = self.netns.ended(out, &self.policy, self.clock.now());
+        let now = self.clock.now();
+        let changed = self.netns.ended(out, &self.policy, now, &mut self.witness);
         self.widen_namespaces();
         if changed {
             let authority = self.authority();

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::{JoinError, JoinHandle};
 
 use super::journal::Once;
+use super::witness::Running as Witness;
 use crate::base::host::Host;
 use crate::base::kernel;
 use crate::judge::netns::{Heard, Known, Pacing, Watched};
@@ -39,7 +40,7 @@ mod refresh;
 
 use events::alert;
 pub(super) use poll::Output;
-use poll::{Censused, poll};
+use poll::{Censused, Kept, poll};
 use publish::publish;
 
 /// What the live view and the metrics file show of the other namespaces.
@@ -56,6 +57,9 @@ pub(super) struct Published {
 pub(super) struct Watch {
     /// `None` while a poll's task holds it.
     known: Option<Known>,
+    /// The files kept open per namespace; `None` while a poll's task holds
+    /// them, or before the first.
+    files: Option<Kept>,
     pub published: Published,
     /// What portd cannot see, reported once.
     note: Once,
@@ -87,6 +91,32 @@ pub(super) struct Watch {
 /// polls look, so one that enters a namespace just after its fork is seen.
 const UNCHANGED_FOR: Duration = Duration::from_secs(10);
 
+/// Descriptors each namespace's kept files take at most
+/// (observe/netns/census.rs, `Files`: three counters, five settings).
+const FILES_PER_NAMESPACE: u64 = 8;
+
+/// For how many namespaces files are kept open: those within half the
+/// open-file limit, which is raised to its hard limit first (systemd's soft
+/// default, 1024, is kept for programs that use select(); portd uses none).
+/// Beyond, a namespace's files are opened for each poll.
+fn namespaces_kept_open() -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            },
+        );
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20);
+    usize::try_from(soft / 2 / FILES_PER_NAMESPACE).unwrap_or(usize::MAX)
+}
+
 /// A poll of the other namespaces on the blocking pool.
 pub(super) struct InFlight {
     handle: JoinHandle<Output>,
@@ -102,10 +132,24 @@ pub(super) async fn join(slot: &mut Option<InFlight>) -> Result<Output, JoinErro
 
 impl Watch {
     /// Starts a poll of the other namespaces (none under a fixture root)
-    /// when the machine lets it look (`Pacing::start`).
-    pub fn start(&mut self, host: &Host, policy: &Policy) -> Option<InFlight> {
+    /// when the machine lets it look (`Pacing::start`): at once when the
+    /// witness saw a failure in one of them.
+    pub fn start(
+        &mut self,
+        host: &Host,
+        policy: &Policy,
+        witness: &mut Witness,
+    ) -> Option<InFlight> {
         if host.root() != std::path::Path::new("/") {
             return None;
+        }
+        if let Some(known) = &mut self.known {
+            for (inode, failures) in witness.take_others() {
+                if let Some(w) = known.get_mut(&inode) {
+                    w.witnessed(failures);
+                    self.pacing.hurry();
+                }
+            }
         }
         let now = Instant::now();
         let last_pid = self
@@ -124,10 +168,14 @@ impl Watch {
         let sweep = self.pacing.start(now)?;
         self.began = Some((now, settled));
         let known = self.known.take().unwrap_or_default();
+        let files = self.files.take().unwrap_or_else(|| Kept {
+            files: std::collections::HashMap::new(),
+            most: namespaces_kept_open(),
+        });
         let host = host.clone();
         let policy = policy.clone();
         Some(InFlight {
-            handle: tokio::task::spawn_blocking(move || poll(&host, known, &policy, sweep)),
+            handle: tokio::task::spawn_blocking(move || poll(&host, known, files, &policy, sweep)),
         })
     }
 
@@ -141,7 +189,7 @@ impl Watch {
         let census = (c.started, c.took, c.active_opens);
         match w.censused(c.result, census, policy, now) {
             Heard::Measured {
-                decision,
+                assessment,
                 recovered,
             } => {
                 self.censuses += 1;
@@ -149,8 +197,12 @@ impl Watch {
                     tracing::info!("the census of {} works again", w.ns.label);
                 }
                 if let Some(last) = &w.last {
-                    alert(&w.ns, &last.usage, &decision, w.advice.as_deref());
-                    let widen = super::netns_act::candidate(policy, &w.ns, &last.usage, &decision);
+                    if let Some(event) = &assessment.exhausted {
+                        events::exhaustion(&w.ns, &last.usage, event);
+                    }
+                    alert(&w.ns, &last.usage, &assessment, w.advice.as_deref());
+                    let decision = &assessment.decision;
+                    let widen = super::netns_act::candidate(policy, &w.ns, &last.usage, decision);
                     self.widen.extend(widen);
                 }
             }
@@ -173,6 +225,7 @@ impl Watch {
         out: Result<Output, JoinError>,
         policy: &Policy,
         now: SystemTime,
+        witness: &mut Witness,
     ) -> bool {
         let out = match out {
             Ok(o) => o,
@@ -191,6 +244,7 @@ impl Watch {
             events::gone(g);
         }
         let mut known = out.known;
+        self.files = Some(out.files);
         for c in out.censused {
             if let Some(w) = known.get_mut(&c.inode) {
                 self.censused(w, c, policy, now);
@@ -204,6 +258,7 @@ impl Watch {
             Some((at, Some(pid))) if known.is_empty() && !urgent => Some((at, pid)),
             _ => None,
         };
+        witness.follow(&known.keys().copied().collect());
         let note = self.note(out.note, out.unreadable, out.hidden);
         self.published = publish(&known, note, self.censuses);
         self.known = Some(known);

@@ -2,13 +2,14 @@
 //! counters of every namespace, the settings the machine wants read, and
 //! the censuses it orders (judge/netns/ decides; this file reads).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::events::Gone;
 use super::refresh::refresh;
 use crate::base::host::Host;
 use crate::judge::netns::{self, Known, NetnsReading, Read, SettingsRead};
+use crate::observe::netns::census::Files;
 use crate::observe::netns::scope::{Scope, scope};
 use crate::observe::netns::{self as observe, Namespace};
 use crate::observe::usage::{Usage, UsageOptions};
@@ -17,6 +18,8 @@ use crate::policy::Policy;
 /// What one poll's task hands back.
 pub(in super::super) struct Output {
     pub(super) known: Known,
+    /// The files kept open, of the namespaces still known.
+    pub(super) files: Kept,
     pub(super) censused: Vec<Censused>,
     /// What portd could not see on this poll.
     pub(super) note: Option<String>,
@@ -42,12 +45,29 @@ pub(super) struct Censused {
     pub(super) result: Result<Usage, String>,
 }
 
+/// The files kept open per namespace (observe/netns/census.rs, [`Files`]),
+/// by inode, and for how many namespaces at most.
+pub(super) struct Kept {
+    pub(super) files: HashMap<u64, Files>,
+    pub(super) most: usize,
+}
+
 /// One poll of the other namespaces, on a blocking thread; `sweep`: read
 /// the settings of every namespace, not only of the new ones and those
 /// whose counters changed.
-pub(super) fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) -> Output {
-    let nothing = |note: Option<String>| Output {
+pub(super) fn poll(
+    host: &Host,
+    mut known: Known,
+    mut kept: Kept,
+    policy: &Policy,
+    sweep: bool,
+) -> Output {
+    let nothing = |note: Option<String>, most: usize| Output {
         known: Known::new(),
+        files: Kept {
+            files: HashMap::new(),
+            most,
+        },
         censused: Vec::new(),
         hidden: note.is_some(),
         note,
@@ -58,12 +78,16 @@ pub(super) fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) 
     };
     match scope(host) {
         Scope::Others => {}
-        Scope::OwnOnly => return nothing(None),
-        Scope::Hidden(why) => return nothing(Some(why)),
+        Scope::OwnOnly => return nothing(None, kept.most),
+        Scope::Hidden(why) => return nothing(Some(why), kept.most),
     }
     let begun = Instant::now();
     let (unreadable, gone) = refresh(host, &mut known);
-    let readings = read(host, &known, sweep);
+    // The files of a namespace gone (or another at its inode, entered
+    // through another process) are closed.
+    kept.files
+        .retain(|inode, f| known.get(inode).is_some_and(|w| f.through() == w.ns.pid));
+    let readings = read(host, &known, &mut kept, sweep);
     let measured = netns::measure(&mut known, readings, policy, Instant::now());
     let options = UsageOptions {
         tcp_pool_in_headline: policy.tcp_pool_alerts,
@@ -111,6 +135,7 @@ pub(super) fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) 
     });
     Output {
         known,
+        files: kept,
         censused,
         note,
         unreadable,
@@ -122,23 +147,44 @@ pub(super) fn poll(host: &Host, mut known: Known, policy: &Policy, sweep: bool) 
 }
 
 /// The counters of every namespace still there (read through its pid:
-/// counted only if the pid is still in it), and the settings of those the
-/// machine wants read, from one thread entering each in turn. A namespace
+/// counted only if the pid is still in it, through the files kept open for
+/// it), and the settings of those the machine wants read: from the files
+/// kept open, else from one thread entering each in turn. A namespace
 /// whose process exited since discovery has no reading.
-fn read(host: &Host, known: &Known, sweep: bool) -> HashMap<u64, NetnsReading> {
+fn read(host: &Host, known: &Known, kept: &mut Kept, sweep: bool) -> HashMap<u64, NetnsReading> {
     let mut inodes: Vec<u64> = known.keys().copied().collect();
     inodes.sort_unstable();
+    // Files are kept for the first namespaces up to the budget; the rest
+    // read through files opened for this poll alone.
+    let mut spare: HashMap<u64, Files> = HashMap::new();
+    for inode in &inodes {
+        if !kept.files.contains_key(inode) {
+            let to = if kept.files.len() < kept.most {
+                &mut kept.files
+            } else {
+                &mut spare
+            };
+            to.insert(*inode, Files::default());
+        }
+    }
     let mut counters: HashMap<u64, Read> = HashMap::new();
     for inode in &inodes {
-        let Some(w) = known.get(inode) else {
+        let (Some(w), Some(files)) = (
+            known.get(inode),
+            kept.files.get_mut(inode).or(spare.get_mut(inode)),
+        ) else {
             continue;
         };
-        let read = observe::census::counters(host, &w.ns);
-        if observe::census::still_there(host, &w.ns) {
+        let unchanged = w.counted.filter(|_| w.quiet.is_some() && !w.witnessed);
+        let read = observe::census::counters_kept(host, &w.ns, files, unchanged);
+        // Files opened through a process that is in the namespace stay
+        // its files: the check is needed once.
+        if files.verified() || observe::census::still_there(host, &w.ns) {
+            files.verify();
             counters.insert(*inode, read);
         }
     }
-    let to_read: Vec<u64> = inodes
+    let to_read: HashSet<u64> = inodes
         .iter()
         .copied()
         .filter(|i| {
@@ -148,20 +194,43 @@ fn read(host: &Host, known: &Known, sweep: bool) -> HashMap<u64, NetnsReading> {
             w.wants_settings(c, sweep)
         })
         .collect();
-    let list: Vec<&Namespace> = to_read
-        .iter()
-        .filter_map(|i| known.get(i))
-        .map(|w| &w.ns)
-        .collect();
-    // None to read (the usual idle poll): no thread to enter them from.
-    let each = if list.is_empty() {
-        Vec::new()
-    } else {
-        observe::census::settings_each(host, &list)
-    };
-    let mut settings: HashMap<u64, SettingsRead> = to_read
-        .iter()
-        .copied()
+    let mut settings = settings(
+        host,
+        known,
+        kept.files.iter_mut().chain(spare.iter_mut()),
+        &to_read,
+    );
+    counters
+        .into_iter()
+        .map(|(inode, counters)| {
+            let settings = settings.remove(&inode).unwrap_or(SettingsRead::Kept);
+            (inode, NetnsReading { counters, settings })
+        })
+        .collect()
+}
+
+/// The settings of the namespaces `to_read`, through their files.
+fn settings<'a>(
+    host: &Host,
+    known: &Known,
+    files: impl Iterator<Item = (&'a u64, &'a mut Files)>,
+    to_read: &HashSet<u64>,
+) -> HashMap<u64, SettingsRead> {
+    let mut list: Vec<&Namespace> = Vec::new();
+    let mut of: Vec<&mut Files> = Vec::new();
+    for (inode, f) in files {
+        if let (true, Some(w)) = (to_read.contains(inode), known.get(inode)) {
+            list.push(&w.ns);
+            of.push(f);
+        }
+    }
+    // None to read (the usual idle poll): nothing is entered.
+    if list.is_empty() {
+        return HashMap::new();
+    }
+    let each = observe::census::settings_kept(host, &list, &mut of);
+    list.iter()
+        .map(|ns| ns.inode)
         .zip(each)
         .map(|(inode, read)| {
             let read = match read {
@@ -178,13 +247,6 @@ fn read(host: &Host, known: &Known, sweep: bool) -> HashMap<u64, NetnsReading> {
                 },
             };
             (inode, read)
-        })
-        .collect();
-    counters
-        .into_iter()
-        .map(|(inode, counters)| {
-            let settings = settings.remove(&inode).unwrap_or(SettingsRead::Kept);
-            (inode, NetnsReading { counters, settings })
         })
         .collect()
 }

@@ -34,6 +34,7 @@ pub(super) fn publish(known: &Known, note: Option<String>, censuses: u64) -> Pub
                 )
             }),
             advice: w.advice.clone(),
+            time_to_exhaustion_seconds: w.time_to_exhaustion(),
         })
         .collect();
     Published {
@@ -61,6 +62,7 @@ pub(super) fn metrics_rows(list: &[&Watched], watched: usize, censuses: u64) -> 
                 usage: usage_of(w),
                 used: used(w),
                 level: w.alert.level,
+                time_to_exhaustion: w.time_to_exhaustion(),
             }
         })
         .collect();
@@ -70,16 +72,26 @@ pub(super) fn metrics_rows(list: &[&Watched], watched: usize, censuses: u64) -> 
             usage: usage_of(w),
             used: used(w),
             level: w.alert.level,
+            time_to_exhaustion: w.time_to_exhaustion(),
         })
         .reduce(|a, b| metrics::NetnsOther {
             usage: a.usage.max(b.usage),
             used: a.used.max(b.used),
             level: a.level.max(b.level),
+            time_to_exhaustion: soonest(a.time_to_exhaustion, b.time_to_exhaustion),
         });
     metrics::NetnsRows {
         top,
         other,
         watched,
         censuses,
+    }
+}
+
+/// The sooner of two times to exhaustion (`None`: not growing).
+fn soonest(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

@@ -2,8 +2,16 @@
 //! it uses, or why none), read once per poll, and rendered for the journal
 //! (first failure per destination or pool), the metrics file's rows and the
 //! live view. The daemon calls [`Running::start`], [`Running::poll`],
-//! [`Running::metrics`] and [`Running::live`]; nothing else of it.
+//! [`Running::metrics`] and [`Running::live`]; the watch over the other
+//! namespaces [`Running::follow`] and [`Running::take_others`].
+//!
+//! Failures are keyed by network namespace inode (the kernel's
+//! `net->ns.inum`, the inode of `/proc/PID/ns/net`, the key the watch over
+//! the other namespaces keeps them by): portd's own namespace's decide
+//! portd's own judgement ([`Running::poll`]); those of another namespace
+//! that watch follows are counted for its judgement ([`Running::take_others`]).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::observe::witness::Witness;
@@ -18,6 +26,11 @@ pub struct Running {
     pub describe: String,
     tally: Tally,
     read_error: Option<String>,
+    /// Failures in other namespaces since the watch over them last took
+    /// them, by namespace inode.
+    others: HashMap<u64, u64>,
+    /// Another namespace could not be watched (said once).
+    full: bool,
 }
 
 impl Running {
@@ -47,7 +60,51 @@ impl Running {
             describe,
             tally: Tally::default(),
             read_error: None,
+            others: HashMap::new(),
+            full: false,
         }
+    }
+
+    /// The witness counts failures in the other namespaces `inodes` (those
+    /// the watch over them follows) and no longer in those gone. The
+    /// kernel's map holds 256 namespaces: beyond, the rest go without
+    /// (said once).
+    pub fn follow(&mut self, inodes: &HashSet<u64>) {
+        let Some(w) = &mut self.witness else {
+            return;
+        };
+        let own = w.watched().first().copied();
+        let gone: Vec<u64> = w
+            .watched()
+            .iter()
+            .copied()
+            .filter(|i| Some(*i) != own && !inodes.contains(i))
+            .collect();
+        for inode in gone {
+            w.unwatch(inode);
+            self.others.remove(&inode);
+        }
+        let new: Vec<u64> = inodes
+            .iter()
+            .copied()
+            .filter(|i| !w.watched().contains(i))
+            .collect();
+        for inode in new {
+            if let Err(e) = w.watch(inode) {
+                if !self.full {
+                    tracing::warn!(
+                        "the failure witness does not count failures in every other namespace: {e}"
+                    );
+                }
+                self.full = true;
+                break;
+            }
+        }
+    }
+
+    /// Failures in other namespaces since the last call, by inode.
+    pub fn take_others(&mut self) -> HashMap<u64, u64> {
+        std::mem::take(&mut self.others)
     }
 
     pub fn active(&self) -> bool {
@@ -80,7 +137,16 @@ impl Running {
         for first in &update.first_per_target {
             alert(first);
         }
-        update.new_failures
+        let own = w.watched().first().copied();
+        let mut own_failures = 0;
+        for c in &reading.counts {
+            if Some(c.key.netns) == own {
+                own_failures += c.new;
+            } else {
+                *self.others.entry(c.key.netns).or_default() += c.new;
+            }
+        }
+        own_failures
     }
 
     /// The rows of the metrics file's witness families.
@@ -204,6 +270,8 @@ mod tests {
             describe: "failure witness on: test".into(),
             tally: Tally::default(),
             read_error: None,
+            others: HashMap::new(),
+            full: false,
         }
     }
 

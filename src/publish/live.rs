@@ -160,6 +160,10 @@ pub struct NamespaceView {
     pub bound: Option<String>,
     /// What to change, and where, while it is raised.
     pub advice: Option<String>,
+    /// Seconds until its first destination or pool runs out at the growth
+    /// of its last censuses (its forecast revised each poll, as portd's
+    /// own); none while nothing grows towards it.
+    pub time_to_exhaustion_seconds: Option<f64>,
 }
 
 /// Where usage is heading: the forecast's time to exhaustion, rates and
@@ -561,6 +565,9 @@ fn namespaces_lines(live: &Live) -> String {
             ns.inode,
             ns.level.map_or("UNKNOWN", Level::label)
         ));
+        if let Some(t) = ns.time_to_exhaustion_seconds {
+            out.push_str(&format!(", runs out in {t:.0}s at the present growth"));
+        }
         if let Some(advice) = &ns.advice {
             out.push_str(&format!("\n  advice: {}", escape(advice)));
         }

@@ -133,6 +133,9 @@ pub struct NetnsRow {
     pub used: u64,
     /// Its confirmed level.
     pub level: Level,
+    /// Seconds until its first destination or pool runs out (`None`: not
+    /// growing towards it, `+Inf` in the file).
+    pub time_to_exhaustion: Option<f64>,
 }
 
 /// The namespaces past the top: the worst of each value among them.
@@ -141,6 +144,8 @@ pub struct NetnsOther {
     pub usage: f64,
     pub used: u64,
     pub level: Level,
+    /// The soonest time to exhaustion among them.
+    pub time_to_exhaustion: Option<f64>,
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -535,6 +540,7 @@ pub fn netns(n: &NetnsRows) -> Vec<MetricFamily> {
                 usage: o.usage,
                 used: o.used,
                 level: o.level,
+                time_to_exhaustion: o.time_to_exhaustion,
             };
             let labels = ["netns", "container", "pod", "pod_namespace"]
                 .map(|name| (name, "other".to_string()))
@@ -558,6 +564,11 @@ pub fn netns(n: &NetnsRows) -> Vec<MetricFamily> {
             "portd_netns_alert_level",
             "Confirmed level of another network namespace (hold and hysteresis applied): 0 ok, 1 warning, 2 critical.",
             per_namespace(&|r| f64::from(r.level.exit_code())),
+        ),
+        MetricFamily::gauge(
+            "portd_netns_time_to_exhaustion_seconds",
+            "Seconds until the first destination or pool of another network namespace runs out at the growth of its last censuses (+Inf when none is growing towards it; top 20 namespaces), as portd_time_to_exhaustion_seconds for portd's own.",
+            per_namespace(&|r| r.time_to_exhaustion.unwrap_or(f64::INFINITY)),
         ),
         MetricFamily::gauge(
             "portd_netns_watched",
@@ -800,11 +811,13 @@ mod tests {
                 usage: 0.6,
                 used: 600,
                 level: Level::Critical,
+                time_to_exhaustion: Some(41.5),
             }],
             other: Some(NetnsOther {
                 usage: 0.3,
                 used: 300,
                 level: Level::Warning,
+                time_to_exhaustion: Some(90.0),
             }),
             watched: 31,
             censuses: 3,
@@ -820,6 +833,8 @@ mod tests {
                 format!("portd_netns_used_ports{other} 300"),
                 format!("portd_netns_alert_level{labels} 2"),
                 format!("portd_netns_alert_level{other} 1"),
+                format!("portd_netns_time_to_exhaustion_seconds{labels} 41.5"),
+                format!("portd_netns_time_to_exhaustion_seconds{other} 90"),
                 "portd_netns_watched 31".into(),
                 "portd_netns_censuses_total 3".into(),
             ]
@@ -868,7 +883,7 @@ mod tests {
         assert!(!without.iter().any(|n| n.starts_with("portd_netns_")));
         s.netns = &netns;
         let with = names(&s);
-        assert_eq!(with.len(), without.len() + 5, "{with:?}");
+        assert_eq!(with.len(), without.len() + 6, "{with:?}");
         let unique: std::collections::BTreeSet<&String> = with.iter().collect();
         assert_eq!(unique.len(), with.len(), "each family once");
     }

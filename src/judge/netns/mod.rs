@@ -9,19 +9,25 @@
 //!   are read ([`Watched::wants_settings`]), the fast path's rule per
 //!   namespace ([`step`], [`measure`]) and how many censuses a poll takes
 //!   ([`order`], [`one_more`]);
-//! - their levels and advice: the planner's alert rule per namespace, with
-//!   the same hold and hysteresis as portd's own, advice only (nothing is
-//!   written in another namespace) ([`Watched::censused`], [`advice`]);
+//! - their judgement: the one assessment portd's own namespace has
+//!   (judge/assess.rs) from each namespace's own censuses and counters:
+//!   its forecast and time to exhaustion, revised every poll between
+//!   censuses, the planner's alert rule with the same hold, hysteresis
+//!   and early warning, the remedies and the exhaustion entry; advice only
+//!   (nothing is written in another namespace) ([`Watched::censused`],
+//!   [`advice`]);
 //! - which are worst ([`ordered`]), for the live view and the metrics.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::judge::assess::{self, Assessment, Evidence, Memory, Since};
 use crate::judge::authority::{Authority, Why};
 use crate::judge::budget::{CENSUS_SHARE, Spent};
-use crate::judge::fastpath::{self, Baseline, Due, Next, Pace};
+use crate::judge::fastpath::{self, Baseline, Due, Next};
+use crate::judge::forecast::horizon;
 use crate::judge::level::Level;
-use crate::judge::planner::{self, AlertState, Decision, History, Inputs, Observation};
+use crate::judge::planner::{AlertState, History};
 use crate::observe::census::KernelSettings;
 use crate::observe::census::sockstat::Totals;
 use crate::observe::netns::{Found, Namespace};
@@ -57,6 +63,11 @@ pub(crate) struct Last {
     pub active_opens: Option<u64>,
     pub started: Instant,
     pub took: Duration,
+    /// Its assessment as the census judged it.
+    pub judged: Assessment,
+    /// The same brought up to the last poll from the counters
+    /// (judge/assess.rs, `revise`): what every channel shows.
+    pub assessment: Assessment,
 }
 
 /// One watched namespace, kept by inode while it lives.
@@ -80,8 +91,13 @@ pub(crate) struct Watched {
     pub advice: Option<String>,
     /// The last census error of this namespace, reported once.
     pub error: Option<String>,
-    /// Its `connect()` rate between polls.
-    pub pace: Pace,
+    /// What its judgement remembers between looks (judge/assess.rs): the
+    /// rates of its censuses, the exhaustion reported, its `connect()`
+    /// rate between polls, a failure the witness saw there.
+    pub memory: Memory,
+    /// The witness saw a program fail to get a port in it since its last
+    /// census: the next poll takes one, and the level skips the hold.
+    pub witnessed: bool,
     /// When the last discovery found it, in seconds since boot.
     pub seen: Option<f64>,
 }
@@ -101,7 +117,8 @@ impl Watched {
             counted: None,
             advice: None,
             error: None,
-            pace: Pace::default(),
+            memory: Memory::default(),
+            witnessed: false,
             seen: None,
         }
     }
@@ -121,9 +138,34 @@ impl Watched {
         sweep || self.settings.is_none() || self.read_with != *counters
     }
 
-    /// Whether the confirmed level is raised or a change of it pending.
+    /// Whether the confirmed level is raised or a change of it pending,
+    /// a failure was witnessed there, or its forecast reaches critical
+    /// soon (the assessment's hurry): the next poll looks.
     pub fn unsettled(&self) -> bool {
-        self.alert.level > Level::Ok || self.alert.pending.is_some()
+        self.alert.level > Level::Ok
+            || self.alert.pending.is_some()
+            || self.witnessed
+            || self.memory.hurry()
+    }
+
+    /// Its assessment as of the last poll (the census's, its forecast
+    /// revised from the counters since), while it has a census.
+    pub fn assessment(&self) -> Option<&Assessment> {
+        self.last.as_ref().map(|l| &l.assessment)
+    }
+
+    /// Seconds until its first destination or pool runs out, at the
+    /// growth its censuses saw; `None` when nothing grows towards it.
+    pub fn time_to_exhaustion(&self) -> Option<f64> {
+        self.assessment().and_then(|a| a.time_to_exhaustion)
+    }
+
+    /// The witness saw `failures` programs fail to get a port in it.
+    pub fn witnessed(&mut self, failures: u64) {
+        if failures > 0 {
+            self.witnessed = true;
+            self.memory.witnessed();
+        }
     }
 }
 
@@ -215,7 +257,9 @@ pub(crate) enum Step {
 /// The fast path's rule (fastpath.rs) for one namespace: with a census to
 /// bound from, its bound; without one, or with a stale one, whether the
 /// counters alone prove every destination below the warning level
-/// ([`quiet`]). Raised or pending alerts always take a census.
+/// ([`quiet`]) and no destination heading for critical within the
+/// horizon at the `connect()` rate now ([`heading_past`]). Raised or
+/// pending alerts always take a census.
 pub(crate) fn step(
     last: Option<&Baseline<'_>>,
     counters: &fastpath::Counters<'_>,
@@ -223,23 +267,40 @@ pub(crate) fn step(
     alert: &AlertState,
 ) -> Step {
     let settled = alert.level == Level::Ok && alert.pending.is_none();
-    let proven = || {
-        counters
+    let proven = |otherwise: Due| {
+        let q = counters
             .totals
             .as_ref()
-            .and_then(|t| quiet(counters.settings, t, &policy.thresholds))
+            .and_then(|t| quiet(counters.settings, t, &policy.thresholds));
+        match q {
+            Some(q) if heading_past(&q, counters.pace, policy) => Step::Census(Due::Growing),
+            Some(q) => Step::Quiet(q),
+            None => Step::Census(otherwise),
+        }
     };
     match (last, settled) {
-        (None, true) => proven().map_or(Step::Census(Due::FirstCensus), Step::Quiet),
+        (None, true) => proven(Due::FirstCensus),
         (None, false) => Step::Census(Due::AlertRaised),
         (Some(b), _) => match fastpath::next(Some(b), counters, policy, alert) {
             Next::Skip(_) => Step::Skip,
-            Next::Census(due @ (Due::Stale | Due::SettingsChanged)) if settled => {
-                proven().map_or(Step::Census(due), Step::Quiet)
-            }
+            Next::Census(due @ (Due::Stale | Due::SettingsChanged)) if settled => proven(due),
             Next::Census(due) => Step::Census(due),
         },
     }
+}
+
+/// Whether a namespace proven quiet still heads for critical within the
+/// horizon (the hold plus a poll, forecast.rs) at its `connect()` rate
+/// now: each `connect()` may take a port towards one destination, so its
+/// bound grows by at most that rate. Such a namespace is censused at once,
+/// as the fast path censuses portd's own (`Due::Growing`): a ramp is then
+/// seen on successive censuses and forecast before it reaches warning.
+pub(crate) fn heading_past(q: &Quiet, pace: Option<f64>, policy: &Policy) -> bool {
+    let Some(rate) = pace.filter(|r| *r > 0.0) else {
+        return false;
+    };
+    let ahead = q.bound as f64 + rate * horizon(policy).as_secs_f64();
+    ahead >= policy.thresholds.critical().fraction() * q.capacity as f64
 }
 
 /// What a poll got of one namespace's settings.
@@ -330,7 +391,9 @@ impl Watched {
             }
             // Proven quiet by the same settings and counters as on the
             // last poll: still quiet, nothing to work out again.
-            SettingsRead::Kept if self.quiet.is_some() && counted == r.counters => {
+            SettingsRead::Kept
+                if self.quiet.is_some() && counted == r.counters && !self.witnessed =>
+            {
                 return Ok(None);
             }
             SettingsRead::Kept => {}
@@ -353,9 +416,16 @@ impl Watched {
             settings,
             totals,
             active_opens,
-            pace: self.pace.update(now, active_opens),
+            pace: self.memory.pace(now, active_opens),
         };
-        let age = |l: &Last| now.saturating_duration_since(l.started);
+        if self.witnessed {
+            // A failure is a reason to census now, whatever the bounds say.
+            return Ok(Some((
+                Due::AlertRaised,
+                self.last.as_ref().map(age_at(now)),
+            )));
+        }
+        let age = age_at(now);
         let baseline = self
             .last
             .as_ref()
@@ -364,7 +434,10 @@ impl Watched {
             Step::Census(why) if !self.waits(why, now) => {
                 Ok(Some((why, self.last.as_ref().map(age))))
             }
-            Step::Census(_) | Step::Skip => Ok(None),
+            Step::Census(_) | Step::Skip => {
+                revise(self.last.as_mut(), &counters, policy, now);
+                Ok(None)
+            }
             Step::Quiet(q) => {
                 self.quiet = Some(q);
                 self.last = None;
@@ -438,12 +511,42 @@ pub(crate) fn one_more(why: Due, taken: usize, spent: Duration, sweep: bool) -> 
     }
 }
 
+/// A poll without a census: the last census's forecast brought up to
+/// `now` from the counters, as portd's own is (judge/assess.rs, `revise`),
+/// so no channel shows a forecast that stays fixed while time passes.
+fn revise(
+    last: Option<&mut Last>,
+    counters: &fastpath::Counters<'_>,
+    policy: &Policy,
+    now: Instant,
+) {
+    let Some(last) = last else {
+        return;
+    };
+    let since = Since {
+        age: now.saturating_duration_since(last.started),
+        opened: match (last.active_opens, counters.active_opens) {
+            (Some(then), Some(now)) => now.checked_sub(then),
+            _ => None,
+        },
+        pace: counters.pace,
+        totals: counters.totals,
+    };
+    last.assessment = assess::revise(&last.judged, policy, &since);
+}
+
+/// The age of a census at `now`.
+fn age_at(now: Instant) -> impl Fn(&Last) -> Duration {
+    move |l| now.saturating_duration_since(l.started)
+}
+
 /// What a census of a namespace tells.
 pub(crate) enum Heard {
-    /// Its decision (the alert and advice are kept); `recovered`: its
-    /// census had failed before.
+    /// Its assessment (the alert and advice are kept; the census and its
+    /// assessment are its [`Last`]); `recovered`: its census had failed
+    /// before.
     Measured {
-        decision: Box<Decision>,
+        assessment: Box<Assessment>,
         recovered: bool,
     },
     /// It failed; `new`: not the error reported last.
@@ -452,8 +555,11 @@ pub(crate) enum Heard {
 
 impl Watched {
     /// A census that began at `started` and took `took` ended at `now`
-    /// (the daemon's wall clock): the planner's alert rule (advise only:
-    /// nothing is written in another namespace), the advice while raised.
+    /// (the daemon's wall clock): the one assessment (judge/assess.rs) with
+    /// this namespace's memory: its forecast, the planner's alert rule with
+    /// the forecast's early warning and a witnessed failure (advise only:
+    /// nothing is written in another namespace), the remedies, the
+    /// exhaustion entry; the advice while raised.
     pub fn censused(
         &mut self,
         result: Result<Usage, String>,
@@ -470,26 +576,30 @@ impl Watched {
             }
         };
         let recovered = self.error.take().is_some();
-        let decision = planner::plan(&Inputs {
-            observation: &Observation::from_usage(&usage),
-            policy,
-            history: &History {
-                alert: self.alert.clone(),
-                ..History::default()
+        let assessment = assess::assess(
+            &mut self.memory,
+            &Evidence {
+                usage: &usage,
+                // Who holds its sockets is not looked up in another
+                // namespace: the remedies name no process.
+                processes: None,
+                policy,
+                history: &History {
+                    alert: self.alert.clone(),
+                    ..History::default()
+                },
+                // No sysctl.d applies inside another namespace.
+                pin: None,
+                foreign_dropin: None,
+                now,
+                // Advise only: nothing is written in another namespace.
+                authority: &Authority::Advise(Why::Policy),
+                single: false,
             },
-            pin: None,
-            now,
-            // Advise only: nothing is written in another namespace.
-            authority: &Authority::Advise(Why::Policy),
-            // The witness's failures are portd's own namespace's decision;
-            // here the usage alone.
-            witnessed_failure: false,
-            // No rates are kept for other namespaces yet: their alerts
-            // follow the census and the hold alone.
-            forecast: &[],
-        });
-        self.advice = advice(&self.ns, &decision);
-        self.alert = decision.alert.clone();
+        );
+        self.witnessed = false;
+        self.advice = advice(&self.ns, &assessment.decision);
+        self.alert = assessment.decision.alert.clone();
         self.quiet = None;
         self.settings = Some(usage.settings.clone());
         let (started, took, active_opens) = census;
@@ -498,9 +608,11 @@ impl Watched {
             active_opens,
             started,
             took,
+            judged: assessment.clone(),
+            assessment: assessment.clone(),
         });
         Heard::Measured {
-            decision: Box::new(decision),
+            assessment: Box::new(assessment),
             recovered,
         }
     }

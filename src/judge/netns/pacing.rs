@@ -5,6 +5,12 @@ use std::time::{Duration, Instant};
 
 use crate::judge::budget::{NETNS_LOOK_SHARE, NETNS_SHARE, Spent};
 
+/// Sweeps come at most this often, however little they cost: a namespace
+/// whose counters change has its settings read on that poll anyway; a
+/// sweep finds a range changed while nothing else did, and the censuses
+/// that can wait (stale, missing counters).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// When the watch looks at the other namespaces (discovery and their
 /// counters), and when a look sweeps every namespace's settings with the
 /// censuses that can wait: each within its share of a core (budget.rs).
@@ -28,14 +34,21 @@ impl Pacing {
     /// wait is left over, else within the looks' share of a core; a sweep
     /// when the last is within its own share.
     pub fn start(&mut self, now: Instant) -> Option<bool> {
-        let sweep = self
-            .spent
-            .is_none_or(|s| s.wait(now, NETNS_SHARE).is_none());
+        let sweep = self.spent.is_none_or(|s| {
+            s.wait(now, NETNS_SHARE).is_none()
+                && now.saturating_duration_since(s.started) >= SWEEP_EVERY
+        });
         if !looks(self.urgent, sweep, self.looked, now) {
             return None;
         }
         self.running_since = Some((now, sweep));
         Some(sweep)
+    }
+
+    /// The next poll looks whatever the budget (a failure was witnessed in
+    /// a namespace).
+    pub fn hurry(&mut self) {
+        self.urgent = true;
     }
 
     /// The look that was running ended.

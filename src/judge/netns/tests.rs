@@ -10,7 +10,7 @@ use super::pacing::looks;
 use super::*;
 use crate::base::ports::{PortRange, PortSet, Ratio};
 use crate::judge::forecast::tests::census;
-use crate::judge::planner::{Action, Blocked, Plan};
+use crate::judge::planner::{Action, Blocked, Decision, Plan};
 use crate::observe::netns::identity::{Identity, Runtime};
 
 pub(crate) fn settings(low: u16, high: u16) -> KernelSettings {
@@ -500,10 +500,10 @@ fn a_namespace_is_raised_after_the_hold_with_advice_and_its_errors_are_told_once
     let census_at = (at, Duration::from_millis(3), Some(100));
     // 600 of 1000 ports towards one destination: critical, held 30 s.
     let busy = || census(&[(1, 0, 600)]);
-    let Heard::Measured { decision, .. } = w.censused(Ok(busy()), census_at, &p, t(0)) else {
+    let Heard::Measured { assessment, .. } = w.censused(Ok(busy()), census_at, &p, t(0)) else {
         panic!("measured");
     };
-    assert_eq!(decision.alert.level, Level::Ok);
+    assert_eq!(assessment.decision.alert.level, Level::Ok);
     assert!(w.advice.is_none() && w.last.is_some() && w.settings.is_some());
     assert!(w.unsettled(), "pending");
     // Failures: the first told, the same one not again.
@@ -516,14 +516,14 @@ fn a_namespace_is_raised_after_the_hold_with_advice_and_its_errors_are_told_once
         Heard::Failed { new: false }
     ));
     let Heard::Measured {
-        decision,
+        assessment,
         recovered,
     } = w.censused(Ok(busy()), census_at, &p, t(31))
     else {
         panic!("measured");
     };
     assert!(recovered, "works again");
-    assert_eq!(decision.alert.level, Level::Critical);
+    assert_eq!(assessment.decision.alert.level, Level::Critical);
     assert_eq!(w.alert.level, Level::Critical);
     let advice = w.advice.as_deref().unwrap_or_default();
     assert!(
@@ -552,4 +552,58 @@ fn the_worst_come_first_by_level_then_usage() {
     assert_eq!(inodes, vec![2, 3, 1, 4]);
     assert!(measured(&known[&1]) && !measured(&known[&4]));
     assert_eq!(usage_of(&known[&4]), 0.0);
+}
+
+#[test]
+fn a_ramp_is_forecast_and_raised_before_the_hold_with_its_time_to_exhaustion() {
+    let p = Policy::default();
+    let mut w = watched_at(7, 812, Level::Ok, 1.0);
+    let at = Instant::now();
+    // 15 ports a second towards one destination of a 1000-port range:
+    // 60, 90, 120 ports on three censuses 2 s apart.
+    let mut last = None;
+    for (i, used) in [60u16, 90, 120].into_iter().enumerate() {
+        let secs = 2 * i as u64;
+        let census_at = (
+            at + Duration::from_secs(secs),
+            Duration::from_millis(1),
+            None,
+        );
+        let Heard::Measured { assessment, .. } =
+            w.censused(Ok(census(&[(1, 0, used)])), census_at, &p, t(secs))
+        else {
+            panic!("measured");
+        };
+        last = Some(assessment);
+    }
+    let a = last.expect("three censuses");
+    // 12 % of the range, far below warning: the forecast confirms it.
+    assert_eq!(a.decision.alert.level, Level::Warning, "{:?}", a.decision);
+    assert!(a.decision.urgent.is_some());
+    let tte = a.time_to_exhaustion.expect("a time to exhaustion");
+    assert!((50.0..70.0).contains(&tte), "{tte}");
+    assert_eq!(w.time_to_exhaustion(), Some(tte));
+    assert!(w.unsettled());
+}
+
+#[test]
+fn a_quiet_namespace_whose_connect_rate_heads_for_critical_is_censused() {
+    let p = Policy::default();
+    let s = settings(40000, 40999);
+    let mut c = counters(&s, totals(30, 0, 0));
+    assert!(matches!(
+        step(None, &c, &p, &raised(Level::Ok)),
+        Step::Quiet(_)
+    ));
+    // 15 connect()s a second: 30 + 15 x 32 s reaches 500 of ~970.
+    c.pace = Some(15.0);
+    assert_eq!(
+        step(None, &c, &p, &raised(Level::Ok)),
+        Step::Census(Due::Growing)
+    );
+    c.pace = Some(1.0);
+    assert!(matches!(
+        step(None, &c, &p, &raised(Level::Ok)),
+        Step::Quiet(_)
+    ));
 }

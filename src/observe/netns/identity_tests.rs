@@ -32,6 +32,7 @@ fn metric_labels(ns: &Namespace) -> String {
             usage: 0.5,
             used: 1,
             level: crate::judge::level::Level::Ok,
+            time_to_exhaustion: None,
         }],
         ..NetnsRows::default()
     };

@@ -354,6 +354,24 @@ impl Witness {
         Ok(())
     }
 
+    /// Stops counting failures in network namespace `netns` (it is gone:
+    /// its inode may be handed to the next one created).
+    pub fn unwatch(&mut self, netns: u64) {
+        self.watched.retain(|w| *w != netns);
+        let (Ok(ino), Some(map)) = (u32::try_from(netns), self.ebpf.map_mut("watch_netns")) else {
+            return;
+        };
+        if let Ok(mut map) = HashMap::<&mut MapData, u32, u8>::try_from(map) {
+            // Already absent: nothing to undo.
+            let _ = map.remove(&ino);
+        }
+    }
+
+    /// The namespaces it counts failures in, portd's own first.
+    pub fn watched(&self) -> &[u64] {
+        &self.watched
+    }
+
     /// What failed since the previous read: one pass over the kernel's
     /// maps, then the next generation starts (see the module's doc).
     pub fn read(&mut self) -> Result<Reading, String> {

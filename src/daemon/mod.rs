@@ -479,17 +479,6 @@ impl Daemon {
                 .start(&self.host, &self.policy, &mut self.witness);
         }
     }
-
-    /// The poll of the other namespaces ended (netns.rs).
-    fn netns_ended(&mut self, out: Result<netns::Output, JoinError>) {
-        let now = self.clock.now();
-        let changed = self.netns.ended(out, &self.policy, now, &mut self.witness);
-        self.widen_namespaces();
-        if changed {
-            let authority = self.authority();
-            self.report_with(&authority, |r, p| r.publish(p));
-        }
-    }
 }
 
 fn abandoned_ended(tasks: &mut Tasks) {

@@ -7,6 +7,8 @@
 
 use std::time::SystemTime;
 
+use tokio::task::JoinError;
+
 use super::Daemon;
 use crate::act::netns::{self, Widening};
 use crate::judge::level::Level;
@@ -60,7 +62,19 @@ fn in_namespace(mut entry: Entry, ns: &Namespace) -> Entry {
 impl Daemon {
     /// Widens the namespaces the watch's last poll handed over; nothing
     /// while portd only advises (`--dry-run`, an unreadable state).
-    pub(super) fn widen_namespaces(&mut self) {
+    /// The poll of the other namespaces ended (netns.rs): their alerts,
+    /// then the widenings it handed over, then what is published.
+    pub(super) fn netns_ended(&mut self, out: Result<super::netns::Output, JoinError>) {
+        let now = self.clock.now();
+        let changed = self.netns.ended(out, &self.policy, now, &mut self.witness);
+        self.widen_namespaces();
+        if changed {
+            let authority = self.authority();
+            self.report_with(&authority, |r, p| r.publish(p));
+        }
+    }
+
+    fn widen_namespaces(&mut self) {
         let candidates = std::mem::take(&mut self.netns.widen);
         if candidates.is_empty() || self.dry_run || self.state_unreadable.is_some() {
             return;

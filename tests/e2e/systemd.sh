@@ -533,7 +533,7 @@ passed=$((passed + 1)); say "5a. containers.conf: the second namespace $hold_net
 # ReadWritePaths=/proc/sys/net; e2e-other is left as it was. Both are read
 # back from inside them; `portd rollback` restores e2e-sel.
 
-ns sed -i 's/^select = \[\]/select = ["netns:e2e-sel"]/' /etc/portd.toml
+ns sed -i 's/^select = \[\]/mode = "auto"\nselect = ["netns:e2e-sel"]/' /etc/portd.toml
 sed -n '/^\[namespaces\]/,$p' "/proc/$pid/root/etc/portd.toml" | grep -q '^mode = "auto"' \
     || fail "the policy's [namespaces] mode is not auto: $(sed -n '/^\[namespaces\]/,$p' "/proc/$pid/root/etc/portd.toml" | grep '^mode')"
 grep -q '^select = \["netns:e2e-sel"\]' "/proc/$pid/root/etc/portd.toml" || fail "could not select netns:e2e-sel in the policy"

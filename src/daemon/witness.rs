@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::observe::witness::Witness;
 use crate::observe::witness::tally::{self, Row, Tally};
-use crate::publish::events::Entry;
+use crate::publish::events::{Entry, Kind, note};
 use crate::publish::live;
 use crate::publish::metrics;
 
@@ -64,13 +64,19 @@ impl Running {
         let reading = match w.read() {
             Ok(r) => {
                 if self.read_error.take().is_some() {
-                    tracing::info!("the failure witness's counters are readable again");
+                    note(
+                        Kind::Restored,
+                        "the failure witness's counters are readable again",
+                    );
                 }
                 r
             }
             Err(e) => {
                 if self.read_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!("cannot read the failure witness's counters: {e}");
+                    note(
+                        Kind::Degraded,
+                        &format!("cannot read the failure witness's counters: {e}"),
+                    );
                     self.read_error = Some(e);
                 }
                 return 0;

@@ -369,12 +369,7 @@ impl Daemon {
             }
         );
         note(Kind::Started, &started);
-        let witness = if self.witness.active() {
-            Kind::Started
-        } else {
-            Kind::WitnessOff
-        };
-        note(witness, &self.witness.describe);
+        self.witness.announce();
     }
 
     fn poll_period(&self) -> Duration {

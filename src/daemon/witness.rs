@@ -54,6 +54,16 @@ impl Running {
         self.witness.is_some()
     }
 
+    /// Says once which path the witness uses, or why none.
+    pub fn announce(&self) {
+        let kind = if self.active() {
+            Kind::Started
+        } else {
+            Kind::WitnessOff
+        };
+        note(kind, &self.describe);
+    }
+
     /// Reads the kernel's counters once; journals the first failure per
     /// destination (TCP) or pool. Returns the failures new since the last
     /// poll: a reason for the daemon to act at once.

@@ -43,26 +43,22 @@ pub enum Kind {
     /// Another network namespace with a raised alert is gone: its alert
     /// ends with it.
     NetnsGone,
-    /// portd started (its mode and policy, the failure witness's path),
-    /// and its first census is done.
+    // The daemon's notes about itself, after the alerts (see is_note).
+    /// Its start (mode, policy, the witness's path) and first census.
     Started,
-    /// portd stops (SIGTERM), or a widening was cut short by it.
+    /// Its stop (SIGTERM), or a widening the stop cut short.
     Stopping,
-    /// The failure witness cannot run: portd works from the socket census
-    /// alone.
+    /// The failure witness cannot run: the socket census alone.
     WitnessOff,
-    /// The other network namespaces are out of portd's sight by design
-    /// (the default unit hides other processes): portd watches its own.
+    /// Other namespaces out of sight by the unit's design.
     NamespacesHidden,
-    /// The other network namespaces should be in sight but are not (the
-    /// containers drop-in is in place): portd watches its own.
+    /// Other namespaces out of sight despite the containers drop-in.
     NamespacesNotWatched,
-    /// Part of portd's work fails and it goes on without it: a file it reads
-    /// or writes, another namespace's census, the clock of its state.
+    /// Part of its work fails (a file, another namespace's census); it goes on.
     Degraded,
-    /// A census or the state file fails: portd cannot see or cannot record.
+    /// A census or the state file fails: it cannot see or cannot record.
     DaemonFailed,
-    /// A failure of the kinds above is over: the work is done again.
+    /// What a degraded or failed note named works again.
     Restored,
 }
 
@@ -147,19 +143,10 @@ impl Kind {
         }
     }
 
-    /// A note of the daemon about itself, not an alert about the ports.
+    /// A note of the daemon about itself, not an alert about the ports
+    /// (the notes come last).
     pub fn is_note(self) -> bool {
-        matches!(
-            self,
-            Kind::Started
-                | Kind::Stopping
-                | Kind::WitnessOff
-                | Kind::NamespacesHidden
-                | Kind::NamespacesNotWatched
-                | Kind::Degraded
-                | Kind::DaemonFailed
-                | Kind::Restored
-        )
+        self as u8 >= Kind::Started as u8
     }
 
     /// syslog priority, as journald stores it (tracing-journald maps
@@ -209,12 +196,9 @@ impl Severity {
     }
 }
 
-/// One event. Optional fields are left out of the entry when empty.
-///
-/// Beside the text a person reads (`usage` "60.0%", `netns` "net:[INODE]",
-/// which the catalog's explanations show), the raw values an operator
-/// filters and compares on: `usage_ratio` 0.6, `used`, `capacity`, the
-/// addresses and port of what `used` counts, the namespace's inode.
+/// One event. Optional fields are left out of the entry when empty. Beside
+/// the text the catalog shows ("60.0%", "net:[INODE]"), the raw values to
+/// filter on: ratio, counts, addresses and port, the namespace's inode.
 #[derive(Clone, Debug, Default)]
 pub struct Fields {
     pub usage: Option<String>,
@@ -223,10 +207,9 @@ pub struct Fields {
     pub used: Option<u64>,
     pub capacity: Option<u64>,
     /// What `used` counts: the worst destination ("local -> remote:port"),
-    /// or the destinations and pools that ran out, or the failed target.
+    /// the destinations and pools that ran out, or a failed target.
     pub destination: Option<String>,
-    /// The local address, remote address and remote port of that
-    /// destination, when it is one (not a pool).
+    /// That destination's addresses and port (not a pool's).
     pub local_address: Option<IpAddr>,
     pub remote_address: Option<IpAddr>,
     pub remote_port: Option<u16>,
@@ -262,8 +245,6 @@ pub struct Fields {
 pub fn emit(kind: Kind, message: &str, f: &Fields) {
     let before = f.range_before.map(|r| r.to_string());
     let after = f.range_after.map(|r| r.to_string());
-    let local = f.local_address.map(|a| a.to_string());
-    let remote = f.remote_address.map(|a| a.to_string());
     macro_rules! ev {
         ($lvl:ident) => {
             tracing::$lvl!(
@@ -274,8 +255,8 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
                 portd_used = f.used,
                 portd_capacity = f.capacity,
                 portd_destination = f.destination.as_deref(),
-                portd_local_address = local.as_deref(),
-                portd_remote_address = remote.as_deref(),
+                portd_local_address = f.local_address.map(tracing::field::display),
+                portd_remote_address = f.remote_address.map(tracing::field::display),
                 portd_remote_port = f.remote_port,
                 portd_process = f.process.as_deref(),
                 portd_range_before = before.as_deref(),
@@ -301,16 +282,14 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
     }
 }
 
-/// A note of the daemon about itself (start, stop, what fails and works
-/// again, what it cannot see): its own kind, the text and no fields.
+/// A note of the daemon about itself: its kind and text, no fields.
 pub fn note(kind: Kind, message: &str) {
     emit(kind, message, &Fields::default());
 }
 
 impl Fields {
-    /// The usage fields: the headline as text and as raw values, the
-    /// destination it counts (its addresses and port), range and cause (the
-    /// daemon's and every namespace's alerts).
+    /// The usage fields: the headline as text and raw values, the
+    /// destination it counts, range and cause (every usage alert).
     pub fn usage(usage: &Usage) -> Fields {
         let h = &usage.headline;
         let worst = match &h.cause {

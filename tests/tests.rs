@@ -45,6 +45,7 @@ mod suite {
     mod hostile_status;
     mod live_owner;
     mod mixin;
+    mod netns_widen;
     mod output_errors;
     mod readme_demo;
     mod status_errors;

@@ -15,11 +15,14 @@ use crate::judge::planner::{self, AlertState, History, Plan};
 
 /// Bumped when the meaning of a field changes; a newer file is refused
 /// rather than misread. Version 2 added `pending` and `dropin`, version 3
-/// `admin`.
-pub const FORMAT_VERSION: u32 = 3;
+/// `admin`, version 4 `namespaces`.
+pub const FORMAT_VERSION: u32 = 4;
 /// The previous formats, still read: each is the next one without the
-/// fields it lacks (tests/fixtures/state/v1.json, v2.json).
-const PREVIOUS_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+/// fields it lacks (tests/fixtures/state/v1.json, v2.json, v3.json).
+const PREVIOUS_FORMAT_VERSIONS: [u32; 3] = [1, 2, 3];
+/// Changes kept per other namespace (its cooldown and hourly cap need
+/// the last hour's; the journal has them all).
+const NAMESPACE_HISTORY_LEN: usize = 10;
 const FILE_NAME: &str = "state.json";
 const HISTORY_LEN: usize = 50;
 
@@ -92,6 +95,54 @@ pub struct State {
     pub changes: Vec<Change>,
     pub yielded: Option<Yield>,
     pub alert: AlertState,
+    /// Other network namespaces portd widened (`[namespaces]`), keyed by
+    /// inode and identity; rollback restores those that still exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceRecord>,
+}
+
+/// Which namespace portd widened: its inode and what named it then. An
+/// inode is reused once a namespace is gone, so the names must agree too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceKey {
+    pub inode: u64,
+    /// Its names under `/run/netns`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// What a person called it (escaped): for messages, not compared.
+    pub label: String,
+}
+
+impl NamespaceKey {
+    /// `now` (as discovery finds it) is the namespace this key recorded:
+    /// the same inode, container and pod, and one of the recorded netns
+    /// names if it had any.
+    pub fn same(&self, now: &NamespaceKey) -> bool {
+        self.inode == now.inode
+            && self.container_id == now.container_id
+            && self.pod_uid == now.pod_uid
+            && (self.names.is_empty() || self.names.iter().any(|n| now.names.contains(n)))
+    }
+}
+
+/// What portd did in another namespace: the values it found before its
+/// first change there, what it last wrote, and a write not yet confirmed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub key: NamespaceKey,
+    pub original: Values,
+    pub last_written: Option<Values>,
+    /// Recorded before the write into the namespace, cleared after it.
+    #[serde(default)]
+    pub pending: Option<Values>,
+    /// Reserved ports portd added there (rollback removes only these).
+    pub added_reserved: PortSet,
+    pub changes: Vec<Change>,
+    pub yielded: Option<Yield>,
 }
 
 impl Default for State {
@@ -108,6 +159,7 @@ impl Default for State {
             changes: Vec::new(),
             yielded: None,
             alert: AlertState::default(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -234,6 +286,12 @@ impl State {
         if let Some(y) = &mut self.yielded {
             clamp(&mut y.at);
         }
+        for r in &mut self.namespaces {
+            r.changes.iter_mut().for_each(|c| clamp(&mut c.at));
+            if let Some(y) = &mut r.yielded {
+                clamp(&mut y.at);
+            }
+        }
         if let Some((_, since)) = &mut self.alert.pending {
             clamp(since);
         }
@@ -349,6 +407,82 @@ impl State {
         true
     }
 
+    /// A policy reload clears every yield, the host's and the other
+    /// namespaces'; true when there was one.
+    pub fn clear_yields(&mut self) -> bool {
+        let mut cleared = self.yielded.take().is_some();
+        for r in &mut self.namespaces {
+            cleared |= r.yielded.take().is_some();
+        }
+        cleared
+    }
+
+    /// The record of the namespace `inode`.
+    pub fn namespace(&self, inode: u64) -> Option<&NamespaceRecord> {
+        self.namespaces.iter().find(|r| r.key.inode == inode)
+    }
+
+    /// A widening portd is about to write into another namespace: its
+    /// first values (kept for rollback), the ports it reserves, the write as
+    /// pending and the change. Saved before the write, then confirmed
+    /// ([`State::confirm_namespace`]). A record of an earlier namespace with
+    /// the same inode (it is gone) gives way.
+    pub fn record_namespace_widening(
+        &mut self,
+        key: NamespaceKey,
+        current: Values,
+        plan: &Plan,
+        now: SystemTime,
+        reason: &str,
+    ) {
+        self.namespaces
+            .retain(|r| r.key.inode != key.inode || r.key.same(&key));
+        let index = match self
+            .namespaces
+            .iter()
+            .position(|r| r.key.inode == key.inode)
+        {
+            Some(i) => i,
+            None => {
+                self.namespaces.push(NamespaceRecord {
+                    key,
+                    original: current,
+                    last_written: None,
+                    pending: None,
+                    added_reserved: PortSet::new(),
+                    changes: Vec::new(),
+                    yielded: None,
+                });
+                self.namespaces.len() - 1
+            }
+        };
+        let r = &mut self.namespaces[index];
+        r.added_reserved = r.added_reserved.union(&plan.newly_reserved);
+        r.pending = Some(Values {
+            range: plan.to,
+            reserved: plan.reserved.clone(),
+        });
+        r.changes.push(Change {
+            at: now,
+            from: plan.from,
+            to: plan.to,
+            reserved_added: plan.newly_reserved.clone(),
+            reason: reason.to_string(),
+        });
+        if r.changes.len() > NAMESPACE_HISTORY_LEN {
+            r.changes.remove(0);
+        }
+    }
+
+    /// The pending write into namespace `inode` is in place.
+    pub fn confirm_namespace(&mut self, inode: u64) {
+        if let Some(r) = self.namespaces.iter_mut().find(|r| r.key.inode == inode)
+            && let Some(p) = r.pending.take()
+        {
+            r.last_written = Some(p);
+        }
+    }
+
     /// The planner's view.
     pub fn history(&self) -> History {
         History {
@@ -403,8 +537,8 @@ mod tests {
         assert_eq!(State::load(&host).unwrap(), s);
         let text = std::fs::read_to_string(State::path(&host))
             .unwrap()
-            .replace("\"format_version\":3", "\"format_version\":9")
-            .replace("\"format_version\": 3", "\"format_version\": 9");
+            .replace("\"format_version\":4", "\"format_version\":9")
+            .replace("\"format_version\": 4", "\"format_version\": 9");
         std::fs::write(State::path(&host), text).unwrap();
         let err = State::load(&host).unwrap_err().to_string();
         assert!(
@@ -479,7 +613,7 @@ mod tests {
         assert_eq!(s.changes.len(), 1);
         s.save(&host).unwrap();
         let text = std::fs::read_to_string(State::path(&host)).unwrap();
-        assert!(text.contains("\"format_version\":3"), "{text}");
+        assert!(text.contains("\"format_version\":4"), "{text}");
         assert_eq!(State::load(&host).unwrap(), s);
     }
 
@@ -829,5 +963,94 @@ mod tests {
             (None, None, None, None)
         );
         assert_eq!(s.changes.len(), 1, "the history stays");
+    }
+
+    fn key(inode: u64, names: &[&str]) -> NamespaceKey {
+        NamespaceKey {
+            inode,
+            names: names.iter().map(ToString::to_string).collect(),
+            container_id: None,
+            pod_uid: None,
+            label: names.first().unwrap_or(&"pid 8 (sleep)").to_string(),
+        }
+    }
+
+    #[test]
+    fn version_3_state_loads_with_no_namespaces_and_is_saved_as_version_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        std::fs::create_dir_all(host.state_dir()).unwrap();
+        let v3 = include_str!("../../tests/fixtures/state/v3.json");
+        std::fs::write(State::path(&host), v3).unwrap();
+        let s = State::load(&host).unwrap();
+        assert_eq!(s.format_version, FORMAT_VERSION);
+        assert_eq!(s.admin.as_ref().map(|a| a.range), Some(range(40000, 40499)));
+        assert!(s.namespaces.is_empty());
+        assert_eq!(
+            s.rollback_target(false).map(|v| v.range),
+            Some(range(40000, 40499))
+        );
+        s.save(&host).unwrap();
+        let text = std::fs::read_to_string(State::path(&host)).unwrap();
+        assert!(text.contains("\"format_version\":4"), "{text}");
+        assert_eq!(State::load(&host).unwrap(), s);
+    }
+
+    #[test]
+    fn a_namespace_widening_keeps_its_first_values_by_inode_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        let mut s = State::default();
+        s.record_namespace_widening(
+            key(4026532242, &["blue"]),
+            found(),
+            &widening(),
+            at(100),
+            "busy",
+        );
+        let r = s.namespace(4026532242).unwrap();
+        assert_eq!(
+            (r.original.clone(), r.last_written.clone()),
+            (found(), None)
+        );
+        assert_eq!(
+            r.pending.as_ref().map(|p| p.range),
+            Some(range(40000, 40181))
+        );
+        assert_eq!(r.added_reserved, ports("40120"));
+        s.confirm_namespace(4026532242);
+        let later = Values {
+            range: range(40000, 40181),
+            reserved: ports("40120,40500"),
+        };
+        let plan = Plan {
+            from: range(40000, 40181),
+            to: range(40000, 40301),
+            ..widening()
+        };
+        s.record_namespace_widening(key(4026532242, &["blue"]), later, &plan, at(200), "busier");
+        s.confirm_namespace(4026532242);
+        let r = s.namespace(4026532242).unwrap();
+        assert_eq!(r.original, found(), "the first values are kept");
+        assert_eq!(
+            r.last_written.as_ref().map(|w| w.range),
+            Some(range(40000, 40301))
+        );
+        assert_eq!(r.changes.len(), 2);
+        assert_eq!(s.original, None, "the host's own values are not touched");
+        s.save(&host).unwrap();
+        assert_eq!(State::load(&host).unwrap(), s);
+    }
+
+    #[test]
+    fn a_reused_inode_of_another_namespace_replaces_the_gone_ones_record() {
+        let mut s = State::default();
+        s.record_namespace_widening(key(7, &["blue"]), found(), &widening(), at(100), "busy");
+        assert!(key(7, &["blue"]).same(&key(7, &["blue", "green"])));
+        assert!(!key(7, &["blue"]).same(&key(7, &["red"])));
+        assert!(!key(7, &["blue"]).same(&key(8, &["blue"])));
+        s.record_namespace_widening(key(7, &["red"]), found(), &widening(), at(200), "busy");
+        assert_eq!(s.namespaces.len(), 1);
+        assert_eq!(s.namespaces[0].key.names, ["red"]);
     }
 }

@@ -333,39 +333,56 @@ fn rollback(host: &Host, config: &std::path::Path, required: bool, force: bool) 
             return Exit::Critical;
         }
     };
-    let result = (|| -> Result<Vec<String>, String> {
-        // Nothing to undo: say so without creating the state directory or
-        // its lock, and without reading /proc (a package removal of a portd
-        // that never ran must leave nothing behind).
-        if State::load(host)
-            .map_err(|e| e.to_string())?
-            .original
-            .is_none()
-        {
-            return Ok(vec![actuator::NOTHING_TO_ROLL_BACK.into()]);
-        }
-        let _lock = WriterLock::acquire(&host.state_dir()).map_err(|e| e.to_string())?;
-        // Read again under the lock: another writer may have changed it.
-        let mut state = State::load(host).map_err(|e| e.to_string())?;
+    let (lines, errors) = match rollback_all(host, &policy, force) {
+        Ok(done) => done,
+        Err(e) => (Vec::new(), vec![e]),
+    };
+    let text: String = lines
+        .iter()
+        .map(|l| format!("portd rollback: {l}\n"))
+        .collect();
+    let exit = output(text.as_bytes(), Exit::Ok, Exit::Critical);
+    for e in &errors {
+        eprintln!("portd rollback: {e}");
+    }
+    if errors.is_empty() {
+        exit
+    } else {
+        Exit::Critical
+    }
+}
+
+/// The host's rollback, then the other namespaces' (act/netns.rs): what
+/// was done, and what was refused or failed.
+fn rollback_all(
+    host: &Host,
+    policy: &Policy,
+    force: bool,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    // Nothing to undo: say so without creating the state directory or
+    // its lock, and without reading /proc (a package removal of a portd
+    // that never ran must leave nothing behind).
+    let first = State::load(host).map_err(|e| e.to_string())?;
+    if first.original.is_none() && first.namespaces.is_empty() {
+        return Ok((vec![actuator::NOTHING_TO_ROLL_BACK.into()], Vec::new()));
+    }
+    let _lock = WriterLock::acquire(&host.state_dir()).map_err(|e| e.to_string())?;
+    // Read again under the lock: another writer may have changed it.
+    let mut state = State::load(host).map_err(|e| e.to_string())?;
+    let (mut lines, mut errors) = (Vec::new(), Vec::new());
+    if state.original.is_some() || state.namespaces.is_empty() {
         let live = KernelSettings::read(host).map_err(|e| e.to_string())?;
-        let done = actuator::rollback(host, &policy.dropin_name, &mut state, &live, force);
-        // Saved even when a step failed: it records the steps that were done.
-        state.save(host).map_err(|e| e.to_string())?;
-        done
-    })();
-    match result {
-        Ok(lines) => {
-            let text: String = lines
-                .iter()
-                .map(|l| format!("portd rollback: {l}\n"))
-                .collect();
-            output(text.as_bytes(), Exit::Ok, Exit::Critical)
-        }
-        Err(e) => {
-            eprintln!("portd rollback: {e}");
-            Exit::Critical
+        match actuator::rollback(host, &policy.dropin_name, &mut state, &live, force) {
+            Ok(done) => lines.extend(done),
+            Err(e) => errors.push(e),
         }
     }
+    let (done, failed) = crate::act::netns::rollback(host, &mut state, force);
+    lines.extend(done);
+    errors.extend(failed);
+    // Saved even when a step failed: it records the steps that were done.
+    state.save(host).map_err(|e| e.to_string())?;
+    Ok((lines, errors))
 }
 
 fn load_policy(path: &std::path::Path, required: bool) -> Result<Policy, PolicyError> {

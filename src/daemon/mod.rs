@@ -14,6 +14,7 @@ mod decide;
 mod journal;
 mod live_view;
 mod netns;
+mod netns_act;
 mod poll_timer;
 mod reload;
 mod report;
@@ -481,7 +482,9 @@ impl Daemon {
 
     /// The poll of the other namespaces ended (netns.rs).
     fn netns_ended(&mut self, out: Result<netns::Output, JoinError>) {
-        if self.netns.ended(out, &self.policy, self.clock.now()) {
+        let changed = self.netns.ended(out, &self.policy, self.clock.now());
+        self.widen_namespaces();
+        if changed {
             let authority = self.authority();
             self.report_with(&authority, |r, p| r.publish(p));
         }

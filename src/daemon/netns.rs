@@ -75,6 +75,8 @@ pub(super) struct Watch {
     /// The last look found no other namespace, and nothing was left
     /// pending: when it began and the last pid handed out then.
     empty: Option<(Instant, u32)>,
+    /// Selected namespaces to widen after this poll (netns_act.rs).
+    pub widen: Vec<super::netns_act::Candidate>,
 }
 
 /// While the last look found no other namespace and no process or thread
@@ -152,6 +154,8 @@ impl Watch {
                 }
                 if let Some(last) = &w.last {
                     alert(&w.ns, &last.usage, &decision, w.advice.as_deref());
+                    let widen = super::netns_act::candidate(policy, &w.ns, &last.usage, &decision);
+                    self.widen.extend(widen);
                 }
             }
             Heard::Failed { new } => {

@@ -43,7 +43,7 @@ impl Daemon {
             Ok((policy, _)) => {
                 self.policy = policy;
                 self.policy_digest = digest;
-                let cleared = self.state.yielded.take().is_some();
+                let cleared = self.state.clear_yields();
                 if cleared {
                     self.save_state();
                 }

@@ -73,6 +73,8 @@ fn shipped_file_sets_every_key() {
         "[alerts]",
         "reminder",
         "[metrics]",
+        "[namespaces]",
+        "select",
     ] {
         assert!(
             SHIPPED.lines().any(|l| l.trim_start().starts_with(key)),
@@ -129,6 +131,9 @@ fn every_key_is_read() {
         reminder = "2h"
         [metrics]
         file = "/run/portd/metrics.prom"
+        [namespaces]
+        mode = "auto"
+        select = ["netns:blue"]
     "#;
     let range = |l, h| PortRange::new(l, h).unwrap();
     let expected = Policy {
@@ -158,6 +163,10 @@ fn every_key_is_read() {
         dropin_name: "70-portd.conf".to_string(),
         reminder: Duration::from_secs(7200),
         metrics_file: Some(PathBuf::from("/run/portd/metrics.prom")),
+        namespaces: crate::policy::NamespacePolicy {
+            mode: Mode::Auto,
+            select: vec![crate::policy::namespaces::Selector::parse("netns:blue").unwrap()],
+        },
     };
     assert_eq!(parse(path(), text), Ok(expected));
 }
@@ -905,4 +914,69 @@ fn only_the_default_policy_path_may_be_absent() {
     );
     std::fs::write(&missing, "").unwrap();
     assert!(super::load_configured(&missing, true).unwrap().1);
+}
+
+#[test]
+fn namespaces_select_nothing_and_advise_by_default() {
+    let policy = parse(path(), "[namespaces]\n").unwrap();
+    assert_eq!(policy.namespaces, crate::policy::NamespacePolicy::default());
+    assert_eq!(policy.namespaces.mode, Mode::Advise);
+    assert!(policy.namespaces.select.is_empty());
+}
+
+#[test]
+fn namespaces_selectors_are_read_in_order() {
+    let policy = parse(
+        path(),
+        "[namespaces]\nmode = \"auto\"\nselect = [\"netns:blue\", \"pod:shop/*\", \"pod_namespace:shop\", \"container:api-?\"]\n",
+    )
+    .unwrap();
+    assert_eq!(policy.namespaces.mode, Mode::Auto);
+    let shown: Vec<String> = policy
+        .namespaces
+        .select
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "netns:blue",
+            "pod:shop/*",
+            "pod_namespace:shop",
+            "container:api-?"
+        ]
+    );
+}
+
+#[test]
+fn every_bad_selector_is_reported_with_its_place_and_what_is_accepted() {
+    let errors =
+        errors("[namespaces]\nmode = \"yes\"\nselect = [\"blue\", \"host:x\", \"netns:\", 7]\n");
+    assert_eq!(
+        errors,
+        [
+            "/etc/portd.toml:2:8: namespaces.mode: unknown mode \"yes\"; use \"auto\" (widen the \
+             range within the bounds) or \"advise\" (alert only, never write)",
+            "/etc/portd.toml:3:11: namespaces.select: \"blue\": no KIND: before the pattern; \
+             write \"KIND:PATTERN\" with KIND one of netns, pod, pod_namespace, container",
+            "/etc/portd.toml:3:19: namespaces.select: \"host:x\": unknown kind \"host\"; use one \
+             of netns, pod, pod_namespace, container (\"netns:blue\")",
+            "/etc/portd.toml:3:29: namespaces.select: \"netns:\": the pattern is empty or holds a \
+             space or a character other than printable ASCII; use the name, or a glob with * and ?",
+            "/etc/portd.toml:3:39: namespaces.select: invalid type: integer `7`, expected \
+             \"KIND:PATTERN\" with KIND one of netns, pod, pod_namespace, container, such as \
+             \"netns:blue\" or \"pod:shop/checkout-*\"",
+        ],
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn namespaces_select_must_be_a_list() {
+    one_error(
+        "[namespaces]\nselect = \"netns:blue\"\n",
+        "/etc/portd.toml:2:10: namespaces.select: invalid type: ",
+        &["expected a list of selectors"],
+    );
 }

@@ -8,6 +8,7 @@
 mod diagnostics;
 pub mod file;
 mod load;
+pub mod namespaces;
 mod raw;
 pub mod thresholds;
 mod validate;
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use crate::base::ports::{Port, PortRange, Ratio};
 
+pub use namespaces::NamespacePolicy;
 pub use thresholds::{ThresholdError, Thresholds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -68,6 +70,8 @@ pub struct Policy {
     pub dropin_name: String,
     pub reminder: Duration,
     pub metrics_file: Option<PathBuf>,
+    /// Other network namespaces: advised only unless selected here.
+    pub namespaces: NamespacePolicy,
 }
 
 const FOUR_A_HOUR: NonZeroU32 = NonZeroU32::new(4).expect("4 is not 0");
@@ -92,6 +96,7 @@ impl Default for Policy {
             dropin_name: "60-portd.conf".to_string(),
             reminder: Duration::from_secs(3600),
             metrics_file: None,
+            namespaces: NamespacePolicy::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::values::{
     ChangesPerHour, DropinName, Flag, FloorValue, HumanDuration, MetricsPath, ModeValue, Percent,
-    PortNumber, ProtectedList,
+    PortNumber, ProtectedList, SelectorList,
 };
 
 pub(super) type Opt<T> = Option<Spanned<T>>;
@@ -24,6 +24,7 @@ pub(super) struct RawPolicy {
     pub(super) persist: Section<RawPersist>,
     pub(super) alerts: Section<RawAlerts>,
     pub(super) metrics: Section<RawMetrics>,
+    pub(super) namespaces: Section<RawNamespaces>,
 }
 
 /// A section of the file. Only a table will do: the derived struct visitor
@@ -49,7 +50,8 @@ section_names!(
     RawWiden => "widen",
     RawPersist => "persist",
     RawAlerts => "alerts",
-    RawMetrics => "metrics"
+    RawMetrics => "metrics",
+    RawNamespaces => "namespaces"
 );
 
 impl<'de, T: Deserialize<'de> + SectionName> Deserialize<'de> for Section<T> {
@@ -122,4 +124,11 @@ pub(super) struct RawAlerts {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub(super) file: Opt<MetricsPath>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawNamespaces {
+    pub(super) mode: Opt<ModeValue>,
+    pub(super) select: Opt<SelectorList>,
 }

@@ -9,11 +9,11 @@ use toml::Spanned;
 
 use super::diagnostics::DiagnosticReport;
 use super::raw::{
-    Opt, RawAlerts, RawMetrics, RawPolicy, RawPoll, RawThresholds, RawWiden, Section,
+    Opt, RawAlerts, RawMetrics, RawNamespaces, RawPolicy, RawPoll, RawThresholds, RawWiden, Section,
 };
 use super::values::shown;
-use super::values::{HumanDuration, Percent, ProtectedEntry, ProtectedList};
-use super::{Floor, Policy, Thresholds};
+use super::values::{HumanDuration, Percent, ProtectedEntry, ProtectedList, SelectorValue};
+use super::{Floor, NamespacePolicy, Policy, Thresholds};
 use crate::base::ports::{Port, PortRange, Ratio};
 
 fn value<T, U>(raw: &Opt<T>, convert: impl FnOnce(&T) -> U, default: U) -> U {
@@ -28,6 +28,7 @@ pub(super) fn validate(raw: RawPolicy, report: &mut DiagnosticReport<'_>) -> Pol
         persist: Section(persist),
         alerts: Section(alerts),
         metrics: Section(metrics),
+        namespaces: Section(namespaces),
     } = raw;
     let d = Policy::default();
     let duration = |v: &HumanDuration| v.0;
@@ -58,6 +59,26 @@ pub(super) fn validate(raw: RawPolicy, report: &mut DiagnosticReport<'_>) -> Pol
         dropin_name: value(&persist.file, |n| n.0.clone(), d.dropin_name),
         reminder: value(&alerts.reminder, duration, d.reminder),
         metrics_file: value(&metrics.file, |m| m.0.clone(), d.metrics_file),
+        namespaces: namespace_policy(report, &namespaces),
+    }
+}
+
+/// `[namespaces]`: advise and nothing selected unless the file says so;
+/// every bad selector reported with its place.
+fn namespace_policy(report: &mut DiagnosticReport<'_>, raw: &RawNamespaces) -> NamespacePolicy {
+    let d = NamespacePolicy::default();
+    let mut select = Vec::new();
+    for entry in raw.select.as_ref().map_or(&[][..], |l| &l.get_ref().0) {
+        match &entry.get_ref().0 {
+            Ok(SelectorValue(s)) => select.push(s.clone()),
+            Err(message) => {
+                report.error(Some(entry.span()), format!("namespaces.select: {message}"))
+            }
+        }
+    }
+    NamespacePolicy {
+        mode: value(&raw.mode, |m| m.0, d.mode),
+        select,
     }
 }
 

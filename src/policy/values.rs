@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use toml::Spanned;
 
+use super::namespaces::Selector;
 use super::{Floor, Mode};
 use crate::base::ports::{Port, PortRange, Ratio};
 
@@ -110,7 +111,8 @@ deserialize_as_leaf!(
     ChangesPerHour,
     ProtectedEntry,
     DropinName,
-    MetricsPath
+    MetricsPath,
+    SelectorValue
 );
 
 /// Longest duration accepted anywhere: a year. Longer values are typos, and
@@ -346,6 +348,54 @@ impl<'de> Deserialize<'de> for ProtectedList {
         }
 
         d.deserialize_seq(ListVisitor)
+    }
+}
+
+/// One entry of `namespaces.select`.
+#[derive(Debug)]
+pub(super) struct SelectorValue(pub(super) Selector);
+
+impl Leaf for SelectorValue {
+    const EXPECTING: &'static str = Selector::EXPECTING;
+
+    fn from_scalar(value: Scalar<'_>) -> Option<Result<Self, String>> {
+        let Scalar::Str(text) = value else {
+            return None;
+        };
+        Some(
+            Selector::parse(text)
+                .map(SelectorValue)
+                .map_err(|e| format!("{}: {e}", shown(text))),
+        )
+    }
+}
+
+/// `namespaces.select`: like `widen.protected`, every entry checked on its
+/// own, so that all bad entries are reported.
+#[derive(Debug)]
+pub(super) struct SelectorList(pub(super) Vec<Spanned<Checked<SelectorValue>>>);
+
+impl<'de> Deserialize<'de> for SelectorList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SelectorListVisitor;
+
+        impl<'de> Visitor<'de> for SelectorListVisitor {
+            type Value = SelectorList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a list of selectors, such as ["netns:blue", "pod:shop/*"]"#)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SelectorList, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element()? {
+                    entries.push(entry);
+                }
+                Ok(SelectorList(entries))
+            }
+        }
+
+        d.deserialize_seq(SelectorListVisitor)
     }
 }
 

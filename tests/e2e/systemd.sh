@@ -45,6 +45,11 @@
 #      alert names it (PORTD_NETNS) with the count `ss` shows inside it, and
 #      its range is left as it was (advice only); without the drop-in
 #      (steps 1-5) portd said that it cannot watch other namespaces;
+#   5b. still with containers.conf, a policy selecting one of two named
+#      namespaces (`ip netns add`, 15 of 20 ports held in each) in
+#      [namespaces] mode = "auto": portd widens the selected one (range and
+#      reserved ports read back inside both), journals it with PORTD_NETNS,
+#      leaves the other as it was, and `portd rollback` restores it;
 #   7. with the example attribution.conf drop-in, the alert names the
 #      ramp's process; then the same as 6 for the .rpm's %preun and %postun.
 # Steps 6 and 7 run the packages' own scripts inside the namespace.
@@ -105,6 +110,7 @@ pid=""        # host pid of the namespace's systemd (PID 1 inside)
 outer=""      # host pid of setsid/unshare
 ramp=""       # host pid of the nsenter running the ramp
 holder=""     # host pid of the nsenter running the second namespace's holder
+holders=""    # host pids of the nsenters running the named namespaces' holders
 exhaust=""    # host pid of the nsenter running the witness step's client
 cgroups_before=$work/cgroups.before
 
@@ -118,7 +124,7 @@ cleanup() {
         kill -9 "$pid"
     fi
     # Reap what we started; each exits once the namespace is gone.
-    for p in $ramp $holder $exhaust $outer; do
+    for p in $ramp $holder $holders $exhaust $outer; do
         wait "$p" 2>/dev/null || true
     done
     remove_cgroups
@@ -513,12 +519,73 @@ wait_for 20 "with containers.conf, no usage-critical entry with PORTD_NETNS=$hol
 netns_entry=$(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service "PORTD_NETNS=$hold_netns" | tail -n 1)
 [ "$(hold_range)" = "$hold_before" ] || fail "the second namespace's range or reserved ports changed: '$hold_before' -> '$(hold_range)'"
 timeout 30 nsenter -t "$pid" -m -p -n systemctl stop portd.service || fail "systemctl stop portd (with containers.conf) failed"
-rm -f "/proc/$pid/root/run/systemd/system/portd.service.d/containers.conf"
-ns systemctl daemon-reload
 kill "$holder" 2>/dev/null || true
 ns kill "$hold_pid" 2>/dev/null || true
 say "   with containers.conf: $netns_entry"
 passed=$((passed + 1)); say "5a. containers.conf: the second namespace $hold_netns is reported critical ($hold_ss of 20, as ss shows), its range left as it was"
+
+# --- 5b. widening a selected namespace, with containers.conf -----------------
+# The policy selects one namespace ([namespaces] mode = "auto", select =
+# ["netns:e2e-sel"]); two named namespaces (`ip netns add` in the test's
+# namespaces, /run being its tmpfs) each hold 15 connections in a 20-port
+# range of their own. portd widens e2e-sel from a thread inside it, through
+# the unit's ProtectKernelTunables=yes and containers.conf's
+# ReadWritePaths=/proc/sys/net; e2e-other is left as it was. Both are read
+# back from inside them; `portd rollback` restores e2e-sel.
+
+ns sed -i 's/^select = \[\]/select = ["netns:e2e-sel"]/' /etc/portd.toml
+sed -n '/^\[namespaces\]/,$p' "/proc/$pid/root/etc/portd.toml" | grep -q '^mode = "auto"' \
+    || fail "the policy's [namespaces] mode is not auto: $(sed -n '/^\[namespaces\]/,$p' "/proc/$pid/root/etc/portd.toml" | grep '^mode')"
+grep -q '^select = \["netns:e2e-sel"\]' "/proc/$pid/root/etc/portd.toml" || fail "could not select netns:e2e-sel in the policy"
+for n in e2e-sel e2e-other; do
+    ns ip netns add "$n" || fail "ip netns add $n failed"
+    rm -f "$work/$n.ready"
+    nsenter -t "$pid" -m -p -n ip netns exec "$n" "$python" "$work/hold.py" "$work/$n.ready" >"$work/$n.out" 2>&1 &
+    holders="$holders $!"
+done
+for n in e2e-sel e2e-other; do
+    wait_for 15 "the holder in $n did not connect: $(cat "$work/$n.out" 2>/dev/null)" test -s "$work/$n.ready"
+done
+read -r _ sel_netns < "$work/e2e-sel.ready"
+named_values() { ns nsenter --net="/run/netns/$1" sysctl -n net.ipv4.ip_local_port_range net.ipv4.ip_local_reserved_ports | tr -s ' \t\n' '   ' | sed 's/ $//'; }
+named_range() { named_values "$1" | cut -d' ' -f1-2; }
+sel_before=$(named_values e2e-sel); other_before=$(named_values e2e-other)
+[ "$(named_range e2e-sel)" = "40000 40019" ] || fail "e2e-sel's range is '$(named_range e2e-sel)', not 40000 40019"
+timeout 30 nsenter -t "$pid" -m -p -n systemctl start portd.service || fail "systemctl start portd (selecting e2e-sel) failed"
+sel_widened() { [ "$(named_range e2e-sel)" != "40000 40019" ]; }
+wait_for 30 "portd did not widen e2e-sel (range $(named_range e2e-sel)); journal: $(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service | tail -n 5)" sel_widened
+sel_after=$(named_values e2e-sel)
+sel_high=$(named_range e2e-sel | cut -d' ' -f2)
+[ "$(named_range e2e-sel | cut -d' ' -f1)" = 40000 ] && [ "$sel_high" -gt 40019 ] \
+    || fail "e2e-sel's range is '$(named_range e2e-sel)', not widened upward from 40000 40019"
+netns_widened() {
+    ns journalctl --no-pager -o json _SYSTEMD_UNIT=portd.service PORTD_EVENT=range-widened "PORTD_NETNS=$sel_netns" \
+        | grep -q '"MESSAGE_ID":"d6b85f7829634a5bb5227482ec76a960"'
+}
+wait_for 10 "no range-widened entry with PORTD_NETNS=$sel_netns" netns_widened
+widened_entry=$(ns journalctl --no-pager -o cat _SYSTEMD_UNIT=portd.service PORTD_EVENT=range-widened "PORTD_NETNS=$sel_netns" | tail -n 1)
+# A few more polls: the unselected one stays as it was.
+sleep 3
+[ "$(named_values e2e-other)" = "$other_before" ] || fail "e2e-other (not selected) changed: '$other_before' -> '$(named_values e2e-other)'"
+[ "$(prop ActiveState)/$(prop SubState)" = active/running ] || fail "portd is $(prop ActiveState)/$(prop SubState) after widening e2e-sel"
+timeout 30 nsenter -t "$pid" -m -p -n systemctl stop portd.service || fail "systemctl stop portd (selecting e2e-sel) failed"
+ns /usr/sbin/portd rollback >"$work/netns-rollback.out" 2>&1 || fail "portd rollback failed: $(cat "$work/netns-rollback.out")"
+grep -qF "netns e2e-sel (${sel_netns}): restored ip_local_port_range 40000-$sel_high -> 40000-40019" "$work/netns-rollback.out" \
+    || fail "portd rollback did not restore e2e-sel: $(cat "$work/netns-rollback.out")"
+[ "$(named_values e2e-sel)" = "$sel_before" ] || fail "after rollback e2e-sel is '$(named_values e2e-sel)', not '$sel_before'"
+[ "$(named_values e2e-other)" = "$other_before" ] || fail "after rollback e2e-other is '$(named_values e2e-other)', not '$other_before'"
+for n in e2e-sel e2e-other; do
+    ns sh -c "ip netns pids $n | xargs -r kill"
+    ns ip netns del "$n" || true
+done
+for p in $holders; do wait "$p" 2>/dev/null || true; done
+holders=""
+ns sed -i 's/^select = \["netns:e2e-sel"\]/select = []/' /etc/portd.toml
+rm -f "/proc/$pid/root/run/systemd/system/portd.service.d/containers.conf"
+ns systemctl daemon-reload
+say "   journal: $widened_entry"
+say "   rollback: $(grep e2e-sel "$work/netns-rollback.out")"
+passed=$((passed + 1)); say "5b. containers.conf + [namespaces] auto: e2e-sel widened '$sel_before' -> '$sel_after' (read back inside it), e2e-other left '$other_before'; rollback restored e2e-sel"
 
 # --- 6, 7. removal: the packages' own maintainer scripts ---------------------
 # Run inside the namespace, where every path they touch (/etc through the

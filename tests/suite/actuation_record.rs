@@ -194,7 +194,7 @@ fn a_version_1_state_still_rolls_back_to_its_originals() {
     assert_eq!(ns.range(), "40000 40099");
     assert_eq!(ns.reserved(), "40500");
     assert_eq!(ns.read_file(DROPIN), None);
-    assert_eq!(ns.state()["format_version"], 3);
+    assert_eq!(ns.state()["format_version"], 4);
 }
 
 #[test]

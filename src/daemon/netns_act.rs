@@ -1,0 +1,105 @@
+//! Widening inside other network namespaces as the daemon runs it
+//! (`[namespaces]`, mode `auto`): the watch (netns.rs) hands over each
+//! namespace whose census confirmed an alert with a plan and that the
+//! policy selects; after the watch's poll the one writer (act/netns.rs)
+//! writes it from inside the namespace, the state is saved, and every
+//! change, yield and failure goes to the journal with the namespace's name.
+
+use std::time::SystemTime;
+
+use super::Daemon;
+use crate::act::netns::{self, Widening};
+use crate::judge::level::Level;
+use crate::judge::planner::{Action, Blocked, Decision, Plan};
+use crate::observe::netns::Namespace;
+use crate::observe::usage::Usage;
+use crate::policy::Policy;
+use crate::publish::events::Entry;
+
+/// A selected namespace whose census asks for a wider range.
+pub(super) struct Candidate {
+    ns: Namespace,
+    usage: Usage,
+    plan: Plan,
+}
+
+/// The candidate of a namespace's decision: the policy selects it in
+/// `auto`, its confirmed level is warning or above, and the plan is held
+/// only because the watch advises (not because it would leave fewer
+/// usable ports, nor because the range is at its bounds).
+pub(super) fn candidate(
+    policy: &Policy,
+    ns: &Namespace,
+    usage: &Usage,
+    decision: &Decision,
+) -> Option<Candidate> {
+    if ns.own || decision.alert.level < Level::Warning {
+        return None;
+    }
+    policy.namespaces.widens(&netns::names_of(ns))?;
+    match &decision.action {
+        Action::Hold {
+            plan: Some(plan),
+            reason: Blocked::Advise,
+        } => Some(Candidate {
+            ns: ns.clone(),
+            usage: usage.clone(),
+            plan: plan.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// An entry about `ns`: its name before the message, its fields.
+fn in_namespace(mut entry: Entry, ns: &Namespace) -> Entry {
+    entry.message = format!("in {} (net:[{}]): {}", ns.label, ns.inode, entry.message);
+    entry.fields = entry.fields.in_namespace(ns);
+    entry
+}
+
+impl Daemon {
+    /// Widens the namespaces the watch's last poll handed over; nothing
+    /// while portd only advises (`--dry-run`, an unreadable state).
+    pub(super) fn widen_namespaces(&mut self) {
+        let candidates = std::mem::take(&mut self.netns.widen);
+        if candidates.is_empty() || self.dry_run || self.state_unreadable.is_some() {
+            return;
+        }
+        let now = self.clock.now();
+        for c in candidates {
+            self.widen_namespace(&c, now);
+        }
+    }
+
+    fn widen_namespace(&mut self, c: &Candidate, now: SystemTime) {
+        let h = &c.usage.headline;
+        let reason = format!("{} at {} ({}/{})", h.cause, h.usage, h.used, h.capacity);
+        let result = netns::widen(
+            &self.host,
+            &mut self.state,
+            &c.ns,
+            &c.plan,
+            &self.policy,
+            now,
+            &reason,
+        );
+        let entry = match result {
+            Ok(Widening::Widened) => Entry::widened(&c.usage, &c.plan, &reason),
+            Ok(Widening::Yielded(why)) => {
+                Entry::external_change(&why, Some(c.plan.from), c.usage.settings.port_range)
+            }
+            Ok(Widening::Held(why)) => {
+                tracing::debug!("not widening {} now: {why}", c.ns.label);
+                return;
+            }
+            Err(e) => Entry::write_failed(&c.usage, &c.plan, &e.to_string()),
+        };
+        in_namespace(entry, &c.ns).emit();
+        if let Err(e) = self.state.save(&self.host) {
+            tracing::error!(
+                "cannot save the state after a change in {}: {e}",
+                c.ns.label
+            );
+        }
+    }
+}

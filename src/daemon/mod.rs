@@ -225,14 +225,7 @@ impl Daemon {
             Err(e) => (State::default(), Some(e.to_string())),
         };
         if let Some(ahead) = state.clamp_future(clock.now()) {
-            note(
-                Kind::Degraded,
-                &format!(
-                    "{}: times up to {} ahead of the clock (it was ahead when they were written, or was set back since); they count as now",
-                    State::path(&host).display(),
-                    humantime::format_duration(Duration::from_secs(ahead.as_secs()))
-                ),
-            );
+            journal::state_ahead(&State::path(&host), ahead);
         }
         Daemon {
             clock,
@@ -350,12 +343,7 @@ impl Daemon {
 
     fn announce_start(&self) {
         if let Some(reason) = &self.state_unreadable {
-            note(
-                Kind::DaemonFailed,
-                &format!(
-                    "{reason}; portd will only advise (write nothing) until the state file is fixed or moved aside"
-                ),
-            );
+            journal::state_unreadable(reason);
         }
         let started = format!(
             "portd {} starting: mode {}, interval {}, policy {}{}",

@@ -43,7 +43,6 @@ pub enum Kind {
     /// Another network namespace with a raised alert is gone: its alert
     /// ends with it.
     NetnsGone,
-    // The daemon's notes about itself, after the alerts (see is_note).
     /// Its start (mode, policy, the witness's path) and first census.
     Started,
     /// Its stop (SIGTERM), or a widening the stop cut short.
@@ -90,61 +89,48 @@ impl Kind {
 
     /// Stable ids: never change one once released (catalog and alert rules use them).
     pub fn message_id(self) -> &'static str {
-        match self {
-            Kind::UsageWarning => "49c2ccace7334c4abd0a8cf2dbe720af",
-            Kind::UsageCritical => "836298aa8ba84dba8e0aad24fb3774d0",
-            Kind::UsageRecovered => "6be9d11146dd4672b5a4cb7c76a8035a",
-            Kind::RangeWidened => "d6b85f7829634a5bb5227482ec76a960",
-            Kind::WideningBlocked => "ea473d0b77c34b3bb225b1a5423bfdd1",
-            Kind::ExternalChange => "3ad14258dcd34abba0a9c61647b09ef8",
-            Kind::PersistFailed => "545b32eee1154c59bcba6ce445f1d6ed",
-            Kind::PolicyReloaded => "2bf45d51d74f46d0b751b4421bac85c7",
-            Kind::PolicyRejected => "de422eefe5c9430bbc2e3f86a3eb0a61",
-            Kind::ConfigurationHazard => "907f11ee18bd4dd49cb23d5c48049dda",
-            Kind::PortAllocationFailed => "bc91379153534ca58f0c1d5d8a11bbbd",
-            Kind::PortsExhausted => "fa44ff2d77104282ace1f520cadd61fc",
-            Kind::ExhaustionEnded => "3da35bbbb0ff47d4a2f58643d702576e",
-            Kind::NetnsGone => "cd41968b3ab14d38a3c968d6cede18ef",
-            Kind::Started => "b50d2a55e3c541179e1fbf18fd27b7bc",
-            Kind::Stopping => "ef7f7148423244acb4e5eb54f7c9df60",
-            Kind::WitnessOff => "f09c7f341f3a4105a97df28b7fb80915",
-            Kind::NamespacesHidden => "1179defcd36b41e1bb64f76349cc3ef1",
-            Kind::NamespacesNotWatched => "e638bacfc9f64672a1047ebabe30e83c",
-            Kind::Degraded => "b1f5672f6a9a414683e3eee2f0bf6b67",
-            Kind::DaemonFailed => "bb3895e6f1bb4dce844641f7af23a9c6",
-            Kind::Restored => "a661c7541ccd44c1afac680c2b94555e",
-        }
+        self.ids().0
     }
 
+    /// `PORTD_EVENT`.
     pub fn name(self) -> &'static str {
+        self.ids().1
+    }
+
+    fn ids(self) -> (&'static str, &'static str) {
         match self {
-            Kind::UsageWarning => "usage-warning",
-            Kind::UsageCritical => "usage-critical",
-            Kind::UsageRecovered => "usage-recovered",
-            Kind::RangeWidened => "range-widened",
-            Kind::WideningBlocked => "widening-blocked",
-            Kind::ExternalChange => "external-change",
-            Kind::PersistFailed => "persist-failed",
-            Kind::PolicyReloaded => "policy-reloaded",
-            Kind::PolicyRejected => "policy-rejected",
-            Kind::ConfigurationHazard => "configuration-hazard",
-            Kind::PortAllocationFailed => "port-allocation-failed",
-            Kind::PortsExhausted => "ports-exhausted",
-            Kind::ExhaustionEnded => "exhaustion-ended",
-            Kind::NetnsGone => "netns-gone",
-            Kind::Started => "started",
-            Kind::Stopping => "stopping",
-            Kind::WitnessOff => "witness-off",
-            Kind::NamespacesHidden => "namespaces-hidden",
-            Kind::NamespacesNotWatched => "namespaces-not-watched",
-            Kind::Degraded => "degraded",
-            Kind::DaemonFailed => "daemon-failed",
-            Kind::Restored => "restored",
+            Kind::UsageWarning => ("49c2ccace7334c4abd0a8cf2dbe720af", "usage-warning"),
+            Kind::UsageCritical => ("836298aa8ba84dba8e0aad24fb3774d0", "usage-critical"),
+            Kind::UsageRecovered => ("6be9d11146dd4672b5a4cb7c76a8035a", "usage-recovered"),
+            Kind::RangeWidened => ("d6b85f7829634a5bb5227482ec76a960", "range-widened"),
+            Kind::WideningBlocked => ("ea473d0b77c34b3bb225b1a5423bfdd1", "widening-blocked"),
+            Kind::ExternalChange => ("3ad14258dcd34abba0a9c61647b09ef8", "external-change"),
+            Kind::PersistFailed => ("545b32eee1154c59bcba6ce445f1d6ed", "persist-failed"),
+            Kind::PolicyReloaded => ("2bf45d51d74f46d0b751b4421bac85c7", "policy-reloaded"),
+            Kind::PolicyRejected => ("de422eefe5c9430bbc2e3f86a3eb0a61", "policy-rejected"),
+            Kind::ConfigurationHazard => {
+                ("907f11ee18bd4dd49cb23d5c48049dda", "configuration-hazard")
+            }
+            Kind::PortAllocationFailed => {
+                ("bc91379153534ca58f0c1d5d8a11bbbd", "port-allocation-failed")
+            }
+            Kind::PortsExhausted => ("fa44ff2d77104282ace1f520cadd61fc", "ports-exhausted"),
+            Kind::ExhaustionEnded => ("3da35bbbb0ff47d4a2f58643d702576e", "exhaustion-ended"),
+            Kind::NetnsGone => ("cd41968b3ab14d38a3c968d6cede18ef", "netns-gone"),
+            Kind::Started => ("b50d2a55e3c541179e1fbf18fd27b7bc", "started"),
+            Kind::Stopping => ("ef7f7148423244acb4e5eb54f7c9df60", "stopping"),
+            Kind::WitnessOff => ("f09c7f341f3a4105a97df28b7fb80915", "witness-off"),
+            Kind::NamespacesHidden => ("1179defcd36b41e1bb64f76349cc3ef1", "namespaces-hidden"),
+            Kind::NamespacesNotWatched => {
+                ("e638bacfc9f64672a1047ebabe30e83c", "namespaces-not-watched")
+            }
+            Kind::Degraded => ("b1f5672f6a9a414683e3eee2f0bf6b67", "degraded"),
+            Kind::DaemonFailed => ("bb3895e6f1bb4dce844641f7af23a9c6", "daemon-failed"),
+            Kind::Restored => ("a661c7541ccd44c1afac680c2b94555e", "restored"),
         }
     }
 
-    /// A note of the daemon about itself, not an alert about the ports
-    /// (the notes come last).
+    /// A note of the daemon about itself, not an alert (notes come last).
     pub fn is_note(self) -> bool {
         self as u8 >= Kind::Started as u8
     }
@@ -181,18 +167,15 @@ impl Kind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Severity {
-    Error,
-    Warning,
-    Notice,
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
 }
 
 impl Severity {
+    /// The syslog priority (the discriminant).
     pub fn priority(self) -> u8 {
-        match self {
-            Severity::Error => 3,
-            Severity::Warning => 4,
-            Severity::Notice => 5,
-        }
+        self as u8
     }
 }
 

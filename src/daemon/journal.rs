@@ -1,8 +1,8 @@
-//! The daemon's journal entries that keep no reporting state (exhaustion, the
-//! state file's notes at start, a
-//! policy reloaded or rejected: publish/events.rs builds them), and the
-//! "report once" rule that keeps a condition from being logged on every
-//! poll, shared by the poll and the watch over the other namespaces.
+//! The daemon's journal entries that keep no reporting state (exhaustion, a
+//! policy reloaded or rejected: publish/events.rs builds them; the state
+//! file's notes at start), and the "report once" rule that keeps a
+//! condition from being logged on every poll, shared by the poll and the
+//! watch over the other namespaces.
 
 use std::path::Path;
 

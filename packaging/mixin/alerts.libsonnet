@@ -35,9 +35,11 @@
   } + (if forDuration == null then {} else { 'for': forDuration }),
 
   // Where an alert names the host, and the namespace for the per-namespace
-  // ones (a pod's name, else a container's, else the namespace's inode).
+  // ones: a pod as namespace/name (`pod` is its name alone, or its UID
+  // where no namespace is known), else a container (its name, or
+  // runtime:shortid), else the namespace's inode.
   local where = 'on {{ $labels.instance }}',
-  local nsName = '{{ with $labels.pod }}pod {{ . }}{{ else }}{{ with $labels.container }}container {{ . }}{{ else }}network namespace {{ $labels.netns }}{{ end }}{{ end }}',
+  local nsName = '{{ with $labels.pod }}pod {{ with $labels.pod_namespace }}{{ . }}/{{ end }}{{ $labels.pod }}{{ else }}{{ with $labels.container }}container {{ . }}{{ else }}network namespace {{ $labels.netns }}{{ end }}{{ end }}',
 
   prometheusAlerts+:: {
     groups+: [{

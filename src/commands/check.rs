@@ -17,7 +17,7 @@ use crate::base::host::Host;
 use crate::base::kernel;
 use crate::base::ports::{PortRange, PortSet};
 use crate::judge::assess;
-use crate::judge::level::Exit;
+use crate::judge::level::{Exit, Level};
 use crate::judge::planner::{self, Action, Bounds};
 use crate::observe::census::{KernelSettings, SocketSource};
 use crate::observe::sysctld::{self, Scan};
@@ -650,12 +650,13 @@ pub fn render_human(r: &CheckReport) -> String {
 /// The plan and the remedies of `check --plan`.
 fn render_plan(r: &CheckReport, out: &mut String) {
     if let Some(d) = &r.plan {
-        let _ = writeln!(
-            out,
-            "plan       level {:?}: {}",
-            d.raw_level,
-            describe(&d.action)
-        );
+        let usage = match d.raw_level {
+            Level::Ok => "usage below the warning level",
+            Level::Warning => "usage at the warning level",
+            Level::Critical => "usage at the critical level",
+            Level::Unknown => "usage not known",
+        };
+        let _ = writeln!(out, "plan       {usage}: {}", describe(&d.action));
     }
     for remedy in &r.remedies {
         let _ = writeln!(

@@ -16,6 +16,7 @@ use crate::judge::planner::{self, Action, Decision};
 use crate::observe::census::KernelSettings;
 use crate::observe::sysctld::{self, Scan};
 use crate::observe::usage::Usage;
+use crate::publish::events::{self, Kind};
 
 /// One sysctl.d scan a poll: read on the poll's first question (a poll
 /// that persists nothing and plans nothing reads no directory) and kept
@@ -96,8 +97,11 @@ impl Daemon {
                 true
             }
             Err(actuator::ActuateError::Stopped) => {
-                tracing::info!(
-                    "stopping: the widening {plan} was interrupted between two writes; the next start settles it"
+                events::note(
+                    Kind::Stopping,
+                    &format!(
+                        "stopping: the widening {plan} was interrupted between two writes; the next start settles it"
+                    ),
                 );
                 false
             }
@@ -161,7 +165,7 @@ impl Daemon {
             return;
         }
         if let Some(what) = actuator::settle_pending(&mut self.state, live) {
-            tracing::warn!("{what}");
+            events::note(Kind::Degraded, &what);
             self.save_state();
         }
     }
@@ -199,7 +203,7 @@ impl Daemon {
             return;
         }
         if let Err(e) = self.state.save(&self.host) {
-            tracing::error!("cannot save state: {e}");
+            events::note(Kind::DaemonFailed, &format!("cannot save state: {e}"));
         }
     }
 }

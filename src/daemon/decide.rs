@@ -9,6 +9,7 @@ use crate::act::actuator;
 use crate::judge::assess::{self, Assessment};
 use crate::judge::authority::Authority;
 use crate::observe::usage::Usage;
+use crate::publish::events::{Kind, note};
 
 impl Daemon {
     /// observe (the census's result) → assess → act → record → publish.
@@ -105,7 +106,7 @@ impl Daemon {
         let pin = match self.sysctld.get(&self.host) {
             Ok(scan) => actuator::pin(scan, &self.policy.dropin_name),
             Err(e) => {
-                tracing::warn!("cannot read sysctl.d files: {e}");
+                note(Kind::Degraded, &format!("cannot read sysctl.d files: {e}"));
                 None
             }
         };

@@ -1,7 +1,8 @@
 //! The daemon's journal entries that keep no reporting state (exhaustion, a
-//! policy reloaded or rejected: publish/events.rs builds them), and the
-//! "report once" rule that keeps a condition from being logged on every
-//! poll, shared by the poll and the watch over the other namespaces.
+//! policy reloaded or rejected: publish/events.rs builds them; the state
+//! file's notes at start), and the "report once" rule that keeps a
+//! condition from being logged on every poll, shared by the poll and the
+//! watch over the other namespaces.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use crate::judge::authority::Authority;
 use crate::judge::exhausted;
 use crate::observe::usage::Usage;
 use crate::policy::file::PolicyError;
-use crate::publish::events::Entry;
+use crate::publish::events::{Entry, Kind, note};
 
 /// A condition reported once per distinct text, not once per poll.
 #[derive(Debug, Default)]
@@ -44,6 +45,28 @@ pub(super) fn reloaded(config: &Path, authority: &Authority, yield_cleared: bool
 
 pub(super) fn rejected(config: &Path, error: &PolicyError) {
     Entry::policy_rejected(config, error).emit();
+}
+
+/// The state file's times were up to `ahead` past the clock: they count as now.
+pub(super) fn state_ahead(path: &Path, ahead: std::time::Duration) {
+    let ahead = humantime::format_duration(std::time::Duration::from_secs(ahead.as_secs()));
+    note(
+        Kind::Degraded,
+        &format!(
+            "{}: times up to {ahead} ahead of the clock (it was ahead when they were written, or was set back since); they count as now",
+            path.display()
+        ),
+    );
+}
+
+/// The state file cannot be read (`reason`): portd writes nothing.
+pub(super) fn state_unreadable(reason: &str) {
+    note(
+        Kind::DaemonFailed,
+        &format!(
+            "{reason}; portd will only advise (write nothing) until the state file is fixed or moved aside"
+        ),
+    );
 }
 
 #[cfg(test)]

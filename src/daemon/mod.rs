@@ -45,6 +45,7 @@ use crate::observe::census::KernelSettings;
 use crate::observe::census::reader::{Fresh, KeptOpen, ProcRead};
 use crate::observe::usage::Usage;
 use crate::policy::{self, Policy};
+use crate::publish::events::{Kind, note};
 use crate::publish::notify;
 
 pub struct RunOptions {
@@ -227,11 +228,7 @@ impl Daemon {
             Err(e) => (State::default(), Some(e.to_string())),
         };
         if let Some(ahead) = state.clamp_future(clock.now()) {
-            tracing::warn!(
-                "{}: times up to {} ahead of the clock (it was ahead when they were written, or was set back since); they count as now",
-                State::path(&host).display(),
-                humantime::format_duration(Duration::from_secs(ahead.as_secs()))
-            );
+            journal::state_ahead(&State::path(&host), ahead);
         }
         Daemon {
             clock,
@@ -344,17 +341,15 @@ impl Daemon {
         // Entries a lookup still held back are written without holders.
         self.lookup_ended(None);
         notify::stopping();
-        tracing::info!("portd stopping");
+        note(Kind::Stopping, "portd stopping");
         Exit::Ok
     }
 
     fn announce_start(&self) {
         if let Some(reason) = &self.state_unreadable {
-            tracing::error!(
-                "{reason}; portd will only advise (write nothing) until the state file is fixed or moved aside"
-            );
+            journal::state_unreadable(reason);
         }
-        tracing::info!(
+        let started = format!(
             "portd {} starting: mode {}, interval {}, policy {}{}",
             env!("CARGO_PKG_VERSION"),
             self.authority().describe(),
@@ -366,7 +361,8 @@ impl Daemon {
                 " (absent: built-in defaults)"
             }
         );
-        tracing::info!("{}", self.witness.describe);
+        note(Kind::Started, &started);
+        self.witness.announce();
     }
 
     fn poll_period(&self) -> Duration {
@@ -483,9 +479,12 @@ impl Daemon {
 
 fn abandoned_ended(tasks: &mut Tasks) {
     if let Some(c) = tasks.abandoned.take() {
-        tracing::info!(
-            "the abandoned census ended after {:.1}s; its result is discarded",
-            c.started.elapsed().as_secs_f64()
+        note(
+            Kind::Restored,
+            &format!(
+                "the abandoned census ended after {:.1}s; its result is discarded",
+                c.started.elapsed().as_secs_f64()
+            ),
         );
     }
 }

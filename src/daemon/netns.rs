@@ -27,6 +27,7 @@ use crate::base::kernel;
 use crate::judge::netns::{Heard, Known, Pacing, Watched};
 use crate::observe::census::reader::{KeptOpen, ProcRead};
 use crate::policy::Policy;
+use crate::publish::events::{Kind, note as journal_note};
 use crate::publish::live;
 
 #[path = "netns_events.rs"]
@@ -194,7 +195,10 @@ impl Watch {
             } => {
                 self.censuses += 1;
                 if recovered {
-                    tracing::info!("the census of {} works again", w.ns.label);
+                    journal_note(
+                        Kind::Restored,
+                        &format!("the census of {} works again", w.ns.label),
+                    );
                 }
                 if let Some(last) = &w.last {
                     if let Some(event) = &assessment.exhausted {
@@ -208,10 +212,12 @@ impl Watch {
             }
             Heard::Failed { new } => {
                 if let (true, Some(e)) = (new, &w.error) {
-                    tracing::warn!(
-                        "census of {} (net:[{}]) failed, will retry: {e}",
-                        w.ns.label,
-                        w.ns.inode
+                    journal_note(
+                        Kind::Degraded,
+                        &format!(
+                            "census of {} (net:[{}]) failed, will retry: {e}",
+                            w.ns.label, w.ns.inode
+                        ),
                     );
                 }
             }
@@ -232,7 +238,10 @@ impl Watch {
             Err(e) => {
                 // The namespaces' state went with the task: found again
                 // on the next poll, with no alert held.
-                tracing::error!("the poll of the other network namespaces failed: {e}");
+                journal_note(
+                    Kind::DaemonFailed,
+                    &format!("the poll of the other network namespaces failed: {e}"),
+                );
                 self.pacing.ended(None);
                 (self.began, self.empty) = (None, None);
                 self.known = Some(Known::new());
@@ -283,11 +292,12 @@ impl Watch {
                 // Under the default unit that is by design: a notice. Lost
                 // sight with the drop-in in place is a warning.
                 if self.note.is_new(note) {
-                    if hidden {
-                        tracing::info!("{note}; portd watches its own namespace");
+                    let kind = if hidden {
+                        Kind::NamespacesHidden
                     } else {
-                        tracing::warn!("{note}; portd watches its own namespace");
-                    }
+                        Kind::NamespacesNotWatched
+                    };
+                    journal_note(kind, &format!("{note}; portd watches its own namespace"));
                 }
             }
             None => {

@@ -16,7 +16,7 @@ use crate::judge::planner::{Action, Blocked, Decision, Plan};
 use crate::observe::netns::Namespace;
 use crate::observe::usage::Usage;
 use crate::policy::Policy;
-use crate::publish::events::Entry;
+use crate::publish::events::{Entry, Kind, note};
 
 /// A selected namespace whose census asks for a wider range.
 pub(super) struct Candidate {
@@ -110,10 +110,11 @@ impl Daemon {
         };
         in_namespace(entry, &c.ns).emit();
         if let Err(e) = self.state.save(&self.host) {
-            tracing::error!(
+            let text = format!(
                 "cannot save the state after a change in {}: {e}",
                 c.ns.label
             );
+            note(Kind::DaemonFailed, &text);
         }
     }
 }

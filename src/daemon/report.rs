@@ -16,7 +16,7 @@ use crate::judge::level::Level;
 use crate::judge::planner::{Blocked, Plan};
 use crate::observe::census::KernelSettings;
 use crate::observe::usage::{self, Usage};
-use crate::publish::events::Entry;
+use crate::publish::events::{Entry, Kind, note};
 use crate::publish::live;
 use crate::publish::metrics;
 use crate::publish::notify;
@@ -233,16 +233,22 @@ impl Report {
     /// The drop-in is written (again); `removed`: an old one it replaced.
     pub fn persisted(&mut self, range: PortRange, dropin: &Path, removed: Option<&Path>) {
         if self.persist_error.clear() {
-            tracing::info!(
-                "the drop-in {} is written again: the range {range} survives a reboot",
-                dropin.display()
+            note(
+                Kind::Restored,
+                &format!(
+                    "the drop-in {} is written again: the range {range} survives a reboot",
+                    dropin.display()
+                ),
             );
         }
         if let Some(old) = removed {
-            tracing::info!(
-                "removed portd's previous drop-in {} now that persist.file names {}",
-                old.display(),
-                dropin.display()
+            note(
+                Kind::Restored,
+                &format!(
+                    "removed portd's previous drop-in {} now that persist.file names {}",
+                    old.display(),
+                    dropin.display()
+                ),
             );
         }
     }
@@ -261,14 +267,17 @@ impl Report {
     pub fn census_ok(&mut self) {
         self.counters.censuses += 1;
         if self.census_error.clear() {
-            tracing::info!("census works again");
+            note(Kind::Restored, "census works again");
         }
     }
 
     pub fn census_failed(&mut self, error: &str, poll: &Poll<'_>) {
         self.counters.failed += 1;
         if self.census_error.is_new(error) {
-            tracing::error!("census failed, will retry: {error}");
+            note(
+                Kind::DaemonFailed,
+                &format!("census failed, will retry: {error}"),
+            );
         }
         notify::status(&format!("census failed, will retry: {error}"));
         self.publish(poll);
@@ -282,7 +291,7 @@ impl Report {
             took.as_secs_f64(),
             limit.as_secs_f64()
         );
-        tracing::error!("{text}");
+        note(Kind::DaemonFailed, &text);
         notify::status(&text);
         self.publish(poll);
     }
@@ -319,7 +328,7 @@ impl Report {
         } else {
             notify::ready(line);
             self.ready = true;
-            tracing::info!("ready: {line}");
+            note(Kind::Started, &format!("ready: {line}"));
         }
     }
 
@@ -357,7 +366,7 @@ impl Report {
             Ok(()) => {
                 self.live_written = Some((said, now));
                 if self.live_error.clear() {
-                    tracing::info!("the live view is written again");
+                    note(Kind::Restored, "the live view is written again");
                 }
             }
             Err(e) => {
@@ -366,7 +375,7 @@ impl Report {
                     live::path(poll.host).display()
                 );
                 if self.live_error.is_new(&text) {
-                    tracing::warn!("{text}");
+                    note(Kind::Degraded, &text);
                 }
             }
         }
@@ -406,13 +415,16 @@ impl Report {
             Ok(()) => {
                 self.metrics_written = Some((said, now));
                 if self.metrics_error.clear() {
-                    tracing::info!("metrics are written to {} again", path.display());
+                    note(
+                        Kind::Restored,
+                        &format!("metrics are written to {} again", path.display()),
+                    );
                 }
             }
             Err(e) => {
                 let text = format!("cannot write metrics to {}: {e}", path.display());
                 if self.metrics_error.is_new(&text) {
-                    tracing::warn!("{text}");
+                    note(Kind::Degraded, &text);
                 }
             }
         }
@@ -434,7 +446,7 @@ mod tests {
     }
     use crate::judge::planner::Unfit;
     use crate::judge::remedy;
-    use crate::publish::events::{Kind, unfit_text};
+    use crate::publish::events::unfit_text;
 
     /// The journal's text for `u`, with the remedies the assessment names
     /// for it.

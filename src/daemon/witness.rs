@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::observe::witness::Witness;
 use crate::observe::witness::tally::{self, Row, Tally};
-use crate::publish::events::Entry;
+use crate::publish::events::{Entry, Kind, note};
 use crate::publish::live;
 use crate::publish::metrics;
 
@@ -111,6 +111,16 @@ impl Running {
         self.witness.is_some()
     }
 
+    /// Says once which path the witness uses, or why none.
+    pub fn announce(&self) {
+        let kind = if self.active() {
+            Kind::Started
+        } else {
+            Kind::WitnessOff
+        };
+        note(kind, &self.describe);
+    }
+
     /// Reads the kernel's counters once; journals the first failure per
     /// destination (TCP) or pool. Returns the failures new since the last
     /// poll: a reason for the daemon to act at once.
@@ -121,13 +131,19 @@ impl Running {
         let reading = match w.read() {
             Ok(r) => {
                 if self.read_error.take().is_some() {
-                    tracing::info!("the failure witness's counters are readable again");
+                    note(
+                        Kind::Restored,
+                        "the failure witness's counters are readable again",
+                    );
                 }
                 r
             }
             Err(e) => {
                 if self.read_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!("cannot read the failure witness's counters: {e}");
+                    note(
+                        Kind::Degraded,
+                        &format!("cannot read the failure witness's counters: {e}"),
+                    );
                     self.read_error = Some(e);
                 }
                 return 0;

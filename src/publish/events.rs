@@ -8,6 +8,7 @@
 //! entry its `PORTD_*` fields, and one [`Entry`] constructor per event
 //! gives its kind, text and fields.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use crate::base::ports::PortRange;
@@ -19,7 +20,7 @@ use crate::judge::level::Level;
 use crate::judge::planner::{Blocked, Decision, Plan, Unfit};
 use crate::judge::remedy::Remedy;
 use crate::observe::netns::Namespace;
-use crate::observe::usage::Usage;
+use crate::observe::usage::{Cause, Usage};
 use crate::observe::witness::FailureKind;
 use crate::observe::witness::tally::Row;
 use crate::policy::file::PolicyError;
@@ -42,10 +43,26 @@ pub enum Kind {
     /// Another network namespace with a raised alert is gone: its alert
     /// ends with it.
     NetnsGone,
+    /// Its start (mode, policy, the witness's path) and first census.
+    Started,
+    /// Its stop (SIGTERM), or a widening the stop cut short.
+    Stopping,
+    /// The failure witness cannot run: the socket census alone.
+    WitnessOff,
+    /// Other namespaces out of sight by the unit's design.
+    NamespacesHidden,
+    /// Other namespaces out of sight despite the containers drop-in.
+    NamespacesNotWatched,
+    /// Part of its work fails (a file, another namespace's census); it goes on.
+    Degraded,
+    /// A census or the state file fails: it cannot see or cannot record.
+    DaemonFailed,
+    /// What a degraded or failed note named works again.
+    Restored,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 22] = [
         Kind::UsageWarning,
         Kind::UsageCritical,
         Kind::UsageRecovered,
@@ -60,45 +77,62 @@ impl Kind {
         Kind::PortsExhausted,
         Kind::ExhaustionEnded,
         Kind::NetnsGone,
+        Kind::Started,
+        Kind::Stopping,
+        Kind::WitnessOff,
+        Kind::NamespacesHidden,
+        Kind::NamespacesNotWatched,
+        Kind::Degraded,
+        Kind::DaemonFailed,
+        Kind::Restored,
     ];
 
     /// Stable ids: never change one once released (catalog and alert rules use them).
     pub fn message_id(self) -> &'static str {
+        self.ids().0
+    }
+
+    /// `PORTD_EVENT`.
+    pub fn name(self) -> &'static str {
+        self.ids().1
+    }
+
+    fn ids(self) -> (&'static str, &'static str) {
         match self {
-            Kind::UsageWarning => "49c2ccace7334c4abd0a8cf2dbe720af",
-            Kind::UsageCritical => "836298aa8ba84dba8e0aad24fb3774d0",
-            Kind::UsageRecovered => "6be9d11146dd4672b5a4cb7c76a8035a",
-            Kind::RangeWidened => "d6b85f7829634a5bb5227482ec76a960",
-            Kind::WideningBlocked => "ea473d0b77c34b3bb225b1a5423bfdd1",
-            Kind::ExternalChange => "3ad14258dcd34abba0a9c61647b09ef8",
-            Kind::PersistFailed => "545b32eee1154c59bcba6ce445f1d6ed",
-            Kind::PolicyReloaded => "2bf45d51d74f46d0b751b4421bac85c7",
-            Kind::PolicyRejected => "de422eefe5c9430bbc2e3f86a3eb0a61",
-            Kind::ConfigurationHazard => "907f11ee18bd4dd49cb23d5c48049dda",
-            Kind::PortAllocationFailed => "bc91379153534ca58f0c1d5d8a11bbbd",
-            Kind::PortsExhausted => "fa44ff2d77104282ace1f520cadd61fc",
-            Kind::ExhaustionEnded => "3da35bbbb0ff47d4a2f58643d702576e",
-            Kind::NetnsGone => "cd41968b3ab14d38a3c968d6cede18ef",
+            Kind::UsageWarning => ("49c2ccace7334c4abd0a8cf2dbe720af", "usage-warning"),
+            Kind::UsageCritical => ("836298aa8ba84dba8e0aad24fb3774d0", "usage-critical"),
+            Kind::UsageRecovered => ("6be9d11146dd4672b5a4cb7c76a8035a", "usage-recovered"),
+            Kind::RangeWidened => ("d6b85f7829634a5bb5227482ec76a960", "range-widened"),
+            Kind::WideningBlocked => ("ea473d0b77c34b3bb225b1a5423bfdd1", "widening-blocked"),
+            Kind::ExternalChange => ("3ad14258dcd34abba0a9c61647b09ef8", "external-change"),
+            Kind::PersistFailed => ("545b32eee1154c59bcba6ce445f1d6ed", "persist-failed"),
+            Kind::PolicyReloaded => ("2bf45d51d74f46d0b751b4421bac85c7", "policy-reloaded"),
+            Kind::PolicyRejected => ("de422eefe5c9430bbc2e3f86a3eb0a61", "policy-rejected"),
+            Kind::ConfigurationHazard => {
+                ("907f11ee18bd4dd49cb23d5c48049dda", "configuration-hazard")
+            }
+            Kind::PortAllocationFailed => {
+                ("bc91379153534ca58f0c1d5d8a11bbbd", "port-allocation-failed")
+            }
+            Kind::PortsExhausted => ("fa44ff2d77104282ace1f520cadd61fc", "ports-exhausted"),
+            Kind::ExhaustionEnded => ("3da35bbbb0ff47d4a2f58643d702576e", "exhaustion-ended"),
+            Kind::NetnsGone => ("cd41968b3ab14d38a3c968d6cede18ef", "netns-gone"),
+            Kind::Started => ("b50d2a55e3c541179e1fbf18fd27b7bc", "started"),
+            Kind::Stopping => ("ef7f7148423244acb4e5eb54f7c9df60", "stopping"),
+            Kind::WitnessOff => ("f09c7f341f3a4105a97df28b7fb80915", "witness-off"),
+            Kind::NamespacesHidden => ("1179defcd36b41e1bb64f76349cc3ef1", "namespaces-hidden"),
+            Kind::NamespacesNotWatched => {
+                ("e638bacfc9f64672a1047ebabe30e83c", "namespaces-not-watched")
+            }
+            Kind::Degraded => ("b1f5672f6a9a414683e3eee2f0bf6b67", "degraded"),
+            Kind::DaemonFailed => ("bb3895e6f1bb4dce844641f7af23a9c6", "daemon-failed"),
+            Kind::Restored => ("a661c7541ccd44c1afac680c2b94555e", "restored"),
         }
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::UsageWarning => "usage-warning",
-            Kind::UsageCritical => "usage-critical",
-            Kind::UsageRecovered => "usage-recovered",
-            Kind::RangeWidened => "range-widened",
-            Kind::WideningBlocked => "widening-blocked",
-            Kind::ExternalChange => "external-change",
-            Kind::PersistFailed => "persist-failed",
-            Kind::PolicyReloaded => "policy-reloaded",
-            Kind::PolicyRejected => "policy-rejected",
-            Kind::ConfigurationHazard => "configuration-hazard",
-            Kind::PortAllocationFailed => "port-allocation-failed",
-            Kind::PortsExhausted => "ports-exhausted",
-            Kind::ExhaustionEnded => "exhaustion-ended",
-            Kind::NetnsGone => "netns-gone",
-        }
+    /// A note of the daemon about itself, not an alert (notes come last).
+    pub fn is_note(self) -> bool {
+        self as u8 >= Kind::Started as u8
     }
 
     /// syslog priority, as journald stores it (tracing-journald maps
@@ -109,45 +143,59 @@ impl Kind {
             | Kind::PersistFailed
             | Kind::PolicyRejected
             | Kind::PortAllocationFailed
-            | Kind::PortsExhausted => Severity::Error,
+            | Kind::PortsExhausted
+            | Kind::DaemonFailed => Severity::Error,
             Kind::UsageWarning
             | Kind::WideningBlocked
             | Kind::ExternalChange
-            | Kind::ConfigurationHazard => Severity::Warning,
+            | Kind::ConfigurationHazard
+            | Kind::NamespacesNotWatched
+            | Kind::Degraded => Severity::Warning,
             Kind::UsageRecovered
             | Kind::RangeWidened
             | Kind::PolicyReloaded
             | Kind::ExhaustionEnded
-            | Kind::NetnsGone => Severity::Notice,
+            | Kind::NetnsGone
+            | Kind::Started
+            | Kind::Stopping
+            | Kind::WitnessOff
+            | Kind::NamespacesHidden
+            | Kind::Restored => Severity::Notice,
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Severity {
-    Error,
-    Warning,
-    Notice,
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
 }
 
 impl Severity {
+    /// The syslog priority (the discriminant).
     pub fn priority(self) -> u8 {
-        match self {
-            Severity::Error => 3,
-            Severity::Warning => 4,
-            Severity::Notice => 5,
-        }
+        self as u8
     }
 }
 
-/// One event. Optional fields are left out of the entry when empty.
+/// One event. Optional fields are left out of the entry when empty. Beside
+/// the text the catalog shows ("60.0%", "net:[INODE]"), the raw values to
+/// filter on: ratio, counts, addresses and port, the namespace's inode.
 #[derive(Clone, Debug, Default)]
 pub struct Fields {
     pub usage: Option<String>,
+    /// `used / capacity`, a fraction rounded to 4 places (`PORTD_USAGE_RATIO=0.6`).
+    pub usage_ratio: Option<f64>,
     pub used: Option<u64>,
     pub capacity: Option<u64>,
-    /// The worst destinations, most used first ("local -> remote:port").
+    /// What `used` counts: the worst destination ("local -> remote:port"),
+    /// the destinations and pools that ran out, or a failed target.
     pub destination: Option<String>,
+    /// That destination's addresses and port (not a pool's).
+    pub local_address: Option<IpAddr>,
+    pub remote_address: Option<IpAddr>,
+    pub remote_port: Option<u16>,
     pub process: Option<String>,
     pub range_before: Option<PortRange>,
     pub range_after: Option<PortRange>,
@@ -159,6 +207,8 @@ pub struct Fields {
     /// Another network namespace the event is about: `net:[INODE]` and
     /// what a person calls it (src/observe/netns/).
     pub netns: Option<String>,
+    /// That namespace's inode as a number (`PORTD_NETNS_INODE`).
+    pub netns_inode: Option<u64>,
     /// The container's name (a pod's containers' names), else runtime
     /// and short id.
     pub container: Option<String>,
@@ -184,9 +234,13 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
                 message_id = kind.message_id(),
                 portd_event = kind.name(),
                 portd_usage = f.usage.as_deref(),
+                portd_usage_ratio = f.usage_ratio,
                 portd_used = f.used,
                 portd_capacity = f.capacity,
                 portd_destination = f.destination.as_deref(),
+                portd_local_address = f.local_address.map(tracing::field::display),
+                portd_remote_address = f.remote_address.map(tracing::field::display),
+                portd_remote_port = f.remote_port,
                 portd_process = f.process.as_deref(),
                 portd_range_before = before.as_deref(),
                 portd_range_after = after.as_deref(),
@@ -194,6 +248,7 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
                 portd_policy = f.policy.as_deref(),
                 portd_reminder = f.reminder.then_some(1u8),
                 portd_netns = f.netns.as_deref(),
+                portd_netns_inode = f.netns_inode,
                 portd_container = f.container.as_deref(),
                 portd_pod = f.pod.as_deref(),
                 portd_pod_namespace = f.pod_namespace.as_deref(),
@@ -210,23 +265,31 @@ pub fn emit(kind: Kind, message: &str, f: &Fields) {
     }
 }
 
+/// A note of the daemon about itself: its kind and text, no fields.
+pub fn note(kind: Kind, message: &str) {
+    emit(kind, message, &Fields::default());
+}
+
 impl Fields {
-    /// The usage fields: headline, busiest destinations, range and cause
-    /// (the daemon's and every namespace's alerts).
+    /// The usage fields: the headline as text and raw values, the
+    /// destination it counts, range and cause (every usage alert).
     pub fn usage(usage: &Usage) -> Fields {
-        let worst: Vec<String> = usage
-            .destinations
-            .iter()
-            .take(3)
-            .map(|d| format!("{} ({}, {})", d.key, d.usage, d.used))
-            .collect();
+        let h = &usage.headline;
+        let worst = match &h.cause {
+            Cause::Destination { destination } => Some(destination),
+            _ => None,
+        };
         Fields {
-            usage: Some(usage.headline.usage.to_string()),
-            used: Some(usage.headline.used),
-            capacity: Some(usage.headline.capacity),
-            destination: (!worst.is_empty()).then(|| worst.join("; ")),
+            usage: Some(h.usage.to_string()),
+            usage_ratio: Some((h.usage.fraction() * 1e4).round() / 1e4),
+            used: Some(h.used),
+            capacity: Some(h.capacity),
+            destination: worst.map(ToString::to_string),
+            local_address: worst.map(|d| d.local),
+            remote_address: worst.map(|d| d.remote),
+            remote_port: worst.map(|d| d.remote_port),
             range_before: Some(usage.settings.port_range),
-            reason: Some(usage.headline.cause.to_string()),
+            reason: Some(h.cause.to_string()),
             ..Fields::default()
         }
     }
@@ -237,6 +300,7 @@ impl Fields {
     pub fn in_namespace(self, ns: &Namespace) -> Fields {
         Fields {
             netns: Some(format!("net:[{}]", ns.inode)),
+            netns_inode: Some(ns.inode),
             container: ns.identity.container_label(),
             pod: ns.identity.pod_label(),
             pod_namespace: ns.identity.pod_namespace.clone(),
@@ -558,6 +622,9 @@ impl Entry {
             message,
             fields: Fields {
                 destination: Some(k.target()),
+                local_address: Some(k.local),
+                remote_address: k.destination.map(|d| d.ip()),
+                remote_port: k.destination.map(|d| d.port()),
                 process: Some(process),
                 used: Some(count),
                 reason: Some(k.kind.errno().to_string()),
@@ -646,6 +713,20 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_has_an_entry_of_its_own_in_the_catalog() {
+        let catalog = include_str!("../../packaging/portd.catalog");
+        let ids: Vec<&str> = catalog
+            .lines()
+            .filter_map(|l| l.strip_prefix("-- "))
+            .collect();
+        for kind in Kind::ALL {
+            let n = ids.iter().filter(|id| **id == kind.message_id()).count();
+            assert_eq!(n, 1, "{kind:?}: {n} catalog entries for its MESSAGE_ID");
+        }
+        assert_eq!(ids.len(), Kind::ALL.len(), "catalog entries of no kind");
+    }
+
+    #[test]
     fn every_kind_is_listed_once() {
         let names: std::collections::BTreeSet<_> = Kind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), Kind::ALL.len());
@@ -711,16 +792,17 @@ mod tests {
     }
 
     #[test]
-    fn the_usage_fields_name_the_headline_and_the_three_busiest_destinations() {
+    fn the_usage_fields_carry_the_headline_as_text_and_as_raw_values() {
         let usage = census(&[(1, 300, 20), (2, 10, 5), (3, 0, 2), (4, 0, 1)]);
         let f = Fields::usage(&usage);
         assert_eq!(f.usage.as_deref(), Some("32.0%"), "{f:?}");
+        assert_eq!(f.usage_ratio, Some(0.32));
         assert_eq!((f.used, f.capacity), (Some(320), Some(1000)));
-        let destinations = f.destination.expect("destinations");
-        assert_eq!(destinations.split("; ").count(), 3, "{destinations}");
-        assert!(
-            destinations.starts_with("10.0.0.1 -> 10.0.0.1:80 (32.0%, 320)"),
-            "{destinations}"
+        assert_eq!(f.destination.as_deref(), Some("10.0.0.1 -> 10.0.0.1:80"));
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        assert_eq!(
+            (f.local_address, f.remote_address, f.remote_port),
+            (ip("10.0.0.1"), ip("10.0.0.1"), Some(80))
         );
         assert_eq!(f.range_before, Some(usage.settings.port_range));
         assert_eq!(f.reason, Some(usage.headline.cause.to_string()));
@@ -735,6 +817,7 @@ mod tests {
         });
         let f = Fields::default().in_namespace(&pod);
         assert_eq!(f.netns.as_deref(), Some("net:[4026532999]"));
+        assert_eq!(f.netns_inode, Some(4026532999));
         assert_eq!((f.container, f.pod.as_deref()), (None, Some("uid-1")));
 
         let usage = census(&[(1, 300, 20)]);
@@ -782,6 +865,14 @@ mod tests {
             "{process}"
         );
         assert_eq!(e.fields.destination.as_deref(), Some("10.0.0.9:443"));
+        assert_eq!(
+            (
+                e.fields.local_address,
+                e.fields.remote_address,
+                e.fields.remote_port
+            ),
+            ("0.0.0.0".parse().ok(), "10.0.0.9".parse().ok(), Some(443))
+        );
         assert_eq!(
             (e.fields.used, e.fields.reason.as_deref()),
             (Some(3), Some("EADDRNOTAVAIL"))

@@ -114,7 +114,15 @@ impl Collect {
     fn add(&mut self, field: &Field, value: &str) {
         match field.name() {
             "message" => self.message = value.to_string(),
-            "message_id" | "portd_event" | "portd_reminder" => {}
+            // The raw values restate the message for the journal's filters.
+            "message_id"
+            | "portd_event"
+            | "portd_reminder"
+            | "portd_usage_ratio"
+            | "portd_local_address"
+            | "portd_remote_address"
+            | "portd_remote_port"
+            | "portd_netns_inode" => {}
             name => {
                 if !value.is_empty() {
                     let name = name.strip_prefix("portd_").unwrap_or(name);

@@ -7,6 +7,7 @@
 //! and that `journalctl -x` shows it.)
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 
 use super::util::catalog_path;
@@ -79,6 +80,14 @@ fn always_set(kind: Kind) -> Vec<&'static str> {
         Kind::NetnsGone => vec!["PORTD_EVENT", "PORTD_NETNS", "PORTD_REASON"],
         Kind::PolicyRejected => vec!["PORTD_EVENT", "PORTD_POLICY", "PORTD_REASON"],
         Kind::ConfigurationHazard => vec!["PORTD_EVENT", "PORTD_RANGE_BEFORE", "PORTD_REASON"],
+        Kind::Started
+        | Kind::Stopping
+        | Kind::WitnessOff
+        | Kind::NamespacesHidden
+        | Kind::NamespacesNotWatched
+        | Kind::Degraded
+        | Kind::DaemonFailed
+        | Kind::Restored => vec!["PORTD_EVENT"],
         Kind::PortAllocationFailed => vec![
             "PORTD_EVENT",
             "PORTD_DESTINATION",
@@ -87,6 +96,31 @@ fn always_set(kind: Kind) -> Vec<&'static str> {
             "PORTD_REASON",
         ],
     }
+}
+
+/// Where the catalog points: what the packages install, and its source.
+const RUNBOOK: &str = "file:///usr/share/doc/portd/runbook.md";
+const SHIPPED: [(&str, &str); 3] = [
+    ("man:portd(8)", "packaging/man/portd.8"),
+    ("man:portd.toml(5)", "packaging/man/portd.toml.5"),
+    (RUNBOOK, "docs/runbook.md"),
+];
+
+#[test]
+fn the_catalog_points_only_at_pages_the_packages_ship() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (link, source) in SHIPPED {
+        assert!(root.join(source).is_file(), "{link}: no {source}");
+    }
+    // The list of files every package must hold.
+    let packaged = std::fs::read_to_string(root.join("packaging/check-packages.sh")).unwrap();
+    let installed = RUNBOOK.trim_start_matches("file://");
+    assert!(
+        packaged.contains(&format!("\n{installed} ")),
+        "the packages do not install docs/runbook.md as {installed}"
+    );
+    let text = std::fs::read_to_string(catalog_path()).unwrap();
+    assert!(!text.contains("example.invalid"), "a placeholder link");
 }
 
 /// `@NAME@` substitutions in `text`.
@@ -131,11 +165,17 @@ fn catalog_entries_name_portd_its_man_page_and_only_fields_their_event_sets() {
         let subject = header("Subject");
         assert_eq!(subject.len(), 1, "{kind:?}: one Subject");
         assert_eq!(header("Defined-By"), ["portd"], "{kind:?}");
-        assert_eq!(header("Support").len(), 1, "{kind:?}: Support");
+        assert_eq!(header("Support"), [RUNBOOK], "{kind:?}: Support");
         assert!(
             header("Documentation").contains(&"man:portd(8)"),
             "{kind:?}"
         );
+        for link in header("Documentation") {
+            assert!(
+                SHIPPED.iter().any(|(l, _)| *l == link),
+                "{kind:?}: {link} is none of the pages the packages ship"
+            );
+        }
         assert!(
             entry.text.trim().len() > 200,
             "{kind:?}: say what happened and what to do"

@@ -57,6 +57,62 @@ fn check_ids_and_priorities(alerts: &[Value]) {
     }
 }
 
+/// The raw values of a usage alert: the ratio is used / capacity, and the
+/// destination's addresses and port are those of the sandbox's load.
+fn check_raw_fields(e: &Value) {
+    let number = |name: &str| -> f64 {
+        field(e, name)
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is no plain number in {e:#}"))
+    };
+    let ratio = number("PORTD_USAGE_RATIO");
+    let (used, capacity) = (number("PORTD_USED"), number("PORTD_CAPACITY"));
+    assert!((ratio - used / capacity).abs() < 1e-4, "{e:#}");
+    assert_eq!(
+        format!("{:.1}%", ratio * 100.0),
+        field(e, "PORTD_USAGE"),
+        "{e:#}"
+    );
+    assert_eq!(field(e, "PORTD_LOCAL_ADDRESS"), "127.0.0.1", "{e:#}");
+    assert_eq!(field(e, "PORTD_REMOTE_ADDRESS"), "127.0.0.1", "{e:#}");
+    assert_eq!(field(e, "PORTD_REMOTE_PORT"), "5001", "{e:#}");
+}
+
+/// `ss`'s count of the sockets towards the load's destination, in the
+/// sandbox: what PORTD_USED counts.
+fn ss_count(sandbox: &Sandbox) -> u64 {
+    let out = sandbox
+        .command("ss")
+        .args(["-Htan", "dst", "127.0.0.1:5001", "src", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+}
+
+/// Every entry portd wrote, alert or note about itself, came natively with
+/// a MESSAGE_ID of its kind that the catalog explains; returns the kinds.
+fn check_every_entry_has_its_id(sandbox: &Sandbox) -> Vec<Kind> {
+    let catalog = catalog_ids();
+    let entries: Vec<Value> = sandbox
+        .journal()
+        .into_iter()
+        .filter(|e| e["SYSLOG_IDENTIFIER"] == "portd")
+        .collect();
+    for e in &entries {
+        assert!(e.get("MESSAGE_ID").is_some(), "no MESSAGE_ID: {e:#}");
+        assert!(
+            catalog.iter().any(|id| id == field(e, "MESSAGE_ID")),
+            "{e:#}"
+        );
+    }
+    check_ids_and_priorities(&entries);
+    entries
+        .iter()
+        .map(|e| kind(field(e, "PORTD_EVENT")))
+        .collect()
+}
+
 /// `portd --config POLICY run` in the sandbox with `--log-target auto` and
 /// stderr connected "to the journal" as systemd does it: `JOURNAL_STREAM`
 /// names stderr's device and inode.
@@ -190,10 +246,12 @@ fn auto_mode_ramp_widens_before_eaddrnotavail_one_entry_per_transition() {
     for (e, capacity) in [(warn1, 200), (warn2, range_size(widen1)), (crit, 400)] {
         assert_eq!(field(e, "PORTD_CAPACITY"), capacity.to_string(), "{e:#}");
         assert!(field(e, "PORTD_USAGE").ends_with('%'), "{e:#}");
-        assert!(
-            field(e, "PORTD_DESTINATION").starts_with("127.0.0.1 -> 127.0.0.1:5001 ("),
+        assert_eq!(
+            field(e, "PORTD_DESTINATION"),
+            "127.0.0.1 -> 127.0.0.1:5001",
             "{e:#}"
         );
+        check_raw_fields(e);
         assert_eq!(
             field(e, "PORTD_REASON"),
             "destination 127.0.0.1 -> 127.0.0.1:5001"
@@ -326,8 +384,11 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
         (200, Some("EADDRNOTAVAIL")),
         "the ramp must really exhaust the range"
     );
-    // A plateau at 100 % for longer than the reminder interval.
-    std::thread::sleep(2500 * Duration::from_millis(1));
+    // A plateau at 100 % for longer than the reminder interval; `ss`
+    // counts the sockets in the middle of it.
+    std::thread::sleep(1200 * Duration::from_millis(1));
+    let counted = ss_count(&sandbox);
+    std::thread::sleep(1300 * Duration::from_millis(1));
     let released = Instant::now();
     sandbox.release();
     let alerts = sandbox_wait(&sandbox, "usage-recovered", 1);
@@ -383,6 +444,14 @@ fn advise_mode_alerts_changes_nothing_and_the_ramp_hits_eaddrnotavail_with_remin
             && field(blocked, "MESSAGE").ends_with("but advise mode: nothing is written"),
         "{blocked:#}"
     );
+    // Each reminder of the plateau carries the raw count, as `ss` has it.
+    assert_eq!(counted, 200, "ss on the plateau");
+    for e in &critical[1..] {
+        check_raw_fields(e);
+        assert_eq!(field(e, "PORTD_USED"), counted.to_string(), "{e:#}");
+        assert_eq!(field(e, "PORTD_CAPACITY"), "200", "{e:#}");
+        assert_eq!(field(e, "PORTD_USAGE_RATIO").parse::<f64>().ok(), Some(1.0));
+    }
     // One critical entry, then a reminder per second of plateau, not one per
     // poll (about 10 a second here).
     assert!(critical[0].get("PORTD_REMINDER").is_none());
@@ -456,6 +525,16 @@ fn explicit_journal_target_from_a_terminal_says_where_the_lines_go() {
             .collect();
         if lines.last().is_some_and(|l| l == "portd stopping") {
             assert!(lines[0].contains("starting: mode advise"), "{lines:?}");
+            let kinds = check_every_entry_has_its_id(&sandbox);
+            assert_eq!(kinds.first(), Some(&Kind::Started), "{lines:?}");
+            assert_eq!(kinds.last(), Some(&Kind::Stopping), "{lines:?}");
+            // The witness, on or off, and the first census ("ready").
+            assert!(
+                kinds.iter().filter(|k| **k == Kind::Started).count()
+                    + kinds.iter().filter(|k| **k == Kind::WitnessOff).count()
+                    >= 3,
+                "{lines:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{lines:?}");

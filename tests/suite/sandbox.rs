@@ -570,11 +570,18 @@ impl Sandbox {
             .collect()
     }
 
-    /// portd's entries of the journal: those with a `MESSAGE_ID`.
+    /// portd's alerts in the journal: its entries with a `MESSAGE_ID`, but
+    /// for its notes about itself (start, stop, what fails).
     pub fn portd_alerts(&self) -> Vec<Value> {
+        let note = |e: &Value| {
+            portd::publish::events::Kind::ALL
+                .iter()
+                .any(|k| k.is_note() && e["PORTD_EVENT"] == k.name())
+        };
         self.journal()
             .into_iter()
             .filter(|e| e["SYSLOG_IDENTIFIER"] == "portd" && e.get("MESSAGE_ID").is_some())
+            .filter(|e| !note(e))
             .collect()
     }
 

@@ -294,7 +294,7 @@ impl Witness {
             .map_err(|_| Unavailable(format!("PID namespace inode {pidns} exceeds 32 bits")))?;
         if !tracefs_present() {
             return Err(Unavailable(
-                "fexit tracing path not built; syscall tracepoints need tracefs, which is not \
+                "the kernel's system call tracepoints cannot be used: tracefs is not \
                  mounted (no /sys/kernel/tracing/events/syscalls)"
                     .into(),
             ));

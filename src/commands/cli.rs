@@ -19,6 +19,7 @@ use crate::base::host::Host;
 use crate::base::ports::Ratio;
 use crate::commands::check;
 use crate::commands::status::{self, StatusOptions};
+use crate::commands::status_watch;
 use crate::daemon;
 use crate::judge::level::Exit;
 use crate::observe::census::{self, KernelSettings, SourceChoice};
@@ -159,6 +160,15 @@ fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// `portd completions SHELL`: the script on stdout.
+fn completions(shell: clap_complete::Shell) -> Exit {
+    use clap::CommandFactory;
+    // Into memory first: clap_complete panics when its writer fails.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut offered(&Cli::command()), "portd", &mut script);
+    output(&script, Exit::Ok, Exit::Critical)
+}
+
 /// `cmd` as the completion scripts offer it: without the hidden options and
 /// subcommands, which clap_complete would list (with their doc comments as
 /// value help). Built before clap propagates the global options, which it
@@ -253,13 +263,7 @@ fn run(cli: Cli) -> ExitCode {
         Command::Check { json, plan, .. } => {
             check(&host, &config, required, cli.source, json, plan).into()
         }
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            // Into memory first: clap_complete panics when its writer fails.
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut offered(&Cli::command()), "portd", &mut script);
-            output(&script, Exit::Ok, Exit::Critical).into()
-        }
+        Command::Completions { shell } => completions(shell).into(),
         Command::Status {
             json,
             top,
@@ -271,7 +275,7 @@ fn run(cli: Cli) -> ExitCode {
             interval,
         } => {
             if watch {
-                return crate::commands::status_watch::run(&host, interval, top).into();
+                return status_watch::run(&host, interval, top).into();
             }
             let policy = match load_policy(&config, required) {
                 Ok(p) => p,

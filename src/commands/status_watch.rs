@@ -55,11 +55,13 @@ pub fn run(host: &Host, interval: Duration, top: usize) -> Exit {
     }
 }
 
-/// Plain lines, one block per refresh.
+/// Plain lines, one block per refresh: the screen's lines without its
+/// blank ones, so that a blank line ends a block.
 fn into_pipe(host: &Host, interval: Duration, top: usize) -> io::Result<()> {
     let mut out = io::stdout().lock();
     loop {
-        for line in screen(host, SystemTime::now(), interval, top) {
+        let lines = screen(host, SystemTime::now(), interval, top);
+        for line in lines.iter().filter(|l| !l.is_empty()) {
             writeln!(out, "{line}")?;
         }
         writeln!(out)?;
@@ -201,7 +203,12 @@ fn screen(host: &Host, now: SystemTime, interval: Duration, top: usize) -> Vec<S
             "{range}; no rates and no history without the daemon"
         )),
     }
+    // One screen line a line: the daemon's line may hold several.
     lines
+        .iter()
+        .flat_map(|l| l.split('\n'))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn header(live: &Live, range: &str) -> String {

@@ -10,34 +10,34 @@
 
 use std::time::{Duration, Instant};
 
-use crate::publish::live::{self, History, HistorySeries, Live};
+use crate::publish::live::{self, HistorySeries, Live, UsageHistory};
 
 /// The spacing of the points: 60 of them cover the last 10 minutes.
 pub(super) const STEP: Duration = Duration::from_secs(10);
 
 /// The history and when its last point was taken.
-pub(super) struct Recorder {
+pub(super) struct HistoryKeeper {
     step: Duration,
     last: Option<Instant>,
-    history: History,
+    history: UsageHistory,
 }
 
-impl Default for Recorder {
+impl Default for HistoryKeeper {
     fn default() -> Self {
         let step = std::env::var("PORTD_HISTORY_STEP")
             .ok()
             .and_then(|s| s.trim().parse::<f64>().ok())
             .filter(|s| (0.1..=3600.0).contains(s))
             .map_or(STEP, Duration::from_secs_f64);
-        Recorder {
+        HistoryKeeper {
             step,
             last: None,
-            history: History::default(),
+            history: UsageHistory::default(),
         }
     }
 }
 
-impl Recorder {
+impl HistoryKeeper {
     /// Takes a point of `view` when a step has passed since the last one,
     /// and puts the history in it. Between points the view carries the
     /// same history, so it does not count as a change (report.rs).
@@ -129,10 +129,10 @@ mod tests {
 
     #[test]
     fn the_history_keeps_the_last_sixty_points_of_the_worst_ten() {
-        let mut r = Recorder {
+        let mut r = HistoryKeeper {
             step: STEP,
             last: None,
-            history: History::default(),
+            history: UsageHistory::default(),
         };
         let names: Vec<String> = (0..15).map(|i| format!("destination {i}")).collect();
         let t0 = Instant::now();
@@ -162,8 +162,10 @@ mod tests {
 
     #[test]
     fn a_point_is_taken_once_a_step_and_the_view_carries_the_history_between() {
-        let mut r = Recorder::default();
-        r.step = STEP;
+        let mut r = HistoryKeeper {
+            step: STEP,
+            ..HistoryKeeper::default()
+        };
         let t0 = Instant::now();
         for (i, after) in [0u32, 3, 9, 10, 12].into_iter().enumerate() {
             let mut v = view(&[("destination a", 5 + i as u64)], f64::from(after));
@@ -172,7 +174,7 @@ mod tests {
             let points = if after < 10 { 1 } else { 2 };
             assert_eq!(h.destinations[0].used.len(), points, "after {after}s");
         }
-        let mut none = Recorder::default();
+        let mut none = HistoryKeeper::default();
         let mut v = Live::default();
         none.record(&mut v, t0);
         assert_eq!(v.history, None, "nothing to keep, nothing in the view");

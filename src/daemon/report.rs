@@ -41,7 +41,7 @@ pub(super) struct Report {
     metrics_written: Option<(MetricsSaid, Instant)>,
     live_written: Option<(live::Live, Instant)>,
     /// The recent usage the live view carries (history.rs).
-    history: super::history::Recorder,
+    history: super::history::HistoryKeeper,
     /// The entries of a census whose level entry waits for the processes
     /// that hold its sockets (census_task.rs): written in order, the level
     /// entry first, once the lookup ends.

@@ -89,7 +89,7 @@ pub struct Live {
     pub forecast: Option<Outlook>,
     /// Usage over the last minutes (daemon/history.rs), for
     /// `status --watch`; absent from views of older versions.
-    pub history: Option<History>,
+    pub history: Option<UsageHistory>,
 }
 
 /// The most points of a [`HistorySeries`]: 10 minutes at 10 s.
@@ -102,7 +102,7 @@ pub const HISTORY_SERIES: usize = 10;
 /// memory only (a restarted daemon starts a new one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct History {
+pub struct UsageHistory {
     pub step_seconds: f64,
     /// Unix time of the last point of every series.
     pub last_at: f64,
@@ -115,7 +115,7 @@ pub struct History {
 }
 
 /// One destination's or namespace's usage, oldest first, at most
-/// [`HISTORY_POINTS`]; its last point is at [`History::last_at`].
+/// [`HISTORY_POINTS`]; its last point is at [`UsageHistory::last_at`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HistorySeries {
@@ -126,7 +126,7 @@ pub struct HistorySeries {
     pub used: Vec<u64>,
 }
 
-impl History {
+impl UsageHistory {
     /// Caps a history read back as the daemon caps it.
     pub fn cap(&mut self) {
         for list in [&mut self.destinations, &mut self.namespaces] {

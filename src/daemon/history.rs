@@ -181,6 +181,25 @@ mod tests {
     }
 
     #[test]
+    fn a_view_without_a_history_still_reads_and_a_long_one_is_capped() {
+        let old: Live = serde_json::from_str(r#"{"format_version": 1, "pid": 7}"#).unwrap();
+        assert_eq!((old.pid, old.history), (7, None));
+        let long = HistorySeries {
+            name: "d".into(),
+            usage: (0..100).map(f64::from).collect(),
+            used: (0..100).collect(),
+        };
+        let mut h = UsageHistory {
+            destinations: vec![long; 12],
+            ..UsageHistory::default()
+        };
+        h.cap();
+        assert_eq!(h.destinations.len(), HISTORY_SERIES);
+        assert_eq!(h.destinations[0].used.len(), HISTORY_POINTS);
+        assert_eq!(h.destinations[0].used[0], 40, "the newest kept");
+    }
+
+    #[test]
     fn a_series_that_leaves_the_worst_is_dropped_and_one_that_enters_starts_anew() {
         let first = advance(Vec::new(), [("a", 9, 10), ("b", 1, 10)].into_iter());
         let names: Vec<&str> = first.iter().map(|s| s.name.as_str()).collect();

@@ -53,6 +53,7 @@ mod suite {
     mod status_golden;
     mod status_netns;
     mod status_several_netns;
+    mod status_watch;
     mod sysctld_cat_config;
     mod witness_counts;
     mod witness_daemon;

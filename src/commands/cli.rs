@@ -19,6 +19,7 @@ use crate::base::host::Host;
 use crate::base::ports::Ratio;
 use crate::commands::check;
 use crate::commands::status::{self, StatusOptions};
+use crate::commands::status_watch;
 use crate::daemon;
 use crate::judge::level::Exit;
 use crate::observe::census::{self, KernelSettings, SourceChoice};
@@ -138,7 +139,34 @@ pub enum Command {
         /// Without it, root reports every namespace.
         #[arg(long, value_name = "WHICH")]
         netns: Option<String>,
+        /// Refresh, as top does: the daemon's worst destinations and namespaces
+        /// with the last 10 minutes of their usage; q or Ctrl-C leaves. Plain
+        /// lines when stdout is not a terminal.
+        #[arg(long, conflicts_with_all = ["json", "netns", "processes"])]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, value_name = "S", default_value = "2", requires = "watch", value_parser = parse_seconds)]
+        interval: std::time::Duration,
     },
+}
+
+/// `--interval`: seconds, fractions allowed, from 0.1 to a day.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=86400.0).contains(&v) => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0.1 to 86400"
+        )),
+    }
+}
+
+/// `portd completions SHELL`: the script on stdout.
+fn completions(shell: clap_complete::Shell) -> Exit {
+    use clap::CommandFactory;
+    // Into memory first: clap_complete panics when its writer fails.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut offered(&Cli::command()), "portd", &mut script);
+    output(&script, Exit::Ok, Exit::Critical)
 }
 
 /// `cmd` as the completion scripts offer it: without the hidden options and
@@ -235,13 +263,7 @@ fn run(cli: Cli) -> ExitCode {
         Command::Check { json, plan, .. } => {
             check(&host, &config, required, cli.source, json, plan).into()
         }
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            // Into memory first: clap_complete panics when its writer fails.
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut offered(&Cli::command()), "portd", &mut script);
-            output(&script, Exit::Ok, Exit::Critical).into()
-        }
+        Command::Completions { shell } => completions(shell).into(),
         Command::Status {
             json,
             top,
@@ -249,7 +271,12 @@ fn run(cli: Cli) -> ExitCode {
             warning,
             critical,
             netns,
+            watch,
+            interval,
         } => {
+            if watch {
+                return status_watch::run(&host, interval, top).into();
+            }
             let policy = match load_policy(&config, required) {
                 Ok(p) => p,
                 Err(e) => return print(status::unknown(&e.to_string(), json)).into(),

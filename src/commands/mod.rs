@@ -7,3 +7,4 @@ pub(crate) mod check;
 pub mod cli;
 pub(crate) mod status;
 pub(crate) mod status_netns;
+pub(crate) mod status_watch;

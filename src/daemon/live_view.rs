@@ -132,6 +132,8 @@ pub(super) fn snapshot(counters: &PollCounters, poll: &Poll<'_>, now: SystemTime
         forecast: poll
             .last
             .map(|l| outlook(&l.assessment, poll.connect_attempts)),
+        // Added by report.rs from the daemon's history (history.rs).
+        history: None,
     }
 }
 

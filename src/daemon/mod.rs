@@ -11,6 +11,7 @@
 mod act;
 mod census_task;
 mod decide;
+mod history;
 mod journal;
 mod live_view;
 mod netns;

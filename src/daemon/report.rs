@@ -40,6 +40,8 @@ pub(super) struct Report {
     /// were written (see [`REFRESH`]).
     metrics_written: Option<(MetricsSaid, Instant)>,
     live_written: Option<(live::Live, Instant)>,
+    /// The recent usage the live view carries (history.rs).
+    history: super::history::HistoryKeeper,
     /// The entries of a census whose level entry waits for the processes
     /// that hold its sockets (census_task.rs): written in order, the level
     /// entry first, once the lookup ends.
@@ -351,6 +353,7 @@ impl Report {
         }
         let mut said = live_view::snapshot(&self.counters, poll, SystemTime::now());
         let now = Instant::now();
+        self.history.record(&mut said, now);
         // What it says, aside from what advances every poll by itself
         // (see [`REFRESH`]), set aside until it is written.
         let written_at = std::mem::take(&mut said.written_at);

@@ -87,6 +87,62 @@ pub struct Live {
     /// Rates and forecasts of the last census (forecast.rs); none before
     /// the first census.
     pub forecast: Option<Outlook>,
+    /// Usage over the last minutes (daemon/history.rs), for
+    /// `status --watch`; absent from views of older versions.
+    pub history: Option<UsageHistory>,
+}
+
+/// The most points of a [`HistorySeries`]: 10 minutes at 10 s.
+pub const HISTORY_POINTS: usize = 60;
+/// The most series of each kind (destinations, namespaces) kept.
+pub const HISTORY_SERIES: usize = 10;
+
+/// The recent usage of the worst destinations and namespaces, one point
+/// every `step_seconds`, the last at `last_at`; kept in the daemon's
+/// memory only (a restarted daemon starts a new one).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UsageHistory {
+    pub step_seconds: f64,
+    /// Unix time of the last point of every series.
+    pub last_at: f64,
+    /// The destinations and pools (as [`TargetView::target`]), worst first,
+    /// at most [`HISTORY_SERIES`].
+    pub destinations: Vec<HistorySeries>,
+    /// The other namespaces (as [`NamespaceView::label`]), worst first, at
+    /// most [`HISTORY_SERIES`].
+    pub namespaces: Vec<HistorySeries>,
+}
+
+/// One destination's or namespace's usage, oldest first, at most
+/// [`HISTORY_POINTS`]; its last point is at [`UsageHistory::last_at`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistorySeries {
+    pub name: String,
+    /// Usage ratios (0.45 is 45 %), to the thousandth.
+    pub usage: Vec<f64>,
+    /// The ports used at each point.
+    pub used: Vec<u64>,
+}
+
+impl UsageHistory {
+    /// Caps a history read back as the daemon caps it.
+    pub fn cap(&mut self) {
+        for list in [&mut self.destinations, &mut self.namespaces] {
+            list.truncate(HISTORY_SERIES);
+            for s in list.iter_mut() {
+                keep_last(&mut s.usage);
+                keep_last(&mut s.used);
+            }
+        }
+    }
+}
+
+/// Drops all but the last [`HISTORY_POINTS`] of `points`.
+pub fn keep_last<T>(points: &mut Vec<T>) {
+    let drop = points.len().saturating_sub(HISTORY_POINTS);
+    points.drain(..drop);
 }
 
 /// The failure witness in the live view.

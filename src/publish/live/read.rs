@@ -184,6 +184,9 @@ const FORECAST_ROWS: usize = 50;
 /// Lists longer than the daemon writes are cut on read: a view is about a
 /// kilobyte, and `status` prints each row.
 fn cap(live: &mut Live) {
+    if let Some(h) = live.history.as_mut() {
+        h.cap();
+    }
     live.namespaces.truncate(NAMESPACES_SHOWN);
     if let Some(w) = live.witness.as_mut()
         && w.failures.len() > WITNESS_ROWS

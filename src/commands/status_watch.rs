@@ -254,7 +254,7 @@ fn rows(live: &Live, top: usize) -> Vec<String> {
         lines.push(String::new());
         lines.push(format!(
             "{:<NAME_WIDTH$} {:>6} {:>11} {:>8} {:>9}  last 10 min",
-            "NAMESPACE", "USAGE", "USED/CAP", "LEVEL", ""
+            "NAMESPACE", "USAGE", "USED/CAP", "LEVEL", "RUNS OUT"
         ));
     }
     for (n, h) in namespaces {
@@ -264,7 +264,7 @@ fn rows(live: &Live, top: usize) -> Vec<String> {
             100.0 * h.usage,
             format!("{}/{}", h.used, h.capacity),
             n.level.map_or("-", |l| l.label()),
-            "",
+            n.time_to_exhaustion_seconds.map_or("-".into(), span),
             series(&history.namespaces, &n.label, history.step_seconds)
         ));
     }

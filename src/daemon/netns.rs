@@ -22,10 +22,15 @@ use tokio::task::{JoinError, JoinHandle};
 
 use super::journal::Once;
 use super::witness::Running as Witness;
+use crate::act::netns as act_netns;
 use crate::base::host::Host;
 use crate::base::kernel;
+use crate::judge::level::Level;
 use crate::judge::netns::{Heard, Known, Pacing, Watched};
+use crate::judge::planner::{Action, Blocked, Decision, Plan};
 use crate::observe::census::reader::{KeptOpen, ProcRead};
+use crate::observe::netns::Namespace;
+use crate::observe::usage::Usage;
 use crate::policy::Policy;
 use crate::publish::events::{Kind, note as journal_note};
 use crate::publish::live;
@@ -80,7 +85,7 @@ pub(super) struct Watch {
     /// pending: when it began and the last pid handed out then.
     empty: Option<(Instant, u32)>,
     /// Selected namespaces to widen after this poll (netns_act.rs).
-    pub widen: Vec<super::netns_act::Candidate>,
+    pub widen: Vec<Candidate>,
 }
 
 /// While the last look found no other namespace and no process or thread
@@ -206,7 +211,7 @@ impl Watch {
                     }
                     alert(&w.ns, &last.usage, &assessment, w.advice.as_deref());
                     let decision = &assessment.decision;
-                    let widen = super::netns_act::candidate(policy, &w.ns, &last.usage, decision);
+                    let widen = candidate(policy, &w.ns, &last.usage, decision);
                     self.widen.extend(widen);
                 }
             }
@@ -305,6 +310,40 @@ impl Watch {
             }
         }
         note
+    }
+}
+
+/// A selected namespace whose census asks for a wider range.
+pub(super) struct Candidate {
+    pub(super) ns: Namespace,
+    pub(super) usage: Usage,
+    pub(super) plan: Plan,
+}
+
+/// The candidate of a namespace's decision: the policy selects it in
+/// `auto`, its confirmed level is warning or above, and the plan is held
+/// only because the watch advises (not because it would leave fewer
+/// usable ports, nor because the range is at its bounds).
+pub(super) fn candidate(
+    policy: &Policy,
+    ns: &Namespace,
+    usage: &Usage,
+    decision: &Decision,
+) -> Option<Candidate> {
+    if ns.own || decision.alert.level < Level::Warning {
+        return None;
+    }
+    policy.namespaces.widens(&act_netns::names_of(ns))?;
+    match &decision.action {
+        Action::Hold {
+            plan: Some(plan),
+            reason: Blocked::Advise,
+        } => Some(Candidate {
+            ns: ns.clone(),
+            usage: usage.clone(),
+            plan: plan.clone(),
+        }),
+        _ => None,
     }
 }
 

@@ -10,47 +10,10 @@ use std::time::SystemTime;
 use tokio::task::JoinError;
 
 use super::Daemon;
+use super::netns::{Candidate, Output};
 use crate::act::netns::{self, Widening};
-use crate::judge::level::Level;
-use crate::judge::planner::{Action, Blocked, Decision, Plan};
 use crate::observe::netns::Namespace;
-use crate::observe::usage::Usage;
-use crate::policy::Policy;
 use crate::publish::events::{Entry, Kind, note};
-
-/// A selected namespace whose census asks for a wider range.
-pub(super) struct Candidate {
-    ns: Namespace,
-    usage: Usage,
-    plan: Plan,
-}
-
-/// The candidate of a namespace's decision: the policy selects it in
-/// `auto`, its confirmed level is warning or above, and the plan is held
-/// only because the watch advises (not because it would leave fewer
-/// usable ports, nor because the range is at its bounds).
-pub(super) fn candidate(
-    policy: &Policy,
-    ns: &Namespace,
-    usage: &Usage,
-    decision: &Decision,
-) -> Option<Candidate> {
-    if ns.own || decision.alert.level < Level::Warning {
-        return None;
-    }
-    policy.namespaces.widens(&netns::names_of(ns))?;
-    match &decision.action {
-        Action::Hold {
-            plan: Some(plan),
-            reason: Blocked::Advise,
-        } => Some(Candidate {
-            ns: ns.clone(),
-            usage: usage.clone(),
-            plan: plan.clone(),
-        }),
-        _ => None,
-    }
-}
 
 /// An entry about `ns`: its name before the message, its fields.
 fn in_namespace(mut entry: Entry, ns: &Namespace) -> Entry {
@@ -64,7 +27,7 @@ impl Daemon {
     /// while portd only advises (`--dry-run`, an unreadable state).
     /// The poll of the other namespaces ended (netns.rs): their alerts,
     /// then the widenings it handed over, then what is published.
-    pub(super) fn netns_ended(&mut self, out: Result<super::netns::Output, JoinError>) {
+    pub(super) fn netns_ended(&mut self, out: Result<Output, JoinError>) {
         let now = self.clock.now();
         let changed = self.netns.ended(out, &self.policy, now, &mut self.witness);
         self.widen_namespaces();

@@ -110,11 +110,11 @@ pub fn display_name(raw: &str) -> String {
     }
 }
 
-/// The identity a `/proc/<pid>/cgroup` text gives. The unified (v2, `0::`)
-/// line wins, then v1's `name=systemd`, then the first v1 line that names a
-/// container or pod.
-pub fn from_cgroup(text: &str) -> Identity {
-    let paths: Vec<(&str, &str)> = text
+/// The `(controllers, path)` of each line of a `/proc/<pid>/cgroup` text,
+/// in the order they are trusted: the unified (v2, `0::`) line, then v1's
+/// `name=systemd`, then every line as written (those two again included).
+pub(crate) fn cgroup_lines(text: &str) -> Vec<(&str, &str)> {
+    let lines: Vec<(&str, &str)> = text
         .lines()
         .filter_map(|l| {
             let mut it = l.splitn(3, ':');
@@ -122,13 +122,21 @@ pub fn from_cgroup(text: &str) -> Identity {
             Some((controllers, path))
         })
         .collect();
-    let ordered = paths
+    lines
         .iter()
         .filter(|(c, _)| c.is_empty())
-        .chain(paths.iter().filter(|(c, _)| *c == "name=systemd"))
-        .chain(paths.iter());
+        .chain(lines.iter().filter(|(c, _)| *c == "name=systemd"))
+        .chain(lines.iter())
+        .copied()
+        .collect()
+}
+
+/// The identity a `/proc/<pid>/cgroup` text gives. The unified (v2, `0::`)
+/// line wins, then v1's `name=systemd`, then the first v1 line that names a
+/// container or pod.
+pub fn from_cgroup(text: &str) -> Identity {
     let mut best = Identity::default();
-    for (_, path) in ordered {
+    for (_, path) in cgroup_lines(text) {
         let id = from_path(path);
         if id.container_id.is_some() || id.pod_uid.is_some() {
             return id;

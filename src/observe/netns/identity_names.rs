@@ -204,20 +204,7 @@ fn pod_containers(host: &Host, cgroup: &str) -> Vec<String> {
 /// The pod's cgroup directory under `/sys/fs/cgroup`, from a
 /// `/proc/<pid>/cgroup` text.
 fn pod_cgroup_dir(cgroup: &str) -> Option<String> {
-    let lines: Vec<(&str, &str)> = cgroup
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, controllers, path) = (it.next()?, it.next()?, it.next()?);
-            Some((controllers, path))
-        })
-        .collect();
-    let ordered = lines
-        .iter()
-        .filter(|(c, _)| c.is_empty())
-        .chain(lines.iter().filter(|(c, _)| *c == "name=systemd"))
-        .chain(lines.iter());
-    for (controllers, path) in ordered {
+    for (controllers, path) in identity::cgroup_lines(cgroup) {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let Some(at) = parts.iter().position(|p| identity::is_pod_part(p)) else {
             continue;

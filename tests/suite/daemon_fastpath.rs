@@ -24,17 +24,6 @@ fn is_skipped(status: &str) -> bool {
     status.contains("(census skipped: at most ")
 }
 
-/// The STATUS text of each poll within `period`, from the debug log:
-/// STATUS= itself is sent only when it changes.
-fn polls(portd: &Portd, period: Duration) -> Vec<String> {
-    let from = portd.stderr().len();
-    std::thread::sleep(period);
-    portd.stderr()[from..]
-        .lines()
-        .filter_map(|l| l.split_once("poll: ").map(|(_, s)| s.to_string()))
-        .collect()
-}
-
 /// Starts portd in the sandbox with a notify socket; returns once READY.
 fn start(sandbox: &Sandbox, dir: &std::path::Path, policy_text: &str) -> (Portd, Notify) {
     let policy = dir.join("policy.toml");
@@ -54,7 +43,7 @@ fn an_idle_namespace_skips_the_census_until_connections_ramp() {
     // Staleness out of reach: only the bounds can call for a census.
     let (mut portd, mut notify) = start(&sandbox, dir.path(), &policy("1h"));
 
-    let idle = polls(&portd, 1500 * Duration::from_millis(1));
+    let idle = portd.polls(1500 * Duration::from_millis(1));
     assert!(idle.len() >= 8, "too few polls in 1.5 s: {idle:#?}");
     assert!(
         idle.iter().all(|s| is_skipped(s)),
@@ -88,7 +77,7 @@ fn an_idle_namespace_skips_the_census_until_connections_ramp() {
     // (On the debug log: the census after the ramp may have said it on
     // STATUS= already, which is sent only when it changes.)
     portd.wait_line(&["poll: usage 50.0% (100/200)"], 3 * SECOND);
-    let raised = polls(&portd, 700 * Duration::from_millis(1));
+    let raised = portd.polls(700 * Duration::from_millis(1));
     assert!(raised.len() >= 4, "{raised:#?}");
     assert!(!raised.iter().any(|s| is_skipped(s)), "{raised:#?}");
     portd.assert_stderr_has("ephemeral ports critical");
@@ -103,7 +92,7 @@ fn an_idle_namespace_is_still_censused_at_the_maximum_staleness() {
     sandbox.wait_ramp();
     let dir = tempfile::tempdir().unwrap();
     let (mut portd, _notify) = start(&sandbox, dir.path(), &policy("500ms"));
-    let seen = polls(&portd, 2 * SECOND);
+    let seen = portd.polls(2 * SECOND);
     let full = seen.iter().filter(|s| !is_skipped(s)).count();
     let skipped = seen.len() - full;
     // About one census every 500 ms, the polls between them skipped.

@@ -84,17 +84,6 @@ fn quiet_root(dir: &Path) -> std::path::PathBuf {
     root
 }
 
-/// The status of each poll within `period`, from the debug log (STATUS=
-/// is sent only when it changes).
-fn polls(portd: &Portd, period: Duration) -> Vec<String> {
-    let from = portd.stderr().len();
-    std::thread::sleep(period);
-    portd.stderr()[from..]
-        .lines()
-        .filter_map(|l| l.split_once("poll: ").map(|(_, s)| s.to_string()))
-        .collect()
-}
-
 fn index_of(seen: &[String], from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
     seen.iter()
         .enumerate()
@@ -312,7 +301,7 @@ fn a_policy_with_errors_on_sighup_is_rejected_and_the_old_one_stays() {
         m.starts_with("READY=1")
     });
     // Still advise, still polling every 200 ms.
-    let after = polls(&portd, SECOND);
+    let after = portd.polls(SECOND);
     assert!(after.len() >= 3, "{after:?}");
     assert!(
         after.iter().all(|s| s.ends_with("mode advise")),
@@ -386,7 +375,7 @@ fn a_huge_bad_policy_on_sighup_is_rejected_with_a_capped_list_and_polls_go_on() 
         .count();
     assert!(listed <= 21, "{listed} lines name the policy file");
     // Still polling in the old policy.
-    let after = polls(&portd, SECOND);
+    let after = portd.polls(SECOND);
     assert!(after.len() >= 3, "{after:?}");
     assert!(portd.stop().0.success());
 }

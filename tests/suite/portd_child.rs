@@ -145,6 +145,17 @@ impl Portd {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The status line of each poll within `period`, from the debug log
+    /// (`PORTD_LOG=debug`): STATUS= itself is sent only when it changes.
+    pub fn polls(&self, period: std::time::Duration) -> Vec<String> {
+        let from = self.stderr().len();
+        std::thread::sleep(period);
+        self.stderr()[from..]
+            .lines()
+            .filter_map(|l| l.split_once("poll: ").map(|(_, s)| s.to_string()))
+            .collect()
+    }
+
     /// Fails the test, showing the whole stderr, unless it contains `text`.
     pub fn assert_stderr_has(&self, text: &str) {
         let stderr = self.stderr();

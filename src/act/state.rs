@@ -593,14 +593,20 @@ mod tests {
         assert_eq!(s.clamp_future(now), None, "nothing is ahead any more");
     }
 
-    #[test]
-    fn version_1_state_loads_and_is_saved_as_the_current_version() {
+    /// The state portd loads from a file holding `text`, in a fixture root
+    /// kept as long as the directory.
+    fn loaded(text: &str) -> (tempfile::TempDir, Host, State) {
         let dir = tempfile::tempdir().unwrap();
         let host = Host::new(dir.path());
         std::fs::create_dir_all(host.state_dir()).unwrap();
-        let v1 = include_str!("../../tests/fixtures/state/v1.json");
-        std::fs::write(State::path(&host), v1).unwrap();
+        std::fs::write(State::path(&host), text).unwrap();
         let s = State::load(&host).unwrap();
+        (dir, host, s)
+    }
+
+    #[test]
+    fn version_1_state_loads_and_is_saved_as_the_current_version() {
+        let (_dir, host, s) = loaded(include_str!("../../tests/fixtures/state/v1.json"));
         assert_eq!(s.format_version, FORMAT_VERSION);
         let original = s.original.as_ref().unwrap();
         assert_eq!(original.range, PortRange::new(40000, 40099).unwrap());
@@ -749,12 +755,7 @@ mod tests {
 
     #[test]
     fn version_2_state_loads_without_an_admins_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = Host::new(dir.path());
-        std::fs::create_dir_all(host.state_dir()).unwrap();
-        let v2 = include_str!("../../tests/fixtures/state/v2.json");
-        std::fs::write(State::path(&host), v2).unwrap();
-        let s = State::load(&host).unwrap();
+        let (_dir, _host, s) = loaded(include_str!("../../tests/fixtures/state/v2.json"));
         assert_eq!(s.format_version, FORMAT_VERSION);
         assert_eq!(s.dropin.as_deref(), Some("60-portd.conf"));
         assert_eq!(s.admin, None);
@@ -977,12 +978,7 @@ mod tests {
 
     #[test]
     fn version_3_state_loads_with_no_namespaces_and_is_saved_as_version_4() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = Host::new(dir.path());
-        std::fs::create_dir_all(host.state_dir()).unwrap();
-        let v3 = include_str!("../../tests/fixtures/state/v3.json");
-        std::fs::write(State::path(&host), v3).unwrap();
-        let s = State::load(&host).unwrap();
+        let (_dir, host, s) = loaded(include_str!("../../tests/fixtures/state/v3.json"));
         assert_eq!(s.format_version, FORMAT_VERSION);
         assert_eq!(s.admin.as_ref().map(|a| a.range), Some(range(40000, 40499)));
         assert!(s.namespaces.is_empty());

@@ -15,15 +15,19 @@ use crate::publish::live::{self, Live};
 
 /// The metrics file and the live view are rewritten when what they say
 /// changes, and otherwise once every `REFRESH`: an idle poll writes
-/// nothing. What advances every poll by itself is not a change: the time
-/// of the poll (`portd_poll_timestamp_seconds`, `written_at`) and the count
-/// of polls that skipped the census. Not on change alone: by the time of
-/// the poll a scraper or `status` tells a daemon that runs from one that
-/// hangs; refreshed every 5 s it lags by at most that, far inside the
-/// staleness alert's 300 s and a usual 15 s scrape, and `status` judges
-/// the view fresh for two of these periods (publish/live.rs). The writes
-/// are report.rs's.
-pub(super) const REFRESH: Duration = Duration::from_secs(5);
+/// nothing. What advances by itself with time is not a change: the time of
+/// the poll (`portd_poll_timestamp_seconds`, `written_at`), the count of
+/// polls that skipped the census, and the live view's history of usage (a
+/// point every 10 s, history.rs; the points taken since the last write go
+/// out with the next). Not on change alone: by the time of the poll a
+/// scraper or `status` tells a daemon that runs from one that hangs.
+/// Refreshed every 15 s, `status` judges the view fresh for two of these
+/// periods (publish/live.rs), 30 s: a hung daemon is called so no later
+/// than systemd's watchdog (`WatchdogSec=30s`) restarts it; the poll time a
+/// scraper reads lags by at most 15 s, a twentieth of the staleness alert's
+/// 300 s (docs/benchmarks.md, "Idle poll cost", for what the writes cost).
+/// The writes are report.rs's.
+pub(super) const REFRESH: Duration = Duration::from_secs(15);
 
 /// Since start, for the metrics file.
 #[derive(Default)]

@@ -193,8 +193,11 @@ struct Daemon {
     /// rates, the exhaustion reported, a witnessed failure not yet decided
     /// on, whether polls hurry.
     judgement: assess::Memory,
-    /// `Tcp: ActiveOpens` as the last poll read it (a metrics counter).
+    /// `Tcp: ActiveOpens` as last read (a metrics counter).
     active_opens: Option<u64>,
+    /// The last reading of `ActiveOpens`, for the polls that keep it
+    /// (tick.rs, [`tick::OpensRead`]).
+    opens_read: Option<tick::OpensRead>,
     report: Report,
     /// The poll's sysctl.d scan, read at most once a poll (on its first
     /// question) and asked every question of it.
@@ -245,6 +248,7 @@ impl Daemon {
             last: None,
             judgement: assess::Memory::default(),
             active_opens: None,
+            opens_read: None,
             report: Report::default(),
             sysctld: act::PollScan::default(),
             settings: None,

@@ -95,7 +95,7 @@ pub(super) struct Watch {
 /// for up to this long. Any process created (a container, `ip netns add`,
 /// `unshare` run from a shell: each forks, then enters) makes the next two
 /// polls look, so one that enters a namespace just after its fork is seen.
-const UNCHANGED_FOR: Duration = Duration::from_secs(10);
+const UNCHANGED_FOR: Duration = Duration::from_secs(30);
 
 /// Descriptors each namespace's kept files take at most
 /// (observe/netns/census.rs, `Files`: three counters, five settings).

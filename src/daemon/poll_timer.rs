@@ -96,12 +96,19 @@ impl PollTimer {
     }
 
     /// Until the timerfd has expired (its count read, so it is quiet again).
+    /// The readiness is cleared with the read: the timerfd is quiet until
+    /// its next expiry, which the event loop hears as a new event (tokio
+    /// clears only the readiness this wait saw), so the next wait does not
+    /// first read the fd to learn it is empty (one system call a poll).
     async fn expired(&self) -> io::Result<()> {
         loop {
             let mut ready = self.fd.readable().await?;
             let mut count = [0u8; 8];
             match ready.try_io(|fd| fd.get_ref().read(&mut count)) {
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(_)) => {
+                    ready.clear_ready();
+                    return Ok(());
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }

@@ -354,10 +354,12 @@ impl Report {
         let mut said = live_view::snapshot(&self.counters, poll, SystemTime::now());
         let now = Instant::now();
         self.history.record(&mut said, now);
-        // What it says, aside from what advances every poll by itself
-        // (see [`REFRESH`]), set aside until it is written.
+        // What it says, aside from what advances by itself with time (see
+        // [`REFRESH`]: the time, the polls that skipped the census, the
+        // history's points), set aside until it is written.
         let written_at = std::mem::take(&mut said.written_at);
         let skipped_total = std::mem::take(&mut said.census.skipped_total);
+        let history = said.history.take();
         if !due(self.live_written.as_ref(), &said, now) {
             return;
         }
@@ -365,6 +367,7 @@ impl Report {
         let mut view = said.clone();
         view.written_at = written_at;
         view.census.skipped_total = skipped_total;
+        view.history = history;
         match live::write(poll.host, &view) {
             Ok(()) => {
                 self.live_written = Some((said, now));

@@ -12,13 +12,40 @@ use crate::judge::assess::{self, Look};
 use crate::judge::budget;
 use crate::judge::fastpath::{self, Baseline};
 use crate::observe::census::KernelSettings;
-use crate::observe::census::sockstat;
+use crate::observe::census::sockstat::{self, Totals};
 use crate::observe::usage::UsageOptions;
 
 /// How long the settings besides the range are taken as read: a poll reads
 /// them again once their last read is this old, and before every census
 /// (docs/DESIGN.md, "Reading the settings").
 pub(super) const SETTINGS_WHOLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A reading of `Tcp: ActiveOpens` (`/proc/net/snmp`), kept by the polls
+/// whose socket totals did not move (tick.rs, `read_opens`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OpensRead {
+    /// The socket totals of the poll that read it.
+    totals: Option<Totals>,
+    at: Instant,
+    pub opens: Option<u64>,
+    /// The `connect()` rate since the reading before (fastpath.rs, `Pace`).
+    pub pace: Option<f64>,
+}
+
+impl OpensRead {
+    /// Whether a poll that read `totals` at `now` keeps this reading: every
+    /// poll since it read the same totals (one that did not read again), and
+    /// it is younger than [`SETTINGS_WHOLE`]. Sockets that opened and
+    /// closed in equal numbers between two polls are counted at most that
+    /// much later; no socket counted in the bounds is missed (the totals
+    /// bound every destination).
+    fn still(&self, totals: Option<Totals>, now: Instant) -> bool {
+        totals.is_some()
+            && self.totals == totals
+            && self.opens.is_some()
+            && now.saturating_duration_since(self.at) < SETTINGS_WHOLE
+    }
+}
 
 /// The daemon's time: the wall clock read once at start, advanced by the
 /// monotonic clock. A step of the wall clock during a run (NTP, an admin,
@@ -55,12 +82,14 @@ impl Daemon {
         // full census (which the fast path may skip for long): a failed
         // write is retried, and the reserved ports follow the other files.
         self.retry_persist(self.clock.now());
-        let active_opens = sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok();
+        let polled = Instant::now();
+        let totals = sockstat::read_totals(&self.host, self.proc.as_mut()).ok();
+        let opens = self.read_opens(totals, polled);
         let counters = fastpath::Counters {
             settings: &settings,
-            totals: sockstat::read_totals(&self.host, self.proc.as_mut()).ok(),
-            active_opens,
-            pace: self.judgement.pace(Instant::now(), active_opens),
+            totals,
+            active_opens: opens.opens,
+            pace: opens.pace,
         };
         let active_opens = counters.active_opens;
         self.active_opens = active_opens;
@@ -102,6 +131,13 @@ impl Daemon {
             }
             fresh
         };
+        // The census's baseline is the count as of its own poll.
+        let active_opens = if opens.at == polled {
+            active_opens
+        } else {
+            self.read_opens_now(totals, polled).opens
+        };
+        self.active_opens = active_opens;
         let options = UsageOptions {
             tcp_pool_in_headline: self.policy.tcp_pool_alerts,
         };
@@ -111,6 +147,33 @@ impl Daemon {
             options,
             active_opens,
         ))
+    }
+
+    /// `Tcp: ActiveOpens` for this poll: read when the socket totals moved
+    /// since the last reading or that reading is [`SETTINGS_WHOLE`] old;
+    /// otherwise the last reading and the pace it gave are kept
+    /// (docs/DESIGN.md, "Reading the counters"). `/proc/net/snmp` is the
+    /// costliest file an idle poll read: the kernel sums and prints every
+    /// protocol's counters to give this one.
+    fn read_opens(&mut self, totals: Option<Totals>, now: Instant) -> OpensRead {
+        match self.opens_read {
+            Some(kept) if kept.still(totals, now) => kept,
+            _ => self.read_opens_now(totals, now),
+        }
+    }
+
+    /// `Tcp: ActiveOpens` read now (a census's baseline is the count as of
+    /// its own poll).
+    fn read_opens_now(&mut self, totals: Option<Totals>, now: Instant) -> OpensRead {
+        let opens = sockstat::read_active_opens(&self.host, self.proc.as_mut()).ok();
+        let read = OpensRead {
+            totals,
+            at: now,
+            opens,
+            pace: self.judgement.pace(now, opens),
+        };
+        self.opens_read = Some(read);
+        read
     }
 
     /// The kernel settings for this poll, and whether all of them were read
@@ -202,5 +265,52 @@ impl Daemon {
             last.cpu.as_secs_f64() * 1000.0,
             budget::CENSUS_SHARE * 100.0
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn totals(tcp_inuse: u64) -> Option<Totals> {
+        Some(Totals {
+            tcp_inuse,
+            tcp_tw: 3,
+            udp_inuse: 1,
+        })
+    }
+
+    #[test]
+    fn a_reading_of_active_opens_is_kept_while_the_totals_stand_still_and_for_at_most_5s() {
+        let t0 = Instant::now();
+        let read = OpensRead {
+            totals: totals(10),
+            at: t0,
+            opens: Some(500),
+            pace: Some(0.0),
+        };
+        assert!(read.still(totals(10), t0 + Duration::from_secs(1)));
+        assert!(read.still(totals(10), t0 + SETTINGS_WHOLE - Duration::from_millis(1)));
+        assert!(
+            !read.still(totals(10), t0 + SETTINGS_WHOLE),
+            "read again after 5 s"
+        );
+        assert!(
+            !read.still(totals(11), t0 + Duration::from_secs(1)),
+            "a socket more"
+        );
+        assert!(
+            !read.still(None, t0),
+            "no totals: nothing proves them unmoved"
+        );
+        let failed = OpensRead {
+            opens: None,
+            ..read
+        };
+        assert!(
+            !failed.still(totals(10), t0),
+            "a failed read is tried again"
+        );
     }
 }

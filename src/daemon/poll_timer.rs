@@ -3,7 +3,9 @@
 //! twice: its wheel files a deadline one second away in a 64 ms slot, and
 //! the loop wakes at the start of that slot to file it again, then at the
 //! deadline. Ticks keep tokio's `MissedTickBehavior::Delay`: one period
-//! after the last deadline, or one period after a tick seen late.
+//! after the last deadline, or one period after a tick seen late. The
+//! timerfd is periodic: a tick on time sets nothing, only one seen late
+//! (or a new period) sets the timer again.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -87,12 +89,14 @@ impl PollTimer {
             }
         }
         let now = Instant::now();
-        self.deadline = if now > self.deadline + LATE || now < self.deadline {
-            now + self.period
+        if now > self.deadline + LATE || now < self.deadline || !self.armed {
+            self.deadline = now + self.period;
+            self.arm();
         } else {
-            self.deadline + self.period
-        };
-        self.arm();
+            // On time: the timerfd, periodic, is set for the next deadline
+            // already (one system call less a poll).
+            self.deadline += self.period;
+        }
     }
 
     /// Until the timerfd has expired (its count read, so it is quiet again).
@@ -115,8 +119,8 @@ impl PollTimer {
         }
     }
 
-    /// Sets the timerfd to expire once at the deadline; setting it clears
-    /// an expiry not yet read.
+    /// Sets the timerfd to expire at the deadline and every period after
+    /// it; setting it clears an expiry not yet read.
     fn arm(&mut self) {
         // Zero would disarm it: a deadline passed expires in 1 ns.
         let wait = self
@@ -125,8 +129,8 @@ impl PollTimer {
             .max(Duration::from_nanos(1));
         let spec = Itimerspec {
             it_interval: Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
+                tv_sec: i64::try_from(self.period.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: self.period.subsec_nanos().into(),
             },
             it_value: Timespec {
                 tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
@@ -134,5 +138,53 @@ impl PollTimer {
             },
         };
         self.armed = timerfd_settime(self.fd.get_ref(), TimerfdTimerFlags::empty(), &spec).is_ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: Duration = Duration::from_millis(150);
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    /// Lower bounds only: a loaded machine may make any tick late, never
+    /// early.
+    #[test]
+    fn ticks_come_a_period_apart_and_a_late_one_starts_the_period_anew() {
+        runtime().block_on(async {
+            let mut timer = PollTimer::new(PERIOD).expect("a timerfd");
+            let start = Instant::now();
+            for _ in 0..4 {
+                timer.tick().await;
+            }
+            assert!(start.elapsed() >= PERIOD * 4, "{:?}", start.elapsed());
+            // Seen three periods late (the loop was busy): one tick at once,
+            // then one period from it, not the missed ones in a burst
+            // (tokio's `MissedTickBehavior::Delay`).
+            std::thread::sleep(PERIOD * 3);
+            let late = Instant::now();
+            timer.tick().await;
+            assert!(late.elapsed() < PERIOD, "the late tick comes at once");
+            let after = Instant::now();
+            timer.tick().await;
+            assert!(
+                after.elapsed() >= PERIOD - Duration::from_millis(5),
+                "a period after the late tick: {:?}",
+                after.elapsed()
+            );
+            // reset_immediately: a tick now, the next a period later.
+            timer.reset_immediately();
+            let now = Instant::now();
+            timer.tick().await;
+            timer.tick().await;
+            assert!(now.elapsed() >= PERIOD - Duration::from_millis(5));
+        });
     }
 }

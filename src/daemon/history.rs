@@ -38,30 +38,42 @@ impl Default for HistoryKeeper {
 }
 
 impl HistoryKeeper {
+    /// Whether a point is due at `now` (`record` takes it).
+    pub fn due(&self, now: Instant) -> bool {
+        self.last
+            .is_none_or(|at| now.duration_since(at) >= self.step)
+    }
+
     /// Takes a point of `view` when a step has passed since the last one,
     /// and puts the history in it. Between points the view carries the
     /// same history, so it does not count as a change (report.rs).
     pub fn record(&mut self, view: &mut Live, now: Instant) {
-        if self
-            .last
-            .is_none_or(|at| now.duration_since(at) >= self.step)
-        {
-            self.last = Some(now);
-            let h = &mut self.history;
-            h.step_seconds = self.step.as_secs_f64();
-            h.last_at = view.written_at;
-            let targets = view.forecast.iter().flat_map(|o| &o.targets);
-            let destinations = targets.map(|t| (t.target.as_str(), t.used, t.capacity));
-            h.destinations = advance(std::mem::take(&mut h.destinations), destinations);
-            let namespaces = view.namespaces.iter().filter_map(|n| {
-                let head = n.headline.as_ref()?;
-                Some((n.label.as_str(), head.used, head.capacity))
-            });
-            h.namespaces = advance(std::mem::take(&mut h.namespaces), namespaces);
-        }
+        let at = view.written_at;
+        self.take_point(view, at, now);
         if !(self.history.destinations.is_empty() && self.history.namespaces.is_empty()) {
             view.history = Some(self.history.clone());
         }
+    }
+
+    /// Takes a point of what `view` says, written at `at` (Unix seconds),
+    /// when one is due: a poll that builds no view takes it from the one
+    /// last written, which says the same (report.rs, `Unchanged`).
+    pub fn take_point(&mut self, view: &Live, at: f64, now: Instant) {
+        if !self.due(now) {
+            return;
+        }
+        self.last = Some(now);
+        let h = &mut self.history;
+        h.step_seconds = self.step.as_secs_f64();
+        h.last_at = at;
+        let targets = view.forecast.iter().flat_map(|o| &o.targets);
+        let destinations = targets.map(|t| (t.target.as_str(), t.used, t.capacity));
+        h.destinations = advance(std::mem::take(&mut h.destinations), destinations);
+        let namespaces = view.namespaces.iter().filter_map(|n| {
+            let head = n.headline.as_ref()?;
+            Some((n.label.as_str(), head.used, head.capacity))
+        });
+        h.namespaces = advance(std::mem::take(&mut h.namespaces), namespaces);
     }
 }
 

@@ -216,6 +216,11 @@ struct Daemon {
     holders: Holders,
     /// The last census asked who holds its headline's sockets.
     lookup_due: bool,
+    /// Events of the loop besides the poll timer, and revisions of the
+    /// forecast that changed it: what a quiet poll compares
+    /// (report.rs, `Unchanged`).
+    events: u64,
+    revisions: u64,
 }
 
 impl Daemon {
@@ -257,6 +262,8 @@ impl Daemon {
             netns: netns::Watch::default(),
             holders: Holders::default(),
             lookup_due: false,
+            events: 0,
+            revisions: 0,
         }
     }
 
@@ -281,7 +288,6 @@ impl Daemon {
                 return Exit::Critical;
             }
         };
-        poll_tick.reset_immediately();
         let mut tasks = Tasks::default();
         loop {
             // A SIGTERM that arrived while the loop was busy (a stalled
@@ -295,6 +301,7 @@ impl Daemon {
                 .census
                 .as_ref()
                 .map_or_else(|| Instant::now() + FAR, |c| c.started + limit);
+            self.events += 1; // every turn but a poll's (tick.rs, `poll`)
             tokio::select! {
                 _ = signals.term.recv() => break,
                 _ = signals.int.recv() => break,
@@ -457,28 +464,6 @@ impl Daemon {
             }
         }
         widened
-    }
-
-    /// The poll timer fired: a poll, unless an abandoned census still runs.
-    fn poll(&mut self, tasks: &mut Tasks, limit: Duration) {
-        match &tasks.abandoned {
-            Some(stuck) => {
-                notify::status(&format!(
-                    "census stuck: the census abandoned after {:.1}s is still running ({:.0}s); no new census until it ends",
-                    limit.as_secs_f64(),
-                    stuck.started.elapsed().as_secs_f64()
-                ));
-                // Still running: the live view stays fresh.
-                let authority = self.authority();
-                self.report_with(&authority, |r, p| r.live(p));
-            }
-            None => tasks.census = self.tick(),
-        }
-        if tasks.netns.is_none() {
-            tasks.netns = self
-                .netns
-                .start(&self.host, &self.policy, &mut self.witness);
-        }
     }
 }
 

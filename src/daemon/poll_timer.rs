@@ -34,7 +34,7 @@ pub(super) struct PollTimer {
 }
 
 impl PollTimer {
-    /// The first tick one period from now.
+    /// The first tick at once, the next one period later.
     pub(super) fn new(period: Duration) -> io::Result<Self> {
         let fd = timerfd_create(
             TimerfdClockId::Monotonic,
@@ -52,6 +52,7 @@ impl PollTimer {
             armed: false,
         };
         timer.restart(period);
+        timer.reset_immediately();
         Ok(timer)
     }
 
@@ -161,6 +162,8 @@ mod tests {
         runtime().block_on(async {
             let mut timer = PollTimer::new(PERIOD).expect("a timerfd");
             let start = Instant::now();
+            timer.tick().await;
+            assert!(start.elapsed() < PERIOD, "the first tick comes at once");
             for _ in 0..4 {
                 timer.tick().await;
             }

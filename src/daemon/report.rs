@@ -3,21 +3,26 @@
 //! the "report once" rule of journal.rs), the metrics file and the live
 //! view.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "said.rs"]
+mod said;
+
+use self::said::{MetricsSaid, due, set_aside};
+pub(super) use self::said::{Skipped, Unchanged};
+use super::LastCensus;
 use super::journal::Once;
-use super::live_view::{self, Poll, PollCounters, REFRESH};
+use super::live_view::{self, Poll, PollCounters};
 use crate::act::actuator::ActuateError;
 use crate::base::ports::PortRange;
 use crate::judge::assess::Assessment;
 use crate::judge::authority::Authority;
-use crate::judge::level::Level;
 use crate::judge::planner::{Blocked, Plan};
 use crate::observe::census::KernelSettings;
 use crate::observe::usage::{self, Usage};
 use crate::publish::events::{Entry, Kind, note};
-use crate::publish::live;
+use crate::publish::live::{self, Live};
 use crate::publish::metrics;
 use crate::publish::notify;
 
@@ -39,85 +44,17 @@ pub(super) struct Report {
     /// What the metrics file and the live view last said, and when they
     /// were written (see [`REFRESH`]).
     metrics_written: Option<(MetricsSaid, Instant)>,
-    live_written: Option<(live::Live, Instant)>,
+    live_written: Option<(Live, Instant)>,
+    /// What the last poll that skipped the census told, when all of it was
+    /// reported (see [`Unchanged`]), and its STATUS= line.
+    unchanged: Option<Unchanged>,
+    status_said: String,
     /// The recent usage the live view carries (history.rs).
     history: super::history::HistoryKeeper,
     /// The entries of a census whose level entry waits for the processes
     /// that hold its sockets (census_task.rs): written in order, the level
     /// entry first, once the lookup ends.
     held_back: Option<Vec<Entry>>,
-}
-
-/// What the metrics file says, aside from what advances every poll by
-/// itself (`polled_at`, `census_skipped_total`; see [`REFRESH`]): the
-/// fields of the snapshot `metrics::render` renders, a function of that
-/// snapshot alone. Compared instead of the rendered text, so a poll whose
-/// metrics say nothing new renders nothing. Taken field by field: a field
-/// added to the snapshot does not build until it is added here. The
-/// census's usage is known by its time and duration (a new census makes a
-/// new one).
-#[derive(PartialEq)]
-struct MetricsSaid {
-    file: PathBuf,
-    census: (SystemTime, Duration),
-    level: Level,
-    /// Changes, censuses, failed and abandoned censuses.
-    totals: [u64; 4],
-    last_change_at: Option<SystemTime>,
-    widening_blocked: Option<String>,
-    authority: Authority,
-    witness: metrics::WitnessRows,
-    netns: Option<metrics::NetnsRows>,
-    time_to_exhaustion: Option<f64>,
-    connect_attempts_total: Option<u64>,
-}
-
-impl MetricsSaid {
-    fn of(file: &Path, s: &metrics::Snapshot<'_>) -> Self {
-        let metrics::Snapshot {
-            usage: _,
-            level,
-            changes_total,
-            census_duration,
-            census_at,
-            polled_at: _,
-            censuses_total,
-            census_skipped_total: _,
-            census_failed_total,
-            census_abandoned_total,
-            last_change_at,
-            widening_blocked,
-            authority,
-            witness,
-            netns,
-            time_to_exhaustion,
-            connect_attempts_total,
-        } = s;
-        MetricsSaid {
-            file: file.to_owned(),
-            census: (*census_at, *census_duration),
-            level: *level,
-            totals: [
-                *changes_total,
-                *censuses_total,
-                *census_failed_total,
-                *census_abandoned_total,
-            ],
-            last_change_at: *last_change_at,
-            widening_blocked: widening_blocked.map(str::to_owned),
-            authority: (*authority).clone(),
-            witness: (*witness).clone(),
-            netns: (*netns).clone(),
-            time_to_exhaustion: *time_to_exhaustion,
-            connect_attempts_total: *connect_attempts_total,
-        }
-    }
-}
-
-/// Whether content `new` is to be written, given what was last written and
-/// when: when it differs, or after [`REFRESH`].
-fn due<T: PartialEq>(last: Option<&(T, Instant)>, new: &T, now: Instant) -> bool {
-    last.is_none_or(|(old, at)| old != new || now.duration_since(*at) >= REFRESH)
 }
 
 /// One line: headline usage, the assessment's time to exhaustion, range,
@@ -143,6 +80,21 @@ pub(super) fn status_line(
         authority.describe(),
         held.filter(|h| *h != "advise")
             .map_or_else(String::new, |h| format!("; widening held: {h}")),
+    )
+}
+
+/// The STATUS= line of a poll that skipped the census: the last census's
+/// line, with why.
+pub(super) fn skipped_line(last: &LastCensus, why: &Skipped, poll: &Poll<'_>) -> String {
+    format!(
+        "{} ({why})",
+        status_line(
+            &last.usage,
+            None,
+            poll.authority,
+            &last.assessment,
+            last.blocked,
+        )
     )
 }
 
@@ -299,23 +251,31 @@ impl Report {
     }
 
     /// A poll that skipped the census: the last census's line, with why.
-    pub fn census_skipped(&mut self, why: &str, poll: &Poll<'_>) {
+    /// Nothing is built when what it tells is `unchanged` since the last
+    /// such poll and no output is due for its time alone (a refresh); a
+    /// point of the history is then taken from the view last written.
+    pub fn census_skipped(&mut self, why: &Skipped, unchanged: Option<Unchanged>, poll: &Poll<'_>) {
         self.counters.skipped += 1;
+        let now = Instant::now();
+        if unchanged.is_some() && unchanged == self.unchanged && !self.refresh_due(poll, now) {
+            #[cfg(debug_assertions)]
+            self.check_unchanged(why, poll);
+            tracing::debug!("poll: {}", self.status_said);
+            if let (true, Some((said, _))) = (poll.publishes, &self.live_written) {
+                // The view last written says what this poll's would.
+                let at = live::unix_seconds(SystemTime::now());
+                self.history.take_point(said, at, now);
+            }
+            return;
+        }
         if let Some(last) = poll.last {
-            let line = format!(
-                "{} ({why})",
-                status_line(
-                    &last.usage,
-                    None,
-                    poll.authority,
-                    &last.assessment,
-                    last.blocked,
-                )
-            );
+            let line = skipped_line(last, why, poll);
             tracing::debug!("poll: {line}");
             notify::status(&line);
+            self.status_said = line;
         }
         self.publish(poll);
+        self.unchanged = unchanged;
     }
 
     /// The end of a poll with a census: metrics first, so whoever reacts to
@@ -338,6 +298,9 @@ impl Report {
     /// SIGTERM neither is written: each is a write that can stall as long
     /// as the disk does, and both are rebuilt by the next run.
     pub fn publish(&mut self, poll: &Poll<'_>) {
+        // Whatever reports besides a poll that skipped the census (a census,
+        // a failure) makes the next such poll report in full.
+        self.unchanged = None;
         if crate::base::shutdown::requested() {
             return;
         }
@@ -351,15 +314,14 @@ impl Report {
         if !poll.publishes {
             return;
         }
+        self.unchanged = None;
         let mut said = live_view::snapshot(&self.counters, poll, SystemTime::now());
         let now = Instant::now();
         self.history.record(&mut said, now);
         // What it says, aside from what advances by itself with time (see
         // [`REFRESH`]: the time, the polls that skipped the census, the
         // history's points), set aside until it is written.
-        let written_at = std::mem::take(&mut said.written_at);
-        let skipped_total = std::mem::take(&mut said.census.skipped_total);
-        let history = said.history.take();
+        let (written_at, skipped_total, history) = set_aside(&mut said);
         if !due(self.live_written.as_ref(), &said, now) {
             return;
         }
@@ -387,12 +349,14 @@ impl Report {
         }
     }
 
-    fn metrics(&mut self, poll: &Poll<'_>) {
-        let (Some(path), Some(last)) = (poll.metrics_file, poll.last) else {
-            return;
-        };
-        let witness = poll.witness.metrics();
-        let snapshot = metrics::Snapshot {
+    /// What the metrics file shows after this poll.
+    fn metrics_snapshot<'a>(
+        &self,
+        poll: &Poll<'a>,
+        last: &'a LastCensus,
+        witness: &'a metrics::WitnessRows,
+    ) -> metrics::Snapshot<'a> {
+        metrics::Snapshot {
             usage: &last.usage,
             level: last.assessment.level(),
             changes_total: self.counters.changes,
@@ -406,11 +370,19 @@ impl Report {
             last_change_at: poll.last_change.map(|c| c.at),
             widening_blocked: last.blocked,
             authority: poll.authority,
-            witness: &witness,
+            witness,
             netns: &poll.netns.metrics,
             time_to_exhaustion: last.assessment.time_to_exhaustion,
             connect_attempts_total: poll.connect_attempts,
+        }
+    }
+
+    fn metrics(&mut self, poll: &Poll<'_>) {
+        let (Some(path), Some(last)) = (poll.metrics_file, poll.last) else {
+            return;
         };
+        let witness = poll.witness.metrics();
+        let snapshot = self.metrics_snapshot(poll, last, &witness);
         let said = MetricsSaid::of(path, &snapshot);
         let now = Instant::now();
         if !due(self.metrics_written.as_ref(), &said, now) {
@@ -441,15 +413,6 @@ impl Report {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_unchanged_output_is_rewritten_only_after_the_refresh_period() {
-        let t0 = Instant::now();
-        assert!(due(None, &"a", t0), "the first is written");
-        let last = ("a", t0);
-        assert!(!due(Some(&last), &"a", t0 + REFRESH / 2));
-        assert!(due(Some(&last), &"b", t0 + REFRESH / 2), "a change at once");
-        assert!(due(Some(&last), &"a", t0 + REFRESH));
-    }
     use crate::judge::planner::Unfit;
     use crate::judge::remedy;
     use crate::publish::events::unfit_text;

@@ -4,16 +4,19 @@
 //! the poll ends with the last census's line. Also the daemon's clock, which
 //! times every poll.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::census_task::{CensusInFlight, ProcessLookup};
-use super::{Daemon, act};
+use super::report::{Skipped, Unchanged};
+use super::{Daemon, Tasks, act};
 use crate::judge::assess::{self, Look};
+use crate::judge::authority::Authority;
 use crate::judge::budget;
 use crate::judge::fastpath::{self, Baseline};
 use crate::observe::census::KernelSettings;
 use crate::observe::census::sockstat::{self, Totals};
 use crate::observe::usage::UsageOptions;
+use crate::publish::notify;
 
 /// How long the settings besides the range are taken as read: a poll reads
 /// them again once their last read is this old, and before every census
@@ -71,6 +74,32 @@ impl Clock {
 }
 
 impl Daemon {
+    /// The poll timer fired: a poll, unless an abandoned census still runs.
+    pub(super) fn poll(&mut self, tasks: &mut Tasks, limit: Duration) {
+        // Not an event (serve counts every turn of its loop as one): a
+        // census, a look, a lookup, a reload are; whatever they bring makes
+        // the next poll report in full (report.rs, `Unchanged`).
+        self.events -= 1;
+        match &tasks.abandoned {
+            Some(stuck) => {
+                notify::status(&format!(
+                    "census stuck: the census abandoned after {:.1}s is still running ({:.0}s); no new census until it ends",
+                    limit.as_secs_f64(),
+                    stuck.started.elapsed().as_secs_f64()
+                ));
+                // Still running: the live view stays fresh.
+                let authority = self.authority();
+                self.report_with(&authority, |r, p| r.live(p));
+            }
+            None => tasks.census = self.tick(),
+        }
+        if tasks.netns.is_none() {
+            tasks.netns = self
+                .netns
+                .start(&self.host, &self.policy, &mut self.witness);
+        }
+    }
+
     /// One poll: cheap checks, then a census unless the bounds prove no
     /// destination can have reached the warning level.
     pub(super) fn tick(&mut self) -> Option<CensusInFlight> {
@@ -109,14 +138,17 @@ impl Daemon {
             self.judgement.witnessed();
         }
         let skipped = match self.judgement.look(next) {
-            Look::Skip(skip) => Some(skip.to_string()),
-            Look::MayWait => self.census_waits(),
+            Look::Skip(skip) => Some(Skipped::Bounded(skip)),
+            Look::MayWait => self.census_waits().map(Skipped::Deferred),
             Look::Census => None,
         };
         if let Some(why) = skipped {
-            self.revise_forecast(&counters);
+            if self.revise_forecast(&counters) {
+                self.revisions += 1;
+            }
             let authority = self.authority();
-            self.report_with(&authority, |r, p| r.census_skipped(&why, p));
+            let unchanged = self.unchanged(&why, &authority, polled);
+            self.report_with(&authority, |r, p| r.census_skipped(&why, unchanged, p));
             return None;
         }
         // A census (and any write after it) starts from every setting as
@@ -216,12 +248,30 @@ impl Daemon {
         }
     }
 
+    /// What this poll that skipped the census tells depends on, when that
+    /// does not move with time alone (report.rs, [`Unchanged`]).
+    fn unchanged(&self, why: &Skipped, authority: &Authority, now: Instant) -> Option<Unchanged> {
+        let Skipped::Bounded(skip) = why else {
+            return None;
+        };
+        Some(Unchanged {
+            events: self.events,
+            revisions: self.revisions,
+            skip: *skip,
+            authority: authority.clone(),
+            last_change: self.state.changes.last().map(|c| c.at),
+            connect_attempts: self.active_opens,
+            witness: self.witness.settled(now)?,
+        })
+    }
+
     /// A poll without a census: the last census's forecast brought up to
     /// now from the counters, so no channel shows a forecast that stays
-    /// fixed while time passes (judge/assess.rs, `revise`).
-    fn revise_forecast(&mut self, counters: &fastpath::Counters<'_>) {
+    /// fixed while time passes (judge/assess.rs, `revise`). Whether the
+    /// revision changed it.
+    fn revise_forecast(&mut self, counters: &fastpath::Counters<'_>) -> bool {
         let Some(last) = self.last.as_mut() else {
-            return;
+            return false;
         };
         let since = assess::Since {
             age: last.started.elapsed(),
@@ -232,7 +282,10 @@ impl Daemon {
             pace: counters.pace,
             totals: counters.totals,
         };
-        last.assessment = assess::revise(&last.judged, &self.policy, &since);
+        let revised = assess::revise(&last.judged, &self.policy, &since);
+        let changed = revised != last.assessment;
+        last.assessment = revised;
+        changed
     }
 
     pub(super) fn process_lookup(&self) -> ProcessLookup {
@@ -271,7 +324,6 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn totals(tcp_inuse: u64) -> Option<Totals> {
         Some(Totals {

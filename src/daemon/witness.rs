@@ -31,6 +31,10 @@ pub struct Running {
     others: HashMap<u64, u64>,
     /// Another namespace could not be watched (said once).
     full: bool,
+    /// Readings that changed what the witness shows (a failure counted, a
+    /// drop, a read error come or gone), and when the last one was.
+    changes: u64,
+    changed_at: Option<Instant>,
 }
 
 impl Running {
@@ -62,6 +66,8 @@ impl Running {
             read_error: None,
             others: HashMap::new(),
             full: false,
+            changes: 0,
+            changed_at: None,
         }
     }
 
@@ -131,6 +137,7 @@ impl Running {
         let reading = match w.read() {
             Ok(r) => {
                 if self.read_error.take().is_some() {
+                    (self.changes, self.changed_at) = (self.changes + 1, Some(now));
                     note(
                         Kind::Restored,
                         "the failure witness's counters are readable again",
@@ -145,10 +152,14 @@ impl Running {
                         &format!("cannot read the failure witness's counters: {e}"),
                     );
                     self.read_error = Some(e);
+                    (self.changes, self.changed_at) = (self.changes + 1, Some(now));
                 }
                 return 0;
             }
         };
+        if !reading.counts.is_empty() || reading.dropped != self.tally.dropped {
+            (self.changes, self.changed_at) = (self.changes + 1, Some(now));
+        }
         let update = self.tally.observe(&reading, now);
         for first in &update.first_per_target {
             alert(first);
@@ -163,6 +174,17 @@ impl Running {
             }
         }
         own_failures
+    }
+
+    /// What the witness shows stays as it is until its next reading that
+    /// brings something: the count of such readings, or `None` while a
+    /// failure is within the last minute the live view counts
+    /// ([`tally::WINDOW`]), a count that falls as time passes.
+    pub fn settled(&self, now: Instant) -> Option<u64> {
+        let recent = self
+            .changed_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= tally::WINDOW);
+        (!recent).then_some(self.changes)
     }
 
     /// The rows of the metrics file's witness families.
@@ -288,6 +310,8 @@ mod tests {
             read_error: None,
             others: HashMap::new(),
             full: false,
+            changes: 0,
+            changed_at: None,
         }
     }
 

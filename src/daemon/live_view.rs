@@ -21,13 +21,14 @@ use crate::publish::live::{self, Live};
 /// point every 10 s, history.rs; the points taken since the last write go
 /// out with the next). Not on change alone: by the time of the poll a
 /// scraper or `status` tells a daemon that runs from one that hangs.
-/// Refreshed every 15 s, `status` judges the view fresh for two of these
-/// periods (publish/live.rs), 30 s: a hung daemon is called so no later
-/// than systemd's watchdog (`WatchdogSec=30s`) restarts it; the poll time a
-/// scraper reads lags by at most 15 s, a twentieth of the staleness alert's
-/// 300 s (docs/benchmarks.md, "Idle poll cost", for what the writes cost).
-/// The writes are report.rs's.
-pub(super) const REFRESH: Duration = Duration::from_secs(15);
+/// Every 30 s: the poll time a scraper reads lags by at most that, a tenth
+/// of the staleness alert's 300 s; `status` judges the view fresh for two
+/// periods (publish/live.rs), 60 s, which matters only for a daemon run
+/// without systemd's watchdog: with it (`WatchdogSec=30s`) a hung daemon is
+/// killed and `status` finds its pid gone. Each refresh replaces both files
+/// (about 400 µs of CPU on the test machine; docs/benchmarks.md, "Idle poll
+/// cost"). The writes are report.rs's.
+pub(super) const REFRESH: Duration = Duration::from_secs(30);
 
 /// Since start, for the metrics file.
 #[derive(Default)]

@@ -82,8 +82,10 @@ pub fn run(host: Host, config: PathBuf, opts: RunOptions) -> Exit {
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // Blocking threads outlive the pauses between looks (netns.rs).
-        .thread_keep_alive(Duration::from_secs(60))
+        // Blocking threads outlive the pauses between looks (netns.rs): a
+        // thread created anew is a pid handed out, which makes the look
+        // that spares an idle host (`UNCHANGED_FOR`, 60 s) look again.
+        .thread_keep_alive(Duration::from_secs(300))
         .build()
     {
         Ok(rt) => rt,

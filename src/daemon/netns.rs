@@ -76,8 +76,9 @@ pub(super) struct Watch {
     pacing: Pacing,
     /// Reads `/proc/loadavg` (the last pid handed out).
     loadavg: KeptOpen,
-    /// The last pid handed out, as the last poll read it.
+    /// The last pid handed out, as last read, and when it was read.
     last_pid: Option<u32>,
+    pid_read_at: Option<Instant>,
     /// When the running look began, and the last pid handed out then if
     /// none was handed out since the poll before.
     began: Option<(Instant, Option<u32>)>,
@@ -95,7 +96,13 @@ pub(super) struct Watch {
 /// for up to this long. Any process created (a container, `ip netns add`,
 /// `unshare` run from a shell: each forks, then enters) makes the next two
 /// polls look, so one that enters a namespace just after its fork is seen.
-const UNCHANGED_FOR: Duration = Duration::from_secs(30);
+const UNCHANGED_FOR: Duration = Duration::from_secs(60);
+
+/// While looks are spared, the last pid is read at most this often (the
+/// shipped poll interval): a process created is seen within it, and a
+/// faster interval does not read `/proc/loadavg` on every poll of an idle
+/// host.
+const LAST_PID_EVERY: Duration = Duration::from_secs(2);
 
 /// Descriptors each namespace's kept files take at most
 /// (observe/netns/census.rs, `Files`: three counters, five settings).
@@ -158,6 +165,13 @@ impl Watch {
             }
         }
         let now = Instant::now();
+        if let (Some((at, _)), Some(read)) = (self.empty, self.pid_read_at)
+            && now.duration_since(at) < UNCHANGED_FOR
+            && now.duration_since(read) < LAST_PID_EVERY
+        {
+            return None;
+        }
+        self.pid_read_at = Some(now);
         let last_pid = self
             .loadavg
             .read_text(&host.proc("loadavg"))

@@ -7,8 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::super::live_view::{self, Poll, REFRESH};
-use super::{Report, skipped_line};
+use super::super::live_view::{Poll, REFRESH};
+use super::Report;
+#[cfg(debug_assertions)]
+use super::{super::live_view, skipped_line};
 use crate::judge::authority::Authority;
 use crate::judge::fastpath::Skip;
 use crate::judge::level::Level;

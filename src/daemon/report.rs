@@ -314,7 +314,6 @@ impl Report {
         if !poll.publishes {
             return;
         }
-        self.unchanged = None;
         let mut said = live_view::snapshot(&self.counters, poll, SystemTime::now());
         let now = Instant::now();
         self.history.record(&mut said, now);

@@ -32,9 +32,23 @@ pub struct Running {
     /// Another namespace could not be watched (said once).
     full: bool,
     /// Readings that changed what the witness shows (a failure counted, a
-    /// drop, a read error come or gone), and when the last one was.
-    changes: u64,
-    changed_at: Option<Instant>,
+    /// drop, a read error come or gone).
+    changes: Changes,
+}
+
+/// How many readings changed what the witness shows, and when the last
+/// one did.
+#[derive(Default)]
+struct Changes {
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl Changes {
+    fn seen(&mut self, now: Instant) {
+        self.count += 1;
+        self.last = Some(now);
+    }
 }
 
 impl Running {
@@ -66,8 +80,7 @@ impl Running {
             read_error: None,
             others: HashMap::new(),
             full: false,
-            changes: 0,
-            changed_at: None,
+            changes: Changes::default(),
         }
     }
 
@@ -137,7 +150,7 @@ impl Running {
         let reading = match w.read() {
             Ok(r) => {
                 if self.read_error.take().is_some() {
-                    (self.changes, self.changed_at) = (self.changes + 1, Some(now));
+                    self.changes.seen(now);
                     note(
                         Kind::Restored,
                         "the failure witness's counters are readable again",
@@ -152,13 +165,13 @@ impl Running {
                         &format!("cannot read the failure witness's counters: {e}"),
                     );
                     self.read_error = Some(e);
-                    (self.changes, self.changed_at) = (self.changes + 1, Some(now));
+                    self.changes.seen(now);
                 }
                 return 0;
             }
         };
         if !reading.counts.is_empty() || reading.dropped != self.tally.dropped {
-            (self.changes, self.changed_at) = (self.changes + 1, Some(now));
+            self.changes.seen(now);
         }
         let update = self.tally.observe(&reading, now);
         for first in &update.first_per_target {
@@ -181,10 +194,9 @@ impl Running {
     /// failure is within the last minute the live view counts
     /// ([`tally::WINDOW`]), a count that falls as time passes.
     pub fn settled(&self, now: Instant) -> Option<u64> {
-        let recent = self
-            .changed_at
+        let recent = (self.changes.last)
             .is_some_and(|at| now.saturating_duration_since(at) <= tally::WINDOW);
-        (!recent).then_some(self.changes)
+        (!recent).then_some(self.changes.count)
     }
 
     /// The rows of the metrics file's witness families.
@@ -310,8 +322,7 @@ mod tests {
             read_error: None,
             others: HashMap::new(),
             full: false,
-            changes: 0,
-            changed_at: None,
+            changes: Changes::default(),
         }
     }
 

@@ -81,13 +81,10 @@ fn check_raw_fields(e: &Value) {
 /// `ss`'s count of the sockets towards the load's destination, in the
 /// sandbox: what PORTD_USED counts.
 fn ss_count(sandbox: &Sandbox) -> u64 {
-    let out = sandbox
-        .command("ss")
-        .args(["-Htan", "dst", "127.0.0.1:5001", "src", "127.0.0.1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ss: {out:?}");
-    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+    sandbox
+        .ss(&["-Htan", "dst", "127.0.0.1:5001", "src", "127.0.0.1"])
+        .lines()
+        .count() as u64
 }
 
 /// Every entry portd wrote, alert or note about itself, came natively with
